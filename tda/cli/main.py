@@ -1,0 +1,57 @@
+"""Entry point of the ``tda`` command: registers every command module, turns errors into one line."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from tda.cli.app import app, echo_err
+
+# One module per topic; importing a module registers its commands on ``app``.
+COMMAND_MODULES = [
+    "tda.cli.capture_cmds",
+]
+
+
+def _register() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 usage error, 2 bad input, 3 unexpected)."""
+    from tda.errors import TDAError
+
+    _register()
+    try:
+        app(args=argv, standalone_mode=False, prog_name="tda")
+        return 0
+    except TDAError as e:
+        echo_err(f"error: {e}")
+        return 2
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        echo_err("interrupted")
+        return 130
+    except Exception as e:  # never a traceback for the user; TDA_DEBUG=1 shows it
+        if os.environ.get("TDA_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        echo_err(f"error: {type(e).__name__}: {first} (set TDA_DEBUG=1 for a traceback)")
+        return 3
+
+
+def _entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _entry()

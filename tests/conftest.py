@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny models (fast, random weights) and the real embedded model (slow)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY = ("tiny-llama", "tiny-gemma3", "tiny-gpt2", "tiny-opt", "tiny-qwen3", "tiny-mistral")
+
+
+@functools.lru_cache(maxsize=None)
+def _load(spec: str):
+    from tda.models import load_model
+
+    return load_model(spec)
+
+
+@pytest.fixture(scope="session")
+def load_tiny():
+    """``load_tiny(spec)`` returns a cached tiny model (shared across tests; never mutate it)."""
+    return _load
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return _load("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """The real embedded Gemma 3 270M (converted once into the cache). Mark tests ``slow``."""
+    return _load("gemma-3-270m")
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run the ``tda`` CLI in-process: returns (exit code, stdout, stderr)."""
+    from tda.cli.main import main
+
+    def run(*args: str):
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+@pytest.fixture
+def tmp_out(tmp_path: Path) -> Path:
+    return tmp_path
