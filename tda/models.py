@@ -221,7 +221,7 @@ def _load_tiny(spec: str, dtype, device) -> LoadedModel:
     config = _tiny_configs()[spec]
     config._attn_implementation = "eager"
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED)
+        torch.manual_seed(SEED + TINY_SPECS.index(spec))  # distinct, reproducible weights per spec
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     hf_names = {
         "llama": "meta-llama/Llama-2-7b-hf", "gemma3_text": "google/gemma-3-270m", "gpt2": "gpt2",
