@@ -52,12 +52,12 @@ def main() -> None:
         text = prompt_of(lm, n)
         ids = torch.tensor([lm.tokenizer(text).input_ids])
 
-        def forward():
+        def forward(ids=ids):
             with torch.inference_mode():
                 lm.model(ids, logits_to_keep=1)
 
-        runs = {"forward": forward, "capture_hooks": lambda: capture(lm, text),
-                "capture_tl": lambda: capture(lm, text, backend="tl")}
+        runs = {"forward": forward, "capture_hooks": lambda text=text: capture(lm, text),
+                "capture_tl": lambda text=text: capture(lm, text, backend="tl")}
         for fn in runs.values():  # warm-up (also builds the TransformerLens bridge once)
             fn()
         times: dict[str, list[float]] = {k: [] for k in runs}

@@ -37,8 +37,8 @@ SEED = 1234
 
 def _tiny_configs() -> dict[str, Any]:
     from transformers import (
-        GPT2Config,
         Gemma3TextConfig,
+        GPT2Config,
         LlamaConfig,
         MistralConfig,
         OPTConfig,

@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TINY = ("tiny-llama", "tiny-gemma3", "tiny-gpt2", "tiny-opt", "tiny-qwen3", "tiny-mistral")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(spec: str):
     from tda.models import load_model
 
