@@ -25,14 +25,14 @@ DEFAULT_K = 4
 MAJORITY = 2 / 3  # a part of Claim 4 holds for a token source when it holds in ≥ 2/3 of the layers
 
 
-def _check(active: torch.Tensor) -> torch.Tensor:
-    if active.dtype != torch.bool or active.dim() != 2:
-        raise ValueError("expected a bool tensor active[token, neuron]")
+def _check(active: torch.Tensor, min_dim: int = 2) -> torch.Tensor:
+    if active.dtype != torch.bool or active.dim() < min_dim:
+        raise ValueError("expected a bool tensor active[..., token, neuron]")
     return active
 
 
 def _jaccard_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise ``|a∩b| / |a∪b|`` of bool ``[T, N]`` tensors; two empty sets count as identical (1)."""
+    """``|a∩b| / |a∪b|`` over the last axis of bool tensors; two empty sets count as identical (1)."""
     inter = (a & b).sum(-1).double()
     union = (a | b).sum(-1).double()
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
@@ -44,33 +44,34 @@ def jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def history_unions(active: torch.Tensor, k: int) -> torch.Tensor:
-    """``U[t-1] = A_{max(0,t-k)} ∪ … ∪ A_{t-1}`` for ``t = 1..T-1`` → bool ``[T-1, N]``."""
+    """``U[..., t-1, :] = A_{max(0,t-k)} ∪ … ∪ A_{t-1}`` for ``t = 1..T-1`` → bool ``[..., T-1, N]``."""
     active = _check(active)
     if k < 1:
         raise ValueError("k must be at least 1")
-    T = active.shape[0]
-    rows = [active[max(0, t - k):t].any(dim=0) for t in range(1, T)]
-    return torch.stack(rows) if rows else active[:0]
+    T = active.shape[-2]
+    U = torch.zeros(*active.shape[:-2], max(T - 1, 0), active.shape[-1], dtype=torch.bool)
+    for j in range(1, min(k, T - 1) + 1):  # U[t-1] |= A[t-j] for t >= j
+        U[..., j - 1:, :] |= active[..., : T - j, :]
+    return U
 
 
 def history_jaccard(active: torch.Tensor, k: int = DEFAULT_K) -> torch.Tensor:
-    """Per token ``t ≥ 1``: Jaccard of ``A_t`` with the union of the previous ``k`` sets (``[T-1]``)."""
-    U = history_unions(active, k)
-    return _jaccard_rows(active[1:], U)
+    """Per token ``t ≥ 1``: Jaccard of ``A_t`` with the union of the previous ``k`` sets (``[..., T-1]``)."""
+    return _jaccard_rows(active[..., 1:, :], history_unions(active, k))
 
 
 def chance_history_jaccard(active: torch.Tensor, k: int = DEFAULT_K) -> torch.Tensor:
     """Expected :func:`history_jaccard` if every set kept its size but sat at random neurons."""
     U = history_unions(active, k)
-    n = active.shape[1]
-    a, u = active[1:].sum(-1).double(), U.sum(-1).double()
+    n = active.shape[-1]
+    a, u = active[..., 1:, :].sum(-1).double(), U.sum(-1).double()
     inter = a * u / n
     union = a + u - inter
     return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.ones_like(union))
 
 
 def self_jaccard(seq_active: torch.Tensor, iso_active: torch.Tensor) -> torch.Tensor:
-    """Per token: Jaccard of its in-sequence active set with its isolated one (``[T]``)."""
+    """Per token: Jaccard of its in-sequence active set with its isolated one (``[..., T]``)."""
     if seq_active.shape != iso_active.shape:
         raise ValueError("sequence and isolated masks must have the same shape")
     return _jaccard_rows(_check(seq_active), _check(iso_active))
@@ -92,27 +93,38 @@ def concentration_of_counts(counts: torch.Tensor, fractions=CONCENTRATION) -> di
     return {f: int(np.searchsorted(cum, f * total - 1e-9 * total, side="left") + 1) for f in fractions}
 
 
-def layer_metrics(active: torch.Tensor, k: int = DEFAULT_K) -> dict:
-    """All single-mode numbers of one layer's ``active[token, neuron]``."""
-    active = _check(active)
-    T = active.shape[0]
-    conc = concentration(active)
-    mean = (lambda x: float(x.mean())) if T > 1 else (lambda x: float("nan"))
-    return {
-        "density": float(active.float().mean()),
-        "jaccard": mean(history_jaccard(active, k)),
-        "jaccard_prev": mean(history_jaccard(active, 1)),
-        "jaccard_chance": mean(chance_history_jaccard(active, k)),
-        "n50": conc[0.5],
-        "n90": conc[0.9],
-        "events": int(active.sum()),
-        "n_active_neurons": int(active.any(dim=0).sum()),
-    }
-
-
 def inertia_table(active: torch.Tensor, layers, k: int = DEFAULT_K) -> list[dict]:
-    """Per layer of ``active[layer, token, neuron]``: ``{"layer", **layer_metrics}``."""
-    return [{"layer": int(L), **layer_metrics(active[i], k)} for i, L in enumerate(layers)]
+    """Per layer of ``active[layer, token, neuron]``: ``{"layer", density, jaccard, jaccard_prev,
+    jaccard_chance, n50, n90, events, n_active_neurons}`` (all layers computed at once)."""
+    active = _check(active, 3)
+    T = active.shape[1]
+    nan = torch.full((active.shape[0],), float("nan"), dtype=torch.float64)
+
+    def mean_over_tokens(x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=-1) if T > 1 else nan
+
+    density = active.double().mean(dim=(1, 2))
+    jac = mean_over_tokens(history_jaccard(active, k))
+    prev = mean_over_tokens(history_jaccard(active, 1))
+    chance = mean_over_tokens(chance_history_jaccard(active, k))
+    counts = active.sum(dim=1)
+    rows = []
+    for i, L in enumerate(layers):
+        conc = concentration_of_counts(counts[i])
+        rows.append({
+            "layer": int(L), "density": float(density[i]), "jaccard": float(jac[i]),
+            "jaccard_prev": float(prev[i]), "jaccard_chance": float(chance[i]),
+            "n50": conc[0.5], "n90": conc[0.9], "events": int(counts[i].sum()),
+            "n_active_neurons": int((counts[i] > 0).sum()),
+        })
+    return rows
+
+
+def layer_metrics(active: torch.Tensor, k: int = DEFAULT_K) -> dict:
+    """All single-mode numbers of one layer's ``active[token, neuron]`` (see :func:`inertia_table`)."""
+    row = inertia_table(_check(active)[None], [0], k)[0]
+    del row["layer"]
+    return row
 
 
 DIFF_KEYS = ("density", "jaccard", "jaccard_prev", "n50", "n90")

@@ -12,6 +12,7 @@ from tda.cli.app import app, echo_err
 # One module per topic; importing a module registers its commands on ``app``.
 COMMAND_MODULES = [
     "tda.cli.capture_cmds",
+    "tda.cli.study_cmds",
 ]
 
 
