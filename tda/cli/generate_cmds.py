@@ -1,0 +1,167 @@
+"""``tda generate``, ``tda bench``, ``tda eval``: sparse generation, latency, quality."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from tda.cli.app import DeviceOpt, DtypeOpt, ModelOpt, app, echo_err, load, progress_printer
+
+
+def _floats(text: str, what: str) -> list[float]:
+    from tda.errors import BadInput
+
+    try:
+        return [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise BadInput(f"{what} must be comma-separated numbers, got '{text}'") from None
+
+
+def _names(text: str) -> list[str]:
+    return [x for x in text.replace(" ", "").split(",") if x]
+
+
+@app.command("generate")
+def generate_cmd(
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="prompt text (repeat for a batch)"),
+    model: str = ModelOpt,
+    method: str = typer.Option("dense", "--method", help="dense, tt, griffin, tda, static or random"),
+    density: float = typer.Option(None, "--density", help="fraction of FFN neurons kept, in (0, 1]"),
+    cett: float = typer.Option(0.2, "--cett", help="CETT target for calibrated tda/tt thresholds"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n"),
+    min_new_tokens: int = typer.Option(0, "--min-new-tokens"),
+    sample: bool = typer.Option(False, "--sample", help="sample instead of greedy"),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    top_k: int = typer.Option(0, "--top-k"),
+    seed: int = typer.Option(None, "--seed"),
+    no_fast: bool = typer.Option(False, "--no-fast", help="disable the oneDNN fp32 linear path"),
+    batch_mode: str = typer.Option("union", "--batch-mode", help="union or rows (per-row masks in a batch)"),
+    json_out: Path = typer.Option(None, "--json", help="also write the result as JSON"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Generate with a sparse FFN: dense prefill, masks from it, sliced FFN weights while decoding."""
+    from tda.atomic import check_output_path, write_text_atomic
+    from tda.errors import BadInput
+    from tda.generate import check_method, generate
+    from tda.masks import check_density
+
+    check_method(method)
+    if density is not None:
+        check_density(density)
+    if max_new_tokens < 1:
+        raise BadInput(f"max-new-tokens must be >= 1, got {max_new_tokens}")
+    if not prompt or any(not p.strip() for p in prompt):
+        raise BadInput("the prompt is empty")
+    if json_out is not None:
+        check_output_path(json_out)
+    lm = load(model, dtype, device)
+    res = generate(lm, list(prompt), method, density=density, cett=cett, max_new_tokens=max_new_tokens,
+                   min_new_tokens=min_new_tokens or None, do_sample=sample, temperature=temperature, top_p=top_p,
+                   top_k=top_k, seed=seed, fast=not no_fast, batch_mode=batch_mode)
+    for i, text in enumerate(res.texts):
+        if len(res.texts) > 1:
+            print(f"--- prompt {i}")
+        print(text)
+    t = res.timings
+    print(f"method {method}: density {res.density:.3f} (per layer of prompt 0: "
+          + " ".join(f"{d:.2f}" for d in res.density_per_layer[0]) + ")")
+    print(f"prefill {1000 * t['prefill_s']:.1f} ms, mask {1000 * t['mask_s']:.1f} ms, decode "
+          f"{t['decode_ms_per_token']:.1f} ms/token over {t['decode_steps']} steps, total {t['total_s']:.2f} s"
+          f" (fast path: {res.params['fast']})")
+    if json_out is not None:
+        data = res.to_json(0)
+        if len(res.texts) > 1:
+            data["batch"] = [res.to_json(i) for i in range(len(res.texts))]
+        write_text_atomic(json_out, json.dumps(data, indent=1))
+        echo_err(f"wrote {json_out}")
+
+
+@app.command("bench")
+def bench_cmd(
+    model: str = ModelOpt,
+    methods: str = typer.Option("stock,dense,tt,griffin,tda", "--methods"),
+    density: float = typer.Option(0.5, "--density"),
+    prompt_tokens: int = typer.Option(64, "--prompt-tokens"),
+    new_tokens: int = typer.Option(32, "--new-tokens"),
+    rounds: int = typer.Option(5, "--rounds"),
+    out: Path = typer.Option(None, "--out", "-o", help="write the result JSON here"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Latency of dense / tt / griffin / tda side by side (alternating rounds) with the ceiling."""
+    from tda.atomic import check_output_path, write_text_atomic
+    from tda.bench import BENCH_METHODS, format_table, run_bench
+    from tda.errors import BadInput
+    from tda.masks import check_density
+
+    ms = _names(methods)
+    bad = [m for m in ms if m not in BENCH_METHODS]
+    if bad or not ms:
+        raise BadInput(f"unknown bench method '{(bad or [''])[0]}'; use {', '.join(BENCH_METHODS)}")
+    check_density(density)
+    if new_tokens < 2 or rounds < 1 or prompt_tokens < 1:
+        raise BadInput("need --new-tokens >= 2, --rounds >= 1 and --prompt-tokens >= 1")
+    if out is not None:
+        check_output_path(out)
+    lm = load(model, dtype, device)
+    if prompt_tokens + new_tokens > lm.n_ctx:
+        raise BadInput(f"prompt + new tokens ({prompt_tokens + new_tokens}) exceed the context ({lm.n_ctx})")
+    from tda.data import load_texts
+
+    res = run_bench(lm, methods=tuple(ms), density=density, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+                    rounds=rounds, calibration_texts=load_texts(limit=4) if lm.is_random else None,
+                    progress=progress_printer)
+    print(format_table(res))
+    if out is not None:
+        write_text_atomic(out, json.dumps(res, indent=1))
+        echo_err(f"wrote {out}")
+
+
+@app.command("eval")
+def eval_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="output folder"),
+    model: str = ModelOpt,
+    methods: str = typer.Option("dense,tt,griffin,tda", "--methods"),
+    densities: str = typer.Option("0.25,0.5,0.75", "--densities"),
+    data: Path = typer.Option(None, "--data", help="held-out texts (JSONL with 'text'); default data/heldout.jsonl"),
+    summaries: Path = typer.Option(None, "--summaries", help="JSONL with 'article' and 'summary'"),
+    limit: int = typer.Option(None, "--limit", help="at most N held-out texts and N articles"),
+    mc_limit: int = typer.Option(0, "--mc-limit", help="multiple-choice items via lm-eval (0: skip, -1: all)"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="summary length limit"),
+    cett: float = typer.Option(0.2, "--cett"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Perplexity, agreement with dense, ROUGE (and lm-eval multiple choice) per method and density."""
+    from tda.atomic import check_output_dir, write_text_atomic
+    from tda.data import HELDOUT, SUMMARIZATION, load_records, load_texts
+    from tda.errors import BadInput
+    from tda.quality import run_eval, to_csv, to_markdown, variants
+    from tda.quality_plots import quality_figure, write_figure
+
+    ms, ds = _names(methods), _floats(densities, "densities")
+    variants(ms, ds)  # validates before loading anything
+    if limit is not None and limit < 1:
+        raise BadInput("--limit must be >= 1")
+    if max_new_tokens < 1:
+        raise BadInput("--max-new-tokens must be >= 1")
+    out_dir = check_output_dir(out)
+    heldout = load_texts(data or HELDOUT, limit=limit)
+    recs = load_records(summaries or SUMMARIZATION, required=("article", "summary"))[:limit]
+    lm = load(model, dtype, device)
+    res = run_eval(lm, ms, ds, heldout=heldout, summaries=recs, mc_limit=mc_limit or None,
+                   max_new_tokens=max_new_tokens, cett=cett, progress=progress_printer)
+    res["meta"]["limit"] = limit
+    write_text_atomic(out_dir / "quality.json", json.dumps(res, indent=1))
+    write_text_atomic(out_dir / "quality.csv", to_csv(res["rows"]))
+    md = to_markdown(res["rows"])
+    write_text_atomic(out_dir / "quality.md", md)
+    for metric in ("ppl", "agreement", "rouge1", "rouge1_vs_dense", "mc_acc"):
+        if any(metric in r for r in res["rows"]):
+            write_figure(quality_figure(res["rows"], metric), out_dir / f"quality-{metric}")
+    print(md)
+    echo_err(f"wrote {out_dir}/quality.{{json,csv,md}} and quality-*.html")

@@ -1,0 +1,116 @@
+"""Quality metrics on tiny models: dense agrees with itself, masks change things, lm-eval runs offline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tda.errors import BadInput
+from tda.quality import (
+    Variant,
+    perplexity_eval,
+    rouge,
+    summarization_eval,
+    to_csv,
+    to_markdown,
+    variants,
+)
+
+TEXTS = ["the quick brown fox jumps over the lazy dog and runs far away into the woods",
+         "one two three four five six seven eight nine ten eleven twelve"]
+
+
+def test_variants_validate():
+    vs = variants(["dense", "griffin"], [0.25, 0.5])
+    assert [v.label for v in vs] == ["dense", "griffin@0.25", "griffin@0.5"]
+    with pytest.raises(BadInput):
+        variants(["nope"], [0.5])
+    with pytest.raises(BadInput):
+        variants(["griffin"], [0.0])
+
+
+def test_perplexity_and_agreement(tiny_llama):
+    vs = [Variant("dense", None), Variant("griffin", 1.0), Variant("random", 0.1)]
+    res = perplexity_eval(tiny_llama, TEXTS, vs)
+    assert res["dense"]["agreement"] == 1.0
+    assert res["griffin@1"]["ppl"] == pytest.approx(res["dense"]["ppl"], rel=1e-4)
+    assert res["griffin@1"]["agreement"] == 1.0
+    assert res["random@0.1"]["ppl"] != pytest.approx(res["dense"]["ppl"], rel=1e-3)
+    assert res["random@0.1"]["agreement"] < 1.0
+    assert res["dense"]["tokens"] > 10
+
+
+def test_teacher_forced_matches_full_forward(tiny_llama):
+    """Dense prefill + cached continuation gives the same log-likelihood as one full forward."""
+    import torch
+
+    from tda.generate import SparseSession
+    from tda.quality import continuation_logits
+
+    ids = tiny_llama.tokenizer(TEXTS[0]).input_ids
+    got = continuation_logits(tiny_llama, ids, 5, SparseSession(tiny_llama, "dense", fast=False))
+    with torch.inference_mode():
+        full = tiny_llama.model(input_ids=torch.tensor([ids])).logits[0, 4:-1].float()
+    torch.testing.assert_close(got, full, rtol=1e-4, atol=1e-4)
+
+
+def test_rouge_and_summaries(tiny_llama, monkeypatch):
+    import tda.data
+
+    monkeypatch.setattr(tda.data, "xsum_prompt", lambda article: f"Article: {article}\nSummary:")
+    r = rouge(["a cat sat on the mat"], ["a cat sat on the mat"])
+    assert r["rouge1"] == pytest.approx(100.0)
+    assert rouge(["dogs bark"], ["a cat sat"])["rouge1"] == 0.0
+    recs = [{"article": "A zoo welcomed twin red panda cubs.", "summary": "Zoo has red panda twins."}]
+    res = summarization_eval(tiny_llama, recs, [Variant("dense", None), Variant("griffin", 1.0)], max_new_tokens=4)
+    assert res["dense"]["rouge1_vs_dense"] == pytest.approx(100.0) or res["dense"]["outputs"] == [""]
+    assert res["griffin@1"]["outputs"] == res["dense"]["outputs"]
+
+
+def test_tables():
+    rows = [{"method": "dense", "density": 1.0, "ppl": 3.0}, {"method": "tt", "density": 0.5, "ppl": 4.5}]
+    assert to_csv(rows).splitlines()[0] == "method,density,ppl"
+    assert "| tt | 0.5 | 4.5 |" in to_markdown(rows)
+
+
+def test_quality_figure():
+    from tda.quality_plots import quality_figure
+
+    rows = [{"method": "dense", "density": 1.0, "agreement": 1.0},
+            {"method": "tt", "density": 0.5, "agreement": 0.8}, {"method": "tt", "density": 0.25, "agreement": 0.6}]
+    fig = quality_figure(rows, "agreement")
+    names = [t.name for t in fig.data]
+    assert "tt" in names and "dense" in names
+    tt = fig.data[names.index("tt")]
+    assert list(tt.x) == [0.25, 0.5] and list(tt.y) == [0.6, 0.8]
+
+
+def test_lm_eval_wrapper_offline(tiny_llama):
+    from tda.lm_eval_model import TDALM, mc_task_config, run_mc_task
+
+    cfg = mc_task_config()
+    assert cfg["dataset_path"] == "json" and cfg["dataset_kwargs"]["data_files"]["test"].startswith("/")
+    acc = run_mc_task(tiny_llama, "griffin", 0.5, limit=5)
+    assert 0.0 <= acc <= 1.0
+
+    class Req:
+        def __init__(self, *args):
+            self.args = args
+
+    m = TDALM(lm=tiny_llama, method="dense")
+    (lp, greedy), = m.loglikelihood([Req("the cat", " sat on")])
+    assert lp < 0 and isinstance(greedy, bool)
+    (lp2,) = TDALM(lm=tiny_llama, method="griffin", density=1.0).loglikelihood([Req("the cat", " sat on")])
+    assert lp2[0] == pytest.approx(lp, rel=1e-4)
+
+
+def test_eval_cli(run_cli, tmp_out):
+    out = tmp_out / "q"
+    code, stdout, err = run_cli("eval", "--model", "tiny-llama", "--methods", "dense,griffin", "--densities", "0.5",
+                                "--limit", "2", "--max-new-tokens", "3", "--out", out)
+    assert code == 0, err
+    data = json.loads((out / "quality.json").read_text())
+    assert [r["method"] for r in data["rows"]] == ["dense", "griffin"]
+    assert (out / "quality.csv").exists() and (out / "quality-ppl.html").exists()
+    assert "| griffin | 0.5 |" in stdout
