@@ -13,6 +13,7 @@ from tda.cli.app import app, echo_err
 COMMAND_MODULES = [
     "tda.cli.capture_cmds",
     "tda.cli.study_cmds",
+    "tda.cli.engine_cmds",
     "tda.cli.generate_cmds",
 ]
 

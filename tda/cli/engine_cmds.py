@@ -1,0 +1,267 @@
+"""``tda calibrate`` (per-layer CETT thresholds) and ``tda recall`` (do prompt masks predict decode?)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tda.cli.app import DeviceOpt, DtypeOpt, ModelOpt, app, echo_err, load
+
+console = Console(width=110)
+
+
+def _fmt(x: float, nd: int = 3) -> str:
+    return "nan" if x != x else f"{x:.{nd}f}"
+
+
+# ----- calibrate ---------------------------------------------------------------------------------
+def calibration_table(cal, title: str) -> Table:
+    table = Table("layer", "threshold t_L", "density", title=title or None)
+    for L, (t, d) in enumerate(zip(cal.thresholds, cal.densities)):
+        table.add_row(str(L), f"{t:.5g}", f"{d:.3f}")
+    table.add_row("mean", f"{sum(cal.thresholds) / len(cal.thresholds):.5g}",
+                  f"{sum(cal.densities) / len(cal.densities):.3f}")
+    return table
+
+
+@app.command()
+def calibrate(
+    out: Path = typer.Option(..., "--out", "-o", help="output threshold file (.json)"),
+    model: str = ModelOpt,
+    data: Path = typer.Option(None, "--data", help="calibration texts (.json/.jsonl with a 'text' field); default: the shipped corpus"),
+    cett: float = typer.Option(0.2, "--cett", help="CETT target in (0, 1)"),
+    limit: int = typer.Option(None, "--limit", help="use only the first N texts"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Per-layer CETT thresholds t_L (cached per model, data and target); prints threshold and density."""
+    from tda.atomic import check_output_path
+    from tda.calibrate import cache_path, data_hash, load_or_calibrate
+    from tda.cett import check_target
+    from tda.data import load_texts
+    from tda.errors import BadInput
+
+    check_target(cett)
+    if limit is not None and limit < 1:
+        raise BadInput(f"limit must be at least 1, got {limit}")
+    check_output_path(out)
+    texts = [t for t in load_texts(data, limit=limit) if t.strip()]
+    if not texts:
+        raise BadInput("the calibration data is empty")
+    lm = load(model, dtype, device)
+    cached = cache_path(lm.model_id, data_hash(texts), cett).exists()
+    with console.status(f"calibrating {lm.ffn.n_layers} layers on {len(texts)} texts (CETT {cett:g})..."):
+        cal = load_or_calibrate(lm, texts, cett)
+    cal.save(out)
+    console.print(
+        f"[bold]wrote {out}[/bold]: model {cal.model_id}, d_ff {cal.d_ff}, CETT {cal.target:g}, "
+        f"{len(texts)} texts, {cal.n_tokens} calibration tokens, data {cal.data_hash}"
+        + (" (from cache)" if cached else "")
+    )
+    console.print("per-layer threshold t_L and the density it gives on the calibration data:")
+    console.print(calibration_table(cal, ""))
+
+
+# ----- recall ------------------------------------------------------------------------------------
+def rows_to_csv(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()), lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def _std(xs: list[float]) -> float:
+    xs = [x for x in xs if x == x]
+    if len(xs) < 2:
+        return float("nan")
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def study_summary(rows: list[dict], density: float = 0.5) -> list[dict]:
+    """Mean over layers and prompts at ``density`` (tda at scale 1), plus the std over prompts."""
+    from tda.recall import summary_at
+
+    summary = summary_at(rows, density=density)
+    prompts = sorted({r["prompt"] for r in rows})
+    per_prompt = {p: summary_at([r for r in rows if r["prompt"] == p], density=density) for p in prompts}
+    for s in summary:
+        for m in ("recall", "mass_recall"):
+            vals = [x[m] for p in prompts for x in per_prompt[p] if x["truth"] == s["truth"] and x["method"] == s["method"]]
+            s[f"{m}_std_over_prompts"] = _std(vals)
+        s["n_prompts"] = len(prompts)
+    return summary
+
+
+def summary_table(summary: list[dict], density: float) -> Table:
+    table = Table(title=f"mean over layers and prompts at density ≈ {density:g} (tda: calibrated t_L, scale 1)")
+    for name in ("method", "point", "density", "recall TT", "mass recall", "precision TT", "recall top-p"):
+        table.add_column(name, no_wrap=True)
+    by = {(s["truth"], s["method"]): s for s in summary}
+    for (truth, method), s in by.items():
+        if truth != "tt":
+            continue
+        top = by.get(("top", method))
+        sd = s.get("recall_std_over_prompts", float("nan"))
+        table.add_row(
+            method, f"{s['param']} {s['value']:g}", _fmt(s["density"]),
+            _fmt(s["recall"]) + ("" if sd != sd else f" ±{sd:.3f}"), _fmt(s["mass_recall"]),
+            _fmt(s["precision"]), _fmt(top["recall"]) if top else "",
+        )
+    return table
+
+
+def write_figures(figs: dict[str, object], out_dir: Path, png: bool) -> list[str]:
+    """Write ``name.html`` always and ``name.png`` (kaleido + Chromium) when possible; returns notes."""
+    import contextlib
+
+    from tda.atomic import atomic_path
+
+    notes = []
+    for name, fig in figs.items():
+        with atomic_path(out_dir / f"{name}.html") as tmp:
+            fig.write_html(str(tmp), include_plotlyjs=True)
+    if png:
+        try:
+            import plotly.io as pio
+
+            with contextlib.ExitStack() as stack:
+                tmps = [stack.enter_context(atomic_path(out_dir / f"{name}.png")) for name in figs]
+                pio.write_images(list(figs.values()), [str(t) for t in tmps], format="png", width=1000, height=600)
+        except Exception as e:  # no browser for kaleido: HTML only
+            notes.append(f"PNG export skipped ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
+    return notes
+
+
+@app.command()
+def recall(
+    out: Path = typer.Option(..., "--out", "-o", help="output folder (CSV, JSON summary, figures)"),
+    model: str = ModelOpt,
+    prompt: str = typer.Option(None, "--prompt", "-p", help="one prompt"),
+    data: Path = typer.Option(None, "--data", help="prompts (.json/.jsonl with a 'text' field)"),
+    limit: int = typer.Option(None, "--limit", help="use only the first N prompts of --data"),
+    new_tokens: int = typer.Option(64, "--new-tokens", help="greedy decode steps per prompt"),
+    densities: str = typer.Option("0.1:0.9:0.1", "--densities", help="start:stop:step or a comma list, each in (0, 1]"),
+    scales: str = typer.Option("0.25,0.3536,0.5,0.7071,1,1.414,2,2.828,4", "--scales",
+                               help="TDA threshold scales (t / t_L) for recall-vs-threshold"),
+    methods: str = typer.Option("tda,tda_matched,griffin,static,random,oracle", "--methods"),
+    cett: float = typer.Option(0.2, "--cett", help="CETT target for calibration (when no --thresholds)"),
+    thresholds: Path = typer.Option(None, "--thresholds", help="threshold file from `tda calibrate`"),
+    top_p: float = typer.Option(0.2, "--top-p", help="second ground truth: top-p fraction by output norm"),
+    seed: int = typer.Option(0, "--seed", help="seed of the random masks (+ prompt index)"),
+    png: bool = typer.Option(True, "--png/--no-png", help="also export PNG figures (kaleido + Chromium)"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Do prompt masks predict decode-time activations? Recall per method × layer × density/threshold."""
+    import time
+
+    from tda.calibrate import Calibration, load_or_calibrate
+    from tda.capture import tokenize
+    from tda.cett import check_target
+    from tda.data import load_texts
+    from tda.decode_capture import check_new_tokens
+    from tda.errors import BadInput
+    from tda.masks import model_down_norms, model_static_scores
+    from tda.recall import (
+        aggregate,
+        check_methods,
+        check_top_p,
+        parse_densities,
+        parse_scales,
+        study_prompt,
+    )
+
+    # every argument is checked before a model is loaded or anything is written
+    check_new_tokens(new_tokens)
+    dens = parse_densities(densities)
+    scl = parse_scales(scales)
+    meths = check_methods(methods)
+    check_target(cett)
+    check_top_p(top_p)
+    if (prompt is None) == (data is None):
+        raise BadInput("give exactly one of --prompt or --data")
+    if limit is not None and limit < 1:
+        raise BadInput(f"limit must be at least 1, got {limit}")
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"output folder {out} exists and is not a directory")
+    if prompt is not None:
+        if not prompt.strip():
+            raise BadInput("the prompt is empty")
+        texts = [prompt]
+    else:
+        texts = [t for t in load_texts(data, limit=limit) if t.strip()]
+        if not texts:
+            raise BadInput(f"{data} holds no prompts")
+    cal = Calibration.load(thresholds) if thresholds is not None else None
+    lm = load(model, dtype, device)
+    if cal is not None:
+        cal.check_model(lm)
+    for t in texts:
+        tokenize(lm, t, max_tokens=lm.n_ctx - new_tokens)
+    if cal is None:
+        with console.status(f"CETT {cett:g} calibration (cached after the first run)..."):
+            cal = load_or_calibrate(lm, None, cett)
+
+    from tda.atomic import check_output_dir, write_text_atomic
+
+    out_dir = check_output_dir(out)
+    norms, static = model_down_norms(lm), model_static_scores(lm)
+    rows, generations = [], []
+    t0 = time.time()
+    for i, text in enumerate(texts):
+        dc, r = study_prompt(lm, text, cal, new_tokens=new_tokens, densities=dens, methods=meths, scales=scl,
+                             top_p=top_p, seed=seed + i, extra={"prompt": i}, norms=norms, static_scores=static)
+        rows.extend(r)
+        generations.append({"prompt": i, "prompt_tokens": dc.prefill_acts.shape[1], "steps": dc.n_steps,
+                            "text": text[:120], "generated": dc.text})
+        echo_err(f"[tda] prompt {i + 1}/{len(texts)}: {dc.prefill_acts.shape[1]} prompt tokens, "
+                 f"{dc.n_steps} decode steps ({time.time() - t0:.0f} s)")
+
+    agg = sorted(aggregate(rows), key=lambda r: (r["truth"], r["method"], r["value"], r["layer"]))
+    summary = study_summary(rows, 0.5)
+    write_text_atomic(out_dir / "recall.csv", rows_to_csv(agg))
+    write_text_atomic(out_dir / "recall_per_prompt.csv", rows_to_csv(rows))
+    meta = {
+        "model_id": lm.model_id, "dtype": str(lm.dtype).replace("torch.", ""), "n_prompts": len(texts),
+        "new_tokens": new_tokens, "densities": dens, "scales": scl, "methods": meths, "top_p": top_p,
+        "seed": seed, "data": str(data) if data else None, "limit": limit,
+        "calibration": {"target": cal.target, "data_hash": cal.data_hash, "n_tokens": cal.n_tokens,
+                        "thresholds": cal.thresholds, "densities": cal.densities},
+        "summary_at_density_0.5": summary, "generations": generations, "seconds": round(time.time() - t0, 1),
+    }
+    write_text_atomic(out_dir / "summary.json", json.dumps(meta, indent=1))
+
+    from tda.recall_plots import (
+        recall_by_layer_figure,
+        recall_vs_density_figure,
+        recall_vs_threshold_figure,
+    )
+
+    figs = {
+        "recall_vs_density": recall_vs_density_figure(rows, truth="tt", metric="recall"),
+        "mass_recall_vs_density": recall_vs_density_figure(rows, truth="tt", metric="mass_recall"),
+        "recall_vs_density_top": recall_vs_density_figure(rows, truth="top", metric="recall"),
+        "recall_by_layer": recall_by_layer_figure(rows, truth="tt", metric="recall"),
+    }
+    if "tda" in meths:
+        figs["recall_vs_threshold"] = recall_vs_threshold_figure(rows, truth="tt")
+    for note in write_figures(figs, out_dir, png):
+        echo_err(f"[tda] {note}")
+    console.print(
+        f"[bold]wrote {out_dir}[/bold]: {lm.model_id}, {len(texts)} prompt(s), {new_tokens} new tokens, "
+        f"CETT {cal.target:g}; TT density on decode tokens "
+        f"{_fmt(sum(r['truth_density'] for r in agg if r['truth'] == 'tt') / max(1, sum(r['truth'] == 'tt' for r in agg)))}"
+    )
+    console.print(summary_table(summary, 0.5))
