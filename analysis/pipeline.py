@@ -201,7 +201,7 @@ def run_studies(lm, settings: FigureSettings | None = None, *, log=print, progre
         "model_id": mid, "control_id": clm.model_id if clm else None, "version": package_version(),
         "layer": layer, "groups": groups,
         "study1": {"inputs": inputs, "trained": trained, "control": control,
-                   "verdicts": {r: {k: v for k, v in verdicts[r].items()} for r in verdicts}},
+                   "verdicts": verdicts},
         "scale": {"trained": sc["result"], "control": csc["result"] if csc else None},
         "study2": sim,
     }
@@ -209,7 +209,7 @@ def run_studies(lm, settings: FigureSettings | None = None, *, log=print, progre
             "settings": asdict(s) | {"layer": layer}}
 
 
-def _figure_entries(files: dict[str, dict], captions: dict[str, str], layer: int) -> dict[str, dict]:
+def _figure_entries(files: dict[str, dict], captions: dict[str, str]) -> dict[str, dict]:
     return {n: {**f, "caption": captions[n], "study": n.split("_", 1)[0]} for n, f in files.items()}
 
 
@@ -232,7 +232,7 @@ def write_outputs(out_dir: str | os.PathLike, studies: dict, *, log=print) -> di
                                     title=f"tda-workbench studies — {run['model_id']}", captions=studies["captions"])
         if err:
             log(f"PNG export failed, HTML only: {err}")
-        run["figures"] = _figure_entries(files, studies["captions"], run["layer"])
+        run["figures"] = _figure_entries(files, studies["captions"])
         run["png_error"] = err
         (stage / "results.json").write_text(json.dumps(run, indent=1, ensure_ascii=False), encoding="utf-8")
         (stage / "manifest.json").write_text(manifest(run, studies["settings"]), encoding="utf-8")

@@ -49,25 +49,40 @@ def _labels(tokens: Sequence[str]) -> list[str]:
     return [f"{i}:{t.replace(chr(9601), '␣').replace(chr(10), '⏎')}" for i, t in enumerate(tokens)]
 
 
+def quantize(M, zmax: float) -> np.ndarray:
+    """``M / zmax`` clipped to [0, 1] as 256 levels (uint8): a quarter of float32's bytes in HTML."""
+    return np.round(np.clip(np.asarray(M, dtype=np.float32) / zmax, 0, 1) * 255).astype(np.uint8)
+
+
 def heatmap_panels(panels: dict[str, tuple[np.ndarray, list[str]]], *, title: str, zmax: float | None = None,
                    max_cols: int = MAX_COLS, colorscale: str = "Viridis", colorbar_title: str = "|a|",
                    rows: int = 2, cols: int = 2, x_title: str = "neuron", y_title: str = "token",
-                   height: int = 760) -> go.Figure:
-    """A grid of heatmaps ``{panel title: (values[rows, neurons], y labels)}`` on one colour scale."""
+                   height: int = 760, levels: bool = False) -> go.Figure:
+    """A grid of heatmaps ``{panel title: (values[rows, neurons], y labels)}`` on one colour scale.
+
+    ``levels``: store values as 256 levels of ``[0, zmax]`` (uint8) with the colour bar labelled in
+    the original units — for large non-negative maps whose exact values matter less than size.
+    """
     pooled = {t: (pool_columns(v, max_cols), labels) for t, (v, labels) in panels.items()}
     zmax = zmax if zmax is not None else shared_zmax([p[0][0] for p in pooled.values()])
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(panels), horizontal_spacing=0.1,
                         vertical_spacing=0.12)
     for n, (t, ((vals, starts), labels)) in enumerate(pooled.items()):
         r, c = n // cols + 1, n % cols + 1
-        fig.add_trace(go.Heatmap(z=vals, x=starts, y=labels, coloraxis="coloraxis", name=t,
-                                 hovertemplate="neuron %{x}<br>%{y}<br>value %{z:.3f}<extra></extra>"), r, c)
+        z = quantize(vals, zmax) if levels else vals
+        hover = (f"neuron %{{x}}<br>%{{y}}<br>level %{{z}}/255 of {zmax:.3g}<extra></extra>" if levels
+                 else "neuron %{x}<br>%{y}<br>value %{z:.3f}<extra></extra>")
+        fig.add_trace(go.Heatmap(z=z, x=starts, y=labels, coloraxis="coloraxis", name=t, hovertemplate=hover), r, c)
         fig.update_yaxes(autorange="reversed", title_text=y_title if c == 1 else None, row=r, col=c,
                          tickfont={"size": 8})
         fig.update_xaxes(title_text=x_title if r == rows else None, row=r, col=c)
+    colorbar = {"title": {"text": colorbar_title}}
+    if levels:
+        ticks = np.linspace(0, 1, 5)
+        colorbar |= {"tickvals": (ticks * 255).tolist(), "ticktext": [f"{t * zmax:.3g}" for t in ticks]}
     fig.update_layout(title={"text": title, "font": {"size": 14}}, height=height, width=1300,
-                      coloraxis={"colorscale": colorscale, "cmin": 0 if zmax > 0 else None, "cmax": zmax,
-                                 "colorbar": {"title": {"text": colorbar_title}}},
+                      coloraxis={"colorscale": colorscale, "cmin": 0, "cmax": 255 if levels else zmax,
+                                 "colorbar": colorbar},
                       margin={"l": 110, "r": 40, "t": 90, "b": 50})
     return fig
 
@@ -114,7 +129,7 @@ def all_layer_view(captures: dict, *, model_id: str = "", max_cols: int = 256, q
         panels[f"{SOURCE_LABEL.get(src, src)} — {mode}"] = (np.concatenate(blocks), labels)
     fig = heatmap_panels(panels, title=f"{model_id}: all layers (rows = layer × token), |a| / per-layer ceiling",
                          zmax=1.0, max_cols=max_cols, colorbar_title="|a| / ceil", height=1100,
-                         y_title="layer : token")
+                         y_title="layer : token", levels=True)
     fig.update_yaxes(tickmode="array", tickvals=[f"L{L}:0" for L in layers], ticktext=[f"L{L}" for L in layers])
     return fig
 
@@ -168,7 +183,7 @@ def samples_heatmaps(rates: dict, layer_pos: int, layer: int, *, model_id: str =
         panels[title] = (R, [f"s{i}" for i in range(R.shape[0])])
     return heatmap_panels(panels, title=f"{model_id} layer {layer}: firing rate per sample and neuron; rule {rule_label}",
                           zmax=1.0, max_cols=max_cols, colorscale="Magma", colorbar_title="rate",
-                          y_title="sample", height=900)
+                          y_title="sample", height=900, levels=True)
 
 
 def similarity_heatmap(S, labels: Sequence[str], *, title: str, zmin: float | None = None,

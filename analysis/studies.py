@@ -98,11 +98,11 @@ def random_word_text(lm, n_tokens: int, seed: int = DEFAULT_SEED, *, pool: Seque
     return text, source
 
 
-_POOLS: dict[int, tuple[list[str], str]] = {}
+_POOLS: dict[tuple, tuple[list[str], str]] = {}
 
 
 def _word_pool(lm) -> tuple[list[str], str]:
-    key = id(lm.tokenizer)
+    key = (lm.tokenizer_dir or lm.model_id, len(lm.tokenizer))
     if key not in _POOLS:
         words = single_token_words(lm)
         _POOLS[key] = (words, "words.txt") if len(words) >= 64 else (_vocab_words(lm), "vocabulary")

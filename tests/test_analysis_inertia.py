@@ -110,9 +110,10 @@ def test_claim4_verdict_logic(flock, context, verdict):
 def test_claim4_control_part():
     trained, control = _result(True, True), _result(False, False)
     v = claim4_verdict(trained, control)
-    assert v["C"] is True and "training contributes" in v["statement"]
+    assert v["C"] is True and "larger with trained weights for every token source" in v["statement"]
     v2 = claim4_verdict(trained, trained)
     assert v2["C"] is False  # equal effect: not larger with training
+    assert "at least as large an effect for every token source" in v2["statement"]
 
 
 def test_claim4_majority_threshold():

@@ -107,3 +107,20 @@ def test_cett_rule_rejects_other_layers(lm):
         make_rule(lm, "cett", 1.5)
     with pytest.raises(BadInput):
         make_rule(lm, "median")
+
+
+@pytest.mark.slow
+def test_study1_and_study2_on_the_embedded_model(gemma):
+    """The real Gemma 3 270M: the XSum prefix is the paper's, and both studies give full results."""
+    from analysis.similarity import similarity_study, verdict_rows
+    from tda.data import load_samples
+
+    rule = make_rule(gemma, "cett")
+    run = inertia_for_prompt(gemma, rule)
+    toks = run.result["sources"]["real"]["tokens"]
+    assert toks[:5] == ["###", "\n", "Article", ":", "▁Almost"] and len(toks) == 16
+    assert run.result["inputs"]["random_source"] == "words.txt"
+    assert len(run.result["sources"]["random"]["sequence"]) == 18
+    sim = similarity_study(gemma, load_samples(), rule)
+    assert len(verdict_rows(sim)) == 80
+    assert sim["groups"]["early"] == [0, 1, 2, 3, 4, 5]

@@ -25,6 +25,14 @@ KOpt = typer.Option(4, "--k", help="previous tokens whose union a token's active
 SeedOpt = typer.Option(0, "--seed", help="seed of the random tokens/words and the random-weights control")
 
 
+def _tqdm(items, desc: str = ""):
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(items, desc=f"[tda] {desc}", file=sys.stderr, leave=False, disable=not sys.stderr.isatty())
+
+
 def _check_common(rule: str, cett: float, top_p: float, k: int) -> None:
     from analysis.activation import check_rule_args, check_top_p
     from tda.cett import check_target
@@ -73,7 +81,7 @@ def figures(
     t0 = time.perf_counter()
     lm = load(model, dtype, device)
     t_load = time.perf_counter() - t0
-    studies = run_studies(lm, settings, log=progress_printer)
+    studies = run_studies(lm, settings, log=progress_printer, progress=_tqdm)
     info = write_outputs(out, studies, log=progress_printer)
     t = studies["timings"] | {"load": t_load, "total": time.perf_counter() - t0}
     console.print(f"wrote {len(info['files'])} files to {info['out']} "
