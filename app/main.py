@@ -1,0 +1,38 @@
+"""tda-workbench UI: ``streamlit run app/main.py`` (thin: sidebar settings and page routing).
+
+The default model is the embedded Gemma 3 270M; ``TDA_APP_MODEL=tiny-llama`` picks another default
+(tests). Pages are ``app/page_*.py``; shared state (cached model, captures) in :mod:`app.state`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # so that pages can `from app import state`
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import state  # noqa: E402
+
+st.set_page_config(page_title="tda-workbench", page_icon="🧠", layout="wide")
+state.apply_threads()
+
+HERE = Path(__file__).resolve().parent
+PAGES = [
+    st.Page(HERE / "page_inertia.py", title="1 · Inertia explorer", url_path="inertia", default=True),
+    st.Page(HERE / "page_masks.py", title="2 · Masks", url_path="masks"),
+    st.Page(HERE / "page_samples.py", title="3 · 13 samples", url_path="samples"),
+    st.Page(HERE / "page_recall.py", title="4 · Recall", url_path="recall"),
+    st.Page(HERE / "page_generate.py", title="5 · Generate", url_path="generate"),
+]
+
+st.session_state["settings"] = state.sidebar()
+page = st.navigation(PAGES, position="sidebar")
+st.sidebar.caption(
+    "Reproduces *First Activations Matter* (TDA, arXiv 2408.11393). "
+    f"Prompts are limited to {state.MAX_TOKENS} tokens."
+)
+page.run()

@@ -1,0 +1,270 @@
+"""App state: cached model loading, bounded per-prompt capture cache, sidebar settings.
+
+No maths here: everything numeric comes from :mod:`tda` and :mod:`analysis`. What is cached:
+
+- models: one per (spec, dtype) for the whole server (``st.cache_resource``, at most 2). Loading
+  runs in a worker thread so that the page can show the one-time conversion's progress lines
+  (``load_model(progress=...)``) while it waits; the worker never calls Streamlit.
+- captures: per (model, prompt, mode), all layers, bounded (``st.cache_data``: ``max_entries``
+  and ``max_size``); ``st.cache_data`` returns a fresh copy to every caller, so two sessions
+  never share a mutable result. The shared model is never mutated (hooks are context-local).
+- CETT calibrations: per (model, target) (``st.cache_resource``; the disk cache of
+  :func:`tda.calibrate.load_or_calibrate` makes repeats instant).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from tda.errors import TDAError
+
+MODEL_ENV = "TDA_APP_MODEL"  # default model spec (tests use tiny-llama)
+THREADS_ENV = "TDA_APP_THREADS"  # torch intra-op threads for the server (default 1; 0 = torch's own)
+MAX_TOKENS = 256  # the token limit of every prompt in the app
+DTYPES = ("fp32", "bf16", "fp16")
+LOCAL = "local folder…"
+RULES = {"cett": "CETT threshold", "topp": "top-p% per token"}
+
+
+def apply_threads() -> None:
+    """Set torch's intra-op threads from ``TDA_APP_THREADS`` (default 1; process-wide).
+
+    The server runs every session's work in its own thread; with several sessions (or other
+    programs) on a 2-core machine, two OpenMP threads per computation contend and spin: measured
+    here under load, a 64-token capture took 10–50× longer with 2 threads than with 1
+    (``benchmarks/app_update.py --threads``). ``TDA_APP_THREADS=0`` keeps torch's default.
+    """
+    n = os.environ.get(THREADS_ENV, "1").strip() or "1"
+    if n.isdigit() and int(n) > 0:
+        import torch
+
+        if torch.get_num_threads() != int(n):
+            torch.set_num_threads(int(n))
+
+
+def default_model() -> str:
+    from tda.models import DEFAULT_MODEL
+
+    return os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
+
+
+def default_prompt() -> str:
+    """The XSum demonstration article's first sentence (Study 1's input)."""
+    from tda.data import xsum_demo
+
+    article = xsum_demo()["article"]
+    return article.split(". ")[0].strip().rstrip(".") + "."
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the sidebar chose."""
+
+    spec: str
+    dtype: str
+    rule: str  # "cett" or "topp" (analysis.activation kinds)
+    cett_target: float
+    top_p: float  # percent of neurons kept per token under the top-p rule
+
+
+# --------------------------------------------------------------------------------------- models
+class _ModelSlot:
+    """One model load in a worker thread; ``messages`` collects the progress lines."""
+
+    def __init__(self, spec: str, dtype: str):
+        self.spec, self.dtype = spec, dtype
+        self.messages: list[str] = []
+        self.model = None
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._run, name=f"load-{spec}", daemon=True).start()
+
+    def _run(self) -> None:
+        from tda.models import load_model
+
+        try:
+            self.model = load_model(self.spec, dtype=self.dtype, progress=self.messages.append)
+        except BaseException as e:  # re-raised in the script thread by result()
+            self.error = e
+        finally:
+            self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+    def result(self):
+        self._done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.model
+
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _model_slot(spec: str, dtype: str) -> _ModelSlot:
+    return _ModelSlot(spec, dtype)
+
+
+def load(spec: str, dtype: str):
+    """The shared model for (spec, dtype), showing the load's progress; raises TDAError."""
+    slot = _model_slot(spec, dtype)
+    if not slot.wait(0.05):
+        with st.status(f"Loading model `{spec}` ({dtype})…", expanded=True) as status:
+            shown = 0
+            while not slot.wait(0.25):
+                for line in slot.messages[shown:]:
+                    status.write(line)
+                shown = len(slot.messages)
+            for line in slot.messages[shown:]:
+                status.write(line)
+            status.update(label=f"Model `{spec}` loaded", state="complete", expanded=False)
+    try:
+        return slot.result()
+    except TDAError:
+        _model_slot.clear(spec, dtype)  # a fixed folder can be retried
+        raise
+    except Exception as e:  # an unexpected library failure: still one line, no traceback
+        _model_slot.clear(spec, dtype)
+        first = (str(e).splitlines() or [""])[0]
+        raise TDAError(f"could not load model '{spec}': {type(e).__name__}: {first}") from None
+
+
+def model_key(lm) -> str:
+    """A string that identifies a loaded model (cache keys)."""
+    return f"{lm.spec}|{lm.model_id}|{str(lm.dtype).replace('torch.', '')}"
+
+
+# ------------------------------------------------------------------------------------ captures
+@st.cache_data(max_entries=24, max_size="768MB", show_spinner=False)
+def capture(key: str, text: str, mode: str, _lm):
+    """All layers of ``text`` in ``mode`` (sequence/isolated), cached per (model, text, mode)."""
+    from tda.capture import capture as _capture
+
+    return _capture(_lm, text, None, mode, max_tokens=MAX_TOKENS)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Calibrating CETT thresholds (one time per model)…")
+def calibration(key: str, target: float, _lm):
+    from tda.calibrate import load_or_calibrate
+
+    return load_or_calibrate(_lm, target=target)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Calibrating CETT thresholds (one time per model)…")
+def _rule(key: str, kind: str, value: float, _lm):
+    from analysis.activation import make_rule
+
+    return make_rule(_lm, kind, value)
+
+
+def rule(lm, s: Settings | None = None):
+    """The sidebar's activation rule (:class:`analysis.activation.ActivationRule`) for ``lm``."""
+    s = s or settings()
+    value = s.cett_target if s.rule == "cett" else s.top_p / 100.0
+    return _rule(model_key(lm), s.rule, value, lm)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def similarity(key: str, samples: tuple, cett_target: float, _lm) -> dict:
+    """Study 2 for ``samples`` (tuples ``(id, text, treatment)``), cached per model and samples."""
+    from app.compute import similarity_result
+
+    return similarity_result(_lm, [{"id": i, "text": t, "treatment": tr} for i, t, tr in samples], cett_target)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def recall(params: tuple, _calibration, _lm, densities: tuple) -> dict:
+    """The recall study for ``params`` = (model key, prompt, new tokens, methods, CETT target, top-p %)."""
+    from app.compute import recall_result
+
+    _, text, new_tokens, methods, _, top_p = params
+    return recall_result(_lm, text, _calibration, new_tokens=new_tokens, methods=methods,
+                         top_p=top_p / 100.0, densities=densities)
+
+
+def check_prompt(lm, text: str) -> list[int]:
+    """Token ids of ``text``; raises BadInput when empty or beyond :data:`MAX_TOKENS`."""
+    from tda.capture import tokenize
+
+    return tokenize(lm, text, max_tokens=MAX_TOKENS)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def random_text(key: str, n_tokens: int, seed: int, _lm) -> str:
+    """``n_tokens`` seeded random single-token words (:func:`analysis.studies.random_word_text`)."""
+    from analysis.studies import random_word_text
+
+    return random_word_text(_lm, n_tokens, seed)[0]
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def static_scores(key: str, _lm):
+    from tda.masks import model_static_scores
+
+    return model_static_scores(_lm)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def down_norms(key: str, _lm):
+    from tda.masks import model_down_norms
+
+    return model_down_norms(_lm)
+
+
+# ------------------------------------------------------------------------------------- sidebar
+def sidebar() -> Settings:
+    """Draw the sidebar's settings (model, dtype, activation rule) and return them."""
+    from tda.models import DEFAULT_MODEL, TINY_SPECS
+
+    sb = st.sidebar
+    sb.header("Settings")
+    default = default_model()
+    choices = [DEFAULT_MODEL, *TINY_SPECS, LOCAL]
+    if default not in choices:  # a local path given through TDA_APP_MODEL
+        choices.insert(0, default)
+    pick = sb.selectbox(
+        "Model", choices, index=choices.index(default), key="model_choice",
+        help=f"{DEFAULT_MODEL} is embedded (works offline); tiny-* are random-weight test models.",
+    )
+    if pick == LOCAL:
+        path = sb.text_input("Local model folder", key="model_path",
+                             placeholder="/path/to/hf-model-folder").strip()
+        spec = str(Path(path).expanduser()) if path else ""
+    else:
+        spec = pick
+    dtype = sb.selectbox("dtype", DTYPES, key="dtype")
+    rule = sb.radio("Activation rule", list(RULES), format_func=RULES.get, key="rule",
+                    help="When a neuron counts as active for a token.")
+    target = 0.2
+    top_p = 10.0
+    if rule == "cett":
+        target = sb.slider("CETT target", 0.05, 0.5, 0.2, 0.05, key="cett_target",
+                           help="Per-layer thresholds t_L with mean CETT(t_L) = target (paper: 0.2).")
+    else:
+        top_p = sb.slider("top-p (% of neurons per token)", 1.0, 100.0, 10.0, 1.0, key="top_p")
+    return Settings(spec=spec, dtype=dtype, rule=rule, cett_target=float(target), top_p=float(top_p))
+
+
+def settings() -> Settings:
+    return st.session_state["settings"]
+
+
+def model_or_stop():
+    """The selected model, or an ``st.error`` and a stopped page when it cannot be loaded."""
+    s = settings()
+    if not s.spec:
+        st.error("Enter a local model folder in the sidebar (or pick another model).")
+        st.stop()
+    try:
+        t0 = time.perf_counter()
+        lm = load(s.spec, s.dtype)
+        st.session_state["last_load_s"] = time.perf_counter() - t0
+        return lm
+    except TDAError as e:
+        st.error(f"Model: {e}")
+        st.stop()

@@ -1,0 +1,110 @@
+"""End to end in a real browser: ``streamlit run app/main.py`` driven by Playwright + Debian Chromium.
+
+Skipped (with the reason) when ``/usr/bin/chromium`` or the ``playwright`` package is missing.
+Playwright's own browser download cannot work here; the system Chromium is used instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(model: str = "tiny-llama", timeout: float = 120.0):
+    """A headless app server on a free local port; yields its URL."""
+    port = _free_port()
+    env = {**os.environ, "TDA_APP_MODEL": model}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.headless", "true",
+           "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited early:\n{proc.stdout.read()}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("streamlit did not become healthy in time")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _need_browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("the playwright package is not installed (pip install playwright)")
+
+
+HEATMAP_Y = """() => {
+  const g = [...document.querySelectorAll('.js-plotly-plot')].find(d => d.data && d.data.some(t => t.type === 'heatmap'));
+  return g ? JSON.stringify(g.data.filter(t => t.type === 'heatmap').map(t => Array.from(t.y))) : null;
+}"""
+
+
+def test_prompt_edit_updates_heatmap_in_browser(tmp_path):
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    with streamlit_server() as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url, wait_until="domcontentloaded")
+            page.wait_for_function(f"({HEATMAP_Y})() !== null", timeout=120_000)
+            before = page.evaluate(HEATMAP_Y)
+            assert page.locator("text=Traceback").count() == 0
+            box = page.locator("textarea").first
+            new = "Completely different words make a new heatmap here."
+            box.fill(new)
+            box.press("Control+Enter")
+            page.wait_for_function(f"(b) => {{ const y = ({HEATMAP_Y})(); return y !== null && y !== b; }}",
+                                   arg=before, timeout=120_000)
+            after = page.evaluate(HEATMAP_Y)
+            assert after != before
+            rows = json.loads(after)
+            assert len(rows) == 2  # isolated and sequence panels
+            for labels in rows:  # the rows are the new prompt's tokens, in order ("index:token")
+                assert "".join(lab.split(":", 1)[1] for lab in labels) == new
+            page.wait_for_timeout(500)
+            shot = tmp_path / "app-browser.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            assert page.locator("[data-testid='stException']").count() == 0
+        finally:
+            browser.close()

@@ -1,0 +1,404 @@
+"""Every page of the Streamlit app, headless (``streamlit.testing.v1.AppTest``) on ``tiny-llama``.
+
+Numbers shown by the pages are checked against the library computed directly; Plotly figures are
+read back from the page (``json.loads(chart.proto.spec)``, arrays possibly base64-encoded).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+APP = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
+MODEL = "tiny-llama"
+TIMEOUT = 180  # first runs import torch/transformers and calibrate the tiny model (a few seconds)
+
+
+@pytest.fixture
+def app(monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("TDA_APP_MODEL", MODEL)
+
+    def make(page: str | None = None):
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+        if page:
+            at.switch_page(page).run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    return make
+
+
+def arr(v):
+    """A Plotly JSON array: a list, or ``{"dtype", "bdata"[, "shape"]}`` (base64)."""
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        if "shape" in v:
+            a = a.reshape([int(x) for x in str(v["shape"]).split(",")])
+        return a
+    return np.asarray(v, dtype=object)
+
+
+def charts(at) -> list[dict]:
+    """The page's Plotly figures (JSON), in page order."""
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+# (dataframes carry no key in AppTest: by page order — samples page: 0 is the editor)
+def errors(at) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def metric(at, label_start: str) -> str:
+    hits = [m.value for m in at.metric if m.label.startswith(label_start)]
+    assert hits, f"no metric starting with {label_start!r}: {[m.label for m in at.metric]}"
+    return hits[0]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from tda.models import load_model
+
+    return load_model(MODEL)
+
+
+def n_prompt_tokens(lm, text: str) -> int:
+    from tda.capture import capture
+
+    return len(capture(lm, text, [0]).tokens)
+
+
+# ------------------------------------------------------------------------------------ page 1
+def test_inertia_page_shows_studys_numbers(app, lm):
+    from analysis.activation import make_rule
+    from analysis.studies import inertia_from_captures, random_word_text
+    from app.state import default_prompt
+    from tda.capture import capture
+
+    at = app()
+    assert errors(at) == []
+    text = default_prompt()
+    assert at.text_area(key="prompt_inertia").value == text
+    n = n_prompt_tokens(lm, text)
+    assert metric(at, "tokens") == str(n)
+    # the same numbers computed directly by the library
+    control = random_word_text(lm, n, 0)[0]
+    caps = {(src, mode): capture(lm, t, None, mode) for src, t in (("real", text), ("random", control))
+            for mode in ("sequence", "isolated")}
+    res = inertia_from_captures(caps, make_rule(lm, "cett", 0.2), model_id=lm.model_id)
+    layer = int(at.number_input(key="inertia_layer").value)
+    row = res["sources"]["real"]["sequence"][layer]
+    assert metric(at, f"hist. Jaccard L{layer}, sequence") == f"{row['jaccard']:.3f}"
+    assert metric(at, f"hist. Jaccard L{layer}, isolated") == f"{res['sources']['real']['isolated'][layer]['jaccard']:.3f}"
+    assert metric(at, f"n50 L{layer}, sequence") == str(row["n50"])
+    table = at.dataframe[0].value
+    assert len(table) == lm.ffn.n_layers
+    assert np.allclose(table["self Jaccard"], np.round(res["sources"]["real"]["self_jaccard"], 4))
+    rand = at.dataframe[1].value
+    assert list(rand["n50 seq"]) == [r["n50"] for r in res["sources"]["random"]["sequence"]]
+
+
+def test_inertia_page_updates_on_prompt_edit_and_random_button(app, lm):
+    at = app()
+    before = at.dataframe[0].value.copy()
+    figs_before = charts(at)
+    new = "The cat sat on the mat and looked at the dog for a while."
+    at.text_area(key="prompt_inertia").input(new).run()
+    assert errors(at) == []
+    assert metric(at, "tokens") == str(n_prompt_tokens(lm, new))
+    after = at.dataframe[0].value
+    assert not before.equals(after)
+    figs_after = charts(at)
+    assert len(figs_after[0]["data"][1]["y"]) == n_prompt_tokens(lm, new)  # the heatmap follows the prompt
+    assert json.dumps(figs_before[0]["data"]) != json.dumps(figs_after[0]["data"])
+    # the random-token control keeps the prompt's length and replaces its text
+    at.button(key="random_tokens").click().run()
+    rnd = at.text_area(key="prompt_inertia").value
+    assert rnd != new and errors(at) == []
+    assert n_prompt_tokens(lm, rnd) == n_prompt_tokens(lm, new)
+    # the prompt is shared with the other pages
+    at.switch_page("page_masks.py").run()
+    assert at.text_area(key="prompt_masks").value == rnd
+
+
+def test_inertia_heatmap_data(app, lm):
+    from app.state import default_prompt
+    from tda.capture import capture
+
+    at = app()
+    layer = int(at.number_input(key="inertia_layer").value)
+    heat = [t for t in charts(at)[0]["data"] if t.get("type") == "heatmap"]
+    assert len(heat) == 2, "isolated and sequence panels side by side"
+    caps = [capture(lm, default_prompt(), [layer], m) for m in ("isolated", "sequence")]
+    for t, cap in zip(heat, caps, strict=True):
+        z = arr(t["z"]).astype(float)
+        assert z.shape == (len(cap.tokens), lm.ffn.d_ff)  # d_ff 128 < 512 columns: no pooling
+        assert np.allclose(z, cap.acts[0].abs().numpy(), atol=1e-5)
+        assert len(t["y"]) == len(cap.tokens) and "%{x}" in t["hovertemplate"] and "%{z" in t["hovertemplate"]
+    assert {t.get("coloraxis") for t in heat} == {"coloraxis"}  # one shared colour scale
+    assert arr(heat[0]["z"]).astype(float).tolist() != arr(heat[1]["z"]).astype(float).tolist()
+    # zoom + pooling: neurons 32..127 into at most 16 columns keeps each bin's largest |a|
+    at.slider(key="inertia_zoom").set_value((32, 128)).run()
+    at.select_slider(key="inertia_cols").set_value(128).run()
+    heat = [t for t in charts(at)[0]["data"] if t.get("type") == "heatmap"]
+    x = arr(heat[1]["x"]).astype(int)
+    assert x[0] == 32 and x[-1] < 128
+    z = arr(heat[1]["z"]).astype(float)
+    assert z.shape[1] == 96  # 96 <= 128 columns: shown unpooled
+    assert np.allclose(z, caps[1].acts[0, :, 32:128].abs().numpy(), atol=1e-5)
+    # the random-token control adds its two panels
+    at.toggle(key="inertia_control").set_value(True).run()
+    assert len([t for t in charts(at)[0]["data"] if t.get("type") == "heatmap"]) == 4
+
+
+# ------------------------------------------------------------------------------------ page 2
+def test_masks_page_coverage_matches_library(app, lm):
+    from analysis.activation import make_rule
+    from app.state import default_prompt
+    from tda.capture import capture
+    from tda.masks import build_mask
+
+    at = app("page_masks.py")
+    assert errors(at) == []
+    at.selectbox(key="mask_method").select("griffin").run()
+    at.slider(key="mask_density").set_value(0.5).run()
+    layer = int(at.number_input(key="mask_layer").value)
+    cap = capture(lm, default_prompt(), None, "sequence")
+    active = make_rule(lm, "cett", 0.2).active_capture(cap)[layer]
+    keep = build_mask("griffin", cap.acts, density=0.5).keep[layer]
+    expect = ((active & keep).sum(-1).double() / active.sum(-1).double()).numpy()
+    table = at.dataframe[0].value
+    assert len(table) == len(cap.tokens)
+    assert np.allclose(table["recall"], np.round(expect, 4))
+    assert list(table["missed"]) == [int(x) for x in (active & ~keep).sum(-1)]
+    assert metric(at, f"mask density, layer {layer}") == "0.500"
+    spec = charts(at)[0]
+    bars = spec["data"]
+    assert [b["type"] for b in bars] == ["bar", "bar"]
+    assert np.allclose(arr(bars[0]["y"]).astype(float), expect, atol=1e-6)
+    # overall density per layer: griffin keeps 50% in every layer
+    dens = charts(at)[1]["data"][0]
+    assert np.allclose(arr(dens["y"]).astype(float), 0.5)
+
+
+def test_masks_page_methods_and_rule(app):
+    at = app("page_masks.py")
+    seen = {}
+    for method in ("tda", "tda_matched", "static", "random"):
+        at.selectbox(key="mask_method").select(method).run()
+        assert errors(at) == [] and not at.exception, method
+        seen[method] = float(metric(at, "mask density"))
+    assert seen["static"] == pytest.approx(0.5, abs=0.01)
+    assert 0 < seen["tda"] <= 1
+    at.radio(key="rule").set_value("topp").run()
+    at.slider(key="top_p").set_value(20.0).run()
+    table = at.dataframe[0].value
+    d_ff = 128
+    assert set(table["active"]) == {round(0.2 * d_ff)}  # top-p: the same count for every token
+
+
+# ------------------------------------------------------------------------------- bad inputs
+@pytest.mark.parametrize("page,key", [("page_inertia.py", "prompt_inertia"), ("page_masks.py", "prompt_masks")])
+def test_bad_prompts_show_errors(app, page, key):
+    at = app(page)
+    at.text_area(key=key).input("   ").run()
+    assert not at.exception
+    assert any("empty" in e for e in errors(at)), errors(at)
+    at.text_area(key=key).input("word " * 400).run()
+    assert not at.exception
+    assert any("256" in e for e in errors(at)), errors(at)
+    # the page recovers
+    at.text_area(key=key).input("A short prompt again.").run()
+    assert errors(at) == [] and not at.exception
+
+
+def test_bad_model_paths_show_errors(app, tmp_path):
+    at = app()
+    at.selectbox(key="model_choice").select("local folder…").run()
+    assert not at.exception
+    at.text_input(key="model_path").input(str(tmp_path / "nope")).run()
+    assert not at.exception
+    assert any("does not exist" in e for e in errors(at)), errors(at)
+    bad = tmp_path / "bert"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({
+        "model_type": "bert", "architectures": ["BertForMaskedLM"], "vocab_size": 100, "hidden_size": 32,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}))
+    at.text_input(key="model_path").input(str(bad)).run()
+    assert not at.exception
+    assert any("unsupported architecture" in e for e in errors(at)), errors(at)
+    # the sidebar still works: back to the tiny model
+    at.selectbox(key="model_choice").select(MODEL).run()
+    assert errors(at) == [] and not at.exception and metric(at, "tokens")
+
+
+# ------------------------------------------------------------------------------------ page 3
+def test_samples_page_verdicts_and_edits(app, lm):
+    from analysis.activation import make_rule
+    from analysis.similarity import similarity_study
+    from tda.data import load_samples
+
+    at = app("page_samples.py")
+    assert errors(at) == []
+    verdicts = at.dataframe[1].value
+    assert list(verdicts["obs."]) == list("abcde")
+    expect = similarity_study(lm, load_samples(), make_rule(lm, "cett", 0.2))
+    holds = {k: v["cosine"]["all"]["holds"] for k, v in expect["observations"].items()}
+    assert dict(zip(verdicts["obs."], verdicts["holds"], strict=True)) == holds
+    z = arr(charts(at)[0]["data"][0]["z"]).astype(float)
+    assert np.allclose(z, np.asarray(expect["matrices"]["cosine"]["all"]), atol=1e-6)
+    at.selectbox(key="sim_measure").select("jaccard_tda").run()
+    at.selectbox(key="sim_group").select("late").run()
+    z = arr(charts(at)[0]["data"][0]["z"]).astype(float)
+    assert np.allclose(z, np.asarray(expect["matrices"]["jaccard_tda"]["late"]), atol=1e-6)
+    at.selectbox(key="sim_measure").select("cosine").run()
+    at.selectbox(key="sim_group").select("all").run()
+    # edit a sample: the verdicts recompute (sample 13 made identical to sample 12)
+    df = pd.DataFrame(load_samples())[["id", "text", "treatment"]]
+    df.loc[df["id"] == 13, "text"] = df.loc[df["id"] == 12, "text"].item()
+    at.session_state["samples_df"] = df
+    at.run()
+    assert errors(at) == [] and not at.exception
+    edited = dict(zip(at.dataframe[1].value["obs."],
+                      at.dataframe[1].value["margin"], strict=True))
+    assert edited != dict(zip(verdicts["obs."], verdicts["margin"], strict=True))
+    # fewer than the paper's 13: no verdicts, a clear note, no error
+    at.session_state["samples_df"] = df[df["id"] <= 5]
+    at.run()
+    assert errors(at) == [] and any("ids 1..13" in i.value for i in at.info)
+    # a blank text is a clear error
+    bad = df.copy()
+    bad.loc[0, "text"] = " "
+    at.session_state["samples_df"] = bad
+    at.run()
+    assert not at.exception and any("non-empty" in e for e in errors(at)), errors(at)
+
+
+# ------------------------------------------------------------------------------------ page 4
+def test_recall_page_curves(app):
+    at = app("page_recall.py")
+    assert any("Run recall study" in i.value for i in at.info)
+    at.slider(key="recall_tokens").set_value(8).run()
+    at.multiselect(key="recall_methods").set_value(["tda", "griffin", "oracle"]).run()
+    at.button(key="recall_run").click().run()
+    assert errors(at) == [] and not at.exception
+    figs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(figs) == 3  # recall, mass recall (vs density), TDA vs threshold
+    names = {t.get("name") for t in figs[0]["data"]}
+    assert {"griffin", "oracle"} <= names
+    for t in figs[0]["data"]:
+        y = arr(t["y"]).astype(float)
+        assert np.all((y >= 0) & (y <= 1))
+    griffin = next(t for t in figs[0]["data"] if t.get("name") == "griffin")
+    assert np.all(np.diff(arr(griffin["y"]).astype(float)) >= -1e-9)  # more neurons, more recall
+    summary = at.dataframe[0].value
+    assert set(summary["method"]) == {"tda", "griffin", "oracle"}
+    assert (summary.loc[summary["method"] == "oracle", "mass_recall"].item()
+            >= summary.loc[summary["method"] == "griffin", "mass_recall"].item() - 1e-9)
+    # an edit marks the result stale instead of silently mixing prompts
+    at.text_area(key="prompt_recall").input("Another prompt.").run()
+    assert any("changed" in w.value for w in at.warning)
+
+
+# ------------------------------------------------------------------------------------ page 5
+def test_generate_page(app, lm):
+    from tda.generate import generate
+
+    at = app("page_generate.py")
+    at.selectbox(key="gen_method").select("griffin").run()
+    at.slider(key="gen_tokens").set_value(8).run()
+    at.button(key="gen_run").click().run()
+    assert errors(at) == [] and not at.exception
+    table = at.dataframe[0].value
+    assert list(table["method"]) == ["dense", "griffin"]
+    assert table["FFN density"].tolist() == [1.0, 0.5]
+    assert list(table["new tokens"]) == [8, 8]
+    from app.state import default_prompt
+
+    dense = generate(lm, default_prompt(), "dense", max_new_tokens=8, min_new_tokens=8).texts[0]
+    assert at.code[0].value == dense
+    speed = float(metric(at, "decode speedup").rstrip("×"))
+    d, s = table["decode ms/token"]
+    assert speed == pytest.approx(d / s, rel=0.02)
+    dens = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert np.allclose(arr(dens["y"]).astype(float), 0.5)
+
+
+def test_generate_page_bad_prompt(app):
+    at = app("page_generate.py")
+    at.text_area(key="prompt_generate").input("").run()
+    at.button(key="gen_run").click().run()
+    assert not at.exception and any("empty" in e for e in errors(at))
+
+
+# ------------------------------------------------------------------------------------ sessions
+def test_two_sessions_at_once_keep_their_own_results(monkeypatch, lm):
+    """Two app sessions running at the same time on the shared model see only their own prompt."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("TDA_APP_MODEL", MODEL)
+    prompts = ["One two three four five six seven.", "Completely different words here, and more of them too."]
+    sessions = [AppTest.from_file(APP, default_timeout=TIMEOUT).run() for _ in prompts]
+    for at, p in zip(sessions, prompts, strict=True):
+        at.text_area(key="prompt_inertia").set_value(p)
+    errs = []
+
+    def go(at):
+        try:
+            for _ in range(2):
+                at.run()
+        except Exception as e:  # pragma: no cover - reported below
+            errs.append(e)
+
+    threads = [threading.Thread(target=go, args=(at,)) for at in sessions]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errs
+    for at, p in zip(sessions, prompts, strict=True):
+        assert not at.exception and errors(at) == []
+        assert metric(at, "tokens") == str(n_prompt_tokens(lm, p))
+        assert at.text_area(key="prompt_inertia").value == p
+
+
+def test_capture_cache_is_bounded():
+    from app import state
+
+    assert state.capture._info.max_entries <= 32  # noqa: SLF001 - bounded per-prompt cache
+    assert torch.get_num_threads() >= 1
+
+
+def test_model_load_shows_progress_lines(app, monkeypatch, tmp_path):
+    """The one-time conversion's progress lines (``load_model(progress=...)``) appear in the page."""
+    import time as _time
+
+    import tda.models
+
+    real = tda.models.load_model
+    fake = str(tmp_path / "needs-conversion")
+
+    def slow_load(spec, dtype="fp32", device="cpu", progress=None):
+        if spec != fake:
+            return real(spec, dtype=dtype, device=device, progress=progress)
+        progress("one-time conversion of the model (test)…")
+        _time.sleep(0.6)
+        progress("writing the converted weights (test)…")
+        _time.sleep(0.6)
+        return real(MODEL, dtype=dtype)
+
+    monkeypatch.setattr(tda.models, "load_model", slow_load)
+    at = app()
+    at.selectbox(key="model_choice").select("local folder…").run()
+    at.text_input(key="model_path").input(fake).run()
+    assert not at.exception and errors(at) == []
+    texts = " ".join(m.value for m in at.markdown)
+    assert "one-time conversion of the model (test)" in texts
+    assert "writing the converted weights (test)" in texts
+    assert metric(at, "tokens")  # and the page then works on the loaded model
