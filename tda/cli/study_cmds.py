@@ -7,6 +7,7 @@ run leaves no half-written file or folder).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from tda.cli.app import DeviceOpt, DtypeOpt, ModelOpt, app, echo_err, load, progress_printer
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # tables stay whole when piped
 
 RuleOpt = typer.Option("cett", "--rule", help="what 'active' means: cett (per-layer CETT threshold) or topp")
 CettOpt = typer.Option(0.2, "--cett", help="CETT target of the cett rule, in (0, 1)")
@@ -26,8 +27,6 @@ SeedOpt = typer.Option(0, "--seed", help="seed of the random tokens/words and th
 
 
 def _tqdm(items, desc: str = ""):
-    import sys
-
     from tqdm import tqdm
 
     return tqdm(items, desc=f"[tda] {desc}", file=sys.stderr, leave=False, disable=not sys.stderr.isatty())
@@ -148,7 +147,7 @@ def inertia(
     console.print(_inertia_table(run.result))
     if ctrl is not None:
         console.print(_inertia_table(ctrl))
-    console.print(verdict["statement"])
+    console.print(verdict["statement"], markup=False)
     if json_out is not None:
         from analysis.pipeline import round_floats
 
