@@ -35,4 +35,9 @@ st.sidebar.caption(
     "Reproduces *First Activations Matter* (TDA, arXiv 2408.11393). "
     f"Prompts are limited to {state.MAX_TOKENS} tokens."
 )
-page.run()
+try:
+    page.run()
+except Exception as e:  # st.stop/st.rerun are BaseExceptions and pass through
+    # Library errors the user can cause are caught on the pages; anything else still gets one
+    # clear line instead of a traceback, and the sidebar and other pages keep working.
+    st.error(f"Unexpected error on this page: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")

@@ -42,13 +42,9 @@ if st.button("Generate", type="primary", key="gen_run"):
         except TDAError as e:
             st.error(str(e))
 
-stored = st.session_state.get("gen_result")
-if stored is None:
-    st.info("Press **Generate** to run the dense model and the sparse method on the prompt.")
-    st.stop()
-stored_params, pair = stored
-if stored_params != params:
-    st.warning("The prompt or settings changed since the last run: press **Generate** to update.")
+stored_params, pair = widgets.stored_result(
+    "gen_result", params, "Press **Generate** to run the dense model and the sparse method on the prompt.", "Generate"
+)
 view = compute.generate_view(pair)
 m1, m2, m3 = st.columns(3)
 m1.metric("decode speedup (dense ms/token ÷ sparse)", f"{view['decode_speedup']:.2f}×")

@@ -47,13 +47,9 @@ if run and methods:
         except TDAError as e:
             st.error(str(e))
 
-stored = st.session_state.get("recall_result")
-if stored is None:
-    st.info("Press **Run recall study** (a short generation; a few seconds on the embedded model).")
-    st.stop()
-stored_params, res = stored
-if stored_params != params:
-    st.warning("The prompt or settings changed since the last run: press **Run recall study** to update.")
+stored_params, res = widgets.stored_result(
+    "recall_result", params, "Press **Run recall study** (a short generation; a few seconds on the embedded model).", "Run recall study"
+)
 view = compute.recall_view(res, truth=truth, methods=stored_params[3])
 st.markdown(f"**Prompt tokens:** {res['prompt_tokens']} · **generated:** {res['steps']} · "
             f"**continuation:** “{res['continuation'].strip()[:300]}”")

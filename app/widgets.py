@@ -57,3 +57,19 @@ def random_prompt(lm) -> None:
     seed = st.session_state.get("random_seed", 0) + 1
     st.session_state["random_seed"] = seed
     set_prompt(state.random_text(state.model_key(lm), n, seed, lm))
+
+
+def stored_result(key: str, params, hint: str, run_label: str):
+    """``(params, result)`` last stored under ``st.session_state[key]`` by a run button.
+
+    With nothing stored yet, shows ``hint`` and stops the page; when the stored run was made with
+    other ``params`` than the page's current ones, warns that pressing ``run_label`` updates it.
+    """
+    stored = st.session_state.get(key)
+    if stored is None:
+        st.info(hint)
+        st.stop()
+    stored_params, result = stored
+    if stored_params != params:
+        st.warning(f"The prompt or settings changed since the last run: press **{run_label}** to update.")
+    return stored_params, result

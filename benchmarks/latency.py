@@ -1,8 +1,8 @@
 """Latency benchmark: dense / tt / griffin / tda side by side, with the roofline ceiling.
 
 Usage (CPU presets; each takes a few minutes on 2 shared cores):
-    python benchmarks/latency.py gemma        # gemma-3-270m fp32, prompt 32, 16 new tokens
-    python benchmarks/latency.py llama-1b     # random:llama-1b fp32, prompt 16, 8 new tokens
+    python benchmarks/latency.py gemma        # gemma-3-270m fp32, prompt 32, 32 new tokens, 5 rounds
+    python benchmarks/latency.py llama-1b     # random:llama-1b fp32, prompt 16, 24 new tokens, 4 rounds
     python benchmarks/latency.py llama-2-7b-cuda   # random:llama-2-7b fp16 on CUDA, 1024 + 1024
 Writes benchmarks/results/latency-<preset>.json and prints a markdown table.
 """
@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 PRESETS = {
-    "gemma": dict(spec="gemma-3-270m", dtype="fp32", device="cpu", prompt_tokens=32, new_tokens=16, rounds=3,
+    "gemma": dict(spec="gemma-3-270m", dtype="fp32", device="cpu", prompt_tokens=32, new_tokens=32, rounds=5,
                   batch_modes=True),
-    "llama-1b": dict(spec="random:llama-1b", dtype="fp32", device="cpu", prompt_tokens=16, new_tokens=8, rounds=2),
+    "llama-1b": dict(spec="random:llama-1b", dtype="fp32", device="cpu", prompt_tokens=16, new_tokens=24, rounds=4),
     "llama-2-7b-cuda": dict(spec="random:llama-2-7b", dtype="fp16", device="cuda", prompt_tokens=1024,
                             new_tokens=1024, rounds=3),
     "tiny": dict(spec="tiny-llama", dtype="fp32", device="cpu", prompt_tokens=16, new_tokens=4, rounds=1),
