@@ -7,6 +7,7 @@ Specs
 - ``tiny-llama``, ``tiny-gemma3``, ``tiny-gpt2`` (and ``tiny-opt``, ``tiny-qwen3``,
   ``tiny-mistral``) — seeded random-weight models with the committed tiny tokenizer, for tests;
 - ``random:<preset>`` — real architectures' shapes with random weights, **for timing only**.
+- ``SPEC+randinit[SEED]`` — the random-weights control of SPEC (same architecture, seeded init).
 """
 
 from __future__ import annotations
@@ -194,13 +195,15 @@ def list_specs() -> list[dict]:
         for p in RANDOM_PRESETS
     ]
     rows += [
+        {"spec": "SPEC+randinit[SEED]", "kind": "control", "note": "SPEC's architecture, seeded random weights"},
         {"spec": "PATH", "kind": "local", "note": "a local Hugging Face model folder"},
         {"spec": "owner/name", "kind": "hub", "note": "a Hugging Face hub name (needs a network)"},
     ]
     return rows
 
 
-def _finish(model, tokenizer, *, spec, kind, model_id, tokenizer_dir, hf_name, description, dtype, device):
+def wrap_model(model, tokenizer, *, spec, kind, model_id, tokenizer_dir, hf_name, description, dtype, device):
+    """Put an HF causal LM on ``device``/``dtype`` in eval mode, instrument it, wrap it as a LoadedModel."""
     model = model.to(device=device, dtype=dtype).eval()
     if not getattr(model.config, "architectures", None):  # from_config models lack it (TL needs it)
         model.config.architectures = [type(model).__name__]
@@ -227,7 +230,7 @@ def _load_tiny(spec: str, dtype, device) -> LoadedModel:
         "llama": "meta-llama/Llama-2-7b-hf", "gemma3_text": "google/gemma-3-270m", "gpt2": "gpt2",
         "opt": "facebook/opt-125m", "qwen3": "Qwen/Qwen3-0.6B", "mistral": "mistralai/Mistral-7B-v0.1",
     }
-    return _finish(
+    return wrap_model(
         model, tiny_tokenizer.load(), spec=spec, kind="tiny", model_id=spec,
         tokenizer_dir=str(tiny_tokenizer.TINY_TOKENIZER_DIR), hf_name=hf_names[config.model_type],
         description=f"{spec}: tiny {config.model_type} with seeded random weights (tests only)",
@@ -250,7 +253,7 @@ def _load_random(spec: str, dtype, device) -> LoadedModel:
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(SEED)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return _finish(
+    return wrap_model(
         model, tiny_tokenizer.load(), spec=spec, kind="random", model_id=spec,
         tokenizer_dir=str(tiny_tokenizer.TINY_TOKENIZER_DIR), hf_name="meta-llama/Llama-2-7b-hf",
         description=f"{spec}: RANDOM WEIGHTS with the shape of {preset} — for timing only",
@@ -270,11 +273,38 @@ def _load_pretrained(source: str, *, spec, kind, model_id, dtype, device, hf_nam
     _check_supported(config)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
-    return _finish(
+    return wrap_model(
         model, tokenizer, spec=spec, kind=kind, model_id=model_id,
         tokenizer_dir=source if Path(source).is_dir() else None,
         hf_name=hf_name or getattr(config, "_name_or_path", None) or source,
         description=f"{model_id} ({config.model_type})", dtype=dtype, device=device,
+    )
+
+
+_RANDINIT = re.compile(r"^(?P<base>.+)\+randinit(?P<seed>\d*)$")
+
+
+def random_weights_like(lm: LoadedModel, seed: int = 0) -> LoadedModel:
+    """A control twin of ``lm``: the same config, tokenizer, dtype and device, seeded random weights.
+
+    Built with ``AutoModelForCausalLM.from_config`` (transformers' own initialiser) under
+    ``seed``; its ``model_id`` is ``<model_id>+randinit<seed>`` (so its calibration is cached
+    separately). What ``lm`` shows and this model does not comes from training.
+    """
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(lm.model.config)
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return wrap_model(
+        model, lm.tokenizer, spec=f"{lm.spec}+randinit{int(seed)}", kind="random",
+        model_id=f"{lm.model_id}+randinit{int(seed)}", tokenizer_dir=lm.tokenizer_dir, hf_name=lm.hf_name,
+        description=f"{lm.model_id} architecture with seeded random weights (seed {seed}): control",
+        dtype=lm.dtype, device=lm.device,
     )
 
 
@@ -320,6 +350,10 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "fp32", dev
     spec = spec.strip()
     dt, dev = resolve_dtype(dtype), resolve_device(device)
     _quiet_loading()
+    control = _RANDINIT.match(spec)
+    if control:  # e.g. gemma-3-270m+randinit0: the random-weights control of a model
+        base = load_model(control["base"], dtype=dt, device=str(dev), progress=progress)
+        return random_weights_like(base, int(control["seed"] or 0))
     if spec == DEFAULT_MODEL:
         return _load_embedded(dt, dev, progress)
     if spec in TINY_SPECS:
@@ -371,12 +405,12 @@ def _load_embedded(dtype, device, progress) -> LoadedModel:
         except Exception:  # corrupt cache content with the right sizes: rebuild once
             if attempt == 2:
                 raise
-    return _finish(
+    return wrap_model(
         model, tokenizer, spec=DEFAULT_MODEL, kind="embedded", model_id=DEFAULT_MODEL,
         tokenizer_dir=str(path), hf_name=embedded.HF_NAME,
         description="Gemma 3 270M (embedded, de-quantised from Q4_K_M GGUF)", dtype=dtype, device=device,
     )
 
 
-__all__ = ["LoadedModel", "load_model", "list_specs", "DEFAULT_MODEL", "TINY_SPECS", "RANDOM_PRESETS",
+__all__ = ["LoadedModel", "load_model", "list_specs", "random_weights_like", "wrap_model", "DEFAULT_MODEL", "TINY_SPECS", "RANDOM_PRESETS",
            "SUPPORTED_MODEL_TYPES"]

@@ -132,3 +132,13 @@ def test_embedded_gemma_loads_fast_from_cache(gemma):
     info = lm.info()
     assert info["n_layers"] == 18 and info["d_ff"] == 2048 and info["gated"] and lm.kind == "embedded"
     assert "gelu" in info["activation"]
+
+
+def test_randinit_control_spec(tiny_llama):
+    ctl = load_model("tiny-llama+randinit3")
+    again = load_model("tiny-llama+randinit3")
+    assert ctl.model_id == "tiny-llama+randinit3" and ctl.kind == "random"
+    assert ctl.ffn.describe() == tiny_llama.ffn.describe()
+    assert not torch.equal(ctl.ffn.down_weight(0), tiny_llama.ffn.down_weight(0))
+    assert torch.equal(ctl.ffn.down_weight(0), again.ffn.down_weight(0))
+    assert "random weights" in ctl.description
