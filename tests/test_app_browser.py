@@ -30,6 +30,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+
+def _healthy(url: str) -> bool:
+    """Whether the streamlit server answers its health check (False while it is starting)."""
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+            return r.read().strip() == b"ok"
+    except OSError:
+        return False
+
 @contextlib.contextmanager
 def streamlit_server(model: str = "tiny-llama", timeout: float = 120.0):
     """A headless app server on a free local port; yields its URL."""
@@ -44,12 +53,8 @@ def streamlit_server(model: str = "tiny-llama", timeout: float = 120.0):
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"streamlit exited early:\n{proc.stdout.read()}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
+            if _healthy(url):
+                break
             if time.time() > deadline:
                 raise RuntimeError("streamlit did not become healthy in time")
             time.sleep(0.5)
