@@ -12,25 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
 import torch
 
+from tda.bench import bench_prompt, machine_info
 from tda.capture import capture
-from tda.data import load_texts
 from tda.models import load_model
-
-
-def prompt_of(lm, n_tokens: int) -> str:
-    """A prompt from the shipped corpus with exactly ``n_tokens`` tokens (BOS included)."""
-    ids: list[int] = []
-    for text in load_texts():
-        ids += lm.tokenizer(text, add_special_tokens=False).input_ids
-        if len(ids) >= n_tokens:
-            break
-    return lm.tokenizer.decode(ids[: n_tokens - 1])
 
 
 def timed(fn) -> float:
@@ -49,7 +38,7 @@ def main() -> None:
     lm = load_model(args.model)
     rows = []
     for n in [int(x) for x in args.tokens.split(",")]:
-        text = prompt_of(lm, n)
+        text = bench_prompt(lm, n)
         ids = torch.tensor([lm.tokenizer(text).input_ids])
 
         def forward(ids=ids):
@@ -76,8 +65,7 @@ def main() -> None:
     verdict = all(r["ratio_hooks"] <= 1.3 for r in rows)
     print(f"goal hook capture <= 1.3x forward: {'met' if verdict else 'NOT met'}")
     if args.json:
-        info = {"machine": platform.machine(), "cpus": torch.get_num_threads(), "torch": torch.__version__,
-                "model": args.model, "rows": rows}
+        info = {"machine": machine_info(), "model": args.model, "rows": rows}
         with open(args.json, "w") as f:
             json.dump(info, f, indent=1)
 

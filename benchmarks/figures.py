@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from tda.bench import machine_info
 
 
 def main() -> None:
@@ -64,9 +63,7 @@ def main() -> None:
         "model": args.model, "load_s": round(t_load, 2), "runs": runs,
         "control_calibration_cached_before_first_run": cal_cached,
         "results_identical_across_runs": identical,
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "load_average_at_end": os.getloadavg(), "python": platform.python_version(),
-                    "torch": torch.__version__},
+        "machine": {**machine_info(), "load_average_at_end": os.getloadavg()},
         "settings": {"png": not args.no_png, "scale_samples": args.scale_samples, "scale_tokens": args.scale_tokens},
     }
     print(f"model load {t_load:.1f} s; control calibration cached before run 1: {cal_cached}; "

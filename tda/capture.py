@@ -17,6 +17,7 @@ projection; stops the forward after the last requested layer) and ``tl`` (Transf
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 from collections.abc import Iterable, Iterator, Sequence
@@ -136,7 +137,7 @@ def resolve_layers(lm: LoadedModel, layers: Iterable[int] | str | None) -> list[
     return sorted(set(out))
 
 
-def _has_bos(lm: LoadedModel) -> bool:
+def has_bos(lm: LoadedModel) -> bool:
     tok = lm.tokenizer
     if tok.bos_token_id is None:
         return False
@@ -163,35 +164,48 @@ class _Stop(Exception):
 _ACTIVE: contextvars.ContextVar[object | None] = contextvars.ContextVar("tda_capture", default=None)
 
 
-def _forward_hooks(lm: LoadedModel, input_ids, attention_mask, layers: list[int]) -> dict[int, torch.Tensor]:
-    """``{layer: a[batch, pos, d_ff]}`` through pre-hooks on the down projections.
+@contextlib.contextmanager
+def activation_hooks(lm: LoadedModel, layers: list[int], record) -> Iterator[None]:
+    """Within the block, forwards *of this context* call ``record(layer, a)`` for each layer.
 
-    Hooks only record inside this call's context, so a concurrent forward in another thread
-    using the same model is neither recorded nor disturbed.
+    ``a`` is the input of the layer's down projection (TransformerLens ``hook_post``), as the
+    model computed it. Pre-hooks are registered for the block only and record in the calling
+    context alone (a ContextVar), so a concurrent forward in another thread using the same model
+    is neither recorded nor disturbed. ``record`` may raise to end a forward early.
     """
-    store: dict[int, torch.Tensor] = {}
     token = object()
-    last = max(layers)
 
     def make(L):
         def pre_hook(module, args):
             if _ACTIVE.get() is token:
-                store[L] = args[0].detach()
-                if L == last:
-                    raise _Stop
+                record(L, args[0].detach())
         return pre_hook
 
     handles = [lm.ffn.out_module(L).register_forward_pre_hook(make(L)) for L in layers]
     reset = _ACTIVE.set(token)
     try:
-        with torch.inference_mode():
-            lm.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _Stop:
-        pass
+        yield
     finally:
         _ACTIVE.reset(reset)
         for h in handles:
             h.remove()
+
+
+def _forward_hooks(lm: LoadedModel, input_ids, attention_mask, layers: list[int]) -> dict[int, torch.Tensor]:
+    """``{layer: a[batch, pos, d_ff]}`` through :func:`activation_hooks`; stops after the last layer."""
+    store: dict[int, torch.Tensor] = {}
+    last = max(layers)
+
+    def record(L, a):
+        store[L] = a
+        if L == last:
+            raise _Stop
+
+    try:
+        with activation_hooks(lm, layers, record), torch.inference_mode():
+            lm.model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _Stop:
+        pass
     return store
 
 
@@ -230,7 +244,7 @@ def capture(lm: LoadedModel, text: str, layers=None, mode: str = "sequence", *, 
         raise BadInput(f"unknown capture mode '{mode}'; use sequence or isolated (or capture_batch)")
     layers = resolve_layers(lm, layers)
     ids = tokenize(lm, text, max_tokens=max_tokens)
-    bos = _has_bos(lm)
+    bos = has_bos(lm)
     start = 1 if (bos and not include_bos) else 0
     keep = ids[start:]
     if not keep:
@@ -271,7 +285,7 @@ def iter_batch_captures(lm: LoadedModel, texts: Sequence[str], layers=None, *, b
     if batch_size < 1:
         raise BadInput("batch size must be at least 1")
     layers = resolve_layers(lm, layers)
-    bos = _has_bos(lm)
+    bos = has_bos(lm)
     start = 1 if (bos and not include_bos) else 0
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     all_ids = [tokenize(lm, t, max_tokens=max_tokens) for t in texts]

@@ -19,16 +19,13 @@ batch 1, no early stop at EOS by default (a fixed number of decode steps).
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
-from tda.capture import _has_bos, tokenize
+from tda.capture import activation_hooks, has_bos, tokenize
 from tda.errors import BadInput
-
-_RECORDING: contextvars.ContextVar[object | None] = contextvars.ContextVar("tda_decode_capture", default=None)
 
 
 @dataclass
@@ -64,35 +61,15 @@ def recording(lm, layers: list[int]) -> Iterator[dict[int, list[torch.Tensor]]]:
     """Within the block, forwards *of this context* append each layer's ``a`` to ``store[layer]``.
 
     ``a`` is stored as ``[positions, d_ff]`` float32 CPU (batch 1; OPT's flattened rows too).
-    The hooks are removed on exit; forwards from other threads/contexts are ignored.
+    Built on :func:`tda.capture.activation_hooks` (removed on exit; other contexts ignored).
     """
     store: dict[int, list[torch.Tensor]] = {L: [] for L in layers}
-    token = object()
 
-    def make(L):
-        def pre_hook(module, args):
-            if _RECORDING.get() is token:
-                a = args[0].detach()
-                store[L].append(a.reshape(-1, a.shape[-1]).float().cpu())
-        return pre_hook
+    def record(L, a):
+        store[L].append(a.reshape(-1, a.shape[-1]).float().cpu())
 
-    handles = [lm.ffn.out_module(L).register_forward_pre_hook(make(L)) for L in layers]
-    reset = _RECORDING.set(token)
-    try:
+    with activation_hooks(lm, layers, record):
         yield store
-    finally:
-        _RECORDING.reset(reset)
-        for h in handles:
-            h.remove()
-
-
-def _new_cache(lm):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=lm.model.config)
-    except TypeError:  # older transformers
-        return DynamicCache()
 
 
 def generate_with_capture(lm, prompt: str | list[int], new_tokens: int = 64, *, stop_at_eos: bool = False,
@@ -111,7 +88,7 @@ def generate_with_capture(lm, prompt: str | list[int], new_tokens: int = 64, *, 
             raise BadInput("the prompt is empty")
     if len(ids) + new_tokens > lm.n_ctx:
         raise BadInput(f"prompt ({len(ids)} tokens) + {new_tokens} new tokens exceed the context of {lm.n_ctx}")
-    start = 1 if (_has_bos(lm) and not include_bos and ids and ids[0] == lm.tokenizer.bos_token_id) else 0
+    start = 1 if (has_bos(lm) and not include_bos and ids and ids[0] == lm.tokenizer.bos_token_id) else 0
     if len(ids) <= start:
         raise BadInput("the prompt has no tokens besides BOS")
     layers = list(range(lm.ffn.n_layers))
@@ -119,7 +96,7 @@ def generate_with_capture(lm, prompt: str | list[int], new_tokens: int = 64, *, 
     dev = lm.device
     generated: list[int] = []
     with recording(lm, layers) as store, torch.inference_mode():
-        cache = _new_cache(lm)
+        cache = lm.new_cache()
         x = torch.tensor([ids], device=dev)
         out = lm.model(input_ids=x, past_key_values=cache, use_cache=True, logits_to_keep=1)
         prefill = {L: store[L].pop() for L in layers}

@@ -123,6 +123,15 @@ class LoadedModel:
     def is_random(self) -> bool:
         return self.kind in ("tiny", "random")
 
+    def new_cache(self):
+        """An empty KV cache for this model (``DynamicCache(config=...)`` handles sliding windows)."""
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:  # older transformers
+            return DynamicCache()
+
     def info(self) -> dict:
         return {
             "model_id": self.model_id,

@@ -58,8 +58,6 @@ def variants(methods: list[str], densities: list[float]) -> list[Variant]:
 def continuation_logits(lm, ids: list[int], n_prefix: int, session: SparseSession) -> torch.Tensor:
     """Logits ``[n_cont, vocab]`` predicting ``ids[n_prefix:]``: dense prefill on the prefix (mask
     built from it), then the continuation teacher-forced through the KV cache with the mask fixed."""
-    from transformers import DynamicCache
-
     if not 0 < n_prefix < len(ids):
         raise BadInput("the text is too short to split into a prompt and a continuation")
     dev = lm.device
@@ -67,7 +65,7 @@ def continuation_logits(lm, ids: list[int], n_prefix: int, session: SparseSessio
     cont = torch.tensor([ids[n_prefix:-1]], device=dev)
     with session.active(), torch.inference_mode():
         session.begin(prefix)
-        cache = DynamicCache(config=lm.model.config)
+        cache = lm.new_cache()
         out = lm.model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
         session.finish_prefill()
         logits = [out.logits[0, -1:].float()]
