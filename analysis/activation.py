@@ -5,9 +5,9 @@ neuron]`` into a boolean ``active[layer, token, neuron]`` and describes itself f
 tables and manifests:
 
 - ``cett``: the per-layer CETT rule shared with the engine — ``|a_i| ≥ t_L / ‖W_down[:, i]‖``
-  with ``t_L`` calibrated (:func:`tda.calibrate.load_or_calibrate`) so that mean CETT equals the
+  with ``t_L`` calibrated (:func:`tda.masks.calibrate.load_or_calibrate`) so that mean CETT equals the
   target (0.2 by default) on calibration text; the test itself is
-  :func:`tda.cett.active_by_threshold`.
+  :func:`tda.masks.cett.active_by_threshold`.
 - ``topp``: per token, the top ``p`` fraction of neurons by ``|a|`` (exactly
   ``max(1, round(p·d_ff))`` of them, so every token has the same number of active neurons).
 """
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tda.cett import DEFAULT_CETT, active_by_threshold, check_target
-from tda.errors import BadInput
+from tda.common.errors import BadInput
+from tda.masks.cett import DEFAULT_CETT, active_by_threshold, check_target
 
 RULES = ("cett", "topp")
 DEFAULT_TOP_P = 0.1
@@ -75,7 +75,7 @@ class ActivationRule:
         ])
 
     def active_capture(self, cap) -> torch.Tensor:
-        """``active[layer, token, neuron]`` of a :class:`tda.capture.Capture`."""
+        """``active[layer, token, neuron]`` of a :class:`tda.activations.capture.Capture`."""
         return self.active(cap.acts, cap.layers)
 
 
@@ -104,10 +104,10 @@ def cett_rule(lm, target: float = DEFAULT_CETT, *, texts: list[str] | None = Non
               progress=None) -> ActivationRule:
     """The CETT rule of ``lm``: thresholds from ``calibration`` or the cached calibration on ``texts``.
 
-    ``texts`` default to the shipped corpus (:func:`tda.data.load_texts`).
+    ``texts`` default to the shipped corpus (:func:`tda.common.data.load_texts`).
     """
-    from tda.calibrate import load_or_calibrate
-    from tda.masks import model_down_norms
+    from tda.masks.build import model_down_norms
+    from tda.masks.calibrate import load_or_calibrate
 
     target = check_target(target)
     cal = calibration if calibration is not None else load_or_calibrate(lm, texts, target, progress=progress)

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tda.errors import BadInput
+from tda.common.errors import BadInput
 
 
 @dataclass
@@ -35,7 +35,7 @@ class FigureSettings:
 
     def check(self) -> FigureSettings:
         from analysis.activation import check_top_p
-        from tda.cett import check_target
+        from tda.masks.cett import check_target
 
         check_target(self.cett)
         check_top_p(self.top_p)
@@ -102,7 +102,7 @@ def run_studies(lm, settings: FigureSettings | None = None, *, log=print, progre
     from analysis.random_control import random_weights_like
     from analysis.similarity import MEASURES, layer_groups, similarity_study
     from analysis.studies import capture_sources, inertia_from_captures, run_scale, study1_inputs
-    from tda.data import load_samples, load_texts
+    from tda.common.data import load_samples, load_texts
 
     s = (settings or FigureSettings()).check()
     samples = load_samples(s.samples)
@@ -221,7 +221,7 @@ def write_outputs(out_dir: str | os.PathLike, studies: dict, *, log=print) -> di
     """
     from analysis.export import export_figures
     from analysis.report import manifest, render_report
-    from tda.atomic import check_output_dir
+    from tda.common.atomic import check_output_dir
 
     out = check_output_dir(out_dir)
     run = dict(studies["run"])

@@ -187,7 +187,7 @@ def render_report(run: dict) -> str:
         "`[BOS, token]`. Layer groups: " + ", ".join(f"{g} = L{v[0]}–{v[-1]}" for g, v in groups.items()) + ".",
         "",
         "Activation rules: " + "; ".join(f"`{r}` = {s1['trained'][r]['rule']['label']}" for r in rules)
-        + f". CETT thresholds are calibrated per layer on the shipped corpus (`tda.calibrate`); the control "
+        + f". CETT thresholds are calibrated per layer on the shipped corpus (`tda.masks.calibrate`); the control "
         f"model ({run['control_id'] or 'not run'}) is calibrated the same way on its own activations.",
         "",
         "## Study 1 — activation inertia (paper figures 3–6)",

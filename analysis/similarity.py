@@ -6,9 +6,9 @@ Choices, all explicit and recorded in every result:
   default — it is no token of the sample and identical for every sample, so including it would
   only add the same constant row to every pattern);
 - pattern per sample and layer: ``mean_abs`` — mean ``|a|`` over the sample's tokens (a
-  ``d_ff`` vector); ``tda_mask`` — the TDA sequence mask of :func:`tda.masks.tda_mask` (RMS over
+  ``d_ff`` vector); ``tda_mask`` — the TDA sequence mask of :func:`tda.masks.build.tda_mask` (RMS over
   tokens of ``|a_i|·‖W_down[:, i]‖ ≥ t_L``, CETT-calibrated ``t_L``); ``griffin_mask`` — GRIFFIN's
-  top-k mask (:func:`tda.masks.griffin_mask`, 50% of neurons by default);
+  top-k mask (:func:`tda.masks.build.griffin_mask`, 50% of neurons by default);
 - measures: ``cosine`` and ``spearman`` (scipy) of ``mean_abs``; ``jaccard_tda`` and
   ``jaccard_griffin``: Jaccard of the masks;
 - layers: a matrix per layer; a layer group's matrix (``early``/``middle``/``late`` thirds of
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tda.errors import BadInput
+from tda.common.errors import BadInput
 
 MEASURES: dict[str, dict] = {
     "cosine": {"pattern": "mean_abs", "label": "cosine of mean |a|"},
@@ -133,8 +133,8 @@ def sample_patterns(lm, samples: Sequence[dict], cett_rule, *,
     ``cett_rule`` is a CETT :class:`analysis.activation.ActivationRule` of ``lm`` (its thresholds
     and down-projection norms make the TDA masks).
     """
-    from tda.capture import capture
-    from tda.masks import check_density, griffin_mask, tda_mask
+    from tda.activations.capture import capture
+    from tda.masks.build import check_density, griffin_mask, tda_mask
 
     samples = check_samples(samples)
     if cett_rule.kind != "cett":
@@ -155,7 +155,7 @@ def sample_patterns(lm, samples: Sequence[dict], cett_rule, *,
         mean_abs=torch.stack(mean_abs, dim=1), tda_mask=torch.stack(tmask, dim=1),
         griffin_mask=torch.stack(gmask, dim=1),
         settings={"capture": "sequence", "bos": "excluded", "vector": "mean |a| over tokens",
-                  "tda_mask": f"tda.masks.tda_mask, CETT {cett_rule.value:g}",
+                  "tda_mask": f"tda.masks.build.tda_mask, CETT {cett_rule.value:g}",
                   "griffin_density": griffin_density, "cett": cett_rule.describe()},
     )
 

@@ -13,7 +13,7 @@ Token choice. Captures take text, so the studied tokens are fixed by texts that 
 exactly those tokens: :func:`prefix_text` decodes the first ``n`` tokens of a prompt and checks
 the round trip; :func:`random_word_text` joins seeded words that are one token each (words from
 ``data/words.txt`` first, alphabetic vocabulary pieces when too few qualify). BOS is excluded
-from every capture (``tda.capture`` default), in both modes.
+from every capture (``tda.activations.capture`` default), in both modes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 
 from analysis.activation import ActivationRule
 from analysis.inertia import DEFAULT_K, concentration_of_counts, inertia_table, self_jaccard
-from tda.errors import BadInput
+from tda.common.errors import BadInput
 
 STUDY1_TOKENS = 16
 SCALE_TOKENS = 32
@@ -60,7 +60,7 @@ def prefix_text(lm, text: str, n_tokens: int) -> tuple[str, int]:
 
 def single_token_words(lm, words: Sequence[str] | None = None) -> list[str]:
     """Words (``data/words.txt`` by default) that are one token with a leading space."""
-    from tda.data import load_words
+    from tda.common.data import load_words
 
     words = load_words() if words is None else list(words)
     return [w for w in words if len(_ids(lm, " " + w)) == 1]
@@ -111,7 +111,7 @@ def _word_pool(lm) -> tuple[list[str], str]:
 
 def study1_inputs(lm, n_tokens: int = STUDY1_TOKENS, seed: int = DEFAULT_SEED, prompt: str | None = None) -> dict:
     """``{"real": text, "random": text, ...}``: the prompt's first tokens and as many random words."""
-    from tda.data import xsum_first_prompt
+    from tda.common.data import xsum_first_prompt
 
     real, m = prefix_text(lm, prompt if prompt is not None else xsum_first_prompt(), n_tokens)
     rand, source = random_word_text(lm, m, seed)
@@ -141,7 +141,7 @@ def source_metrics(rule: ActivationRule, iso, seq, k: int) -> dict:
 
 def capture_sources(lm, texts: dict[str, str], layers=None) -> dict:
     """``{(source, mode): Capture}`` for every source text in both modes."""
-    from tda.capture import capture
+    from tda.activations.capture import capture
 
     return {(src, mode): capture(lm, text, layers=layers, mode=mode) for src, text in texts.items() for mode in MODES}
 
@@ -199,7 +199,7 @@ def run_scale(lm, rules: Sequence[ActivationRule], texts: Sequence[str], *, n_to
     sample's tokens active) for the layers in ``keep_rates`` (default all) — the samples × neurons
     maps. Returns ``{"result": JSON-able dict, "rates": {...}}``.
     """
-    from tda.capture import capture, resolve_layers
+    from tda.activations.capture import capture, resolve_layers
 
     layers = resolve_layers(lm, layers)
     keep = layers if keep_rates is None else [L for L in layers if L in set(keep_rates)]

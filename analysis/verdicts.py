@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tda.errors import BadInput
+from tda.common.errors import BadInput
 
 PAPER_IDS = tuple(range(1, 14))
 

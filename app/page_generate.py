@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import compute, figures, state, widgets
-from tda.errors import TDAError
+from app import figures, state, widgets
+from app.views import generate as views
+from tda.common.errors import TDAError
 
 METHODS = {"tda": "TDA", "griffin": "Griffin", "tt": "TT (token-wise threshold)",
            "static": "static (weight magnitudes)", "random": "random"}
@@ -35,7 +36,7 @@ if st.button("Generate", type="primary", key="gen_run"):
     if ids is not None:
         try:
             with st.status("Generating: dense, then sparse…", expanded=True) as status:
-                pair = compute.generate_pair(lm, text, method, density=density, cett=s.cett_target,
+                pair = views.generate_pair(lm, text, method, density=density, cett=s.cett_target,
                                              max_new_tokens=new_tokens, progress=status.write)
                 status.update(label="Done", state="complete", expanded=False)
             st.session_state["gen_result"] = (params, pair)
@@ -45,7 +46,7 @@ if st.button("Generate", type="primary", key="gen_run"):
 stored_params, pair = widgets.stored_result(
     "gen_result", params, "Press **Generate** to run the dense model and the sparse method on the prompt.", "Generate"
 )
-view = compute.generate_view(pair)
+view = views.generate_view(pair)
 m1, m2, m3 = st.columns(3)
 m1.metric("decode speedup (dense ms/token ÷ sparse)", f"{view['decode_speedup']:.2f}×")
 m2.metric("end-to-end speedup", f"{view['total_speedup']:.2f}×")

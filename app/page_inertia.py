@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import compute, state, widgets
-from tda.errors import TDAError
+from app import state, widgets
+from app.views import inertia as views
+from tda.common.errors import TDAError
 
 st.title("Inertia explorer: tokens alone vs in a sequence")
 st.caption(
@@ -43,11 +44,11 @@ if hi <= lo:
     st.stop()
 
 try:
-    control = state.random_text(key, compute.control_length(len(seq.tokens), state.MAX_TOKENS), 0, lm)
+    control = state.random_text(key, views.control_length(len(seq.tokens), state.MAX_TOKENS), 0, lm)
     captures = {(src, mode): state.capture(key, t, mode, lm)
                 for src, t in (("real", text), ("random", control)) for mode in ("sequence", "isolated")}
     rule = state.rule(lm, s)
-    view = compute.inertia_view(captures, rule, model_id=lm.model_id, layer=int(layer), neurons=(lo, hi),
+    view = views.inertia_view(captures, rule, model_id=lm.model_id, layer=int(layer), neurons=(lo, hi),
                                 max_cols=width, tokens=widgets.token_labels(lm, seq),
                                 control_panels=control_panels)
 except TDAError as e:

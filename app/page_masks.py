@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import compute, figures, state, widgets
-from tda.errors import TDAError
+from app import figures, state, widgets
+from app.views import masks as views
+from tda.common.errors import TDAError
 
 METHODS = {
     "tda": "TDA (calibrated CETT thresholds × scale)",
@@ -45,7 +46,7 @@ if cap is None:
 try:
     rule = state.rule(lm, s)
     key = state.model_key(lm)
-    res = compute.mask_view(
+    res = views.mask_view(
         cap, rule, method, density=density, scale=scale, layer=int(layer),
         thresholds=state.calibration(key, s.cett_target if s.rule == "cett" else 0.2, lm).thresholds,
         down_norms=state.down_norms(key, lm),

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import compute, state, widgets
-from tda.errors import TDAError
+from app import state, widgets
+from app.views import recall as views
+from tda.common.errors import TDAError
 
 METHODS = ("tda", "tda_matched", "griffin", "static", "random", "oracle")
 DENSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -50,7 +51,7 @@ if run and methods:
 stored_params, res = widgets.stored_result(
     "recall_result", params, "Press **Run recall study** (a short generation; a few seconds on the embedded model).", "Run recall study"
 )
-view = compute.recall_view(res, truth=truth, methods=stored_params[3])
+view = views.recall_view(res, truth=truth, methods=stored_params[3])
 st.markdown(f"**Prompt tokens:** {res['prompt_tokens']} · **generated:** {res['steps']} · "
             f"**continuation:** “{res['continuation'].strip()[:300]}”")
 a, b = st.columns(2)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import compute, state
-from tda.errors import TDAError
+from app import state
+from app.views import samples as views
+from tda.common.errors import TDAError
 
 st.title("13 samples: which inputs activate similar neurons?")
 st.caption(
@@ -19,7 +20,7 @@ s = state.settings()
 key = state.model_key(lm)
 
 if "samples_df" not in st.session_state:
-    from tda.data import load_samples
+    from tda.common.data import load_samples
 
     st.session_state["samples_df"] = pd.DataFrame(load_samples())[["id", "text", "treatment"]]
 edited = st.data_editor(
@@ -32,7 +33,7 @@ c1, c2, c3 = st.columns(3)
 MEASURES = {"cosine": "cosine of mean |a|", "spearman": "Spearman of mean |a|",
             "jaccard_tda": "Jaccard of TDA masks", "jaccard_griffin": "Jaccard of Griffin masks"}
 measure = c1.selectbox("similarity measure", list(MEASURES), format_func=MEASURES.get, key="sim_measure")
-groups = compute.layer_groups(lm.ffn.n_layers)
+groups = views.layer_groups(lm.ffn.n_layers)
 group = c2.selectbox("layers", list(groups), index=list(groups).index("all"), key="sim_group",
                      format_func=lambda g: f"{g} ({groups[g][0]}–{groups[g][-1]})")
 if c3.button("Reset to the paper's 13 samples", key="samples_reset"):
@@ -40,7 +41,7 @@ if c3.button("Reset to the paper's 13 samples", key="samples_reset"):
     st.rerun()
 
 try:
-    samples = compute.samples_from_table(edited.to_dict("records"))
+    samples = views.samples_from_table(edited.to_dict("records"))
     with st.spinner("Capturing the samples and computing similarities…"):
         result = state.similarity(key, tuple((d["id"], d["text"], d["treatment"]) for d in samples),
                                   s.cett_target, lm)
@@ -48,7 +49,7 @@ except TDAError as e:
     st.error(f"Samples: {e}")
     st.stop()
 
-view = compute.similarity_view(result, measure, group)
+view = views.similarity_view(result, measure, group)
 st.plotly_chart(view["figure"], key="similarity_heatmap")
 
 st.subheader("Observations (a)–(e)")

@@ -9,7 +9,7 @@ No maths here: everything numeric comes from :mod:`tda` and :mod:`analysis`. Wha
   and ``max_size``); ``st.cache_data`` returns a fresh copy to every caller, so two sessions
   never share a mutable result. The shared model is never mutated (hooks are context-local).
 - CETT calibrations: per (model, target) (``st.cache_resource``; the disk cache of
-  :func:`tda.calibrate.load_or_calibrate` makes repeats instant).
+  :func:`tda.masks.calibrate.load_or_calibrate` makes repeats instant).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from tda.errors import TDAError
+from tda.common.errors import TDAError
 
 MODEL_ENV = "TDA_APP_MODEL"  # default model spec (tests use tiny-llama)
 THREADS_ENV = "TDA_APP_THREADS"  # torch intra-op threads for the server (default 1; 0 = torch's own)
@@ -49,14 +49,14 @@ def apply_threads() -> None:
 
 
 def default_model() -> str:
-    from tda.models import DEFAULT_MODEL
+    from tda.models.load import DEFAULT_MODEL
 
     return os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
 
 
 def default_prompt() -> str:
     """The XSum demonstration article's first sentence (Study 1's input)."""
-    from tda.data import xsum_demo
+    from tda.common.data import xsum_demo
 
     article = xsum_demo()["article"]
     return article.split(". ")[0].strip().rstrip(".") + "."
@@ -86,7 +86,7 @@ class _ModelSlot:
         threading.Thread(target=self._run, name=f"load-{spec}", daemon=True).start()
 
     def _run(self) -> None:
-        from tda.models import load_model
+        from tda.models.load import load_model
 
         try:
             self.model = load_model(self.spec, dtype=self.dtype, progress=self.messages.append)
@@ -143,14 +143,14 @@ def model_key(lm) -> str:
 @st.cache_data(max_entries=24, max_size="768MB", show_spinner=False)
 def capture(key: str, text: str, mode: str, _lm):
     """All layers of ``text`` in ``mode`` (sequence/isolated), cached per (model, text, mode)."""
-    from tda.capture import capture as _capture
+    from tda.activations.capture import capture as _capture
 
     return _capture(_lm, text, None, mode, max_tokens=MAX_TOKENS)
 
 
 @st.cache_resource(max_entries=8, show_spinner="Calibrating CETT thresholds (one time per model)…")
 def calibration(key: str, target: float, _lm):
-    from tda.calibrate import load_or_calibrate
+    from tda.masks.calibrate import load_or_calibrate
 
     return load_or_calibrate(_lm, target=target)
 
@@ -172,7 +172,7 @@ def rule(lm, s: Settings | None = None):
 @st.cache_data(max_entries=16, show_spinner=False)
 def similarity(key: str, samples: tuple, cett_target: float, _lm) -> dict:
     """Study 2 for ``samples`` (tuples ``(id, text, treatment)``), cached per model and samples."""
-    from app.compute import similarity_result
+    from app.views.samples import similarity_result
 
     return similarity_result(_lm, [{"id": i, "text": t, "treatment": tr} for i, t, tr in samples], cett_target)
 
@@ -180,7 +180,7 @@ def similarity(key: str, samples: tuple, cett_target: float, _lm) -> dict:
 @st.cache_data(max_entries=8, show_spinner=False)
 def recall(params: tuple, _calibration, _lm, densities: tuple) -> dict:
     """The recall study for ``params`` = (model key, prompt, new tokens, methods, CETT target, top-p %)."""
-    from app.compute import recall_result
+    from app.views.recall import recall_result
 
     _, text, new_tokens, methods, _, top_p = params
     return recall_result(_lm, text, _calibration, new_tokens=new_tokens, methods=methods,
@@ -189,7 +189,7 @@ def recall(params: tuple, _calibration, _lm, densities: tuple) -> dict:
 
 def check_prompt(lm, text: str) -> list[int]:
     """Token ids of ``text``; raises BadInput when empty or beyond :data:`MAX_TOKENS`."""
-    from tda.capture import tokenize
+    from tda.activations.capture import tokenize
 
     return tokenize(lm, text, max_tokens=MAX_TOKENS)
 
@@ -204,14 +204,14 @@ def random_text(key: str, n_tokens: int, seed: int, _lm) -> str:
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def static_scores(key: str, _lm):
-    from tda.masks import model_static_scores
+    from tda.masks.build import model_static_scores
 
     return model_static_scores(_lm)
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def down_norms(key: str, _lm):
-    from tda.masks import model_down_norms
+    from tda.masks.build import model_down_norms
 
     return model_down_norms(_lm)
 
@@ -219,7 +219,7 @@ def down_norms(key: str, _lm):
 # ------------------------------------------------------------------------------------- sidebar
 def sidebar() -> Settings:
     """Draw the sidebar's settings (model, dtype, activation rule) and return them."""
-    from tda.models import DEFAULT_MODEL, TINY_SPECS
+    from tda.models.load import DEFAULT_MODEL, TINY_SPECS
 
     sb = st.sidebar
     sb.header("Settings")

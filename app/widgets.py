@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import state
-from tda.errors import TDAError
+from tda.common.errors import TDAError
 
 PROMPT = "prompt"  # the prompt shared by pages 1, 2, 4 and 5 (a plain session key, not a widget's)
 
@@ -47,7 +47,7 @@ def token_labels(lm, cap) -> list[str]:
 def random_prompt(lm) -> None:
     """Button callback: swap in random single-token words (the paper's control), as many tokens
     as the current prompt has (16 when it has none), a new seed at every press."""
-    from tda.capture import tokenize
+    from tda.activations.capture import tokenize
 
     try:
         n = len(tokenize(lm, st.session_state.get(PROMPT, ""), max_tokens=state.MAX_TOKENS))

@@ -2,7 +2,7 @@
 
     python benchmarks/app_update.py [--model gemma-3-270m] [--tokens 64] [--repeats 5] [--threads N] [--apptest]
 
-Times the functions the pages call (:mod:`app.compute`, the captures, the Plotly JSON that
+Times the functions the pages call (:mod:`app.views`, the captures, the Plotly JSON that
 ``st.plotly_chart`` sends) for a *new* prompt each repeat, so no per-prompt cache helps; the model,
 its calibration and its weight norms are warm (loaded once before timing), as on a running server.
 ``--apptest`` also times whole script reruns through ``streamlit.testing.v1.AppTest`` after a
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 def prompt_of(lm, n_tokens: int, variant: int) -> str:
     """About ``n_tokens`` prompt tokens of the XSum demonstration, with a different last word."""
-    from tda.data import xsum_demo
+    from tda.common.data import xsum_demo
 
     words = xsum_demo()["article"].split()
     n_tokens += 1 if lm.tokenizer.bos_token_id is not None else 0  # BOS is not a prompt token
@@ -47,10 +47,11 @@ def time_functions(lm, n_tokens: int, repeats: int) -> None:
 
     from analysis.activation import make_rule
     from analysis.studies import random_word_text
-    from app import compute
-    from tda.calibrate import load_or_calibrate
-    from tda.capture import capture, tokenize
-    from tda.masks import model_down_norms
+    from app.views import inertia as inertia_views
+    from app.views import masks as mask_views
+    from tda.activations.capture import capture, tokenize
+    from tda.masks.build import model_down_norms
+    from tda.masks.calibrate import load_or_calibrate
 
     rule = make_rule(lm, "cett", 0.2)
     thresholds = load_or_calibrate(lm).thresholds
@@ -71,17 +72,17 @@ def time_functions(lm, n_tokens: int, repeats: int) -> None:
         t_cap.append(t1 - t0)
         # the control (random words, prompt length rounded up to 16) is cached by the page; it is
         # recomputed only when an edit crosses a multiple of 16 tokens: timed apart
-        control = random_word_text(lm, compute.control_length(len(seq.tokens)), 0)[0]
+        control = random_word_text(lm, inertia_views.control_length(len(seq.tokens)), 0)[0]
         caps.update({("random", m): capture(lm, control, None, m, max_tokens=256) for m in ("sequence", "isolated")})
         t_ctl.append(time.perf_counter() - t1)
         t1 = time.perf_counter()
-        view = compute.inertia_view(caps, rule, model_id=lm.model_id, layer=layer, neurons=(0, lm.ffn.d_ff),
+        view = inertia_views.inertia_view(caps, rule, model_id=lm.model_id, layer=layer, neurons=(0, lm.ffn.d_ff),
                                     max_cols=512, tokens=labels(seq))
         t2 = time.perf_counter()
         pio.to_json(view["figure"], validate=False)
         pio.to_json(view["curves"], validate=False)
         t3 = time.perf_counter()
-        res = compute.mask_view(seq, rule, "tda", density=None, scale=1.0, layer=layer, thresholds=thresholds,
+        res = mask_views.mask_view(seq, rule, "tda", density=None, scale=1.0, layer=layer, thresholds=thresholds,
                                 down_norms=norms, static_scores=None)
         from app.figures import coverage_figure, density_per_layer_figure
 
@@ -108,7 +109,7 @@ def time_functions(lm, n_tokens: int, repeats: int) -> None:
 def time_apptest(spec: str, n_tokens: int, repeats: int) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from tda.models import load_model
+    from tda.models.load import load_model
 
     os.environ["TDA_APP_MODEL"] = spec
     lm = load_model(spec)
@@ -142,7 +143,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
-    from tda.models import load_model
+    from tda.models.load import load_model
 
     t0 = time.perf_counter()
     lm = load_model(args.model)

@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from tda.bench import bench_prompt, machine_info
-from tda.capture import capture
-from tda.models import load_model
+from tda.activations.capture import capture
+from tda.evaluate.bench import bench_prompt, machine_info
+from tda.models.load import load_model
 
 
 def timed(fn) -> float:

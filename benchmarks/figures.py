@@ -19,15 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from tda.bench import machine_info
+from tda.evaluate.bench import machine_info
 
 
 def main() -> None:
     from analysis.pipeline import FigureSettings, run_studies, write_outputs
     from analysis.random_control import control_id
-    from tda.calibrate import cache_path, data_hash
-    from tda.data import load_texts
-    from tda.models import load_model
+    from tda.common.data import load_texts
+    from tda.masks.calibrate import cache_path, data_hash
+    from tda.models.load import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gemma-3-270m")

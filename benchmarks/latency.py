@@ -25,10 +25,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(preset: str, out: str | None = None) -> dict:
-    from tda.atomic import write_text_atomic
-    from tda.bench import batch_mode_bench, format_table, run_bench
-    from tda.data import load_texts
-    from tda.models import load_model
+    from tda.common.atomic import write_text_atomic
+    from tda.common.data import load_texts
+    from tda.evaluate.bench import batch_mode_bench, format_table, run_bench
+    from tda.models.load import load_model
 
     cfg = PRESETS[preset]
     lm = load_model(cfg["spec"], dtype=cfg["dtype"], device=cfg["device"])

@@ -15,7 +15,7 @@ TINY = ("tiny-llama", "tiny-gemma3", "tiny-gpt2", "tiny-opt", "tiny-qwen3", "tin
 
 @functools.cache
 def _load(spec: str):
-    from tda.models import load_model
+    from tda.models.load import load_model
 
     return load_model(spec)
 

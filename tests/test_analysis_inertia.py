@@ -16,7 +16,7 @@ from analysis.inertia import (
     mode_differences,
     self_jaccard,
 )
-from tda.errors import BadInput
+from tda.common.errors import BadInput
 
 
 def mask(rows: list[str]) -> torch.Tensor:

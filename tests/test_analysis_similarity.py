@@ -13,7 +13,7 @@ from analysis.similarity import (
     spearman_matrix,
     verdict_rows,
 )
-from tda.errors import BadInput
+from tda.common.errors import BadInput
 
 
 def test_cosine_known_values():
@@ -62,7 +62,7 @@ def test_check_samples_errors():
 def study2(load_tiny):
     from analysis.activation import cett_rule
     from analysis.similarity import similarity_study
-    from tda.data import load_samples
+    from tda.common.data import load_samples
 
     lm = load_tiny("tiny-gemma3")
     return similarity_study(lm, load_samples(), cett_rule(lm))

@@ -14,7 +14,7 @@ from analysis.studies import (
     run_scale,
     study1_inputs,
 )
-from tda.errors import BadInput
+from tda.common.errors import BadInput
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_topp_rule_gives_fixed_density(lm):
 
 
 def test_scale_end_to_end(lm):
-    from tda.data import load_texts
+    from tda.common.data import load_texts
 
     rules = [make_rule(lm, "cett"), topp_rule(0.1)]
     out = run_scale(lm, rules, load_texts()[:4], n_tokens=8, keep_rates=[1])
@@ -113,7 +113,7 @@ def test_cett_rule_rejects_other_layers(lm):
 def test_study1_and_study2_on_the_embedded_model(gemma):
     """The real Gemma 3 270M: the XSum prefix is the paper's, and both studies give full results."""
     from analysis.similarity import similarity_study, verdict_rows
-    from tda.data import load_samples
+    from tda.common.data import load_samples
 
     rule = make_rule(gemma, "cett")
     run = inertia_for_prompt(gemma, rule)

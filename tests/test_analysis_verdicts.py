@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from analysis.verdicts import OBSERVATIONS, duplicate_groups, evaluate, evaluate_all
-from tda.errors import BadInput
+from tda.common.errors import BadInput
 
 IDS = list(range(1, 14))
 DUPS = {1: {8}, 8: {1}}  # samples 1 and 8 share a text

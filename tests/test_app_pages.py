@@ -65,13 +65,13 @@ def metric(at, label_start: str) -> str:
 
 @pytest.fixture(scope="module")
 def lm():
-    from tda.models import load_model
+    from tda.models.load import load_model
 
     return load_model(MODEL)
 
 
 def n_prompt_tokens(lm, text: str) -> int:
-    from tda.capture import capture
+    from tda.activations.capture import capture
 
     return len(capture(lm, text, [0]).tokens)
 
@@ -81,7 +81,7 @@ def test_inertia_page_shows_studys_numbers(app, lm):
     from analysis.activation import make_rule
     from analysis.studies import inertia_from_captures, random_word_text
     from app.state import default_prompt
-    from tda.capture import capture
+    from tda.activations.capture import capture
 
     at = app()
     assert errors(at) == []
@@ -131,7 +131,7 @@ def test_inertia_page_updates_on_prompt_edit_and_random_button(app, lm):
 
 def test_inertia_heatmap_data(app, lm):
     from app.state import default_prompt
-    from tda.capture import capture
+    from tda.activations.capture import capture
 
     at = app()
     layer = int(at.number_input(key="inertia_layer").value)
@@ -163,8 +163,8 @@ def test_inertia_heatmap_data(app, lm):
 def test_masks_page_coverage_matches_library(app, lm):
     from analysis.activation import make_rule
     from app.state import default_prompt
-    from tda.capture import capture
-    from tda.masks import build_mask
+    from tda.activations.capture import capture
+    from tda.masks.build import build_mask
 
     at = app("page_masks.py")
     assert errors(at) == []
@@ -244,7 +244,7 @@ def test_bad_model_paths_show_errors(app, tmp_path):
 def test_samples_page_verdicts_and_edits(app, lm):
     from analysis.activation import make_rule
     from analysis.similarity import similarity_study
-    from tda.data import load_samples
+    from tda.common.data import load_samples
 
     at = app("page_samples.py")
     assert errors(at) == []
@@ -310,7 +310,7 @@ def test_recall_page_curves(app):
 
 # ------------------------------------------------------------------------------------ page 5
 def test_generate_page(app, lm):
-    from tda.generate import generate
+    from tda.engine.generate import generate
 
     at = app("page_generate.py")
     at.selectbox(key="gen_method").select("griffin").run()
@@ -379,9 +379,9 @@ def test_model_load_shows_progress_lines(app, monkeypatch, tmp_path):
     """The one-time conversion's progress lines (``load_model(progress=...)``) appear in the page."""
     import time as _time
 
-    import tda.models
+    import tda.models.load
 
-    real = tda.models.load_model
+    real = tda.models.load.load_model
     fake = str(tmp_path / "needs-conversion")
 
     def slow_load(spec, dtype="fp32", device="cpu", progress=None):
@@ -393,7 +393,7 @@ def test_model_load_shows_progress_lines(app, monkeypatch, tmp_path):
         _time.sleep(0.6)
         return real(MODEL, dtype=dtype)
 
-    monkeypatch.setattr(tda.models, "load_model", slow_load)
+    monkeypatch.setattr(tda.models.load, "load_model", slow_load)
     at = app()
     at.selectbox(key="model_choice").select("local folder…").run()
     at.text_input(key="model_path").input(fake).run()

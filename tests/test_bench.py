@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tda.bench import format_table, run_bench
-from tda.ceiling import ceiling, fraction_of_gain, kv_bytes, weight_bytes
+from tda.evaluate.bench import format_table, run_bench
+from tda.evaluate.ceiling import ceiling, fraction_of_gain, kv_bytes, weight_bytes
 
 
 def test_weight_bytes_partition(tiny_llama):

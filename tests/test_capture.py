@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from tda.capture import (
+from tda.activations.capture import (
     Capture,
     capture,
     capture_batch,
@@ -16,7 +16,7 @@ from tda.capture import (
     load_dir,
     resolve_layers,
 )
-from tda.errors import BadInput
+from tda.common.errors import BadInput
 
 from .conftest import TINY
 

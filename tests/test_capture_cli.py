@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tda.capture import Capture
+from tda.activations.capture import Capture
 
 
 def _no_files(folder):
@@ -69,9 +69,9 @@ def test_out_is_directory_or_unwritable(run_cli, tmp_path, monkeypatch):
     locked = tmp_path / "locked"
     locked.mkdir()
     # Root can write anywhere, so simulate a read-only folder at the permission check itself.
-    import tda.atomic
+    import tda.common.atomic
 
-    monkeypatch.setattr(tda.atomic.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(tda.common.atomic.os, "access", lambda path, mode: False)
     code, _, err = run_cli("capture", "--model", "tiny-llama", "--prompt", "hi", "--out", locked / "o.st")
     assert code == 2 and "not writable" in err and err.count("\n") == 1
     assert list(locked.iterdir()) == []
@@ -95,9 +95,9 @@ def test_info_on_corrupt_file(run_cli, tmp_path):
 
 
 def test_hub_name_offline_cli(run_cli, tmp_path, monkeypatch):
-    import tda.models as m
+    import tda.common.hub as hub
 
-    monkeypatch.setattr(m, "_hub_resolvable", lambda: False)
+    monkeypatch.setattr(hub, "hub_resolvable", lambda: False)
     code, _, err = run_cli("capture", "--model", "google/gemma-3-270m", "--prompt", "hi", "--out", tmp_path / "o")
     assert code == 2 and "offline" in err and "gemma-3-270m" in err and err.count("\n") == 1
     assert _no_files(tmp_path)

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from tda.calibrate import Calibration, calibrate, load_or_calibrate
-from tda.cett import active_by_threshold, cett_per_token, find_threshold, mean_cett
-from tda.errors import BadInput
+from tda.common.errors import BadInput
+from tda.masks.calibrate import Calibration, calibrate, load_or_calibrate
+from tda.masks.cett import active_by_threshold, cett_per_token, find_threshold, mean_cett
 
 
 def _orthogonal_w(col_norms, d_model=6, seed=0):
@@ -81,7 +81,7 @@ TEXTS = ["The cat sat on the mat and looked at the birds.", "Prices rose sharply
 
 
 def test_calibrate_tiny_brackets_the_target(tiny_llama):
-    from tda.capture import capture_batch
+    from tda.activations.capture import capture_batch
 
     cal = calibrate(tiny_llama, TEXTS, 0.2)
     assert cal.n_layers == 3 and cal.d_ff == 128 and len(cal.thresholds) == 3
@@ -108,7 +108,7 @@ def test_calibration_file_and_model_check(tmp_path, tiny_llama, load_tiny, monke
     with pytest.raises(BadInput, match="thresholds are for model 'tiny-llama'"):
         back.check_model(load_tiny("tiny-gemma3"))
     # cached: a second call does not recompute
-    import tda.calibrate as C
+    import tda.masks.calibrate as C
 
     monkeypatch.setattr(C, "calibrate", lambda *a, **k: pytest.fail("recomputed despite the cache"))
     assert load_or_calibrate(tiny_llama, TEXTS, 0.3) == cal

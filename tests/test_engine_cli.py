@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tda.calibrate import Calibration
+from tda.masks.calibrate import Calibration
 
 TEXTS = ["The cat sat on the mat and looked at the birds.", "Prices rose sharply in March, said the bank.",
          "A quick brown fox jumps over the lazy dog near the river bank."]
@@ -27,7 +27,7 @@ def data_file(tmp_path):
 
 @pytest.fixture
 def thresholds_file(tmp_path, tiny_llama, data_file):
-    from tda.calibrate import calibrate
+    from tda.masks.calibrate import calibrate
 
     return calibrate(tiny_llama, TEXTS, 0.2).save(tmp_path / "tiny-llama-cett.json")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tda.errors import UnsupportedArchitecture
-from tda.ffn import SUPPORTED_MODEL_TYPES, family_for
+from tda.common.errors import UnsupportedArchitecture
+from tda.models.ffn import SUPPORTED_MODEL_TYPES, family_for
 
 from .conftest import TINY
 
@@ -56,7 +56,7 @@ def test_unsupported_family_message():
 
 
 def test_layer_out_of_range(load_tiny):
-    from tda.errors import BadInput
+    from tda.common.errors import BadInput
 
     with pytest.raises(BadInput, match="out of range"):
         load_tiny("tiny-llama").ffn.in_modules(3)

@@ -7,8 +7,8 @@ import threading
 import pytest
 import torch
 
-from tda.errors import BadInput
-from tda.generate import generate
+from tda.common.errors import BadInput
+from tda.engine.generate import generate
 
 FAMILIES = ("tiny-llama", "tiny-gemma3", "tiny-gpt2", "tiny-opt")
 PROMPTS = ["the quick brown fox jumps over", "a house by the river", "one two three four five six seven"]
@@ -70,7 +70,7 @@ def test_two_threads_get_independent_results(tiny_llama):
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_half_precision(dtype):
-    from tda.models import load_model
+    from tda.models.load import load_model
 
     lm = load_model("tiny-llama", dtype=dtype)
     for method in ("dense", "griffin", "tt", "tda"):
@@ -94,7 +94,7 @@ def test_sampling_seed_and_stop_tokens(tiny_llama):
 
 
 def test_fast_path_probe_and_timings(tiny_llama):
-    from tda.fastpath import mkldnn_available, use_fast
+    from tda.engine.fastpath import mkldnn_available, use_fast
 
     r = generate(tiny_llama, PROMPTS[0], "griffin", density=0.5, max_new_tokens=4, min_new_tokens=4)
     assert r.params["fast"] == (mkldnn_available() and use_fast(tiny_llama))
@@ -131,7 +131,7 @@ def test_shared_model_not_mutated(tiny_llama):
 @pytest.mark.slow
 def test_gemma_density_one_and_fast_path(gemma):
     """The real model: the oneDNN probe passes, fast dense = stock tokens, griffin@1.0 = dense."""
-    from tda.fastpath import mkldnn_available, use_fast
+    from tda.engine.fastpath import mkldnn_available, use_fast
 
     p = "The weather in Edinburgh during the winter festival was"
     stock = generate(gemma, p, "dense", stock=True, max_new_tokens=6, min_new_tokens=6)

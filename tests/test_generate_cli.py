@@ -21,7 +21,7 @@ def test_generate_cli_writes_json(run_cli, tmp_out):
 
 
 def test_generate_cli_matches_api(run_cli, tmp_out, tiny_llama):
-    from tda.generate import generate
+    from tda.engine.generate import generate
 
     path = tmp_out / "t.json"
     code, _, err = run_cli("generate", "-m", "tiny-llama", "-p", "one two three", "--method", "tda", "--density",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tda.errors import BadInput
-from tda.masks import (
+from tda.common.errors import BadInput
+from tda.masks.build import (
     build_mask,
     check_density,
     griffin_mask,

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from tda import embedded
-from tda.errors import BadInput, ModelLoadError, UnsupportedArchitecture
-from tda.models import TINY_SPECS, list_specs, load_model
+from tda.common.errors import BadInput, ModelLoadError, UnsupportedArchitecture
+from tda.models import embedded
+from tda.models.load import TINY_SPECS, list_specs, load_model
 
 from .conftest import TINY
 
@@ -57,9 +57,9 @@ def test_missing_local_folder():
 
 
 def test_hub_name_offline_fails_clearly(monkeypatch):
-    import tda.models as m
+    import tda.common.hub as hub
 
-    monkeypatch.setattr(m, "_hub_resolvable", lambda: False)
+    monkeypatch.setattr(hub, "hub_resolvable", lambda: False)
     with pytest.raises(ModelLoadError) as e:
         load_model("google/gemma-3-270m")
     assert "offline" in str(e.value) and "gemma-3-270m" in str(e.value)
@@ -83,7 +83,7 @@ def test_dtype_option(load_tiny):
 
 
 def test_random_preset_is_labelled(monkeypatch):
-    import tda.models as m
+    import tda.models.load as m
 
     # A shrunken preset keeps the test fast; the code path is the one random:llama-1b uses.
     monkeypatch.setitem(m.RANDOM_PRESETS, "llama-test", dict(

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tda.errors import BadInput
-from tda.quality import (
+from tda.common.errors import BadInput
+from tda.evaluate.quality import (
     Variant,
     perplexity_eval,
     rouge,
@@ -45,8 +45,8 @@ def test_teacher_forced_matches_full_forward(tiny_llama):
     """Dense prefill + cached continuation gives the same log-likelihood as one full forward."""
     import torch
 
-    from tda.generate import SparseSession
-    from tda.quality import continuation_logits
+    from tda.engine.generate import SparseSession
+    from tda.evaluate.quality import continuation_logits
 
     ids = tiny_llama.tokenizer(TEXTS[0]).input_ids
     got = continuation_logits(tiny_llama, ids, 5, SparseSession(tiny_llama, "dense", fast=False))
@@ -56,9 +56,9 @@ def test_teacher_forced_matches_full_forward(tiny_llama):
 
 
 def test_rouge_and_summaries(tiny_llama, monkeypatch):
-    import tda.data
+    import tda.common.data
 
-    monkeypatch.setattr(tda.data, "xsum_prompt", lambda article: f"Article: {article}\nSummary:")
+    monkeypatch.setattr(tda.common.data, "xsum_prompt", lambda article: f"Article: {article}\nSummary:")
     r = rouge(["a cat sat on the mat"], ["a cat sat on the mat"])
     assert r["rouge1"] == pytest.approx(100.0)
     assert rouge(["dogs bark"], ["a cat sat"])["rouge1"] == 0.0
@@ -75,7 +75,7 @@ def test_tables():
 
 
 def test_quality_figure():
-    from tda.quality_plots import quality_figure
+    from tda.evaluate.quality_plots import quality_figure
 
     rows = [{"method": "dense", "density": 1.0, "agreement": 1.0},
             {"method": "tt", "density": 0.5, "agreement": 0.8}, {"method": "tt", "density": 0.25, "agreement": 0.6}]
@@ -87,7 +87,7 @@ def test_quality_figure():
 
 
 def test_lm_eval_wrapper_offline(tiny_llama):
-    from tda.lm_eval_model import TDALM, mc_task_config, run_mc_task
+    from tda.evaluate.lm_eval_model import TDALM, mc_task_config, run_mc_task
 
     cfg = mc_task_config()
     assert cfg["dataset_path"] == "json" and cfg["dataset_kwargs"]["data_files"]["test"].startswith("/")

@@ -8,9 +8,9 @@ import threading
 import pytest
 import torch
 
-from tda.decode_capture import generate_with_capture, recording
-from tda.errors import BadInput
-from tda.recall import (
+from tda.activations.decode import generate_with_capture, recording
+from tda.common.errors import BadInput
+from tda.evaluate.recall import (
     RECALL_METHODS,
     aggregate,
     curve,
@@ -114,7 +114,7 @@ def test_parse_sweeps():
 
 # ----- decode capture ----------------------------------------------------------------------------
 def _full_forward(lm, ids):
-    from tda.capture import _forward
+    from tda.activations.capture import _forward
 
     x = torch.tensor([ids])
     return _forward(lm, x, torch.ones_like(x), list(range(lm.ffn.n_layers)), "hooks")
@@ -167,7 +167,7 @@ def test_empty_prompt_and_too_long(tiny_llama):
 
 # ----- the study and figures ---------------------------------------------------------------------
 def test_recall_study_on_tiny_model(tiny_llama, tmp_path, monkeypatch):
-    from tda.calibrate import calibrate
+    from tda.masks.calibrate import calibrate
 
     cal = calibrate(tiny_llama, ["one two three four five", "the dog barked at the mailman"], 0.2)
     rows = recall_study(tiny_llama, "the cat sat on the mat", cal, new_tokens=5, densities=[0.25, 0.5])
@@ -183,7 +183,7 @@ def test_recall_study_on_tiny_model(tiny_llama, tmp_path, monkeypatch):
     full = recall_study(tiny_llama, "the cat sat on the mat", cal, new_tokens=2, densities=[1.0],
                         methods=["griffin", "static"])
     assert all(r["recall"] == pytest.approx(1.0) and r["mass_recall"] == pytest.approx(1.0) for r in full)
-    from tda.calibrate import Calibration
+    from tda.masks.calibrate import Calibration
 
     other = Calibration(**{**cal.__dict__, "model_id": "another", "d_ff": 4096})
     with pytest.raises(BadInput, match="thresholds are for model 'another'"):
@@ -191,7 +191,7 @@ def test_recall_study_on_tiny_model(tiny_llama, tmp_path, monkeypatch):
 
 
 def test_figures_are_built_from_rows():
-    from tda.recall_plots import (
+    from tda.evaluate.recall_plots import (
         calibration_figure,
         recall_by_layer_figure,
         recall_vs_density_figure,
@@ -217,8 +217,8 @@ def test_figures_are_built_from_rows():
 @pytest.mark.slow
 def test_gemma_prompt_masks_beat_random(gemma):
     """Real model, one passage, 8 decode steps: griffin/tda_matched recall more than a random mask."""
-    from tda.calibrate import load_or_calibrate
-    from tda.data import load_texts
+    from tda.common.data import load_texts
+    from tda.masks.calibrate import load_or_calibrate
 
     cal = load_or_calibrate(gemma)
     rows = recall_study(gemma, load_texts(limit=1)[0], cal, new_tokens=8, densities=[0.5],

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tda.dispatch import linear_overrides
-from tda.sparse import ffn_apply, masked_dense_ffn, slice_layer_batch, sliced_fns, tt_out_fn
+from tda.engine.sparse import ffn_apply, masked_dense_ffn, slice_layer_batch, sliced_fns, tt_out_fn
+from tda.models.dispatch import linear_overrides
 
 FAMILIES = ("tiny-llama", "tiny-gemma3", "tiny-gpt2", "tiny-opt")
 
@@ -74,9 +74,9 @@ def test_tt_out_fn_zeroes_small_activations(tiny_llama):
 @pytest.mark.parametrize("method", ["griffin", "tda"])
 def test_online_statistics_give_build_mask_result(tiny_llama, method):
     """The session's reduced prefill statistics give the mask build_mask gives on full captures."""
-    from tda.capture import capture
-    from tda.generate import SparseSession
-    from tda.masks import build_mask, model_down_norms
+    from tda.activations.capture import capture
+    from tda.engine.generate import SparseSession
+    from tda.masks.build import build_mask, model_down_norms
 
     lm = tiny_llama
     text = "the cat sat on the mat and looked at the door"

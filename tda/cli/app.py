@@ -25,7 +25,7 @@ def progress_printer(msg: str) -> None:
 
 def load(spec: str, dtype: str = "fp32", device: str = "cpu"):
     """Load a model for a command, printing one-time conversion progress on stderr."""
-    from tda.models import load_model
+    from tda.models.load import load_model
 
     return load_model(spec, dtype=dtype, device=device, progress=progress_printer)
 

@@ -16,7 +16,7 @@ console = Console()
 @app.command()
 def models() -> None:
     """List the model specs and whether the embedded model is cached."""
-    from tda.models import list_specs
+    from tda.models.load import list_specs
 
     table = Table("spec", "kind", "note")
     for row in list_specs():
@@ -25,7 +25,7 @@ def models() -> None:
 
 
 def _summary(cap, title: str) -> None:
-    from tda.capture import active_fraction
+    from tda.activations.capture import active_fraction
 
     console.print(
         f"[bold]{title}[/bold]: model {cap.model_id}, mode {cap.mode}, {cap.n_tokens} tokens, "
@@ -50,10 +50,10 @@ def capture(
     device: str = DeviceOpt,
 ) -> None:
     """Capture FFN activations acts[layer, token, neuron] of a prompt and write them to --out."""
-    from tda.atomic import check_output_path
-    from tda.capture import capture as do_capture
-    from tda.capture import tokenize
-    from tda.errors import BadInput
+    from tda.activations.capture import capture as do_capture
+    from tda.activations.capture import tokenize
+    from tda.common.atomic import check_output_path
+    from tda.common.errors import BadInput
 
     if not prompt.strip():
         raise BadInput("the prompt is empty")
@@ -71,7 +71,7 @@ def capture(
 @app.command()
 def info(file: Path = typer.Argument(..., help="a capture file written by `tda capture`")) -> None:
     """Print what a capture file holds."""
-    from tda.capture import Capture
+    from tda.activations.capture import Capture
 
     cap = Capture.load(file)
     _summary(cap, str(file))

@@ -42,11 +42,11 @@ def calibrate(
     device: str = DeviceOpt,
 ) -> None:
     """Per-layer CETT thresholds t_L (cached per model, data and target); prints threshold and density."""
-    from tda.atomic import check_output_path
-    from tda.calibrate import cache_path, data_hash, load_or_calibrate
-    from tda.cett import check_target
-    from tda.data import load_texts
-    from tda.errors import BadInput
+    from tda.common.atomic import check_output_path
+    from tda.common.data import load_texts
+    from tda.common.errors import BadInput
+    from tda.masks.calibrate import cache_path, data_hash, load_or_calibrate
+    from tda.masks.cett import check_target
 
     check_target(cett)
     if limit is not None and limit < 1:
@@ -91,7 +91,7 @@ def _std(xs: list[float]) -> float:
 
 def study_summary(rows: list[dict], density: float = 0.5) -> list[dict]:
     """Mean over layers and prompts at ``density`` (tda at scale 1), plus the std over prompts."""
-    from tda.recall import summary_at
+    from tda.evaluate.recall import summary_at
 
     summary = summary_at(rows, density=density)
     prompts = sorted({r["prompt"] for r in rows})
@@ -126,7 +126,7 @@ def write_figures(figs: dict[str, object], out_dir: Path, png: bool) -> list[str
     """Write ``name.html`` always and ``name.png`` (kaleido + Chromium) when possible; returns notes."""
     import contextlib
 
-    from tda.atomic import atomic_path
+    from tda.common.atomic import atomic_path
 
     notes = []
     for name, fig in figs.items():
@@ -167,14 +167,11 @@ def recall(
     """Do prompt masks predict decode-time activations? Recall per method × layer × density/threshold."""
     import time
 
-    from tda.calibrate import Calibration, load_or_calibrate
-    from tda.capture import tokenize
-    from tda.cett import check_target
-    from tda.data import load_texts
-    from tda.decode_capture import check_new_tokens
-    from tda.errors import BadInput
-    from tda.masks import model_down_norms, model_static_scores
-    from tda.recall import (
+    from tda.activations.capture import tokenize
+    from tda.activations.decode import check_new_tokens
+    from tda.common.data import load_texts
+    from tda.common.errors import BadInput
+    from tda.evaluate.recall import (
         aggregate,
         check_methods,
         check_top_p,
@@ -182,6 +179,9 @@ def recall(
         parse_scales,
         study_prompt,
     )
+    from tda.masks.build import model_down_norms, model_static_scores
+    from tda.masks.calibrate import Calibration, load_or_calibrate
+    from tda.masks.cett import check_target
 
     # every argument is checked before a model is loaded or anything is written
     check_new_tokens(new_tokens)
@@ -214,7 +214,7 @@ def recall(
         with console.status(f"CETT {cett:g} calibration (cached after the first run)..."):
             cal = load_or_calibrate(lm, None, cett)
 
-    from tda.atomic import check_output_dir, write_text_atomic
+    from tda.common.atomic import check_output_dir, write_text_atomic
 
     out_dir = check_output_dir(out)
     norms, static = model_down_norms(lm), model_static_scores(lm)
@@ -243,7 +243,7 @@ def recall(
     }
     write_text_atomic(out_dir / "summary.json", json.dumps(meta, indent=1))
 
-    from tda.recall_plots import (
+    from tda.evaluate.recall_plots import (
         recall_by_layer_figure,
         recall_vs_density_figure,
         recall_vs_threshold_figure,

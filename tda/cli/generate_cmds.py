@@ -11,7 +11,7 @@ from tda.cli.app import DeviceOpt, DtypeOpt, ModelOpt, app, echo_err, load, prog
 
 
 def _floats(text: str, what: str) -> list[float]:
-    from tda.errors import BadInput
+    from tda.common.errors import BadInput
 
     try:
         return [float(x) for x in text.replace(" ", "").split(",") if x]
@@ -44,10 +44,10 @@ def generate_cmd(
     device: str = DeviceOpt,
 ) -> None:
     """Generate with a sparse FFN: dense prefill, masks from it, sliced FFN weights while decoding."""
-    from tda.atomic import check_output_path, write_text_atomic
-    from tda.errors import BadInput
-    from tda.generate import check_method, generate
-    from tda.masks import check_density
+    from tda.common.atomic import check_output_path, write_text_atomic
+    from tda.common.errors import BadInput
+    from tda.engine.generate import check_method, generate
+    from tda.masks.build import check_density
 
     check_method(method)
     if density is not None:
@@ -93,10 +93,10 @@ def bench_cmd(
     device: str = DeviceOpt,
 ) -> None:
     """Latency of dense / tt / griffin / tda side by side (alternating rounds) with the ceiling."""
-    from tda.atomic import check_output_path, write_text_atomic
-    from tda.bench import BENCH_METHODS, format_table, run_bench
-    from tda.errors import BadInput
-    from tda.masks import check_density
+    from tda.common.atomic import check_output_path, write_text_atomic
+    from tda.common.errors import BadInput
+    from tda.evaluate.bench import BENCH_METHODS, format_table, run_bench
+    from tda.masks.build import check_density
 
     ms = _names(methods)
     bad = [m for m in ms if m not in BENCH_METHODS]
@@ -110,7 +110,7 @@ def bench_cmd(
     lm = load(model, dtype, device)
     if prompt_tokens + new_tokens > lm.n_ctx:
         raise BadInput(f"prompt + new tokens ({prompt_tokens + new_tokens}) exceed the context ({lm.n_ctx})")
-    from tda.data import load_texts
+    from tda.common.data import load_texts
 
     res = run_bench(lm, methods=tuple(ms), density=density, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
                     rounds=rounds, calibration_texts=load_texts(limit=4) if lm.is_random else None,
@@ -137,11 +137,11 @@ def eval_cmd(
     device: str = DeviceOpt,
 ) -> None:
     """Perplexity, agreement with dense, ROUGE (and lm-eval multiple choice) per method and density."""
-    from tda.atomic import check_output_dir, write_text_atomic
-    from tda.data import HELDOUT, SUMMARIZATION, load_records, load_texts
-    from tda.errors import BadInput
-    from tda.quality import run_eval, to_csv, to_markdown, variants
-    from tda.quality_plots import quality_figure, write_figure
+    from tda.common.atomic import check_output_dir, write_text_atomic
+    from tda.common.data import HELDOUT, SUMMARIZATION, load_records, load_texts
+    from tda.common.errors import BadInput
+    from tda.evaluate.quality import run_eval, to_csv, to_markdown, variants
+    from tda.evaluate.quality_plots import quality_figure, write_figure
 
     ms, ds = _names(methods), _floats(densities, "densities")
     variants(ms, ds)  # validates before loading anything

@@ -27,7 +27,7 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 usage error, 2 bad input, 3 unexpected)."""
-    from tda.errors import TDAError
+    from tda.common.errors import TDAError
 
     _register()
     try:

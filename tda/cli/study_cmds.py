@@ -34,8 +34,8 @@ def _tqdm(items, desc: str = ""):
 
 def _check_common(rule: str, cett: float, top_p: float, k: int) -> None:
     from analysis.activation import check_rule_args, check_top_p
-    from tda.cett import check_target
-    from tda.errors import BadInput
+    from tda.common.errors import BadInput
+    from tda.masks.cett import check_target
 
     check_rule_args(rule, None)
     check_target(cett)
@@ -70,7 +70,7 @@ def figures(
 ) -> None:
     """Regenerate every figure of Study 1, Appendix C and Study 2, plus REPORT.md and manifest.json."""
     from analysis.pipeline import FigureSettings, check_out_dir, run_studies, write_outputs
-    from tda.data import load_samples
+    from tda.common.data import load_samples
 
     settings = FigureSettings(layer=layer, cett=cett, top_p=top_p, k=k, seed=seed, scale_samples=scale_samples,
                               scale_tokens=scale_tokens, control=control,
@@ -120,9 +120,9 @@ def inertia(
     """Study 1 (activation inertia) on any prompt: metrics, sequence − isolated, Claim 4 verdict."""
     from analysis.inertia import claim4_verdict
     from analysis.studies import inertia_for_prompt
-    from tda.atomic import check_output_path, write_text_atomic
-    from tda.capture import resolve_layers
-    from tda.errors import BadInput
+    from tda.activations.capture import resolve_layers
+    from tda.common.atomic import check_output_path, write_text_atomic
+    from tda.common.errors import BadInput
 
     _check_common(rule, cett, top_p, k)
     if not prompt.strip():
@@ -178,10 +178,10 @@ def similarity(
     from analysis.activation import cett_rule
     from analysis.pipeline import round_floats
     from analysis.similarity import check_samples, similarity_study, verdict_rows
-    from tda.atomic import check_output_path, write_text_atomic
-    from tda.cett import check_target
-    from tda.data import load_samples
-    from tda.masks import check_density
+    from tda.common.atomic import check_output_path, write_text_atomic
+    from tda.common.data import load_samples
+    from tda.masks.build import check_density
+    from tda.masks.cett import check_target
 
     check_target(cett)
     check_density(griffin_density)

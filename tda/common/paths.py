@@ -1,0 +1,16 @@
+"""Where the workbench keeps its cache and finds its shipped data."""
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = REPO_ROOT / "data"
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
+
+
+def cache_dir() -> Path:
+    """The cache root: ``$TDA_CACHE_DIR`` or ``~/.cache/tda-workbench`` (created on demand)."""
+    root = Path(os.environ.get("TDA_CACHE_DIR") or Path.home() / ".cache" / "tda-workbench")
+    root = root.expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root

@@ -1,0 +1,80 @@
+"""The roofline ceiling of FFN slicing: bytes read per decode step, dense vs sliced.
+
+At batch 1 decoding is memory-bound, so a step's time is at best proportional to the bytes it
+reads: every linear weight once (attention projections, FFN, lm_head; an embedding lookup
+reads one row and is ignored) plus the KV cache of every layer. Slicing the FFN to density
+``d`` reads ``d`` of the FFN bytes, so the best possible speedup is
+``bytes_dense / bytes_sliced``. TT reads all FFN weights (ceiling 1.0).
+"""
+
+from __future__ import annotations
+
+from tda.engine.fastpath import linear_modules, module_weight
+
+
+def _nbytes(t) -> int:
+    return t.numel() * t.element_size()
+
+
+def weight_bytes(lm) -> dict[str, int]:
+    """Bytes of linear weights (+biases) read per decode step: ``ffn``, ``lm_head``, ``other``."""
+    ffn = lm.ffn
+    ffn_ids = {id(m) for L in range(ffn.n_layers) for m in (*ffn.in_modules(L), ffn.out_module(L))}
+    head = lm.model.get_output_embeddings()
+    out = {"ffn": 0, "lm_head": 0, "other": 0}
+    seen: set[int] = set()
+    for m in linear_modules(lm.model):
+        w = module_weight(m)
+        key = (w.data_ptr(), tuple(w.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        n = _nbytes(w) + (_nbytes(m.bias) if getattr(m, "bias", None) is not None else 0)
+        kind = "ffn" if id(m) in ffn_ids else "lm_head" if m is head else "other"
+        out[kind] += n
+    return out
+
+
+def kv_bytes(lm, ctx: int) -> int:
+    """Bytes of K and V read by one decode step at context length ``ctx`` (all layers)."""
+    cfg = lm.model.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    n_layers = lm.ffn.n_layers
+    n_heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    hidden = getattr(cfg, "hidden_size", None) or cfg.n_embd
+    head_dim = getattr(cfg, "head_dim", None) or hidden // n_heads
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None) or ["full_attention"] * n_layers
+    elem = lm.dtype.itemsize if hasattr(lm.dtype, "itemsize") else 4
+    total = 0
+    for L in range(n_layers):
+        span = min(ctx, window) if window and "sliding" in str(types[L]) else ctx
+        total += 2 * n_kv * head_dim * span * elem
+    return total
+
+
+def ceiling(lm, density: float, prompt_tokens: int, new_tokens: int, *, method: str = "sliced") -> dict:
+    """Bytes per decode step (averaged over the generation's contexts) and the best speedup.
+
+    ``method="tt"`` keeps every FFN byte (ceiling 1.0).
+    """
+    w = weight_bytes(lm)
+    ctxs = range(prompt_tokens, prompt_tokens + max(new_tokens - 1, 1))
+    kv = sum(kv_bytes(lm, c) for c in ctxs) / len(ctxs)
+    dense = w["ffn"] + w["lm_head"] + w["other"] + kv
+    ffn_read = w["ffn"] if method == "tt" else w["ffn"] * density
+    sliced = ffn_read + w["lm_head"] + w["other"] + kv
+    return {
+        "weight_bytes": w, "kv_bytes_per_step": kv, "dense_bytes_per_step": dense,
+        "sliced_bytes_per_step": sliced, "density": density,
+        "ceiling_speedup": dense / sliced,
+        "ceiling_speedup_weights_only": (dense - kv) / (sliced - kv),
+    }
+
+
+def fraction_of_gain(measured_speedup: float, ceiling_speedup: float) -> float:
+    """How much of the ceiling's gain was reached: ``(s - 1) / (c - 1)`` (nan when c == 1)."""
+    if ceiling_speedup <= 1.0:
+        return float("nan")
+    return (measured_speedup - 1.0) / (ceiling_speedup - 1.0)

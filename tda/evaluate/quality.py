@@ -1,0 +1,200 @@
+"""Quality of sparse FFNs (the paper's table 3, honestly on what we have).
+
+- Perplexity on held-out text: the first half of each text (in tokens) is the prompt — a dense
+  prefill whose activations build the mask — and the second half is scored teacher-forced with
+  the mask fixed (the first continuation token is predicted by the dense prefill, as in
+  generation). Also the teacher-forced top-1 agreement with dense at the same positions.
+- 1-shot summarisation in GRIFFIN's prompt format: greedy generation, first non-empty line,
+  ROUGE-1/2/L F-measure (x100) against the reference and against dense's own output.
+- Optionally multiple-choice accuracy through the lm-evaluation-harness wrapper.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from tda.common.errors import BadInput
+from tda.engine.generate import METHODS, SparseSession, generate
+from tda.evaluate.scoring import continuation_logits, split_point
+from tda.masks.build import check_density
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
+
+
+@dataclass
+class Variant:
+    """One row of the table: a method at a density (``density=None``: dense / calibrated tda)."""
+
+    method: str
+    density: float | None
+
+    @property
+    def label(self) -> str:
+        return self.method if self.density is None else f"{self.method}@{self.density:g}"
+
+
+def variants(methods: list[str], densities: list[float]) -> list[Variant]:
+    """dense once, every other method at every density."""
+    if not methods:
+        raise BadInput("no methods given")
+    for m in methods:
+        if m not in METHODS:
+            raise BadInput(f"unknown method '{m}'; use one of {', '.join(METHODS)}")
+    ds = [check_density(d) for d in densities]
+    out = [Variant("dense", None)]
+    for m in methods:
+        if m != "dense":
+            if not ds:
+                raise BadInput("no densities given")
+            out += [Variant(m, d) for d in ds]
+    return out
+
+
+def perplexity_eval(lm, texts: list[str], vs: list[Variant], *, prefix_frac: float = 0.5, cett: float = 0.2,
+                    fast: bool | None = True, calibration_texts=None, progress=None) -> dict[str, dict]:
+    """``{label: {"ppl", "nll", "tokens", "agreement"}}`` for every variant (dense included)."""
+    if not texts:
+        raise BadInput("no held-out texts")
+    enc = [lm.tokenizer(t, add_special_tokens=True).input_ids[: lm.n_ctx] for t in texts]
+    enc = [e for e in enc if len(e) >= 4]
+    if not enc:
+        raise BadInput("every held-out text is too short")
+    dense_top: list[torch.Tensor] = []
+    res: dict[str, dict] = {}
+    for v in vs:
+        nll, n, agree = 0.0, 0, 0
+        for i, ids in enumerate(enc):
+            sess = SparseSession(lm, v.method, density=v.density, cett=cett, fast=fast,
+                                 calibration_texts=calibration_texts)
+            k = split_point(len(ids), prefix_frac)
+            logits = continuation_logits(lm, ids, k, sess)
+            target = torch.tensor(ids[k:], device=logits.device)
+            lp = torch.log_softmax(logits, dim=-1).gather(1, target[:, None])[:, 0]
+            nll += float(-lp.sum())
+            n += len(target)
+            top = logits.argmax(-1)
+            if v.method == "dense":
+                dense_top.append(top)
+            agree += int((top == dense_top[i]).sum())
+        res[v.label] = {"ppl": math.exp(nll / n), "nll": nll / n, "tokens": n, "agreement": agree / n}
+        if progress:
+            progress(f"perplexity {v.label}: {res[v.label]['ppl']:.2f}")
+    return res
+
+
+# ----- summarisation ------------------------------------------------------------------------------
+def first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def rouge(preds: list[str], refs: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measure x100 (rouge_score, stemming)."""
+    from rouge_score import rouge_scorer
+
+    sc = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    tot = dict.fromkeys(ROUGE_KEYS, 0.0)
+    for p, r in zip(preds, refs):
+        s = sc.score(r, p)
+        for k in ROUGE_KEYS:
+            tot[k] += s[k].fmeasure
+    return {k: 100 * v / max(len(preds), 1) for k, v in tot.items()}
+
+
+def summarization_eval(lm, records: list[dict], vs: list[Variant], *, max_new_tokens: int = 32, cett: float = 0.2,
+                       fast: bool | None = True, calibration_texts=None, progress=None) -> dict[str, dict]:
+    """``{label: {"rouge1", ..., "rouge1_vs_dense", ..., "outputs"}}``."""
+    from tda.common.data import xsum_prompt
+
+    if not records:
+        raise BadInput("no summarisation records")
+    prompts, refs = [], []
+    for r in records:  # prompts that do not fit the context (tiny test models) are skipped
+        p = xsum_prompt(r["article"])
+        if len(lm.tokenizer(p).input_ids) + max_new_tokens <= lm.n_ctx:
+            prompts.append(p)
+            refs.append(r["summary"])
+    if not prompts:
+        return {}
+    res: dict[str, dict] = {}
+    dense_out: list[str] = []
+    for v in vs:
+        outs = []
+        for p in prompts:
+            g = generate(lm, p, v.method, density=v.density, cett=cett, max_new_tokens=max_new_tokens, fast=fast,
+                         calibration_texts=calibration_texts)
+            outs.append(first_line(g.text))
+        if v.method == "dense":
+            dense_out = outs
+        row = rouge(outs, refs)
+        row.update({f"{k}_vs_dense": x for k, x in rouge(outs, dense_out).items()})
+        row["outputs"] = outs
+        res[v.label] = row
+        if progress:
+            progress(f"summaries {v.label}: rouge1 {row['rouge1']:.1f}")
+    return res
+
+
+# ----- the table ------------------------------------------------------------------------------------
+COLUMNS = ("method", "density", "ppl", "agreement", "rouge1", "rouge2", "rougeL",
+           "rouge1_vs_dense", "rougeL_vs_dense", "mc_acc")
+
+
+def run_eval(lm, methods: list[str], densities: list[float], *, heldout: list[str], summaries: list[dict],
+             mc_limit: int | None = None, max_new_tokens: int = 32, cett: float = 0.2, fast: bool | None = True,
+             progress: Callable[[str], None] | None = None) -> dict:
+    """All metrics for all variants: ``{"rows": [...], "outputs": {...}, "meta": {...}}``."""
+    vs = variants(methods, densities)
+    t0 = time.perf_counter()
+    ppl = perplexity_eval(lm, heldout, vs, cett=cett, fast=fast, progress=progress) if heldout else {}
+    summ = summarization_eval(lm, summaries, vs, max_new_tokens=max_new_tokens, cett=cett, fast=fast,
+                              progress=progress) if summaries else {}
+    mc = {}
+    if mc_limit is not None and mc_limit != 0:
+        from tda.evaluate.lm_eval_model import run_mc_task
+
+        for v in vs:
+            mc[v.label] = run_mc_task(lm, v.method, v.density, limit=mc_limit if mc_limit > 0 else None)
+            if progress:
+                progress(f"multiple choice {v.label}: acc {mc[v.label]:.3f}")
+    rows = []
+    for v in vs:
+        row = {"method": v.method, "density": 1.0 if v.density is None else v.density}
+        row.update({k: x for k, x in ppl.get(v.label, {}).items() if k in ("ppl", "agreement")})
+        row.update({k: x for k, x in summ.get(v.label, {}).items() if k != "outputs"})
+        if v.label in mc:
+            row["mc_acc"] = mc[v.label]
+        rows.append(row)
+    return {
+        "rows": rows,
+        "outputs": {label: r["outputs"] for label, r in summ.items()},
+        "meta": {"model": lm.info(), "methods": methods, "densities": densities, "heldout_texts": len(heldout),
+                 "summaries": len(summaries), "mc_limit": mc_limit, "max_new_tokens": max_new_tokens,
+                 "cett": cett, "seconds": time.perf_counter() - t0},
+    }
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float):
+        return f"{x:.4g}" if abs(x) < 1000 else f"{x:.1f}"
+    return "" if x is None else str(x)
+
+
+def to_csv(rows: list[dict]) -> str:
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
+    lines = [",".join(cols)] + [",".join(_fmt(r.get(c)) for c in cols) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_markdown(rows: list[dict]) -> str:
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(out) + "\n"

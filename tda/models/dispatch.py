@@ -1,0 +1,83 @@
+"""Per-context overrides of a model's linear layers, without mutating the shared model.
+
+:func:`instrument` wraps the ``forward`` of every linear layer of a model once. Without an
+active override the wrapped forward calls the original, so results are bit-identical. Inside
+``with linear_overrides({module: fn}):`` the listed modules compute ``fn(x)`` instead — only in
+the current thread/async context (a :class:`contextvars.ContextVar`), so two callers sharing
+one model (two Streamlit sessions, two threads) never see each other's overrides.
+
+This is how sparse generation swaps in sliced FFN weights, how TT thresholds activations per
+token, and how the fast fp32 dense path routes linears through oneDNN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from collections.abc import Callable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+LinearFn = Callable[[torch.Tensor], torch.Tensor]
+
+_OVERRIDES: contextvars.ContextVar[Mapping[int, LinearFn] | None] = contextvars.ContextVar(
+    "tda_linear_overrides", default=None
+)
+_LOCK = threading.Lock()
+
+
+def _linear_types() -> tuple[type, ...]:
+    types: list[type] = [nn.Linear]
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        types.append(Conv1D)
+    except ImportError:  # pragma: no cover - transformers always has it today
+        pass
+    return tuple(types)
+
+
+def instrument(model: nn.Module) -> nn.Module:
+    """Wrap every linear layer's forward once (idempotent, thread-safe); returns ``model``."""
+    types = _linear_types()
+    with _LOCK:
+        for mod in model.modules():
+            if isinstance(mod, types) and not getattr(mod, "_tda_instrumented", False):
+                original = mod.forward
+                key = id(mod)
+
+                def forward(x, *args, _original=original, _key=key, **kwargs):
+                    table = _OVERRIDES.get()
+                    if table is not None:
+                        fn = table.get(_key)
+                        if fn is not None:
+                            return fn(x)
+                    return _original(x, *args, **kwargs)
+
+                mod.forward = forward
+                mod._tda_instrumented = True
+    return model
+
+
+def is_instrumented(module: nn.Module) -> bool:
+    return bool(getattr(module, "_tda_instrumented", False))
+
+
+@contextlib.contextmanager
+def linear_overrides(table: Mapping[nn.Module, LinearFn]) -> Iterator[None]:
+    """Within the block (and this context only), ``module(x)`` returns ``table[module](x)``.
+
+    Nested blocks merge, the inner one winning. Modules must have been :func:`instrument`-ed.
+    """
+    for mod in table:
+        if not is_instrumented(mod):
+            raise RuntimeError("linear_overrides: the model was not instrumented (tda.models.dispatch)")
+    current = dict(_OVERRIDES.get() or {})
+    current.update({id(m): fn for m, fn in table.items()})
+    token = _OVERRIDES.set(current)
+    try:
+        yield
+    finally:
+        _OVERRIDES.reset(token)

