@@ -27,8 +27,13 @@ def _names(text: str) -> list[str]:
 def generate_cmd(
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="prompt text (repeat for a batch)"),
     model: str = ModelOpt,
-    method: str = typer.Option("dense", "--method", help="dense, tt, griffin, tda, static or random"),
-    density: float = typer.Option(None, "--density", help="fraction of FFN neurons kept, in (0, 1]"),
+    method: str = typer.Option("dense", "--method",
+                               help="a method of `tda methods` (dense, tt, griffin, tda, static, random, cats, "
+                                    "teal, wina) or PROMPT+tt (e.g. griffin+tt)"),
+    density: float = typer.Option(None, "--density", help="fraction kept, in (0, 1]; left out: the method's "
+                                  "calibrated rule (CETT thresholds for tda, tt, cats)"),
+    lm_head_density: float = typer.Option(None, "--lm-head-density",
+                                          help="also sparsify the lm_head input token-wise at this density"),
     cett: float = typer.Option(0.2, "--cett", help="CETT target for calibrated tda/tt thresholds"),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n"),
     min_new_tokens: int = typer.Option(0, "--min-new-tokens"),
@@ -46,12 +51,11 @@ def generate_cmd(
     """Generate with a sparse FFN: dense prefill, masks from it, sliced FFN weights while decoding."""
     from tda.common.atomic import check_output_path, write_text_atomic
     from tda.common.errors import BadInput
-    from tda.engine.generate import check_method, generate
-    from tda.masks.build import check_density
+    from tda.engine.config import SparsityConfig
+    from tda.engine.generate import generate
 
-    check_method(method)
-    if density is not None:
-        check_density(density)
+    cfg = SparsityConfig(method, density=density, cett=cett, lm_head_density=lm_head_density, fast=not no_fast,
+                         batch_mode=batch_mode)
     if max_new_tokens < 1:
         raise BadInput(f"max-new-tokens must be >= 1, got {max_new_tokens}")
     if not prompt or any(not p.strip() for p in prompt):
@@ -59,9 +63,8 @@ def generate_cmd(
     if json_out is not None:
         check_output_path(json_out)
     lm = load(model, dtype, device)
-    res = generate(lm, list(prompt), method, density=density, cett=cett, max_new_tokens=max_new_tokens,
-                   min_new_tokens=min_new_tokens or None, do_sample=sample, temperature=temperature, top_p=top_p,
-                   top_k=top_k, seed=seed, fast=not no_fast, batch_mode=batch_mode)
+    res = generate(lm, list(prompt), cfg, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
+                   do_sample=sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     for i, text in enumerate(res.texts):
         if len(res.texts) > 1:
             print(f"--- prompt {i}")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tda.models.dispatch import is_instrumented, linear_overrides
+from tda.models.dispatch import is_instrumented, linear_modules, linear_overrides, module_weight
 
 LinearFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -51,9 +51,18 @@ def linear_fn(weight: torch.Tensor, bias: torch.Tensor | None = None, *, fast: b
     copy the whole weight on every call (ENGINEERING-NOTES, bf16 prefill pitfall).
     """
     w = weight.detach()
-    w = w if w.is_contiguous() else w.contiguous()
     b = None if bias is None else bias.detach().contiguous()
     d_out = w.shape[0]
+    if not w.is_contiguous() and w.t().is_contiguous():  # input-major (tda.engine.layouts): no copy
+        wt = w.t()
+
+        def fn_t(x: torch.Tensor) -> torch.Tensor:
+            x2 = x.reshape(-1, x.shape[-1])
+            y = torch.mm(x2, wt) if b is None else torch.addmm(b, x2, wt)
+            return y.view(*x.shape[:-1], d_out)
+
+        return fn_t
+    w = w if w.is_contiguous() else w.contiguous()
     if fast and applicable(w):
         op = torch.ops.mkldnn._linear_pointwise
 
@@ -72,25 +81,6 @@ def linear_fn(weight: torch.Tensor, bias: torch.Tensor | None = None, *, fast: b
     return fn
 
 
-def module_weight(mod: nn.Module) -> torch.Tensor:
-    """A linear module's weight as ``[d_out, d_in]`` (GPT-2 Conv1D stores ``[d_in, d_out]``)."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover
-        Conv1D = ()  # noqa: N806
-    return mod.weight.T if isinstance(mod, Conv1D) else mod.weight
-
-
-def linear_modules(model: nn.Module) -> list[nn.Module]:
-    """Every instrumented linear module of ``model`` (each once)."""
-    seen, out = set(), []
-    for mod in model.modules():
-        if is_instrumented(mod) and id(mod) not in seen:
-            seen.add(id(mod))
-            out.append(mod)
-    return out
-
-
 def dense_table(model: nn.Module, *, fast: bool) -> dict[nn.Module, LinearFn]:
     """``{module: fn}`` for every linear of ``model`` (cached per model for ``fast=True``).
 
@@ -107,6 +97,14 @@ def dense_table(model: nn.Module, *, fast: bool) -> dict[nn.Module, LinearFn]:
             table = {m: linear_fn(module_weight(m), getattr(m, "bias", None), fast=True) for m in linear_modules(model)}
             _TABLES[model] = table
     return table
+
+
+def refresh_module(module: nn.Module) -> None:
+    """Rebuild cached dense functions of ``module`` (its weight changed layout, not values)."""
+    with _LOCK:
+        for table in list(_TABLES.values()):
+            if module in table:
+                table[module] = linear_fn(module_weight(module), getattr(module, "bias", None), fast=True)
 
 
 def probe(lm) -> bool:

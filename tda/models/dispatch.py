@@ -81,3 +81,22 @@ def linear_overrides(table: Mapping[nn.Module, LinearFn]) -> Iterator[None]:
         yield
     finally:
         _OVERRIDES.reset(token)
+
+
+def module_weight(mod: nn.Module) -> torch.Tensor:
+    """A linear module's weight as ``[d_out, d_in]`` (GPT-2 Conv1D stores ``[d_in, d_out]``)."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover
+        Conv1D = ()  # noqa: N806
+    return mod.weight.T if isinstance(mod, Conv1D) else mod.weight
+
+
+def linear_modules(model: nn.Module) -> list[nn.Module]:
+    """Every instrumented linear module of ``model`` (each once)."""
+    seen, out = set(), []
+    for mod in model.modules():
+        if is_instrumented(mod) and id(mod) not in seen:
+            seen.add(id(mod))
+            out.append(mod)
+    return out
