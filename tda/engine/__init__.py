@@ -1,0 +1,1 @@
+"""Inference engine pieces (sparse linear kernels in :mod:`tda.engine.kernels`)."""
