@@ -8,7 +8,9 @@ Each builder returns ``fn(x[..., d_in]) -> y[..., d_out]`` for a linear override
    zeroing in each row the entries that are active only in other rows — so every row gets
    exactly what it would get alone;
 3. multiplies with the sparse kernel (:mod:`tda.engine.kernels`) that reads only the weight rows
-   of ``W_t[d_in, d_out]`` (:func:`tda.engine.layouts.input_major`) at ``idx``.
+   of ``W_t[d_in, d_out]`` (:func:`tda.engine.layouts.input_major`) at ``idx``. A threshold
+   rule goes through the fused kernel (:func:`tda.engine.kernels.input_sparse_threshold`:
+   selection and product in one call, no index list built in Python).
 
 When every input is active the dense function is called instead (identical results to dense
 at density 1.0). A :class:`Counter` accumulates the kept fraction per module without syncs.
@@ -34,32 +36,27 @@ class Counter:
         self.kept = 0
         self.total = 0
 
-    def add(self, kept: int, total: int) -> None:
-        self.kept += kept
+    def add(self, kept, total: int) -> None:
+        """``kept``: an int, or a 0-d tensor (summed lazily: no device sync per step)."""
+        self.kept = self.kept + kept
         self.total += total
 
     @property
     def fraction(self) -> float:
-        return self.kept / self.total if self.total else float("nan")
+        return float(self.kept) / self.total if self.total else float("nan")
 
 
 def sparse_product(x: torch.Tensor, x2: torch.Tensor, keep: torch.Tensor, wt: torch.Tensor, bias, dense: LinearFn,
             counter: Counter | None) -> torch.Tensor:
     """``keep[N, d_in]`` (bool) -> the sparse product of the kept entries, shaped like ``x``."""
     d_in = x2.shape[1]
-    if x2.shape[0] == 1:
-        idx = torch.nonzero(keep[0]).flatten()
-        vals = x2[:, idx]
-    else:
-        idx = torch.nonzero(keep.any(dim=0)).flatten()
-        vals = (x2 * keep)[:, idx]
+    idx = torch.nonzero(keep[0] if x2.shape[0] == 1 else keep.any(dim=0)).flatten()
     k = int(idx.numel())
     if counter is not None:
         counter.add(k, d_in)
     if k == d_in and bool(keep.all()):
         return dense(x)
-    y = kernels.gather_matmul(vals, wt, idx, bias)
-    return y.view(*x.shape[:-1], wt.shape[1])
+    return kernels.input_sparse(x2 if x2.shape[0] == 1 else x2 * keep, idx, wt, bias).view(*x.shape[:-1], wt.shape[1])
 
 
 def threshold_linear(wt: torch.Tensor, bias, cut, dense: LinearFn, counter: Counter | None = None) -> LinearFn:
@@ -77,16 +74,20 @@ def threshold_linear(wt: torch.Tensor, bias, cut, dense: LinearFn, counter: Coun
             return dense(x)
 
         return keep_all
-    tiny = torch.finfo(wt.dtype).tiny
+    tiny = torch.finfo(torch.float32).tiny
     if isinstance(cut, torch.Tensor):
-        cut = cut.to(device=wt.device, dtype=wt.dtype).clamp_min(tiny)
+        cut = cut.to(device=wt.device, dtype=torch.float32).clamp_min(tiny).contiguous()
     else:
         cut = max(float(cut), tiny)
     b = None if bias is None else bias.detach()
+    d_in, d_out = wt.shape
 
     def fn(x):
-        x2 = x.reshape(-1, x.shape[-1])
-        return sparse_product(x, x2, x2.abs() >= cut, wt, b, dense, counter)
+        x2 = x.reshape(-1, d_in)
+        if counter is not None:
+            keep = x2.abs() >= cut
+            counter.add((keep[0] if x2.shape[0] == 1 else keep.any(dim=0)).sum(), d_in)
+        return kernels.input_sparse_threshold(x2, cut, wt, b).view(*x.shape[:-1], d_out)
 
     return fn
 

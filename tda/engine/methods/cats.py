@@ -74,7 +74,8 @@ class CATS(TokenWise):
             x2 = x.reshape(-1, x.shape[-1])
             idx = torch.nonzero(keep.any(dim=0) if keep.shape[0] > 1 else keep[0]).flatten()
             out = torch.zeros(x2.shape[0], w.shape[0], dtype=x.dtype, device=x.device)
-            vals = kernels.gather_rows_matmul(x2, w, idx, b)
+            vals = kernels.output_sparse(x2, idx, w, b) if w.is_contiguous() else \
+                x2 @ w.index_select(0, idx).t() + (0 if b is None else b.index_select(0, idx))
             out[:, idx] = vals * keep[:, idx] if keep.shape[0] > 1 else vals
             return out.view(*x.shape[:-1], w.shape[0])
 
