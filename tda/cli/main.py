@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "tda.cli.study_cmds",
     "tda.cli.engine_cmds",
     "tda.cli.generate_cmds",
+    "tda.cli.frontier_cmds",
 ]
 
 
