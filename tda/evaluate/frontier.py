@@ -157,6 +157,10 @@ def to_json(result: dict) -> str:
     return json.dumps(clean(result), indent=1)
 
 
+def _ms(v: float) -> str:
+    return "nan" if v != v else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}" if abs(v) < 1000 else f"{v:.0f}"
+
+
 def _pct(v) -> str:
     return "" if v is None or v != v else f"{v:.0f}%" if abs(v) >= 10 else f"{v:.2g}%"
 
@@ -189,7 +193,7 @@ def to_markdown(rows: list[dict], meta: dict | None = None) -> str:
         sp = r.get("decode_speedup")
         roof = r.get("roofline_pct")
         ms, rl = r.get("decode_ms_per_token"), r.get("roofline_ms")
-        dec = "" if ms is None else f"{ms:.3g}" + ("" if rl is None or rl != rl else f" ({rl:.3g})")
+        dec = "" if ms is None else _ms(ms) + ("" if rl is None or rl != rl else f" ({_ms(rl)})")
         out.append(
             f"| {r['method']} | {dens} | {dec} | {'' if sp is None else f'{sp:.3f}x'}{spread} | "
             f"{'' if r.get('ceiling') is None else format(r['ceiling'], '.3f') + 'x'} | "
