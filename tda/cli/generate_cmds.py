@@ -86,28 +86,31 @@ def generate_cmd(
 @app.command("bench")
 def bench_cmd(
     model: str = ModelOpt,
-    methods: str = typer.Option("stock,dense,tt,griffin,tda", "--methods"),
-    density: float = typer.Option(0.5, "--density"),
+    methods: str = typer.Option("stock,dense,tt,griffin,tda", "--methods",
+                                help="comma list: stock (plain HF generate) or any method of `tda generate`"),
+    density: float = typer.Option(0.5, "--density", help="one density for every sparse method"),
+    densities: str = typer.Option(None, "--densities", help="comma list of densities (overrides --density)"),
     prompt_tokens: int = typer.Option(64, "--prompt-tokens"),
     new_tokens: int = typer.Option(32, "--new-tokens"),
     rounds: int = typer.Option(5, "--rounds"),
+    bandwidth_mb: float = typer.Option(256, "--bandwidth-mb", help="buffer of the streaming-read measurement (0: skip)"),
     out: Path = typer.Option(None, "--out", "-o", help="write the result JSON here"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
-    """Latency of dense / tt / griffin / tda side by side (alternating rounds) with the ceiling."""
+    """Decode latency of methods × densities side by side (alternating rounds, paired ratios vs dense),
+    with each one's bytes ceiling and the roofline from the bandwidth measured in the same run."""
     from tda.common.atomic import check_output_path, write_text_atomic
     from tda.common.errors import BadInput
-    from tda.evaluate.bench import BENCH_METHODS, format_table, run_bench
-    from tda.masks.build import check_density
+    from tda.evaluate.bench import bench_variants, format_table, run_bench
 
     ms = _names(methods)
-    bad = [m for m in ms if m not in BENCH_METHODS]
-    if bad or not ms:
-        raise BadInput(f"unknown bench method '{(bad or [''])[0]}'; use {', '.join(BENCH_METHODS)}")
-    check_density(density)
+    ds = _floats(densities, "densities") if densities is not None else [density]
+    bench_variants(ms, ds)  # validates methods and densities before anything is loaded
     if new_tokens < 2 or rounds < 1 or prompt_tokens < 1:
         raise BadInput("need --new-tokens >= 2, --rounds >= 1 and --prompt-tokens >= 1")
+    if bandwidth_mb < 0:
+        raise BadInput("--bandwidth-mb must be >= 0")
     if out is not None:
         check_output_path(out)
     lm = load(model, dtype, device)
@@ -115,9 +118,9 @@ def bench_cmd(
         raise BadInput(f"prompt + new tokens ({prompt_tokens + new_tokens}) exceed the context ({lm.n_ctx})")
     from tda.common.data import load_texts
 
-    res = run_bench(lm, methods=tuple(ms), density=density, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+    res = run_bench(lm, methods=tuple(ms), densities=ds, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
                     rounds=rounds, calibration_texts=load_texts(limit=4) if lm.is_random else None,
-                    progress=progress_printer)
+                    bandwidth_mb=bandwidth_mb or None, progress=progress_printer)
     print(format_table(res))
     if out is not None:
         write_text_atomic(out, json.dumps(res, indent=1))

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "tda.cli.engine_cmds",
     "tda.cli.generate_cmds",
     "tda.cli.methods_cmd",
+    "tda.cli.frontier_cmds",
 ]
 
 
