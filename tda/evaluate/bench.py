@@ -109,7 +109,10 @@ def bench_variants(methods, densities) -> list[BenchVariant]:
         raise BadInput("no bench methods given")
     for m in methods:
         if m != "stock":
-            check_method(m)
+            try:
+                check_method(m)
+            except BadInput as e:
+                raise BadInput(f"unknown bench method '{m}' (stock, or: {str(e).split('use one of ')[-1]})") from None
     ds = [check_density(d) for d in densities]
     if not ds and any(m not in ("stock", "dense") for m in methods):
         raise BadInput("no densities given")

@@ -38,7 +38,7 @@ class TokenWise(Method):
             if L is None or not c.total:
                 continue
             size = module_weight(m).numel()
-            kept[L] += size * c.kept / c.total
+            kept[L] += size * c.fraction
             total[L] += size
         per = [k / t if t else float("nan") for k, t in zip(kept, total)]
         valid = [p for p in per if p == p]
