@@ -57,7 +57,7 @@ def test_cuda_without_gpu(run_cli):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["bench", "--model", "tiny-llama", "--methods", "dense,warp"], "unknown method 'warp'"),
+    (["bench", "--model", "tiny-llama", "--methods", "dense,warp"], "unknown bench method"),
     (["bench", "--model", "tiny-llama", "--density", "2"], "density"),
     (["eval", "--model", "tiny-llama", "--methods", "dense,foo", "--out", "OUT"], "unknown method"),
     (["eval", "--model", "tiny-llama", "--densities", "0.5,0", "--out", "OUT"], "density"),
