@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tda.common import distributed
 from tda.common.errors import BadInput
 from tda.engine.generate import METHODS, SparseSession, generate
 from tda.evaluate.scoring import continuation_logits, split_point
@@ -64,27 +65,44 @@ def perplexity_eval(lm, texts: list[str], vs: list[Variant], *, prefix_frac: flo
     enc = [e for e in enc if len(e) >= 4]
     if not enc:
         raise BadInput("every held-out text is too short")
-    dense_top: list[torch.Tensor] = []
-    res: dict[str, dict] = {}
-    for v in vs:
-        nll, n, agree = 0.0, 0, 0
-        for i, ids in enumerate(enc):
-            sess = SparseSession(lm, v.method, density=v.density, cett=cett, fast=fast,
+    thr = _thresholds(lm, vs, cett, calibration_texts)
+
+    def one_text(i, ids) -> dict[str, tuple[float, int, int]]:  # every variant on one text
+        out, dense_top = {}, None
+        for v in vs:
+            sess = SparseSession(lm, v.method, density=v.density, cett=cett, fast=fast, thresholds=thr,
                                  calibration_texts=calibration_texts)
             k = split_point(len(ids), prefix_frac)
             logits = continuation_logits(lm, ids, k, sess)
             target = torch.tensor(ids[k:], device=logits.device)
             lp = torch.log_softmax(logits, dim=-1).gather(1, target[:, None])[:, 0]
-            nll += float(-lp.sum())
-            n += len(target)
             top = logits.argmax(-1)
             if v.method == "dense":
-                dense_top.append(top)
-            agree += int((top == dense_top[i]).sum())
+                dense_top = top
+            out[v.label] = (float(-lp.sum()), len(target), int((top == dense_top).sum()))
+        return out
+
+    per_text = distributed.map_sharded(one_text, enc)  # texts shared out over processes, in order
+    res: dict[str, dict] = {}
+    for v in vs:
+        nll, n, agree = 0.0, 0, 0
+        for r in per_text:  # summed in text order: the same floats as one process
+            nll += r[v.label][0]
+            n += r[v.label][1]
+            agree += r[v.label][2]
         res[v.label] = {"ppl": math.exp(nll / n), "nll": nll / n, "tokens": n, "agreement": agree / n}
         if progress:
             progress(f"perplexity {v.label}: {res[v.label]['ppl']:.2f}")
     return res
+
+
+def _thresholds(lm, vs: list[Variant], cett: float, calibration_texts) -> list[float] | None:
+    """CETT thresholds once for every session (None when no variant needs them)."""
+    if not any(v.method in ("tt", "tda") for v in vs):
+        return None
+    from tda.engine.generate import thresholds_for
+
+    return thresholds_for(lm, cett, calibration_texts)
 
 
 # ----- summarisation ------------------------------------------------------------------------------
@@ -123,14 +141,18 @@ def summarization_eval(lm, records: list[dict], vs: list[Variant], *, max_new_to
             refs.append(r["summary"])
     if not prompts:
         return {}
+    thr = _thresholds(lm, vs, cett, calibration_texts)
+
+    def one_prompt(i, p) -> dict[str, str]:  # every variant on one article
+        return {v.label: first_line(generate(lm, p, v.method, density=v.density, cett=cett,
+                                             max_new_tokens=max_new_tokens, fast=fast, thresholds=thr,
+                                             calibration_texts=calibration_texts).text) for v in vs}
+
+    per_prompt = distributed.map_sharded(one_prompt, prompts)  # articles shared out, in order
     res: dict[str, dict] = {}
     dense_out: list[str] = []
     for v in vs:
-        outs = []
-        for p in prompts:
-            g = generate(lm, p, v.method, density=v.density, cett=cett, max_new_tokens=max_new_tokens, fast=fast,
-                         calibration_texts=calibration_texts)
-            outs.append(first_line(g.text))
+        outs = [r[v.label] for r in per_prompt]
         if v.method == "dense":
             dense_out = outs
         row = rouge(outs, refs)
@@ -160,8 +182,10 @@ def run_eval(lm, methods: list[str], densities: list[float], *, heldout: list[st
     if mc_limit is not None and mc_limit != 0:
         from tda.evaluate.lm_eval_model import run_mc_task
 
-        for v in vs:
-            mc[v.label] = run_mc_task(lm, v.method, v.density, limit=mc_limit if mc_limit > 0 else None)
+        accs = distributed.map_sharded(  # variants shared out over processes
+            lambda i, v: run_mc_task(lm, v.method, v.density, limit=mc_limit if mc_limit > 0 else None), vs)
+        for v, acc in zip(vs, accs):
+            mc[v.label] = acc
             if progress:
                 progress(f"multiple choice {v.label}: acc {mc[v.label]:.3f}")
     rows = []
