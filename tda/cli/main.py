@@ -33,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     distributed.quiet_other_ranks()  # under torchrun/accelerate: progress and tables once
     _register()
     try:
-        app(args=argv, standalone_mode=False, prog_name="tda")
+        import typer.main
+
+        from tda.cli.placement_opts import add_placement_options
+
+        command = add_placement_options(typer.main.get_command(app))  # + --device-map/--max-memory
+        command(args=argv, standalone_mode=False, prog_name="tda")
         return 0
     except TDAError as e:
         distributed.report_error(f"error: {e}", e)  # one line for the whole job

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tda.models.dispatch import is_instrumented, linear_overrides
+from tda.models import placement
+from tda.models.dispatch import is_instrumented, linear_overrides, original_forward
 
 LinearFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -73,12 +74,25 @@ def linear_fn(weight: torch.Tensor, bias: torch.Tensor | None = None, *, fast: b
 
 
 def module_weight(mod: nn.Module) -> torch.Tensor:
-    """A linear module's weight as ``[d_out, d_in]`` (GPT-2 Conv1D stores ``[d_in, d_out]``)."""
+    """A linear module's weight as ``[d_out, d_in]`` (GPT-2 Conv1D stores ``[d_in, d_out]``).
+
+    The real tensor on the module's execution device, also when accelerate offloaded it.
+    """
     try:
         from transformers.pytorch_utils import Conv1D
     except ImportError:  # pragma: no cover
         Conv1D = ()  # noqa: N806
-    return mod.weight.T if isinstance(mod, Conv1D) else mod.weight
+    w = placement.layer_weight(mod)
+    return w.T if isinstance(mod, Conv1D) else w
+
+
+def module_fn(mod: nn.Module, *, fast: bool = False) -> LinearFn:
+    """The dense ``fn(x)`` of a linear module: :func:`linear_fn` of its weight — or, for a module
+    whose weights are offloaded (device map), its own forward, whose hook loads them just in time
+    (no full copy of an offloaded model's weights is kept)."""
+    if placement.is_offloaded(mod):
+        return original_forward(mod)
+    return linear_fn(module_weight(mod), placement.layer_weight(mod, "bias"), fast=fast)
 
 
 def linear_modules(model: nn.Module) -> list[nn.Module]:
@@ -100,7 +114,7 @@ def dense_table(model: nn.Module, *, fast: bool) -> dict[nn.Module, LinearFn]:
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if head is None or not is_instrumented(head):
             return {}
-        return {head: linear_fn(module_weight(head), getattr(head, "bias", None), fast=False)}
+        return {head: module_fn(head)}
     with _LOCK:
         table = _TABLES.get(model)
         if table is None:
@@ -135,4 +149,5 @@ def use_fast(lm, fast: bool | None = True) -> bool:
     """Whether to route ``lm``'s linears through oneDNN: asked for, applicable and probed equal."""
     if fast is False:
         return False
-    return lm.device.type == "cpu" and lm.dtype == torch.float32 and probe(lm)
+    return (lm.device.type == "cpu" and lm.dtype == torch.float32 and not placement.has_offload(lm.model)
+            and probe(lm))

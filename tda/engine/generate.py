@@ -102,9 +102,8 @@ class SparseSession:
             return table
         for L in range(ffn.n_layers):
             ins, out = ffn.in_modules(L), ffn.out_module(L)
-            dense_in = [table.get(m) or fastpath.linear_fn(fastpath.module_weight(m), getattr(m, "bias", None))
-                        for m in ins]
-            dense_out = table.get(out) or fastpath.linear_fn(fastpath.module_weight(out), getattr(out, "bias", None))
+            dense_in = [table.get(m) or fastpath.module_fn(m) for m in ins]
+            dense_out = table.get(out) or fastpath.module_fn(out)
             for j, m in enumerate(ins):
                 table[m] = self._in_fn(L, j, dense_in[j])
             table[out] = self._out_fn(L, dense_out)
@@ -202,7 +201,7 @@ class SparseSession:
             self.tt_counters = []
             for L in range(ffn.n_layers):
                 cut = self.tt_scale * self.thresholds[L] / ffn.down_norms(L).float().clamp_min(1e-12)
-                counter = [torch.zeros((), device=lm.device, dtype=torch.long), 0]
+                counter = [torch.zeros((), device=ffn.device(L), dtype=torch.long), 0]
                 self.tt_counters.append(counter)
                 fn = tt_out_fn(ffn.down_weight(L), ffn.down_bias(L), cut, fast=self.fast, counter=counter)
                 self._decode_fns[L] = ([], fn)

@@ -58,7 +58,13 @@ def instrument(model: nn.Module) -> nn.Module:
 
                 mod.forward = forward
                 mod._tda_instrumented = True
+                mod._tda_original_forward = original
     return model
+
+
+def original_forward(module: nn.Module) -> LinearFn:
+    """The module's own forward, bypassing overrides (with accelerate's hooks, when it has them)."""
+    return getattr(module, "_tda_original_forward", None) or module.forward
 
 
 def is_instrumented(module: nn.Module) -> bool:
