@@ -25,9 +25,10 @@ def progress_printer(msg: str) -> None:
 
 def load(spec: str, dtype: str = "fp32", device: str = "cpu"):
     """Load a model for a command, printing one-time conversion progress on stderr."""
+    from tda.cli.placement_opts import PLACEMENT
     from tda.models.load import load_model
 
-    return load_model(spec, dtype=dtype, device=device, progress=progress_printer)
+    return load_model(spec, dtype=dtype, device=device, progress=progress_printer, **PLACEMENT)
 
 
 ModelOpt = typer.Option("gemma-3-270m", "--model", "-m", help="model spec (see `tda models`)")

@@ -161,6 +161,10 @@ def eval_cmd(
     lm = load(model, dtype, device)
     res = run_eval(lm, ms, ds, heldout=heldout, summaries=recs, mc_limit=mc_limit or None,
                    max_new_tokens=max_new_tokens, cett=cett, progress=progress_printer)
+    from tda.common import distributed
+
+    if not distributed.is_main():  # texts were shared out over processes; the main one writes
+        return
     res["meta"]["limit"] = limit
     write_text_atomic(out_dir / "quality.json", json.dumps(res, indent=1))
     write_text_atomic(out_dir / "quality.csv", to_csv(res["rows"]))

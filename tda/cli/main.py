@@ -29,14 +29,21 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 usage error, 2 bad input, 3 unexpected)."""
+    from tda.common import distributed
     from tda.common.errors import TDAError
 
+    distributed.quiet_other_ranks()  # under torchrun/accelerate: progress and tables once
     _register()
     try:
-        app(args=argv, standalone_mode=False, prog_name="tda")
+        import typer.main
+
+        from tda.cli.placement_opts import add_placement_options
+
+        command = add_placement_options(typer.main.get_command(app))  # + --device-map/--max-memory
+        command(args=argv, standalone_mode=False, prog_name="tda")
         return 0
     except TDAError as e:
-        echo_err(f"error: {e}")
+        distributed.report_error(f"error: {e}", e)  # one line for the whole job
         return 2
     except click.exceptions.Exit as e:
         return e.exit_code
@@ -50,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("TDA_DEBUG"):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        echo_err(f"error: {type(e).__name__}: {first} (set TDA_DEBUG=1 for a traceback)")
+        distributed.report_error(f"error: {type(e).__name__}: {first} (set TDA_DEBUG=1 for a traceback)", e)
         return 3
 
 

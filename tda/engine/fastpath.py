@@ -21,7 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tda.models.dispatch import is_instrumented, linear_modules, linear_overrides, module_weight
+from tda.models import placement
+from tda.models.dispatch import (
+    is_instrumented,
+    linear_modules,
+    linear_overrides,
+    module_weight,
+    original_forward,
+)
 
 LinearFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -81,6 +88,15 @@ def linear_fn(weight: torch.Tensor, bias: torch.Tensor | None = None, *, fast: b
     return fn
 
 
+def module_fn(mod: nn.Module, *, fast: bool = False) -> LinearFn:
+    """The dense ``fn(x)`` of a linear module: :func:`linear_fn` of its weight — or, for a module
+    whose weights are offloaded (device map), its own forward, whose hook loads them just in time
+    (no full copy of an offloaded model's weights is kept)."""
+    if placement.is_offloaded(mod):
+        return original_forward(mod)
+    return linear_fn(module_weight(mod), placement.layer_weight(mod, "bias"), fast=fast)
+
+
 def dense_table(model: nn.Module, *, fast: bool) -> dict[nn.Module, LinearFn]:
     """``{module: fn}`` for every linear of ``model`` (cached per model for ``fast=True``).
 
@@ -90,7 +106,7 @@ def dense_table(model: nn.Module, *, fast: bool) -> dict[nn.Module, LinearFn]:
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if head is None or not is_instrumented(head):
             return {}
-        return {head: linear_fn(module_weight(head), getattr(head, "bias", None), fast=False)}
+        return {head: module_fn(head)}
     with _LOCK:
         table = _TABLES.get(model)
         if table is None:
@@ -133,4 +149,5 @@ def use_fast(lm, fast: bool | None = True) -> bool:
     """Whether to route ``lm``'s linears through oneDNN: asked for, applicable and probed equal."""
     if fast is False:
         return False
-    return lm.device.type == "cpu" and lm.dtype == torch.float32 and probe(lm)
+    return (lm.device.type == "cpu" and lm.dtype == torch.float32 and not placement.has_offload(lm.model)
+            and probe(lm))

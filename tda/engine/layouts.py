@@ -38,6 +38,13 @@ def is_input_major(module: nn.Module) -> bool:
 
 def input_major(module: nn.Module) -> torch.Tensor:
     """``W_t[d_in, d_out]`` (contiguous) of a linear module, converting the module once in place."""
+    from tda.models import placement
+
+    if placement.is_offloaded(module):
+        from tda.common.errors import BadInput
+
+        raise BadInput("token-wise methods read weights in place; this model has offloaded layers "
+                       "(--device-map with CPU/disk offload): use a prompt-fixed method or more memory")
     if _is_conv1d(module):
         return module.weight.detach()
     with _LOCK:

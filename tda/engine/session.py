@@ -20,7 +20,7 @@ import torch
 from tda.engine import fastpath
 from tda.engine.config import SparsityConfig, as_config
 from tda.engine.methods.registry import get_method
-from tda.models.dispatch import linear_overrides, module_weight
+from tda.models.dispatch import linear_overrides
 
 
 def sync(device: torch.device) -> None:
@@ -77,7 +77,7 @@ class SparseSession:
             hooks.update(part.prefill_hooks())
             touched += part.modules()
         for m in touched:
-            dense = table.get(m) or fastpath.linear_fn(module_weight(m), getattr(m, "bias", None))
+            dense = table.get(m) or fastpath.module_fn(m)
             table[m] = self._switch(m, dense, hooks.get(m))
         return table
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tda.common import distributed
 from tda.common.errors import BadInput
 from tda.engine.generate import METHODS, SparseSession, generate
 from tda.evaluate.bootstrap import ITERS, SEED, mean_interval, perplexity_interval, ratio_interval
@@ -70,29 +71,35 @@ def perplexity_eval(lm, texts: list[str], vs: list[Variant], *, prefix_frac: flo
     enc = [e for e in enc if len(e) >= 4]
     if not enc:
         raise BadInput("every held-out text is too short")
-    dense_top: list[torch.Tensor] = []
-    res: dict[str, dict] = {}
-    for v in vs:
-        nlls, counts, agrees = [], [], []
-        for i, ids in enumerate(enc):
-            sess = SparseSession(lm, v.method, density=v.density, cett=cett, fast=fast,
+    thr = _thresholds(lm, vs, cett, calibration_texts)
+
+    def one_text(i, ids) -> dict[str, tuple[float, int, int]]:  # every variant on one text
+        out, dense_top = {}, None
+        for v in vs:
+            sess = SparseSession(lm, v.method, density=v.density, cett=cett, fast=fast, thresholds=thr,
                                  calibration_texts=calibration_texts)
             k = split_point(len(ids), prefix_frac)
             logits = continuation_logits(lm, ids, k, sess)
             target = torch.tensor(ids[k:], device=logits.device)
             lp = torch.log_softmax(logits, dim=-1).gather(1, target[:, None])[:, 0]
-            nlls.append(float(-lp.sum()))
-            counts.append(len(target))
             top = logits.argmax(-1)
             if v.method == "dense":
-                dense_top.append(top)
-            if len(dense_top) > i:
-                agrees.append(int((top == dense_top[i]).sum()))
+                dense_top = top
+            agree = int((top == dense_top).sum()) if dense_top is not None else -1
+            out[v.label] = (float(-lp.sum()), len(target), agree)
+        return out
+
+    per_text = distributed.map_sharded(one_text, enc)  # texts shared out over processes, in order
+    res: dict[str, dict] = {}
+    for v in vs:
+        nlls = [r[v.label][0] for r in per_text]  # in text order: the same floats as one process
+        counts = [r[v.label][1] for r in per_text]
+        agrees = [r[v.label][2] for r in per_text]
         n = sum(counts)
         ppl, ppl_lo, ppl_hi = perplexity_interval(nlls, counts, iters=boot_iters, seed=seed)
         row = {"ppl": ppl, "ppl_lo": ppl_lo, "ppl_hi": ppl_hi, "nll": sum(nlls) / n, "tokens": n,
                "per_text": {"nll": nlls, "tokens": counts}}
-        if len(agrees) == len(counts):  # a dense variant ran first
+        if all(a >= 0 for a in agrees):  # a dense variant ran first
             agr, agr_lo, agr_hi = ratio_interval(agrees, counts, iters=boot_iters, seed=seed)
             row.update({"agreement": agr, "agreement_lo": agr_lo, "agreement_hi": agr_hi})
             row["per_text"]["agree"] = agrees
@@ -100,6 +107,15 @@ def perplexity_eval(lm, texts: list[str], vs: list[Variant], *, prefix_frac: flo
         if progress:
             progress(f"perplexity {v.label}: {ppl:.2f} [{ppl_lo:.2f}, {ppl_hi:.2f}]")
     return res
+
+
+def _thresholds(lm, vs: list[Variant], cett: float, calibration_texts) -> list[float] | None:
+    """CETT thresholds once for every session (None when no variant needs them)."""
+    if not any(v.method in ("tt", "tda") for v in vs):
+        return None
+    from tda.engine.generate import thresholds_for
+
+    return thresholds_for(lm, cett, calibration_texts)
 
 
 # ----- summarisation ------------------------------------------------------------------------------
@@ -138,14 +154,18 @@ def summarization_eval(lm, records: list[dict], vs: list[Variant], *, max_new_to
             refs.append(r["summary"])
     if not prompts:
         return {}
+    thr = _thresholds(lm, vs, cett, calibration_texts)
+
+    def one_prompt(i, p) -> dict[str, str]:  # every variant on one article
+        return {v.label: first_line(generate(lm, p, v.method, density=v.density, cett=cett,
+                                             max_new_tokens=max_new_tokens, fast=fast, thresholds=thr,
+                                             calibration_texts=calibration_texts).text) for v in vs}
+
+    per_prompt = distributed.map_sharded(one_prompt, prompts)  # articles shared out, in order
     res: dict[str, dict] = {}
     dense_out: list[str] = []
     for v in vs:
-        outs = []
-        for p in prompts:
-            g = generate(lm, p, v.method, density=v.density, cett=cett, max_new_tokens=max_new_tokens, fast=fast,
-                         calibration_texts=calibration_texts)
-            outs.append(first_line(g.text))
+        outs = [r[v.label] for r in per_prompt]
         if v.method == "dense":
             dense_out = outs
         row = rouge(outs, refs)
@@ -181,9 +201,11 @@ def run_eval(lm, methods: list[str], densities: list[float], *, heldout: list[st
     if mc_limit is not None and mc_limit != 0:
         from tda.evaluate.lm_eval_model import run_mc_items
 
-        for v in vs:
-            items = run_mc_items(lm, v.method, v.density, limit=mc_limit if mc_limit > 0 else None, cett=cett,
-                                 fast=bool(fast) if fast is not None else True)
+        limit = mc_limit if mc_limit > 0 else None
+        per_variant = distributed.map_sharded(  # variants shared out over processes
+            lambda i, v: run_mc_items(lm, v.method, v.density, limit=limit, cett=cett,
+                                      fast=bool(fast) if fast is not None else True), vs)
+        for v, items in zip(vs, per_variant):
             acc, lo, hi = mean_interval(items, iters=boot_iters, seed=seed)
             mc[v.label] = {"mc_acc": acc, "mc_acc_lo": lo, "mc_acc_hi": hi, "mc_items": len(items)}
             mc_items[v.label] = items

@@ -23,7 +23,7 @@ class TokenWise(Method):
     def dense_fn(self, module):
         """The dense function of ``module`` (fast path when the session uses it)."""
         table = fastpath.dense_table(self.lm.model, fast=self.session.fast)
-        return table.get(module) or fastpath.linear_fn(module_weight(module), getattr(module, "bias", None))
+        return table.get(module) or fastpath.module_fn(module)
 
     def layer_of(self) -> dict[int, int]:
         return {id(m): L for L, layer in enumerate(self.lm.ffn.layers) for m in layer.modules()}
