@@ -7,10 +7,8 @@ threshold on the final hidden state's ``|x_i|`` is calibrated like TEAL's (per t
 
 from __future__ import annotations
 
-from tda.engine.layouts import input_major
 from tda.engine.methods.thresholds import input_thresholds
 from tda.engine.methods.token import TokenWise
-from tda.engine.tokenwise import threshold_linear
 from tda.masks.input_thresholds import module_names
 
 
@@ -32,5 +30,4 @@ class LMHead(TokenWise):
         head = self.lm.model.get_output_embeddings()
         d = self.cfg.lm_head_density
         t = None if d >= 1.0 else input_thresholds(self.lm, self.cfg).threshold(module_names(self.lm.model)[id(head)], d)
-        return {head: threshold_linear(input_major(head), getattr(head, "bias", None), t, self.dense_fn(head),
-                                       self.counter(head))}
+        return {head: self.threshold_fn(head, t)}

@@ -4,10 +4,8 @@ the activation distribution of calibration text (uniform density across tensors)
 
 from __future__ import annotations
 
-from tda.engine.layouts import input_major
 from tda.engine.methods.thresholds import input_thresholds
 from tda.engine.methods.token import TokenWise
-from tda.engine.tokenwise import threshold_linear
 from tda.masks.input_thresholds import module_names
 
 
@@ -26,8 +24,7 @@ class TEAL(TokenWise):
         table = {}
         for m in self.modules():
             t = None if self.cfg.density >= 1.0 else cal.threshold(names[id(m)], self.cfg.density)
-            table[m] = threshold_linear(input_major(m), getattr(m, "bias", None), t, self.dense_fn(m),
-                                        self.counter(m))
+            table[m] = self.threshold_fn(m, t)
         return table
 
 

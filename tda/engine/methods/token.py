@@ -25,6 +25,18 @@ class TokenWise(Method):
         table = fastpath.dense_table(self.lm.model, fast=self.session.fast)
         return table.get(module) or fastpath.module_fn(module)
 
+    def threshold_fn(self, module, cut):
+        """Keep inputs with ``|x_i| ≥ cut``: the sparse kernel over the input-major weight, or —
+        for a module whose weights are offloaded (device map) — the same rule as a mask."""
+        from tda.engine.layouts import input_major
+        from tda.engine.tokenwise import masked_linear, threshold_linear
+        from tda.models import placement
+
+        dense, counter = self.dense_fn(module), self.counter(module)
+        if placement.is_offloaded(module):
+            return masked_linear(cut, dense, counter)
+        return threshold_linear(input_major(module), getattr(module, "bias", None), cut, dense, counter)
+
     def layer_of(self) -> dict[int, int]:
         return {id(m): L for L, layer in enumerate(self.lm.ffn.layers) for m in layer.modules()}
 

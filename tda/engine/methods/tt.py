@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from tda.engine.layouts import input_major
 from tda.engine.methods.thresholds import cett_thresholds
 from tda.engine.methods.token import TokenWise
-from tda.engine.tokenwise import threshold_linear
 
 
 class TT(TokenWise):
@@ -66,6 +64,5 @@ class TT(TokenWise):
         ffn, table = self.lm.ffn, {}
         for L, cut in enumerate(self.cutoffs()):
             m = ffn.out_module(L)
-            table[m] = threshold_linear(input_major(m), getattr(m, "bias", None), cut, self.dense_fn(m),
-                                        self.counter(m))
+            table[m] = self.threshold_fn(m, cut)
         return table
