@@ -182,8 +182,8 @@ def run_eval(lm, methods: list[str], densities: list[float], *, heldout: list[st
     if mc_limit is not None and mc_limit != 0:
         from tda.evaluate.lm_eval_model import run_mc_task
 
-        accs = distributed.map_sharded(  # variants shared out over processes
-            lambda i, v: run_mc_task(lm, v.method, v.density, limit=mc_limit if mc_limit > 0 else None), vs)
+        accs = distributed.on_main(  # lm-eval reports on the first process of a node only: run it there
+            lambda: [run_mc_task(lm, v.method, v.density, limit=mc_limit if mc_limit > 0 else None) for v in vs])
         for v, acc in zip(vs, accs):
             mc[v.label] = acc
             if progress:
