@@ -40,13 +40,16 @@ def test_shards_match_accelerate_split():
     from accelerate import PartialState
 
     state = PartialState(cpu=True)
+    saved = {k: state._shared_state[k] for k in ("num_processes", "process_index")}
     items = list(range(11))
-    for world in (2, 3, 4):
-        for r in range(world):
-            state._shared_state.update(num_processes=world, process_index=r)
-            with state.split_between_processes(items) as got:
-                assert list(distributed.shard_range(len(items), world=world, rank_=r)) == got
-    state._shared_state.update(num_processes=1, process_index=0)
+    try:
+        for world in (2, 3, 4):
+            for r in range(world):
+                state._shared_state.update(num_processes=world, process_index=r)
+                with state.split_between_processes(items) as got:
+                    assert list(distributed.shard_range(len(items), world=world, rank_=r)) == got
+    finally:
+        state._shared_state.update(saved)
 
 
 def test_one_process_helpers_are_the_identity():

@@ -103,11 +103,10 @@ def _set_summary(folder: Path) -> None:
     console.print(
         f"[bold]{folder}[/bold]: capture set of {len(rows)} texts, {sum(r['n_tokens'] for r in rows)} tokens, "
         f"model {index.get('model_id')}"
-        + (f", mode {first.mode}, layers {first.layers}, d_ff {first.d_ff}" if first else ""),
-        soft_wrap=True,
+        + (f", mode {first.mode}, layers {first.layers}, d_ff {first.d_ff}" if first else ""), soft_wrap=True
     )
     for r in rows[:5]:
-        console.print(f"  {r['file']}: {r['n_tokens']} tokens  {r['text']!r}", markup=False, soft_wrap=True)
+        console.print(f"  {r['file']}: {r['n_tokens']} tokens  {r['text'][:48]!r}", markup=False, soft_wrap=True)
     if len(rows) > 5:
         console.print(f"  ... and {len(rows) - 5} more")
 

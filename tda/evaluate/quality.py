@@ -202,9 +202,9 @@ def run_eval(lm, methods: list[str], densities: list[float], *, heldout: list[st
         from tda.evaluate.lm_eval_model import run_mc_items
 
         limit = mc_limit if mc_limit > 0 else None
-        per_variant = distributed.map_sharded(  # variants shared out over processes
-            lambda i, v: run_mc_items(lm, v.method, v.density, limit=limit, cett=cett,
-                                      fast=bool(fast) if fast is not None else True), vs)
+        per_variant = distributed.on_main(  # lm-eval reports on the first process of a node only: run it there
+            lambda: [run_mc_items(lm, v.method, v.density, limit=limit, cett=cett,
+                                  fast=bool(fast) if fast is not None else True) for v in vs])
         for v, items in zip(vs, per_variant):
             acc, lo, hi = mean_interval(items, iters=boot_iters, seed=seed)
             mc[v.label] = {"mc_acc": acc, "mc_acc_lo": lo, "mc_acc_hi": hi, "mc_items": len(items)}
