@@ -338,6 +338,9 @@ def generate(lm, prompts: str | list[str], method: str = "dense", *, density: fl
     if stock and method != "dense":
         raise BadInput("stock generation is dense only")
     input_ids, attn, prompt_ids = encode_batch(lm, list(prompts), max_new_tokens)
+    from tda.activations.budget import check_generation
+
+    check_generation(lm, int(input_ids.shape[1]), max_new_tokens, batch=len(prompts))  # before any work
     session = None if stock else SparseSession(
         lm, method, density=density, cett=cett, thresholds=thresholds, fast=fast, batch_mode=batch_mode,
         seed=mask_seed, calibration_texts=calibration_texts)
