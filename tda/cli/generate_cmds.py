@@ -39,6 +39,10 @@ def generate_cmd(
                                        "CETT thresholds t_L (density varies by layer) and tt thresholds every "
                                        "token at t_L (default: left out)"),
     cett: float = typer.Option(0.2, "--cett", help="CETT target for calibrated tda/tt thresholds"),
+    griffin_reference: bool = typer.Option(
+        False, "--griffin-reference",
+        help="griffin exactly as GRIFFIN's reference code: BOS counted in the prompt statistic and "
+             "k = int(d_ff * density) rounded down (default: BOS left out, k rounded to nearest)"),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", help="tokens to generate at most"),
     min_new_tokens: int = typer.Option(0, "--min-new-tokens", help="tokens to generate before a stop token may end it"),
     sample: bool = typer.Option(False, "--sample", help="sample instead of greedy"),
@@ -66,6 +70,8 @@ def generate_cmd(
     from tda.masks.build import check_density
 
     check_method(method)
+    if griffin_reference and method != "griffin":
+        raise BadInput("--griffin-reference applies to --method griffin only")
     if density is not None:
         check_density(density)
     if max_new_tokens < 1:
@@ -75,7 +81,8 @@ def generate_cmd(
     lm = load(model, dtype, device)
     res = generate(lm, prompts, method, density=density, cett=cett, max_new_tokens=max_new_tokens,
                    min_new_tokens=min_new_tokens or None, do_sample=sample, temperature=temperature, top_p=top_p,
-                   top_k=top_k, seed=seed, fast=not no_fast, batch_mode=batch_mode)
+                   top_k=top_k, seed=seed, fast=not no_fast, batch_mode=batch_mode,
+                   **({"griffin_reference": True} if griffin_reference else {}))
     for i, text in enumerate(res.texts):
         print(generation_block(prompts[i], text, index=i if len(res.texts) > 1 else None,
                                n_tokens=len(res.token_ids[i])))

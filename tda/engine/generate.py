@@ -75,8 +75,11 @@ class SparseSession:
 
     def __init__(self, lm, method: str = "dense", *, density: float | None = None, cett: float = 0.2,
                  thresholds: list[float] | None = None, fast: bool | None = True, batch_mode: str = "union",
-                 seed: int = 0, calibration_texts: list[str] | None = None):
+                 seed: int = 0, calibration_texts: list[str] | None = None, griffin_reference: bool = False):
         self.lm, self.method = lm, check_method(method)
+        if griffin_reference and method != "griffin":
+            raise BadInput("griffin_reference applies to method 'griffin' only")
+        self.griffin_reference = bool(griffin_reference)  # BOS in the statistic, k rounded down
         self.density = None if density is None else check_density(density)
         if method in ("griffin", "static", "random") and self.density is None:
             raise BadInput(f"method '{method}' needs a density")
@@ -137,7 +140,7 @@ class SparseSession:
         am = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         use = am.clone()
         bos = self.lm.tokenizer.bos_token_id
-        if bos is not None:
+        if bos is not None and not self.griffin_reference:
             first = am.float().argmax(dim=1)  # first real position of each row
             rows = torch.arange(B, device=input_ids.device)
             is_bos = (input_ids[rows, first] == bos) & (am.sum(dim=1) > 1)
@@ -183,7 +186,7 @@ class SparseSession:
         for b in range(self.B):
             acts = pseudo[b].sqrt()[:, None, :]  # one equivalent token [layer, 1, d_ff]
             if m == "griffin":
-                out.append(build_mask("griffin", acts, density=self.density))
+                out.append(build_mask("griffin", acts, density=self.density, reference=self.griffin_reference))
             elif self.density is None:
                 out.append(build_mask("tda", acts, thresholds=self.thresholds, down_norms=model_down_norms(lm)))
             else:
@@ -318,11 +321,13 @@ def generate(lm, prompts: str | list[str], method: str = "dense", *, density: fl
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              seed: int | None = None, stop_token_ids: list[int] | None = None, fast: bool | None = True,
              stock: bool = False, batch_mode: str = "union", mask_seed: int = 0,
-             thresholds: list[float] | None = None, calibration_texts: list[str] | None = None) -> GenerationResult:
+             thresholds: list[float] | None = None, calibration_texts: list[str] | None = None,
+             griffin_reference: bool = False) -> GenerationResult:
     """Generate from ``prompts`` with a sparse FFN at every decode step (see the module docstring).
 
     ``stock=True`` is plain Hugging Face ``generate`` with no override at all (the baseline a
     user has today); ``fast`` routes fp32 CPU linears through oneDNN when the probe agrees.
+    ``griffin_reference``: GRIFFIN exactly as its reference code (BOS in the statistic, k rounded down).
     """
     from transformers import GenerationConfig, LogitsProcessorList
 
@@ -343,7 +348,7 @@ def generate(lm, prompts: str | list[str], method: str = "dense", *, density: fl
     check_generation(lm, int(input_ids.shape[1]), max_new_tokens, batch=len(prompts))  # before any work
     session = None if stock else SparseSession(
         lm, method, density=density, cett=cett, thresholds=thresholds, fast=fast, batch_mode=batch_mode,
-        seed=mask_seed, calibration_texts=calibration_texts)
+        seed=mask_seed, calibration_texts=calibration_texts, griffin_reference=griffin_reference)
     clock = _StepClock(session if session is not None and method != "dense" else None, lm.device)
     stops = stop_ids(lm, stop_token_ids)
     cfg = GenerationConfig(
