@@ -299,13 +299,13 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "fp32", dev
 
 
 def _load_embedded(dtype, device, progress) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     for attempt in (1, 2):
         path = embedded.ensure_embedded_cache(progress, force=attempt == 2)
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = embedded.load_tokenizer(path)
             break
         except Exception:  # corrupt cache content with the right sizes: rebuild once
             if attempt == 2:

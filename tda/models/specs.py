@@ -163,6 +163,8 @@ class ModelShape:
         attn = self.d_model * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
         ffn = (3 if self.gated else 2) * self.d_model * self.d_ff
         emb = self.vocab * self.d_model * (1 if self.tied else 2)
+        if not self.gated:  # GPT-2 and OPT learn their position embeddings
+            emb += self.n_ctx * self.d_model
         return emb + self.n_layers * (attn + ffn)
 
 
