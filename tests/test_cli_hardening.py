@@ -44,6 +44,14 @@ def test_help_and_models_do_not_import_torch(args):
     assert "Usage" in out or "gemma-3-270m" in out
 
 
+def test_python_m_tda_help_imports_no_torch():
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "tda", "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0 and "Usage: tda" in p.stdout
+    imported = {line.split("|")[-1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported and "transformers" not in imported and "rich.console" not in imported
+
+
 @pytest.mark.parametrize("args, message", [
     (["capture", "--model", "tiny-llama", "-p", "hi", "--layers", "a,b", "--out", "OUT/x.st"], "comma-separated"),
     (["capture", "--model", "tiny-llama", "-p", "hi", "--layers", "0,7", "--out", "OUT/x.st"], "layer 7 out of range"),
