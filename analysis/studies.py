@@ -200,34 +200,65 @@ def run_scale(lm, rules: Sequence[ActivationRule], texts: Sequence[str], *, n_to
     maps. Returns ``{"result": JSON-able dict, "rates": {...}}``.
     """
     from tda.activations.capture import capture, resolve_layers
+    from tda.common import distributed
 
     layers = resolve_layers(lm, layers)
     keep = layers if keep_rates is None else [L for L in layers if L in set(keep_rates)]
     keep_idx = [layers.index(L) for L in keep]
     inputs = scale_inputs(lm, texts, n_tokens, seed)
     n = len(texts)
+    items = [(src, i) for src in SOURCES for i in range(n)]  # shared out over processes when launched so
+    mine = distributed.shard_range(len(items))
+
+    def zero_counts() -> dict:
+        return {r.short: {s: {m: torch.zeros(len(layers), lm.ffn.d_ff, dtype=torch.long) for m in MODES}
+                          for s in SOURCES} for r in rules}
+
+    def work() -> tuple[list[dict], dict]:
+        """Per-sample metrics of this rank's samples, and its firing counts (integers: sums are exact)."""
+        counts, recs = zero_counts(), []
+        todo = [items[j] for j in mine]
+        for src in SOURCES:
+            mine_src = [(s_, i) for s_, i in todo if s_ == src]
+            if progress is not None and distributed.is_main() and mine_src:
+                mine_src = progress(mine_src, desc=f"{lm.model_id} {src}")
+            for _, i in mine_src:
+                caps = {m: capture(lm, inputs[src][i], layers=layers, mode=m) for m in MODES}
+                rec = {"src": src, "i": i, "tokens": caps["sequence"].n_tokens, "rules": {}}
+                for r in rules:
+                    act = {m: r.active_capture(caps[m]) for m in MODES}
+                    rr = rec["rules"][r.short] = {"rows": {}, "rates": {},
+                                                  "self": self_jaccard(act["sequence"], act["isolated"]).mean(dim=-1).tolist()}
+                    for m in MODES:
+                        counts[r.short][src][m] += act[m].sum(dim=1)
+                        rr["rows"][m] = inertia_table(act[m], layers, k)
+                        if keep_idx:
+                            rr["rates"][m] = act[m][keep_idx].float().mean(dim=1)
+                recs.append(rec)
+        return recs, counts
+
+    parts = distributed.collect(work)
     acc = {r.short: {s: {m: {"rows": [[] for _ in layers], "counts": torch.zeros(len(layers), lm.ffn.d_ff,
                                                                                   dtype=torch.long)}
                          for m in MODES} | {"self": [[] for _ in layers]} for s in SOURCES} for r in rules}
     rates = {r.short: {s: {m: torch.zeros(len(keep), n, lm.ffn.d_ff) for m in MODES} for s in SOURCES} for r in rules}
     tokens = {s: [] for s in SOURCES}
-    for src in SOURCES:
-        items = list(enumerate(inputs[src]))
-        if progress is not None:
-            items = progress(items, desc=f"{lm.model_id} {src}")
-        for i, text in items:
-            caps = {m: capture(lm, text, layers=layers, mode=m) for m in MODES}
-            tokens[src].append(caps["sequence"].n_tokens)
-            for r in rules:
-                act = {m: r.active_capture(caps[m]) for m in MODES}
-                a = acc[r.short][src]
+    for recs, counts in parts:  # ranks in order, samples in order: as one process accumulates
+        for r in rules:
+            for src in SOURCES:
                 for m in MODES:
-                    a[m]["counts"] += act[m].sum(dim=1)
-                    for li, row in enumerate(inertia_table(act[m], layers, k)):
+                    acc[r.short][src][m]["counts"] += counts[r.short][src][m]
+        for rec in recs:
+            src, i = rec["src"], rec["i"]
+            tokens[src].append(rec["tokens"])
+            for r in rules:
+                rr, a = rec["rules"][r.short], acc[r.short][src]
+                for m in MODES:
+                    for li, row in enumerate(rr["rows"][m]):
                         a[m]["rows"][li].append(row)
                     if keep_idx:
-                        rates[r.short][src][m][:, i] = act[m][keep_idx].float().mean(dim=1)
-                for li, v in enumerate(self_jaccard(act["sequence"], act["isolated"]).mean(dim=-1).tolist()):
+                        rates[r.short][src][m][:, i] = rr["rates"][m]
+                for li, v in enumerate(rr["self"]):
                     a["self"][li].append(v)
     by_rule = {}
     for r in rules:

@@ -1,4 +1,5 @@
-"""Page 5 — dense vs sparse generation side by side: texts, densities, timings and the speedup."""
+"""Page 5 — dense vs sparse generation side by side (texts, densities, timings, speedup), and the
+quality × speed frontier (a stored `tda frontier` result for this model, or a small one run here)."""
 
 from __future__ import annotations
 
@@ -9,57 +10,98 @@ from app import figures, state, widgets
 from app.views import generate as views
 from tda.common.errors import TDAError
 
-METHODS = {"tda": "TDA", "griffin": "Griffin", "tt": "TT (token-wise threshold)",
-           "static": "static (weight magnitudes)", "random": "random"}
-
 st.title("Generate: dense vs sparse FFN")
-st.caption(
-    "Dense prefill; the sparse method builds its neuron masks from the prompt and decodes with "
-    "physically sliced FFN weights (TT keeps dense projections and thresholds each token). "
-    "Timings are one run each on this machine: noisy — `tda bench` gives paired medians."
-)
 lm = state.model_or_stop()
 s = state.settings()
-text = widgets.prompt_box("generate")
-c1, c2, c3 = st.columns(3)
-method = c1.selectbox("sparse method", list(METHODS), format_func=METHODS.get, key="gen_method")
-use_cett = method in ("tda", "tt") and c2.checkbox(
-    "calibrated CETT thresholds (no target density)", value=False, key="gen_cett",
-    help=f"Use the CETT {s.cett_target:g} thresholds as calibrated instead of matching a density.")
-density = None if use_cett else c2.slider("FFN density (fraction of neurons kept)", 0.1, 0.9, 0.5, 0.05,
-                                          key="gen_density")
-new_tokens = c3.slider("new tokens", 4, 128, 32, 4, key="gen_tokens")
+methods = views.sparse_methods()
+tab_gen, tab_frontier = st.tabs(["Dense vs sparse", "Quality × speed frontier"])
 
-params = (state.model_key(lm), text, method, density, s.cett_target, new_tokens)
-if st.button("Generate", type="primary", key="gen_run"):
-    ids = widgets.try_or_error(state.check_prompt, lm, text, prefix="Prompt: ")
-    if ids is not None:
-        try:
-            with st.status("Generating: dense, then sparse…", expanded=True) as status:
-                pair = views.generate_pair(lm, text, method, density=density, cett=s.cett_target,
-                                             max_new_tokens=new_tokens, progress=status.write)
-                status.update(label="Done", state="complete", expanded=False)
-            st.session_state["gen_result"] = (params, pair)
-        except TDAError as e:
-            st.error(str(e))
+# ----- the frontier tab (first in code: the generation tab below may stop the page) ---------------------
+with tab_frontier:
+    st.caption(
+        "Decode speedup vs our dense (median of paired ratios over alternating rounds) against "
+        "held-out perplexity, top-1 agreement with dense and multiple-choice accuracy, with 95% bootstrap "
+        "intervals; the dashed segment runs to each point's bytes ceiling. Full runs: `tda frontier`."
+    )
+    fkey = ("frontier", state.model_key(lm))
+    stored_run = st.session_state.get("fr_result")
+    found = views.find_frontier(lm.model_id, str(lm.dtype).replace("torch.", ""))
+    with st.expander("Run a small frontier here (4 texts, 8 multiple-choice items, 1 timed round)",
+                     expanded=found is None and stored_run is None):
+        f1, f2 = st.columns(2)
+        fr_methods = f1.multiselect("methods", methods, default=[m for m in ("tt", "griffin") if m in methods][:2],
+                                    format_func=views.method_label, key="fr_methods")
+        fr_dens = f2.multiselect("densities", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], default=[0.3, 0.5, 0.7],
+                                 key="fr_densities")
+        if st.button("Run frontier", key="fr_run"):
+            try:
+                with st.status("Timing and scoring every method at every density…", expanded=True) as status:
+                    res = views.small_frontier(lm, fr_methods, sorted(fr_dens), progress=status.write)
+                    status.update(label="Done", state="complete", expanded=False)
+                st.session_state["fr_result"] = stored_run = (fkey, res)
+            except TDAError as e:
+                st.error(str(e))
+    shown = None
+    if stored_run is not None and stored_run[0] == fkey:
+        shown = ("run on this page", stored_run[1])
+    elif found is not None:
+        shown = (found[0], found[1])
+    if shown is None:
+        st.info(f"No frontier result for {lm.model_id} in {views.results_dir()}: run `tda frontier --model "
+                f"{lm.spec}` or a small one above.")
+    else:
+        fv = views.frontier_view(shown[1])
+        st.caption(f"From {shown[0]}: {fv['caption']}")
+        st.plotly_chart(fv["figure"], key="gen_frontier_chart")
+        st.dataframe(pd.DataFrame(fv["rows"]), hide_index=True, key="gen_frontier_table")
 
-stored_params, pair = widgets.stored_result(
-    "gen_result", params, "Press **Generate** to run the dense model and the sparse method on the prompt.", "Generate"
-)
-view = views.generate_view(pair)
-m1, m2, m3 = st.columns(3)
-m1.metric("decode speedup (dense ms/token ÷ sparse)", f"{view['decode_speedup']:.2f}×")
-m2.metric("end-to-end speedup", f"{view['total_speedup']:.2f}×")
-m3.metric(f"{pair['sparse']['method']} FFN density", f"{pair['sparse']['density']:.3f}")
-left, right = st.columns(2)
-for col, name in ((left, "dense"), (right, "sparse")):
-    p = pair[name]
-    col.subheader(f"{name}: {p['method']}")
-    col.code(p["text"], language=None, wrap_lines=True, height=180)
-st.dataframe(pd.DataFrame(view["rows"]), hide_index=True, key="gen_table")
-st.plotly_chart(
-    figures.density_per_layer_figure(list(range(len(pair["sparse"]["density_per_layer"]))),
-                                     {f"{pair['sparse']['method']} mask": pair["sparse"]["density_per_layer"]},
-                                     title="Sparse FFN density per layer"),
-    key="gen_density_chart",
-)
+# ----- the generation tab ----------------------------------------------------------------------------
+with tab_gen:
+    st.caption(
+        "Dense prefill; the sparse method builds its neuron masks from the prompt (or thresholds each "
+        "token) and decodes with the engine's sparse FFNs. "
+        "Timings are one run each on this machine: noisy — `tda bench` gives paired medians."
+    )
+    text = widgets.prompt_box("generate")
+    c1, c2, c3 = st.columns(3)
+    method = c1.selectbox("sparse method", methods, format_func=views.method_label, key="gen_method")
+    use_cett = method in ("tda", "tt") and c2.checkbox(
+        "calibrated CETT thresholds (no target density)", value=False, key="gen_cett",
+        help=f"Use the CETT {s.cett_target:g} thresholds as calibrated instead of matching a density.")
+    density = None if use_cett else c2.slider("FFN density (fraction of neurons kept)", 0.1, 0.9, 0.5, 0.05,
+                                              key="gen_density")
+    new_tokens = c3.slider("new tokens", 4, 128, 32, 4, key="gen_tokens")
+
+    params = (state.model_key(lm), text, method, density, s.cett_target, new_tokens)
+    if st.button("Generate", type="primary", key="gen_run"):
+        ids = widgets.try_or_error(state.check_prompt, lm, text, prefix="Prompt: ")
+        if ids is not None:
+            try:
+                with st.status("Generating: dense, then sparse…", expanded=True) as status:
+                    pair = views.generate_pair(lm, text, method, density=density, cett=s.cett_target,
+                                                 max_new_tokens=new_tokens, progress=status.write)
+                    status.update(label="Done", state="complete", expanded=False)
+                st.session_state["gen_result"] = (params, pair)
+            except TDAError as e:
+                st.error(str(e))
+
+    stored_params, pair = widgets.stored_result(
+        "gen_result", params, "Press **Generate** to run the dense model and the sparse method on the prompt.", "Generate"
+    )
+    view = views.generate_view(pair)
+    m1, m2, m3 = st.columns(3)
+    m1.metric("decode speedup (dense ms/token ÷ sparse)", f"{view['decode_speedup']:.2f}×")
+    m2.metric("end-to-end speedup", f"{view['total_speedup']:.2f}×")
+    m3.metric(f"{pair['sparse']['method']} FFN density", f"{pair['sparse']['density']:.3f}")
+    left, right = st.columns(2)
+    for col, name in ((left, "dense"), (right, "sparse")):
+        p = pair[name]
+        col.subheader(f"{name}: {p['method']}")
+        col.code(p["text"], language=None, wrap_lines=True, height=180)
+    st.dataframe(pd.DataFrame(view["rows"]), hide_index=True, key="gen_table")
+    st.plotly_chart(
+        figures.density_per_layer_figure(list(range(len(pair["sparse"]["density_per_layer"]))),
+                                         {f"{pair['sparse']['method']} mask": pair["sparse"]["density_per_layer"]},
+                                         title="Sparse FFN density per layer"),
+        key="gen_density_chart",
+    )

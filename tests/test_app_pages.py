@@ -339,6 +339,58 @@ def test_generate_page_bad_prompt(app):
     assert not at.exception and any("empty" in e for e in errors(at))
 
 
+def test_generate_page_lists_engine_methods(app):
+    from app.views.generate import method_label
+    from tda.engine.generate import METHODS
+
+    at = app("page_generate.py")
+    assert list(at.selectbox(key="gen_method").options) == [method_label(m) for m in METHODS if m != "dense"]
+    assert any("No frontier result" in i.value for i in at.info) or at.get("plotly_chart")
+
+
+def _frontier_result(model_id: str) -> dict:
+    rows = [{"method": "dense", "density_target": None, "density_run": 1.0, "decode_speedup": 1.0, "ceiling": 1.0,
+             "ppl": 20.0, "ppl_lo": 18.0, "ppl_hi": 23.0, "agreement": 1.0, "mc_acc": 0.7},
+            {"method": "griffin", "density_target": 0.5, "density_run": 0.5, "decode_speedup": 1.1, "ceiling": 1.15,
+             "ppl": 80.0, "ppl_lo": 60.0, "ppl_hi": 100.0, "agreement": 0.5, "mc_acc": 0.6}]
+    return {"rows": rows, "meta": {"model": {"model_id": model_id, "dtype": "float32"}, "rounds": 3,
+                                   "heldout_texts": 24, "mc_items": 40, "timestamp": "2026-11-23T10:00:00"}}
+
+
+def test_generate_page_shows_stored_frontier(app, monkeypatch, tmp_path):
+    for name, model_id in (("frontier-tiny-llama", MODEL), ("frontier-other", "gemma-3-270m")):
+        (tmp_path / name).mkdir()
+        data = _frontier_result(model_id)
+        if model_id != MODEL:
+            data["rows"] = data["rows"][:1]
+        (tmp_path / name / "frontier.json").write_text(json.dumps(data))
+    monkeypatch.setenv("TDA_RESULTS_DIR", str(tmp_path))
+    at = app("page_generate.py")
+    fig = charts(at)[0]
+    names = [t.get("name") for t in fig["data"]]
+    assert "griffin" in names and "dense" in names  # this model's result, not the other one
+    griffin = next(t for t in fig["data"] if t.get("name") == "griffin")
+    assert arr(griffin["x"]).astype(float).tolist() == [1.1] and arr(griffin["y"]).astype(float).tolist() == [80.0]
+    table = at.dataframe[0].value
+    assert list(table["method"]) == ["dense", "griffin"] and table["ppl 95%"][1] == "[60, 100]"
+
+
+def test_generate_page_runs_small_frontier(app, monkeypatch, tmp_path):
+    monkeypatch.setenv("TDA_RESULTS_DIR", str(tmp_path))  # nothing stored
+    monkeypatch.setattr("app.views.generate.SMALL_FRONTIER", dict(
+        rounds=1, prompt_tokens=8, new_tokens=3, limit=2, mc_limit=2, bandwidth_mb=8, boot_iters=100))
+    at = app("page_generate.py")
+    assert any("No frontier result" in i.value for i in at.info)
+    at.multiselect(key="fr_methods").set_value(["griffin"]).run()
+    at.multiselect(key="fr_densities").set_value([0.5]).run()
+    at.button(key="fr_run").click().run()
+    assert errors(at) == [] and not at.exception
+    table = at.dataframe[0].value
+    assert list(table["method"]) == ["dense", "griffin"] and table["density run"][1] == pytest.approx(0.5, abs=0.02)
+    names = [t.get("name") for t in charts(at)[0]["data"]]
+    assert "griffin" in names and "dense" in names
+
+
 # ------------------------------------------------------------------------------------ sessions
 def test_two_sessions_at_once_keep_their_own_results(monkeypatch, lm):
     """Two app sessions running at the same time on the shared model see only their own prompt."""

@@ -37,9 +37,9 @@ def test_budget_sources(monkeypatch):
     assert b.bytes > 0 and "60%" in b.source
     monkeypatch.setenv(memory.ENV, "3G")
     assert memory.budget() == memory.Budget(3 * 2**30, "TDA_MAX_MEMORY=3G")
-    memory.set_budget_override(2**20)  # --max-memory wins over the environment
-    assert memory.budget().bytes == 2**20 and "--max-memory" in memory.budget().source
-    with pytest.raises(BadInput, match="over the budget of 1.0 MB .*--max-memory or TDA_MAX_MEMORY"):
+    memory.set_budget_override(2**20)  # --memory-budget wins over the environment
+    assert memory.budget().bytes == 2**20 and "--memory-budget" in memory.budget().source
+    with pytest.raises(BadInput, match="over the budget of 1.0 MB .*--memory-budget or TDA_MAX_MEMORY"):
         memory.check(2 * 2**20, "this job")
 
 
@@ -96,10 +96,10 @@ def test_capture_refused_over_budget(run_cli, tmp_path, monkeypatch):
     f = tmp_path / "long.txt"
     f.write_text(LONG)
     out = tmp_path / "out"
-    code, _, err = run_cli("--max-memory", "200K", "capture", "-m", "tiny-llama", "--prompt-file", f,
+    code, _, err = run_cli("--memory-budget", "200K", "capture", "-m", "tiny-llama", "--prompt-file", f,
                            "--out", out / "c.st")
     assert code == 2 and _one_line(err)
-    assert "over the budget of 200.0 KB (--max-memory 200.0 KB)" in err and "TDA_MAX_MEMORY" in err
+    assert "over the budget of 200.0 KB (--memory-budget 200.0 KB)" in err and "TDA_MAX_MEMORY" in err
     assert list(out.iterdir()) == []
     monkeypatch.setenv(memory.ENV, "200K")  # the environment variable does the same
     code, _, err = run_cli("capture", "-m", "tiny-llama", "--prompt-file", f, "--out", out / "c.st")
@@ -112,7 +112,7 @@ def test_capture_accepted_in_chunks_under_budget(run_cli, tmp_path, tiny_llama):
 
     n = len(tokenize(tiny_llama, LONG))
     budget = capture_plan(tiny_llama, n, n - 1, [0, 1, 2]).need // 2
-    code, _, err = run_cli("--max-memory", str(budget), "capture", "-m", "tiny-llama", "-p", LONG,
+    code, _, err = run_cli("--memory-budget", str(budget), "capture", "-m", "tiny-llama", "-p", LONG,
                            "--out", tmp_path / "c.st")
     assert code == 0, err
     assert torch.allclose(Capture.load(tmp_path / "c.st").acts, capture(tiny_llama, LONG).acts, atol=1e-5)
@@ -125,7 +125,7 @@ def test_capture_accepted_in_chunks_under_budget(run_cli, tmp_path, tiny_llama):
 ])
 def test_generation_commands_refused_over_budget(run_cli, tmp_path, args):
     args = [str(tmp_path / "o") if a == "OUT" else a for a in args]
-    code, _, err = run_cli("--max-memory", "300K", *args)
+    code, _, err = run_cli("--memory-budget", "300K", *args)
     assert code == 2 and "memory" in err and "over the budget" in err and _one_line(err), err
     assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
 

@@ -114,3 +114,37 @@ def test_eval_cli(run_cli, tmp_out):
     assert [r["method"] for r in data["rows"]] == ["dense", "griffin"]
     assert (out / "quality.csv").exists() and (out / "quality-ppl.html").exists()
     assert "| griffin | 0.5 |" in stdout
+
+
+def test_bootstrap_by_hand():
+    import math
+
+    from tda.evaluate.bootstrap import mean_interval, perplexity_interval, ratio_interval
+
+    nll, tok = [10.0, 30.0, 12.0, 25.0, 18.0], [10, 12, 8, 20, 9]
+    p, lo, hi = perplexity_interval(nll, tok)
+    assert p == pytest.approx(math.exp(sum(nll) / sum(tok)))  # token-weighted, not a mean of ppls
+    assert lo <= p <= hi and lo < hi
+    assert perplexity_interval(nll, tok, seed=3) == perplexity_interval(nll, tok, seed=3)  # deterministic
+    assert perplexity_interval(nll, tok, seed=3) != perplexity_interval(nll, tok, seed=4)
+    few = [1, 0, 1, 1, 0, 1, 0, 1]
+    a, lo1, hi1 = mean_interval(few)
+    assert a == pytest.approx(5 / 8) and lo1 <= a <= hi1
+    a2, lo2, hi2 = mean_interval(few * 16)  # same mean, 16x the items: a much narrower interval
+    assert a2 == pytest.approx(a) and lo2 <= a2 <= hi2 and (hi2 - lo2) < 0.5 * (hi1 - lo1)
+    assert mean_interval([1.0]) == (1.0, 1.0, 1.0)  # nothing to resample
+    assert all(x != x for x in ratio_interval([], []))
+    assert ratio_interval([3, 3], [4, 4]) == (0.75, 0.75, 0.75)
+
+
+def test_eval_rows_carry_intervals(tiny_llama):
+    from tda.evaluate.quality import run_eval
+
+    res = run_eval(tiny_llama, ["dense", "random"], [0.2], heldout=TEXTS * 2, summaries=[], mc_limit=4)
+    dense, rnd = res["rows"]
+    assert dense["agreement"] == dense["agreement_lo"] == dense["agreement_hi"] == 1.0
+    for r in (dense, rnd):
+        assert r["ppl_lo"] <= r["ppl"] <= r["ppl_hi"]
+        assert r["mc_acc_lo"] <= r["mc_acc"] <= r["mc_acc_hi"] and r["mc_items"] == 4
+    assert len(res["per_text"]["random@0.2"]["nll"]) == 4 and len(res["mc_per_item"]["dense"]) == 4
+    assert to_csv(res["rows"]).splitlines()[0].startswith("method,density,ppl,agreement,mc_acc,ppl_lo,ppl_hi")

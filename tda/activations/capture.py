@@ -400,28 +400,67 @@ def capture_batch(lm: LoadedModel, texts: Sequence[str], layers=None, **kw) -> l
     return list(iter_batch_captures(lm, texts, layers, **kw))
 
 
-def capture_to_dir(lm: LoadedModel, texts: Sequence[str], out_dir: str | Path, layers=None, **kw) -> Path:
-    """Stream captures of many texts to ``out_dir``: ``00000.safetensors``... plus ``index.json``."""
-    out = check_output_dir(out_dir)
-    index = []
-    for i, cap in enumerate(iter_batch_captures(lm, texts, layers, **kw)):
-        name = f"{i:05d}.safetensors"
-        cap.save(out / name)
-        index.append({"file": name, "n_tokens": cap.n_tokens, "text": cap.text[:80]})
+def capture_to_dir(lm: LoadedModel, texts: Sequence[str], out_dir: str | Path, layers=None, *,
+                   batch_size: int = 8, progress=None, **kw) -> Path:
+    """Stream captures of many texts to ``out_dir``: ``00000.safetensors``... plus ``index.json``.
+
+    Under a distributed launcher each process captures and writes its own share of the texts
+    (whole batches, so every capture equals the one-process capture), and the main process writes
+    the one ``index.json`` that :func:`load_dir` and ``tda info`` read as a single capture set;
+    the folder is the same as a one-process run's. If any process fails, every process removes
+    the files it wrote and no ``index.json`` is written.
+    """
+    from tda.common import distributed as dist
     from tda.common.atomic import write_text_atomic
 
-    write_text_atomic(out / "index.json", json.dumps({"model_id": lm.model_id, "captures": index}, indent=1))
+    if isinstance(texts, str) or not texts:
+        raise BadInput("give a non-empty list of texts")
+    out = check_output_dir(out_dir)
+    mine = dist.shard_range(len(texts), unit=batch_size)
+    written: list[Path] = []
+
+    def work() -> list[dict]:
+        index = []
+        if not len(mine):
+            return index
+        it = iter_batch_captures(lm, list(texts[mine.start:mine.stop]), layers, batch_size=batch_size, **kw)
+        if progress is not None and dist.is_main():
+            it = progress(it, total=len(mine))
+        for j, cap in enumerate(it):
+            name = f"{mine.start + j:05d}.safetensors"
+            written.append(out / name)
+            cap.save(out / name)
+            index.append({"file": name, "n_tokens": cap.n_tokens, "text": cap.text[:80]})
+        return index
+
+    try:
+        parts = dist.collect(work)  # every shard's entries, in text order
+        index = [row for part in parts for row in part]
+        manifest = json.dumps({"model_id": lm.model_id, "captures": index}, indent=1)
+        dist.on_main(lambda: write_text_atomic(out / "index.json", manifest))
+    except BaseException:
+        for f in written:  # no partial capture set
+            f.unlink(missing_ok=True)
+        raise
     return out
 
 
-def load_dir(out_dir: str | Path) -> Iterator[Capture]:
-    """Iterate the captures written by :func:`capture_to_dir`."""
+def read_index(out_dir: str | Path) -> dict:
+    """The ``index.json`` (manifest) of a capture folder written by :func:`capture_to_dir`."""
     d = Path(out_dir)
     try:
         index = json.loads((d / "index.json").read_text())
-    except (OSError, ValueError):
+        if not isinstance(index.get("captures"), list):
+            raise ValueError
+        return index
+    except (OSError, ValueError, AttributeError):
         raise BadInput(f"{d} is not a capture folder (no readable index.json)") from None
-    for row in index["captures"]:
+
+
+def load_dir(out_dir: str | Path) -> Iterator[Capture]:
+    """Iterate the captures written by :func:`capture_to_dir` (in text order)."""
+    d = Path(out_dir)
+    for row in read_index(d)["captures"]:
         yield Capture.load(d / row["file"])
 
 

@@ -47,14 +47,14 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    max_memory: str = typer.Option(
-        None, "--max-memory", metavar="SIZE",
+    memory_budget: str = typer.Option(
+        None, "--memory-budget", metavar="SIZE",
         help="memory budget of a command's model and work, e.g. 8G or 500M; longer inputs are refused "
              "up front with one line (default: $TDA_MAX_MEMORY, else 60% of the memory available)"),
 ) -> None:
     from tda.common import memory
 
-    memory.set_budget_override(memory.parse_size(max_memory, "--max-memory") if max_memory else None)
+    memory.set_budget_override(memory.parse_size(memory_budget, "--memory-budget") if memory_budget else None)
 
 
 class LazyConsole:
@@ -87,11 +87,12 @@ def load(spec: str, dtype: str = "fp32", device: str = "cpu"):
     The spec, dtype and device are checked first, without importing torch.
     """
     from tda.cli.checks import check_model_args
+    from tda.cli.placement_opts import PLACEMENT
 
     check_model_args(spec, dtype, device)
     from tda.models.load import load_model
 
-    return load_model(spec, dtype=dtype, device=device, progress=progress_printer)
+    return load_model(spec, dtype=dtype, device=device, progress=progress_printer, **PLACEMENT)
 
 
 ModelOpt = typer.Option("gemma-3-270m", "--model", "-m", help="model spec (see `tda models`)")

@@ -45,7 +45,11 @@ def capture(
     prompt: str = typer.Option(None, "--prompt", "-p",
                                help="the text to capture; - reads it from standard input (default: --prompt-file)"),
     prompt_file: Path = PromptFileOpt,
-    out: Path = typer.Option(..., "--out", "-o", help="output .safetensors file"),
+    out: Path = typer.Option(..., "--out", "-o", help="output .safetensors file (a folder with --data)"),
+    data: Path = typer.Option(None, "--data",
+                              help="capture every text of a .json/.jsonl file ('text' field, batch mode) into the "
+                                   "folder --out (default: one prompt, --prompt or --prompt-file)"),
+    limit: int = typer.Option(None, "--limit", help="with --data: only the first N texts (default: all)"),
     model: str = ModelOpt,
     layers: str = typer.Option("all", "--layers",
                                help="comma-separated layer indices, or 'all'; negative indices count from the "
@@ -57,19 +61,22 @@ def capture(
 ) -> None:
     """Capture FFN activations acts[layer, token, neuron] of a prompt and write them to --out.
 
-    Long prompts run in chunks through the KV cache within the memory budget (see --max-memory
+    Long prompts run in chunks through the KV cache within the memory budget (see --memory-budget
     of `tda`); a prompt that cannot fit is refused before any work.
     """
     from tda.cli import checks
     from tda.common.errors import BadInput
 
-    text = checks.read_prompt(prompt, prompt_file)
     if mode not in ("sequence", "isolated"):
         raise BadInput(f"unknown mode '{mode}'; use sequence or isolated")
     if backend not in ("hooks", "tl"):
         raise BadInput(f"unknown capture backend '{backend}'; use hooks or tl")
     layer_list = checks.parse_layers(layers)
     checks.check_model_args(model, dtype, device, layers=layer_list)
+    if data is not None:  # a corpus: one file per text plus index.json (sharded under torchrun/accelerate)
+        return _capture_corpus(data, out, model, layer_list, limit, backend, dtype, device,
+                               prompt if prompt is not None else prompt_file)
+    text = checks.read_prompt(prompt, prompt_file)
     checks.check_out_file(out)  # fail before loading a model
     lm = load(model, dtype, device)
 
@@ -81,11 +88,54 @@ def capture(
     _summary(cap, f"wrote {out}")
 
 
+def _capture_corpus(data, out, model, layers, limit, backend, dtype, device, prompt) -> None:
+    from tda.activations.capture import capture_to_dir
+    from tda.common import distributed
+    from tda.common.atomic import check_output_dir
+    from tda.common.data import load_texts
+    from tda.common.errors import BadInput
+
+    if prompt is not None:
+        raise BadInput("give exactly one of --prompt, --prompt-file or --data")
+    if limit is not None and limit < 1:
+        raise BadInput(f"limit must be at least 1, got {limit}")
+    texts = [t for t in load_texts(data, limit=limit) if t.strip()]
+    if not texts:
+        raise BadInput(f"{data} holds no texts")
+    out_dir = check_output_dir(out)
+    lm = load(model, dtype, device)
+    with console.status(f"capturing {len(texts)} texts (batch mode)..."):
+        capture_to_dir(lm, texts, out_dir, layers=layers, backend=backend)
+    if distributed.is_main():
+        _set_summary(out_dir)
+
+
+def _set_summary(folder: Path) -> None:
+    from tda.activations.capture import Capture, read_index
+
+    index = read_index(folder)
+    rows = index["captures"]
+    first = Capture.load(folder / rows[0]["file"]) if rows else None
+    console.print(
+        f"[bold]{folder}[/bold]: capture set of {len(rows)} texts, {sum(r['n_tokens'] for r in rows)} tokens, "
+        f"model {index.get('model_id')}"
+        + (f", mode {first.mode}, layers {first.layers}, d_ff {first.d_ff}" if first else "")
+    )
+    for r in rows[:5]:
+        console.print(f"  {r['file']}: {r['n_tokens']} tokens  {r['text']!r}", markup=False)
+    if len(rows) > 5:
+        console.print(f"  ... and {len(rows) - 5} more")
+
+
 @app.command()
-def info(file: Path = typer.Argument(..., metavar="FILE", help="a capture file written by `tda capture` (.safetensors)")) -> None:
-    """Print what a capture file holds."""
+def info(file: Path = typer.Argument(..., metavar="FILE",
+                                    help="a capture file written by `tda capture`, or a capture folder (--data)")) -> None:
+    """Print what a capture file (or a capture folder with its index.json) holds."""
     from tda.activations.capture import Capture
 
+    if file.is_dir():
+        _set_summary(file)
+        return
     cap = Capture.load(file)
     _summary(cap, str(file))
     shown = " ".join(cap.tokens[:24]) + (" ..." if cap.n_tokens > 24 else "")

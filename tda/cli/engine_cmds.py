@@ -55,6 +55,7 @@ def calibrate(
     device: str = DeviceOpt,
 ) -> None:
     """Per-layer CETT thresholds t_L (cached per model, data and target); prints threshold and density."""
+    from tda.common import distributed
     from tda.common.atomic import check_output_path
     from tda.common.data import load_texts
     from tda.common.errors import BadInput
@@ -72,6 +73,8 @@ def calibrate(
     cached = cache_path(lm.model_id, data_hash(texts), cett).exists()
     with console.status(f"calibrating {lm.ffn.n_layers} layers on {len(texts)} texts (CETT {cett:g})..."):
         cal = load_or_calibrate(lm, texts, cett)
+    if not distributed.is_main():  # the main process writes and prints
+        return
     cal.save(out)
     console.print(
         f"[bold]wrote {out}[/bold]: model {cal.model_id}, d_ff {cal.d_ff}, CETT {cal.target:g}, "
@@ -198,6 +201,7 @@ def recall(
 
     from tda.activations.capture import tokenize
     from tda.activations.decode import check_new_tokens
+    from tda.common import distributed
     from tda.common.data import load_texts
     from tda.evaluate.recall import (
         aggregate,
@@ -246,14 +250,20 @@ def recall(
     norms, static = model_down_norms(lm), model_static_scores(lm)
     rows, generations = [], []
     t0 = time.time()
-    for i, text in enumerate(texts):
+
+    def one_prompt(i, text):  # under torchrun/accelerate each process runs its share of the prompts
         dc, r = study_prompt(lm, text, cal, new_tokens=new_tokens, densities=dens, methods=meths, scales=scl,
                              top_p=top_p, seed=seed + i, extra={"prompt": i}, norms=norms, static_scores=static)
-        rows.extend(r)
-        generations.append({"prompt": i, "prompt_tokens": dc.prefill_acts.shape[1], "steps": dc.n_steps,
-                            "text": text[:120], "generated": dc.text})
         echo_err(f"[tda] prompt {i + 1}/{len(texts)}: {dc.prefill_acts.shape[1]} prompt tokens, "
                  f"{dc.n_steps} decode steps ({time.time() - t0:.0f} s)")
+        return r, {"prompt": i, "prompt_tokens": dc.prefill_acts.shape[1], "steps": dc.n_steps,
+                   "text": text[:120], "generated": dc.text}
+
+    for r, g in distributed.map_sharded(one_prompt, texts):  # gathered in prompt order
+        rows.extend(r)
+        generations.append(g)
+    if not distributed.is_main():  # the main process writes every output
+        return
 
     agg = sorted(aggregate(rows), key=lambda r: (r["truth"], r["method"], r["value"], r["layer"]))
     summary = study_summary(rows, 0.5)

@@ -32,12 +32,17 @@ def generate_cmd(
                                            help="read a prompt from this UTF-8 text file (repeat for a batch; "
                                                 "default: --prompt)"),
     model: str = ModelOpt,
-    method: str = typer.Option("dense", "--method", help="dense, tt, griffin, tda, static or random"),
+    method: str = typer.Option("dense", "--method",
+                               help="a method of `tda methods` (dense, tt, griffin, tda, static, random, cats, "
+                                    "teal, wina) or PROMPT+tt (e.g. griffin+tt)"),
     density: float = typer.Option(None, "--density",
-                                  help="fraction of FFN neurons kept, in (0, 1]; needed by griffin, static and "
-                                       "random. Left out, tda keeps the neurons above the calibrated per-layer "
-                                       "CETT thresholds t_L (density varies by layer) and tt thresholds every "
-                                       "token at t_L (default: left out)"),
+                                  help="fraction kept, in (0, 1]; needed by griffin, static and random. Left "
+                                       "out, the method's calibrated rule: tda keeps the neurons above the "
+                                       "calibrated per-layer CETT thresholds t_L (density varies by layer), tt "
+                                       "and cats threshold every token at them (default: left out)"),
+    lm_head_density: float = typer.Option(None, "--lm-head-density",
+                                          help="also sparsify the lm_head input token-wise at this density "
+                                               "(default: lm_head dense)"),
     cett: float = typer.Option(0.2, "--cett", help="CETT target for calibrated tda/tt thresholds"),
     griffin_reference: bool = typer.Option(
         False, "--griffin-reference",
@@ -66,23 +71,20 @@ def generate_cmd(
 
     from tda.common.atomic import check_output_path, write_text_atomic
     from tda.common.errors import BadInput
-    from tda.engine.generate import check_method, generate
-    from tda.masks.build import check_density
+    from tda.engine.config import SparsityConfig
+    from tda.engine.generate import generate
 
-    check_method(method)
-    if griffin_reference and method != "griffin":
+    if griffin_reference and method.split("+")[0] != "griffin":
         raise BadInput("--griffin-reference applies to --method griffin only")
-    if density is not None:
-        check_density(density)
+    cfg = SparsityConfig(method, density=density, cett=cett, lm_head_density=lm_head_density, fast=not no_fast,
+                         batch_mode=batch_mode, griffin_reference=griffin_reference)
     if max_new_tokens < 1:
         raise BadInput(f"max-new-tokens must be >= 1, got {max_new_tokens}")
     if json_out is not None:
         check_output_path(json_out)
     lm = load(model, dtype, device)
-    res = generate(lm, prompts, method, density=density, cett=cett, max_new_tokens=max_new_tokens,
-                   min_new_tokens=min_new_tokens or None, do_sample=sample, temperature=temperature, top_p=top_p,
-                   top_k=top_k, seed=seed, fast=not no_fast, batch_mode=batch_mode,
-                   **({"griffin_reference": True} if griffin_reference else {}))
+    res = generate(lm, prompts, cfg, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
+                   do_sample=sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     for i, text in enumerate(res.texts):
         print(generation_block(prompts[i], text, index=i if len(res.texts) > 1 else None,
                                n_tokens=len(res.token_ids[i])))
@@ -104,28 +106,31 @@ def generate_cmd(
 def bench_cmd(
     model: str = ModelOpt,
     methods: str = typer.Option("stock,dense,tt,griffin,tda", "--methods",
-                                help="comma-separated methods to time (stock: plain Hugging Face generate)"),
-    density: float = typer.Option(0.5, "--density", help="fraction of FFN neurons kept by the sparse methods"),
+                                help="comma list: stock (plain HF generate) or any method of `tda generate`"),
+    density: float = typer.Option(0.5, "--density", help="one density for every sparse method"),
+    densities: str = typer.Option(None, "--densities",
+                                  help="comma list of densities (overrides --density; default: --density)"),
     prompt_tokens: int = typer.Option(64, "--prompt-tokens", help="prompt length in tokens"),
     new_tokens: int = typer.Option(32, "--new-tokens", help="decode steps timed per method and round"),
     rounds: int = typer.Option(5, "--rounds", help="alternating rounds over the methods (medians are reported)"),
+    bandwidth_mb: float = typer.Option(256, "--bandwidth-mb", help="buffer of the streaming-read measurement (0: skip)"),
     out: Path = typer.Option(None, "--out", "-o", help="write the result JSON here (default: not written)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
-    """Latency of dense / tt / griffin / tda side by side (alternating rounds) with the ceiling."""
+    """Decode latency of methods × densities side by side (alternating rounds, paired ratios vs dense),
+    with each one's bytes ceiling and the roofline from the bandwidth measured in the same run."""
     from tda.common.atomic import check_output_path, write_text_atomic
     from tda.common.errors import BadInput
-    from tda.evaluate.bench import BENCH_METHODS, format_table, run_bench
-    from tda.masks.build import check_density
+    from tda.evaluate.bench import bench_variants, format_table, run_bench
 
     ms = _names(methods)
-    bad = [m for m in ms if m not in BENCH_METHODS]
-    if bad or not ms:
-        raise BadInput(f"unknown bench method '{(bad or [''])[0]}'; use {', '.join(BENCH_METHODS)}")
-    check_density(density)
+    ds = _floats(densities, "densities") if densities is not None else [density]
+    bench_variants(ms, ds)  # validates methods and densities before anything is loaded
     if new_tokens < 2 or rounds < 1 or prompt_tokens < 1:
         raise BadInput("need --new-tokens >= 2, --rounds >= 1 and --prompt-tokens >= 1")
+    if bandwidth_mb < 0:
+        raise BadInput("--bandwidth-mb must be >= 0")
     if out is not None:
         check_output_path(out)
     lm = load(model, dtype, device)
@@ -133,9 +138,9 @@ def bench_cmd(
         raise BadInput(f"prompt + new tokens ({prompt_tokens + new_tokens}) exceed the context ({lm.n_ctx})")
     from tda.common.data import load_texts
 
-    res = run_bench(lm, methods=tuple(ms), density=density, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+    res = run_bench(lm, methods=tuple(ms), densities=ds, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
                     rounds=rounds, calibration_texts=load_texts(limit=4) if lm.is_random else None,
-                    progress=progress_printer)
+                    bandwidth_mb=bandwidth_mb or None, progress=progress_printer)
     print(format_table(res))
     if out is not None:
         write_text_atomic(out, json.dumps(res, indent=1))
@@ -182,6 +187,10 @@ def eval_cmd(
     check_eval_memory(lm, heldout, recs, max_new_tokens)  # every text fits the memory budget, before any work
     res = run_eval(lm, ms, ds, heldout=heldout, summaries=recs, mc_limit=mc_limit or None,
                    max_new_tokens=max_new_tokens, cett=cett, progress=progress_printer)
+    from tda.common import distributed
+
+    if not distributed.is_main():  # texts were shared out over processes; the main one writes
+        return
     res["meta"]["limit"] = limit
     write_text_atomic(out_dir / "quality.json", json.dumps(res, indent=1))
     write_text_atomic(out_dir / "quality.csv", to_csv(res["rows"]))

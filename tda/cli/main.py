@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "tda.cli.study_cmds",
     "tda.cli.engine_cmds",
     "tda.cli.generate_cmds",
+    "tda.cli.methods_cmd",
+    "tda.cli.frontier_cmds",
 ]
 
 
@@ -42,14 +44,21 @@ def main(argv: list[str] | None = None) -> int:
     from typer import Exit as TyperExit
     from typer._click import exceptions as tclick
 
+    from tda.common import distributed
     from tda.common.errors import TDAError
 
+    distributed.quiet_other_ranks()  # under torchrun/accelerate: progress and tables once
     _register()
     try:
-        app(args=argv, standalone_mode=False, prog_name="tda")
+        import typer.main
+
+        from tda.cli.placement_opts import add_placement_options
+
+        command = add_placement_options(typer.main.get_command(app))  # + --device-map/--max-memory
+        command(args=argv, standalone_mode=False, prog_name="tda")
         return 0
     except TDAError as e:
-        echo_err(f"error: {e}")
+        distributed.report_error(f"error: {e}", e)  # one line for the whole job
         return 2
     except tclick.NoArgsIsHelpError as e:  # `tda` alone: the help, as with --help
         text = e.format_message()
@@ -71,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("TDA_DEBUG"):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        echo_err(f"error: {type(e).__name__}: {first} (set TDA_DEBUG=1 for a traceback)")
+        distributed.report_error(f"error: {type(e).__name__}: {first} (set TDA_DEBUG=1 for a traceback)", e)
         return 3
 
 

@@ -93,6 +93,10 @@ def figures(
     lm = load(model, dtype, device)
     t_load = time.perf_counter() - t0
     studies = run_studies(lm, settings, log=progress_printer, progress=_tqdm)
+    from tda.common import distributed
+
+    if not distributed.is_main():  # Appendix C was shared out over processes; the main one writes
+        return
     info = write_outputs(out, studies, log=progress_printer)
     t = studies["timings"] | {"load": t_load, "total": time.perf_counter() - t0}
     console.print(f"wrote {len(info['files'])} files to {info['out']} "

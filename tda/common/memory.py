@@ -1,6 +1,6 @@
 """The memory budget: how many bytes a command's model and work may take, and the check against it.
 
-The budget is, in order: ``tda --max-memory SIZE`` (:func:`set_budget_override`), the environment
+The budget is, in order: ``tda --memory-budget SIZE`` (:func:`set_budget_override`), the environment
 variable ``TDA_MAX_MEMORY`` (``8G``, ``500M``, ``1.5GiB``, plain bytes), or by default
 :data:`DEFAULT_SHARE` of the memory this process can use (``MemAvailable`` from ``/proc/meminfo``
 plus what the process already holds, capped by a cgroup limit when there is one). It covers the
@@ -27,7 +27,7 @@ _override: int | None = None
 @dataclass(frozen=True)
 class Budget:
     bytes: int
-    source: str  # how it was set, for messages: "--max-memory 2G", "TDA_MAX_MEMORY=2G", "60% of ..."
+    source: str  # how it was set, for messages: "--memory-budget 2G", "TDA_MAX_MEMORY=2G", "60% of ..."
 
 
 def parse_size(text: str | int, what: str = ENV) -> int:
@@ -52,7 +52,7 @@ def format_bytes(n: float) -> str:
 
 
 def set_budget_override(n: int | None) -> None:
-    """Set (or clear, with None) the budget from ``--max-memory``; it takes precedence over the env."""
+    """Set (or clear, with None) the budget from ``--memory-budget``; it takes precedence over the env."""
     global _override
     _override = None if n is None else int(n)
 
@@ -116,7 +116,7 @@ def usable_bytes() -> int | None:
 def budget() -> Budget:
     """The budget in force (see the module docstring)."""
     if _override is not None:
-        return Budget(_override, f"--max-memory {format_bytes(_override)}")
+        return Budget(_override, f"--memory-budget {format_bytes(_override)}")
     env = os.environ.get(ENV, "").strip()
     if env:
         return Budget(parse_size(env, ENV), f"{ENV}={env}")
@@ -134,5 +134,5 @@ def check(need: int, what: str) -> None:
         raise BadInput(
             f"{what} needs about {format_bytes(need)} of memory, over the budget of {format_bytes(b.bytes)} "
             f"({b.source}); use a shorter input or fewer layers, or raise the budget with "
-            f"--max-memory or {ENV}"
+            f"--memory-budget or {ENV}"
         )

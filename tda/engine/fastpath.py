@@ -21,7 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tda.models.dispatch import is_instrumented, linear_overrides
+from tda.models import placement
+from tda.models.dispatch import (
+    is_instrumented,
+    linear_modules,
+    linear_overrides,
+    module_weight,
+    original_forward,
+)
 
 LinearFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -51,9 +58,18 @@ def linear_fn(weight: torch.Tensor, bias: torch.Tensor | None = None, *, fast: b
     copy the whole weight on every call (ENGINEERING-NOTES, bf16 prefill pitfall).
     """
     w = weight.detach()
-    w = w if w.is_contiguous() else w.contiguous()
     b = None if bias is None else bias.detach().contiguous()
     d_out = w.shape[0]
+    if not w.is_contiguous() and w.t().is_contiguous():  # input-major (tda.engine.layouts): no copy
+        wt = w.t()
+
+        def fn_t(x: torch.Tensor) -> torch.Tensor:
+            x2 = x.reshape(-1, x.shape[-1])
+            y = torch.mm(x2, wt) if b is None else torch.addmm(b, x2, wt)
+            return y.view(*x.shape[:-1], d_out)
+
+        return fn_t
+    w = w if w.is_contiguous() else w.contiguous()
     if fast and applicable(w):
         op = torch.ops.mkldnn._linear_pointwise
 
@@ -72,23 +88,13 @@ def linear_fn(weight: torch.Tensor, bias: torch.Tensor | None = None, *, fast: b
     return fn
 
 
-def module_weight(mod: nn.Module) -> torch.Tensor:
-    """A linear module's weight as ``[d_out, d_in]`` (GPT-2 Conv1D stores ``[d_in, d_out]``)."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover
-        Conv1D = ()  # noqa: N806
-    return mod.weight.T if isinstance(mod, Conv1D) else mod.weight
-
-
-def linear_modules(model: nn.Module) -> list[nn.Module]:
-    """Every instrumented linear module of ``model`` (each once)."""
-    seen, out = set(), []
-    for mod in model.modules():
-        if is_instrumented(mod) and id(mod) not in seen:
-            seen.add(id(mod))
-            out.append(mod)
-    return out
+def module_fn(mod: nn.Module, *, fast: bool = False) -> LinearFn:
+    """The dense ``fn(x)`` of a linear module: :func:`linear_fn` of its weight — or, for a module
+    whose weights are offloaded (device map), its own forward, whose hook loads them just in time
+    (no full copy of an offloaded model's weights is kept)."""
+    if placement.is_offloaded(mod):
+        return original_forward(mod)
+    return linear_fn(module_weight(mod), placement.layer_weight(mod, "bias"), fast=fast)
 
 
 def dense_table(model: nn.Module, *, fast: bool) -> dict[nn.Module, LinearFn]:
@@ -100,13 +106,21 @@ def dense_table(model: nn.Module, *, fast: bool) -> dict[nn.Module, LinearFn]:
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if head is None or not is_instrumented(head):
             return {}
-        return {head: linear_fn(module_weight(head), getattr(head, "bias", None), fast=False)}
+        return {head: module_fn(head)}
     with _LOCK:
         table = _TABLES.get(model)
         if table is None:
             table = {m: linear_fn(module_weight(m), getattr(m, "bias", None), fast=True) for m in linear_modules(model)}
             _TABLES[model] = table
     return table
+
+
+def refresh_module(module: nn.Module) -> None:
+    """Rebuild cached dense functions of ``module`` (its weight changed layout, not values)."""
+    with _LOCK:
+        for table in list(_TABLES.values()):
+            if module in table:
+                table[module] = linear_fn(module_weight(module), getattr(module, "bias", None), fast=True)
 
 
 def probe(lm) -> bool:
@@ -135,4 +149,5 @@ def use_fast(lm, fast: bool | None = True) -> bool:
     """Whether to route ``lm``'s linears through oneDNN: asked for, applicable and probed equal."""
     if fast is False:
         return False
-    return lm.device.type == "cpu" and lm.dtype == torch.float32 and probe(lm)
+    return (lm.device.type == "cpu" and lm.dtype == torch.float32 and not placement.has_offload(lm.model)
+            and probe(lm))

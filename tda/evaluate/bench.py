@@ -3,9 +3,12 @@
 Every round runs each method once (the order rotates each round, after one warm-up round that
 is not counted), so slow spells of a shared machine hit all methods alike. Reported: medians
 of prefill time and decode ms/token, and each method's speedup over our dense path as the
-median of the per-round *paired* ratios. Next to it the roofline ceiling (:mod:`tda.evaluate.ceiling`)
-and the fraction of the ceiling's gain reached. ``stock`` is plain Hugging Face ``generate``
-without any override (the baseline a user has today).
+median of the per-round *paired* ratios. Next to it the bytes ceiling (:mod:`tda.evaluate.ceiling`,
+from the fractions of each weight group the method actually read) and the fraction of the
+ceiling's gain reached, and the roofline: bytes read per step ÷ the streaming-read bandwidth
+measured in the same run (:mod:`tda.evaluate.bandwidth`). Methods: any of the engine's
+(``dense`` once, every other one at every density) plus ``stock``, plain Hugging Face
+``generate`` without any override (the baseline a user has today).
 """
 
 from __future__ import annotations
@@ -14,12 +17,22 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 
 from tda.common.errors import BadInput
-from tda.engine.generate import generate
-from tda.evaluate.ceiling import ceiling, fraction_of_gain
+from tda.engine.generate import check_method, generate
+from tda.evaluate.bandwidth import measure_bandwidth, roofline_ms, roofline_pct
+from tda.evaluate.ceiling import (
+    ceiling,
+    ceiling_from_read,
+    fraction_of_gain,
+    mean_read_fraction,
+    read_fraction_of,
+    weight_bytes,
+)
+from tda.masks.build import check_density
 
 BENCH_METHODS = ("stock", "dense", "tt", "griffin", "tda")
 
@@ -64,71 +77,143 @@ def bench_prompt(lm, n_tokens: int) -> str:
     return lm.tokenizer.decode(ids[: max(n_tokens - 1, 1)])
 
 
+def _mean(xs):
+    xs = [x for x in xs if x == x]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
 def _median(xs):
     xs = [x for x in xs if x == x]
     return statistics.median(xs) if xs else float("nan")
 
 
-def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, prompt_tokens: int = 64,
-              new_tokens: int = 32, rounds: int = 5, calibration_texts: list[str] | None = None,
-              progress=None) -> dict:
-    """Alternating runs of ``methods`` on one prompt; returns the result dict (see module doc)."""
+@dataclass(frozen=True)
+class BenchVariant:
+    """One timed configuration: ``stock`` / ``dense`` once, every other method at each density."""
+
+    label: str
+    method: str
+    density: float | None  # the target density (None: stock / dense)
+
+    @property
+    def stock(self) -> bool:
+        return self.method == "stock"
+
+
+def bench_variants(methods, densities) -> list[BenchVariant]:
+    """Validate ``methods`` (``stock`` or any name in :data:`tda.engine.generate.METHODS`: the engine's
+    message speaks for unknown ones) and ``densities``; labels are the bare method name when there is
+    one density (as before), ``method@density`` when there are several."""
+    methods = list(methods)
+    if not methods:
+        raise BadInput("no bench methods given")
     for m in methods:
-        if m not in BENCH_METHODS:
-            raise BadInput(f"unknown bench method '{m}'; use {', '.join(BENCH_METHODS)}")
+        if m != "stock":
+            try:
+                check_method(m)
+            except BadInput as e:
+                raise BadInput(f"unknown bench method '{m}' (stock, or: {str(e).split('use one of ')[-1]})") from None
+    ds = [check_density(d) for d in densities]
+    if not ds and any(m not in ("stock", "dense") for m in methods):
+        raise BadInput("no densities given")
+    out: list[BenchVariant] = []
+    for m in dict.fromkeys(methods):  # keep order, drop repeats
+        if m in ("stock", "dense"):
+            out.append(BenchVariant(m, m, None))
+        else:
+            out += [BenchVariant(m if len(ds) == 1 else f"{m}@{d:g}", m, d) for d in ds]
+    return out
+
+
+def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None, prompt_tokens: int = 64,
+              new_tokens: int = 32, rounds: int = 5, calibration_texts: list[str] | None = None,
+              bandwidth_mb: float | None = 256, progress=None) -> dict:
+    """Alternating runs of ``methods`` × ``densities`` (default ``[density]``) on one prompt.
+
+    Returns ``{"results": {label: row}, "bandwidth": {...}, ...}``. Each row: medians of the timings,
+    ``decode_speedup_vs_dense`` (median of the per-round paired ratios, all in
+    ``decode_speedup_rounds``), the density actually run, the read fractions (engine-reported or
+    :func:`tda.evaluate.ceiling.default_read_fraction`), bytes read per step, their ceiling, and
+    the roofline ``bytes / bandwidth`` with the share of it reached (``roofline_pct``). The
+    bandwidth is measured in the same run, before and after the rounds (the best of both counts);
+    ``bandwidth_mb=None`` or 0 skips it.
+    """
+    dens_list = [density] if densities is None else list(densities)
+    vs = bench_variants(methods, dens_list)
     if rounds < 1 or new_tokens < 2:
         raise BadInput("need rounds >= 1 and new tokens >= 2")
     prompt = bench_prompt(lm, prompt_tokens)
+    bw_before = measure_bandwidth(bandwidth_mb, device=lm.device) if bandwidth_mb else None
 
-    def once(m):
+    def once(v: BenchVariant):
         kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, calibration_texts=calibration_texts)
-        if m == "stock":
+        if v.stock:
             return generate(lm, prompt, "dense", stock=True, **kw)
-        return generate(lm, prompt, m, density=None if m == "dense" else density, **kw)
+        return generate(lm, prompt, v.method, density=v.density, **kw)
 
-    runs: dict[str, list[dict]] = {m: [] for m in methods}
-    densities: dict[str, float] = {}
+    runs: dict[str, list[dict]] = {v.label: [] for v in vs}
+    ran: dict[str, list[float]] = {v.label: [] for v in vs}
+    reads: dict[str, list[dict]] = {v.label: [] for v in vs}
     for r in range(rounds + 1):
-        order = list(methods[r % len(methods):]) + list(methods[: r % len(methods)])
-        for m in order:
-            res = once(m)
-            densities[m] = res.density
+        order = vs[r % len(vs):] + vs[: r % len(vs)]
+        for v in order:
+            res = once(v)
+            ran[v.label].append(res.density)
+            reads[v.label].append(read_fraction_of(v.method, res.density, res.params))
             if r > 0:  # round 0 is the warm-up
-                runs[m].append(res.timings)
+                runs[v.label].append(res.timings)
         if progress:
             progress(f"round {r}/{rounds} done" + (" (warm-up)" if r == 0 else ""))
-    n_prompt = runs[methods[0]][0]["prompt_tokens"]
+    bw_after = measure_bandwidth(bandwidth_mb, device=lm.device) if bandwidth_mb else None
+    gbps = max(b["gbps"] for b in (bw_before, bw_after)) if bw_before else float("nan")
+    n_prompt = runs[vs[0].label][0]["prompt_tokens"]
+    weights = weight_bytes(lm)
+    labels = [v.label for v in vs]
+    base = "dense" if "dense" in labels else labels[0]
     table = {}
-    base = "dense" if "dense" in methods else methods[0]
-    for m in methods:
+    for v in vs:
+        m = v.label
         dec = [t["decode_ms_per_token"] for t in runs[m]]
         paired = [b["decode_ms_per_token"] / t["decode_ms_per_token"] for b, t in zip(runs[base], runs[m])]
         paired_total = [b["total_s"] / t["total_s"] for b, t in zip(runs[base], runs[m])]
-        ceil = ceiling(lm, densities[m], n_prompt, new_tokens, method="tt" if m in ("tt",) else "sliced") \
-            if m not in ("stock", "dense") else None
+        dens_run = _mean(ran[m][1:] or ran[m])
+        rf = mean_read_fraction(reads[m][1:] or reads[m])
+        cl = ceiling_from_read(lm, rf, n_prompt, new_tokens, weights=weights)
+        roof = roofline_ms(cl["bytes_per_step"], gbps)
         row = {
+            "method": v.method,
+            "density_target": v.density,
             "prefill_ms": 1000 * _median([t["prefill_s"] for t in runs[m]]),
             "mask_ms": 1000 * _median([t["mask_s"] for t in runs[m]]),
             "decode_ms_per_token": _median(dec),
             "decode_ms_per_token_all": dec,
             "total_s": _median([t["total_s"] for t in runs[m]]),
             "decode_speedup_vs_dense": _median(paired),
+            "decode_speedup_rounds": paired,
             "total_speedup_vs_dense": _median(paired_total),
-            "density": densities[m],
+            "density": dens_run,
+            "read_fraction": rf,
+            "bytes_per_step": cl["bytes_per_step"],
+            "roofline_ms": roof,
+            "roofline_pct": roofline_pct(roof, _median(dec)),
         }
-        if ceil is not None:
-            row["ceiling_speedup"] = ceil["ceiling_speedup"]
-            row["fraction_of_ceiling_gain"] = fraction_of_gain(row["decode_speedup_vs_dense"], ceil["ceiling_speedup"])
+        if v.method not in ("stock", "dense"):
+            row["ceiling_speedup"] = cl["ceiling_speedup"]
+            row["fraction_of_ceiling_gain"] = fraction_of_gain(row["decode_speedup_vs_dense"], cl["ceiling_speedup"])
         table[m] = row
-    if "stock" in methods and "dense" in methods:
+    if "stock" in labels and "dense" in labels:
         table["dense"]["decode_speedup_vs_stock"] = _median(
             [s["decode_ms_per_token"] / d["decode_ms_per_token"] for s, d in zip(runs["stock"], runs["dense"])])
     return {
-        "model": lm.info(), "machine": machine_info(), "density": density, "prompt_tokens": n_prompt,
-        "new_tokens": new_tokens, "rounds": rounds, "methods": list(methods), "results": table,
-        "ceiling": ceiling(lm, density, n_prompt, new_tokens),
+        "model": lm.info(), "machine": machine_info(), "density": dens_list[0] if dens_list else None,
+        "densities": dens_list, "prompt_tokens": n_prompt, "new_tokens": new_tokens, "rounds": rounds,
+        "methods": list(dict.fromkeys(methods)), "variants": labels, "results": table,
+        "ceiling": ceiling(lm, dens_list[0] if dens_list else 1.0, n_prompt, new_tokens),
+        "bandwidth": {"gbps": gbps, "before": bw_before, "after": bw_after},
         "note": ("medians over alternating rounds (one warm-up round dropped); speedups are medians of "
-                 "per-round paired ratios; the CPU is shared with other processes, so absolute times are noisy"),
+                 "per-round paired ratios; roofline = bytes read per step / streaming-read bandwidth "
+                 "(best of the measurements before and after the rounds); the CPU is shared with other "
+                 "processes, so absolute times are noisy"),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -152,27 +237,48 @@ def batch_mode_bench(lm, *, batch: int = 4, density: float = 0.5, new_tokens: in
             "decode_ms_per_token": {k: _median(v) for k, v in out.items()}, "runs": out}
 
 
+def _x(v, fmt="{:.3f}x") -> str:
+    return "" if v is None or v != v else fmt.format(v)
+
+
+def _pct(v) -> str:
+    return "" if v is None or v != v else f"{v:.0f}%" if abs(v) >= 10 else f"{v:.2g}%"
+
+
 def format_table(result: dict) -> str:
-    """A markdown table of one :func:`run_bench` result."""
+    """A markdown table of one :func:`run_bench` result (older results without the roofline columns too)."""
+    dens = result.get("densities") or [result.get("density")]
+    bw = (result.get("bandwidth") or {}).get("gbps")
     lines = [
         f"model {result['model']['model_id']} ({result['model']['dtype']}, {result['model'].get('device', '')}), "
-        f"prompt {result['prompt_tokens']} tokens, {result['new_tokens']} new tokens, density {result['density']}, "
-        f"{result['rounds']} rounds",
+        f"prompt {result['prompt_tokens']} tokens, {result['new_tokens']} new tokens, "
+        f"densit{'y' if len(dens) == 1 else 'ies'} {', '.join(f'{d:g}' for d in dens if d is not None)}, "
+        f"{result['rounds']} rounds"
+        + (f", streaming read {bw:.1f} GB/s ({result['machine'].get('torch_threads')} threads)"
+           if bw is not None and bw == bw else ""),
         "",
-        "| method | prefill ms | decode ms/token | decode speedup vs dense | ceiling | fraction of ceiling gain |",
-        "|---|---|---|---|---|---|",
+        "| method | density run | prefill ms | decode ms/token | decode speedup vs dense | MB read/step | ceiling "
+        "| fraction of ceiling gain | roofline ms/token | % of roofline |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, r in result["results"].items():
         extra = f" ({r['decode_speedup_vs_stock']:.2f}x vs stock)" if "decode_speedup_vs_stock" in r else ""
-        ceil = f"{r['ceiling_speedup']:.3f}x" if "ceiling_speedup" in r else ""
-        frac = f"{100 * r['fraction_of_ceiling_gain']:.0f}%" if "fraction_of_ceiling_gain" in r and \
-            r["fraction_of_ceiling_gain"] == r["fraction_of_ceiling_gain"] else ""
-        lines.append(f"| {m} | {r['prefill_ms']:.0f} | {r['decode_ms_per_token']:.1f} | "
-                     f"{r['decode_speedup_vs_dense']:.3f}x{extra} | {ceil} | {frac} |")
+        rounds = r.get("decode_speedup_rounds") or []
+        spread = f" [{min(rounds):.2f}–{max(rounds):.2f}]" if len(rounds) > 1 and m != "dense" else ""
+        frac = r.get("fraction_of_ceiling_gain")
+        mb = r.get("bytes_per_step")
+        lines.append(
+            f"| {m} | {_x(r.get('density'), '{:.3f}')} | {r['prefill_ms']:.0f} | {r['decode_ms_per_token']:.1f} | "
+            f"{r['decode_speedup_vs_dense']:.3f}x{spread}{extra} | {_x(None if mb is None else mb / 1e6, '{:.1f}')} | "
+            f"{_x(r.get('ceiling_speedup'))} | {_x(None if frac is None else 100 * frac, '{:.0f}%')} | "
+            f"{_x(r.get('roofline_ms'), '{:.3g}')} | {_pct(r.get('roofline_pct'))} |")
     c = result["ceiling"]
     w = c["weight_bytes"]
     lines += ["", f"bytes per decode step: dense {c['dense_bytes_per_step'] / 1e6:.1f} MB "
               f"(FFN {w['ffn'] / 1e6:.1f}, lm_head {w['lm_head'] / 1e6:.1f}, other {w['other'] / 1e6:.1f}, "
               f"KV {c['kv_bytes_per_step'] / 1e6:.2f}); sliced at {c['density']}: "
               f"{c['sliced_bytes_per_step'] / 1e6:.1f} MB -> ceiling {c['ceiling_speedup']:.3f}x"]
+    if bw is not None and bw == bw:
+        lines.append(f"roofline: bytes read per step / {bw:.1f} GB/s (best streaming read of this run); "
+                     "% of roofline = roofline ms / measured ms")
     return "\n".join(lines)

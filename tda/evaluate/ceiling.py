@@ -5,6 +5,13 @@ reads: every linear weight once (attention projections, FFN, lm_head; an embeddi
 reads one row and is ignored) plus the KV cache of every layer. Slicing the FFN to density
 ``d`` reads ``d`` of the FFN bytes, so the best possible speedup is
 ``bytes_dense / bytes_sliced``. TT reads all FFN weights (ceiling 1.0).
+
+More generally a method reads a fraction of each group of weights per decode step — a
+*read fraction* ``{"ffn": f, "other": f, "lm_head": f}`` (the engine reports the fractions it
+actually read over a decode in ``GenerationResult.params["read_fraction"]``; for an engine that
+does not, :func:`default_read_fraction` derives them from the method and the density it ran at).
+:func:`ceiling_from_read` turns one into bytes per step and a ceiling; the KV cache is always read
+in full.
 """
 
 from __future__ import annotations
@@ -71,6 +78,60 @@ def ceiling(lm, density: float, prompt_tokens: int, new_tokens: int, *, method: 
         "ceiling_speedup": dense / sliced,
         "ceiling_speedup_weights_only": (dense - kv) / (sliced - kv),
     }
+
+
+GROUPS = ("ffn", "other", "lm_head")
+# methods that decode with physically sliced FFN weights (they read ``density`` of the FFN bytes)
+SLICED = ("griffin", "tda", "static", "random")
+
+
+def default_read_fraction(method: str, density: float | None) -> dict[str, float]:
+    """Read fractions when the engine reports none: a sliced method (or a combination containing
+    one, ``griffin+tt``) reads ``density`` of the FFN bytes; ``dense``, ``stock``, ``tt`` and any
+    other token-wise method are assumed to read every byte (a conservative ceiling of 1)."""
+    parts = str(method).split("+")
+    ffn = 1.0
+    if density is not None and density == density and any(p in SLICED for p in parts):
+        ffn = min(max(float(density), 0.0), 1.0)
+    return {"ffn": ffn, "other": 1.0, "lm_head": 1.0}
+
+
+def read_fraction_of(method: str, density: float | None, params: dict | None = None) -> dict[str, float]:
+    """The read fractions of one generation: ``params["read_fraction"]`` when the engine gave it
+    (missing groups count as fully read), else :func:`default_read_fraction`."""
+    given = (params or {}).get("read_fraction")
+    if isinstance(given, dict) and given:
+        out = {g: 1.0 for g in GROUPS}
+        for g in GROUPS:
+            v = given.get(g)
+            if isinstance(v, (int, float)) and v == v:
+                out[g] = float(v)
+        return out
+    return default_read_fraction(method, density)
+
+
+def mean_read_fraction(fractions: list[dict[str, float]]) -> dict[str, float]:
+    """Group-wise mean of several runs' read fractions."""
+    if not fractions:
+        return {g: 1.0 for g in GROUPS}
+    return {g: sum(f.get(g, 1.0) for f in fractions) / len(fractions) for g in GROUPS}
+
+
+def ceiling_from_read(lm, read_fraction: dict[str, float], prompt_tokens: int, new_tokens: int, *,
+                      weights: dict[str, int] | None = None) -> dict:
+    """Bytes per decode step when each weight group is read at ``read_fraction`` (KV cache in full,
+    averaged over the generation's contexts) and the ceiling ``dense bytes / these bytes``.
+
+    ``weights``: :func:`weight_bytes` of ``lm`` when already computed.
+    """
+    w = weights if weights is not None else weight_bytes(lm)
+    ctxs = range(prompt_tokens, prompt_tokens + max(new_tokens - 1, 1))
+    kv = sum(kv_bytes(lm, c) for c in ctxs) / len(ctxs)
+    rf = {g: float(read_fraction.get(g, 1.0)) for g in GROUPS}
+    dense = sum(w[g] for g in GROUPS) + kv
+    read = sum(w[g] * rf[g] for g in GROUPS) + kv
+    return {"read_fraction": rf, "weight_bytes": w, "kv_bytes_per_step": kv, "dense_bytes_per_step": dense,
+            "bytes_per_step": read, "ceiling_speedup": dense / read if read > 0 else float("inf")}
 
 
 def fraction_of_gain(measured_speedup: float, ceiling_speedup: float) -> float:

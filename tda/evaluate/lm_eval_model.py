@@ -116,9 +116,8 @@ def mc_task_config(data_file: str | Path | None = None) -> dict:
     return cfg
 
 
-def run_mc_task(lm, method: str, density: float | None, *, limit: int | None = None, cett: float = 0.2,
-                fast: bool = True) -> float:
-    """Accuracy of a variant on the shipped multiple-choice task through ``lm_eval.simple_evaluate``."""
+def _simple_evaluate(lm, method: str, density: float | None, *, limit: int | None, cett: float, fast: bool,
+                     log_samples: bool) -> dict:
     import logging
     import os
 
@@ -128,6 +127,21 @@ def run_mc_task(lm, method: str, density: float | None, *, limit: int | None = N
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     model = TDALM(lm=lm, method=method, density=density, cett=cett, fast=fast)
-    res = lm_eval.simple_evaluate(model=model, tasks=[mc_task_config()], limit=limit, bootstrap_iters=0,
-                                  task_manager=TaskManager(include_defaults=False), log_samples=False)
+    return lm_eval.simple_evaluate(model=model, tasks=[mc_task_config()], limit=limit, bootstrap_iters=0,
+                                   task_manager=TaskManager(include_defaults=False), log_samples=log_samples)
+
+
+def run_mc_task(lm, method: str, density: float | None, *, limit: int | None = None, cett: float = 0.2,
+                fast: bool = True) -> float:
+    """Accuracy of a variant on the shipped multiple-choice task through ``lm_eval.simple_evaluate``."""
+    res = _simple_evaluate(lm, method, density, limit=limit, cett=cett, fast=fast, log_samples=False)
     return float(res["results"]["tda_mc"]["acc,none"])
+
+
+def run_mc_items(lm, method: str, density: float | None, *, limit: int | None = None, cett: float = 0.2,
+                 fast: bool = True) -> list[float]:
+    """Per-item correctness (1.0 / 0.0, in item order) of a variant on the shipped multiple-choice
+    task, from lm-eval's logged samples; their mean is lm-eval's ``acc``."""
+    res = _simple_evaluate(lm, method, density, limit=limit, cett=cett, fast=fast, log_samples=True)
+    samples = sorted(res["samples"]["tda_mc"], key=lambda x: x["doc_id"])
+    return [float(x["acc"]) for x in samples]

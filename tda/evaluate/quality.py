@@ -11,15 +11,16 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from tda.common import distributed
 from tda.common.errors import BadInput
 from tda.engine.generate import METHODS, SparseSession, generate
+from tda.evaluate.bootstrap import ITERS, SEED, mean_interval, perplexity_interval, ratio_interval
 from tda.evaluate.scoring import continuation_logits, split_point
 from tda.masks.build import check_density
 
@@ -56,35 +57,65 @@ def variants(methods: list[str], densities: list[float]) -> list[Variant]:
 
 
 def perplexity_eval(lm, texts: list[str], vs: list[Variant], *, prefix_frac: float = 0.5, cett: float = 0.2,
-                    fast: bool | None = True, calibration_texts=None, progress=None) -> dict[str, dict]:
-    """``{label: {"ppl", "nll", "tokens", "agreement"}}`` for every variant (dense included)."""
+                    fast: bool | None = True, calibration_texts=None, progress=None, boot_iters: int = ITERS,
+                    seed: int = SEED) -> dict[str, dict]:
+    """``{label: {"ppl", "ppl_lo", "ppl_hi", "nll", "tokens", "agreement", "agreement_lo", "agreement_hi",
+    "per_text"}}`` for every variant (dense included).
+
+    ``per_text`` keeps each text's NLL sum, token count and agreeing-token count; the ``_lo``/``_hi``
+    are the 95% percentile bootstrap over texts (:mod:`tda.evaluate.bootstrap`, seeded).
+    """
     if not texts:
         raise BadInput("no held-out texts")
     enc = [lm.tokenizer(t, add_special_tokens=True).input_ids[: lm.n_ctx] for t in texts]
     enc = [e for e in enc if len(e) >= 4]
     if not enc:
         raise BadInput("every held-out text is too short")
-    dense_top: list[torch.Tensor] = []
-    res: dict[str, dict] = {}
-    for v in vs:
-        nll, n, agree = 0.0, 0, 0
-        for i, ids in enumerate(enc):
-            sess = SparseSession(lm, v.method, density=v.density, cett=cett, fast=fast,
+    thr = _thresholds(lm, vs, cett, calibration_texts)
+
+    def one_text(i, ids) -> dict[str, tuple[float, int, int]]:  # every variant on one text
+        out, dense_top = {}, None
+        for v in vs:
+            sess = SparseSession(lm, v.method, density=v.density, cett=cett, fast=fast, thresholds=thr,
                                  calibration_texts=calibration_texts)
             k = split_point(len(ids), prefix_frac)
             logits = continuation_logits(lm, ids, k, sess)
             target = torch.tensor(ids[k:], device=logits.device)
             lp = torch.log_softmax(logits, dim=-1).gather(1, target[:, None])[:, 0]
-            nll += float(-lp.sum())
-            n += len(target)
             top = logits.argmax(-1)
             if v.method == "dense":
-                dense_top.append(top)
-            agree += int((top == dense_top[i]).sum())
-        res[v.label] = {"ppl": math.exp(nll / n), "nll": nll / n, "tokens": n, "agreement": agree / n}
+                dense_top = top
+            agree = int((top == dense_top).sum()) if dense_top is not None else -1
+            out[v.label] = (float(-lp.sum()), len(target), agree)
+        return out
+
+    per_text = distributed.map_sharded(one_text, enc)  # texts shared out over processes, in order
+    res: dict[str, dict] = {}
+    for v in vs:
+        nlls = [r[v.label][0] for r in per_text]  # in text order: the same floats as one process
+        counts = [r[v.label][1] for r in per_text]
+        agrees = [r[v.label][2] for r in per_text]
+        n = sum(counts)
+        ppl, ppl_lo, ppl_hi = perplexity_interval(nlls, counts, iters=boot_iters, seed=seed)
+        row = {"ppl": ppl, "ppl_lo": ppl_lo, "ppl_hi": ppl_hi, "nll": sum(nlls) / n, "tokens": n,
+               "per_text": {"nll": nlls, "tokens": counts}}
+        if all(a >= 0 for a in agrees):  # a dense variant ran first
+            agr, agr_lo, agr_hi = ratio_interval(agrees, counts, iters=boot_iters, seed=seed)
+            row.update({"agreement": agr, "agreement_lo": agr_lo, "agreement_hi": agr_hi})
+            row["per_text"]["agree"] = agrees
+        res[v.label] = row
         if progress:
-            progress(f"perplexity {v.label}: {res[v.label]['ppl']:.2f}")
+            progress(f"perplexity {v.label}: {ppl:.2f} [{ppl_lo:.2f}, {ppl_hi:.2f}]")
     return res
+
+
+def _thresholds(lm, vs: list[Variant], cett: float, calibration_texts) -> list[float] | None:
+    """CETT thresholds once for every session (None when no variant needs them)."""
+    if not any(v.method in ("tt", "tda") for v in vs):
+        return None
+    from tda.engine.generate import thresholds_for
+
+    return thresholds_for(lm, cett, calibration_texts)
 
 
 # ----- summarisation ------------------------------------------------------------------------------
@@ -123,14 +154,18 @@ def summarization_eval(lm, records: list[dict], vs: list[Variant], *, max_new_to
             refs.append(r["summary"])
     if not prompts:
         return {}
+    thr = _thresholds(lm, vs, cett, calibration_texts)
+
+    def one_prompt(i, p) -> dict[str, str]:  # every variant on one article
+        return {v.label: first_line(generate(lm, p, v.method, density=v.density, cett=cett,
+                                             max_new_tokens=max_new_tokens, fast=fast, thresholds=thr,
+                                             calibration_texts=calibration_texts).text) for v in vs}
+
+    per_prompt = distributed.map_sharded(one_prompt, prompts)  # articles shared out, in order
     res: dict[str, dict] = {}
     dense_out: list[str] = []
     for v in vs:
-        outs = []
-        for p in prompts:
-            g = generate(lm, p, v.method, density=v.density, cett=cett, max_new_tokens=max_new_tokens, fast=fast,
-                         calibration_texts=calibration_texts)
-            outs.append(first_line(g.text))
+        outs = [r[v.label] for r in per_prompt]
         if v.method == "dense":
             dense_out = outs
         row = rouge(outs, refs)
@@ -144,40 +179,54 @@ def summarization_eval(lm, records: list[dict], vs: list[Variant], *, max_new_to
 
 # ----- the table ------------------------------------------------------------------------------------
 COLUMNS = ("method", "density", "ppl", "agreement", "rouge1", "rouge2", "rougeL",
-           "rouge1_vs_dense", "rougeL_vs_dense", "mc_acc")
+           "rouge1_vs_dense", "rougeL_vs_dense", "mc_acc",
+           "ppl_lo", "ppl_hi", "agreement_lo", "agreement_hi", "mc_acc_lo", "mc_acc_hi", "mc_items")
+INTERVAL_KEYS = ("ppl", "ppl_lo", "ppl_hi", "agreement", "agreement_lo", "agreement_hi")
 
 
 def run_eval(lm, methods: list[str], densities: list[float], *, heldout: list[str], summaries: list[dict],
              mc_limit: int | None = None, max_new_tokens: int = 32, cett: float = 0.2, fast: bool | None = True,
-             progress: Callable[[str], None] | None = None) -> dict:
-    """All metrics for all variants: ``{"rows": [...], "outputs": {...}, "meta": {...}}``."""
+             progress: Callable[[str], None] | None = None, boot_iters: int = ITERS, seed: int = SEED) -> dict:
+    """All metrics for all variants: ``{"rows": [...], "outputs": {...}, "per_text": {...},
+    "mc_per_item": {...}, "meta": {...}}``. Perplexity, agreement and multiple-choice accuracy come
+    with 95% bootstrap intervals (``_lo``/``_hi``: over texts, over items; ``boot_iters`` resamples,
+    ``seed``)."""
     vs = variants(methods, densities)
     t0 = time.perf_counter()
-    ppl = perplexity_eval(lm, heldout, vs, cett=cett, fast=fast, progress=progress) if heldout else {}
+    ppl = perplexity_eval(lm, heldout, vs, cett=cett, fast=fast, progress=progress, boot_iters=boot_iters,
+                          seed=seed) if heldout else {}
     summ = summarization_eval(lm, summaries, vs, max_new_tokens=max_new_tokens, cett=cett, fast=fast,
                               progress=progress) if summaries else {}
-    mc = {}
+    mc, mc_items = {}, {}
     if mc_limit is not None and mc_limit != 0:
-        from tda.evaluate.lm_eval_model import run_mc_task
+        from tda.evaluate.lm_eval_model import run_mc_items
 
-        for v in vs:
-            mc[v.label] = run_mc_task(lm, v.method, v.density, limit=mc_limit if mc_limit > 0 else None)
+        limit = mc_limit if mc_limit > 0 else None
+        per_variant = distributed.map_sharded(  # variants shared out over processes
+            lambda i, v: run_mc_items(lm, v.method, v.density, limit=limit, cett=cett,
+                                      fast=bool(fast) if fast is not None else True), vs)
+        for v, items in zip(vs, per_variant):
+            acc, lo, hi = mean_interval(items, iters=boot_iters, seed=seed)
+            mc[v.label] = {"mc_acc": acc, "mc_acc_lo": lo, "mc_acc_hi": hi, "mc_items": len(items)}
+            mc_items[v.label] = items
             if progress:
-                progress(f"multiple choice {v.label}: acc {mc[v.label]:.3f}")
+                progress(f"multiple choice {v.label}: acc {acc:.3f} [{lo:.3f}, {hi:.3f}] over {len(items)} items")
     rows = []
     for v in vs:
         row = {"method": v.method, "density": 1.0 if v.density is None else v.density}
-        row.update({k: x for k, x in ppl.get(v.label, {}).items() if k in ("ppl", "agreement")})
+        row.update({k: x for k, x in ppl.get(v.label, {}).items() if k in INTERVAL_KEYS})
         row.update({k: x for k, x in summ.get(v.label, {}).items() if k != "outputs"})
-        if v.label in mc:
-            row["mc_acc"] = mc[v.label]
+        row.update(mc.get(v.label, {}))
         rows.append(row)
     return {
         "rows": rows,
         "outputs": {label: r["outputs"] for label, r in summ.items()},
+        "per_text": {label: r["per_text"] for label, r in ppl.items()},
+        "mc_per_item": mc_items,
         "meta": {"model": lm.info(), "methods": methods, "densities": densities, "heldout_texts": len(heldout),
                  "summaries": len(summaries), "mc_limit": mc_limit, "max_new_tokens": max_new_tokens,
-                 "cett": cett, "seconds": time.perf_counter() - t0},
+                 "cett": cett, "bootstrap": {"iters": boot_iters, "seed": seed, "level": 0.95},
+                 "seconds": time.perf_counter() - t0},
     }
 
 

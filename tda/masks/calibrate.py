@@ -71,41 +71,77 @@ MAX_TOKENS = 4096  # a seeded subsample of calibration tokens per layer bounds t
 
 def calibrate(lm, texts: list[str], target: float = DEFAULT_CETT, *, batch_size: int = 8,
               progress=None, max_tokens: int = MAX_TOKENS) -> Calibration:
-    """Find ``t_L`` for every layer so that mean CETT over the calibration tokens is ``target``."""
-    from tda.activations.capture import iter_batch_captures
-    from tda.masks.build import model_down_norms
+    """Find ``t_L`` for every layer so that mean CETT over the calibration tokens is ``target``.
+
+    Under a distributed launcher each process captures its share of the texts (whole batches,
+    so every text is captured in the batch a one-process run would use); the sampled calibration
+    tokens are gathered in text order to the main process, which bisects exactly as one process
+    would (same tensors, same reductions: bit-identical thresholds) and hands the result to all.
+    """
+    from tda.common import distributed as dist
 
     target = check_target(target)
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
     if not texts:
         raise BadInput("the calibration data is empty")
     per_layer: list[list[torch.Tensor]] = [[] for _ in range(lm.ffn.n_layers)]
-    it = iter_batch_captures(lm, texts, None, batch_size=batch_size)
-    if progress is not None:
-        it = progress(it, total=len(texts))
-    for cap in it:
-        for i in range(len(cap.layers)):
-            per_layer[i].append(cap.acts[i])
-    norms = model_down_norms(lm)
-    thresholds, densities = [], []
-    n_tokens = 0
-    total = sum(a.shape[0] for a in per_layer[0])
-    pick = None
+    mine = dist.shard_range(len(texts), unit=batch_size)
+
+    def capture_shard() -> int:
+        from tda.activations.capture import iter_batch_captures
+
+        if not len(mine):
+            return 0
+        it = iter_batch_captures(lm, texts[mine.start:mine.stop], None, batch_size=batch_size)
+        if progress is not None and dist.is_main():
+            it = progress(it, total=len(mine))
+        for cap in it:
+            for i in range(len(cap.layers)):
+                per_layer[i].append(cap.acts[i])
+        return sum(a.shape[0] for a in per_layer[0])
+
+    counts = dist.collect(capture_shard)  # calibration tokens per rank, in text order
+    total = sum(counts)
+    me = dist.rank() if dist.active() else 0
+    offset, n_mine = sum(counts[:me]), counts[me]
+    pick = None  # the same seeded subsample of all tokens as one process draws
     if total > max_tokens:
         pick = torch.randperm(total, generator=torch.Generator().manual_seed(0))[:max_tokens].sort().values
-    for L in range(lm.ffn.n_layers):
-        acts = torch.cat(per_layer[L])
-        if pick is not None:
-            acts = acts[pick]
-        n_tokens = acts.shape[0]
-        w = lm.ffn.down_weight(L).detach().float().cpu()
-        t = find_threshold(acts, w, target, iters=24)
-        thresholds.append(t)
-        densities.append(float(active_by_threshold(acts, norms[L], t).float().mean()))
-    return Calibration(
-        model_id=lm.model_id, d_ff=lm.ffn.d_ff, n_layers=lm.ffn.n_layers, target=target,
-        data_hash=data_hash(texts), n_tokens=n_tokens, thresholds=thresholds, densities=densities,
-    )
+
+    def select() -> list[torch.Tensor]:
+        """This rank's sampled tokens per layer (rows in text order), releasing the rest."""
+        if not n_mine:
+            return []
+        local = None if pick is None else pick[(pick >= offset) & (pick < offset + n_mine)] - offset
+        out = []
+        for L in range(lm.ffn.n_layers):
+            acts = torch.cat(per_layer[L])
+            per_layer[L] = []
+            out.append(acts if local is None else acts[local])
+        return out
+
+    parts = dist.collect(select, to="main")
+
+    def bisect() -> Calibration:
+        from tda.masks.build import model_down_norms
+
+        shards = [p for p in parts if p]
+        norms = model_down_norms(lm)
+        thresholds, densities = [], []
+        n_tokens = 0
+        for L in range(lm.ffn.n_layers):
+            acts = shards[0][L] if len(shards) == 1 else torch.cat([p[L] for p in shards])
+            n_tokens = acts.shape[0]
+            w = lm.ffn.down_weight(L).detach().float().cpu()
+            t = find_threshold(acts, w, target, iters=24)
+            thresholds.append(t)
+            densities.append(float(active_by_threshold(acts, norms[L], t).float().mean()))
+        return Calibration(
+            model_id=lm.model_id, d_ff=lm.ffn.d_ff, n_layers=lm.ffn.n_layers, target=target,
+            data_hash=data_hash(texts), n_tokens=n_tokens, thresholds=thresholds, densities=densities,
+        )
+
+    return dist.on_main(bisect)
 
 
 def cache_path(model_id: str, dhash: str, target: float) -> Path:
@@ -118,6 +154,7 @@ def cache_path(model_id: str, dhash: str, target: float) -> Path:
 def load_or_calibrate(lm, texts: list[str] | None = None, target: float = DEFAULT_CETT, *,
                       progress=None) -> Calibration:
     """Cached :func:`calibrate`; ``texts`` defaults to the shipped corpus."""
+    from tda.common import distributed as dist
     from tda.common.data import load_texts
 
     target = check_target(target)
@@ -126,11 +163,17 @@ def load_or_calibrate(lm, texts: list[str] | None = None, target: float = DEFAUL
     if not texts:
         raise BadInput("the calibration data is empty")
     path = cache_path(lm.model_id, data_hash(texts), target)
-    if path.exists():
-        try:
-            return Calibration.load(path).check_model(lm)
-        except BadInput:
-            path.unlink(missing_ok=True)
-    cal = calibrate(lm, texts, target, progress=progress)
-    cal.save(path)
+
+    def cached() -> Calibration | None:  # the main process decides, so every rank agrees
+        if path.exists():
+            try:
+                return Calibration.load(path).check_model(lm)
+            except BadInput:
+                path.unlink(missing_ok=True)
+        return None
+
+    cal = dist.on_main(cached)
+    if cal is None:
+        cal = calibrate(lm, texts, target, progress=progress)
+        dist.on_main(lambda: cal.save(path))
     return cal

@@ -58,7 +58,13 @@ def instrument(model: nn.Module) -> nn.Module:
 
                 mod.forward = forward
                 mod._tda_instrumented = True
+                mod._tda_original_forward = original
     return model
+
+
+def original_forward(module: nn.Module) -> LinearFn:
+    """The module's own forward, bypassing overrides (with accelerate's hooks, when it has them)."""
+    return getattr(module, "_tda_original_forward", None) or module.forward
 
 
 def is_instrumented(module: nn.Module) -> bool:
@@ -81,3 +87,29 @@ def linear_overrides(table: Mapping[nn.Module, LinearFn]) -> Iterator[None]:
         yield
     finally:
         _OVERRIDES.reset(token)
+
+
+def module_weight(mod: nn.Module) -> torch.Tensor:
+    """A linear module's weight as ``[d_out, d_in]`` (GPT-2 Conv1D stores ``[d_in, d_out]``).
+
+    The real tensor on the module's execution device, also when accelerate offloaded it
+    (:func:`tda.models.placement.layer_weight`).
+    """
+    from tda.models import placement
+
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover
+        Conv1D = ()  # noqa: N806
+    w = placement.layer_weight(mod)
+    return w.T if isinstance(mod, Conv1D) else w
+
+
+def linear_modules(model: nn.Module) -> list[nn.Module]:
+    """Every instrumented linear module of ``model`` (each once)."""
+    seen, out = set(), []
+    for mod in model.modules():
+        if is_instrumented(mod) and id(mod) not in seen:
+            seen.add(id(mod))
+            out.append(mod)
+    return out

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tda.common.errors import BadInput, UnsupportedArchitecture
+from tda.models import placement
 
 
 @dataclass(frozen=True)
@@ -118,23 +119,30 @@ class FFNAdapter:
         return _get(self.layers[self.check_layer(layer)], self.family.act)
 
     # ----- weights in one orientation --------------------------------------------------------
+    # Weights are read through tda.models.placement: with a device map an offloaded module's
+    # parameters are meta tensors, and the real ones come from accelerate's hook, on the layer's
+    # execution device. On one device these are the parameters themselves (views, no copy).
     def _rows(self, mod: nn.Module) -> torch.Tensor:
-        return mod.weight.T if self.family.conv1d else mod.weight
+        w = placement.layer_weight(mod)
+        return w.T if self.family.conv1d else w
 
     def in_weights(self, layer: int) -> list[torch.Tensor]:
         """``[W_gate, W_up]`` or ``[W_in]``, each ``[d_ff, d_model]`` (views, not copies)."""
         return [self._rows(m) for m in self.in_modules(layer)]
 
     def in_biases(self, layer: int) -> list[torch.Tensor | None]:
-        return [getattr(m, "bias", None) for m in self.in_modules(layer)]
+        return [placement.layer_weight(m, "bias") for m in self.in_modules(layer)]
 
     def down_weight(self, layer: int) -> torch.Tensor:
         """``W_down[d_model, d_ff]`` (a view)."""
-        mod = self.out_module(self.check_layer(layer))
-        return mod.weight.T if self.family.conv1d else mod.weight
+        return self._rows(self.out_module(self.check_layer(layer)))
 
     def down_bias(self, layer: int) -> torch.Tensor | None:
-        return getattr(self.out_module(self.check_layer(layer)), "bias", None)
+        return placement.layer_weight(self.out_module(self.check_layer(layer)), "bias")
+
+    def device(self, layer: int) -> torch.device:
+        """The device ``layer``'s FFN computes on (with a device map, layers differ)."""
+        return placement.execution_device(self.out_module(self.check_layer(layer)))
 
     def down_norms(self, layer: int) -> torch.Tensor:
         """``‖W_down[:, i]‖`` per neuron, ``[d_ff]`` float32 on the weight's device."""
@@ -142,7 +150,7 @@ class FFNAdapter:
 
     def static_scores(self, layer: int) -> torch.Tensor:
         """Weight-only neuron importance: ``‖W_gate[j]‖·‖W_up[j]‖`` or ``‖W_in[j]‖``, ``[d_ff]``."""
-        score = torch.ones(self.d_ff, device=self.down_weight(layer).device)
+        score = torch.ones(self.d_ff, device=self.device(layer))
         for w in self.in_weights(layer):
             score = score * w.float().norm(dim=1)
         return score

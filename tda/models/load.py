@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from tda.common.errors import BadInput, ModelLoadError, UnsupportedArchitecture
-from tda.models import dispatch, embedded, specs
+from tda.models import dispatch, embedded, placement, specs
 from tda.models.ffn import SUPPORTED_MODEL_TYPES, FFNAdapter, family_for
 
 DEFAULT_MODEL = specs.DEFAULT_MODEL
@@ -65,10 +65,13 @@ class LoadedModel:
     description: str
     _bridge: Any = field(default=None, repr=False)
     _bridge_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    device_map: Any = None  # how the model was placed (None: one device), see tda.models.placement
+    max_memory: Any = None
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go (with a device map: the input embedding's device; layers may be elsewhere)."""
+        return placement.main_device(self.model)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -102,6 +105,7 @@ class LoadedModel:
             "device": str(self.device),
             "n_ctx": self.n_ctx,
             **self.ffn.describe(),
+            **({"device_map": placement.describe(self.model)} if placement.is_dispatched(self.model) else {}),
         }
 
     def bridge(self):
@@ -118,6 +122,8 @@ class LoadedModel:
 
                 if self.tokenizer_dir is None:
                     raise ModelLoadError("TransformerLens needs a tokenizer loaded from a local folder")
+                if placement.is_dispatched(self.model):
+                    raise ModelLoadError("the TransformerLens backend needs a model on one device (no device map)")
                 from transformers import AutoTokenizer
 
                 tok = AutoTokenizer.from_pretrained(self.tokenizer_dir)
@@ -140,6 +146,10 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def resolve_device(device: str | torch.device) -> torch.device:
     name = str(device)
+    from tda.common import distributed
+
+    if name in ("cuda", "auto") and torch.cuda.is_available() and distributed.is_distributed():
+        return torch.device(f"cuda:{distributed.local_rank() % torch.cuda.device_count()}")  # one GPU a process
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -149,9 +159,19 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(name)
 
 
-def wrap_model(model, tokenizer, *, spec, kind, model_id, tokenizer_dir, hf_name, description, dtype, device):
-    """Put an HF causal LM on ``device``/``dtype`` in eval mode, instrument it, wrap it as a LoadedModel."""
-    model = model.to(device=device, dtype=dtype).eval()
+def wrap_model(model, tokenizer, *, spec, kind, model_id, tokenizer_dir, hf_name, description, dtype, device,
+               device_map=None, max_memory=None):
+    """Put an HF causal LM on ``device``/``dtype`` in eval mode, instrument it, wrap it as a LoadedModel.
+
+    With a ``device_map`` (tda.models.placement) a model not yet placed is dispatched by accelerate;
+    one ``from_pretrained`` already placed is left where it is.
+    """
+    if placement.is_dispatched(model):
+        model = model.eval()
+    elif device_map is not None:
+        model = placement.dispatch(model, device_map, max_memory, dtype).eval()
+    else:
+        model = model.to(device=device, dtype=dtype).eval()
     if not getattr(model.config, "architectures", None):  # from_config models lack it (TL needs it)
         model.config.architectures = [type(model).__name__]
     model.requires_grad_(False)
@@ -160,10 +180,11 @@ def wrap_model(model, tokenizer, *, spec, kind, model_id, tokenizer_dir, hf_name
     return LoadedModel(
         model=model, tokenizer=tokenizer, model_id=model_id, spec=spec, kind=kind, ffn=ffn,
         tokenizer_dir=tokenizer_dir, hf_name=hf_name, description=description,
+        device_map=device_map, max_memory=max_memory,
     )
 
 
-def _load_tiny(spec: str, dtype, device) -> LoadedModel:
+def _load_tiny(spec: str, dtype, device, **place) -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
     from tda.models import tiny_tokenizer
@@ -181,11 +202,11 @@ def _load_tiny(spec: str, dtype, device) -> LoadedModel:
         model, tiny_tokenizer.load(), spec=spec, kind="tiny", model_id=spec,
         tokenizer_dir=str(tiny_tokenizer.TINY_TOKENIZER_DIR), hf_name=hf_names[config.model_type],
         description=f"{spec}: tiny {config.model_type} with seeded random weights (tests only)",
-        dtype=dtype, device=device,
+        dtype=dtype, device=device, **place,
     )
 
 
-def _load_random(spec: str, dtype, device) -> LoadedModel:
+def _load_random(spec: str, dtype, device, **place) -> LoadedModel:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from tda.models import tiny_tokenizer
@@ -197,14 +218,14 @@ def _load_random(spec: str, dtype, device) -> LoadedModel:
         )
     config = LlamaConfig(**RANDOM_PRESETS[preset], bos_token_id=1, eos_token_id=2, pad_token_id=0)
     config._attn_implementation = "sdpa"
-    with torch.random.fork_rng(devices=[]), torch.device(device):
+    with torch.random.fork_rng(devices=[]), torch.device("cpu" if place.get("device_map") else device):
         torch.manual_seed(SEED)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return wrap_model(
         model, tiny_tokenizer.load(), spec=spec, kind="random", model_id=spec,
         tokenizer_dir=str(tiny_tokenizer.TINY_TOKENIZER_DIR), hf_name="meta-llama/Llama-2-7b-hf",
         description=f"{spec}: RANDOM WEIGHTS with the shape of {preset} — for timing only",
-        dtype=dtype, device=device,
+        dtype=dtype, device=device, **place,
     )
 
 
@@ -213,18 +234,19 @@ def _check_supported(config) -> None:
     family_for(cfg.model_type)
 
 
-def _load_pretrained(source: str, *, spec, kind, model_id, dtype, device, hf_name=None) -> LoadedModel:
+def _load_pretrained(source: str, *, spec, kind, model_id, dtype, device, hf_name=None, **place) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(source)
     _check_supported(config)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager",
+                                                 **placement.pretrained_kwargs(**place))
     return wrap_model(
         model, tokenizer, spec=spec, kind=kind, model_id=model_id,
         tokenizer_dir=source if Path(source).is_dir() else None,
         hf_name=hf_name or getattr(config, "_name_or_path", None) or source,
-        description=f"{model_id} ({config.model_type})", dtype=dtype, device=device,
+        description=f"{model_id} ({config.model_type})", dtype=dtype, device=device, **place,
     )
 
 
@@ -248,7 +270,7 @@ def random_weights_like(lm: LoadedModel, seed: int = 0) -> LoadedModel:
         model, lm.tokenizer, spec=f"{lm.spec}+randinit{int(seed)}", kind="random",
         model_id=f"{lm.model_id}+randinit{int(seed)}", tokenizer_dir=lm.tokenizer_dir, hf_name=lm.hf_name,
         description=f"{lm.model_id} architecture with seeded random weights (seed {seed}): control",
-        dtype=lm.dtype, device=lm.device,
+        dtype=lm.dtype, device=lm.device, device_map=lm.device_map, max_memory=lm.max_memory,
     )
 
 
@@ -260,35 +282,44 @@ def _quiet_loading() -> None:
 
 
 def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "fp32", device: str = "cpu",
-               progress=None) -> LoadedModel:
+               progress=None, *, device_map: str | dict | None = None,
+               max_memory: str | dict | None = None) -> LoadedModel:
     """Load a model by spec (see the module docstring) as a :class:`LoadedModel`.
 
     ``dtype``: fp32/bf16/fp16; ``device``: cpu, cuda or auto (cuda only when asked or found).
+    ``device_map`` (``"auto"``, ``"balanced"``, ``"sequential"`` or ``{module: device}``) and
+    ``max_memory`` (``{0: "20GiB", "cpu": "60GiB"}`` or ``"0=20GiB,cpu=60GiB"``): accelerate's
+    big-model placement over GPUs, CPU and disk (``device`` is then ignored); see
+    :mod:`tda.models.placement`.
     ``progress``: optional callable receiving one-line messages during the one-time conversion.
     """
     s = specs.resolve(spec)  # raises ModelLoadError for an unknown spec, a missing folder, offline hub
     spec = s.spec
     dt, dev = resolve_dtype(dtype), resolve_device(device)
+    place = {"device_map": placement.check_device_map(device_map), "max_memory": placement.parse_max_memory(max_memory)}
+    if place["device_map"] is None and place["max_memory"] is not None:
+        raise BadInput("max memory needs a device map (e.g. --device-map auto)")
     _quiet_loading()
     if s.kind == "control":  # e.g. gemma-3-270m+randinit0: the random-weights control of a model
-        base = load_model(s.base, dtype=dt, device=str(dev), progress=progress)
+        base = load_model(s.base, dtype=dt, device=str(dev), progress=progress, **place)
         return random_weights_like(base, s.seed)
     if s.kind == "embedded":
-        return _load_embedded(dt, dev, progress)
+        return _load_embedded(dt, dev, progress, **place)
     if s.kind == "tiny":
-        return _load_tiny(spec, dt, dev)
+        return _load_tiny(spec, dt, dev, **place)
     if s.kind == "random":
-        return _load_random(spec, dt, dev)
+        return _load_random(spec, dt, dev, **place)
     if s.kind == "local":
         try:
             return _load_pretrained(str(s.path), spec=spec, kind="local", model_id=s.path.name, dtype=dt,
-                                    device=dev)
+                                    device=dev, **place)
         except UnsupportedArchitecture:
             raise
         except (OSError, ValueError, KeyError) as e:
             raise ModelLoadError(f"could not load model folder '{spec}': {str(e).splitlines()[0]}") from None
     try:  # hub
-        return _load_pretrained(spec, spec=spec, kind="hub", model_id=spec, dtype=dt, device=dev, hf_name=spec)
+        return _load_pretrained(spec, spec=spec, kind="hub", model_id=spec, dtype=dt, device=dev, hf_name=spec,
+                                **place)
     except UnsupportedArchitecture:
         raise
     except (OSError, ValueError) as e:
@@ -298,13 +329,14 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "fp32", dev
         ) from None
 
 
-def _load_embedded(dtype, device, progress) -> LoadedModel:
+def _load_embedded(dtype, device, progress, **place) -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
     for attempt in (1, 2):
         path = embedded.ensure_embedded_cache(progress, force=attempt == 2)
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager",
+                                                         **placement.pretrained_kwargs(**place))
             tokenizer = embedded.load_tokenizer(path)
             break
         except Exception:  # corrupt cache content with the right sizes: rebuild once
@@ -314,6 +346,7 @@ def _load_embedded(dtype, device, progress) -> LoadedModel:
         model, tokenizer, spec=DEFAULT_MODEL, kind="embedded", model_id=DEFAULT_MODEL,
         tokenizer_dir=str(path), hf_name=embedded.HF_NAME,
         description="Gemma 3 270M (embedded, de-quantised from Q4_K_M GGUF)", dtype=dtype, device=device,
+        **place,
     )
 
 

@@ -1,0 +1,120 @@
+"""``tda frontier``: decode speedup against quality for methods × densities, in one run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from tda.cli.app import DeviceOpt, DtypeOpt, ModelOpt, app, echo_err, load, progress_printer
+
+
+def default_out(spec: str) -> Path:
+    from tda.common.paths import REPO_ROOT
+    from tda.evaluate.frontier import model_slug
+
+    return REPO_ROOT / "benchmarks" / "results" / f"frontier-{model_slug(spec)}"
+
+
+def check_out_dir(path: Path) -> Path:
+    """An output folder that is, or can be created, writable — checked without creating anything."""
+    from tda.common.errors import BadInput
+
+    p = Path(path).expanduser()
+    if str(path).strip() == "":
+        raise BadInput("output folder is empty")
+    if p.exists():
+        if not p.is_dir():
+            raise BadInput(f"output folder {p} exists and is not a directory")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise BadInput(f"output folder {p} is not writable")
+        return p
+    parent = p.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInput(f"cannot create output folder {p}: {parent} is not a writable directory")
+    return p
+
+
+@app.command("frontier")
+def frontier_cmd(
+    model: str = ModelOpt,
+    methods: str = typer.Option("dense,tt,griffin,tda", "--methods",
+                                help="comma list of methods (any of `tda generate`'s; dense is always included)"),
+    densities: str = typer.Option("0.3,0.5,0.7", "--densities", help="comma list, each in (0, 1]"),
+    rounds: int = typer.Option(3, "--rounds", help="timed rounds (after one warm-up round)"),
+    prompt_tokens: int = typer.Option(32, "--prompt-tokens", help="bench prompt length"),
+    new_tokens: int = typer.Option(32, "--new-tokens", help="bench decode steps"),
+    limit: int = typer.Option(None, "--limit", help="held-out texts for perplexity/agreement (default: all)"),
+    mc_limit: int = typer.Option(-1, "--mc-limit", help="multiple-choice items via lm-eval (-1: all, 0: skip)"),
+    cett: float = typer.Option(0.2, "--cett", help="CETT target for calibrated thresholds (tda, tt)"),
+    bandwidth_mb: float = typer.Option(256, "--bandwidth-mb", help="buffer of the streaming-read measurement (0: skip)"),
+    boot_iters: int = typer.Option(1000, "--boot-iters", help="bootstrap resamples of the 95% intervals"),
+    seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
+    png: bool = typer.Option(True, "--png/--no-png", help="also export frontier.png (kaleido + Chromium)"),
+    out: Path = typer.Option(None, "--out", "-o", help="output folder (default benchmarks/results/frontier-<model>)"),
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Quality × speed frontier: decode speedup (paired, vs our dense) against perplexity, agreement
+    and multiple-choice accuracy (95% bootstrap intervals), with each method's bytes ceiling and the
+    roofline; writes frontier.{csv,json,md,html,png}."""
+    from tda.cli.generate_cmds import _floats, _names
+    from tda.common.atomic import atomic_path, write_text_atomic
+    from tda.common.data import load_texts
+    from tda.common.errors import BadInput
+    from tda.evaluate.frontier import (
+        check_frontier_args,
+        run_frontier,
+        to_csv,
+        to_json,
+        to_markdown,
+    )
+    from tda.evaluate.frontier_plots import figure_html, figure_png, frontier_figure, frontier_title
+
+    # every argument is checked before a model is loaded or anything is written
+    ms, ds = check_frontier_args(_names(methods), _floats(densities, "densities"))
+    if rounds < 1 or new_tokens < 2 or prompt_tokens < 1:
+        raise BadInput("need --rounds >= 1, --new-tokens >= 2 and --prompt-tokens >= 1")
+    if limit is not None and limit < 1:
+        raise BadInput("--limit must be >= 1")
+    if mc_limit < -1:
+        raise BadInput("--mc-limit must be -1 (all), 0 (skip) or a number of items")
+    if bandwidth_mb < 0 or boot_iters < 1:
+        raise BadInput("need --bandwidth-mb >= 0 and --boot-iters >= 1")
+    out_dir = check_out_dir(out if out is not None else default_out(model))
+    lm = load(model, dtype, device)
+    if prompt_tokens + new_tokens > lm.n_ctx:
+        raise BadInput(f"prompt + new tokens ({prompt_tokens + new_tokens}) exceed the context ({lm.n_ctx})")
+    res = run_frontier(lm, ms, ds, rounds=rounds, prompt_tokens=prompt_tokens, new_tokens=new_tokens, limit=limit,
+                       mc_limit=mc_limit, cett=cett, bandwidth_mb=bandwidth_mb or None, boot_iters=boot_iters,
+                       seed=seed, calibration_texts=load_texts(limit=4) if lm.is_random else None,
+                       progress=progress_printer)
+    res["meta"]["command"] = {"model": model, "methods": ms, "densities": ds, "rounds": rounds,
+                              "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "limit": limit,
+                              "mc_limit": mc_limit, "dtype": dtype, "device": device}
+    # everything is rendered in memory first, then written (each file atomically)
+    md = to_markdown(res["rows"], res["meta"])
+    fig = frontier_figure(res["rows"], title=frontier_title(res["meta"]))
+    files: dict[str, str | bytes] = {"frontier.csv": to_csv(res["rows"]), "frontier.json": to_json(res),
+                                     "frontier.md": md, "frontier.html": figure_html(fig)}
+    if png:
+        try:
+            files["frontier.png"] = figure_png(fig)
+        except Exception as e:  # no browser for kaleido: HTML only
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+            echo_err(f"[tda] warning: frontier.png skipped ({type(e).__name__}: {first}); frontier.html has the plot")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot create output folder {out_dir}: {e.strerror}") from None
+    for name, data in files.items():
+        if isinstance(data, bytes):
+            with atomic_path(out_dir / name) as tmp:
+                tmp.write_bytes(data)
+        else:
+            write_text_atomic(out_dir / name, data)
+    print(md)
+    echo_err(f"wrote {out_dir}: {', '.join(files)}")

@@ -1,0 +1,965 @@
+"""Sparse linear kernels for token-wise activation sparsity (TEAL, CATS, TT).
+
+``y = W @ x`` reading only the weight data that belongs to the active entries:
+
+* **input-sparse** -- ``y[..., :] = sum_{i active} x[..., i] * W[:, i]`` (the down projection in
+  TT/CATS, every linear in TEAL/WINA). The weight is held transposed, ``W_t[d_in, d_out]``
+  contiguous, so that each active input reads one contiguous row; the same ``W_t`` also serves
+  the dense product (:func:`input_dense`), so only one copy of a weight is ever held.
+* **output-sparse** -- ``y[..., j] = W[idx[j], :] . x`` for an active set of output neurons (the
+  CATS up projection), in the standard ``W[d_out, d_in]`` layout; the result is the compact
+  ``[..., k]`` tensor (scatter it with ``zeros(..., d_out).index_copy_(-1, idx, y)`` if needed).
+
+Batches (``x[..., d_in]`` with more than one row) share one active set: the UNION of the rows'
+sets. :func:`input_sparse` takes that union ``idx`` and uses ``x`` as given, so a row whose own
+set is smaller must have its non-active entries zeroed by the caller (:func:`mask_inactive`) to
+get exactly ``W @ x_row_masked``; :func:`input_sparse_threshold` does both steps itself.
+:func:`output_sparse` computes every union index for every row (mask the result if needed).
+
+Backends: a small C++ kernel (fp32 / bf16 / fp16 with fp32 accumulation, OpenMP threads through
+``at::parallel_for``), compiled on first use into ``$TDA_CACHE_DIR/kernels`` (default
+``~/.cache/tda-workbench/kernels``), and a pure-torch path (``embedding_bag`` / ``index_select``)
+used on CUDA, for large batches, with autograd, and whenever the build fails.
+:func:`backend` says which one CPU calls get; ``TDA_KERNELS_BACKEND=torch|cpp|auto`` forces it
+(``cpp`` makes a failed build an error instead of a fallback). Every function also takes
+``backend="auto"|"cpp"|"torch"`` for one call.
+
+Active indices must be unique and in range (checked; a duplicate would be counted twice).
+The threshold rule is ``|x_i| >= t`` (``t`` a float, or one threshold per input), compared in
+fp32 for bf16/fp16 inputs (the threshold is never rounded to the input dtype).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "SparseLinear",
+    "active_indices",
+    "backend",
+    "backend_info",
+    "build",
+    "dense",
+    "input_dense",
+    "input_sparse",
+    "input_sparse_threshold",
+    "mask_inactive",
+    "output_sparse",
+]
+
+# Batches up to this many rows go to the C++ kernels (GEMV-like loops); larger ones use torch's
+# GEMM on the gathered weight rows, which wins once the weight is reused across enough rows.
+CPP_MAX_ROWS = 16
+# The C++ dense x @ W_t beats oneDNN only at small batches (measured, benchmarks/kernels.py).
+CPP_DENSE_MAX_ROWS = 4
+
+_CPP_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_INDEX_DTYPES = (torch.int64, torch.int32)
+_BACKENDS = ("auto", "cpp", "torch")
+_NAMESPACE = "tda_kernels"
+
+_CPP_SOURCE = r"""
+// tda-workbench sparse linear kernels (CPU). Built lazily by tda/engine/kernels.py.
+// Registered as torch.ops.tda_kernels.*; the Python wrapper validates the arguments, the checks
+// here are a backstop. Accumulation is always fp32; loops are written to auto-vectorize at -O3.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+struct F32 {
+  using T = float;
+  static inline float ld(const T* p, int64_t i) { return p[i]; }
+  static inline T st(float v) { return v; }
+};
+struct BF16 {
+  using T = uint16_t;
+  static inline float ld(const T* p, int64_t i) {
+    const uint32_t u = static_cast<uint32_t>(p[i]) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  static inline T st(float v) { return c10::BFloat16(v).x; }  // round to nearest even
+};
+struct F16 {
+  using T = uint16_t;
+#if defined(__FLT16_MAX__)
+  static inline float ld(const T* p, int64_t i) {
+    _Float16 h;
+    std::memcpy(&h, p + i, 2);
+    return static_cast<float>(h);
+  }
+#else
+  static inline float ld(const T* p, int64_t i) {
+    return static_cast<float>(c10::Half(p[i], c10::Half::from_bits()));
+  }
+#endif
+  static inline T st(float v) { return c10::Half(v).x; }
+};
+
+// Multiply-adds below which a chunk is not worth a thread (fork/join costs a few microseconds).
+constexpr int64_t kMinWork = int64_t{1} << 15;
+constexpr int kPrefetchRows = 4;
+
+int64_t n_chunks(int64_t work, int64_t items) {
+  int64_t c = std::min<int64_t>(at::get_num_threads(), work / kMinWork);
+  c = std::min<int64_t>(c, items);
+  return std::max<int64_t>(c, 1);
+}
+
+// Runs body(c) for c in [0, nc): in parallel when nc > 1, inline otherwise.
+template <typename F>
+void for_chunks(int64_t nc, const F& body) {
+  if (nc <= 1) {
+    body(0);
+    return;
+  }
+  at::parallel_for(0, nc, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) body(c);
+  });
+}
+
+// acc[b, :] += sum_{j in [j0, j1)} xs[b, j] * wt[row(j), :], row(j) = idx ? idx[j] : j.
+template <typename E>
+void axpy_rows(const float* xs, int64_t ldx, int64_t B, const int64_t* idx, int64_t j0, int64_t j1,
+               const typename E::T* wt, int64_t n, float* acc) {
+  using T = typename E::T;
+  auto row = [&](int64_t j) { return wt + (idx ? idx[j] : j) * n; };
+  int64_t j = j0;
+  for (; j + 4 <= j1; j += 4) {
+    const T* __restrict r0 = row(j);
+    const T* __restrict r1 = row(j + 1);
+    const T* __restrict r2 = row(j + 2);
+    const T* __restrict r3 = row(j + 3);
+    if (j + 4 + kPrefetchRows <= j1) {
+      for (int q = 4; q < 4 + kPrefetchRows; ++q) __builtin_prefetch(row(j + q), 0, 0);
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      float* __restrict a = acc + b * n;
+      const float* xb = xs + b * ldx + j;
+      const float x0 = xb[0], x1 = xb[1], x2 = xb[2], x3 = xb[3];
+      for (int64_t c = 0; c < n; ++c)
+        a[c] += x0 * E::ld(r0, c) + x1 * E::ld(r1, c) + x2 * E::ld(r2, c) + x3 * E::ld(r3, c);
+    }
+  }
+  for (; j < j1; ++j) {
+    const T* __restrict r0 = row(j);
+    for (int64_t b = 0; b < B; ++b) {
+      float* __restrict a = acc + b * n;
+      const float x0 = xs[b * ldx + j];
+      for (int64_t c = 0; c < n; ++c) a[c] += x0 * E::ld(r0, c);
+    }
+  }
+}
+
+// y[b, :] = sum_j xs[b, j] * wt[row(j), :] (+ bias). Rows are split into contiguous chunks, one
+// per thread, each with its own fp32 accumulator; the chunks are summed in a fixed order, so the
+// result does not depend on scheduling.
+template <typename E>
+void in_sparse(const float* xs, int64_t B, const int64_t* idx, int64_t k,
+               const typename E::T* wt, int64_t d_out, const typename E::T* bias,
+               typename E::T* y) {
+  const int64_t nc = n_chunks(B * k * d_out, k);
+  const int64_t len = B * d_out;
+  std::vector<float> acc(static_cast<size_t>(nc * len), 0.0f);
+  for_chunks(nc, [&](int64_t c) {
+    axpy_rows<E>(xs, k, B, idx, k * c / nc, k * (c + 1) / nc, wt, d_out, acc.data() + c * len);
+  });
+  for (int64_t c = 1; c < nc; ++c) {
+    const float* __restrict src = acc.data() + c * len;
+    float* __restrict dst = acc.data();
+    for (int64_t i = 0; i < len; ++i) dst[i] += src[i];
+  }
+  const float* a = acc.data();
+  for (int64_t b = 0; b < B; ++b) {
+    if (bias) {
+      for (int64_t i = 0; i < d_out; ++i)
+        y[b * d_out + i] = E::st(a[b * d_out + i] + E::ld(bias, i));
+    } else {
+      for (int64_t i = 0; i < d_out; ++i) y[b * d_out + i] = E::st(a[b * d_out + i]);
+    }
+  }
+}
+
+// y[b, j] = w[idx[j], :] . x[b, :] (+ bias[idx[j]]); w is [d_out, d_in] row-major.
+template <typename E>
+void out_sparse(const float* xf, int64_t B, int64_t d_in, const int64_t* idx, int64_t k,
+                const typename E::T* w, const typename E::T* bias, typename E::T* y) {
+  using T = typename E::T;
+  constexpr int64_t L = 16;
+  const int64_t nc = n_chunks(B * k * d_in, k);
+  for_chunks(nc, [&](int64_t ch) {
+    const int64_t j0 = k * ch / nc, j1 = k * (ch + 1) / nc;
+    for (int64_t j = j0; j < j1; ++j) {
+      const T* __restrict r = w + idx[j] * d_in;
+      if (j + 2 < j1) __builtin_prefetch(w + idx[j + 2] * d_in, 0, 0);
+      for (int64_t b = 0; b < B; ++b) {
+        const float* __restrict xb = xf + b * d_in;
+        float acc[L] = {0};
+        int64_t c = 0;
+        for (; c + L <= d_in; c += L)
+          for (int64_t l = 0; l < L; ++l) acc[l] += E::ld(r, c + l) * xb[c + l];
+        float s = 0.0f;
+        for (; c < d_in; ++c) s += E::ld(r, c) * xb[c];
+        for (int64_t l = 0; l < L; ++l) s += acc[l];
+        if (bias) s += E::ld(bias, idx[j]);
+        y[b * k + j] = E::st(s);
+      }
+    }
+  });
+}
+
+void check_idx(const int64_t* idx, int64_t k, int64_t n, bool unique) {
+  std::vector<uint8_t> seen(unique ? static_cast<size_t>(n) : 0, 0);
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t i = idx[j];
+    TORCH_CHECK_VALUE(i >= 0 && i < n, "active index ", i, " out of range [0, ", n, ")");
+    if (unique) {
+      TORCH_CHECK_VALUE(!seen[i], "active index ", i, " repeated (indices must be unique)");
+      seen[i] = 1;
+    }
+  }
+}
+
+void check_args(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
+                int64_t x_cols, int64_t bias_len) {
+  TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 2, "tda_kernels: x and weight must be 2-D");
+  TORCH_CHECK_VALUE(x.device().is_cpu() && w.device().is_cpu(), "tda_kernels: CPU tensors only");
+  TORCH_CHECK_VALUE(x.is_contiguous() && w.is_contiguous(), "tda_kernels: need contiguous tensors");
+  TORCH_CHECK_TYPE(x.scalar_type() == w.scalar_type(), "tda_kernels: x and weight dtypes differ");
+  TORCH_CHECK_VALUE(x.size(1) == x_cols, "tda_kernels: x has ", x.size(1), " features, expected ",
+                    x_cols);
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == bias_len && bias->is_contiguous() &&
+                          bias->device().is_cpu(),
+                      "tda_kernels: bad bias");
+    TORCH_CHECK_TYPE(bias->scalar_type() == w.scalar_type(), "tda_kernels: bias dtype differs");
+  }
+}
+
+void check_index_tensor(const at::Tensor& idx) {
+  TORCH_CHECK_VALUE(idx.dim() == 1 && idx.device().is_cpu() && idx.is_contiguous(),
+                    "tda_kernels: indices must be a contiguous 1-D CPU tensor");
+  TORCH_CHECK_TYPE(idx.scalar_type() == at::kLong, "tda_kernels: indices must be int64");
+}
+
+template <typename E>
+const typename E::T* ptr(const at::Tensor& t) {
+  return reinterpret_cast<const typename E::T*>(t.const_data_ptr());
+}
+template <typename E>
+const typename E::T* bias_ptr(const c10::optional<at::Tensor>& b) {
+  return (b.has_value() && b->defined()) ? ptr<E>(*b) : nullptr;
+}
+template <typename E>
+typename E::T* mut_ptr(at::Tensor& t) {
+  return reinterpret_cast<typename E::T*>(t.mutable_data_ptr());
+}
+
+#define TDA_DISPATCH(dtype, ...)                     \
+  switch (dtype) {                                   \
+    case at::kFloat: {                               \
+      using E = F32;                                 \
+      __VA_ARGS__;                                   \
+      break;                                         \
+    }                                                \
+    case at::kBFloat16: {                            \
+      using E = BF16;                                \
+      __VA_ARGS__;                                   \
+      break;                                         \
+    }                                                \
+    case at::kHalf: {                                \
+      using E = F16;                                 \
+      __VA_ARGS__;                                   \
+      break;                                         \
+    }                                                \
+    default:                                         \
+      TORCH_CHECK_TYPE(false, "tda_kernels: unsupported dtype ", dtype); \
+  }
+
+// y[B, d_out] = sum_{j} x[:, idx[j]] * wt[idx[j], :] (+ bias); wt is [d_in, d_out].
+at::Tensor input_sparse(const at::Tensor& x, const at::Tensor& idx, const at::Tensor& wt,
+                        const c10::optional<at::Tensor>& bias) {
+  check_args(x, wt, bias, wt.size(0), wt.size(1));
+  check_index_tensor(idx);
+  const int64_t B = x.size(0), d_in = x.size(1), k = idx.size(0), d_out = wt.size(1);
+  const int64_t* ix = idx.const_data_ptr<int64_t>();
+  check_idx(ix, k, d_in, true);
+  at::Tensor y = at::empty({B, d_out}, x.options());
+  TDA_DISPATCH(x.scalar_type(), {
+    const auto* xp = ptr<E>(x);
+    std::vector<float> xs(static_cast<size_t>(B * k));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < k; ++j) xs[b * k + j] = E::ld(xp + b * d_in, ix[j]);
+    in_sparse<E>(xs.data(), B, ix, k, ptr<E>(wt), d_out, bias_ptr<E>(bias), mut_ptr<E>(y));
+  })
+  return y;
+}
+
+// Same, with the active set chosen here: input i is active when |x[b, i]| >= thr_i for some row
+// b (the union over rows), thr_i = tvec[i] if given else t; each row's own inactive entries are
+// zeroed, so every row gets exactly W @ (x[b] * (|x[b]| >= thr)).
+at::Tensor input_sparse_threshold(const at::Tensor& x, const at::Tensor& wt,
+                                  const c10::optional<at::Tensor>& bias, double t,
+                                  const c10::optional<at::Tensor>& tvec) {
+  check_args(x, wt, bias, wt.size(0), wt.size(1));
+  const int64_t B = x.size(0), d_in = x.size(1), d_out = wt.size(1);
+  const float* tv = nullptr;
+  if (tvec.has_value() && tvec->defined()) {
+    TORCH_CHECK_VALUE(tvec->dim() == 1 && tvec->size(0) == d_in && tvec->is_contiguous() &&
+                          tvec->device().is_cpu() && tvec->scalar_type() == at::kFloat,
+                      "tda_kernels: per-input thresholds must be a contiguous fp32 [d_in] tensor");
+    tv = tvec->const_data_ptr<float>();
+  }
+  const float ts = static_cast<float>(t);
+  at::Tensor y = at::empty({B, d_out}, x.options());
+  TDA_DISPATCH(x.scalar_type(), {
+    const auto* xp = ptr<E>(x);
+    std::vector<int64_t> ix(static_cast<size_t>(d_in));
+    std::vector<float> xs;
+    int64_t k = 0;
+    if (B == 1) {
+      xs.resize(static_cast<size_t>(d_in));
+      for (int64_t i = 0; i < d_in; ++i) {  // branch-free compaction
+        const float v = E::ld(xp, i);
+        ix[k] = i;
+        xs[k] = v;
+        k += std::fabs(v) >= (tv ? tv[i] : ts);
+      }
+    } else {
+      std::vector<uint8_t> act(static_cast<size_t>(d_in), 0);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < d_in; ++i)
+          act[i] |= std::fabs(E::ld(xp + b * d_in, i)) >= (tv ? tv[i] : ts);
+      for (int64_t i = 0; i < d_in; ++i) {
+        ix[k] = i;
+        k += act[i];
+      }
+      xs.resize(static_cast<size_t>(B * k));
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = 0; j < k; ++j) {
+          const float v = E::ld(xp + b * d_in, ix[j]);
+          xs[b * k + j] = std::fabs(v) >= (tv ? tv[ix[j]] : ts) ? v : 0.0f;
+        }
+    }
+    in_sparse<E>(xs.data(), B, ix.data(), k, ptr<E>(wt), d_out, bias_ptr<E>(bias), mut_ptr<E>(y));
+  })
+  return y;
+}
+
+// y[B, d_out] = x @ wt (+ bias): every row of wt, streamed in order.
+at::Tensor input_dense(const at::Tensor& x, const at::Tensor& wt,
+                       const c10::optional<at::Tensor>& bias) {
+  check_args(x, wt, bias, wt.size(0), wt.size(1));
+  const int64_t B = x.size(0), d_in = x.size(1), d_out = wt.size(1);
+  at::Tensor y = at::empty({B, d_out}, x.options());
+  TDA_DISPATCH(x.scalar_type(), {
+    const auto* xp = ptr<E>(x);
+    std::vector<float> xs(static_cast<size_t>(B * d_in));
+    for (int64_t i = 0; i < B * d_in; ++i) xs[i] = E::ld(xp, i);
+    in_sparse<E>(xs.data(), B, nullptr, d_in, ptr<E>(wt), d_out, bias_ptr<E>(bias),
+                 mut_ptr<E>(y));
+  })
+  return y;
+}
+
+// y[B, k] = x @ w[idx, :].T (+ bias[idx]); w is [d_out, d_in].
+at::Tensor output_sparse(const at::Tensor& x, const at::Tensor& idx, const at::Tensor& w,
+                         const c10::optional<at::Tensor>& bias) {
+  check_args(x, w, bias, w.size(1), w.size(0));
+  check_index_tensor(idx);
+  const int64_t B = x.size(0), d_in = x.size(1), k = idx.size(0), d_out = w.size(0);
+  const int64_t* ix = idx.const_data_ptr<int64_t>();
+  check_idx(ix, k, d_out, false);
+  at::Tensor y = at::empty({B, k}, x.options());
+  TDA_DISPATCH(x.scalar_type(), {
+    const auto* xp = ptr<E>(x);
+    std::vector<float> xf(static_cast<size_t>(B * d_in));
+    for (int64_t i = 0; i < B * d_in; ++i) xf[i] = E::ld(xp, i);
+    out_sparse<E>(xf.data(), B, d_in, ix, k, ptr<E>(w), bias_ptr<E>(bias), mut_ptr<E>(y));
+  })
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(tda_kernels, m) {
+  m.def("input_sparse(Tensor x, Tensor idx, Tensor wt, Tensor? bias) -> Tensor");
+  m.def(
+      "input_sparse_threshold(Tensor x, Tensor wt, Tensor? bias, float t, Tensor? tvec) -> Tensor");
+  m.def("input_dense(Tensor x, Tensor wt, Tensor? bias) -> Tensor");
+  m.def("output_sparse(Tensor x, Tensor idx, Tensor w, Tensor? bias) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
+  m.impl("input_sparse", &input_sparse);
+  m.impl("input_sparse_threshold", &input_sparse_threshold);
+  m.impl("input_dense", &input_dense);
+  m.impl("output_sparse", &output_sparse);
+}
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and loading the C++ extension
+# ---------------------------------------------------------------------------------------------
+
+
+class _State:
+    lock = threading.Lock()
+    tried = False
+    ops = None  # torch.ops.tda_kernels once loaded
+    error: str | None = None
+    build_seconds: float | None = None
+    library: str | None = None
+    flags: list[str] = []
+
+
+def _env_backend() -> str:
+    b = os.environ.get("TDA_KERNELS_BACKEND", "auto").strip().lower() or "auto"
+    if b not in _BACKENDS:
+        raise ValueError(f"TDA_KERNELS_BACKEND must be one of {_BACKENDS}, got {b!r}")
+    return b
+
+
+def _cache_root() -> Path:
+    root = Path(os.environ.get("TDA_CACHE_DIR") or Path.home() / ".cache" / "tda-workbench")
+    return root.expanduser() / "kernels"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _compile_flags() -> list[str]:
+    """-O3, plus AVX2/FMA/F16C when this x86 CPU has them (part of the cache key)."""
+    flags = ["-O3", "-fopenmp"]
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    if x86 and {"avx2", "fma", "f16c"} <= _cpu_flags():
+        flags += ["-mavx2", "-mfma", "-mf16c"]
+    return flags
+
+
+def _cache_key(flags: list[str]) -> str:
+    parts = [
+        _CPP_SOURCE,
+        torch.__version__,
+        str(getattr(torch.version, "git_version", "")),
+        sys.version.split()[0],
+        platform.machine(),
+        os.environ.get("CXX", "c++"),
+        " ".join(flags),
+    ]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _build_and_load() -> None:
+    """Load the cached library, or build it under a file lock (safe across processes)."""
+    from filelock import FileLock
+
+    flags = _compile_flags()
+    key = _cache_key(flags)
+    name = f"{_NAMESPACE}_{key}"
+    root = _cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name
+    lib = final / f"{name}.so"
+    _State.flags = flags
+    with FileLock(str(root / f"{name}.lock"), timeout=900):
+        if lib.is_file():
+            torch.ops.load_library(str(lib))
+        else:
+            from torch.utils.cpp_extension import load
+
+            tmp = root / f"{name}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            try:
+                src = tmp / f"{name}.cpp"
+                src.write_text(_CPP_SOURCE)
+                t0 = time.perf_counter()
+                load(name, sources=[str(src)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                     build_directory=str(tmp), is_python_module=False, verbose=False)
+                _State.build_seconds = time.perf_counter() - t0
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)  # the finished build appears atomically
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    _State.library = str(lib)
+    _State.ops = getattr(torch.ops, _NAMESPACE)
+
+
+def _ops():
+    """``torch.ops.tda_kernels`` (building it on first use), or None when unavailable."""
+    if _State.tried:
+        return _State.ops
+    with _State.lock:
+        if not _State.tried:
+            mode = _env_backend()
+            if mode == "torch":
+                _State.error = "disabled by TDA_KERNELS_BACKEND=torch"
+            else:
+                try:
+                    _build_and_load()
+                except Exception as e:  # noqa: BLE001 - any build failure means "use torch"
+                    _State.ops = None
+                    _State.error = f"{type(e).__name__}: {str(e).strip()[-2000:]}"
+                    if mode == "cpp":
+                        _State.tried = True
+                        raise RuntimeError(f"C++ kernels failed to build: {_State.error}") from e
+                    warnings.warn(f"tda kernels: C++ build failed, using the torch path "
+                                  f"({_State.error[-300:]})", RuntimeWarning, stacklevel=3)
+            _State.tried = True
+    return _State.ops
+
+
+def build() -> bool:
+    """Build/load the C++ kernels now (normally done on first use); True when available."""
+    return _ops() is not None
+
+
+def backend() -> str:
+    """Which implementation CPU calls get by default: ``"cpp"`` or ``"torch"``."""
+    return "cpp" if _ops() is not None else "torch"
+
+
+def backend_info() -> dict:
+    """The backend, why the C++ one is missing (if it is), build time, flags and library path."""
+    b = backend()
+    return {"backend": b, "error": _State.error, "build_seconds": _State.build_seconds,
+            "flags": list(_State.flags), "library": _State.library,
+            "cpp_max_rows": CPP_MAX_ROWS, "cpp_dense_max_rows": CPP_DENSE_MAX_ROWS}
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks (cheap attribute checks only; index ranges are checked in the kernels)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_weight(w: torch.Tensor, what: str) -> None:
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
+    if w.dim() != 2:
+        raise ValueError(f"{what} must be 2-D, got shape {tuple(w.shape)}")
+    if w.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{what} must be floating point (fp32/bf16/fp16/fp64), got {w.dtype}")
+    if not w.is_contiguous():
+        raise ValueError(f"{what} must be contiguous (make it once with .contiguous(); "
+                         "the kernels never copy a weight per call)")
+
+
+def _check_bias(bias: torch.Tensor | None, w: torch.Tensor, n: int) -> torch.Tensor | None:
+    if bias is None:
+        return None
+    if not isinstance(bias, torch.Tensor):
+        raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    if bias.shape != (n,):
+        raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    if bias.dtype != w.dtype:
+        raise TypeError(f"bias dtype {bias.dtype} does not match the weight dtype {w.dtype}")
+    if bias.device != w.device:
+        raise ValueError(f"bias is on {bias.device}, the weight on {w.device}")
+    return bias if bias.is_contiguous() else bias.contiguous()
+
+
+def _flat_x(x: torch.Tensor, w: torch.Tensor, d_in: int) -> torch.Tensor:
+    """``x[..., d_in]`` as a contiguous 2-D ``[N, d_in]`` tensor, after checking it."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1 or x.shape[-1] != d_in:
+        raise ValueError(f"x must have shape [..., {d_in}], got {tuple(x.shape)}")
+    if x.dtype != w.dtype:
+        raise TypeError(f"x dtype {x.dtype} does not match the weight dtype {w.dtype}")
+    if x.device != w.device:
+        raise ValueError(f"x is on {x.device}, the weight on {w.device}")
+    if x.dim() == 2 and x.is_contiguous():
+        return x
+    x2 = x.reshape(-1, d_in)
+    return x2 if x2.is_contiguous() else x2.contiguous()
+
+
+def _check_idx(idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    if not isinstance(idx, torch.Tensor):
+        raise TypeError(f"idx must be a torch.Tensor of indices, got {type(idx).__name__}")
+    if idx.dtype not in _INDEX_DTYPES:
+        raise TypeError(f"idx must be int64 or int32, got {idx.dtype}")
+    if idx.dim() != 1:
+        raise ValueError(f"idx must be 1-D, got shape {tuple(idx.shape)}")
+    if idx.device != w.device:
+        raise ValueError(f"idx is on {idx.device}, the weight on {w.device}")
+    if idx.dtype != torch.int64:
+        idx = idx.long()
+    return idx if idx.is_contiguous() else idx.contiguous()
+
+
+def _check_range(idx: torch.Tensor, n: int, *, unique: bool) -> None:
+    """Torch-path index check (the C++ kernels check while they gather)."""
+    if idx.numel() == 0:
+        return
+    lo, hi = (int(v) for v in torch.aminmax(idx))
+    if lo < 0 or hi >= n:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"active index {bad} out of range [0, {n})")
+    if unique and int(torch.bincount(idx, minlength=n).max()) > 1:
+        raise ValueError("active indices repeated (indices must be unique)")
+
+
+def _check_threshold(threshold, x: torch.Tensor, d_in: int):
+    """A float threshold, or one per input as a tensor ``[d_in]`` (fp32 on x's device)."""
+    if isinstance(threshold, torch.Tensor):
+        if threshold.dim() == 0:
+            threshold = float(threshold)
+        else:
+            if threshold.shape != (d_in,):
+                raise ValueError(f"per-input thresholds must have shape ({d_in},), "
+                                 f"got {tuple(threshold.shape)}")
+            if not threshold.is_floating_point():
+                raise TypeError(f"thresholds must be floating point, got {threshold.dtype}")
+            return threshold.to(device=x.device, dtype=torch.float32).contiguous()
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"threshold must be a number or a tensor, got {type(threshold).__name__}")
+    threshold = float(threshold)
+    if not threshold >= 0.0:  # also rejects NaN
+        raise ValueError(f"threshold must be a non-negative number, got {threshold}")
+    return threshold
+
+
+def _use_cpp(backend: str | None, w: torch.Tensor, x2: torch.Tensor, max_rows: int) -> bool:
+    if backend is None or backend == "auto":
+        return (w.is_cpu and w.dtype in _CPP_DTYPES and x2.shape[0] <= max_rows
+                and not (x2.requires_grad or w.requires_grad)
+                and (_State.ops is not None or _ops() is not None))
+    if backend == "torch":
+        return False
+    if backend == "cpp":
+        if not w.is_cpu:
+            raise ValueError(f"the cpp backend runs on CPU tensors only, got {w.device}")
+        if w.dtype not in _CPP_DTYPES:
+            raise TypeError(f"the cpp backend supports fp32/bf16/fp16, got {w.dtype}")
+        if _ops() is None:
+            raise RuntimeError(f"the cpp backend is unavailable: {_State.error}")
+        return True
+    raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+
+
+def _out(y: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
+    return y if x.dim() == 2 else y.view(*x.shape[:-1], n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Torch implementations
+# ---------------------------------------------------------------------------------------------
+
+
+def _torch_in_sparse(x2: torch.Tensor, idx: torch.Tensor, w_t: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+    n, k, d_out = x2.shape[0], idx.numel(), w_t.shape[1]
+    if k == 0 or n == 0:
+        y = x2.new_zeros(n, d_out)
+    elif n <= CPP_MAX_ROWS:
+        # embedding_bag reads only the active rows of w_t; on CPU each row's indices are split
+        # into one bag per thread (embedding_bag parallelizes over bags), the bags summed after.
+        xs = x2.index_select(1, idx).reshape(-1)
+        nb = 1
+        if x2.is_cpu:
+            nb = max(1, min(torch.get_num_threads(), k // 256))
+        starts = torch.arange(n, device=idx.device).mul_(k).view(n, 1)
+        splits = torch.tensor([k * s // nb for s in range(nb)], device=idx.device)
+        offsets = (starts + splits).view(-1)
+        y = F.embedding_bag(idx.repeat(n) if n > 1 else idx, w_t, offsets, mode="sum",
+                            per_sample_weights=xs)
+        if nb > 1:
+            y = y.view(n, nb, d_out).sum(1)
+    else:
+        y = x2.index_select(1, idx) @ w_t.index_select(0, idx)
+    return y if bias is None else y.add_(bias)
+
+
+def _threshold_mask(x2: torch.Tensor, threshold) -> torch.Tensor:
+    """``|x| >= t`` compared in fp32 (at least), as the C++ kernel does: comparing a bf16/fp16
+    tensor with a Python float would round the threshold to that dtype first."""
+    a = x2.abs()
+    if a.dtype in (torch.float16, torch.bfloat16):
+        a = a.float()
+    return a >= threshold
+
+
+def _fast_linear(x2: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x2 @ w.T + bias`` for ``w[d_out, d_in]`` (possibly a transposed view): oneDNN for fp32
+    CPU (the project's fast path, multi-threaded at batch 1), ``F.linear`` otherwise."""
+    if x2.is_cpu and w.dtype == torch.float32 and _mkldnn_ok():
+        return torch.ops.mkldnn._linear_pointwise(x2, w, bias, "none", [], "")
+    return F.linear(x2, w, bias)
+
+
+_MKLDNN: list[bool] = []
+
+
+def _mkldnn_ok() -> bool:
+    if not _MKLDNN:
+        try:
+            ok = bool(torch.backends.mkldnn.is_available()) and hasattr(
+                torch.ops.mkldnn, "_linear_pointwise")
+        except (AttributeError, RuntimeError):  # pragma: no cover - exotic builds
+            ok = False
+        _MKLDNN.append(ok)
+    return _MKLDNN[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functional API
+# ---------------------------------------------------------------------------------------------
+
+
+def active_indices(x: torch.Tensor, threshold) -> torch.Tensor:
+    """Sorted int64 indices ``i`` with ``|x[..., i]| >= threshold`` in ANY row (the union).
+
+    ``threshold`` is a non-negative float or a tensor ``[d_in]`` of per-input thresholds.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1:
+        raise ValueError("x must have at least one dimension")
+    d_in = x.shape[-1]
+    t = _check_threshold(threshold, x, d_in)
+    mask = _threshold_mask(x.reshape(-1, d_in), t)
+    act = mask[0] if mask.shape[0] == 1 else mask.any(0)
+    return act.nonzero().squeeze(1)
+
+
+def mask_inactive(x: torch.Tensor, threshold) -> torch.Tensor:
+    """``x`` with each row's entries below threshold (``|x_i| < t``) set to zero (a new tensor)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1:
+        raise ValueError("x must have at least one dimension")
+    t = _check_threshold(threshold, x, x.shape[-1])
+    return x.masked_fill(~_threshold_mask(x, t), 0)
+
+
+def input_sparse(x: torch.Tensor, idx: torch.Tensor, w_t: torch.Tensor,
+                 bias: torch.Tensor | None = None, *, backend: str | None = None) -> torch.Tensor:
+    """``y[..., :] = sum_{i in idx} x[..., i] * w_t[i, :] (+ bias)`` -> ``[..., d_out]``.
+
+    ``w_t`` is the transposed weight ``[d_in, d_out]`` (contiguous); ``idx`` unique int indices
+    (the union over rows for a batch; entries of ``x`` outside ``idx`` are ignored, entries inside
+    are used as given -- zero a row's own inactive entries first for per-row exactness).
+    """
+    _check_weight(w_t, "w_t")
+    d_in, d_out = w_t.shape
+    x2 = _flat_x(x, w_t, d_in)
+    idx = _check_idx(idx, w_t)
+    bias = _check_bias(bias, w_t, d_out)
+    return _out(_input_sparse(x2, idx, w_t, bias, backend), x, d_out)
+
+
+def _input_sparse(x2, idx, w_t, bias, backend):
+    if _use_cpp(backend, w_t, x2, CPP_MAX_ROWS):
+        return _State.ops.input_sparse(x2, idx, w_t, bias)
+    _check_range(idx, w_t.shape[0], unique=True)
+    return _torch_in_sparse(x2, idx, w_t, bias)
+
+
+def input_sparse_threshold(x: torch.Tensor, threshold, w_t: torch.Tensor,
+                           bias: torch.Tensor | None = None, *,
+                           backend: str | None = None) -> torch.Tensor:
+    """``W @ x`` over the inputs with ``|x_i| >= threshold`` -> ``[..., d_out]``.
+
+    A batch reads the weight rows of the union of its rows' active sets, and each row's own
+    inactive entries count as zero: row ``b`` gets exactly ``W @ mask_inactive(x[b], t)``.
+    """
+    _check_weight(w_t, "w_t")
+    d_in, d_out = w_t.shape
+    x2 = _flat_x(x, w_t, d_in)
+    bias = _check_bias(bias, w_t, d_out)
+    t = _check_threshold(threshold, x2, d_in)
+    return _out(_input_sparse_threshold(x2, t, w_t, bias, backend), x, d_out)
+
+
+def _input_sparse_threshold(x2, t, w_t, bias, backend):
+    if _use_cpp(backend, w_t, x2, CPP_MAX_ROWS):
+        if isinstance(t, torch.Tensor):
+            return _State.ops.input_sparse_threshold(x2, w_t, bias, 0.0, t)
+        return _State.ops.input_sparse_threshold(x2, w_t, bias, t, None)
+    mask = _threshold_mask(x2, t)
+    act = mask[0] if mask.shape[0] == 1 else mask.any(0)
+    idx = act.nonzero().squeeze(1)
+    return _torch_in_sparse(x2.masked_fill(~mask, 0), idx, w_t, bias)
+
+
+def input_dense(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = None, *,
+                backend: str | None = None) -> torch.Tensor:
+    """``x @ w_t (+ bias)`` for the transposed weight ``w_t[d_in, d_out]`` -> ``[..., d_out]``."""
+    _check_weight(w_t, "w_t")
+    d_in, d_out = w_t.shape
+    x2 = _flat_x(x, w_t, d_in)
+    bias = _check_bias(bias, w_t, d_out)
+    return _out(_input_dense(x2, w_t, bias, backend), x, d_out)
+
+
+def _input_dense(x2, w_t, bias, backend):
+    if _use_cpp(backend, w_t, x2, CPP_DENSE_MAX_ROWS):
+        return _State.ops.input_dense(x2, w_t, bias)
+    return _fast_linear(x2, w_t.t(), bias)
+
+
+def dense(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ w.T (+ bias)`` for ``w[d_out, d_in]`` via the fast dense path -> ``[..., d_out]``."""
+    _check_weight(w, "w")
+    d_out, d_in = w.shape
+    x2 = _flat_x(x, w, d_in)
+    bias = _check_bias(bias, w, d_out)
+    return _out(_fast_linear(x2, w, bias), x, d_out)
+
+
+def output_sparse(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,
+                  bias: torch.Tensor | None = None, *, backend: str | None = None) -> torch.Tensor:
+    """``y[..., j] = w[idx[j], :] . x[..., :] (+ bias[idx[j]])`` -> compact ``[..., k]``.
+
+    ``w`` is the standard ``[d_out, d_in]`` weight (contiguous). For a batch every row gets all
+    of ``idx`` (the union); repeated indices are allowed here (they just repeat outputs).
+    """
+    _check_weight(w, "w")
+    d_out, d_in = w.shape
+    x2 = _flat_x(x, w, d_in)
+    idx = _check_idx(idx, w)
+    bias = _check_bias(bias, w, d_out)
+    return _out(_output_sparse(x2, idx, w, bias, backend), x, idx.numel())
+
+
+def _output_sparse(x2, idx, w, bias, backend):
+    if _use_cpp(backend, w, x2, CPP_MAX_ROWS):
+        return _State.ops.output_sparse(x2, idx, w, bias)
+    _check_range(idx, w.shape[0], unique=False)
+    y = x2 @ w.index_select(0, idx).t()
+    return y if bias is None else y.add_(bias.index_select(0, idx))
+
+
+# ---------------------------------------------------------------------------------------------
+# One weight, one layout
+# ---------------------------------------------------------------------------------------------
+
+
+class SparseLinear:
+    """A linear layer ``y = W x + b`` holding ONE copy of its weight in one layout.
+
+    ``layout="in"`` stores ``W_t = W.T`` contiguous ``[d_in, d_out]`` (input-sparse + dense);
+    ``layout="out"`` stores ``W[d_out, d_in]`` (output-sparse + dense). Inference only: weights
+    are detached; the C++ kernels have no autograd (inputs that require grad use torch ops).
+    """
+
+    __slots__ = ("layout", "weight", "bias", "in_features", "out_features")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                 layout: str = "in"):
+        """``weight`` is already in ``layout`` form: ``[d_in, d_out]`` for "in", else
+        ``[d_out, d_in]``; use :meth:`from_linear` to start from a standard weight."""
+        if layout not in ("in", "out"):
+            raise ValueError(f"layout must be 'in' or 'out', got {layout!r}")
+        _check_weight(weight, "weight")
+        self.layout = layout
+        self.weight = weight
+        if layout == "in":
+            self.in_features, self.out_features = weight.shape
+        else:
+            self.out_features, self.in_features = weight.shape
+        self.bias = _check_bias(bias, weight, self.out_features)
+
+    @classmethod
+    def from_linear(cls, weight, bias: torch.Tensor | None = None, *,
+                    layout: str = "in") -> SparseLinear:
+        """From ``weight[d_out, d_in]`` (or an ``nn.Linear``, whose bias is then used).
+
+        ``layout="in"`` makes the one transposed copy (drop the original to free it);
+        ``layout="out"`` shares the given weight's storage when it is already contiguous.
+        """
+        if isinstance(weight, torch.nn.Linear):
+            if bias is not None:
+                raise ValueError("pass either an nn.Linear or weight and bias, not both")
+            weight, bias = weight.weight, weight.bias
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError("weight must be a torch.Tensor or nn.Linear, "
+                            f"got {type(weight).__name__}")
+        if weight.dim() != 2:
+            raise ValueError(f"weight must be 2-D [d_out, d_in], got shape {tuple(weight.shape)}")
+        if layout not in ("in", "out"):
+            raise ValueError(f"layout must be 'in' or 'out', got {layout!r}")
+        w = weight.detach()
+        w = w.t().contiguous() if layout == "in" else w.contiguous()
+        b = None if bias is None else bias.detach().contiguous()
+        return cls(w, b, layout=layout)
+
+    def __repr__(self) -> str:
+        return (f"SparseLinear(in={self.in_features}, out={self.out_features}, "
+                f"layout={self.layout!r}, dtype={self.weight.dtype}, device={self.weight.device}, "
+                f"bias={self.bias is not None})")
+
+    def _need(self, layout: str, what: str) -> None:
+        if self.layout != layout:
+            raise ValueError(f"{what} needs layout={layout!r}; this SparseLinear holds "
+                             f"layout={self.layout!r} (build it with from_linear(..., "
+                             f"layout={layout!r}))")
+
+    def dense(self, x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+        """``W x + b`` for every input -> ``[..., d_out]`` (either layout)."""
+        x2 = _flat_x(x, self.weight, self.in_features)
+        if self.layout == "in":
+            y = _input_dense(x2, self.weight, self.bias, backend)
+        else:
+            y = _fast_linear(x2, self.weight, self.bias)
+        return _out(y, x, self.out_features)
+
+    def input_sparse(self, x: torch.Tensor, idx: torch.Tensor, *,
+                     backend: str | None = None) -> torch.Tensor:
+        """``sum_{i in idx} x[..., i] W[:, i] + b`` -> ``[..., d_out]`` (layout "in")."""
+        self._need("in", "input_sparse")
+        x2 = _flat_x(x, self.weight, self.in_features)
+        idx = _check_idx(idx, self.weight)
+        return _out(_input_sparse(x2, idx, self.weight, self.bias, backend), x, self.out_features)
+
+    def input_sparse_threshold(self, x: torch.Tensor, threshold, *,
+                               backend: str | None = None) -> torch.Tensor:
+        """The product over inputs with ``|x_i| >= threshold`` (per row) -> ``[..., d_out]``."""
+        self._need("in", "input_sparse_threshold")
+        x2 = _flat_x(x, self.weight, self.in_features)
+        t = _check_threshold(threshold, x2, self.in_features)
+        return _out(_input_sparse_threshold(x2, t, self.weight, self.bias, backend), x,
+                    self.out_features)
+
+    def output_sparse(self, x: torch.Tensor, idx: torch.Tensor, *,
+                      backend: str | None = None) -> torch.Tensor:
+        """``W[idx, :] x + b[idx]`` -> compact ``[..., k]`` (layout "out")."""
+        self._need("out", "output_sparse")
+        x2 = _flat_x(x, self.weight, self.in_features)
+        idx = _check_idx(idx, self.weight)
+        return _out(_output_sparse(x2, idx, self.weight, self.bias, backend), x, idx.numel())

@@ -1,0 +1,63 @@
+"""Weight layouts: one copy per linear, in the orientation the method reads it.
+
+A linear ``y = W x`` stores ``W[d_out, d_in]`` row-major: reading the rows of the *outputs* a
+method keeps is cheap (CATS's up projection), reading the columns of the *inputs* it keeps is
+not (each column element sits in another cache line). Input-sparse methods (TT's and CATS's down
+projection, TEAL and WINA everywhere) therefore need ``W_t[d_in, d_out]`` contiguous, where an
+active input ``i`` reads one contiguous row.
+
+:func:`input_major` converts a module's weight **in place, once**: it makes ``W_t`` and rebinds
+``module.weight`` to ``W_t.T`` — the same values as a transposed view, so the model computes
+the same function (``F.linear`` takes the view; the fast dense path multiplies by ``W_t``) and
+memory holds one copy, never two. Tied weights (Gemma's lm_head and embedding) share the
+parameter and follow together. GPT-2's ``Conv1D`` already stores ``[d_in, d_out]``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import nn
+
+_LOCK = threading.Lock()
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(module, Conv1D)
+
+
+def is_input_major(module: nn.Module) -> bool:
+    w = module.weight
+    return _is_conv1d(module) or (w.dim() == 2 and w.t().is_contiguous() and not w.is_contiguous())
+
+
+def input_major(module: nn.Module) -> torch.Tensor:
+    """``W_t[d_in, d_out]`` (contiguous) of a linear module, converting the module once in place."""
+    from tda.models import placement
+
+    if placement.is_offloaded(module):
+        from tda.common.errors import BadInput
+
+        raise BadInput("token-wise methods read weights in place; this model has offloaded layers "
+                       "(--device-map with CPU/disk offload): use a prompt-fixed method or more memory")
+    if _is_conv1d(module):
+        return module.weight.detach()
+    with _LOCK:
+        w = module.weight
+        if not is_input_major(module):
+            wt = w.detach().t().contiguous()
+            w.data = wt.t()
+            _forget_dense_paths(module)
+        return module.weight.detach().t()
+
+
+def _forget_dense_paths(module: nn.Module) -> None:
+    """Cached dense linear functions still hold the old layout: rebuild the ones for ``module``."""
+    from tda.engine import fastpath
+
+    fastpath.refresh_module(module)

@@ -1,0 +1,91 @@
+"""``cats`` (CATS, arXiv 2404.08763): threshold ``|act(W_gate x)|`` per layer, then compute the up
+and down projections only for the active neurons.
+
+The gate is computed densely; a neuron is active when ``|act(gate)_j| ≥ τ_L``. ``τ_L`` is
+calibrated offline on the gate activations of calibration text: to the target density, or —
+without one — to the density CETT's calibrated thresholds give in that layer (so ``cats`` and
+``tt`` keep as many neurons per layer). The up projection reads only the active rows of
+``W_up`` (its output is zero elsewhere, so ``act(gate)·up`` is too) and the down projection
+only the active rows of ``W_down^T``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tda.engine import kernels
+from tda.engine.layouts import input_major
+from tda.engine.methods.thresholds import input_thresholds
+from tda.engine.methods.token import TokenWise
+from tda.engine.tokenwise import sparse_product
+
+
+class CATS(TokenWise):
+    name = "cats"
+    gated_only = True
+    calibrates = "|act(gate)| quantiles per layer (and CETT densities without a density)"
+    summary = "CATS: |act(gate)| threshold per layer; up and down only for active neurons"
+
+    def modules(self):
+        ffn = self.lm.ffn
+        return [m for L in range(ffn.n_layers) for m in (*ffn.in_modules(L), ffn.out_module(L))]
+
+    def layer_densities(self) -> list[float]:
+        n = self.lm.ffn.n_layers
+        if self.cfg.density is not None:
+            return [self.cfg.density] * n
+        from tda.masks.calibrate import load_or_calibrate
+
+        texts = None if self.cfg.calibration_texts is None else list(self.cfg.calibration_texts)
+        return list(load_or_calibrate(self.lm, texts=texts, target=self.cfg.cett).densities)
+
+    def build(self):
+        ffn = self.lm.ffn
+        cal = input_thresholds(self.lm, self.cfg)
+        table = {}
+        for L, d in enumerate(self.layer_densities()):
+            gate, up = ffn.in_modules(L)
+            down = ffn.out_module(L)
+            tau = cal.threshold(f"gate_act.{L}", d)
+            state: dict = {}
+            table[gate] = self._gate_fn(L, gate, tau, state)
+            table[up] = self._up_fn(up, state)
+            table[down] = self._down_fn(down, state)
+            self.counters[id(up)] = (up, self.counters[id(down)][1])  # up reads the same rows
+        return table
+
+    def _gate_fn(self, L: int, gate, tau: float, state: dict):
+        dense, act = self.dense_fn(gate), self.lm.ffn.act_fn(L)
+
+        def fn(x):
+            g = dense(x)
+            keep = act(g).abs() >= tau  # [..., d_ff]
+            state["keep"] = state["keep_down"] = keep.reshape(-1, keep.shape[-1])
+            return g
+
+        return fn
+
+    def _up_fn(self, up, state: dict):
+        w = up.weight.detach()  # [d_ff, d_model], row-major: active rows are contiguous
+        b = getattr(up, "bias", None)
+
+        def fn(x):
+            keep = state.pop("keep")
+            x2 = x.reshape(-1, x.shape[-1])
+            idx = torch.nonzero(keep.any(dim=0) if keep.shape[0] > 1 else keep[0]).flatten()
+            out = torch.zeros(x2.shape[0], w.shape[0], dtype=x.dtype, device=x.device)
+            vals = kernels.output_sparse(x2, idx, w, b) if w.is_contiguous() else \
+                x2 @ w.index_select(0, idx).t() + (0 if b is None else b.index_select(0, idx))
+            out[:, idx] = vals * keep[:, idx] if keep.shape[0] > 1 else vals
+            return out.view(*x.shape[:-1], w.shape[0])
+
+        return fn
+
+    def _down_fn(self, down, state: dict):
+        wt, b = input_major(down), getattr(down, "bias", None)
+        dense, counter = self.dense_fn(down), self.counter(down)
+
+        def fn(a):
+            return sparse_product(a, a.reshape(-1, a.shape[-1]), state.pop("keep_down"), wt, b, dense, counter)
+
+        return fn

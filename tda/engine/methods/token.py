@@ -1,0 +1,66 @@
+"""Shared machinery of token-wise methods: counters per module, densities and bytes read."""
+
+from __future__ import annotations
+
+from tda.engine import fastpath
+from tda.engine.methods.base import Method
+from tda.engine.tokenwise import Counter
+from tda.models.dispatch import module_weight
+
+
+class TokenWise(Method):
+    kind = "token"
+
+    def __init__(self, session, cfg=None):
+        super().__init__(session, cfg)
+        self.counters: dict[int, tuple[object, Counter]] = {}  # id(module) -> (module, counter)
+
+    def counter(self, module) -> Counter:
+        c = Counter()
+        self.counters[id(module)] = (module, c)
+        return c
+
+    def dense_fn(self, module):
+        """The dense function of ``module`` (fast path when the session uses it)."""
+        table = fastpath.dense_table(self.lm.model, fast=self.session.fast)
+        return table.get(module) or fastpath.module_fn(module)
+
+    def layer_of(self) -> dict[int, int]:
+        return {id(m): L for L, layer in enumerate(self.lm.ffn.layers) for m in layer.modules()}
+
+    def densities(self):
+        """Per layer: fraction of the touched weight bytes read, over the decode steps so far."""
+        n = self.lm.ffn.n_layers
+        where = self.layer_of()
+        kept, total = [0.0] * n, [0.0] * n
+        for mid, (m, c) in self.counters.items():
+            L = where.get(mid)
+            if L is None or not c.total:
+                continue
+            size = module_weight(m).numel()
+            kept[L] += size * c.fraction
+            total[L] += size
+        per = [k / t if t else float("nan") for k, t in zip(kept, total)]
+        valid = [p for p in per if p == p]
+        return (sum(valid) / len(valid) if valid else float("nan")), [per]
+
+    def read_fraction(self):
+        return read_fraction(self.lm, self.counters)
+
+
+def read_fraction(lm, counters: dict) -> dict[str, float]:
+    """Per weight group, the fraction of bytes read per step: touched modules at their measured
+    kept fraction, every other module in full."""
+    ffn = lm.ffn
+    ffn_ids = {id(m) for L in range(ffn.n_layers) for m in (*ffn.in_modules(L), ffn.out_module(L))}
+    head = lm.model.get_output_embeddings()
+    read = {"ffn": 0.0, "other": 0.0, "lm_head": 0.0}
+    size = {"ffn": 0.0, "other": 0.0, "lm_head": 0.0}
+    for m in fastpath.linear_modules(lm.model):
+        n = float(module_weight(m).numel())
+        g = "ffn" if id(m) in ffn_ids else "lm_head" if m is head else "other"
+        entry = counters.get(id(m))
+        f = entry[1].fraction if entry is not None and entry[1].total else 1.0
+        read[g] += n * f
+        size[g] += n
+    return {g: (read[g] / size[g] if size[g] else 1.0) for g in read}

@@ -1,0 +1,112 @@
+"""Token-wise sparse linears: a new selection of inputs (or outputs) at every decode step.
+
+Each builder returns ``fn(x[..., d_in]) -> y[..., d_out]`` for a linear override that
+
+1. selects the active entries of each row of ``x`` (a magnitude threshold, per-entry cut-offs
+   or a per-row top-k of a score);
+2. takes the **union** of the rows' active sets (batch decode: one index list ``idx[k]``),
+   zeroing in each row the entries that are active only in other rows — so every row gets
+   exactly what it would get alone;
+3. multiplies with the sparse kernel (:mod:`tda.engine.kernels`) that reads only the weight rows
+   of ``W_t[d_in, d_out]`` (:func:`tda.engine.layouts.input_major`) at ``idx``. A threshold
+   rule goes through the fused kernel (:func:`tda.engine.kernels.input_sparse_threshold`:
+   selection and product in one call, no index list built in Python).
+
+When every input is active the dense function is called instead (identical results to dense
+at density 1.0). A :class:`Counter` accumulates the kept fraction per module without syncs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from tda.engine import kernels
+
+LinearFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Counter:
+    """Kept and total input entries (weight rows) read by one module over the decode."""
+
+    __slots__ = ("kept", "total")
+
+    def __init__(self):
+        self.kept = 0
+        self.total = 0
+
+    def add(self, kept, total: int) -> None:
+        """``kept``: an int, or a 0-d tensor (summed lazily: no device sync per step)."""
+        self.kept = self.kept + kept
+        self.total += total
+
+    @property
+    def fraction(self) -> float:
+        return float(self.kept) / self.total if self.total else float("nan")
+
+
+def sparse_product(x: torch.Tensor, x2: torch.Tensor, keep: torch.Tensor, wt: torch.Tensor, bias, dense: LinearFn,
+            counter: Counter | None) -> torch.Tensor:
+    """``keep[N, d_in]`` (bool) -> the sparse product of the kept entries, shaped like ``x``."""
+    d_in = x2.shape[1]
+    idx = torch.nonzero(keep[0] if x2.shape[0] == 1 else keep.any(dim=0)).flatten()
+    k = int(idx.numel())
+    if counter is not None:
+        counter.add(k, d_in)
+    if k == d_in and bool(keep.all()):
+        return dense(x)
+    return kernels.input_sparse(x2 if x2.shape[0] == 1 else x2 * keep, idx, wt, bias).view(*x.shape[:-1], wt.shape[1])
+
+
+def threshold_linear(wt: torch.Tensor, bias, cut, dense: LinearFn, counter: Counter | None = None) -> LinearFn:
+    """Keep ``|x_i| ≥ cut`` (``cut`` a float, or a ``[d_in]`` tensor of per-entry cut-offs).
+
+    Exact zeros are never kept (they add nothing: a ReLU's half-zero input at threshold 0 reads
+    only the non-zero rows). ``cut=None`` keeps everything: the dense function, counted as read.
+    """
+    if cut is None:
+        d_in = wt.shape[0]
+
+        def keep_all(x):
+            if counter is not None:
+                counter.add(d_in, d_in)
+            return dense(x)
+
+        return keep_all
+    tiny = torch.finfo(torch.float32).tiny
+    if isinstance(cut, torch.Tensor):
+        cut = cut.to(device=wt.device, dtype=torch.float32).clamp_min(tiny).contiguous()
+    else:
+        cut = max(float(cut), tiny)
+    b = None if bias is None else bias.detach()
+    d_in, d_out = wt.shape
+
+    def fn(x):
+        x2 = x.reshape(-1, d_in)
+        if counter is not None:
+            keep = x2.abs() >= cut
+            counter.add((keep[0] if x2.shape[0] == 1 else keep.any(dim=0)).sum(), d_in)
+        return kernels.input_sparse_threshold(x2, cut, wt, b).view(*x.shape[:-1], d_out)
+
+    return fn
+
+
+def topk_linear(wt: torch.Tensor, bias, col_scale: torch.Tensor, k: int, dense: LinearFn,
+                counter: Counter | None = None) -> LinearFn:
+    """Keep, per row, the ``k`` inputs with the largest ``|x_i|·col_scale[i]`` (WINA's rule)."""
+    scale = col_scale.to(device=wt.device, dtype=wt.dtype)
+    b = None if bias is None else bias.detach()
+    d_in = wt.shape[0]
+    k = max(1, min(int(k), d_in))
+
+    def fn(x):
+        x2 = x.reshape(-1, x.shape[-1])
+        if k >= d_in:
+            keep = torch.ones_like(x2, dtype=torch.bool)
+        else:
+            top = torch.topk(x2.abs() * scale, k, dim=1).indices
+            keep = torch.zeros_like(x2, dtype=torch.bool).scatter_(1, top, True)
+        return sparse_product(x, x2, keep, wt, b, dense, counter)
+
+    return fn

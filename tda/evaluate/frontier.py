@@ -1,0 +1,213 @@
+"""The quality × speed frontier: every method at every density, timed and scored in one run.
+
+:func:`run_frontier` runs the latency bench (:func:`tda.evaluate.bench.run_bench`: alternating
+rounds, decode speedup as the median of per-round paired ratios vs our dense, the bytes ceiling
+from the fractions of weights each method actually read, the roofline from the streaming-read
+bandwidth measured in the same run) and the quality evaluation
+(:func:`tda.evaluate.quality.run_eval`: perplexity on the held-out texts, teacher-forced top-1
+agreement with dense, multiple-choice accuracy through lm-eval, each with a 95% bootstrap
+interval), then joins them into one row per variant (dense once, every other method at every
+density)::
+
+    {method, density_target, density_run, decode_ms_per_token, decode_speedup, speedup_rounds,
+     ceiling, bytes_per_step, read_ffn, read_other, read_lm_head, roofline_ms, roofline_pct,
+     ppl, ppl_lo, ppl_hi, agreement, agreement_lo, agreement_hi, mc_acc, mc_acc_lo, mc_acc_hi, mc_items}
+
+Everything else here is pure: joining and the CSV / JSON / markdown renderings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from tda.common.errors import BadInput
+
+QUALITY_KEYS = ("ppl", "ppl_lo", "ppl_hi", "agreement", "agreement_lo", "agreement_hi",
+                "mc_acc", "mc_acc_lo", "mc_acc_hi", "mc_items")
+COLUMNS = ("method", "density_target", "density_run", "decode_ms_per_token", "decode_speedup", "speedup_rounds",
+           "ceiling", "bytes_per_step", "read_ffn", "read_other", "read_lm_head", "roofline_ms", "roofline_pct",
+           *QUALITY_KEYS)
+
+
+def check_frontier_args(methods: list[str], densities: list[float]) -> tuple[list[str], list[float]]:
+    """``dense`` first (added when missing), then the other methods (any of the engine's); densities
+    each in (0, 1]. Raises :class:`BadInput` (the engine's message for an unknown method)."""
+    from tda.evaluate.quality import variants
+
+    ms = ["dense"] + [m for m in dict.fromkeys(methods) if m != "dense"]
+    if len(ms) == 1:
+        raise BadInput("give at least one sparse method besides dense")
+    if "stock" in ms:
+        raise BadInput("'stock' is a bench baseline only; the frontier compares against our dense")
+    vs = variants(ms, list(densities))  # checks every method name and density
+    return ms, sorted({v.density for v in vs if v.density is not None})
+
+
+def _key(method: str, density) -> tuple:
+    return (method, None if method == "dense" or density is None else round(float(density), 6))
+
+
+def join_rows(bench: dict, quality: dict) -> list[dict]:
+    """One row per variant in the bench's order, joined on ``(method, target density)``."""
+    q = {_key(r["method"], r.get("density")): r for r in quality.get("rows", [])}
+    rows = []
+    for r in bench["results"].values():
+        if r.get("method") == "stock":
+            continue
+        rf = r.get("read_fraction") or {}
+        row = {
+            "method": r["method"], "density_target": r.get("density_target"), "density_run": r.get("density"),
+            "decode_ms_per_token": r.get("decode_ms_per_token"),
+            "decode_speedup": r.get("decode_speedup_vs_dense"),
+            "speedup_rounds": list(r.get("decode_speedup_rounds") or []),
+            "ceiling": r.get("ceiling_speedup", 1.0), "bytes_per_step": r.get("bytes_per_step"),
+            "read_ffn": rf.get("ffn"), "read_other": rf.get("other"), "read_lm_head": rf.get("lm_head"),
+            "roofline_ms": r.get("roofline_ms"), "roofline_pct": r.get("roofline_pct"),
+        }
+        qr = q.get(_key(r["method"], r.get("density_target")), {})
+        row.update({k: qr[k] for k in QUALITY_KEYS if k in qr})
+        rows.append(row)
+    return rows
+
+
+def run_frontier(lm, methods: list[str], densities: list[float], *, rounds: int = 3, prompt_tokens: int = 32,
+                 new_tokens: int = 32, heldout: list[str] | None = None, limit: int | None = None,
+                 mc_limit: int | None = -1, cett: float = 0.2, calibration_texts: list[str] | None = None,
+                 bandwidth_mb: float | None = 256, boot_iters: int = 1000, seed: int = 0,
+                 progress: Callable[[str], None] | None = None) -> dict:
+    """Bench + quality for ``methods`` × ``densities``; ``{"rows", "meta", "bench", "quality"}``.
+
+    ``heldout``: texts for perplexity and agreement (default: all shipped held-out texts, or the
+    first ``limit``); ``mc_limit``: multiple-choice items (-1 or None: all, 0: skip).
+    """
+    from tda.common.data import HELDOUT, load_texts
+    from tda.evaluate.bench import machine_info, run_bench
+    from tda.evaluate.quality import run_eval
+
+    ms, ds = check_frontier_args(methods, densities)
+    if limit is not None and limit < 1:
+        raise BadInput("the held-out text limit must be >= 1")
+    texts = list(heldout) if heldout is not None else load_texts(HELDOUT)
+    texts = [t for t in texts if t.strip()][:limit]
+    if not texts:
+        raise BadInput("no held-out texts")
+    t0 = time.perf_counter()
+    if progress:
+        progress(f"bench: {len(ms)} methods × {len(ds)} densities, {rounds} round(s) + warm-up")
+    bench = run_bench(lm, methods=tuple(ms), densities=ds, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+                      rounds=rounds, calibration_texts=calibration_texts, bandwidth_mb=bandwidth_mb,
+                      progress=progress)
+    if progress:
+        progress(f"quality: {len(texts)} held-out texts"
+                 + ("" if mc_limit == 0 else f", multiple choice ({'all' if not mc_limit or mc_limit < 0 else mc_limit} items)"))
+    quality = run_eval(lm, ms, ds, heldout=texts, summaries=[],
+                       mc_limit=-1 if mc_limit is None else mc_limit, cett=cett, progress=progress,
+                       boot_iters=boot_iters, seed=seed)
+    rows = join_rows(bench, quality)
+    meta = {
+        "model": lm.info(), "machine": machine_info(), "methods": ms, "densities": ds, "rounds": rounds,
+        "prompt_tokens": bench["prompt_tokens"], "new_tokens": new_tokens, "heldout_texts": len(texts),
+        "mc_limit": mc_limit, "mc_items": max((r.get("mc_items", 0) for r in rows), default=0), "cett": cett,
+        "bandwidth_gbps": bench["bandwidth"]["gbps"],
+        "bootstrap": {"iters": boot_iters, "seed": seed, "level": 0.95,
+                      "over": "held-out texts (ppl, agreement), items (mc_acc)"},
+        "speedup": "median over rounds of paired ratios dense ms/token ÷ method ms/token (alternating rounds)",
+        "ceiling": "dense bytes per decode step ÷ the bytes this method read (its read fractions, KV cache in full)",
+        "roofline": "bytes read per step ÷ streaming-read bandwidth of this run; roofline_pct = roofline ÷ measured",
+        "seconds": round(time.perf_counter() - t0, 1), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    return {"rows": rows, "meta": meta, "bench": bench,
+            "quality": {k: quality[k] for k in ("rows", "per_text", "mc_per_item", "meta") if k in quality}}
+
+
+# ----- renderings (pure) -----------------------------------------------------------------------------
+def _fmt(x) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, float):
+        if x != x:
+            return "nan"
+        return f"{x:.4g}" if abs(x) < 1e4 else f"{x:.6g}"
+    if isinstance(x, (list, tuple)):
+        return ";".join(_fmt(v) for v in x)
+    return str(x)
+
+
+def to_csv(rows: list[dict]) -> str:
+    """Every column of :data:`COLUMNS` present in any row; ``speedup_rounds`` joined with ``;``."""
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
+    lines = [",".join(cols)] + [",".join(_fmt(r.get(c)) for c in cols) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(result: dict) -> str:
+    def clean(o):  # NaN is not JSON: write null
+        if isinstance(o, float) and o != o:
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+
+    return json.dumps(clean(result), indent=1)
+
+
+def _ms(v: float) -> str:
+    return "nan" if v != v else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def _pct(v) -> str:
+    return "" if v is None or v != v else f"{v:.0f}%" if abs(v) >= 10 else f"{v:.2g}%"
+
+
+def _ci(r: dict, k: str, nd: str = ".3g") -> str:
+    if r.get(k) is None:
+        return ""
+    lo, hi = r.get(f"{k}_lo"), r.get(f"{k}_hi")
+    s = format(r[k], nd)
+    return s + (f" [{format(lo, nd)}, {format(hi, nd)}]" if lo is not None and hi is not None else "")
+
+
+def to_markdown(rows: list[dict], meta: dict | None = None) -> str:
+    """A readable table: speedup (range over rounds), ceiling, roofline share, quality with 95% intervals."""
+    out = []
+    if meta:
+        m = meta.get("model", {})
+        bw = meta.get("bandwidth_gbps")
+        out += [f"model {m.get('model_id', '?')} ({m.get('dtype', '')}, {m.get('device', '')}); "
+                f"{meta.get('rounds')} round(s), prompt {meta.get('prompt_tokens')} + {meta.get('new_tokens')} "
+                f"new tokens; {meta.get('heldout_texts')} held-out texts, {meta.get('mc_items')} MC items; "
+                + (f"streaming read {bw:.1f} GB/s; " if isinstance(bw, float) and bw == bw else "")
+                + "quality intervals: 95% bootstrap", ""]
+    out += ["| method | density (run) | decode ms/token (roofline) | decode speedup [rounds] | ceiling | % of roofline "
+            "| ppl [95%] | agreement [95%] | MC acc [95%] |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        dens = "1" if r["method"] == "dense" else f"{_fmt(r.get('density_target'))} ({_fmt(r.get('density_run'))})"
+        rs = r.get("speedup_rounds") or []
+        spread = f" [{min(rs):.2f}–{max(rs):.2f}]" if len(rs) > 1 else ""
+        sp = r.get("decode_speedup")
+        roof = r.get("roofline_pct")
+        ms, rl = r.get("decode_ms_per_token"), r.get("roofline_ms")
+        dec = "" if ms is None else _ms(ms) + ("" if rl is None or rl != rl else f" ({_ms(rl)})")
+        out.append(
+            f"| {r['method']} | {dens} | {dec} | {'' if sp is None else f'{sp:.3f}x'}{spread} | "
+            f"{'' if r.get('ceiling') is None else format(r['ceiling'], '.3f') + 'x'} | "
+            f"{_pct(roof)} | {_ci(r, 'ppl')} | "
+            f"{_ci(r, 'agreement')} | {_ci(r, 'mc_acc')} |")
+    return "\n".join(out) + "\n"
+
+
+def model_slug(spec: str) -> str:
+    """A folder-safe name for a model spec (``random:llama-1b`` → ``random-llama-1b``; a path or
+    ``owner/name``: its last part)."""
+    import re
+
+    s = str(spec).strip().rstrip("/")
+    if "/" in s:
+        s = s.rsplit("/", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-.") or "model"
