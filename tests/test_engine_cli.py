@@ -119,9 +119,9 @@ def test_recall_bad_arguments(run_cli, tmp_path, args, match):
 def test_recall_prompt_or_data(run_cli, tmp_path, data_file):
     out = tmp_path / "recall"
     code, _, err = run_cli("recall", "--model", "tiny-llama", "--out", out)
-    _one_line_error(code, err, "give exactly one of --prompt or --data")
+    _one_line_error(code, err, "give exactly one of --prompt, --prompt-file or --data")
     code, _, err = run_cli("recall", "--model", "tiny-llama", "--prompt", "x", "--data", data_file, "--out", out)
-    _one_line_error(code, err, "give exactly one of --prompt or --data")
+    _one_line_error(code, err, "give exactly one of --prompt, --prompt-file or --data")
     assert not out.exists()
 
 

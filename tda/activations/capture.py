@@ -117,7 +117,8 @@ class Capture:
 
 # ----- input checks ------------------------------------------------------------------------------
 def resolve_layers(lm: LoadedModel, layers: Iterable[int] | str | None) -> list[int]:
-    """All layers when None; accepts ``[0, 3]`` or ``"0,3,17"``; negative indices count from the end."""
+    """All layers when None; accepts ``[0, 3]`` or ``"0,3,17"``; negative indices count from the end
+    (``-1`` is the last layer), as in Python."""
     n = lm.ffn.n_layers
     if layers is None or layers == "" or layers == "all":
         return list(range(n))
@@ -130,7 +131,8 @@ def resolve_layers(lm: LoadedModel, layers: Iterable[int] | str | None) -> list[
     for L in layers:
         L = int(L)
         if not -n <= L < n:
-            raise BadInput(f"layer {L} out of range: the model has layers 0..{n - 1}")
+            raise BadInput(f"layer {L} out of range: the model has layers 0..{n - 1} "
+                           f"(negative indices count from the end)")
         out.append(L % n)
     if not out:
         raise BadInput("no layers given")
@@ -236,12 +238,89 @@ def _stack(store: dict[int, torch.Tensor], layers: list[int], rows, cols) -> tor
     return torch.stack([store[L][rows, cols].float().cpu() for L in layers])
 
 
+# ----- chunked hook capture (long prompts within the memory budget) ----------------------------------
+def _sequence_hooks(lm: LoadedModel, ids: list[int], layers: list[int], start: int, chunk: int) -> torch.Tensor:
+    """``acts[layer, token, neuron]`` of ``ids[start:]`` run as one sequence, ``chunk`` tokens per forward.
+
+    Chunks after the first attend to the earlier ones through the KV cache (exact for causal
+    attention); each chunk's activations are written straight into the float32 result, so the
+    peak is the result plus one chunk's working set. A prompt of at most ``chunk`` tokens runs in
+    one forward without a cache.
+    """
+    T, d_ff = len(ids), lm.ffn.d_ff
+    out = torch.empty(len(layers), T - start, d_ff, dtype=torch.float32)
+    index = {L: i for i, L in enumerate(layers)}
+    last = max(layers)
+    offset = [0]
+
+    def record(L, a):
+        a = a.reshape(-1, a.shape[-1])  # [positions, d_ff] (batch 1; OPT flattens)
+        s, n = offset[0], a.shape[0]
+        lo = max(s, start)
+        if lo < s + n:
+            out[index[L], lo - start: s + n - start] = a[lo - s:].float().cpu()
+        if L == last:
+            raise _Stop
+
+    dev = lm.device
+    with activation_hooks(lm, layers, record), torch.inference_mode():
+        cache = lm.new_cache() if chunk < T else None
+        for s in range(0, T, chunk):
+            e = min(T, s + chunk)
+            offset[0] = s
+            x = torch.tensor([ids[s:e]], device=dev)
+            mask = torch.ones((1, e), dtype=torch.long, device=dev)
+            try:
+                if cache is None:
+                    lm.model.base_model(input_ids=x, attention_mask=mask, use_cache=False)
+                else:
+                    lm.model.base_model(input_ids=x, attention_mask=mask, past_key_values=cache, use_cache=True)
+            except _Stop:
+                pass
+    return out
+
+
+def _isolated_hooks(lm: LoadedModel, rows: list[list[int]], layers: list[int], pos: int, batch: int) -> torch.Tensor:
+    """``acts[layer, row, neuron]`` at position ``pos`` of each row (``[BOS, token]`` or ``[token]``),
+    ``batch`` rows per forward."""
+    out = torch.empty(len(layers), len(rows), lm.ffn.d_ff, dtype=torch.float32)
+    index = {L: i for i, L in enumerate(layers)}
+    last = max(layers)
+    offset = [0, 0]
+
+    def record(L, a):
+        r0, n = offset
+        out[index[L], r0: r0 + n] = a.reshape(n, -1, a.shape[-1])[:, pos].float().cpu()
+        if L == last:
+            raise _Stop
+
+    dev = lm.device
+    with activation_hooks(lm, layers, record), torch.inference_mode():
+        for r0 in range(0, len(rows), batch):
+            x = torch.tensor(rows[r0: r0 + batch], device=dev)
+            offset[:] = [r0, x.shape[0]]
+            try:
+                lm.model.base_model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False)
+            except _Stop:
+                pass
+    return out
+
+
 # ----- public API --------------------------------------------------------------------------------
 def capture(lm: LoadedModel, text: str, layers=None, mode: str = "sequence", *, backend: str = "hooks",
-            include_bos: bool = False, max_tokens: int | None = None) -> Capture:
-    """Capture ``acts[layer, token, neuron]`` for one text in ``sequence`` or ``isolated`` mode."""
+            include_bos: bool = False, max_tokens: int | None = None, chunk: int | None = None) -> Capture:
+    """Capture ``acts[layer, token, neuron]`` for one text in ``sequence`` or ``isolated`` mode.
+
+    Long prompts run in chunks of tokens (rows, for ``isolated``) chosen to stay within the memory
+    budget (:mod:`tda.activations.budget`); a prompt that cannot fit is refused with one line
+    before any forward. ``chunk`` forces a chunk size (tests, benchmarks).
+    """
+    from tda.activations.budget import capture_plan
+
     if mode not in ("sequence", "isolated"):
         raise BadInput(f"unknown capture mode '{mode}'; use sequence or isolated (or capture_batch)")
+    if backend not in BACKENDS:
+        raise BadInput(f"unknown capture backend '{backend}'; use one of {', '.join(BACKENDS)}")
     layers = resolve_layers(lm, layers)
     ids = tokenize(lm, text, max_tokens=max_tokens)
     bos = has_bos(lm)
@@ -249,21 +328,25 @@ def capture(lm: LoadedModel, text: str, layers=None, mode: str = "sequence", *, 
     keep = ids[start:]
     if not keep:
         raise BadInput("the prompt has no tokens besides BOS")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise BadInput(f"chunk must be a positive integer, got {chunk}")
+    plan = capture_plan(lm, len(ids), len(keep), layers, mode=mode, backend=backend)
+    size = chunk or plan.chunk
     if mode == "sequence":
-        x = torch.tensor([ids])
-        store = _forward(lm, x, torch.ones_like(x), layers, backend)
-        acts = _stack(store, layers, 0, slice(start, None))
-    else:
-        if bos:
-            x = torch.tensor([[ids[0], t] for t in keep])
-            pos = 1
+        if backend == "hooks":
+            acts = _sequence_hooks(lm, ids, layers, start, size)
         else:
-            x = torch.tensor([[t] for t in keep])
-            pos = 0
-        store = _forward(lm, x, torch.ones_like(x), layers, backend)
-        acts = _stack(store, layers, slice(None), pos)
-        if include_bos and bos:  # the BOS row alone is the BOS token's own activation
-            acts = acts.clone()
+            x = torch.tensor([ids])
+            store = _forward(lm, x, torch.ones_like(x), layers, backend)
+            acts = _stack(store, layers, 0, slice(start, None))
+    else:
+        rows, pos = ([[ids[0], t] for t in keep], 1) if bos else ([[t] for t in keep], 0)
+        if backend == "hooks":
+            acts = _isolated_hooks(lm, rows, layers, pos, size)
+        else:
+            x = torch.tensor(rows)
+            store = _forward(lm, x, torch.ones_like(x), layers, backend)
+            acts = _stack(store, layers, slice(None), pos)
     return Capture(
         acts=acts, layers=layers, token_ids=keep, tokens=lm.tokenizer.convert_ids_to_tokens(keep),
         model_id=lm.model_id, mode=mode, text=text,
@@ -288,10 +371,13 @@ def iter_batch_captures(lm: LoadedModel, texts: Sequence[str], layers=None, *, b
     bos = has_bos(lm)
     start = 1 if (bos and not include_bos) else 0
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    from tda.activations.budget import check_batch
+
     all_ids = [tokenize(lm, t, max_tokens=max_tokens) for t in texts]
     for b in range(0, len(texts), batch_size):
         chunk = all_ids[b : b + batch_size]
         width = max(len(i) for i in chunk)
+        check_batch(lm, len(chunk), width, len(layers))
         x = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros_like(x)
         for r, ids in enumerate(chunk):

@@ -88,6 +88,10 @@ def generate_with_capture(lm, prompt: str | list[int], new_tokens: int = 64, *, 
             raise BadInput("the prompt is empty")
     if len(ids) + new_tokens > lm.n_ctx:
         raise BadInput(f"prompt ({len(ids)} tokens) + {new_tokens} new tokens exceed the context of {lm.n_ctx}")
+    from tda.activations.budget import check_generation
+
+    check_generation(lm, len(ids), new_tokens, capture_layers=lm.ffn.n_layers,
+                     what=f"recording a {new_tokens}-token generation after a {len(ids)}-token prompt")
     start = 1 if (has_bos(lm) and not include_bos and ids and ids[0] == lm.tokenizer.bos_token_id) else 0
     if len(ids) <= start:
         raise BadInput("the prompt has no tokens besides BOS")

@@ -5,18 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from tda.cli.app import DeviceOpt, DtypeOpt, ModelOpt, app, load
+from tda.cli.app import DeviceOpt, DtypeOpt, LazyConsole, ModelOpt, PromptFileOpt, app, load
 
-console = Console()
+console = LazyConsole()
 
 
 @app.command()
 def models() -> None:
     """List the model specs and whether the embedded model is cached."""
-    from tda.models.load import list_specs
+    from rich.table import Table
+
+    from tda.models.specs import list_specs
 
     table = Table("spec", "kind", "note")
     for row in list_specs():
@@ -25,6 +25,8 @@ def models() -> None:
 
 
 def _summary(cap, title: str) -> None:
+    from rich.table import Table
+
     from tda.activations.capture import active_fraction
 
     console.print(
@@ -40,34 +42,48 @@ def _summary(cap, title: str) -> None:
 
 @app.command()
 def capture(
-    prompt: str = typer.Option(None, "--prompt", "-p", help="the text to capture"),
+    prompt: str = typer.Option(None, "--prompt", "-p",
+                               help="the text to capture; - reads it from standard input (default: --prompt-file)"),
+    prompt_file: Path = PromptFileOpt,
     out: Path = typer.Option(..., "--out", "-o", help="output .safetensors file (a folder with --data)"),
-    data: Path = typer.Option(None, "--data", help="capture every text of a .json/.jsonl file ('text' field, batch mode) into the folder --out"),
-    limit: int = typer.Option(None, "--limit", help="with --data: only the first N texts"),
+    data: Path = typer.Option(None, "--data",
+                              help="capture every text of a .json/.jsonl file ('text' field, batch mode) into the "
+                                   "folder --out (default: one prompt, --prompt or --prompt-file)"),
+    limit: int = typer.Option(None, "--limit", help="with --data: only the first N texts (default: all)"),
     model: str = ModelOpt,
-    layers: str = typer.Option("all", "--layers", help="comma-separated layer indices, or 'all'"),
+    layers: str = typer.Option("all", "--layers",
+                               help="comma-separated layer indices, or 'all'; negative indices count from the "
+                                    "end (-1 is the last layer)"),
     mode: str = typer.Option("sequence", "--mode", help="sequence or isolated"),
     backend: str = typer.Option("hooks", "--backend", help="hooks (plain forward hooks) or tl (TransformerLens)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
-    """Capture FFN activations acts[layer, token, neuron] of a prompt and write them to --out."""
-    from tda.activations.capture import capture as do_capture
-    from tda.activations.capture import tokenize
-    from tda.common.atomic import check_output_path
+    """Capture FFN activations acts[layer, token, neuron] of a prompt and write them to --out.
+
+    Long prompts run in chunks through the KV cache within the memory budget (see --memory-budget
+    of `tda`); a prompt that cannot fit is refused before any work.
+    """
+    from tda.cli import checks
     from tda.common.errors import BadInput
 
-    if data is not None:  # a corpus: one file per text plus index.json (sharded under torchrun/accelerate)
-        return _capture_corpus(data, out, model, layers, limit, backend, dtype, device, prompt)
-    if prompt is None or not prompt.strip():
-        raise BadInput("the prompt is empty")
     if mode not in ("sequence", "isolated"):
         raise BadInput(f"unknown mode '{mode}'; use sequence or isolated")
-    check_output_path(out)  # fail before loading a model
+    if backend not in ("hooks", "tl"):
+        raise BadInput(f"unknown capture backend '{backend}'; use hooks or tl")
+    layer_list = checks.parse_layers(layers)
+    checks.check_model_args(model, dtype, device, layers=layer_list)
+    if data is not None:  # a corpus: one file per text plus index.json (sharded under torchrun/accelerate)
+        return _capture_corpus(data, out, model, layer_list, limit, backend, dtype, device,
+                               prompt if prompt is not None else prompt_file)
+    text = checks.read_prompt(prompt, prompt_file)
+    checks.check_out_file(out)  # fail before loading a model
     lm = load(model, dtype, device)
-    tokenize(lm, prompt)
+
+    from tda.activations.capture import capture as do_capture
+
     with console.status(f"capturing {mode} activations..."):
-        cap = do_capture(lm, prompt, layers=layers, mode=mode, backend=backend)
+        cap = do_capture(lm, text, layers=layer_list, mode=mode, backend=backend)
     cap.save(out)
     _summary(cap, f"wrote {out}")
 
@@ -80,7 +96,7 @@ def _capture_corpus(data, out, model, layers, limit, backend, dtype, device, pro
     from tda.common.errors import BadInput
 
     if prompt is not None:
-        raise BadInput("give exactly one of --prompt or --data")
+        raise BadInput("give exactly one of --prompt, --prompt-file or --data")
     if limit is not None and limit < 1:
         raise BadInput(f"limit must be at least 1, got {limit}")
     texts = [t for t in load_texts(data, limit=limit) if t.strip()]
@@ -112,7 +128,8 @@ def _set_summary(folder: Path) -> None:
 
 
 @app.command()
-def info(file: Path = typer.Argument(..., help="a capture file written by `tda capture`, or a capture folder (--data)")) -> None:
+def info(file: Path = typer.Argument(..., metavar="FILE",
+                                    help="a capture file written by `tda capture`, or a capture folder (--data)")) -> None:
     """Print what a capture file (or a capture folder with its index.json) holds."""
     from tda.activations.capture import Capture
 

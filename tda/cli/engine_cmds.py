@@ -7,14 +7,25 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from tda.cli.app import DeviceOpt, DtypeOpt, ModelOpt, app, echo_err, load
+if TYPE_CHECKING:
+    from rich.table import Table
 
-console = Console(width=110)
+from tda.cli.app import (
+    DeviceOpt,
+    DtypeOpt,
+    LazyConsole,
+    ModelOpt,
+    PromptFileOpt,
+    app,
+    echo_err,
+    load,
+)
+
+console = LazyConsole(width=110)
 
 
 def _fmt(x: float, nd: int = 3) -> str:
@@ -23,6 +34,8 @@ def _fmt(x: float, nd: int = 3) -> str:
 
 # ----- calibrate ---------------------------------------------------------------------------------
 def calibration_table(cal, title: str) -> Table:
+    from rich.table import Table
+
     table = Table("layer", "threshold t_L", "density", title=title or None)
     for L, (t, d) in enumerate(zip(cal.thresholds, cal.densities)):
         table.add_row(str(L), f"{t:.5g}", f"{d:.3f}")
@@ -37,7 +50,7 @@ def calibrate(
     model: str = ModelOpt,
     data: Path = typer.Option(None, "--data", help="calibration texts (.json/.jsonl with a 'text' field); default: the shipped corpus"),
     cett: float = typer.Option(0.2, "--cett", help="CETT target in (0, 1)"),
-    limit: int = typer.Option(None, "--limit", help="use only the first N texts"),
+    limit: int = typer.Option(None, "--limit", help="use only the first N texts (default: all)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -108,6 +121,8 @@ def study_summary(rows: list[dict], density: float = 0.5) -> list[dict]:
 
 
 def summary_table(summary: list[dict], density: float) -> Table:
+    from rich.table import Table
+
     table = Table(title=f"mean over layers and prompts at density ≈ {density:g} (tda: calibrated t_L, scale 1)")
     for name in ("method", "point", "density", "recall TT", "mass recall", "precision TT", "recall top-p"):
         table.add_column(name, no_wrap=True)
@@ -151,16 +166,21 @@ def write_figures(figs: dict[str, object], out_dir: Path, png: bool) -> list[str
 def recall(
     out: Path = typer.Option(..., "--out", "-o", help="output folder (CSV, JSON summary, figures)"),
     model: str = ModelOpt,
-    prompt: str = typer.Option(None, "--prompt", "-p", help="one prompt"),
-    data: Path = typer.Option(None, "--data", help="prompts (.json/.jsonl with a 'text' field)"),
-    limit: int = typer.Option(None, "--limit", help="use only the first N prompts of --data"),
+    prompt: str = typer.Option(None, "--prompt", "-p",
+                               help="one prompt; - reads it from standard input (default: --prompt-file or --data)"),
+    prompt_file: Path = PromptFileOpt,
+    data: Path = typer.Option(None, "--data",
+                              help="prompts (.json/.jsonl with a 'text' field) (default: --prompt or --prompt-file)"),
+    limit: int = typer.Option(None, "--limit", help="use only the first N prompts of --data (default: all)"),
     new_tokens: int = typer.Option(64, "--new-tokens", help="greedy decode steps per prompt"),
     densities: str = typer.Option("0.1:0.9:0.1", "--densities", help="start:stop:step or a comma list, each in (0, 1]"),
     scales: str = typer.Option("0.25,0.3536,0.5,0.7071,1,1.414,2,2.828,4", "--scales",
                                help="TDA threshold scales (t / t_L) for recall-vs-threshold"),
-    methods: str = typer.Option("tda,tda_matched,griffin,static,random,oracle", "--methods"),
+    methods: str = typer.Option("tda,tda_matched,griffin,static,random,oracle", "--methods",
+                                help="comma-separated mask methods to score (oracle: decode tokens' own top-k)"),
     cett: float = typer.Option(0.2, "--cett", help="CETT target for calibration (when no --thresholds)"),
-    thresholds: Path = typer.Option(None, "--thresholds", help="threshold file from `tda calibrate`"),
+    thresholds: Path = typer.Option(None, "--thresholds",
+                                    help="threshold file from `tda calibrate` (default: calibrate at --cett, cached)"),
     top_p: float = typer.Option(0.2, "--top-p", help="second ground truth: top-p fraction by output norm"),
     seed: int = typer.Option(0, "--seed", help="seed of the random masks (+ prompt index)"),
     png: bool = typer.Option(True, "--png/--no-png", help="also export PNG figures (kaleido + Chromium)"),
@@ -170,11 +190,19 @@ def recall(
     """Do prompt masks predict decode-time activations? Recall per method × layer × density/threshold."""
     import time
 
+    from tda.cli import checks
+    from tda.common.errors import BadInput
+
+    # cheap checks first (no torch): the sources of the prompts, the model, the output folder
+    if sum(x is not None for x in (prompt, prompt_file, data)) != 1:
+        raise BadInput("give exactly one of --prompt, --prompt-file or --data")
+    checks.check_model_args(model, dtype, device)
+    checks.check_out_dir(out)
+
     from tda.activations.capture import tokenize
     from tda.activations.decode import check_new_tokens
     from tda.common import distributed
     from tda.common.data import load_texts
-    from tda.common.errors import BadInput
     from tda.evaluate.recall import (
         aggregate,
         check_methods,
@@ -194,16 +222,10 @@ def recall(
     meths = check_methods(methods)
     check_target(cett)
     check_top_p(top_p)
-    if (prompt is None) == (data is None):
-        raise BadInput("give exactly one of --prompt or --data")
     if limit is not None and limit < 1:
         raise BadInput(f"limit must be at least 1, got {limit}")
-    if out.exists() and not out.is_dir():
-        raise BadInput(f"output folder {out} exists and is not a directory")
-    if prompt is not None:
-        if not prompt.strip():
-            raise BadInput("the prompt is empty")
-        texts = [prompt]
+    if data is None:
+        texts = [checks.read_prompt(prompt, prompt_file)]
     else:
         texts = [t for t in load_texts(data, limit=limit) if t.strip()]
         if not texts:
@@ -212,8 +234,12 @@ def recall(
     lm = load(model, dtype, device)
     if cal is not None:
         cal.check_model(lm)
-    for t in texts:
-        tokenize(lm, t, max_tokens=lm.n_ctx - new_tokens)
+    from tda.activations.budget import check_generation
+
+    for i, t in enumerate(texts):  # every prompt fits the context and the memory budget, before any work
+        n = len(tokenize(lm, t, max_tokens=lm.n_ctx - new_tokens))
+        check_generation(lm, n, new_tokens, capture_layers=lm.ffn.n_layers,
+                         what=f"recall on prompt {i + 1} ({n} tokens, {new_tokens} new tokens)")
     if cal is None:
         with console.status(f"CETT {cett:g} calibration (cached after the first run)..."):
             cal = load_or_calibrate(lm, None, cett)

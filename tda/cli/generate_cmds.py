@@ -25,50 +25,69 @@ def _names(text: str) -> list[str]:
 
 @app.command("generate")
 def generate_cmd(
-    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="prompt text (repeat for a batch)"),
+    prompt: list[str] = typer.Option(None, "--prompt", "-p", metavar="TEXT",
+                                     help="prompt text (repeat for a batch); - reads it from standard input "
+                                          "(default: --prompt-file)"),
+    prompt_file: list[Path] = typer.Option(None, "--prompt-file", metavar="PATH",
+                                           help="read a prompt from this UTF-8 text file (repeat for a batch; "
+                                                "default: --prompt)"),
     model: str = ModelOpt,
     method: str = typer.Option("dense", "--method",
                                help="a method of `tda methods` (dense, tt, griffin, tda, static, random, cats, "
                                     "teal, wina) or PROMPT+tt (e.g. griffin+tt)"),
-    density: float = typer.Option(None, "--density", help="fraction kept, in (0, 1]; left out: the method's "
-                                  "calibrated rule (CETT thresholds for tda, tt, cats)"),
+    density: float = typer.Option(None, "--density",
+                                  help="fraction kept, in (0, 1]; needed by griffin, static and random. Left "
+                                       "out, the method's calibrated rule: tda keeps the neurons above the "
+                                       "calibrated per-layer CETT thresholds t_L (density varies by layer), tt "
+                                       "and cats threshold every token at them (default: left out)"),
     lm_head_density: float = typer.Option(None, "--lm-head-density",
-                                          help="also sparsify the lm_head input token-wise at this density"),
+                                          help="also sparsify the lm_head input token-wise at this density "
+                                               "(default: lm_head dense)"),
     cett: float = typer.Option(0.2, "--cett", help="CETT target for calibrated tda/tt thresholds"),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n"),
-    min_new_tokens: int = typer.Option(0, "--min-new-tokens"),
+    griffin_reference: bool = typer.Option(
+        False, "--griffin-reference",
+        help="griffin exactly as GRIFFIN's reference code: BOS counted in the prompt statistic and "
+             "k = int(d_ff * density) rounded down (default: BOS left out, k rounded to nearest)"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", help="tokens to generate at most"),
+    min_new_tokens: int = typer.Option(0, "--min-new-tokens", help="tokens to generate before a stop token may end it"),
     sample: bool = typer.Option(False, "--sample", help="sample instead of greedy"),
-    temperature: float = typer.Option(1.0, "--temperature"),
-    top_p: float = typer.Option(1.0, "--top-p"),
-    top_k: int = typer.Option(0, "--top-k"),
-    seed: int = typer.Option(None, "--seed"),
+    temperature: float = typer.Option(1.0, "--temperature", help="sampling temperature (with --sample)"),
+    top_p: float = typer.Option(1.0, "--top-p", help="nucleus sampling: keep this probability mass (with --sample)"),
+    top_k: int = typer.Option(0, "--top-k", help="sample among the k likeliest tokens, 0: all (with --sample)"),
+    seed: int = typer.Option(None, "--seed", help="random seed of sampling (default: not seeded)"),
     no_fast: bool = typer.Option(False, "--no-fast", help="disable the oneDNN fp32 linear path"),
     batch_mode: str = typer.Option("union", "--batch-mode", help="union or rows (per-row masks in a batch)"),
-    json_out: Path = typer.Option(None, "--json", help="also write the result as JSON"),
+    json_out: Path = typer.Option(None, "--json", help="also write the result as JSON (default: not written)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
     """Generate with a sparse FFN: dense prefill, masks from it, sliced FFN weights while decoding."""
+    from tda.cli import checks
+    from tda.cli.show import generation_block
+
+    prompts = checks.read_prompts(prompt, prompt_file)
+    checks.check_model_args(model, dtype, device)
+    checks.check_out_file(json_out)
+
     from tda.common.atomic import check_output_path, write_text_atomic
     from tda.common.errors import BadInput
     from tda.engine.config import SparsityConfig
     from tda.engine.generate import generate
 
+    if griffin_reference and method.split("+")[0] != "griffin":
+        raise BadInput("--griffin-reference applies to --method griffin only")
     cfg = SparsityConfig(method, density=density, cett=cett, lm_head_density=lm_head_density, fast=not no_fast,
-                         batch_mode=batch_mode)
+                         batch_mode=batch_mode, griffin_reference=griffin_reference)
     if max_new_tokens < 1:
         raise BadInput(f"max-new-tokens must be >= 1, got {max_new_tokens}")
-    if not prompt or any(not p.strip() for p in prompt):
-        raise BadInput("the prompt is empty")
     if json_out is not None:
         check_output_path(json_out)
     lm = load(model, dtype, device)
-    res = generate(lm, list(prompt), cfg, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
+    res = generate(lm, prompts, cfg, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
                    do_sample=sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     for i, text in enumerate(res.texts):
-        if len(res.texts) > 1:
-            print(f"--- prompt {i}")
-        print(text)
+        print(generation_block(prompts[i], text, index=i if len(res.texts) > 1 else None,
+                               n_tokens=len(res.token_ids[i])))
     t = res.timings
     print(f"method {method}: density {res.density:.3f} (per layer of prompt 0: "
           + " ".join(f"{d:.2f}" for d in res.density_per_layer[0]) + ")")
@@ -89,12 +108,13 @@ def bench_cmd(
     methods: str = typer.Option("stock,dense,tt,griffin,tda", "--methods",
                                 help="comma list: stock (plain HF generate) or any method of `tda generate`"),
     density: float = typer.Option(0.5, "--density", help="one density for every sparse method"),
-    densities: str = typer.Option(None, "--densities", help="comma list of densities (overrides --density)"),
-    prompt_tokens: int = typer.Option(64, "--prompt-tokens"),
-    new_tokens: int = typer.Option(32, "--new-tokens"),
-    rounds: int = typer.Option(5, "--rounds"),
+    densities: str = typer.Option(None, "--densities",
+                                  help="comma list of densities (overrides --density; default: --density)"),
+    prompt_tokens: int = typer.Option(64, "--prompt-tokens", help="prompt length in tokens"),
+    new_tokens: int = typer.Option(32, "--new-tokens", help="decode steps timed per method and round"),
+    rounds: int = typer.Option(5, "--rounds", help="alternating rounds over the methods (medians are reported)"),
     bandwidth_mb: float = typer.Option(256, "--bandwidth-mb", help="buffer of the streaming-read measurement (0: skip)"),
-    out: Path = typer.Option(None, "--out", "-o", help="write the result JSON here"),
+    out: Path = typer.Option(None, "--out", "-o", help="write the result JSON here (default: not written)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -131,14 +151,17 @@ def bench_cmd(
 def eval_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     model: str = ModelOpt,
-    methods: str = typer.Option("dense,tt,griffin,tda", "--methods"),
-    densities: str = typer.Option("0.25,0.5,0.75", "--densities"),
-    data: Path = typer.Option(None, "--data", help="held-out texts (JSONL with 'text'); default data/heldout.jsonl"),
-    summaries: Path = typer.Option(None, "--summaries", help="JSONL with 'article' and 'summary'"),
-    limit: int = typer.Option(None, "--limit", help="at most N held-out texts and N articles"),
+    methods: str = typer.Option("dense,tt,griffin,tda", "--methods", help="comma-separated methods to evaluate"),
+    densities: str = typer.Option("0.25,0.5,0.75", "--densities",
+                                  help="comma-separated densities of the sparse methods, each in (0, 1]"),
+    data: Path = typer.Option(None, "--data",
+                              help="held-out texts (JSONL with 'text') (default: data/heldout.jsonl)"),
+    summaries: Path = typer.Option(None, "--summaries",
+                                   help="JSONL with 'article' and 'summary' (default: data/summarization.jsonl)"),
+    limit: int = typer.Option(None, "--limit", help="at most N held-out texts and N articles (default: all)"),
     mc_limit: int = typer.Option(0, "--mc-limit", help="multiple-choice items via lm-eval (0: skip, -1: all)"),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="summary length limit"),
-    cett: float = typer.Option(0.2, "--cett"),
+    cett: float = typer.Option(0.2, "--cett", help="CETT target of the calibrated tda/tt thresholds"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -159,6 +182,9 @@ def eval_cmd(
     heldout = load_texts(data or HELDOUT, limit=limit)
     recs = load_records(summaries or SUMMARIZATION, required=("article", "summary"))[:limit]
     lm = load(model, dtype, device)
+    from tda.cli.checks import check_eval_memory
+
+    check_eval_memory(lm, heldout, recs, max_new_tokens)  # every text fits the memory budget, before any work
     res = run_eval(lm, ms, ds, heldout=heldout, summaries=recs, mc_limit=mc_limit or None,
                    max_new_tokens=max_new_tokens, cett=cett, progress=progress_printer)
     from tda.common import distributed

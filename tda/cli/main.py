@@ -1,13 +1,15 @@
-"""Entry point of the ``tda`` command: registers every command module, turns errors into one line."""
+"""Entry point of the ``tda`` command: registers every command module, turns errors into one line.
+
+Exit codes: 0 ok; 2 bad input or a usage error (one line on stderr); 3 unexpected error;
+130 interrupted.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 
-import click
-
-from tda.cli.app import app, echo_err
+from tda.cli.app import app, echo_err, use_plain_commands
 
 # One module per topic; importing a module registers its commands on ``app``.
 COMMAND_MODULES = [
@@ -25,10 +27,23 @@ def _register() -> None:
 
     for name in COMMAND_MODULES:
         importlib.import_module(name)
+    use_plain_commands()
+
+
+def _usage_line(e) -> str:
+    """One line for a usage error: the message and where to find help."""
+    msg = " ".join(str(e.format_message()).split())
+    ctx = getattr(e, "ctx", None)
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    return f"error: {msg}{where}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 usage error, 2 bad input, 3 unexpected)."""
+    """Run the CLI; returns the exit code (0 ok, 2 bad input or usage error, 3 unexpected)."""
+    from typer import Abort as TyperAbort
+    from typer import Exit as TyperExit
+    from typer._click import exceptions as tclick
+
     from tda.common import distributed
     from tda.common.errors import TDAError
 
@@ -45,12 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     except TDAError as e:
         distributed.report_error(f"error: {e}", e)  # one line for the whole job
         return 2
-    except click.exceptions.Exit as e:
+    except tclick.NoArgsIsHelpError as e:  # `tda` alone: the help, as with --help
+        text = e.format_message()
+        if text.strip():
+            print(text)
+        return 0
+    except tclick.UsageError as e:
+        echo_err(_usage_line(e))
+        return 2
+    except tclick.ClickException as e:
+        echo_err(f"error: {' '.join(str(e.format_message()).split())}")
+        return 2
+    except TyperExit as e:
         return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (TyperAbort, KeyboardInterrupt):
         echo_err("interrupted")
         return 130
     except Exception as e:  # never a traceback for the user; TDA_DEBUG=1 shows it

@@ -10,14 +10,26 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from tda.cli.app import DeviceOpt, DtypeOpt, ModelOpt, app, echo_err, load, progress_printer
+if TYPE_CHECKING:
+    from rich.table import Table
 
-console = Console(width=None if sys.stdout.isatty() else 160)  # tables stay whole when piped
+from tda.cli.app import (
+    DeviceOpt,
+    DtypeOpt,
+    LazyConsole,
+    ModelOpt,
+    PromptFileOpt,
+    app,
+    echo_err,
+    load,
+    progress_printer,
+)
+
+console = LazyConsole(width=None if sys.stdout.isatty() else 160)  # tables stay whole when piped
 
 RuleOpt = typer.Option("cett", "--rule", help="what 'active' means: cett (per-layer CETT threshold) or topp")
 CettOpt = typer.Option(0.2, "--cett", help="CETT target of the cett rule, in (0, 1)")
@@ -93,6 +105,8 @@ def figures(
 
 
 def _inertia_table(result: dict) -> Table:
+    from rich.table import Table
+
     table = Table("layer", *[f"{src} {what}" for src in result["sources"] for what in ("J iso→seq", "n50 iso→seq", "J(seq,iso)")],
                   title=f"{result['model_id']}: inertia, rule {result['rule']['label']}, k={result['k']}")
     for i, L in enumerate(result["layers"]):
@@ -106,40 +120,54 @@ def _inertia_table(result: dict) -> Table:
 
 @app.command()
 def inertia(
-    prompt: str = typer.Option(..., "--prompt", "-p", help="text whose first --tokens tokens are studied"),
+    prompt: str = typer.Option(None, "--prompt", "-p",
+                               help="text whose first --tokens tokens are studied; - reads standard input "
+                                    "(default: --prompt-file)"),
+    prompt_file: Path = PromptFileOpt,
     model: str = ModelOpt,
-    layer: int = typer.Option(None, "--layer", help="study one layer only (default: all layers)"),
+    layer: int = typer.Option(None, "--layer",
+                              help="study one layer only; negative counts from the end, -1 is the last "
+                                   "(default: all layers)"),
     rule: str = RuleOpt,
     cett: float = CettOpt,
     top_p: float = TopPOpt,
     k: int = KOpt,
-    tokens: int = typer.Option(16, "--tokens", help="how many tokens of the prompt (and random tokens)"),
+    tokens: int = typer.Option(16, "--tokens",
+                               help="how many tokens of the prompt (and random tokens); a shorter prompt is "
+                                    "used whole, and the run says how many it used"),
     seed: int = SeedOpt,
     control: bool = typer.Option(False, "--control/--no-control", help="also run the random-weights control"),
-    json_out: Path = typer.Option(None, "--json", help="write the numbers to this JSON file"),
-    html: Path = typer.Option(None, "--html", help="write the heatmap figure to this HTML file"),
+    json_out: Path = typer.Option(None, "--json", help="write the numbers to this JSON file (default: not written)"),
+    html: Path = typer.Option(None, "--html", help="write the heatmap figure to this HTML file (default: not written)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
     """Study 1 (activation inertia) on any prompt: metrics, sequence − isolated, Claim 4 verdict."""
-    from analysis.inertia import claim4_verdict
-    from analysis.studies import inertia_for_prompt
-    from tda.activations.capture import resolve_layers
+    from tda.cli import checks
     from tda.common.atomic import check_output_path, write_text_atomic
     from tda.common.errors import BadInput
 
-    _check_common(rule, cett, top_p, k)
-    if not prompt.strip():
-        raise BadInput("the prompt is empty")
+    text = checks.read_prompt(prompt, prompt_file)
     if tokens < 2:
         raise BadInput("--tokens must be at least 2")
+    checks.check_model_args(model, dtype, device, layers=[layer] if layer is not None else None)
     for p in (json_out, html):
         if p is not None:
             check_output_path(p)
+    _check_common(rule, cett, top_p, k)
+
+    from analysis.inertia import claim4_verdict
+    from analysis.studies import inertia_for_prompt
+    from tda.activations.capture import resolve_layers
+
     lm = load(model, dtype, device)
     layers = resolve_layers(lm, [layer]) if layer is not None else None
     r = _rule(lm, rule, cett, top_p)
-    run = inertia_for_prompt(lm, r, prompt, n_tokens=tokens, seed=seed, k=k, layers=layers)
+    run = inertia_for_prompt(lm, r, text, n_tokens=tokens, seed=seed, k=k, layers=layers)
+    used = min(c.n_tokens for c in run.captures.values())
+    if used < tokens:
+        echo_err(f"note: used {used} prompt token(s) and {used} random tokens, fewer than --tokens {tokens}: "
+                 f"the prompt is shorter")
     ctrl = None
     if control:
         from analysis.random_control import random_weights_like
@@ -174,11 +202,13 @@ def similarity(
     samples: Path = typer.Option(None, "--samples", help="sample file: JSON list of {id, text[, treatment]} (default: the 13 samples)"),
     cett: float = CettOpt,
     griffin_density: float = typer.Option(0.5, "--griffin-density", help="GRIFFIN mask density, in (0, 1]"),
-    html: Path = typer.Option(None, "--html", help="also write the heatmaps to this HTML file"),
+    html: Path = typer.Option(None, "--html", help="also write the heatmaps to this HTML file (default: not written)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
     """Study 2: pairwise similarity of the samples' activation patterns and the (a)–(e) verdicts."""
+    from rich.table import Table
+
     from analysis.activation import cett_rule
     from analysis.pipeline import round_floats
     from analysis.similarity import check_samples, similarity_study, verdict_rows

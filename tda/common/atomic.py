@@ -1,6 +1,10 @@
 """Write output files atomically: to a temporary file beside the target, then rename.
 
-A failed or interrupted write never leaves a partial file at the target path.
+A failed or interrupted write never leaves a partial file at the target path, and a failure to
+write is reported as a one-line :class:`BadInput` that names the user's path — never the
+temporary file's. Output paths are checked before any work by really creating (and removing) a
+probe file in the folder, so folders that look writable but are not (``/proc``, read-only
+mounts, full disks' metadata) are refused up front.
 """
 
 from __future__ import annotations
@@ -12,6 +16,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tda.common.errors import BadInput
+
+
+def _reason(e: BaseException) -> str:
+    if getattr(e, "strerror", None):
+        return e.strerror
+    return str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _probe(folder: Path, target: Path) -> None:
+    """Create and remove a file in ``folder``; raise BadInput naming ``target`` when that fails."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tda-probe.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise BadInput(f"cannot write {target}: {_reason(e)}") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
 
 
 def check_output_path(path: str | os.PathLike, *, overwrite: bool = True) -> Path:
@@ -33,6 +54,7 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool = True) -> Pat
         raise BadInput(f"output folder {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BadInput(f"output folder {parent} is not writable")
+    _probe(parent, p)
     return p
 
 
@@ -47,21 +69,55 @@ def check_output_dir(path: str | os.PathLike) -> Path:
         raise BadInput(f"cannot create output folder {p}: {e.strerror}") from None
     if not os.access(p, os.W_OK | os.X_OK):
         raise BadInput(f"output folder {p} is not writable")
+    _probe(p, p)
+    return p
+
+
+def check_output_dir_writable(path: str | os.PathLike) -> Path:
+    """Like :func:`check_output_dir` but creates nothing: the folder, or its nearest existing
+    ancestor, must be a writable directory."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise BadInput(f"output folder {p} exists and is not a directory")
+    existing = p
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BadInput(f"cannot create output folder {p}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInput(f"output folder {existing} is not writable")
+    _probe(existing, p)
     return p
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto ``path`` on success."""
+    """Yield a temporary path in the target's folder; rename it onto ``path`` on success.
+
+    Errors about the temporary file (an ``OSError`` on it, or a message naming it) become a
+    one-line BadInput that names ``path``.
+    """
     target = check_output_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise BadInput(f"cannot write {target}: {_reason(e)}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        if tmp_path.exists():  # mkstemp makes 0600 files; outputs are ordinary readable files
-            os.chmod(tmp_path, 0o644)
-        os.replace(tmp_path, target)
+        try:
+            yield tmp_path
+            if tmp_path.exists():  # mkstemp makes 0600 files; outputs are ordinary readable files
+                os.chmod(tmp_path, 0o644)
+            os.replace(tmp_path, target)
+        except OSError as e:
+            if e.filename in (tmp, str(target)) or e.filename2 in (tmp, str(target)):
+                raise BadInput(f"cannot write {target}: {_reason(e)}") from None
+            raise
+        except Exception as e:
+            if tmp in str(e):  # e.g. a serializer's own error type that names the file
+                raise BadInput(f"cannot write {target}: {str(e).replace(tmp, str(target)).splitlines()[0]}") from None
+            raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

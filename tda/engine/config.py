@@ -32,6 +32,9 @@ class SparsityConfig:
     - ``batch_mode``: ``union`` or ``rows`` for prompt-fixed slices of a batch.
     - ``mask_seed``: the ``random`` method's seed. ``calibration_texts``: calibration data
       (default: the shipped corpus).
+    - ``griffin_reference``: ``griffin`` exactly as GRIFFIN's reference code — BOS counted in the
+      prompt statistic and ``k = int(d_ff · density)`` rounded down (default: BOS left out, k
+      rounded to nearest; see :func:`tda.masks.build.griffin_mask`).
     """
 
     method: str = "dense"
@@ -43,6 +46,7 @@ class SparsityConfig:
     batch_mode: str = "union"
     mask_seed: int = 0
     calibration_texts: tuple[str, ...] | None = None
+    griffin_reference: bool = False
 
     def __post_init__(self):
         from tda.engine.methods.registry import get_method
@@ -54,6 +58,8 @@ class SparsityConfig:
             v = getattr(self, name)
             if v is not None:
                 _check_fraction(name.replace("_", "-"), v)
+        if self.griffin_reference and self.method.split("+")[0] != "griffin":
+            raise BadInput("griffin_reference applies to method 'griffin' only")
         if self.batch_mode not in BATCH_MODES:
             raise BadInput(f"unknown batch mode '{self.batch_mode}'; use one of {', '.join(BATCH_MODES)}")
         if self.thresholds is not None:

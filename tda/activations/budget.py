@@ -1,0 +1,136 @@
+"""Memory estimates of forwards, captures and generations, checked against the budget up front.
+
+Eager attention materialises ``[heads, queries, keys]`` scores (float32 softmax, plus the additive
+masks), so one forward of ``T`` tokens needs ``~(2·heads + 2)·T²·4`` bytes in its attention
+alone — 14 GB and more for a 30,000-word prompt on Gemma 3 270M. Capture therefore runs long
+prompts in chunks of ``C`` tokens through the KV cache (exact for causal attention): the scores
+shrink to ``C × T``. :func:`capture_plan` picks the largest chunk that fits the budget
+(:mod:`tda.common.memory`) and refuses, with one line, what does not fit at any chunk size.
+
+All estimates are upper-leaning sums of the big buffers (weights, KV cache, activations,
+results, the attention and FFN working set of one forward); Python and the libraries themselves
+(~0.5 GB) are not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tda.common import memory
+from tda.models.specs import ModelShape, shape_of_model
+
+SINGLE_PASS_MAX = 1024  # prompts up to this many tokens run in one forward when they fit
+CHUNKS = (1024, 512, 256, 128, 64, 32, 16)  # chunk sizes tried for longer prompts, largest first
+ROW_BATCHES = (4096, 1024, 256, 64, 16, 4, 1)  # isolated mode: [BOS, token] rows per forward
+FLOAT = 4
+
+
+def weights_bytes(lm) -> int:
+    """Bytes of a loaded model's parameters (tied weights counted once)."""
+    return sum(p.numel() * p.element_size() for p in lm.model.parameters())
+
+
+def shape_and_width(lm) -> tuple[ModelShape, int]:
+    return shape_of_model(lm.model), next(lm.model.parameters()).element_size()
+
+
+def _kv_len(shape: ModelShape, layer: int, kv: int, q: int) -> int:
+    w = shape.windows[layer] if layer < len(shape.windows) else None
+    return kv if w is None else min(kv, w + q)
+
+
+def kv_cache_bytes(shape: ModelShape, n_tokens: int, layers_run: int, width: int, batch: int = 1) -> int:
+    """The KV cache of ``n_tokens`` positions in the first ``layers_run`` layers."""
+    per = 2 * shape.n_kv_heads * shape.head_dim * width * batch
+    return sum(per * _kv_len(shape, L, n_tokens, 0) for L in range(min(layers_run, shape.n_layers)))
+
+
+def forward_bytes(shape: ModelShape, *, q: int, kv: int, layers_run: int, width: int, batch: int = 1) -> int:
+    """Working set of one eager forward of ``q`` new positions attending to ``kv`` positions."""
+    kv_eff = max((_kv_len(shape, L, kv, q) for L in range(min(layers_run, shape.n_layers))), default=q)
+    H = shape.n_heads
+    attn = batch * (2 * H + 2) * q * kv_eff * FLOAT  # scores, softmax (float32) and the additive masks
+    repeat = batch * 2 * H * kv_eff * shape.head_dim * width  # K and V expanded to every head
+    qkv = batch * q * (H + 2 * shape.n_kv_heads) * shape.head_dim * width * 2
+    ffn = batch * q * shape.d_ff * width * 4  # gate, up, act(gate), a
+    hidden = batch * q * shape.d_model * width * 8
+    return attn + repeat + qkv + ffn + hidden
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a job will run: ``chunk`` tokens (or rows) per forward and its estimated peak bytes."""
+
+    chunk: int
+    need: int
+
+
+def capture_plan(lm, n_tokens: int, n_out_tokens: int, layers: list[int], *, mode: str = "sequence",
+                 backend: str = "hooks") -> Plan:
+    """The chunk size (tokens per forward; rows for ``isolated``) that keeps a capture in budget.
+
+    Raises a one-line BadInput naming the estimate and the budget when nothing fits.
+    """
+    shape, width = shape_and_width(lm)
+    base = weights_bytes(lm) + len(layers) * n_out_tokens * shape.d_ff * FLOAT  # model + result
+    run = max(layers) + 1
+    what = f"capturing {len(layers)} layer(s) of a {n_tokens}-token prompt"
+    b = memory.budget().bytes
+    if mode == "isolated":
+        seq = n_tokens - n_out_tokens + 1  # [BOS, token] or [token]
+        for rows in (n_out_tokens, *[r for r in ROW_BATCHES if r < n_out_tokens]):
+            need = base + forward_bytes(shape, q=seq, kv=seq, layers_run=run, width=width, batch=rows) \
+                + len(layers) * rows * seq * shape.d_ff * width
+            if need <= b:
+                return Plan(rows, need)
+        memory.check(need, what)
+    if backend == "tl":  # TransformerLens: a copy of the model and one whole forward, cached hooks
+        need = 2 * weights_bytes(lm) + len(layers) * n_out_tokens * shape.d_ff * (FLOAT + width) \
+            + forward_bytes(shape, q=n_tokens, kv=n_tokens, layers_run=run, width=width)
+        memory.check(need, what + " through TransformerLens (use --backend hooks: it works in chunks)")
+        return Plan(n_tokens, need)
+    cands = ([n_tokens] if n_tokens <= SINGLE_PASS_MAX else []) + [c for c in CHUNKS if c < n_tokens]
+    need = 0
+    for c in cands or [n_tokens]:
+        cache = 0 if c >= n_tokens else kv_cache_bytes(shape, n_tokens, run, width) * 2  # cat() copies
+        need = base + cache + forward_bytes(shape, q=c, kv=n_tokens, layers_run=run, width=width)
+        if need <= b:
+            return Plan(c, need)
+    memory.check(need, what)
+    return Plan(cands[-1] if cands else n_tokens, need)
+
+
+def generation_bytes(lm, prompt_tokens: int, new_tokens: int, *, batch: int = 1, capture_layers: int = 0,
+                     logits_rows: int = 1) -> int:
+    """Peak bytes of a dense prefill of ``prompt_tokens`` (one forward, all layers) and a decode of
+    ``new_tokens``: weights, KV cache, the prefill's working set, ``logits_rows`` rows of logits per
+    sequence, and (``capture_layers``) the recorded activations of the prompt and decode steps."""
+    shape, width = shape_and_width(lm)
+    T = prompt_tokens + new_tokens
+    need = weights_bytes(lm) + kv_cache_bytes(shape, T, shape.n_layers, width, batch) * 2
+    need += forward_bytes(shape, q=prompt_tokens, kv=prompt_tokens, layers_run=shape.n_layers, width=width,
+                          batch=batch)
+    need += batch * logits_rows * shape.vocab * FLOAT * 3  # logits, (log-)softmax, a copy
+    need += capture_layers * T * shape.d_ff * FLOAT * 2  # per-call records and the stacked result
+    return need
+
+
+def check_generation(lm, prompt_tokens: int, new_tokens: int, *, batch: int = 1, capture_layers: int = 0,
+                     logits_rows: int = 1, what: str | None = None) -> int:
+    """:func:`generation_bytes` against the budget: a one-line BadInput when it does not fit."""
+    need = generation_bytes(lm, prompt_tokens, new_tokens, batch=batch, capture_layers=capture_layers,
+                            logits_rows=logits_rows)
+    memory.check(need, what or f"generating {new_tokens} tokens after a {prompt_tokens}-token prompt"
+                 + (f" (batch of {batch})" if batch > 1 else ""))
+    return need
+
+
+def check_batch(lm, rows: int, width_tokens: int, n_layers_out: int) -> int:
+    """One padded batch of ``rows × width_tokens`` captured in ``n_layers_out`` layers, against the budget."""
+    shape, width = shape_and_width(lm)
+    need = weights_bytes(lm) + forward_bytes(shape, q=width_tokens, kv=width_tokens, layers_run=shape.n_layers,
+                                             width=width, batch=rows)
+    need += n_layers_out * rows * width_tokens * shape.d_ff * (width + FLOAT)
+    memory.check(need, f"capturing a batch of {rows} texts of up to {width_tokens} tokens "
+                       "(use a smaller batch size or shorter texts)")
+    return need

@@ -1,0 +1,136 @@
+"""Argument checks that run before a model is loaded, and prompts from files or standard input.
+
+Nothing here imports torch: a bad ``--layers``, an out-of-range ``--layer``, an unknown
+``--model``/``--dtype``/``--device`` or an unwritable ``--out`` answer in about the time of
+``tda --help``. Layer ranges come from the model's config (:func:`tda.models.specs.shape_of`,
+which reads a JSON file); when it cannot be known without loading (a hub model), the same check
+runs after the load.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tda.common.errors import BadInput
+
+STDIN = "-"
+
+
+def _read_file(path: Path) -> str:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise BadInput(f"prompt file {p} does not exist" if not p.exists() else f"prompt file {p} is not a file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"prompt file {p} is not UTF-8 text") from None
+    except OSError as e:
+        raise BadInput(f"cannot read prompt file {p}: {e.strerror}") from None
+
+
+def _read_stdin() -> str:
+    try:
+        return sys.stdin.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"cannot read the prompt from standard input ({type(e).__name__})") from None
+
+
+def read_prompt(prompt: str | None, prompt_file: Path | None, *, required: bool = True) -> str | None:
+    """The prompt text: ``--prompt TEXT``, ``--prompt -`` (standard input) or ``--prompt-file PATH``.
+
+    Exactly one source; the text must not be blank. With ``required=False`` neither may be given
+    (returns None).
+    """
+    if prompt is not None and prompt_file is not None:
+        raise BadInput("give either --prompt or --prompt-file, not both")
+    if prompt is None and prompt_file is None:
+        if required:
+            raise BadInput("give the prompt with --prompt TEXT, --prompt - (standard input) or --prompt-file PATH")
+        return None
+    text = _read_file(prompt_file) if prompt_file is not None else _read_stdin() if prompt == STDIN else prompt
+    if not text.strip():
+        raise BadInput("the prompt is empty")
+    return text
+
+
+def read_prompts(prompts: list[str] | None, prompt_files: list[Path] | None) -> list[str]:
+    """Prompts of a batch: each ``--prompt`` (``-`` reads standard input once) and each ``--prompt-file``."""
+    if sum(p == STDIN for p in prompts or []) > 1:
+        raise BadInput("standard input can be read once: give --prompt - at most once")
+    out = []
+    for p in prompts or []:
+        out.append(_read_stdin() if p == STDIN else p)
+    out += [_read_file(f) for f in prompt_files or []]
+    if not out:
+        raise BadInput("give the prompt with --prompt TEXT, --prompt - (standard input) or --prompt-file PATH")
+    if any(not p.strip() for p in out):
+        raise BadInput("the prompt is empty")
+    return out
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    """``"all"``/empty -> None; ``"0,3,-1"`` -> ``[0, 3, -1]`` (negative indices count from the end)."""
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    try:
+        layers = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise BadInput(f"layers must be comma-separated integers (negative count from the end) or 'all', "
+                       f"got '{text}'") from None
+    if not layers:
+        raise BadInput("no layers given")
+    return layers
+
+
+def check_model_args(model: str, dtype: str = "fp32", device: str = "cpu", *, layers: list[int] | None = None,
+                     prompt_tokens_max: int | None = None):
+    """Check the model spec, dtype, device and layer indices without loading; returns the shape or None."""
+    from tda.models.specs import DEVICE_NAMES, DTYPE_NAMES, resolve, shape_of
+
+    resolve(model)
+    if dtype not in DTYPE_NAMES:
+        raise BadInput(f"unknown dtype '{dtype}'; use one of fp32, bf16, fp16")
+    if not (device in DEVICE_NAMES or str(device).startswith("cuda:")):
+        raise BadInput(f"unknown device '{device}'; use cpu, cuda or auto")
+    shape = shape_of(model)
+    if shape is not None and layers:
+        n = shape.n_layers
+        for L in layers:
+            if not -n <= L < n:
+                raise BadInput(f"layer {L} out of range: the model has layers 0..{n - 1} "
+                               f"(negative indices count from the end)")
+    return shape
+
+
+def check_out_file(path: Path | None) -> None:
+    """A writable output file path (its folder is created); None passes."""
+    if path is not None:
+        from tda.common.atomic import check_output_path
+
+        check_output_path(path)
+
+
+def check_out_dir(path: Path | None) -> None:
+    """A writable output folder; created only when the command writes it (nothing is made here)."""
+    if path is not None:
+        from tda.common.atomic import check_output_dir_writable
+
+        check_output_dir_writable(path)
+
+
+def check_eval_memory(lm, heldout: list[str], summaries: list[dict], max_new_tokens: int) -> None:
+    """`tda eval` up front: the longest held-out text (scored teacher-forced: logits for every
+    token) and the longest summarisation prompt must fit the memory budget."""
+    from tda.activations.budget import check_generation
+    from tda.common.data import xsum_prompt
+
+    def n_tokens(text: str) -> int:
+        return min(len(lm.tokenizer(text, add_special_tokens=True).input_ids), lm.n_ctx)
+
+    if heldout:
+        n = max(n_tokens(t) for t in heldout)
+        check_generation(lm, n, 0, logits_rows=n, what=f"scoring a {n}-token held-out text")
+    if summaries:
+        n = max(n_tokens(xsum_prompt(r["article"])) for r in summaries)
+        check_generation(lm, n, max_new_tokens, what=f"summarising from a {n}-token prompt")

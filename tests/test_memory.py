@@ -1,0 +1,141 @@
+"""The memory budget (issue #11): long prompts run in chunks within it or are refused up front."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tda.common import memory
+from tda.common.errors import BadInput
+
+TINY = ("tiny-llama", "tiny-gemma3", "tiny-gpt2", "tiny-opt", "tiny-qwen3", "tiny-mistral")
+LONG = " ".join(["the quick brown fox jumps over a lazy dog while people visited the city"] * 22)  # 485 tokens
+
+
+@pytest.fixture(autouse=True)
+def _no_budget_leak(monkeypatch):
+    monkeypatch.delenv(memory.ENV, raising=False)
+    memory.set_budget_override(None)
+    yield
+    memory.set_budget_override(None)
+
+
+@pytest.mark.parametrize("text, n", [("8G", 8 * 2**30), ("500M", 500 * 2**20), ("1.5GiB", int(1.5 * 2**30)),
+                                     ("64k", 64 * 1024), ("123456", 123456), (" 2 gb ", 2 * 2**30)])
+def test_parse_size(text, n):
+    assert memory.parse_size(text) == n
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-1G", "0", "8X"])
+def test_parse_size_rejects(text):
+    with pytest.raises(BadInput):
+        memory.parse_size(text)
+
+
+def test_budget_sources(monkeypatch):
+    b = memory.budget()
+    assert b.bytes > 0 and "60%" in b.source
+    monkeypatch.setenv(memory.ENV, "3G")
+    assert memory.budget() == memory.Budget(3 * 2**30, "TDA_MAX_MEMORY=3G")
+    memory.set_budget_override(2**20)  # --memory-budget wins over the environment
+    assert memory.budget().bytes == 2**20 and "--memory-budget" in memory.budget().source
+    with pytest.raises(BadInput, match="over the budget of 1.0 MB .*--memory-budget or TDA_MAX_MEMORY"):
+        memory.check(2 * 2**20, "this job")
+
+
+# ----- chunked capture is exact ------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", TINY)
+def test_chunked_capture_equals_one_pass(load_tiny, spec):
+    from tda.activations.capture import capture
+
+    lm = load_tiny(spec)
+    ref = capture(lm, LONG, chunk=10_000)
+    for chunk in (7, 16, 64):
+        for layers in (None, [0], [1]):
+            got = capture(lm, LONG, layers=layers, chunk=chunk)
+            want = ref.acts[[ref.layers.index(L) for L in got.layers]]
+            assert torch.allclose(got.acts, want, atol=1e-5, rtol=0), (spec, chunk, layers)
+    iso, iso_small = (capture(lm, LONG[:200], mode="isolated", chunk=c) for c in (10_000, 3))
+    assert torch.allclose(iso.acts, iso_small.acts, atol=1e-5, rtol=0)
+
+
+def test_plan_picks_a_chunk_that_fits(tiny_llama):
+    from tda.activations.budget import capture_plan
+    from tda.activations.capture import capture, tokenize
+
+    n = len(tokenize(tiny_llama, LONG))
+    one_pass = capture_plan(tiny_llama, n, n - 1, [0, 1, 2])
+    assert one_pass.chunk == n  # no budget pressure: one forward
+    memory.set_budget_override(one_pass.need // 2)  # too small for one pass over the prompt
+    plan = capture_plan(tiny_llama, n, n - 1, [0, 1, 2])
+    assert plan.chunk < n and plan.need <= one_pass.need // 2
+    got = capture(tiny_llama, LONG)  # accepted within the budget, in chunks, and exact
+    memory.set_budget_override(None)
+    assert torch.allclose(got.acts, capture(tiny_llama, LONG).acts, atol=1e-5, rtol=0)
+
+
+def test_gemma_long_prompt_estimates():
+    """On the real shape: one pass over 32k tokens needs tens of GB; chunks need about 2 GB."""
+    from tda.activations.budget import forward_bytes
+    from tda.models.specs import shape_of
+
+    shape = shape_of("gemma-3-270m")
+    if shape is None:
+        pytest.skip("the embedded model is not cached here")
+    full = forward_bytes(shape, q=32_000, kv=32_000, layers_run=10, width=4)
+    chunked = forward_bytes(shape, q=512, kv=32_000, layers_run=10, width=4)
+    assert full > 30 * 2**30 and chunked < 2**30
+
+
+# ----- refused up front through the CLI: one line, exit 2, nothing written -------------------------------
+def _one_line(err):
+    return len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_capture_refused_over_budget(run_cli, tmp_path, monkeypatch):
+    f = tmp_path / "long.txt"
+    f.write_text(LONG)
+    out = tmp_path / "out"
+    code, _, err = run_cli("--memory-budget", "200K", "capture", "-m", "tiny-llama", "--prompt-file", f,
+                           "--out", out / "c.st")
+    assert code == 2 and _one_line(err)
+    assert "over the budget of 200.0 KB (--memory-budget 200.0 KB)" in err and "TDA_MAX_MEMORY" in err
+    assert list(out.iterdir()) == []
+    monkeypatch.setenv(memory.ENV, "200K")  # the environment variable does the same
+    code, _, err = run_cli("capture", "-m", "tiny-llama", "--prompt-file", f, "--out", out / "c.st")
+    assert code == 2 and "TDA_MAX_MEMORY=200K" in err and list(out.iterdir()) == []
+
+
+def test_capture_accepted_in_chunks_under_budget(run_cli, tmp_path, tiny_llama):
+    from tda.activations.budget import capture_plan
+    from tda.activations.capture import Capture, capture, tokenize
+
+    n = len(tokenize(tiny_llama, LONG))
+    budget = capture_plan(tiny_llama, n, n - 1, [0, 1, 2]).need // 2
+    code, _, err = run_cli("--memory-budget", str(budget), "capture", "-m", "tiny-llama", "-p", LONG,
+                           "--out", tmp_path / "c.st")
+    assert code == 0, err
+    assert torch.allclose(Capture.load(tmp_path / "c.st").acts, capture(tiny_llama, LONG).acts, atol=1e-5)
+
+
+@pytest.mark.parametrize("args", [
+    ["generate", "-m", "tiny-llama", "-p", LONG, "-n", "4"],
+    ["recall", "-m", "tiny-llama", "-p", LONG, "--new-tokens", "4", "--out", "OUT"],
+    ["eval", "-m", "tiny-llama", "--methods", "dense", "--densities", "0.5", "--limit", "1", "--out", "OUT"],
+])
+def test_generation_commands_refused_over_budget(run_cli, tmp_path, args):
+    args = [str(tmp_path / "o") if a == "OUT" else a for a in args]
+    code, _, err = run_cli("--memory-budget", "300K", *args)
+    assert code == 2 and "memory" in err and "over the budget" in err and _one_line(err), err
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+def test_library_refuses_too(tiny_llama):
+    from tda.activations.decode import generate_with_capture
+    from tda.engine.generate import generate
+
+    memory.set_budget_override(300 * 1024)
+    with pytest.raises(BadInput, match="over the budget"):
+        generate(tiny_llama, LONG, max_new_tokens=4)
+    with pytest.raises(BadInput, match="over the budget"):
+        generate_with_capture(tiny_llama, LONG, 4)
