@@ -103,14 +103,15 @@ class BenchVariant:
 def bench_variants(methods, densities) -> list[BenchVariant]:
     """Validate ``methods`` (``stock`` or any name in :data:`tda.engine.generate.METHODS`: the engine's
     message speaks for unknown ones) and ``densities``; labels are the bare method name when there is
-    one density (as before), ``method@density`` when there are several."""
+    one density (as before), ``method@density`` when there are several. ``method@cett`` runs the
+    method once with no density: its calibrated rule (CETT thresholds for tt, tda, cats)."""
     methods = list(methods)
     if not methods:
         raise BadInput("no bench methods given")
     for m in methods:
         if m != "stock":
             try:
-                check_method(m)
+                check_method(m.removesuffix("@cett"))
             except BadInput as e:
                 raise BadInput(f"unknown bench method '{m}' (stock, or: {str(e).split('use one of ')[-1]})") from None
     ds = [check_density(d) for d in densities]
@@ -120,6 +121,8 @@ def bench_variants(methods, densities) -> list[BenchVariant]:
     for m in dict.fromkeys(methods):  # keep order, drop repeats
         if m in ("stock", "dense"):
             out.append(BenchVariant(m, m, None))
+        elif m.endswith("@cett"):
+            out.append(BenchVariant(m, m.removesuffix("@cett"), None))
         else:
             out += [BenchVariant(m if len(ds) == 1 else f"{m}@{d:g}", m, d) for d in ds]
     return out
