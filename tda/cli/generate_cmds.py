@@ -126,7 +126,12 @@ def bench_cmd(
 
     ms = _names(methods)
     ds = _floats(densities, "densities") if densities is not None else [density]
-    bench_variants(ms, ds)  # validates methods and densities before anything is loaded
+    try:
+        bench_variants(ms, ds)  # validates methods and densities before anything is loaded
+    except BadInput as e:
+        if str(e).startswith("unknown method"):
+            raise BadInput(f"unknown bench method: {e} (or stock)") from None
+        raise
     if new_tokens < 2 or rounds < 1 or prompt_tokens < 1:
         raise BadInput("need --new-tokens >= 2, --rounds >= 1 and --prompt-tokens >= 1")
     if bandwidth_mb < 0:
