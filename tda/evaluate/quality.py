@@ -76,7 +76,7 @@ def perplexity_eval(lm, texts: list[str], vs: list[Variant], *, prefix_frac: flo
     def one_text(i, ids) -> dict[str, tuple[float, int, int]]:  # every variant on one text
         out, dense_top = {}, None
         for v in vs:
-            sess = SparseSession(lm, v.method, density=v.density, cett=cett, fast=fast, thresholds=thr,
+            sess = SparseSession(lm, v.method, density=v.density, cett=cett, fast=fast, thresholds=thr.get(v.method),
                                  calibration_texts=calibration_texts)
             k = split_point(len(ids), prefix_frac)
             logits = continuation_logits(lm, ids, k, sess)
@@ -109,13 +109,16 @@ def perplexity_eval(lm, texts: list[str], vs: list[Variant], *, prefix_frac: flo
     return res
 
 
-def _thresholds(lm, vs: list[Variant], cett: float, calibration_texts) -> list[float] | None:
-    """CETT thresholds once for every session (None when no variant needs them)."""
-    if not any(v.method in ("tt", "tda") for v in vs):
-        return None
+def _thresholds(lm, vs: list[Variant], cett: float, calibration_texts) -> dict[str, list[float]]:
+    """``{method: t_L}`` for the variants that use CETT thresholds, computed once (before the texts
+    are shared out over processes, so that no process calibrates on its own)."""
+    needs = {v.method for v in vs} & {"tt", "tda"}
+    if not needs:
+        return {}
     from tda.engine.generate import thresholds_for
 
-    return thresholds_for(lm, cett, calibration_texts)
+    t = thresholds_for(lm, cett, calibration_texts)
+    return dict.fromkeys(needs, t)
 
 
 # ----- summarisation ------------------------------------------------------------------------------
@@ -158,7 +161,7 @@ def summarization_eval(lm, records: list[dict], vs: list[Variant], *, max_new_to
 
     def one_prompt(i, p) -> dict[str, str]:  # every variant on one article
         return {v.label: first_line(generate(lm, p, v.method, density=v.density, cett=cett,
-                                             max_new_tokens=max_new_tokens, fast=fast, thresholds=thr,
+                                             max_new_tokens=max_new_tokens, fast=fast, thresholds=thr.get(v.method),
                                              calibration_texts=calibration_texts).text) for v in vs}
 
     per_prompt = distributed.map_sharded(one_prompt, prompts)  # articles shared out, in order
