@@ -19,6 +19,13 @@ from tda.models.load import load_model
 PROMPT = "Almost one million people visited the city during the festival"
 
 
+@pytest.fixture
+def single():
+    """A fresh one-device tiny-llama: the shared fixture's layouts change once token-wise methods
+    ran on it (same values, another summation order), and these comparisons are bitwise."""
+    return load_model("tiny-llama")
+
+
 @pytest.fixture(scope="module")
 def offloaded():
     """tiny-llama with layer 0 in RAM and layers 1-2 (and the lm_head) offloaded to disk."""
@@ -35,41 +42,41 @@ def test_part_of_the_layers_is_offloaded(offloaded):
     assert placement.has_offload(offloaded.model)
 
 
-def test_weights_read_through_the_hooks_equal_the_model(tiny_llama, offloaded):
+def test_weights_read_through_the_hooks_equal_the_model(single, offloaded):
     from tda.masks.build import model_down_norms, model_static_scores
 
     for L in range(3):
-        assert torch.equal(offloaded.ffn.down_weight(L), tiny_llama.ffn.down_weight(L))
-        for a, b in zip(offloaded.ffn.in_weights(L), tiny_llama.ffn.in_weights(L)):
+        assert torch.equal(offloaded.ffn.down_weight(L), single.ffn.down_weight(L))
+        for a, b in zip(offloaded.ffn.in_weights(L), single.ffn.in_weights(L)):
             assert torch.equal(a, b)
-    assert torch.equal(model_down_norms(offloaded), model_down_norms(tiny_llama))
-    assert torch.equal(model_static_scores(offloaded), model_static_scores(tiny_llama))
+    assert torch.equal(model_down_norms(offloaded), model_down_norms(single))
+    assert torch.equal(model_static_scores(offloaded), model_static_scores(single))
 
 
 @pytest.mark.parametrize("mode", ["sequence", "isolated"])
-def test_capture_equals_the_single_device_run(tiny_llama, offloaded, mode):
+def test_capture_equals_the_single_device_run(single, offloaded, mode):
     from tda.activations.capture import capture, capture_batch
 
-    assert torch.equal(capture(offloaded, PROMPT, mode=mode).acts, capture(tiny_llama, PROMPT, mode=mode).acts)
-    for a, b in zip(capture_batch(offloaded, [PROMPT, "a short one"]), capture_batch(tiny_llama, [PROMPT, "a short one"])):
+    assert torch.equal(capture(offloaded, PROMPT, mode=mode).acts, capture(single, PROMPT, mode=mode).acts)
+    for a, b in zip(capture_batch(offloaded, [PROMPT, "a short one"]), capture_batch(single, [PROMPT, "a short one"])):
         assert torch.equal(a.acts, b.acts)
 
 
-def test_decode_capture_equals_the_single_device_run(tiny_llama, offloaded):
+def test_decode_capture_equals_the_single_device_run(single, offloaded):
     from tda.activations.decode import generate_with_capture
 
-    a, b = generate_with_capture(offloaded, PROMPT, 6), generate_with_capture(tiny_llama, PROMPT, 6)
+    a, b = generate_with_capture(offloaded, PROMPT, 6), generate_with_capture(single, PROMPT, 6)
     assert a.token_ids == b.token_ids and torch.equal(a.decode_acts, b.decode_acts)
 
 
 @pytest.mark.parametrize("method,density", [("dense", None), ("griffin", 0.5), ("tda", 0.5), ("tt", 0.5),
                                             ("static", 0.3), ("random", 0.5)])
-def test_sparse_generation_tokens_equal_the_single_device_run(tiny_llama, offloaded, method, density):
+def test_sparse_generation_tokens_equal_the_single_device_run(single, offloaded, method, density):
     from tda.engine.generate import generate
 
     kw = dict(density=density, max_new_tokens=8, calibration_texts=[PROMPT, "the city had a festival"])
     got = generate(offloaded, [PROMPT, "the city"], method, batch_mode="rows", **kw)
-    ref = generate(tiny_llama, [PROMPT, "the city"], method, fast=False, batch_mode="rows", **kw)
+    ref = generate(single, [PROMPT, "the city"], method, fast=False, batch_mode="rows", **kw)
     assert got.token_ids == ref.token_ids and got.density == pytest.approx(ref.density)
     assert got.params["fast"] is False  # the oneDNN path is off for an offloaded model
 
@@ -88,7 +95,7 @@ def test_conv1d_family_with_tied_weights_offloaded(load_tiny):
         assert a.token_ids == b.token_ids
 
 
-def test_device_map_file_and_control_keep_the_placement(tmp_path, tiny_llama):
+def test_device_map_file_and_control_keep_the_placement(tmp_path, single):
     from tda.activations.capture import capture
     from tda.models.load import random_weights_like
 
@@ -98,7 +105,7 @@ def test_device_map_file_and_control_keep_the_placement(tmp_path, tiny_llama):
                                 "lm_head": "cpu"}))
     lm = load_model("tiny-llama", device_map=str(path))
     assert [placement.is_offloaded(lm.ffn.out_module(L)) for L in range(3)] == [True, False, True]
-    assert torch.equal(capture(lm, PROMPT).acts, capture(tiny_llama, PROMPT).acts)
+    assert torch.equal(capture(lm, PROMPT).acts, capture(single, PROMPT).acts)
     ctrl = random_weights_like(lm, 0)
     assert ctrl.device_map == lm.device_map and placement.has_offload(ctrl.model)
 
