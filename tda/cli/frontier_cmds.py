@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -19,23 +18,12 @@ def default_out(spec: str) -> Path:
 
 def check_out_dir(path: Path) -> Path:
     """An output folder that is, or can be created, writable — checked without creating anything."""
+    from tda.common.atomic import check_output_dir_writable
     from tda.common.errors import BadInput
 
-    p = Path(path).expanduser()
     if str(path).strip() == "":
         raise BadInput("output folder is empty")
-    if p.exists():
-        if not p.is_dir():
-            raise BadInput(f"output folder {p} exists and is not a directory")
-        if not os.access(p, os.W_OK | os.X_OK):
-            raise BadInput(f"output folder {p} is not writable")
-        return p
-    parent = p.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise BadInput(f"cannot create output folder {p}: {parent} is not a writable directory")
-    return p
+    return check_output_dir_writable(path)
 
 
 @app.command("frontier")
