@@ -19,7 +19,7 @@ import torch
 
 from tda.common import distributed
 from tda.common.errors import BadInput
-from tda.engine.generate import METHODS, SparseSession, generate
+from tda.engine.generate import SparseSession, check_method, generate
 from tda.evaluate.bootstrap import ITERS, SEED, mean_interval, perplexity_interval, ratio_interval
 from tda.evaluate.scoring import continuation_logits, split_point
 from tda.masks.build import check_density
@@ -44,8 +44,7 @@ def variants(methods: list[str], densities: list[float]) -> list[Variant]:
     if not methods:
         raise BadInput("no methods given")
     for m in methods:
-        if m not in METHODS:
-            raise BadInput(f"unknown method '{m}'; use one of {', '.join(METHODS)}")
+        check_method(m)  # registered names and PROMPT+tt combinations
     ds = [check_density(d) for d in densities]
     out = [Variant("dense", None)]
     for m in methods:
