@@ -193,6 +193,6 @@ def test_capture_folder_cli_and_info(run_cli, tmp_path, data):
     code, out, _ = run_cli("info", tmp_path / "caps")
     assert code == 0 and "capture set of 3 texts" in out and "layers [1]" in out
     code, _, err = run_cli("capture", "--model", "tiny-llama", "--data", data, "--prompt", "x", "--out", tmp_path / "c2")
-    assert code == 2 and "exactly one of --prompt or --data" in err
+    assert code == 2 and "exactly one of --prompt, --prompt-file or --data" in err
     code, _, err = run_cli("info", tmp_path)
     assert code == 2 and "not a capture folder" in err
