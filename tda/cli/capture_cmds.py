@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
 
 from tda.cli.app import DeviceOpt, DtypeOpt, LazyConsole, ModelOpt, PromptFileOpt, app, load
 
-console = LazyConsole()
+console = LazyConsole(width=None if sys.stdout.isatty() else 160)  # lines stay whole when piped
 
 
 @app.command()
