@@ -131,9 +131,10 @@ def _commands():
 
     from tda.cli.app import app
     from tda.cli.main import _register
+    from tda.cli.placement_opts import add_placement_options
 
     _register()
-    group = typer.main.get_command(app)
+    group = add_placement_options(typer.main.get_command(app))  # as the CLI builds it
     return group, group.commands
 
 

@@ -20,9 +20,12 @@ def _options_source(
     device_map: str = typer.Option(
         None, "--device-map",
         help="place the model with accelerate (replaces --device): auto, balanced, sequential, or a .json "
-             "{module: device} file; layers spread over the GPUs, the rest offloaded to CPU RAM/disk"),
+             "{module: device} file; layers spread over the GPUs, the rest offloaded to CPU RAM/disk "
+             "(default: not set, --device places the whole model)"),
     max_memory: str = typer.Option(None, "--max-memory",
-                                   help="with --device-map: memory per device, e.g. 0=20GiB,1=20GiB,cpu=60GiB"),
+                                   help="with --device-map: memory per device, e.g. 0=20GiB,1=20GiB,cpu=60GiB "
+                                        "(default: what accelerate finds free; the budget of the work itself is "
+                                        "tda --memory-budget)"),
 ) -> None:
     """Only here so that typer builds the two options (help panel and all) like every other option."""
 
