@@ -17,9 +17,8 @@ for ``out``). Cache modes: ``cold`` rotates through enough weight copies (>= 8x 
 16 random active sets that every call streams its weights from DRAM, as in real decoding;
 ``hot`` reuses one weight (L3-resident when it fits), as a micro-benchmark would.
 
-Rounds are kept only from blocks during which other processes were (nearly) idle, see
-``_time_rounds``: on a shared 2-core machine one busy neighbour turns every 2-thread call into a
-~10 ms scheduler wait.
+Rounds in which any call was preempted by another process are dropped (``_time_rounds``): on
+a shared 2-core machine one busy neighbour turns every 2-thread call into a ~10 ms wait.
 
 Usage: ``PYTHONPATH=. python benchmarks/kernels.py [--threads 2] [--rounds 40] [--bf16]``.
 Results: ``benchmarks/results/kernels.json``.
@@ -90,67 +89,78 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def _cpu_busy_s() -> float:
-    """CPU seconds all processes have been busy (from /proc/stat), or NaN when unavailable."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:9]]
-        return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        return float("nan")
+class _RunDelay:
+    """Total time this process's threads spent waiting for a CPU (``/proc/self/task/*/
+    schedstat``, ns). A call during which it grows was preempted by another process."""
+
+    def __init__(self):
+        self.fds: dict[str, int] = {}
+
+    def __call__(self) -> int | None:
+        try:
+            tids = os.listdir("/proc/self/task")
+            if tids != list(self.fds):
+                self.close()
+                self.fds = {t: os.open(f"/proc/self/task/{t}/schedstat", os.O_RDONLY)
+                            for t in tids}
+            return sum(int(os.pread(fd, 128, 0).split()[1]) for fd in self.fds.values())
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = {}
 
 
-def _self_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def _time_rounds(fns: dict, rounds: int, gate: bool, block_s: float = 0.5,
-                 max_s: float = 30.0) -> tuple[dict[str, list[float]], dict]:
+def _time_rounds(fns: dict, rounds: int, gate: bool, max_s: float = 30.0,
+                 max_wait_us: float = 50.0) -> tuple[dict[str, list[float]], dict]:
     """Interleaved timing: each round calls every fn once (fn(i) picks its own data).
 
-    With ``gate``, rounds run in blocks of ~``block_s`` seconds and a block is kept only when
-    other processes used under 5% of the machine meanwhile (/proc/stat minus our own CPU
-    time), so a shared, busy machine does not leak into the numbers; after ``max_s`` seconds
-    the contended blocks are used too (flagged in the result).
+    With ``gate`` (and Linux schedstat), a round is kept only when none of its calls was
+    preempted -- no thread of this process waited more than ``max_wait_us`` for a CPU -- so a
+    busy neighbour on a shared machine (which turns a 2-thread call into a ~10 ms scheduler
+    wait) does not leak into the numbers. After ``max_s`` seconds the preempted rounds are used
+    too (flagged "contended" in the result).
     """
     counter = itertools.count()
-    t_round = 0.0
     for f in fns.values():  # warm-up (and first-call dispatch)
-        t0 = time.perf_counter()
         f(next(counter))
-        t_round += time.perf_counter() - t0
-    per_block = max(1, min(rounds, int(block_s / max(t_round, 1e-6))))
+    delay = _RunDelay()
+    gate = gate and delay() is not None
     kept: dict[str, list[float]] = {k: [] for k in fns}
     spare: dict[str, list[float]] = {k: [] for k in fns}
-    stats = {"blocks_kept": 0, "blocks_dropped": 0, "contended": False}
+    stats = {"rounds_kept": 0, "rounds_dropped": 0, "contended": False, "gated": gate}
     start = time.perf_counter()
-    ncpu = os.cpu_count() or 1
-    while len(kept[next(iter(fns))]) < rounds:
-        busy0, self0, w0 = _cpu_busy_s(), _self_cpu_s(), time.perf_counter()
-        block: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(per_block):
-            for k, f in fns.items():
-                i = next(counter)
-                t0 = time.perf_counter()
-                f(i)
-                block[k].append(time.perf_counter() - t0)
-        wall = time.perf_counter() - w0
-        others = (_cpu_busy_s() - busy0) - (_self_cpu_s() - self0)
-        quiet = not gate or not others > 0.05 * ncpu * max(wall, block_s)
-        stats["blocks_kept" if quiet else "blocks_dropped"] += 1
+    first = next(iter(fns))
+    while len(kept[first]) < rounds:
+        times, clean = {}, True
+        for k, f in fns.items():
+            i = next(counter)
+            d0 = delay() if gate else 0
+            t0 = time.perf_counter()
+            f(i)
+            times[k] = time.perf_counter() - t0
+            if gate and delay() - d0 > max_wait_us * 1e3:
+                clean = False
+        stats["rounds_kept" if clean else "rounds_dropped"] += 1
         for k in fns:
-            (kept if quiet else spare)[k].extend(block[k])
-        if not quiet and time.perf_counter() - start > max_s:
+            (kept if clean else spare)[k].append(times[k])
+        if not clean and time.perf_counter() - start > max_s:
             stats["contended"] = True
             for k in fns:
                 kept[k].extend(spare[k])
                 spare[k].clear()
+    delay.close()
     return kept, stats
 
 
 def bench_case(d_out: int, d_in: int, kind: str, dtype: torch.dtype, fractions, rounds: int,
-               mode: str, batch: int, l3: int, gate: bool = True, seed: int = 0) -> list[dict]:
+               mode: str, batch: int, l3: int, gate: bool = True, max_wait: float = 60.0,
+               seed: int = 0) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     nbytes = d_out * d_in * torch.finfo(dtype).bits // 8
     ncopy = 1 if mode == "hot" else max(2, -(-8 * l3 // nbytes))
@@ -184,7 +194,7 @@ def bench_case(d_out: int, d_in: int, kind: str, dtype: torch.dtype, fractions, 
             fns["cpp"] = lambda i: sparse(i, "cpp")
         fns["torch"] = lambda i: sparse(i, "torch")
         load0 = _load()
-        ts, stats = _time_rounds(fns, rounds, gate)
+        ts, stats = _time_rounds(fns, rounds, gate, max_s=max_wait)
         base = "dense" if fast else "F.linear"
         ratios = [a / b for a, b in zip(ts[base], ts["sparse"])]
         row = {
@@ -224,9 +234,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--modes", default="cold,hot")
     ap.add_argument("--models", default=",".join(SHAPES))
+    ap.add_argument("--cases", default=",".join(f"{p}:{k}" for p, k in CASES),
+                    help="projection:kind pairs, kind in/out")
     ap.add_argument("--bf16", action="store_true", help="also bf16 (fewer fractions/rounds)")
     ap.add_argument("--no-gate", action="store_true",
                     help="keep rounds measured while other processes were busy")
+    ap.add_argument("--max-wait", type=float, default=60.0,
+                    help="seconds per cell to wait for clean rounds before using preempted ones")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -241,25 +255,31 @@ def main(argv=None) -> dict:
     if args.bf16:
         runs.append((torch.bfloat16, [0.1, 0.3, 0.5, 0.7, 0.9], max(5, args.rounds // 4)))
     rows = []
+
+    def save(done: bool) -> None:
+        result = {"machine": info, "rounds": args.rounds, "batch": args.batch, "complete": done,
+                  "seconds": time.perf_counter() - t0, "rows": rows}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, args.out)
+
     print("times in ms (medians); ratio = dense / sparse(auto), paired per round; "
           "ceil = bytes ratio")
     for mode in args.modes.split(","):
         for dtype, fracs, rounds in runs:
             print(HEADER)
             for model in args.models.split(","):
-                for proj, kind in CASES:
+                for proj, kind in (c.split(":") for c in args.cases.split(",")):
                     d_out, d_in = SHAPES[model][proj]
                     for r in bench_case(d_out, d_in, kind, dtype, fracs, rounds, mode,
-                                        args.batch, l3, gate=not args.no_gate):
+                                        args.batch, l3, gate=not args.no_gate,
+                                        max_wait=args.max_wait):
                         rows.append({"model": model, "proj": proj, **r})
-    result = {"machine": info, "rounds": args.rounds, "batch": args.batch,
-              "seconds": time.perf_counter() - t0, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, args.out)
+                    save(False)  # partial results survive an interrupted run
+    save(True)
     print(f"wrote {args.out}")
-    return result
+    return json.loads(args.out.read_text())
 
 
 if __name__ == "__main__":

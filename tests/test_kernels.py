@@ -74,15 +74,15 @@ SHAPES = [(), (1,), (4,), (2, 3)]  # leading dims of x: 1-D, batch 1, small batc
 def test_input_sparse_matches_masked_dense(device, backend, dtype, shape, frac):
     if device == "cuda" and backend == "cpp":
         pytest.skip("the C++ kernels are CPU-only")
-    w, x, _, xm, idx, b = _problem(48, 80, shape, frac, dtype, device, bias=True)
+    w, x, _, xm, idx, b = _problem(45, 83, shape, frac, dtype, device, bias=True)  # odd sizes
     w_t = w.t().contiguous()
     y = K.input_sparse(xm, idx, w_t, b, backend=backend)
-    assert y.shape == (*shape, 48) and y.dtype == dtype and y.device == w.device
+    assert y.shape == (*shape, 45) and y.dtype == dtype and y.device == w.device
     assert _close(y, _ref(xm, w, b), dtype)
     lin = K.SparseLinear.from_linear(w, b, layout="in")
     assert _close(lin.input_sparse(xm, idx, backend=backend), _ref(xm, w, b), dtype)
     if frac == 0.0:  # empty active set: only the bias remains
-        assert idx.numel() == 0 and _close(y, b.double().expand(*shape, 48), dtype)
+        assert idx.numel() == 0 and _close(y, b.double().expand(*shape, 45), dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -124,11 +124,11 @@ def test_input_sparse_threshold_per_input(backend, shape):
 def test_output_sparse_matches_dense_rows(device, backend, dtype, shape, frac):
     if device == "cuda" and backend == "cpp":
         pytest.skip("the C++ kernels are CPU-only")
-    w, x, *_, b = _problem(72, 56, shape, 1.0, dtype, device, seed=3, bias=True)
+    w, x, *_, b = _problem(73, 59, shape, 1.0, dtype, device, seed=3, bias=True)  # odd sizes
     g = torch.Generator().manual_seed(4)
-    idx = (torch.rand(72, generator=g) < frac).nonzero().squeeze(1).to(device)
+    idx = (torch.rand(73, generator=g) < frac).nonzero().squeeze(1).to(device)
     if frac >= 1.0:
-        idx = torch.randperm(72, generator=g).to(device)  # any order is fine
+        idx = torch.randperm(73, generator=g).to(device)  # any order is fine
     y = K.output_sparse(x, idx, w, b, backend=backend)
     ref = _ref(x, w, b)[..., idx.cpu()]
     assert y.shape == (*shape, idx.numel()) and y.dtype == dtype

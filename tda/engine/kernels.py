@@ -59,10 +59,13 @@ __all__ = [
 ]
 
 # Batches up to this many rows go to the C++ kernels (GEMV-like loops); larger ones use torch's
-# GEMM on the gathered weight rows, which wins once the weight is reused across enough rows.
+# GEMM on the gathered weight rows, which wins once the weight is reused across enough rows
+# (measured at Llama-1B shapes, 2 threads: C++ faster at 16 rows, even at 32).
 CPP_MAX_ROWS = 16
-# The C++ dense x @ W_t beats oneDNN only at small batches (measured, benchmarks/kernels.py).
+# The C++ dense x @ W_t beats oneDNN only at small batches (measured: faster up to 4 rows).
 CPP_DENSE_MAX_ROWS = 4
+# Torch path: embedding_bag up to this many rows, GEMM on the gathered rows above (measured).
+_EB_MAX_ROWS = 4
 
 _CPP_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -204,7 +207,8 @@ void in_sparse(const float* xs, int64_t B, const int64_t* idx, int64_t k,
   }
 }
 
-// y[b, j] = w[idx[j], :] . x[b, :] (+ bias[idx[j]]); w is [d_out, d_in] row-major.
+// y[b, j] = w[idx[j], :] . x[b, :] (+ bias[idx[j]]); w is [d_out, d_in] row-major. One row at a
+// time (a four-row variant measured slower: it vectorized worse), prefetching two rows ahead.
 template <typename E>
 void out_sparse(const float* xf, int64_t B, int64_t d_in, const int64_t* idx, int64_t k,
                 const typename E::T* w, const typename E::T* bias, typename E::T* y) {
@@ -686,7 +690,7 @@ def _torch_in_sparse(x2: torch.Tensor, idx: torch.Tensor, w_t: torch.Tensor,
     n, k, d_out = x2.shape[0], idx.numel(), w_t.shape[1]
     if k == 0 or n == 0:
         y = x2.new_zeros(n, d_out)
-    elif n <= CPP_MAX_ROWS:
+    elif n <= _EB_MAX_ROWS:
         # embedding_bag reads only the active rows of w_t; on CPU each row's indices are split
         # into one bag per thread (embedding_bag parallelizes over bags), the bags summed after.
         xs = x2.index_select(1, idx).reshape(-1)
