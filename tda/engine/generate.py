@@ -16,7 +16,6 @@ same fields as keywords (``generate(lm, prompts, "griffin", density=0.5)``). Met
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -25,10 +24,10 @@ import torch
 from tda.common.errors import BadInput
 from tda.engine.config import SparsityConfig, as_config
 from tda.engine.methods.registry import get_method, method_names
+from tda.engine.methods.thresholds import calibrated_cett
 from tda.engine.session import SparseSession, sync
 
 METHODS = method_names()
-_CAL_LOCK = threading.Lock()
 
 
 
@@ -40,10 +39,7 @@ def check_method(method: str) -> str:
 
 def thresholds_for(lm, cett: float = 0.2, texts: list[str] | None = None) -> list[float]:
     """Per-layer CETT thresholds ``t_L`` (cached calibration; ``texts`` default: shipped corpus)."""
-    from tda.masks.calibrate import load_or_calibrate
-
-    with _CAL_LOCK:
-        return list(load_or_calibrate(lm, texts=texts, target=cett).thresholds)
+    return calibrated_cett(lm, cett, texts)
 
 
 # ----- generate -------------------------------------------------------------------------------------

@@ -11,11 +11,15 @@ def cett_thresholds(lm, cfg) -> list[float]:
     """Per-layer CETT thresholds ``t_L``: ``cfg.thresholds``, or calibrated at ``cfg.cett`` (cached)."""
     if cfg.thresholds is not None:
         return list(cfg.thresholds)
+    return calibrated_cett(lm, cfg.cett, None if cfg.calibration_texts is None else list(cfg.calibration_texts))
+
+
+def calibrated_cett(lm, cett: float, texts: list[str] | None = None) -> list[float]:
+    """Per-layer CETT thresholds ``t_L`` (cached; one calibration at a time in this process)."""
     from tda.masks.calibrate import load_or_calibrate
 
-    texts = None if cfg.calibration_texts is None else list(cfg.calibration_texts)
     with _LOCK:
-        return list(load_or_calibrate(lm, texts=texts, target=cfg.cett).thresholds)
+        return list(load_or_calibrate(lm, texts=texts, target=cett).thresholds)
 
 
 def input_thresholds(lm, cfg):
