@@ -93,6 +93,18 @@ def test_sampling_seed_and_stop_tokens(tiny_llama):
     assert cut.token_ids[0] == greedy.token_ids[0][:first + 1]
 
 
+def test_min_new_tokens_holds_back_stop_tokens_like_hf(tiny_llama):
+    """The engine's own min-new-tokens processor (greedy) gives Hugging Face's tokens."""
+    lm = tiny_llama
+    stop = generate(lm, PROMPTS[1], "dense", max_new_tokens=2).token_ids[0][0]
+    assert generate(lm, PROMPTS[1], "dense", max_new_tokens=8, stop_token_ids=[stop]).token_ids[0] == [stop]
+    kw = dict(max_new_tokens=8, min_new_tokens=5, stop_token_ids=[stop])
+    ours = generate(lm, PROMPTS[1], "dense", **kw)
+    hf = generate(lm, PROMPTS[1], "dense", stock=True, **kw)
+    assert ours.token_ids == hf.token_ids
+    assert len(ours.token_ids[0]) >= 5 and stop not in ours.token_ids[0][:5]
+
+
 def test_fast_path_probe_and_timings(tiny_llama):
     from tda.engine.fastpath import mkldnn_available, use_fast
 

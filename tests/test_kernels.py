@@ -150,8 +150,8 @@ def test_dense_both_layouts(device, backend, dtype, shape):
     assert _close(lin_in.dense(x, backend=backend), ref, dtype)
     assert _close(K.input_dense(x, lin_in.weight, b, backend=backend), ref, dtype)
     lin_out = K.SparseLinear.from_linear(w, b, layout="out")
-    assert _close(lin_out.dense(x), ref, dtype)
-    assert _close(K.dense(x, w, b), ref, dtype)
+    assert _close(lin_out.dense(x, backend=backend), ref, dtype)
+    assert _close(K.dense(x, w, b, backend=backend), ref, dtype)
 
 
 @pytest.mark.skipif("not _cpp_available()", reason="C++ kernels unavailable")
@@ -177,6 +177,9 @@ def test_cpp_agrees_with_torch_at_model_sizes(dtype, rows, frac):
     assert torch.allclose(a.float(), t.float(), rtol=rtol, atol=atol)
     d = K.input_dense(x, w_t, b, backend="cpp")
     assert _close(d, _ref(x, w, b), dtype)
+    r = K.dense(x, w, b, backend="cpp")  # the row-major GEMV (fast dense path of decode steps)
+    assert _close(r, _ref(x, w, b), dtype)
+    assert torch.allclose(r.float(), K.dense(x, w, b, backend="torch").float(), rtol=rtol, atol=atol)
 
 
 @pytest.mark.skipif("not _cpp_available()", reason="C++ kernels unavailable")

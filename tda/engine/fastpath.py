@@ -1,8 +1,11 @@
-"""The fast dense path: fp32 CPU linears through oneDNN instead of MKL's one-thread sgemv.
+"""The fast dense path: fp32 CPU linears through multi-threaded GEMVs instead of MKL's one-thread sgemv.
 
-Stock ``F.linear`` at batch 1 on these CPUs runs a single-threaded sgemv; routing the same
-product through ``torch.ops.mkldnn._linear_pointwise(x, W, None, "none", [], "")`` uses every
-core (ENGINEERING-NOTES: 2.0x faster dense decode, same tokens). This module builds linear
+Stock ``F.linear`` at batch 1 on these CPUs runs a single-threaded sgemv. Decode steps (up to
+``kernels.CPP_DENSE_MAX_ROWS`` rows) go to the C++ GEMVs of :mod:`tda.engine.kernels` (measured
+on Gemma 3 270M, 2 threads: lm_head 26-28 GB/s, the layers' linears 19-24 GB/s, against
+oneDNN's 15-21), larger batches (prefill) to ``torch.ops.mkldnn._linear_pointwise(x, W, None,
+"none", [], "")``, which also uses every core (ENGINEERING-NOTES: 2.0x faster dense decode than
+stock, same tokens). Without the C++ kernels decode steps use oneDNN too. This module builds linear
 functions ``fn(x[..., d_in]) -> y[..., d_out]`` for a weight ``W[d_out, d_in]`` (either path),
 and a per-model table ``{module: fn}`` for :func:`tda.models.dispatch.linear_overrides` that routes
 every linear of a model (the lm_head included) through them. The model is never mutated.
@@ -53,23 +56,37 @@ def applicable(weight: torch.Tensor) -> bool:
 def linear_fn(weight: torch.Tensor, bias: torch.Tensor | None = None, *, fast: bool = False) -> LinearFn:
     """``fn(x[..., d_in]) = x @ weight.T + bias`` with ``weight[d_out, d_in]`` (made contiguous).
 
-    ``fast`` uses oneDNN (fp32 CPU only; silently falls back otherwise). Either way the input is
+    ``fast`` (fp32 CPU only; silently ignored otherwise) runs batches of up to
+    ``kernels.CPP_DENSE_MAX_ROWS`` rows (decode steps) through the C++ GEMVs of
+    :mod:`tda.engine.kernels` — row-major, or input-major for weights that
+    :mod:`tda.engine.layouts` converted — and larger ones (prefill) through oneDNN / ``mm``; both
+    use every core, where stock ``F.linear`` runs MKL's one-thread sgemv. Either way the input is
     flattened to 2-D first: a strided 3-D view (``logits_to_keep=1``) makes bf16 ``F.linear``
     copy the whole weight on every call (ENGINEERING-NOTES, bf16 prefill pitfall).
     """
     w = weight.detach()
     b = None if bias is None else bias.detach().contiguous()
     d_out = w.shape[0]
-    if not w.is_contiguous() and w.t().is_contiguous():  # input-major (tda.engine.layouts): no copy
+    input_major = not w.is_contiguous() and w.t().is_contiguous()  # tda.engine.layouts: no copy
+    if not input_major:
+        w = w if w.is_contiguous() else w.contiguous()
+    ops = None
+    if fast and applicable(w):
+        from tda.engine import kernels
+
+        ops, max_rows = kernels.cpp_ops(), kernels.CPP_DENSE_MAX_ROWS
+    if input_major:
         wt = w.t()
 
         def fn_t(x: torch.Tensor) -> torch.Tensor:
             x2 = x.reshape(-1, x.shape[-1])
-            y = torch.mm(x2, wt) if b is None else torch.addmm(b, x2, wt)
+            if ops is not None and x2.shape[0] <= max_rows:
+                y = ops.input_dense(x2 if x2.is_contiguous() else x2.contiguous(), wt, b)
+            else:
+                y = torch.mm(x2, wt) if b is None else torch.addmm(b, x2, wt)
             return y.view(*x.shape[:-1], d_out)
 
         return fn_t
-    w = w if w.is_contiguous() else w.contiguous()
     if fast and applicable(w):
         op = torch.ops.mkldnn._linear_pointwise
 
@@ -77,7 +94,10 @@ def linear_fn(weight: torch.Tensor, bias: torch.Tensor | None = None, *, fast: b
             x2 = x.reshape(-1, x.shape[-1])
             if not x2.is_contiguous():
                 x2 = x2.contiguous()
-            y = op(x2, w, b, "none", [], "")
+            if ops is not None and x2.shape[0] <= max_rows:
+                y = ops.row_dense(x2, w, b)
+            else:
+                y = op(x2, w, b, "none", [], "")
             return y.view(*x.shape[:-1], d_out)
     else:
 

@@ -88,6 +88,25 @@ class _StepClock:
         return scores
 
 
+class _MinNewTokens:
+    """``min_new_tokens`` without Hugging Face's per-step cost: its min-length processors rebuild
+    an ``isin(arange(vocab), eos)`` mask at every step, even past the minimum (~1.5 ms per step on
+    Gemma's 262k vocabulary); this one indexes the stop ids directly. Same rule: stop tokens get ``-inf``
+    while fewer than ``min_new`` tokens have been generated."""
+
+    def __init__(self, prompt_len: int, min_new: int, stops: list[int]):
+        self.prompt_len, self.min_new, self.stops = prompt_len, min_new, list(stops)
+        self._idx = None
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] - self.prompt_len < self.min_new:
+            if self._idx is None or self._idx.device != scores.device:
+                self._idx = torch.tensor([t for t in self.stops if 0 <= t < scores.shape[-1]],
+                                         dtype=torch.long, device=scores.device)
+            scores[:, self._idx] = -float("inf")
+        return scores
+
+
 def _pad_id(lm) -> int:
     tok = lm.tokenizer
     for v in (tok.pad_token_id, tok.eos_token_id, getattr(lm.model.config, "pad_token_id", None)):
@@ -154,8 +173,15 @@ def generate(lm, prompts: str | list[str], method: str | SparsityConfig = "dense
     session = None if stock else SparseSession(lm, cfg)
     clock = _StepClock(session if session is not None and cfg.method != "dense" else None, lm.device)
     stops = stop_ids(lm, stop_token_ids)
+    processors = [clock]
+    # greedy only: with sampling, Hugging Face must mask stop tokens before its top-k/top-p warpers
+    if min_new_tokens and not stock and not do_sample and stops:  # stock keeps HF's processor
+        processors.append(_MinNewTokens(int(input_ids.shape[1]), int(min_new_tokens), stops))
+        hf_min_new = None
+    else:  # None, not 0: min_new_tokens=0 makes HF add a MinLengthLogitsProcessor (isin per step)
+        hf_min_new = min_new_tokens or None
     gen_cfg = GenerationConfig(
-        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or 0, do_sample=bool(do_sample),
+        max_new_tokens=max_new_tokens, min_new_tokens=hf_min_new, do_sample=bool(do_sample),
         temperature=float(temperature) if do_sample else None, top_p=float(top_p) if do_sample else None,
         top_k=int(top_k) if do_sample else None, eos_token_id=stops or None, pad_token_id=_pad_id(lm),
         use_cache=True,
@@ -171,7 +197,7 @@ def generate(lm, prompts: str | list[str], method: str | SparsityConfig = "dense
         sync(lm.device)
         t0 = time.perf_counter()
         out = lm.model.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg,
-                                logits_processor=LogitsProcessorList([clock]))
+                                logits_processor=LogitsProcessorList(processors))
         sync(lm.device)
         t1 = time.perf_counter()
     new = out[:, input_ids.shape[1]:].tolist()

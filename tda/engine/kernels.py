@@ -50,6 +50,7 @@ __all__ = [
     "backend",
     "backend_info",
     "build",
+    "cpp_ops",
     "dense",
     "input_dense",
     "input_sparse",
@@ -62,7 +63,8 @@ __all__ = [
 # GEMM on the gathered weight rows, which wins once the weight is reused across enough rows
 # (measured at Llama-1B shapes, 2 threads: C++ faster at 16 rows, even at 32).
 CPP_MAX_ROWS = 16
-# The C++ dense x @ W_t beats oneDNN only at small batches (measured: faster up to 4 rows).
+# The C++ dense GEMVs (x @ W_t, and x @ W.T row-major) beat oneDNN only at small batches
+# (measured: faster up to 4 rows; at 1 row 19-27 GB/s against oneDNN's 15-21 on Gemma shapes).
 CPP_DENSE_MAX_ROWS = 4
 # Torch path: embedding_bag up to this many rows, GEMM on the gathered rows above (measured).
 _EB_MAX_ROWS = 4
@@ -207,19 +209,21 @@ void in_sparse(const float* xs, int64_t B, const int64_t* idx, int64_t k,
   }
 }
 
-// y[b, j] = w[idx[j], :] . x[b, :] (+ bias[idx[j]]); w is [d_out, d_in] row-major. One row at a
-// time (a four-row variant measured slower: it vectorized worse), prefetching two rows ahead.
+// y[b, j] = w[row(j), :] . x[b, :] (+ bias[row(j)]), row(j) = idx ? idx[j] : j; w is [d_out, d_in]
+// row-major. One row at a time (a four-row variant measured slower: it vectorized worse),
+// prefetching two rows ahead. With idx == nullptr this is the dense row-major GEMV.
 template <typename E>
 void out_sparse(const float* xf, int64_t B, int64_t d_in, const int64_t* idx, int64_t k,
                 const typename E::T* w, const typename E::T* bias, typename E::T* y) {
   using T = typename E::T;
   constexpr int64_t L = 16;
+  auto rix = [&](int64_t j) { return idx ? idx[j] : j; };
   const int64_t nc = n_chunks(B * k * d_in, k);
   for_chunks(nc, [&](int64_t ch) {
     const int64_t j0 = k * ch / nc, j1 = k * (ch + 1) / nc;
     for (int64_t j = j0; j < j1; ++j) {
-      const T* __restrict r = w + idx[j] * d_in;
-      if (j + 2 < j1) __builtin_prefetch(w + idx[j + 2] * d_in, 0, 0);
+      const T* __restrict r = w + rix(j) * d_in;
+      if (j + 2 < j1) __builtin_prefetch(w + rix(j + 2) * d_in, 0, 0);
       for (int64_t b = 0; b < B; ++b) {
         const float* __restrict xb = xf + b * d_in;
         float acc[L] = {0};
@@ -229,7 +233,7 @@ void out_sparse(const float* xf, int64_t B, int64_t d_in, const int64_t* idx, in
         float s = 0.0f;
         for (; c < d_in; ++c) s += E::ld(r, c) * xb[c];
         for (int64_t l = 0; l < L; ++l) s += acc[l];
-        if (bias) s += E::ld(bias, idx[j]);
+        if (bias) s += E::ld(bias, rix(j));
         y[b * k + j] = E::st(s);
       }
     }
@@ -408,6 +412,20 @@ at::Tensor output_sparse(const at::Tensor& x, const at::Tensor& idx, const at::T
   return y;
 }
 
+// y[B, d_out] = x @ w.T (+ bias); w is [d_out, d_in] row-major: every row, streamed in order.
+at::Tensor row_dense(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  check_args(x, w, bias, w.size(1), w.size(0));
+  const int64_t B = x.size(0), d_in = x.size(1), d_out = w.size(0);
+  at::Tensor y = at::empty({B, d_out}, x.options());
+  TDA_DISPATCH(x.scalar_type(), {
+    const auto* xp = ptr<E>(x);
+    std::vector<float> xf(static_cast<size_t>(B * d_in));
+    for (int64_t i = 0; i < B * d_in; ++i) xf[i] = E::ld(xp, i);
+    out_sparse<E>(xf.data(), B, d_in, nullptr, d_out, ptr<E>(w), bias_ptr<E>(bias), mut_ptr<E>(y));
+  })
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(tda_kernels, m) {
@@ -416,6 +434,7 @@ TORCH_LIBRARY(tda_kernels, m) {
       "input_sparse_threshold(Tensor x, Tensor wt, Tensor? bias, float t, Tensor? tvec) -> Tensor");
   m.def("input_dense(Tensor x, Tensor wt, Tensor? bias) -> Tensor");
   m.def("output_sparse(Tensor x, Tensor idx, Tensor w, Tensor? bias) -> Tensor");
+  m.def("row_dense(Tensor x, Tensor w, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
@@ -423,6 +442,7 @@ TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
   m.impl("input_sparse_threshold", &input_sparse_threshold);
   m.impl("input_dense", &input_dense);
   m.impl("output_sparse", &output_sparse);
+  m.impl("row_dense", &row_dense);
 }
 """
 
@@ -837,13 +857,28 @@ def _input_dense(x2, w_t, bias, backend):
     return _fast_linear(x2, w_t.t(), bias)
 
 
-def dense(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ w.T (+ bias)`` for ``w[d_out, d_in]`` via the fast dense path -> ``[..., d_out]``."""
+def dense(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
+          backend: str | None = None) -> torch.Tensor:
+    """``x @ w.T (+ bias)`` for ``w[d_out, d_in]`` -> ``[..., d_out]``: the C++ row-major GEMV
+    up to :data:`CPP_DENSE_MAX_ROWS` rows, oneDNN (fp32 CPU) or ``F.linear`` above."""
     _check_weight(w, "w")
     d_out, d_in = w.shape
     x2 = _flat_x(x, w, d_in)
     bias = _check_bias(bias, w, d_out)
-    return _out(_fast_linear(x2, w, bias), x, d_out)
+    return _out(_row_dense(x2, w, bias, backend), x, d_out)
+
+
+def _row_dense(x2, w, bias, backend):
+    if w.is_contiguous() and _use_cpp(backend, w, x2, CPP_DENSE_MAX_ROWS):
+        return _State.ops.row_dense(x2, w, bias)
+    return _fast_linear(x2, w, bias)
+
+
+def cpp_ops():
+    """``torch.ops.tda_kernels`` when the C++ kernels are built and enabled, else None — for hot
+    paths that validated their tensors once and call the ops directly (see
+    :mod:`tda.engine.fastpath`)."""
+    return _ops()
 
 
 def output_sparse(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,
@@ -940,7 +975,7 @@ class SparseLinear:
         if self.layout == "in":
             y = _input_dense(x2, self.weight, self.bias, backend)
         else:
-            y = _fast_linear(x2, self.weight, self.bias)
+            y = _row_dense(x2, self.weight, self.bias, backend)
         return _out(y, x, self.out_features)
 
     def input_sparse(self, x: torch.Tensor, idx: torch.Tensor, *,
