@@ -8,6 +8,8 @@ by round (so machine noise hits all of them alike):
 * ``F.linear`` -- plain PyTorch;
 * ``dense_t`` -- the dense product from the transposed ``W_t`` (``SparseLinear(layout="in")``),
   the one copy an input-sparse layer holds;
+* ``dense_cpp`` -- the C++ row-major GEMV (``kernels.dense``), the engine's dense decode step;
+  ``r_eng`` is the paired ratio against the faster of ``dense_cpp`` and ``dense_t``;
 * ``cpp`` / ``torch`` -- the sparse kernel through each backend (``auto`` picks ``cpp`` on CPU).
 
 Kinds: ``in`` = input-sparse (down projection in TT/CATS, every linear in TEAL), ``out`` =
@@ -189,6 +191,7 @@ def bench_case(d_out: int, d_in: int, kind: str, dtype: torch.dtype, fractions, 
             fns["dense"] = lambda i: op(x, ws[i % ncopy], None, "none", [], "")
         fns["F.linear"] = lambda i: F.linear(x, ws[i % ncopy])
         fns["dense_t"] = lambda i: K.input_dense(x, wts[i % ncopy])
+        fns["dense_cpp"] = lambda i: K.dense(x, ws[i % ncopy])  # the engine's decode-step dense
         fns["sparse"] = lambda i: sparse(i, None)
         if K.backend() == "cpp":
             fns["cpp"] = lambda i: sparse(i, "cpp")
@@ -204,6 +207,9 @@ def bench_case(d_out: int, d_in: int, kind: str, dtype: torch.dtype, fractions, 
             "ratio": statistics.median(ratios), "ceiling": n_sparse / k,
             "ratio_vs_flinear": statistics.median(
                 a / b for a, b in zip(ts["F.linear"], ts["sparse"])),
+            # against the engine's own dense decode step (the faster of its C++ GEMVs per round)
+            "ratio_vs_engine_dense": statistics.median(
+                min(a, b) / c for a, b, c in zip(ts["dense_cpp"], ts["dense_t"], ts["sparse"])),
             "loadavg": [load0, _load()], "rounds": len(ts[base]), **stats,
         }
         rows.append(row)
@@ -211,8 +217,8 @@ def bench_case(d_out: int, d_in: int, kind: str, dtype: torch.dtype, fractions, 
     return rows
 
 
-HEADER = (f"{'case':<26}{'act':>5}{'dense':>9}{'F.lin':>9}{'dense_t':>9}{'sparse':>9}"
-          f"{'cpp':>9}{'torch':>9}{'ratio':>7}{'ceil':>6}")
+HEADER = (f"{'case':<26}{'act':>5}{'dense':>9}{'F.lin':>9}{'dense_t':>9}{'d_cpp':>9}{'sparse':>9}"
+          f"{'cpp':>9}{'torch':>9}{'ratio':>7}{'r_eng':>7}{'ceil':>6}")
 
 
 def _fmt(r: dict) -> str:
@@ -222,8 +228,9 @@ def _fmt(r: dict) -> str:
         return f"{ms[name]:9.3f}" if name in ms else f"{'-':>9}"
 
     case = f"{r['d_out']}x{r['d_in']} {r['kind']} {r['dtype']} {r['mode']}"
-    return (f"{case:<26}{r['active']:5.0%}{c('dense')}{c('F.linear')}{c('dense_t')}{c('sparse')}"
-            f"{c('cpp')}{c('torch')}{r['ratio']:7.2f}{r['ceiling']:6.1f}"
+    return (f"{case:<26}{r['active']:5.0%}{c('dense')}{c('F.linear')}{c('dense_t')}{c('dense_cpp')}"
+            f"{c('sparse')}{c('cpp')}{c('torch')}{r['ratio']:7.2f}{r['ratio_vs_engine_dense']:7.2f}"
+            f"{r['ceiling']:6.1f}"
             f"{'  CONTENDED' if r.get('contended') else ''}")
 
 

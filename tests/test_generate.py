@@ -153,3 +153,23 @@ def test_gemma_density_one_and_fast_path(gemma):
     assert dense.token_ids == stock.token_ids == full.token_ids
     half = generate(gemma, p, "tda", density=0.5, max_new_tokens=6, min_new_tokens=6)
     assert half.density == pytest.approx(0.5, abs=0.02) and len(half.token_ids[0]) == 6
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3"])
+def test_fast_table_fuses_rms_norms(load_tiny, spec):
+    """The fast dense table overrides every RMSNorm with one fused call equal to the module."""
+    from tda.engine.fastpath import dense_table, norm_fn
+    from tda.models.dispatch import linear_modules, norm_modules, original_forward
+
+    lm = load_tiny(spec)
+    if lm.dtype != torch.float32:
+        pytest.skip("fp32 only")
+    norms = norm_modules(lm.model)
+    assert norms and not set(norms) & set(linear_modules(lm.model))  # norms are not linears
+    table = dense_table(lm.model, fast=True)
+    assert all(m in table for m in norms)
+    for m in norms:
+        x = torch.randn(2, 3, m.weight.shape[0])
+        with torch.inference_mode():
+            assert torch.allclose(table[m](x), original_forward(m)(x), rtol=1e-5, atol=1e-5)
+    assert norm_fn(torch.nn.LayerNorm(4)) is None  # not an RMSNorm variant it knows

@@ -82,6 +82,7 @@ _CPP_SOURCE = r"""
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -426,6 +427,36 @@ at::Tensor row_dense(const at::Tensor& x, const at::Tensor& w, const c10::option
   return y;
 }
 
+// y[..., d] = x * rsqrt(mean(x^2) + eps) * w, fp32 (RMSNorm in one call: HF's module takes ~8 ops).
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  TORCH_CHECK_VALUE(x.device().is_cpu() && w.device().is_cpu() && x.is_contiguous() &&
+                        w.is_contiguous() && w.dim() == 1 && x.dim() >= 1 &&
+                        x.size(-1) == w.size(0),
+                    "tda_kernels: rms_norm needs contiguous CPU x[..., d] and w[d]");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat,
+                   "tda_kernels: rms_norm is fp32 only");
+  const int64_t d = w.size(0), n = d ? x.numel() / d : 0;
+  at::Tensor y = at::empty_like(x);
+  const float* xp = x.const_data_ptr<float>();
+  const float* wp = w.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  for (int64_t r = 0; r < n; ++r) {
+    const float* __restrict xr = xp + r * d;
+    float* __restrict yr = yp + r * d;
+    constexpr int64_t L = 16;
+    float acc[L] = {0};
+    int64_t c = 0;
+    for (; c + L <= d; c += L)
+      for (int64_t l = 0; l < L; ++l) acc[l] += xr[c + l] * xr[c + l];
+    float ss = 0.0f;
+    for (; c < d; ++c) ss += xr[c] * xr[c];
+    for (int64_t l = 0; l < L; ++l) ss += acc[l];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(d) + static_cast<float>(eps));
+    for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] * inv) * wp[i];
+  }
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(tda_kernels, m) {
@@ -435,6 +466,7 @@ TORCH_LIBRARY(tda_kernels, m) {
   m.def("input_dense(Tensor x, Tensor wt, Tensor? bias) -> Tensor");
   m.def("output_sparse(Tensor x, Tensor idx, Tensor w, Tensor? bias) -> Tensor");
   m.def("row_dense(Tensor x, Tensor w, Tensor? bias) -> Tensor");
+  m.def("rms_norm(Tensor x, Tensor w, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
@@ -443,6 +475,7 @@ TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
   m.impl("input_dense", &input_dense);
   m.impl("output_sparse", &output_sparse);
   m.impl("row_dense", &row_dense);
+  m.impl("rms_norm", &rms_norm);
 }
 """
 

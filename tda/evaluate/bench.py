@@ -154,6 +154,7 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
     runs: dict[str, list[dict]] = {v.label: [] for v in vs}
     ran: dict[str, list[float]] = {v.label: [] for v in vs}
     reads: dict[str, list[dict]] = {v.label: [] for v in vs}
+    bw_rounds: list[float] = []
     for r in range(rounds + 1):
         order = vs[r % len(vs):] + vs[: r % len(vs)]
         for v in order:
@@ -162,10 +163,12 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
             reads[v.label].append(read_fraction_of(v.method, res.density, res.params))
             if r > 0:  # round 0 is the warm-up
                 runs[v.label].append(res.timings)
+        if r > 0 and bandwidth_mb:  # the bandwidth moves with the machine's load: measure it per round
+            bw_rounds.append(measure_bandwidth(bandwidth_mb, repeats=3, device=lm.device)["gbps"])
         if progress:
             progress(f"round {r}/{rounds} done" + (" (warm-up)" if r == 0 else ""))
     bw_after = measure_bandwidth(bandwidth_mb, device=lm.device) if bandwidth_mb else None
-    gbps = max(b["gbps"] for b in (bw_before, bw_after)) if bw_before else float("nan")
+    gbps = max([b["gbps"] for b in (bw_before, bw_after)] + bw_rounds) if bw_before else float("nan")
     n_prompt = runs[vs[0].label][0]["prompt_tokens"]
     weights = weight_bytes(lm)
     labels = [v.label for v in vs]
@@ -196,6 +199,9 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
             "bytes_per_step": cl["bytes_per_step"],
             "roofline_ms": roof,
             "roofline_pct": roofline_pct(roof, _median(dec)),
+            # per round: that round's bandwidth against that round's time (median over rounds)
+            "roofline_pct_rounds": _median([roofline_pct(roofline_ms(cl["bytes_per_step"], g), d)
+                                            for g, d in zip(bw_rounds, dec)]) if bw_rounds else float("nan"),
         }
         if v.method not in ("stock", "dense"):
             row["ceiling_speedup"] = cl["ceiling_speedup"]
@@ -209,10 +215,11 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
         "densities": dens_list, "prompt_tokens": n_prompt, "new_tokens": new_tokens, "rounds": rounds,
         "methods": list(dict.fromkeys(methods)), "variants": labels, "results": table,
         "ceiling": ceiling(lm, dens_list[0] if dens_list else 1.0, n_prompt, new_tokens),
-        "bandwidth": {"gbps": gbps, "before": bw_before, "after": bw_after},
+        "bandwidth": {"gbps": gbps, "before": bw_before, "after": bw_after, "rounds_gbps": bw_rounds},
         "note": ("medians over alternating rounds (one warm-up round dropped); speedups are medians of "
                  "per-round paired ratios; roofline = bytes read per step / streaming-read bandwidth "
-                 "(best of the measurements before and after the rounds); the CPU is shared with other "
+                 "(the best of the measurements before, after and between the rounds); "
+                 "roofline_pct_rounds pairs each round's time with that round's bandwidth; the CPU is shared with other "
                  "processes, so absolute times are noisy"),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -258,8 +265,8 @@ def format_table(result: dict) -> str:
            if bw is not None and bw == bw else ""),
         "",
         "| method | density run | prefill ms | decode ms/token | decode speedup vs dense | MB read/step | ceiling "
-        "| fraction of ceiling gain | roofline ms/token | % of roofline |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| fraction of ceiling gain | roofline ms/token | % of roofline | % per round |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, r in result["results"].items():
         extra = f" ({r['decode_speedup_vs_stock']:.2f}x vs stock)" if "decode_speedup_vs_stock" in r else ""
@@ -271,7 +278,8 @@ def format_table(result: dict) -> str:
             f"| {m} | {_x(r.get('density'), '{:.3f}')} | {r['prefill_ms']:.0f} | {r['decode_ms_per_token']:.1f} | "
             f"{r['decode_speedup_vs_dense']:.3f}x{spread}{extra} | {_x(None if mb is None else mb / 1e6, '{:.1f}')} | "
             f"{_x(r.get('ceiling_speedup'))} | {_x(None if frac is None else 100 * frac, '{:.0f}%')} | "
-            f"{_x(r.get('roofline_ms'), '{:.3g}')} | {_pct(r.get('roofline_pct'))} |")
+            f"{_x(r.get('roofline_ms'), '{:.3g}')} | {_pct(r.get('roofline_pct'))} | "
+            f"{_pct(r.get('roofline_pct_rounds'))} |")
     c = result["ceiling"]
     w = c["weight_bytes"]
     lines += ["", f"bytes per decode step: dense {c['dense_bytes_per_step'] / 1e6:.1f} MB "
@@ -279,6 +287,9 @@ def format_table(result: dict) -> str:
               f"KV {c['kv_bytes_per_step'] / 1e6:.2f}); sliced at {c['density']}: "
               f"{c['sliced_bytes_per_step'] / 1e6:.1f} MB -> ceiling {c['ceiling_speedup']:.3f}x"]
     if bw is not None and bw == bw:
-        lines.append(f"roofline: bytes read per step / {bw:.1f} GB/s (best streaming read of this run); "
-                     "% of roofline = roofline ms / measured ms")
+        rb = (result.get("bandwidth") or {}).get("rounds_gbps") or []
+        spread = f"; per round {min(rb):.1f}–{max(rb):.1f} GB/s" if rb else ""
+        lines.append(f"roofline: bytes read per step / {bw:.1f} GB/s (best streaming read of this run{spread}); "
+                     "% of roofline = roofline ms / measured ms; % per round = median over rounds of that "
+                     "round's roofline (its own bandwidth) / its time")
     return "\n".join(lines)

@@ -39,12 +39,22 @@ def _linear_types() -> tuple[type, ...]:
     return tuple(types)
 
 
+def is_rms_norm(mod: nn.Module) -> bool:
+    """An RMSNorm layer (``*RMSNorm`` class with a 1-D weight: Llama, Gemma, Qwen, Mistral ...)."""
+    w = getattr(mod, "weight", None)
+    return type(mod).__name__.endswith("RMSNorm") and isinstance(w, torch.Tensor) and w.dim() == 1
+
+
 def instrument(model: nn.Module) -> nn.Module:
-    """Wrap every linear layer's forward once (idempotent, thread-safe); returns ``model``."""
+    """Wrap every linear layer's (and RMSNorm's) forward once (idempotent, thread-safe); returns
+    ``model``. Norms can be overridden too (the fast dense path fuses them) but are not linears:
+    :func:`is_instrumented` and :func:`linear_modules` see linears only."""
     types = _linear_types()
     with _LOCK:
         for mod in model.modules():
-            if isinstance(mod, types) and not getattr(mod, "_tda_instrumented", False):
+            norm = is_rms_norm(mod)
+            flag = "_tda_norm_instrumented" if norm else "_tda_instrumented"
+            if (norm or isinstance(mod, types)) and not getattr(mod, flag, False):
                 original = mod.forward
                 key = id(mod)
 
@@ -57,7 +67,7 @@ def instrument(model: nn.Module) -> nn.Module:
                     return _original(x, *args, **kwargs)
 
                 mod.forward = forward
-                mod._tda_instrumented = True
+                setattr(mod, flag, True)
                 mod._tda_original_forward = original
     return model
 
@@ -68,7 +78,13 @@ def original_forward(module: nn.Module) -> LinearFn:
 
 
 def is_instrumented(module: nn.Module) -> bool:
+    """A linear layer wrapped by :func:`instrument`."""
     return bool(getattr(module, "_tda_instrumented", False))
+
+
+def norm_modules(model: nn.Module) -> list[nn.Module]:
+    """Every instrumented RMSNorm of ``model``."""
+    return [m for m in model.modules() if getattr(m, "_tda_norm_instrumented", False)]
 
 
 @contextlib.contextmanager
@@ -78,7 +94,7 @@ def linear_overrides(table: Mapping[nn.Module, LinearFn]) -> Iterator[None]:
     Nested blocks merge, the inner one winning. Modules must have been :func:`instrument`-ed.
     """
     for mod in table:
-        if not is_instrumented(mod):
+        if not (is_instrumented(mod) or getattr(mod, "_tda_norm_instrumented", False)):
             raise RuntimeError("linear_overrides: the model was not instrumented (tda.models.dispatch)")
     current = dict(_OVERRIDES.get() or {})
     current.update({id(m): fn for m, fn in table.items()})
