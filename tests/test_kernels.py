@@ -386,3 +386,15 @@ def test_concurrent_builds_share_one_cache(tmp_path):
         assert "BACKEND cpp" in out, err
     builds = [d for d in (tmp_path / "kernels").iterdir() if d.is_dir()]
     assert len(builds) == 1 and list(builds[0].glob("*.so"))  # one finished build, no leftovers
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_threshold_kernel_counts_the_union(backend):
+    w, x, *_ = _problem(16, 64, (3,), 1.0, torch.float32, seed=11)
+    count = torch.zeros(1, dtype=torch.long)
+    for t in (0.5, 1.0):
+        K.input_sparse_threshold(x, t, w.t().contiguous(), backend=backend, count=count)
+    expected = sum(int((x.abs() >= t).any(0).sum()) for t in (0.5, 1.0))
+    assert int(count) == expected
+    with pytest.raises(ValueError, match="count"):
+        K.input_sparse_threshold(x, 0.5, w.t().contiguous(), backend=backend, count=torch.zeros(1))

@@ -130,14 +130,23 @@ def test_tt_equals_masked_dense(load_tiny, spec):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3", "tiny-qwen3", "tiny-mistral"])
-def test_cats_equals_masked_dense_ffn(load_tiny, spec):
+@pytest.mark.parametrize("spec,up_layout", [("tiny-llama", "row"), ("tiny-gemma3", "row"), ("tiny-qwen3", "row"),
+                                            ("tiny-mistral", "row"), ("tiny-llama", "input-major")])
+def test_cats_equals_masked_dense_ffn(load_tiny, spec, up_layout):
+    """Also when TEAL/WINA made ``W_up`` input-major first (then up runs dense, counted in full)."""
+    from tda.engine.layouts import input_major
     from tda.engine.sparse import ffn_apply
     from tda.masks.input_thresholds import load_or_calibrate_inputs
+    from tda.models.load import load_model
 
-    lm = load_tiny(spec)
+    lm = load_tiny(spec) if up_layout == "row" else load_model(spec)  # fresh: its layout changes
     ffn = lm.ffn
+    if up_layout == "input-major":
+        for L in range(ffn.n_layers):
+            input_major(ffn.in_modules(L)[1])
     sess, table = _decode_table(lm, SparsityConfig("cats", density=0.4, fast=False))
+    if up_layout == "input-major":
+        assert ffn.in_modules(0)[1] not in {m for m, _ in sess.impl.counters.values()}
     cal = load_or_calibrate_inputs(lm)
     for L in range(ffn.n_layers):
         x = _x(3, ffn.d_model, L)

@@ -69,7 +69,8 @@ CPP_DENSE_MAX_ROWS = 4
 # Torch path: embedding_bag up to this many rows, GEMM on the gathered rows above (measured).
 _EB_MAX_ROWS = 4
 
-_CPP_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+CPP_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the C++ kernels take
+_CPP_DTYPES = CPP_DTYPES
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _INDEX_DTYPES = (torch.int64, torch.int32)
 _BACKENDS = ("auto", "cpp", "torch")
@@ -331,9 +332,19 @@ at::Tensor input_sparse(const at::Tensor& x, const at::Tensor& idx, const at::Te
 // Same, with the active set chosen here: input i is active when |x[b, i]| >= thr_i for some row
 // b (the union over rows), thr_i = tvec[i] if given else t; each row's own inactive entries are
 // zeroed, so every row gets exactly W @ (x[b] * (|x[b]| >= thr)).
+// When `count` (an int64 [1] CPU tensor) is given, the number of active inputs (of the union) is
+// added to it: callers that report densities count without extra ops per call.
 at::Tensor input_sparse_threshold(const at::Tensor& x, const at::Tensor& wt,
                                   const c10::optional<at::Tensor>& bias, double t,
-                                  const c10::optional<at::Tensor>& tvec) {
+                                  const c10::optional<at::Tensor>& tvec,
+                                  const c10::optional<at::Tensor>& count) {
+  int64_t* cnt = nullptr;
+  if (count.has_value() && count->defined()) {
+    TORCH_CHECK_VALUE(count->numel() == 1 && count->device().is_cpu() &&
+                          count->scalar_type() == at::kLong && count->is_contiguous(),
+                      "tda_kernels: count must be an int64 [1] CPU tensor");
+    cnt = count->mutable_data_ptr<int64_t>();
+  }
   check_args(x, wt, bias, wt.size(0), wt.size(1));
   const int64_t B = x.size(0), d_in = x.size(1), d_out = wt.size(1);
   const float* tv = nullptr;
@@ -374,6 +385,7 @@ at::Tensor input_sparse_threshold(const at::Tensor& x, const at::Tensor& wt,
           xs[b * k + j] = std::fabs(v) >= (tv ? tv[ix[j]] : ts) ? v : 0.0f;
         }
     }
+    if (cnt) *cnt += k;
     in_sparse<E>(xs.data(), B, ix.data(), k, ptr<E>(wt), d_out, bias_ptr<E>(bias), mut_ptr<E>(y));
   })
   return y;
@@ -462,7 +474,8 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
 TORCH_LIBRARY(tda_kernels, m) {
   m.def("input_sparse(Tensor x, Tensor idx, Tensor wt, Tensor? bias) -> Tensor");
   m.def(
-      "input_sparse_threshold(Tensor x, Tensor wt, Tensor? bias, float t, Tensor? tvec) -> Tensor");
+      "input_sparse_threshold(Tensor x, Tensor wt, Tensor? bias, float t, Tensor? tvec, "
+      "Tensor(a!)? count=None) -> Tensor");
   m.def("input_dense(Tensor x, Tensor wt, Tensor? bias) -> Tensor");
   m.def("output_sparse(Tensor x, Tensor idx, Tensor w, Tensor? bias) -> Tensor");
   m.def("row_dense(Tensor x, Tensor w, Tensor? bias) -> Tensor");
@@ -849,27 +862,33 @@ def _input_sparse(x2, idx, w_t, bias, backend):
 
 def input_sparse_threshold(x: torch.Tensor, threshold, w_t: torch.Tensor,
                            bias: torch.Tensor | None = None, *,
-                           backend: str | None = None) -> torch.Tensor:
+                           backend: str | None = None, count: torch.Tensor | None = None) -> torch.Tensor:
     """``W @ x`` over the inputs with ``|x_i| >= threshold`` -> ``[..., d_out]``.
 
     A batch reads the weight rows of the union of its rows' active sets, and each row's own
     inactive entries count as zero: row ``b`` gets exactly ``W @ mask_inactive(x[b], t)``.
+    ``count`` (an int64 ``[1]`` tensor on ``w_t``'s device) gets the union's size added.
     """
     _check_weight(w_t, "w_t")
     d_in, d_out = w_t.shape
     x2 = _flat_x(x, w_t, d_in)
     bias = _check_bias(bias, w_t, d_out)
     t = _check_threshold(threshold, x2, d_in)
-    return _out(_input_sparse_threshold(x2, t, w_t, bias, backend), x, d_out)
+    if count is not None and not (isinstance(count, torch.Tensor) and count.dtype == torch.int64
+                                  and count.numel() == 1 and count.device == w_t.device):
+        raise ValueError("count must be an int64 tensor of one element on the weight's device")
+    return _out(_input_sparse_threshold(x2, t, w_t, bias, backend, count), x, d_out)
 
 
-def _input_sparse_threshold(x2, t, w_t, bias, backend):
+def _input_sparse_threshold(x2, t, w_t, bias, backend, count=None):
     if _use_cpp(backend, w_t, x2, CPP_MAX_ROWS):
         if isinstance(t, torch.Tensor):
-            return _State.ops.input_sparse_threshold(x2, w_t, bias, 0.0, t)
-        return _State.ops.input_sparse_threshold(x2, w_t, bias, t, None)
+            return _State.ops.input_sparse_threshold(x2, w_t, bias, 0.0, t, count)
+        return _State.ops.input_sparse_threshold(x2, w_t, bias, t, None, count)
     mask = _threshold_mask(x2, t)
     act = mask[0] if mask.shape[0] == 1 else mask.any(0)
+    if count is not None:
+        count.add_(act.sum())
     idx = act.nonzero().squeeze(1)
     return _torch_in_sparse(x2.masked_fill(~mask, 0), idx, w_t, bias)
 

@@ -81,13 +81,27 @@ def threshold_linear(wt: torch.Tensor, bias, cut, dense: LinearFn, counter: Coun
         cut = max(float(cut), tiny)
     b = None if bias is None else bias.detach()
     d_in, d_out = wt.shape
+    # The kernel counts the active inputs itself (one int64 accumulator, read when reported).
+    count = torch.zeros(1, dtype=torch.long, device=wt.device) if counter is not None else None
+    if counter is not None:
+        counter.kept = count
+    # Decode steps call the C++ op directly: the weight, bias and cut-offs are checked here once;
+    # per call only x's rows, dtype and contiguity (anything else takes the checked public path).
+    ops = kernels.cpp_ops() if wt.is_cpu and wt.is_contiguous() and wt.dtype in kernels.CPP_DTYPES else None
+    if b is not None and not b.is_contiguous():
+        ops = None
+    t_scalar, t_vec = (0.0, cut) if isinstance(cut, torch.Tensor) else (cut, None)
 
     def fn(x):
         x2 = x.reshape(-1, d_in)
         if counter is not None:
-            keep = x2.abs() >= cut
-            counter.add((keep[0] if x2.shape[0] == 1 else keep.any(dim=0)).sum(), d_in)
-        return kernels.input_sparse_threshold(x2, cut, wt, b).view(*x.shape[:-1], d_out)
+            counter.total += d_in
+        if (ops is not None and x2.shape[0] <= kernels.CPP_MAX_ROWS and x2.dtype == wt.dtype
+                and x2.is_contiguous() and not x2.requires_grad):
+            y = ops.input_sparse_threshold(x2, wt, b, t_scalar, t_vec, count)
+        else:
+            y = kernels.input_sparse_threshold(x2, cut, wt, b, count=count)
+        return y.view(*x.shape[:-1], d_out)
 
     return fn
 

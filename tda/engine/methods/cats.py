@@ -51,7 +51,8 @@ class CATS(TokenWise):
             table[gate] = self._gate_fn(L, gate, tau, state)
             table[up] = self._up_fn(up, state)
             table[down] = self._down_fn(down, state)
-            self.counters[id(up)] = (up, self.counters[id(down)][1])  # up reads the same rows
+            if up.weight.is_contiguous():  # up reads the same rows as down
+                self.counters[id(up)] = (up, self.counters[id(down)][1])
         return table
 
     def _gate_fn(self, L: int, gate, tau: float, state: dict):
@@ -68,14 +69,17 @@ class CATS(TokenWise):
     def _up_fn(self, up, state: dict):
         w = up.weight.detach()  # [d_ff, d_model], row-major: active rows are contiguous
         b = getattr(up, "bias", None)
+        # Input-major W_up (TEAL or WINA converted it earlier in this process): the active outputs'
+        # columns are strided, and at CATS densities they touch every cache line, so the dense
+        # product (C++ input-major GEMV) is the cheapest; its bytes are then counted in full.
+        dense = None if w.is_contiguous() else self.dense_fn(up)
 
         def fn(x):
             keep = state.pop("keep")
             x2 = x.reshape(-1, x.shape[-1])
             idx = torch.nonzero(keep.any(dim=0) if keep.shape[0] > 1 else keep[0]).flatten()
             out = torch.zeros(x2.shape[0], w.shape[0], dtype=x.dtype, device=x.device)
-            vals = kernels.output_sparse(x2, idx, w, b) if w.is_contiguous() else \
-                x2 @ w.index_select(0, idx).t() + (0 if b is None else b.index_select(0, idx))
+            vals = kernels.output_sparse(x2, idx, w, b) if dense is None else dense(x2)[:, idx]
             out[:, idx] = vals * keep[:, idx] if keep.shape[0] > 1 else vals
             return out.view(*x.shape[:-1], w.shape[0])
 
