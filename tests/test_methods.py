@@ -56,6 +56,10 @@ def test_cats_needs_a_gated_ffn(load_tiny, spec):
     (dict(method="wina", density=1.5), "density"),
     (dict(method="teal", density=0.0), "density"),
     (dict(method="tt", lm_head_density=2.0), "lm-head-density"),
+    (dict(method="tt+head1.5"), "lm_head density"),
+    (dict(method="tt+headx"), "+headD"),
+    (dict(method="tt+head0.5", lm_head_density=0.7), "disagree"),
+    (dict(method="nope+head0.5"), "unknown method"),
     (dict(method="griffin+teal", density=0.5), "combination"),
     (dict(method="griffin+tt", density=0.5, batch_mode="rows"), "union"),
 ])
@@ -204,6 +208,9 @@ def test_read_fraction_and_densities(tiny_llama):
     assert 0.2 < r.density < 0.8 and len(r.density_per_layer[0]) == tiny_llama.ffn.n_layers
     h = generate(tiny_llama, PROMPTS[2], "teal", density=0.5, lm_head_density=0.3, **KW)
     assert h.params["read_fraction"]["lm_head"] < 0.7
+    s = generate(tiny_llama, PROMPTS[2], "teal+head0.3", density=0.5, **KW)  # the same, as a method spec
+    assert s.token_ids == h.token_ids and s.params["read_fraction"] == h.params["read_fraction"]
+    assert s.params["lm_head_density"] == 0.3 and s.method == "teal"
     g = generate(tiny_llama, PROMPTS[2], "griffin", density=0.25, **KW)
     assert g.params["read_fraction"]["ffn"] == pytest.approx(0.25, abs=0.01)
     c = generate(tiny_llama, PROMPTS[2], "griffin+tt", density=0.5, **KW)

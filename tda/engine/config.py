@@ -8,6 +8,7 @@ fields as keywords). Validation happens here, once, with one-line messages.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 from tda.common.errors import BadInput
@@ -27,7 +28,9 @@ class SparsityConfig:
     - ``cett``: the CETT target of the calibrated per-layer thresholds ``t_L``.
     - ``thresholds``: per-layer ``t_L`` given explicitly (skips calibration).
     - ``lm_head_density``: also sparsify the lm_head's input token-wise at this density (TEAL
-      rule, calibrated); ``None`` (default) keeps the lm_head dense.
+      rule, calibrated); ``None`` (default) keeps the lm_head dense. A method name may carry it as
+      a suffix, ``METHOD+headD`` (e.g. ``tt+head0.7``), so that method lists (``tda bench``,
+      ``tda eval``, ``tda frontier``) can compare it side by side with other variants.
     - ``fast``: route fp32 CPU linears through oneDNN when a probe agrees (``None``/``True``).
     - ``batch_mode``: ``union`` or ``rows`` for prompt-fixed slices of a batch.
     - ``mask_seed``: the ``random`` method's seed. ``calibration_texts``: calibration data
@@ -53,6 +56,12 @@ class SparsityConfig:
 
         if not isinstance(self.method, str):
             raise BadInput(f"method must be a name, got {type(self.method).__name__}")
+        base, head = split_head(self.method)
+        if head is not None:
+            if self.lm_head_density is not None and float(self.lm_head_density) != head:
+                raise BadInput(f"'{self.method}' and lm-head-density {self.lm_head_density} disagree")
+            object.__setattr__(self, "method", base)
+            object.__setattr__(self, "lm_head_density", head)
         get_method(self.method)  # raises BadInput naming the known methods
         for name in ("density", "lm_head_density"):
             v = getattr(self, name)
@@ -74,6 +83,21 @@ class SparsityConfig:
         d = dataclasses.asdict(self)
         d["calibration_texts"] = None if self.calibration_texts is None else len(self.calibration_texts)
         return d
+
+
+_HEAD = re.compile(r"^(?P<base>.+)\+head(?P<d>[^+]*)$")
+
+
+def split_head(spec: str) -> tuple[str, float | None]:
+    """``"tt+head0.7"`` -> ``("tt", 0.7)``; a spec without the suffix -> ``(spec, None)``."""
+    m = _HEAD.match(spec) if isinstance(spec, str) else None
+    if m is None:
+        return spec, None
+    try:
+        d = float(m["d"])
+    except ValueError:
+        raise BadInput(f"'{spec}': write the lm_head density as +headD with D in (0, 1], e.g. tt+head0.7") from None
+    return m["base"], _check_fraction("the lm_head density of '" + spec + "'", d)
 
 
 def _check_fraction(name: str, v) -> float:

@@ -32,8 +32,11 @@ METHODS = method_names()
 
 
 def check_method(method: str) -> str:
-    """``method`` if it names a registered method or a ``PROMPT+tt`` combination (else BadInput)."""
-    get_method(method)
+    """``method`` if it names a registered method or a ``PROMPT+tt`` combination, optionally with an
+    lm_head suffix ``+headD`` (:func:`tda.engine.config.split_head`); else BadInput."""
+    from tda.engine.config import split_head
+
+    get_method(split_head(method)[0])
     return method
 
 

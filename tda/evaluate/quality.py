@@ -111,7 +111,9 @@ def perplexity_eval(lm, texts: list[str], vs: list[Variant], *, prefix_frac: flo
 def _thresholds(lm, vs: list[Variant], cett: float, calibration_texts) -> dict[str, list[float]]:
     """``{method: t_L}`` for the variants that use CETT thresholds, computed once (before the texts
     are shared out over processes, so that no process calibrates on its own)."""
-    needs = {v.method for v in vs} & {"tt", "tda"}
+    from tda.engine.config import split_head
+
+    needs = {v.method for v in vs if split_head(v.method)[0] in ("tt", "tda")}
     if not needs:
         return {}
     from tda.engine.generate import thresholds_for
