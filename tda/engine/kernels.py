@@ -407,14 +407,10 @@ at::Tensor input_dense(const at::Tensor& x, const at::Tensor& wt,
   return y;
 }
 
-// y[B, k] = x @ w[idx, :].T (+ bias[idx]); w is [d_out, d_in].
-at::Tensor output_sparse(const at::Tensor& x, const at::Tensor& idx, const at::Tensor& w,
-                         const c10::optional<at::Tensor>& bias) {
-  check_args(x, w, bias, w.size(1), w.size(0));
-  check_index_tensor(idx);
-  const int64_t B = x.size(0), d_in = x.size(1), k = idx.size(0), d_out = w.size(0);
-  const int64_t* ix = idx.const_data_ptr<int64_t>();
-  check_idx(ix, k, d_out, false);
+// y[B, k] = x @ w[row(j), :].T (+ bias[row(j)]), row(j) = ix ? ix[j] : j; w is [d_out, d_in].
+at::Tensor out_rows(const at::Tensor& x, const int64_t* ix, int64_t k, const at::Tensor& w,
+                    const c10::optional<at::Tensor>& bias) {
+  const int64_t B = x.size(0), d_in = x.size(1);
   at::Tensor y = at::empty({B, k}, x.options());
   TDA_DISPATCH(x.scalar_type(), {
     const auto* xp = ptr<E>(x);
@@ -425,18 +421,21 @@ at::Tensor output_sparse(const at::Tensor& x, const at::Tensor& idx, const at::T
   return y;
 }
 
+// y[B, k] = x @ w[idx, :].T (+ bias[idx]); w is [d_out, d_in].
+at::Tensor output_sparse(const at::Tensor& x, const at::Tensor& idx, const at::Tensor& w,
+                         const c10::optional<at::Tensor>& bias) {
+  check_args(x, w, bias, w.size(1), w.size(0));
+  check_index_tensor(idx);
+  const int64_t k = idx.size(0);
+  const int64_t* ix = idx.const_data_ptr<int64_t>();
+  check_idx(ix, k, w.size(0), false);
+  return out_rows(x, ix, k, w, bias);
+}
+
 // y[B, d_out] = x @ w.T (+ bias); w is [d_out, d_in] row-major: every row, streamed in order.
 at::Tensor row_dense(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
   check_args(x, w, bias, w.size(1), w.size(0));
-  const int64_t B = x.size(0), d_in = x.size(1), d_out = w.size(0);
-  at::Tensor y = at::empty({B, d_out}, x.options());
-  TDA_DISPATCH(x.scalar_type(), {
-    const auto* xp = ptr<E>(x);
-    std::vector<float> xf(static_cast<size_t>(B * d_in));
-    for (int64_t i = 0; i < B * d_in; ++i) xf[i] = E::ld(xp, i);
-    out_sparse<E>(xf.data(), B, d_in, nullptr, d_out, ptr<E>(w), bias_ptr<E>(bias), mut_ptr<E>(y));
-  })
-  return y;
+  return out_rows(x, nullptr, w.size(0), w, bias);
 }
 
 // y[..., d] = x * rsqrt(mean(x^2) + eps) * w, fp32 (RMSNorm in one call: HF's module takes ~8 ops).
