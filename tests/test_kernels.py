@@ -398,3 +398,20 @@ def test_threshold_kernel_counts_the_union(backend):
     assert int(count) == expected
     with pytest.raises(ValueError, match="count"):
         K.input_sparse_threshold(x, 0.5, w.t().contiguous(), backend=backend, count=torch.zeros(1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 3])
+def test_topk_kernel_matches_masked_dense(backend, dtype, rows):
+    """WINA's rule: per row the k largest |x_i|·scale_i; a batch reads the union, rows masked."""
+    w, x, *_, b = _problem(24, 96, (rows,), 1.0, dtype, seed=12, bias=True)
+    scale = torch.rand(96, generator=torch.Generator().manual_seed(3)) + 0.5
+    count = torch.zeros(1, dtype=torch.long)
+    y = K.input_sparse_topk(x, scale, 40, w.t().contiguous(), b, backend=backend, count=count)
+    top = torch.topk(x.float().abs() * scale, 40, dim=1).indices
+    keep = torch.zeros(x.shape, dtype=torch.bool).scatter_(1, top, True)
+    assert _close(y, _ref(x.masked_fill(~keep, 0), w, b), dtype)
+    assert int(count) == int(keep.any(0).sum())
+    with pytest.raises(ValueError, match="k must be"):
+        K.input_sparse_topk(x, scale, 0, w.t().contiguous(), backend=backend)

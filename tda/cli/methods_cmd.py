@@ -18,4 +18,5 @@ def methods_cmd() -> None:
               f"{cls.calibrates}; {cls.summary}")
     combos = [n for n in method_names(combos=True) if "+" in n]
     print("combinations (prompt-fixed slice at --density, TT inside it): " + ", ".join(combos))
-    print("any method: --lm-head-density D also sparsifies the lm_head input (TEAL rule)")
+    print("any method: --lm-head-density D also sparsifies the lm_head input (TEAL rule); in method "
+          "lists write it as METHOD+headD, e.g. tt+head0.7")

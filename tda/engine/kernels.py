@@ -55,6 +55,7 @@ __all__ = [
     "input_dense",
     "input_sparse",
     "input_sparse_threshold",
+    "input_sparse_topk",
     "mask_inactive",
     "output_sparse",
 ]
@@ -92,6 +93,7 @@ _CPP_SOURCE = r"""
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 namespace {
@@ -391,6 +393,54 @@ at::Tensor input_sparse_threshold(const at::Tensor& x, const at::Tensor& wt,
   return y;
 }
 
+// One row: y = W @ x over the k inputs with the largest |x_i| * scale_i (WINA's rule; ties at
+// the k-th score go to the lower indices). `count` as in input_sparse_threshold.
+at::Tensor input_sparse_topk(const at::Tensor& x, const at::Tensor& wt,
+                             const c10::optional<at::Tensor>& bias, const at::Tensor& scale,
+                             int64_t k, const c10::optional<at::Tensor>& count) {
+  check_args(x, wt, bias, wt.size(0), wt.size(1));
+  const int64_t d_in = x.size(1), d_out = wt.size(1);
+  TORCH_CHECK_VALUE(x.size(0) == 1, "tda_kernels: input_sparse_topk takes one row");
+  TORCH_CHECK_VALUE(scale.dim() == 1 && scale.size(0) == d_in && scale.is_contiguous() &&
+                        scale.device().is_cpu() && scale.scalar_type() == at::kFloat,
+                    "tda_kernels: scale must be a contiguous fp32 [d_in] tensor");
+  TORCH_CHECK_VALUE(k >= 1 && k <= d_in, "tda_kernels: k must be in [1, d_in]");
+  int64_t* cnt = nullptr;
+  if (count.has_value() && count->defined()) {
+    TORCH_CHECK_VALUE(count->numel() == 1 && count->device().is_cpu() &&
+                          count->scalar_type() == at::kLong && count->is_contiguous(),
+                      "tda_kernels: count must be an int64 [1] CPU tensor");
+    cnt = count->mutable_data_ptr<int64_t>();
+  }
+  const float* sp = scale.const_data_ptr<float>();
+  at::Tensor y = at::empty({1, d_out}, x.options());
+  TDA_DISPATCH(x.scalar_type(), {
+    const auto* xp = ptr<E>(x);
+    std::vector<float> sc(static_cast<size_t>(d_in)), tmp;
+    for (int64_t i = 0; i < d_in; ++i) sc[i] = std::fabs(E::ld(xp, i)) * sp[i];
+    tmp = sc;
+    std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<float>());
+    const float kth = tmp[k - 1];
+    int64_t above = 0;
+    for (int64_t i = 0; i < d_in; ++i) above += sc[i] > kth;
+    int64_t ties = k - above;
+    std::vector<int64_t> ix;
+    std::vector<float> xs;
+    ix.reserve(static_cast<size_t>(k));
+    xs.reserve(static_cast<size_t>(k));
+    for (int64_t i = 0; i < d_in; ++i) {
+      if (sc[i] > kth || (sc[i] == kth && ties-- > 0)) {
+        ix.push_back(i);
+        xs.push_back(E::ld(xp, i));
+      }
+    }
+    const int64_t n = static_cast<int64_t>(ix.size());
+    if (cnt) *cnt += n;
+    in_sparse<E>(xs.data(), 1, ix.data(), n, ptr<E>(wt), d_out, bias_ptr<E>(bias), mut_ptr<E>(y));
+  })
+  return y;
+}
+
 // y[B, d_out] = x @ wt (+ bias): every row of wt, streamed in order.
 at::Tensor input_dense(const at::Tensor& x, const at::Tensor& wt,
                        const c10::optional<at::Tensor>& bias) {
@@ -479,6 +529,8 @@ TORCH_LIBRARY(tda_kernels, m) {
   m.def("output_sparse(Tensor x, Tensor idx, Tensor w, Tensor? bias) -> Tensor");
   m.def("row_dense(Tensor x, Tensor w, Tensor? bias) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor w, float eps) -> Tensor");
+  m.def("input_sparse_topk(Tensor x, Tensor wt, Tensor? bias, Tensor scale, int k, "
+        "Tensor(a!)? count=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
@@ -488,6 +540,7 @@ TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
   m.impl("output_sparse", &output_sparse);
   m.impl("row_dense", &row_dense);
   m.impl("rms_norm", &rms_norm);
+  m.impl("input_sparse_topk", &input_sparse_topk);
 }
 """
 
@@ -890,6 +943,37 @@ def _input_sparse_threshold(x2, t, w_t, bias, backend, count=None):
         count.add_(act.sum())
     idx = act.nonzero().squeeze(1)
     return _torch_in_sparse(x2.masked_fill(~mask, 0), idx, w_t, bias)
+
+
+def input_sparse_topk(x: torch.Tensor, scale: torch.Tensor, k: int, w_t: torch.Tensor,
+                      bias: torch.Tensor | None = None, *, backend: str | None = None,
+                      count: torch.Tensor | None = None) -> torch.Tensor:
+    """``W @ x`` over, per row, the ``k`` inputs with the largest ``|x_i|·scale[i]`` (WINA's rule)
+    -> ``[..., d_out]``. A batch reads the union of its rows' sets, each row masked to its own;
+    one row goes to the C++ kernel (selection and product in one call). ``count`` as in
+    :func:`input_sparse_threshold` (the union's size is added)."""
+    _check_weight(w_t, "w_t")
+    d_in, d_out = w_t.shape
+    x2 = _flat_x(x, w_t, d_in)
+    bias = _check_bias(bias, w_t, d_out)
+    if not (isinstance(scale, torch.Tensor) and scale.shape == (d_in,)):
+        raise ValueError(f"scale must be a [{d_in}] tensor")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_in:
+        raise ValueError(f"k must be an integer in [1, {d_in}], got {k!r}")
+    if count is not None and not (isinstance(count, torch.Tensor) and count.dtype == torch.int64
+                                  and count.numel() == 1 and count.device == w_t.device):
+        raise ValueError("count must be an int64 tensor of one element on the weight's device")
+    if x2.shape[0] == 1 and _use_cpp(backend, w_t, x2, 1):
+        sc = scale.to(device=w_t.device, dtype=torch.float32).contiguous()
+        return _out(_State.ops.input_sparse_topk(x2, w_t, bias, sc, k, count), x, d_out)
+    score = x2.abs().float() * scale.to(x2.device, torch.float32)  # fp32, as the C++ kernel
+    top = torch.topk(score, k, dim=1).indices
+    keep = torch.zeros_like(x2, dtype=torch.bool).scatter_(1, top, True)
+    act = keep[0] if keep.shape[0] == 1 else keep.any(0)
+    idx = act.nonzero().squeeze(1)
+    if count is not None:
+        count.add_(idx.numel())
+    return _out(_input_sparse(x2.masked_fill(~keep, 0), idx, w_t, bias, backend), x, d_out)
 
 
 def input_dense(x: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = None, *,

@@ -108,20 +108,24 @@ def threshold_linear(wt: torch.Tensor, bias, cut, dense: LinearFn, counter: Coun
 
 def topk_linear(wt: torch.Tensor, bias, col_scale: torch.Tensor, k: int, dense: LinearFn,
                 counter: Counter | None = None) -> LinearFn:
-    """Keep, per row, the ``k`` inputs with the largest ``|x_i|·col_scale[i]`` (WINA's rule)."""
-    scale = col_scale.to(device=wt.device, dtype=wt.dtype)
+    """Keep, per row, the ``k`` inputs with the largest ``|x_i|·col_scale[i]`` (WINA's rule):
+    selection and product in one call (:func:`tda.engine.kernels.input_sparse_topk`)."""
     b = None if bias is None else bias.detach()
     d_in = wt.shape[0]
     k = max(1, min(int(k), d_in))
+    scale = col_scale.to(device=wt.device, dtype=torch.float32).contiguous()
+    count = torch.zeros(1, dtype=torch.long, device=wt.device) if counter is not None else None
+    if counter is not None:
+        counter.kept = count
 
     def fn(x):
-        x2 = x.reshape(-1, x.shape[-1])
+        if counter is not None:
+            counter.total += d_in
         if k >= d_in:
-            keep = torch.ones_like(x2, dtype=torch.bool)
-        else:
-            top = torch.topk(x2.abs() * scale, k, dim=1).indices
-            keep = torch.zeros_like(x2, dtype=torch.bool).scatter_(1, top, True)
-        return sparse_product(x, x2, keep, wt, b, dense, counter)
+            if count is not None:
+                count.add_(d_in)
+            return dense(x)
+        return kernels.input_sparse_topk(x, scale, k, wt, b, count=count)
 
     return fn
 
