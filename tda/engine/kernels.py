@@ -312,6 +312,15 @@ typename E::T* mut_ptr(at::Tensor& t) {
       TORCH_CHECK_TYPE(false, "tda_kernels: unsupported dtype ", dtype); \
   }
 
+// The optional int64 [1] accumulator of active-input counts, or nullptr.
+int64_t* count_ptr(const c10::optional<at::Tensor>& count) {
+  if (!count.has_value() || !count->defined()) return nullptr;
+  TORCH_CHECK_VALUE(count->numel() == 1 && count->device().is_cpu() &&
+                        count->scalar_type() == at::kLong && count->is_contiguous(),
+                    "tda_kernels: count must be an int64 [1] CPU tensor");
+  return count->mutable_data_ptr<int64_t>();
+}
+
 // y[B, d_out] = sum_{j} x[:, idx[j]] * wt[idx[j], :] (+ bias); wt is [d_in, d_out].
 at::Tensor input_sparse(const at::Tensor& x, const at::Tensor& idx, const at::Tensor& wt,
                         const c10::optional<at::Tensor>& bias) {
@@ -340,13 +349,7 @@ at::Tensor input_sparse_threshold(const at::Tensor& x, const at::Tensor& wt,
                                   const c10::optional<at::Tensor>& bias, double t,
                                   const c10::optional<at::Tensor>& tvec,
                                   const c10::optional<at::Tensor>& count) {
-  int64_t* cnt = nullptr;
-  if (count.has_value() && count->defined()) {
-    TORCH_CHECK_VALUE(count->numel() == 1 && count->device().is_cpu() &&
-                          count->scalar_type() == at::kLong && count->is_contiguous(),
-                      "tda_kernels: count must be an int64 [1] CPU tensor");
-    cnt = count->mutable_data_ptr<int64_t>();
-  }
+  int64_t* cnt = count_ptr(count);
   check_args(x, wt, bias, wt.size(0), wt.size(1));
   const int64_t B = x.size(0), d_in = x.size(1), d_out = wt.size(1);
   const float* tv = nullptr;
@@ -405,13 +408,7 @@ at::Tensor input_sparse_topk(const at::Tensor& x, const at::Tensor& wt,
                         scale.device().is_cpu() && scale.scalar_type() == at::kFloat,
                     "tda_kernels: scale must be a contiguous fp32 [d_in] tensor");
   TORCH_CHECK_VALUE(k >= 1 && k <= d_in, "tda_kernels: k must be in [1, d_in]");
-  int64_t* cnt = nullptr;
-  if (count.has_value() && count->defined()) {
-    TORCH_CHECK_VALUE(count->numel() == 1 && count->device().is_cpu() &&
-                          count->scalar_type() == at::kLong && count->is_contiguous(),
-                      "tda_kernels: count must be an int64 [1] CPU tensor");
-    cnt = count->mutable_data_ptr<int64_t>();
-  }
+  int64_t* cnt = count_ptr(count);
   const float* sp = scale.const_data_ptr<float>();
   at::Tensor y = at::empty({1, d_out}, x.options());
   TDA_DISPATCH(x.scalar_type(), {
