@@ -88,7 +88,7 @@ def threshold_linear(wt: torch.Tensor, bias, cut, dense: LinearFn, counter: Coun
     # Decode steps call the C++ op directly: the weight, bias and cut-offs are checked here once;
     # per call only x's rows, dtype and contiguity (anything else takes the checked public path).
     ops = kernels.cpp_ops() if wt.is_cpu and wt.is_contiguous() and wt.dtype in kernels.CPP_DTYPES else None
-    if b is not None and not b.is_contiguous():
+    if b is not None and not (b.is_contiguous() and b.dtype == wt.dtype and b.device == wt.device):
         ops = None
     t_scalar, t_vec = (0.0, cut) if isinstance(cut, torch.Tensor) else (cut, None)
 
