@@ -71,8 +71,9 @@ def linear_fn(weight: torch.Tensor, bias: torch.Tensor | None = None, *, fast: b
     input_major = not w.is_contiguous() and w.t().is_contiguous()  # tda.engine.layouts: no copy
     if not input_major:
         w = w if w.is_contiguous() else w.contiguous()
+    use_fast = fast and applicable(w)
     ops = None
-    if fast and applicable(w):
+    if use_fast:
         from tda.engine import kernels
 
         ops, max_rows = kernels.cpp_ops(), kernels.CPP_DENSE_MAX_ROWS
@@ -88,7 +89,7 @@ def linear_fn(weight: torch.Tensor, bias: torch.Tensor | None = None, *, fast: b
             return y.view(*x.shape[:-1], d_out)
 
         return fn_t
-    if fast and applicable(w):
+    if use_fast:
         op = torch.ops.mkldnn._linear_pointwise
 
         def fn(x: torch.Tensor) -> torch.Tensor:

@@ -71,7 +71,6 @@ CPP_DENSE_MAX_ROWS = 4
 _EB_MAX_ROWS = 4
 
 CPP_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the C++ kernels take
-_CPP_DTYPES = CPP_DTYPES
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _INDEX_DTYPES = (torch.int64, torch.int32)
 _BACKENDS = ("auto", "cpp", "torch")
@@ -773,9 +772,17 @@ def _check_threshold(threshold, x: torch.Tensor, d_in: int):
     return threshold
 
 
+def _check_count(count, w: torch.Tensor) -> None:
+    """``count`` (the accumulator of active-input counts) is None or an int64 ``[1]`` tensor on
+    ``w``'s device."""
+    if count is not None and not (isinstance(count, torch.Tensor) and count.dtype == torch.int64
+                                  and count.numel() == 1 and count.device == w.device):
+        raise ValueError("count must be an int64 tensor of one element on the weight's device")
+
+
 def _use_cpp(backend: str | None, w: torch.Tensor, x2: torch.Tensor, max_rows: int) -> bool:
     if backend is None or backend == "auto":
-        return (w.is_cpu and w.dtype in _CPP_DTYPES and x2.shape[0] <= max_rows
+        return (w.is_cpu and w.dtype in CPP_DTYPES and x2.shape[0] <= max_rows
                 and not (x2.requires_grad or w.requires_grad)
                 and (_State.ops is not None or _ops() is not None))
     if backend == "torch":
@@ -783,7 +790,7 @@ def _use_cpp(backend: str | None, w: torch.Tensor, x2: torch.Tensor, max_rows: i
     if backend == "cpp":
         if not w.is_cpu:
             raise ValueError(f"the cpp backend runs on CPU tensors only, got {w.device}")
-        if w.dtype not in _CPP_DTYPES:
+        if w.dtype not in CPP_DTYPES:
             raise TypeError(f"the cpp backend supports fp32/bf16/fp16, got {w.dtype}")
         if _ops() is None:
             raise RuntimeError(f"the cpp backend is unavailable: {_State.error}")
@@ -923,9 +930,7 @@ def input_sparse_threshold(x: torch.Tensor, threshold, w_t: torch.Tensor,
     x2 = _flat_x(x, w_t, d_in)
     bias = _check_bias(bias, w_t, d_out)
     t = _check_threshold(threshold, x2, d_in)
-    if count is not None and not (isinstance(count, torch.Tensor) and count.dtype == torch.int64
-                                  and count.numel() == 1 and count.device == w_t.device):
-        raise ValueError("count must be an int64 tensor of one element on the weight's device")
+    _check_count(count, w_t)
     return _out(_input_sparse_threshold(x2, t, w_t, bias, backend, count), x, d_out)
 
 
@@ -957,9 +962,7 @@ def input_sparse_topk(x: torch.Tensor, scale: torch.Tensor, k: int, w_t: torch.T
         raise ValueError(f"scale must be a [{d_in}] tensor")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_in:
         raise ValueError(f"k must be an integer in [1, {d_in}], got {k!r}")
-    if count is not None and not (isinstance(count, torch.Tensor) and count.dtype == torch.int64
-                                  and count.numel() == 1 and count.device == w_t.device):
-        raise ValueError("count must be an int64 tensor of one element on the weight's device")
+    _check_count(count, w_t)
     if x2.shape[0] == 1 and _use_cpp(backend, w_t, x2, 1):
         sc = scale.to(device=w_t.device, dtype=torch.float32).contiguous()
         return _out(_State.ops.input_sparse_topk(x2, w_t, bias, sc, k, count), x, d_out)

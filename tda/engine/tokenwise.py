@@ -41,6 +41,12 @@ class Counter:
         self.kept = self.kept + kept
         self.total += total
 
+    def accumulator(self, device) -> torch.Tensor:
+        """An int64 ``[1]`` tensor that kernels add the kept count to in place (``kernels``'
+        ``count=``); it becomes this counter's ``kept``. Callers still add ``total`` per call."""
+        self.kept = torch.zeros(1, dtype=torch.long, device=device)
+        return self.kept
+
     @property
     def fraction(self) -> float:
         return float(self.kept) / self.total if self.total else float("nan")
@@ -82,21 +88,20 @@ def threshold_linear(wt: torch.Tensor, bias, cut, dense: LinearFn, counter: Coun
     b = None if bias is None else bias.detach()
     d_in, d_out = wt.shape
     # The kernel counts the active inputs itself (one int64 accumulator, read when reported).
-    count = torch.zeros(1, dtype=torch.long, device=wt.device) if counter is not None else None
-    if counter is not None:
-        counter.kept = count
+    count = counter.accumulator(wt.device) if counter is not None else None
     # Decode steps call the C++ op directly: the weight, bias and cut-offs are checked here once;
     # per call only x's rows, dtype and contiguity (anything else takes the checked public path).
     ops = kernels.cpp_ops() if wt.is_cpu and wt.is_contiguous() and wt.dtype in kernels.CPP_DTYPES else None
     if b is not None and not (b.is_contiguous() and b.dtype == wt.dtype and b.device == wt.device):
         ops = None
     t_scalar, t_vec = (0.0, cut) if isinstance(cut, torch.Tensor) else (cut, None)
+    max_rows = kernels.CPP_MAX_ROWS
 
     def fn(x):
         x2 = x.reshape(-1, d_in)
         if counter is not None:
             counter.total += d_in
-        if (ops is not None and x2.shape[0] <= kernels.CPP_MAX_ROWS and x2.dtype == wt.dtype
+        if (ops is not None and x2.shape[0] <= max_rows and x2.dtype == wt.dtype
                 and x2.is_contiguous() and not x2.requires_grad):
             y = ops.input_sparse_threshold(x2, wt, b, t_scalar, t_vec, count)
         else:
@@ -114,9 +119,7 @@ def topk_linear(wt: torch.Tensor, bias, col_scale: torch.Tensor, k: int, dense: 
     d_in = wt.shape[0]
     k = max(1, min(int(k), d_in))
     scale = col_scale.to(device=wt.device, dtype=torch.float32).contiguous()
-    count = torch.zeros(1, dtype=torch.long, device=wt.device) if counter is not None else None
-    if counter is not None:
-        counter.kept = count
+    count = counter.accumulator(wt.device) if counter is not None else None
 
     def fn(x):
         if counter is not None:
