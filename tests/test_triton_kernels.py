@@ -258,3 +258,15 @@ def test_kernels_backend_torch_disables_triton(monkeypatch):
     assert triton_backend.info() == {"available": False, "version": None, "interpreted": False,
                                      "error": "disabled by TDA_KERNELS_BACKEND=torch",
                                      "max_rows": triton_backend.MAX_ROWS}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
+def test_gpu_script_stops_at_once_without_a_gpu(tmp_path):
+    """benchmarks/gpu.sh: one line on stderr, exit 2, nothing run or written."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("TDA_GPU_SH_DEVICE", None)
+    r = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh")], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no CUDA GPU" in lines[0]
