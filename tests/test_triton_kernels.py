@@ -270,3 +270,28 @@ def test_gpu_script_stops_at_once_without_a_gpu(tmp_path):
     assert r.returncode == 2 and r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "no CUDA GPU" in lines[0]
+
+
+@pytest.mark.parametrize("method, kernels", [
+    ("teal", {"input_sparse_threshold"}), ("wina", {"input_sparse_topk"}),
+    ("tt", {"input_sparse_threshold"}), ("cats", {"input_sparse", "output_sparse"})])
+def test_methods_run_through_the_triton_kernels(monkeypatch, method, kernels):
+    """The CUDA dispatch, simulated on CPU: with the C++ kernels off and Triton taking every
+    call, a token-wise method (unchanged) generates the same tokens for a batch as the torch path."""
+    from tda.engine.generate import generate
+    from tda.models.load import load_model
+
+    lm = load_model("tiny-llama")  # a private copy: TEAL/WINA make W_up input-major in place
+    prompts = ["the quick brown fox jumps over", "a house by the river"]
+    kw = dict(density=0.5, max_new_tokens=3, min_new_tokens=3)
+    monkeypatch.setattr(K, "_use_cpp", lambda *a: False)
+    monkeypatch.setattr(K, "cpp_ops", lambda: None)
+    monkeypatch.setattr(triton_backend, "use", lambda backend, w, x2: False)
+    ref = generate(lm, prompts, method, **kw).token_ids  # the torch path
+    calls = []
+    for name in ("input_sparse", "input_sparse_threshold", "input_sparse_topk", "output_sparse"):
+        fn = getattr(TK, name)
+        monkeypatch.setattr(TK, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
+    monkeypatch.setattr(triton_backend, "use", lambda backend, w, x2: backend in (None, "auto"))
+    assert generate(lm, prompts, method, **kw).token_ids == ref
+    assert set(calls) == kernels
