@@ -50,6 +50,14 @@ _SELECT_SCALAR, _SELECT_VECTOR, _SELECT_MASK = 0, 1, 2
 
 
 @triton.jit
+def _tile(pid_n, n_rows, d_out, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Every row of the batch and column tile ``pid_n``, with their in-range masks."""
+    rows = tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rows, cols, rows < n_rows, cols < d_out
+
+
+@triton.jit
 def _store_rows(acc, y_ptr, bias_ptr, rows, cols, row_ok, col_ok, n_cols,
                 HAS_BIAS: tl.constexpr, FINAL: tl.constexpr):
     """Write ``acc[rows, cols]`` to ``y[rows, cols]``: the finished output (bias added, rounded
@@ -69,10 +77,7 @@ def _in_sparse_idx_kernel(x_ptr, idx_ptr, w_ptr, bias_ptr, y_ptr, n_rows, n_idx,
     """``y[s, n, c] = sum_{j in split s} x[n, idx[j]] * w[idx[j], c]`` for one column tile."""
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
-    rows = tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < n_rows
-    col_ok = cols < d_out
+    rows, cols, row_ok, col_ok = _tile(pid_n, n_rows, d_out, BLOCK_M, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     lo = split * per_split
     hi = tl.minimum(lo + per_split, n_idx)
@@ -102,10 +107,7 @@ def _in_sparse_select_kernel(x_ptr, t_ptr, keep_ptr, w_ptr, bias_ptr, y_ptr, cou
     """
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
-    rows = tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < n_rows
-    col_ok = cols < d_out
+    rows, cols, row_ok, col_ok = _tile(pid_n, n_rows, d_out, BLOCK_M, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     n_active = tl.zeros((BLOCK_K,), dtype=tl.int32)
     lo = split * per_split
