@@ -1,11 +1,11 @@
 """Triton kernels for sparse decode on CUDA: the GPU side of :mod:`tda.engine.kernels`.
 
 Three kernel families, all accumulating in fp32 and rounding once on output (fp32, bf16, fp16),
-for batches of 1 to :data:`MAX_ROWS` rows that share one active set (the union rule of
-:mod:`tda.engine.kernels`):
+for small batches that share one active set (the union rule of :mod:`tda.engine.kernels`; every
+row sits in one program, so the dispatcher sends at most ``triton_backend.MAX_ROWS`` rows):
 
 * :func:`input_sparse` -- ``y[n, :] = sum_{j} x[n, idx[j]] * w_t[idx[j], :] (+ bias)`` for an
-  index list (WINA, predictors); ``x`` is used as given (the caller zeroes a row's extras).
+  index list (CATS down, predictors); ``x`` is used as given (the caller zeroes a row's extras).
 * :func:`input_sparse_threshold` -- the same product over the inputs with ``|x[n, i]| >= t``
   (TEAL / TT / CHESS): selection and product in one kernel, no index list. A weight row
   ``w_t[i, :]`` is loaded only when input ``i`` is active in some row (the union), and each row's
@@ -32,8 +32,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from tda.engine.triton_backend import MAX_ROWS
 
 __all__ = ["INTERPRETED", "check_device", "input_sparse", "input_sparse_threshold",
            "input_sparse_topk", "output_sparse"]
@@ -189,8 +187,6 @@ def _pow2(n: int) -> int:
 
 def _blocks(n_rows: int, d_out: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_K, BLOCK_N): every row in one program, the product tile under _TILE."""
-    if not 1 <= n_rows <= MAX_ROWS:
-        raise ValueError(f"the triton kernels take 1 to {MAX_ROWS} rows, got {n_rows}")
     bm = max(2, _pow2(n_rows))
     bn = min(_BLOCK_N, max(16, _pow2(d_out)))
     bk = max(8, min(64, _TILE // (bm * bn)))
