@@ -276,22 +276,26 @@ def test_gpu_script_stops_at_once_without_a_gpu(tmp_path):
     ("teal", {"input_sparse_threshold"}), ("wina", {"input_sparse_topk"}),
     ("tt", {"input_sparse_threshold"}), ("cats", {"input_sparse", "output_sparse"})])
 def test_methods_run_through_the_triton_kernels(monkeypatch, method, kernels):
-    """The CUDA dispatch, simulated on CPU: with the C++ kernels off and Triton taking every
-    call, a token-wise method (unchanged) generates the same tokens for a batch as the torch path."""
+    """The CUDA dispatch (simulated on CPU without a GPU: the C++ kernels off, Triton taking every
+    call): a token-wise method, unchanged, generates the same tokens for a batch as the torch path."""
     from tda.engine.generate import generate
     from tda.models.load import load_model
 
-    lm = load_model("tiny-llama")  # a private copy: TEAL/WINA make W_up input-major in place
+    lm = load_model("tiny-llama", device=DEVICE)  # a private copy: TEAL/WINA change W_up's layout
     prompts = ["the quick brown fox jumps over", "a house by the river"]
     kw = dict(density=0.5, max_new_tokens=3, min_new_tokens=3)
-    monkeypatch.setattr(K, "_use_cpp", lambda *a: False)
-    monkeypatch.setattr(K, "cpp_ops", lambda: None)
-    monkeypatch.setattr(triton_backend, "use", lambda backend, w, x2: False)
-    ref = generate(lm, prompts, method, **kw).token_ids  # the torch path
+    with monkeypatch.context() as m:  # the torch path
+        m.setattr(K, "_use_cpp", lambda *a: False)
+        m.setattr(K, "cpp_ops", lambda: None)
+        m.setattr(triton_backend, "use", lambda *a: False)
+        ref = generate(lm, prompts, method, **kw).token_ids
     calls = []
     for name in ("input_sparse", "input_sparse_threshold", "input_sparse_topk", "output_sparse"):
         fn = getattr(TK, name)
         monkeypatch.setattr(TK, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
-    monkeypatch.setattr(triton_backend, "use", lambda backend, w, x2: backend in (None, "auto"))
+    if not ON_GPU:  # the CUDA dispatch, on CPU tensors
+        monkeypatch.setattr(K, "_use_cpp", lambda *a: False)
+        monkeypatch.setattr(K, "cpp_ops", lambda: None)
+        monkeypatch.setattr(triton_backend, "use", lambda backend, w, x2: backend in (None, "auto"))
     assert generate(lm, prompts, method, **kw).token_ids == ref
     assert set(calls) == kernels
