@@ -14,6 +14,7 @@ its own single-row run.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -258,6 +259,28 @@ def test_kernels_backend_torch_disables_triton(monkeypatch):
     assert triton_backend.info() == {"available": False, "version": None, "interpreted": False,
                                      "error": "disabled by TDA_KERNELS_BACKEND=torch",
                                      "max_rows": triton_backend.MAX_ROWS}
+
+
+def test_kernels_compile_for_a_gpu():
+    """The interpreter accepts code that Triton's GPU compiler rejects: build every kernel for
+    an H100/H200 (sm_90) at batch 8 and an A100 (sm_80) at batch 1, in a process without the
+    interpreter (no GPU needed: Triton's wheel ships the compiler and ptxas)."""
+    import triton.backends
+
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this triton has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHONPATH=str(REPO), TRITON_DEFAULT_FP_FUSION="1")
+    code = ("import json; from tda.engine import triton_kernels as T; "
+            "print(json.dumps([T.compile_for(90, 'bf16', 8), T.compile_for(80, 'fp16', 1, 640)]))")
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for sizes in json.loads(r.stdout.strip().splitlines()[-1]):
+        assert set(sizes) == {"input_sparse", "input_sparse_threshold",
+                              "input_sparse_threshold_per_input", "input_sparse_topk",
+                              "output_sparse"}
+        assert all(n > 1000 for n in sizes.values())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["INTERPRETED", "check_device", "input_sparse", "input_sparse_threshold",
+__all__ = ["INTERPRETED", "check_device", "compile_for", "input_sparse", "input_sparse_threshold",
            "input_sparse_topk", "output_sparse"]
 
 _BLOCK_N = 128  # output columns per program (input-sparse)
@@ -193,6 +193,12 @@ def _blocks(n_rows: int, d_out: int) -> tuple[int, int, int]:
     return bm, bk, bn
 
 
+def _out_blocks(n_rows: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_D) of the output-sparse kernel (BLOCK_J is fixed)."""
+    bm = max(2, _pow2(n_rows))
+    return bm, max(16, min(128, _TILE // (bm * _BLOCK_J)))
+
+
 _SMS: dict = {}
 
 
@@ -269,8 +275,7 @@ def output_sparse(x2: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,
     y = torch.empty(n, k, dtype=x2.dtype, device=x2.device)
     if k == 0:
         return y
-    bm = _blocks(n, k)[0]
-    bd = max(16, min(128, _TILE // (bm * _BLOCK_J)))
+    bm, bd = _out_blocks(n)
     _out_sparse_kernel[(triton.cdiv(k, _BLOCK_J),)](
         x2, idx, w, bias if bias is not None else y, y, n, k, d_in,
         HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_J=_BLOCK_J, BLOCK_D=bd)
@@ -298,3 +303,47 @@ def _finish(y: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> t
     if bias is not None:
         y += bias.float()
     return y.to(dtype)
+
+
+def compile_for(arch: int = 90, dtype: str = "bf16", rows: int = 8,
+                d_out: int = 2048) -> dict[str, int]:
+    """Build every kernel, with the block sizes its launcher picks for ``rows`` rows, for CUDA
+    compute capability ``arch`` (90: H100/H200, 80: A100) -- no GPU needed. The interpreter
+    accepts code that the GPU compiler rejects; this is the check. Returns cubin sizes (bytes)."""
+    if INTERPRETED:
+        raise RuntimeError("compile_for needs the compiled kernels: import this module without "
+                           "TRITON_INTERPRET=1")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    bm, bk, bn = _blocks(rows, d_out)
+    p = f"*{dtype}"
+    sizes = {"n_rows": "i32", "d_in": "i32", "d_out": "i32", "per_split": "i32"}
+    idx_args = {"x_ptr": p, "idx_ptr": "*i64", "w_ptr": p, "bias_ptr": p, "y_ptr": "*fp32",
+                "n_rows": "i32", "n_idx": "i32", "d_in": "i32", "d_out": "i32", "per_split": "i32"}
+    tiles = {"HAS_BIAS": True, "BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_N": bn}
+
+    def select(t_ptr, keep_ptr, mode, final):
+        args = {"x_ptr": p, "t_ptr": t_ptr, "keep_ptr": keep_ptr, "w_ptr": p, "bias_ptr": p,
+                "y_ptr": p if final else "*fp32", "count_ptr": "*i64", "t_scalar": "fp32", **sizes}
+        return (_in_sparse_select_kernel, args,
+                {"SELECT": mode, "COUNT": True, "FINAL": final, **tiles})
+
+    obm, obd = _out_blocks(rows)
+    jobs = {
+        "input_sparse": (_in_sparse_idx_kernel, idx_args, {"FINAL": False, **tiles}),
+        "input_sparse_threshold": select(p, p, _SELECT_SCALAR, True),
+        "input_sparse_threshold_per_input": select("*fp32", p, _SELECT_VECTOR, False),
+        "input_sparse_topk": select(p, "*u8", _SELECT_MASK, False),
+        "output_sparse": (_out_sparse_kernel,
+                          {"x_ptr": p, "idx_ptr": "*i64", "w_ptr": p, "bias_ptr": p, "y_ptr": p,
+                           "n_rows": "i32", "n_idx": "i32", "d_in": "i32"},
+                          {"HAS_BIAS": True, "BLOCK_M": obm, "BLOCK_J": _BLOCK_J,
+                           "BLOCK_D": obd}),
+    }
+    target = GPUTarget("cuda", arch, 32)
+    out = {}
+    for name, (fn, args, consts) in jobs.items():
+        src = ASTSource(fn, {**args, **dict.fromkeys(consts, "constexpr")}, constexprs=consts)
+        out[name] = len(triton.compile(src, target=target).asm["cubin"])
+    return out
