@@ -19,10 +19,16 @@ get exactly ``W @ x_row_masked``; :func:`input_sparse_threshold` does both steps
 Backends: a small C++ kernel (fp32 / bf16 / fp16 with fp32 accumulation, OpenMP threads through
 ``at::parallel_for``), compiled on first use into ``$TDA_CACHE_DIR/kernels`` (default
 ``~/.cache/tda-workbench/kernels``), and a pure-torch path (``embedding_bag`` / ``index_select``)
-used on CUDA, for large batches, with autograd, and whenever the build fails.
+used for large batches, with autograd, and whenever the build fails.
 :func:`backend` says which one CPU calls get; ``TDA_KERNELS_BACKEND=torch|cpp|auto`` forces it
 (``cpp`` makes a failed build an error instead of a fallback). Every function also takes
-``backend="auto"|"cpp"|"torch"`` for one call.
+``backend="auto"|"cpp"|"torch"|"triton"`` for one call.
+
+CUDA tensors (small batches, no autograd) go to the Triton kernels of
+:mod:`tda.engine.triton_kernels` when ``triton`` imports, else to the torch path; the choice is
+:mod:`tda.engine.triton_backend`'s. ``backend="triton"`` forces them, on CPU tensors too under
+Triton's interpreter (``TRITON_INTERPRET=1``: how the tests run them). Dense products stay with
+cuBLAS.
 
 Active indices must be unique and in range (checked; a duplicate would be counted twice).
 The threshold rule is ``|x_i| >= t`` (``t`` a float, or one threshold per input), compared in
@@ -43,6 +49,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from tda.engine import triton_backend as _triton
 
 __all__ = [
     "SparseLinear",
@@ -334,6 +342,8 @@ def _use_cpp(backend: str | None, w: torch.Tensor, x2: torch.Tensor, max_rows: i
                 and (_State.ops is not None or _ops() is not None))
     if backend == "torch":
         return False
+    if backend == "triton":
+        return False
     if backend == "cpp":
         if not w.is_cpu:
             raise ValueError(f"the cpp backend runs on CPU tensors only, got {w.device}")
@@ -342,7 +352,7 @@ def _use_cpp(backend: str | None, w: torch.Tensor, x2: torch.Tensor, max_rows: i
         if _ops() is None:
             raise RuntimeError(f"the cpp backend is unavailable: {_State.error}")
         return True
-    raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    raise ValueError(f"backend must be one of {(*_BACKENDS, 'triton')}, got {backend!r}")
 
 
 def _out(y: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
@@ -460,6 +470,8 @@ def _input_sparse(x2, idx, w_t, bias, backend):
     if _use_cpp(backend, w_t, x2, CPP_MAX_ROWS):
         return _State.ops.input_sparse(x2, idx, w_t, bias)
     _check_range(idx, w_t.shape[0], unique=True)
+    if _triton.use(backend, w_t, x2):
+        return _triton.kernels().input_sparse(x2, idx, w_t, bias)
     return _torch_in_sparse(x2, idx, w_t, bias)
 
 
@@ -486,6 +498,8 @@ def _input_sparse_threshold(x2, t, w_t, bias, backend, count=None):
         if isinstance(t, torch.Tensor):
             return _State.ops.input_sparse_threshold(x2, w_t, bias, 0.0, t, count)
         return _State.ops.input_sparse_threshold(x2, w_t, bias, t, None, count)
+    if _triton.use(backend, w_t, x2):
+        return _triton.kernels().input_sparse_threshold(x2, t, w_t, bias, count)
     mask = _threshold_mask(x2, t)
     act = mask[0] if mask.shape[0] == 1 else mask.any(0)
     if count is not None:
@@ -510,6 +524,9 @@ def input_sparse_topk(x: torch.Tensor, scale: torch.Tensor, k: int, w_t: torch.T
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_in:
         raise ValueError(f"k must be an integer in [1, {d_in}], got {k!r}")
     _check_count(count, w_t)
+    if _triton.use(backend, w_t, x2):
+        sc = scale.to(device=w_t.device, dtype=torch.float32)
+        return _out(_triton.kernels().input_sparse_topk(x2, sc, k, w_t, bias, count), x, d_out)
     if x2.shape[0] == 1 and _use_cpp(backend, w_t, x2, 1):
         sc = scale.to(device=w_t.device, dtype=torch.float32).contiguous()
         return _out(_State.ops.input_sparse_topk(x2, w_t, bias, sc, k, count), x, d_out)
@@ -582,6 +599,8 @@ def _output_sparse(x2, idx, w, bias, backend):
     if _use_cpp(backend, w, x2, CPP_MAX_ROWS):
         return _State.ops.output_sparse(x2, idx, w, bias)
     _check_range(idx, w.shape[0], unique=False)
+    if _triton.use(backend, w, x2):
+        return _triton.kernels().output_sparse(x2, idx, w, bias)
     y = x2 @ w.index_select(0, idx).t()
     return y if bias is None else y.add_(bias.index_select(0, idx))
 
