@@ -230,13 +230,14 @@ def cutoffs(lm, layer: int, neuron: int, *, t_layer: float, inputs, density: flo
 def neuron_profile(lm, layer: int, neuron: int, prompt: str, *, cett_target: float = 0.2,
                    density: float = DENSITY, k_tokens: int = TOP_TOKENS, k_contexts: int = TOP_CONTEXTS,
                    window: int = WINDOW, max_tokens: int | None = None, corpus=None, calibration=None,
-                   inputs=None, progress=None) -> dict:
+                   inputs=None, trace=None, progress=None) -> dict:
     """Everything about neuron ``neuron`` of ``layer`` for ``prompt`` as one JSON-able dict.
 
     ``corpus`` (:class:`tda.activations.neuron_corpus.CorpusStats`), ``calibration`` (CETT
     thresholds at ``cett_target``) and ``inputs`` (TEAL/CATS quantiles) default to the cached
     ones over the shipped corpus (computed on first use; ``progress(done, total)`` follows the
-    corpus pass).
+    corpus pass). ``trace`` is a :func:`prompt_trace` result of this prompt and layer, when the
+    caller already has it.
     """
     from tda.activations.neuron_corpus import load_or_compute_corpus_stats
     from tda.masks.build import check_density
@@ -246,7 +247,7 @@ def neuron_profile(lm, layer: int, neuron: int, prompt: str, *, cett_target: flo
     ffn = lm.ffn
     layer, neuron = check_neuron(layer, neuron, ffn.n_layers, ffn.d_ff)
     density = check_density(density)
-    cap, gate = prompt_trace(lm, prompt, layer, max_tokens=max_tokens)
+    cap, gate = trace or prompt_trace(lm, prompt, layer, max_tokens=max_tokens)
     calibration = calibration or load_or_calibrate(lm, target=cett_target)
     inputs = inputs or load_or_calibrate_inputs(lm)
     corpus = corpus or load_or_compute_corpus_stats(lm, progress=progress)
