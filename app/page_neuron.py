@@ -36,7 +36,7 @@ def corpus_stats(lm):
     if stats is None:
         bar = st.progress(0.0, text="Activations over the shipped corpus (one time per model)…")
         stats = load_or_compute_corpus_stats(
-            lm, progress=lambda done, total: bar.progress(done / total, text=f"Corpus activations: text {done}/{total}"))
+            lm, progress=lambda done, total: bar.progress(done / total, text=f"Corpus activations (one time per model): step {done}/{total}"))
         bar.empty()
     return stats
 

@@ -184,7 +184,8 @@ def test_corpus_cache_round_trip_and_reuse(tiny_llama, cache, monkeypatch):
     assert nc.cached_corpus_stats(tiny_llama, TEXTS) is None
     calls = []
     first = nc.load_or_compute_corpus_stats(tiny_llama, TEXTS, progress=lambda d, n: calls.append((d, n)))
-    assert calls[-1] == (3, 3)
+    n = 3 + tiny_llama.ffn.n_layers  # the texts, then each layer's statistics
+    assert calls[-1] == (n, n) and [d for d, _ in calls] == list(range(1, n + 1))
     path = nc.cache_path(tiny_llama.model_id, first.data_hash)
     assert path.is_file() and path.parent.parent == cache
     loaded = nc.CorpusStats.load(path)

@@ -103,9 +103,13 @@ class CorpusStats:
 
 def quantile_rows(values: torch.Tensor, levels: int = LEVELS) -> torch.Tensor:
     """``q[level, neuron]``: nearest-rank ``level / levels`` quantiles of ``values[token, neuron]``."""
+    import numpy as np
+
     n = values.shape[0]
-    ranks = torch.round(torch.linspace(0, 1, levels + 1, dtype=torch.float64) * (n - 1)).long()
-    return values.sort(dim=0).values[ranks]
+    ranks = np.round(np.linspace(0, 1, levels + 1) * (n - 1)).astype(np.int64)
+    rows = values.T.contiguous().numpy()  # [neuron, token]: numpy sorts rows ~10x faster than torch here
+    rows.sort(axis=1)
+    return torch.from_numpy(np.ascontiguousarray(rows[:, ranks].T))
 
 
 def _gate_recorder(module, layer: int, store: dict, ffn):
@@ -135,7 +139,8 @@ def gate_overrides(lm, layers, store: dict) -> dict:
 def corpus_stats(lm, texts: list[str], *, progress=None, top_k: int = TOP_K) -> CorpusStats:
     """One pass over ``texts`` (one text a forward, so no padding): see the module docstring.
 
-    ``progress(done, total)`` is called after each text. Memory: every layer's ``a`` (and
+    ``progress(done, total)`` is called after each text and then after each layer's statistics
+    (``total`` = texts + layers). Memory: every layer's ``a`` (and
     ``act(gate)``) of the whole corpus in float16 while the statistics are computed.
     """
     from tda.activations.capture import iter_batch_captures
@@ -164,7 +169,7 @@ def corpus_stats(lm, texts: list[str], *, progress=None, top_k: int = TOP_K) -> 
             ids += cap.token_ids
             offsets.append(len(ids))
             if progress is not None:
-                progress(j + 1, len(texts))
+                progress(j + 1, len(texts) + len(layers))
     k = min(top_k, len(ids))
     q, gq, top_v, top_i, bot_v, bot_i = [], [], [], [], [], []
     for L in layers:
@@ -180,6 +185,8 @@ def corpus_stats(lm, texts: list[str], *, progress=None, top_k: int = TOP_K) -> 
         if ffn.gated:
             gq.append(quantile_rows(torch.cat(g_parts[L]).float()).half())
             g_parts[L] = []
+        if progress is not None:
+            progress(len(texts) + L + 1, len(texts) + len(layers))
     return CorpusStats(
         model_id=lm.model_id, data_hash=data_hash(texts), token_ids=torch.tensor(ids, dtype=torch.int32),
         offsets=torch.tensor(offsets, dtype=torch.int64), quantiles=torch.stack(q),

@@ -58,7 +58,7 @@ def neuron_cmd(
 
     def progress(done: int, total: int) -> None:
         if done == 1 or done == total or done % 20 == 0:
-            progress_printer(f"corpus activations (one time per model): text {done}/{total}")
+            progress_printer(f"corpus activations (one time per model): step {done}/{total}")
 
     prof = neuron_profile(lm, layer, neuron, text, cett_target=cett, density=density, k_tokens=top,
                           k_contexts=contexts, progress=progress)
