@@ -49,29 +49,34 @@ def token_text(tokenizer, ids) -> str:
 
 
 # ----- (c) distributions from quantiles ------------------------------------------------------------
-def cdf(quantiles, x: float, *, strict: bool = False) -> float:
-    """Fraction of values ``≤ x`` (``< x`` when ``strict``) from equally spaced quantiles
-    ``q[0..n]`` (``q[k]`` the ``k/n`` quantile), linear between them; ties are point masses."""
+def _levels(quantiles, levels) -> np.ndarray:
+    return np.linspace(0.0, 1.0, len(quantiles)) if levels is None else np.asarray(levels, dtype=np.float64)
+
+
+def cdf(quantiles, x: float, levels=None, *, strict: bool = False) -> float:
+    """Fraction of values ``≤ x`` (``< x`` when ``strict``) from quantiles ``q[k]`` at the
+    probabilities ``levels[k]`` (from 0 to 1; default equally spaced), linear between them; ties
+    are point masses."""
     q = np.asarray(quantiles, dtype=np.float64)
-    n = len(q) - 1
+    p = _levels(q, levels)
     r = int(np.searchsorted(q, x, side="left" if strict else "right"))
     if r == 0:
         return 0.0
-    if r > n:
+    if r >= len(q):
         return 1.0
     lo, hi = q[r - 1], q[r]
     frac = 0.0 if hi <= lo else (x - lo) / (hi - lo)
-    return float(min(1.0, max(0.0, (r - 1 + frac) / n)))
+    return float(min(1.0, max(0.0, p[r - 1] + frac * (p[r] - p[r - 1]))))
 
 
-def fraction_beyond(quantiles, cut: float) -> float:
+def fraction_beyond(quantiles, cut: float, levels=None) -> float:
     """Fraction of values with ``|v| ≥ cut`` (``cut ≥ 0``) from quantiles (see :func:`cdf`)."""
     if cut <= 0:
         return 1.0
-    return float(min(1.0, 1.0 - cdf(quantiles, cut, strict=True) + cdf(quantiles, -cut)))
+    return float(min(1.0, 1.0 - cdf(quantiles, cut, levels, strict=True) + cdf(quantiles, -cut, levels)))
 
 
-def quantile_histogram(quantiles, n_values: int, bins: int = 60) -> tuple[list[float], list[float]]:
+def quantile_histogram(quantiles, n_values: int, bins: int = 60, levels=None) -> tuple[list[float], list[float]]:
     """``(edges[bins + 1], counts[bins])``: the histogram the quantiles describe, for ``n_values``
     values, on equal bins from the smallest to the largest value (counts sum to ``n_values``)."""
     q = np.asarray(quantiles, dtype=np.float64)
@@ -79,7 +84,7 @@ def quantile_histogram(quantiles, n_values: int, bins: int = 60) -> tuple[list[f
     if hi <= lo:
         hi = lo + 1e-6
     edges = np.linspace(lo, hi, bins + 1)
-    F = np.array([cdf(q, e) for e in edges])
+    F = np.array([cdf(q, e, levels) for e in edges])
     counts = np.diff(F)
     counts[0] += F[0]  # the values at the minimum
     counts[-1] += 1.0 - F[-1]
@@ -255,9 +260,10 @@ def neuron_profile(lm, layer: int, neuron: int, prompt: str, *, cett_target: flo
     cuts = cutoffs(lm, layer, neuron, t_layer=t_layer, inputs=inputs, density=density)
     q = corpus.quantiles[layer, :, neuron].float()
     gq = corpus.gate_quantiles[layer, :, neuron].float() if corpus.gate_quantiles is not None else None
-    beyond = {"cett": fraction_beyond(q, cuts["cett"]["value"]), "teal": fraction_beyond(q, cuts["teal"]["value"])}
+    lv = corpus.levels.double()
+    beyond = {m: fraction_beyond(q, cuts[m]["value"], lv) for m in ("cett", "teal")}
     if gq is not None and cuts["cats"] is not None:
-        beyond["cats"] = fraction_beyond(gq, cuts["cats"]["value"])
+        beyond["cats"] = fraction_beyond(gq, cuts["cats"]["value"], lv)
     acts = cap.layer(layer)  # [token, neuron]
     masks = mask_membership(
         acts, neuron, down_norms=ffn.down_norms(layer).cpu(), static_scores=ffn.static_scores(layer).cpu(),
@@ -277,7 +283,7 @@ def neuron_profile(lm, layer: int, neuron: int, prompt: str, *, cett_target: flo
         "corpus": {
             "n_texts": corpus.n_texts, "n_tokens": corpus.n_tokens,
             **corpus_contexts(corpus, lm.tokenizer, layer, neuron, k=k_contexts, window=window),
-            "quantiles": [float(x) for x in q], "gate_quantiles": None if gq is None else [float(x) for x in gq],
+            "levels": [float(x) for x in lv], "quantiles": [float(x) for x in q], "gate_quantiles": None if gq is None else [float(x) for x in gq],
             "fraction_beyond": beyond,
         },
         "vocab": vocab_effect(lm, layer, neuron, k_tokens),

@@ -59,6 +59,10 @@ def test_cdf_fraction_and_histogram_from_quantiles():
     assert nrn.fraction_beyond(ties, 0.5) == pytest.approx(0.375)
     _, counts = nrn.quantile_histogram(ties, 8, bins=2)
     assert counts == pytest.approx([6, 2])  # [0, 1): the zeros and a quarter; [1, 2]: a quarter
+    levels = [0.0, 0.1, 1.0]  # unequal levels: a tenth of the values in [0, 1], the rest in [1, 2]
+    assert nrn.cdf([0.0, 1.0, 2.0], 0.5, levels) == pytest.approx(0.05)
+    assert nrn.cdf([0.0, 1.0, 2.0], 1.5, levels) == pytest.approx(0.55)
+    assert nrn.quantile_histogram([0.0, 1.0, 2.0], 100, bins=2, levels=levels)[1] == pytest.approx([10, 90])
 
 
 def test_vocab_logits_scale_and_centring():
@@ -147,7 +151,7 @@ def test_corpus_stats_match_a_direct_capture(tiny_llama, small_stats):
     acts = torch.cat([c.acts for c in caps], dim=1)  # [layer, corpus token, neuron]
     assert st.n_texts == 3 and st.n_tokens == acts.shape[1]
     assert st.token_ids.tolist() == [t for c in caps for t in c.token_ids]
-    assert st.quantiles.shape == (lm.ffn.n_layers, LEVELS + 1, lm.ffn.d_ff)
+    assert st.quantiles.shape == (lm.ffn.n_layers, len(LEVELS), lm.ffn.d_ff)
     torch.testing.assert_close(st.quantiles[:, 0].float(), acts.amin(dim=1), atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(st.quantiles[:, -1].float(), acts.amax(dim=1), atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(st.top_values[:, 0], acts.amax(dim=1), atol=2e-3, rtol=2e-3)
@@ -158,8 +162,8 @@ def test_corpus_stats_match_a_direct_capture(tiny_llama, small_stats):
     # the fraction beyond a cut-off read from the quantiles is the direct one within one value's step
     cut = float(col.abs().median())
     direct = float((col.abs() >= cut).float().mean())
-    step = 1 / (st.n_tokens - 1) + 2 / LEVELS
-    assert nrn.fraction_beyond(st.quantiles[L, :, i].float(), cut) == pytest.approx(direct, abs=step)
+    step = 1 / (st.n_tokens - 1) + 2 / 256
+    assert nrn.fraction_beyond(st.quantiles[L, :, i].float(), cut, st.levels) == pytest.approx(direct, abs=step)
     # act(gate) over the corpus: the same as the prompt trace of each text
     gates = torch.cat([nrn.prompt_trace(lm, t, L)[1] for t in TEXTS])
     torch.testing.assert_close(st.gate_quantiles[L, -1].float(), gates.amax(dim=0), atol=2e-3, rtol=2e-3)

@@ -6,6 +6,8 @@ colours from the Okabe–Ito colour-blind-safe palette.
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
@@ -19,7 +21,7 @@ CUT_STYLE = {  # method -> (label, colour, dash)
     "cats": ("CATS τ_L (on |act(gate)|)", PURPLE, "dashdot"),
 }
 PEAKS_SHOWN = 32
-LEGEND = dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0)  # below the plot, clear of the title
+LEGEND = dict(orientation="v", yanchor="top", y=1, xanchor="left", x=1.01)  # right of the plot, clear of the title
 
 
 def token_axis(tokens) -> list[str]:
@@ -50,7 +52,7 @@ def prompt_figure(prof: dict) -> go.Figure:
             fig.add_scatter(x=[x[0], x[-1]], y=[sign * c, sign * c], mode="lines", name=f"±{label}",
                             line=dict(color=colour, dash=dash, width=1.5), legendgroup=m, showlegend=sign == 1,
                             hovertemplate=f"{label}: {sign * c:.4g}<extra></extra>")
-    fig.update_xaxes(title="prompt token", tickangle=-45, categoryorder="array", categoryarray=x)
+    fig.update_xaxes(tickangle=-45, categoryorder="array", categoryarray=x)
     fig.update_yaxes(title="a = act(gate)·up" if prof["gated"] else "a = act(in)", zeroline=True)
     return _layout(fig, f"Neuron {prof['neuron']} of layer {prof['layer']} on the prompt", 380, barmode="overlay",
                    bargap=0.15)
@@ -75,13 +77,15 @@ def peaks_figure(peaks: list[tuple[int, float]], layer: int, selected: int) -> g
     return _layout(fig, f"Layer {layer}: most active neurons on this prompt (click a bar to inspect it)", 300)
 
 
-def _hist_panel(fig, row: int, quantiles, n_tokens: int, colour: str, name: str, cuts: list[tuple[str, float]]):
+def _hist_panel(fig, row: int, quantiles, levels, n_tokens: int, colour: str, name: str,
+                cuts: list[tuple[str, float]]) -> float:
+    """One histogram panel with ± each cut-off; returns its largest count."""
     from analysis.neuron import quantile_histogram
 
-    edges, counts = quantile_histogram(quantiles, n_tokens)
+    edges, counts = quantile_histogram(quantiles, n_tokens, levels=levels)
     centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
     width = edges[1] - edges[0]
-    fig.add_bar(x=centres, y=[max(c, 1e-9) for c in counts], width=width, marker_color=colour, name=name,
+    fig.add_bar(x=centres, y=counts, width=width, marker_color=colour, name=name,
                 hovertemplate="%{x:.4g}: %{y:.1f} tokens<extra></extra>", row=row, col=1)
     top = max(counts) * 2
     for m, c in cuts:
@@ -91,6 +95,7 @@ def _hist_panel(fig, row: int, quantiles, n_tokens: int, colour: str, name: str,
                             line=dict(color=col, dash=dash, width=2), legendgroup=m,
                             showlegend=sign == 1, hovertemplate=f"{label}: {sign * c:.4g}<extra></extra>",
                             row=row, col=1)
+    return max(counts)
 
 
 def histogram_figure(prof: dict) -> go.Figure:
@@ -102,12 +107,13 @@ def histogram_figure(prof: dict) -> go.Figure:
     if gated:
         titles.append(f"act(gate): CATS compares |act(gate)| with τ_L (beyond: {beyond['cats']:.1%})")
     fig = make_subplots(rows=len(titles), cols=1, subplot_titles=titles, vertical_spacing=0.22)
-    _hist_panel(fig, 1, corpus["quantiles"], corpus["n_tokens"], BLUE, "a over the corpus",
-                [("cett", cuts["cett"]["value"]), ("teal", cuts["teal"]["value"])])
+    top = _hist_panel(fig, 1, corpus["quantiles"], corpus["levels"], corpus["n_tokens"], BLUE, "a over the corpus",
+                      [("cett", cuts["cett"]["value"]), ("teal", cuts["teal"]["value"])])
     if gated:
-        _hist_panel(fig, 2, corpus["gate_quantiles"], corpus["n_tokens"], SKY, "act(gate) over the corpus",
-                    [("cats", cuts["cats"]["value"])])
-    fig.update_yaxes(type="log", title="tokens")
+        top = max(top, _hist_panel(fig, 2, corpus["gate_quantiles"], corpus["levels"], corpus["n_tokens"], SKY,
+                                   "act(gate) over the corpus", [("cats", cuts["cats"]["value"])]))
+    # log counts from half a token up (bins holding less than that stay empty), powers of ten only
+    fig.update_yaxes(type="log", title="tokens", dtick=1, range=[math.log10(0.5), math.log10(top * 2)])
     fig.update_xaxes(title="a", row=1, col=1)
     if gated:
         fig.update_xaxes(title="act(gate)", row=2, col=1)
@@ -132,7 +138,7 @@ def vocab_figure(prof: dict) -> go.Figure:
 def context_rows(prof: dict, which: str) -> list[dict]:
     """(b) one row per corpus context: activation, where, and the context with the token marked."""
     return [{"a": round(r["activation"], 5), "text": r["text"], "position": r["position"],
-             "context": f"{r['before']}【{r['token']}】{r['after']}"} for r in prof["corpus"][which]]
+             "context": f"{r['before']}[[{r['token']}]]{r['after']}"} for r in prof["corpus"][which]]
 
 
 def mask_rows(prof: dict) -> list[dict]:

@@ -4,8 +4,8 @@ One pass of :func:`tda.activations.capture.iter_batch_captures` over the texts (
 corpus by default) records, per layer and neuron,
 
 - the distribution of ``a`` (TransformerLens ``hook_post``, the down projection's input) as
-  :data:`LEVELS` + 1 quantiles — enough to redraw its histogram and to read the fraction of
-  corpus tokens beyond any cut-off, in a few MB;
+  quantiles at the probability :data:`LEVELS` (a 1/256 grid refined in both tails) — enough to
+  redraw its histogram and to read the fraction of corpus tokens beyond any cut-off, in a few MB;
 - the same for ``act(gate)`` of gated FFNs (CATS thresholds ``|act(gate)|``, a different
   quantity), recorded in the same forward through a per-context override of the gate projection;
 - the :data:`TOP_K` largest and smallest ``a`` with their corpus token positions (for the
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,8 +29,9 @@ from tda.common.atomic import atomic_path
 from tda.common.errors import BadInput
 from tda.common.paths import cache_dir
 
-FORMAT_VERSION = 1
-LEVELS = 256  # quantiles at 0, 1/LEVELS, ..., 1 of each neuron's activation
+FORMAT_VERSION = 2
+TAILS = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3)  # extra levels near 0 and 1: rare large activations keep their shape
+LEVELS = tuple(sorted({k / 256 for k in range(257)} | set(TAILS) | {1 - t for t in TAILS}))
 TOP_K = 16  # largest and smallest activations kept per neuron
 _LOCK = threading.Lock()
 _MEMO: dict[str, CorpusStats] = {}  # cache file -> loaded statistics (this process)
@@ -42,7 +43,8 @@ class CorpusStats:
 
     ``token_ids[n]`` are the corpus tokens text after text (BOS excluded), text ``j`` being
     ``token_ids[offsets[j]:offsets[j + 1]]``. ``quantiles[layer, level, neuron]`` (float16) are
-    the ``level / LEVELS`` quantiles of ``a``; ``gate_quantiles`` the same for ``act(gate)``
+    the quantiles of ``a`` at the probabilities ``levels[level]`` (:data:`LEVELS`);
+    ``gate_quantiles`` the same for ``act(gate)``
     (None for non-gated FFNs). ``top_values[layer, k, neuron]`` / ``top_index`` (indices into
     ``token_ids``) hold the largest ``a``, ``bottom_*`` the smallest.
     """
@@ -57,6 +59,7 @@ class CorpusStats:
     top_index: torch.Tensor
     bottom_values: torch.Tensor
     bottom_index: torch.Tensor
+    levels: torch.Tensor = field(default_factory=lambda: torch.tensor(LEVELS, dtype=torch.float64))
 
     @property
     def n_tokens(self) -> int:
@@ -75,7 +78,8 @@ class CorpusStats:
         from safetensors.torch import save_file
 
         tensors = {k: getattr(self, k).contiguous() for k in
-                   ("token_ids", "offsets", "quantiles", "top_values", "top_index", "bottom_values", "bottom_index")}
+                   ("token_ids", "offsets", "quantiles", "top_values", "top_index", "bottom_values", "bottom_index",
+                  "levels")}
         if self.gate_quantiles is not None:
             tensors["gate_quantiles"] = self.gate_quantiles.contiguous()
         meta = {"format": FORMAT_VERSION, "model_id": self.model_id, "data_hash": self.data_hash}
@@ -96,17 +100,17 @@ class CorpusStats:
             return cls(model_id=meta["model_id"], data_hash=meta["data_hash"], token_ids=t["token_ids"],
                        offsets=t["offsets"], quantiles=t["quantiles"], gate_quantiles=t.get("gate_quantiles"),
                        top_values=t["top_values"], top_index=t["top_index"], bottom_values=t["bottom_values"],
-                       bottom_index=t["bottom_index"])
+                       bottom_index=t["bottom_index"], levels=t["levels"])
         except Exception as e:  # safetensors raises several types for a damaged file
             raise BadInput(f"{path} is not a valid corpus statistics file ({type(e).__name__})") from None
 
 
-def quantile_rows(values: torch.Tensor, levels: int = LEVELS) -> torch.Tensor:
-    """``q[level, neuron]``: nearest-rank ``level / levels`` quantiles of ``values[token, neuron]``."""
+def quantile_rows(values: torch.Tensor, levels=LEVELS) -> torch.Tensor:
+    """``q[level, neuron]``: nearest-rank quantiles at the probabilities ``levels`` of ``values[token, neuron]``."""
     import numpy as np
 
     n = values.shape[0]
-    ranks = np.round(np.linspace(0, 1, levels + 1) * (n - 1)).astype(np.int64)
+    ranks = np.round(np.asarray(levels, dtype=np.float64) * (n - 1)).astype(np.int64)
     rows = values.T.contiguous().numpy()  # [neuron, token]: numpy sorts rows ~10x faster than torch here
     rows.sort(axis=1)
     return torch.from_numpy(np.ascontiguousarray(rows[:, ranks].T))
@@ -224,7 +228,7 @@ def _cached(lm, path: Path) -> CorpusStats | None:
     if path.exists():
         try:
             stats = CorpusStats.load(path)
-            if stats.model_id == lm.model_id and stats.quantiles.shape[1:] == (LEVELS + 1, lm.ffn.d_ff):
+            if stats.model_id == lm.model_id and stats.quantiles.shape[1:] == (len(LEVELS), lm.ffn.d_ff):
                 _MEMO[str(path)] = stats
                 return stats
         except BadInput:
