@@ -119,25 +119,29 @@ m[1].metric("CETT/TT cut-off on |a|", f"{cuts['cett']['value']:.4g}",
 m[2].metric("corpus tokens beyond it", f"{beyond['cett']:.1%}")
 m[3].metric("prompt tokens beyond it", f"{prof['masks']['tt']['fraction']:.0%}")
 
-st.plotly_chart(views.prompt_figure(prof), key="neuron_prompt_chart")
-st.plotly_chart(views.peaks_figure(views.layer_peaks(tr[0].acts[0]), layer, neuron), key=PEAKS,
-                on_select=_select_clicked, selection_mode="points")
-
-st.subheader("Which masks keep it for this prompt")
-st.dataframe(pd.DataFrame(views.mask_rows(prof)), hide_index=True, key="neuron_masks")
+left, right = st.columns(2, gap="medium")
+left.plotly_chart(views.prompt_figure(prof), key="neuron_prompt_chart")
+right.plotly_chart(views.histogram_figure(prof), key="neuron_hist")
+st.caption(
+    "CETT/TT and TEAL threshold the same quantity, |a|; CATS thresholds |act(gate)| before the product "
+    "with up, so its cut-off is drawn on the gate's own distribution (dashed lines at ± each cut-off). "
+    "Histograms are rebuilt from each neuron's corpus quantiles (log scale)."
+)
 
 st.subheader("Top-activating contexts in the corpus")
 tab_top, tab_bottom = st.tabs(["highest a", "lowest a (most negative)"])
 for tab, which in ((tab_top, "top"), (tab_bottom, "bottom")):
     tab.dataframe(pd.DataFrame(views.context_rows(prof, which)), hide_index=True, key=f"neuron_ctx_{which}",
-                  column_config={"context": st.column_config.TextColumn(width="large")})
+                  column_config={"before": st.column_config.TextColumn(width="large"),
+                                 "token": st.column_config.TextColumn(width="small"),
+                                 "after": st.column_config.TextColumn(width="large")})
 
-st.plotly_chart(views.histogram_figure(prof), key="neuron_hist")
-st.caption(
-    "CETT/TT and TEAL threshold the same quantity, |a|; CATS thresholds |act(gate)| before the product "
-    "with up, so its cut-off is drawn on the gate's own distribution. Histograms are rebuilt from "
-    f"{len(prof['corpus']['quantiles']) - 1} quantiles per neuron (log scale)."
-)
-st.plotly_chart(views.vocab_figure(prof), key="neuron_vocab")
-st.caption("Direct logit effect: the unembedding applied to W_down[:, i] scaled by the final norm's weight γ "
-           "(Gemma's RMSNorm: 1 + w), per unit of a; the norm's division by the residual's size is left out.")
+left, right = st.columns(2, gap="medium")
+left.subheader("Which masks keep it for this prompt")
+left.dataframe(pd.DataFrame(views.mask_rows(prof)), hide_index=True, key="neuron_masks",
+               column_config={"why": st.column_config.TextColumn(width="large")})
+right.plotly_chart(views.vocab_figure(prof), key="neuron_vocab")
+right.caption("The unembedding applied to W_down[:, i] scaled by the final norm's weight γ (Gemma's RMSNorm: "
+              "1 + w), per unit of a; the norm's division by the residual's size is left out.")
+st.plotly_chart(views.peaks_figure(views.layer_peaks(tr[0].acts[0]), layer, neuron), key=PEAKS,
+                on_select=_select_clicked, selection_mode="points")

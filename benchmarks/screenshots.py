@@ -28,7 +28,7 @@ PAGES = [  # (file name, url path, button to press or None, Plotly charts to wai
     ("page-3-samples", "samples", None, 1),
     ("page-4-recall", "recall", "Run recall study", 3),
     ("page-5-generate", "generate", "Generate", 1),
-    ("page-6-neuron", "neuron", None, 4),
+    ("page-6-neuron", "neuron?layer=9&neuron=100", None, 4),  # Gemma: fires on sentence ends
 ]
 
 IDLE = """() => !document.querySelector('[data-testid="stStatusWidget"]')"""

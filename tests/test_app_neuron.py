@@ -56,18 +56,18 @@ def test_neuron_page_from_query_params_shows_the_profile(neuron_page, lm):
     bars = {x: float(y) for t in figs[0]["data"] if t["type"] == "bar" for x, y in zip(arr(t["x"]), arr(t["y"]))}
     labels = [f"{i}: {tok}" for i, tok in enumerate(prof["prompt"]["tokens"])]
     assert [bars[x] for x in labels] == pytest.approx(prof["prompt"]["activation"], rel=1e-5, abs=1e-7)
-    hist = figs[2]["data"]
+    hist = figs[1]["data"]
     assert sum(float(v) for v in arr(hist[0]["y"])) == pytest.approx(prof["corpus"]["n_tokens"], rel=1e-3)
     cut_lines = {t["name"] for t in hist if t["type"] == "scatter" and t.get("showlegend", True)}
     assert any("CETT" in n for n in cut_lines) and any("TEAL" in n for n in cut_lines)
     assert any("CATS" in n for n in cut_lines)
-    masks = at.dataframe[0].value
-    assert list(masks["method"]) == ["TDA", "GRIFFIN", "static", "TT", "TEAL", "CATS"]
+    masks = at.dataframe[2].value  # after the two context tables
+    assert [m.split()[0] for m in masks["method"]] == ["TDA", "GRIFFIN", "static", "TT", "TEAL", "CATS"]
     assert masks["keeps it?"][0] == ("yes" if prof["masks"]["tda"]["keeps"] else "no")
     assert masks["keeps it?"][3] == f"{prof['masks']['tt']['fraction']:.0%} of tokens"
-    top = at.dataframe[1].value
+    top = at.dataframe[0].value
     assert list(top["a"]) == pytest.approx([round(r["activation"], 5) for r in prof["corpus"]["top"]])
-    vocab = figs[3]["data"][0]
+    vocab = figs[2]["data"][0]
     assert max(float(v) for v in arr(vocab["x"])) == pytest.approx(prof["vocab"]["promoted"][0]["logit"], rel=1e-5)
     assert at.query_params["neuron"] == ["5"] or at.query_params["neuron"] == "5"
 

@@ -16,12 +16,13 @@ from plotly.subplots import make_subplots
 BLUE, SKY, GREEN, ORANGE, VERMILLION, PURPLE, GREY = (
     "#0072B2", "#56B4E9", "#009E73", "#E69F00", "#D55E00", "#CC79A7", "#999999")
 CUT_STYLE = {  # method -> (label, colour, dash)
-    "cett": ("CETT/TT cut-off t_L/‖W_down[:, i]‖", VERMILLION, "dash"),
-    "teal": ("TEAL τ (down-projection input)", ORANGE, "dot"),
-    "cats": ("CATS τ_L (on |act(gate)|)", PURPLE, "dashdot"),
+    "cett": ("CETT/TT t_L/‖W_down[:, i]‖", VERMILLION, "dash"),
+    "teal": ("TEAL τ", ORANGE, "dot"),
+    "cats": ("CATS τ_L", PURPLE, "dashdot"),
 }
 PEAKS_SHOWN = 32
-LEGEND = dict(orientation="v", yanchor="top", y=1, xanchor="left", x=1.01)  # right of the plot, clear of the title
+# legends sit between the title (at the top of the figure) and the plot, in rows of their own
+LEGEND = dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0, font=dict(size=11))
 
 
 def token_axis(tokens) -> list[str]:
@@ -29,9 +30,13 @@ def token_axis(tokens) -> list[str]:
     return [f"{i}: {t}" for i, t in enumerate(tokens)]
 
 
-def _layout(fig: go.Figure, title: str, height: int, **kw) -> go.Figure:
-    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), height=height, template="simple_white",
-                      margin=dict(l=50, r=20, t=50, b=40), legend=LEGEND, **kw)
+def _layout(fig: go.Figure, title: str, height: int, legend_rows: int = 0, **kw) -> go.Figure:
+    """Shared look: title top left; ``legend_rows`` rows of legend under it, above the plot."""
+    top = 46 + 22 * legend_rows
+    fig.update_layout(title=dict(text=title, x=0, xanchor="left", y=1, yref="container", yanchor="top",
+                                 pad=dict(t=12), font=dict(size=15)),
+                      height=height + top, template="simple_white", margin=dict(l=55, r=15, t=top, b=40),
+                      legend=LEGEND, showlegend=legend_rows > 0, **kw)
     return fig
 
 
@@ -54,8 +59,8 @@ def prompt_figure(prof: dict) -> go.Figure:
                             hovertemplate=f"{label}: {sign * c:.4g}<extra></extra>")
     fig.update_xaxes(tickangle=-45, categoryorder="array", categoryarray=x)
     fig.update_yaxes(title="a = act(gate)·up" if prof["gated"] else "a = act(in)", zeroline=True)
-    return _layout(fig, f"Neuron {prof['neuron']} of layer {prof['layer']} on the prompt", 380, barmode="overlay",
-                   bargap=0.15)
+    return _layout(fig, f"Neuron {prof['neuron']} of layer {prof['layer']} on the prompt", 340, legend_rows=2,
+                   barmode="overlay", bargap=0.15)
 
 
 def layer_peaks(acts: torch.Tensor, k: int = PEAKS_SHOWN) -> list[tuple[int, float]]:
@@ -74,7 +79,7 @@ def peaks_figure(peaks: list[tuple[int, float]], layer: int, selected: int) -> g
                            showlegend=False))
     fig.update_xaxes(title="neuron", categoryorder="array", categoryarray=x, tickangle=-45)
     fig.update_yaxes(title="peak |a| on the prompt")
-    return _layout(fig, f"Layer {layer}: most active neurons on this prompt (click a bar to inspect it)", 300)
+    return _layout(fig, f"Layer {layer}: most active neurons on the prompt (click one)", 300)
 
 
 def _hist_panel(fig, row: int, quantiles, levels, n_tokens: int, colour: str, name: str,
@@ -85,7 +90,7 @@ def _hist_panel(fig, row: int, quantiles, levels, n_tokens: int, colour: str, na
     edges, counts = quantile_histogram(quantiles, n_tokens, levels=levels)
     centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
     width = edges[1] - edges[0]
-    fig.add_bar(x=centres, y=counts, width=width, marker_color=colour, name=name,
+    fig.add_bar(x=centres, y=counts, width=width, marker_color=colour, name=name, showlegend=False,
                 hovertemplate="%{x:.4g}: %{y:.1f} tokens<extra></extra>", row=row, col=1)
     top = max(counts) * 2
     for m, c in cuts:
@@ -102,11 +107,10 @@ def histogram_figure(prof: dict) -> go.Figure:
     """(c) the corpus distribution of ``a`` (and of ``act(gate)``) with each method's cut-off."""
     corpus, cuts, beyond = prof["corpus"], prof["cutoffs"], prof["corpus"]["fraction_beyond"]
     gated = corpus["gate_quantiles"] is not None and cuts["cats"] is not None
-    titles = ["a = act(gate)·up: CETT/TT and TEAL compare |a| with their cut-offs"
-              f" (beyond: CETT {beyond['cett']:.1%}, TEAL {beyond['teal']:.1%})"]
+    titles = [f"a: |a| vs CETT/TT and TEAL — beyond: {beyond['cett']:.1%} and {beyond['teal']:.1%}"]
     if gated:
-        titles.append(f"act(gate): CATS compares |act(gate)| with τ_L (beyond: {beyond['cats']:.1%})")
-    fig = make_subplots(rows=len(titles), cols=1, subplot_titles=titles, vertical_spacing=0.22)
+        titles.append(f"act(gate): |act(gate)| vs CATS — beyond: {beyond['cats']:.1%}")
+    fig = make_subplots(rows=len(titles), cols=1, subplot_titles=titles, vertical_spacing=0.16)
     top = _hist_panel(fig, 1, corpus["quantiles"], corpus["levels"], corpus["n_tokens"], BLUE, "a over the corpus",
                       [("cett", cuts["cett"]["value"]), ("teal", cuts["teal"]["value"])])
     if gated:
@@ -114,12 +118,10 @@ def histogram_figure(prof: dict) -> go.Figure:
                                    "act(gate) over the corpus", [("cats", cuts["cats"]["value"])]))
     # log counts from half a token up (bins holding less than that stay empty), powers of ten only
     fig.update_yaxes(type="log", title="tokens", dtick=1, range=[math.log10(0.5), math.log10(top * 2)])
-    fig.update_xaxes(title="a", row=1, col=1)
-    if gated:
-        fig.update_xaxes(title="act(gate)", row=2, col=1)
-    fig.update_annotations(font_size=13, x=0, xanchor="left")
-    return _layout(fig, f"Corpus distribution ({corpus['n_tokens']} tokens of {corpus['n_texts']} texts)",
-                   330 * len(titles) + 90, bargap=0)
+    fig.update_annotations(font_size=12, x=0, xanchor="left")
+    fig = _layout(fig, f"Corpus distribution ({corpus['n_tokens']} tokens, {corpus['n_texts']} texts)",
+                  190 * len(titles) + 60, legend_rows=2, bargap=0)
+    return fig.update_layout(legend_y=1 + 26 / (190 * len(titles) + 20))  # 26 px up: above the first panel's title
 
 
 def vocab_figure(prof: dict) -> go.Figure:
@@ -131,34 +133,33 @@ def vocab_figure(prof: dict) -> go.Figure:
                            marker_color=[GREEN if r["logit"] >= 0 else VERMILLION for r in rows],
                            hovertemplate="%{y}<br>logit %{x:.4g}<extra></extra>"))
     fig.update_yaxes(categoryorder="array", categoryarray=labels, title=None)
-    fig.update_xaxes(title="logit contribution per unit a: W_U · (γ ⊙ W_down[:, i])", zeroline=True)
-    return _layout(fig, "Tokens it promotes (green) and suppresses (vermillion)", 40 + 22 * len(rows) + 90)
+    fig.update_xaxes(title="logit per unit a: W_U · (γ ⊙ W_down[:, i])", zeroline=True)
+    return _layout(fig, "Tokens it promotes (green) and suppresses (vermillion)", 18 * len(rows) + 60)
 
 
 def context_rows(prof: dict, which: str) -> list[dict]:
     """(b) one row per corpus context: activation, where, and the context with the token marked."""
-    return [{"a": round(r["activation"], 5), "text": r["text"], "position": r["position"],
-             "context": f"{r['before']}[[{r['token']}]]{r['after']}"} for r in prof["corpus"][which]]
+    return [{"a": round(r["activation"], 5), "before": r["before"], "token": r["token"], "after": r["after"],
+             "text": r["text"], "position": r["position"]} for r in prof["corpus"][which]]
 
 
 def mask_rows(prof: dict) -> list[dict]:
     """(e) which masks keep the neuron for this prompt."""
     m, d_ff, dens = prof["masks"], prof["d_ff"], prof["density"]
     rows = [
-        {"method": "TDA", "kind": "sequence", "keeps it?": "yes" if m["tda"]["keeps"] else "no",
-         "why": f"RMS output norm {m['tda']['score']:.4g} vs t_L {m['tda']['threshold']:.4g} "
-                f"(rank {m['tda']['rank']} of {d_ff})"},
-        {"method": "GRIFFIN", "kind": "sequence", "keeps it?": "yes" if m["griffin"]["keeps"] else "no",
-         "why": f"statistic rank {m['griffin']['rank']} of {d_ff}; keeps the top {m['griffin']['k']} (density {dens:g})"},
-        {"method": "static", "kind": "sequence", "keeps it?": "yes" if m["static"]["keeps"] else "no",
-         "why": f"weight score rank {m['static']['rank']} of {d_ff}; keeps the top {m['static']['k']}"},
-        {"method": "TT", "kind": "per token", "keeps it?": f"{m['tt']['fraction']:.0%} of tokens",
+        {"method": "TDA (sequence)", "keeps it?": "yes" if m["tda"]["keeps"] else "no",
+         "why": f"RMS ‖n_i‖ {m['tda']['score']:.3g} vs t_L {m['tda']['threshold']:.3g}; rank {m['tda']['rank']}"},
+        {"method": "GRIFFIN (sequence)", "keeps it?": "yes" if m["griffin"]["keeps"] else "no",
+         "why": f"rank {m['griffin']['rank']} of {d_ff}; keeps the top {m['griffin']['k']}"},
+        {"method": "static (sequence)", "keeps it?": "yes" if m["static"]["keeps"] else "no",
+         "why": f"rank {m['static']['rank']} of {d_ff}; keeps the top {m['static']['k']}"},
+        {"method": "TT (per token)", "keeps it?": f"{m['tt']['fraction']:.0%} of tokens",
          "why": "|a|·‖W_down[:, i]‖ ≥ t_L"},
-        {"method": "TEAL", "kind": "per token", "keeps it?": f"{m['teal']['fraction']:.0%} of tokens",
+        {"method": "TEAL (per token)", "keeps it?": f"{m['teal']['fraction']:.0%} of tokens",
          "why": f"|a| ≥ τ at density {dens:g}"},
     ]
     if m.get("cats"):
-        rows.append({"method": "CATS", "kind": "per token", "keeps it?": f"{m['cats']['fraction']:.0%} of tokens",
+        rows.append({"method": "CATS (per token)", "keeps it?": f"{m['cats']['fraction']:.0%} of tokens",
                      "why": f"|act(gate)| ≥ τ_L at density {dens:g}"})
     return rows
 
