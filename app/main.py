@@ -27,6 +27,7 @@ PAGES = [
     st.Page(HERE / "page_samples.py", title="3 · 13 samples", url_path="samples"),
     st.Page(HERE / "page_recall.py", title="4 · Recall", url_path="recall"),
     st.Page(HERE / "page_generate.py", title="5 · Generate", url_path="generate"),
+    st.Page(HERE / "page_neuron.py", title="6 · Neuron", url_path="neuron"),
 ]
 
 st.session_state["settings"] = state.sidebar()

@@ -28,6 +28,7 @@ PAGES = [  # (file name, url path, button to press or None, Plotly charts to wai
     ("page-3-samples", "samples", None, 1),
     ("page-4-recall", "recall", "Run recall study", 3),
     ("page-5-generate", "generate", "Generate", 1),
+    ("page-6-neuron", "neuron?layer=9&neuron=100", None, 4),  # Gemma: fires on sentence ends
 ]
 
 IDLE = """() => !document.querySelector('[data-testid="stStatusWidget"]')"""
@@ -69,6 +70,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=1400)
     ap.add_argument("--height", type=int, default=1500)
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--pages", default="", help="comma list of file names to take (default: all)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -78,7 +80,10 @@ def main() -> None:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
+            wanted = {x for x in args.pages.split(",") if x}
             for name, path, button, charts in PAGES:
+                if wanted and name not in wanted:
+                    continue
                 t0 = time.time()
                 page.goto(f"{url}/{path}", wait_until="domcontentloaded")
                 if button:

@@ -113,3 +113,37 @@ def test_prompt_edit_updates_heatmap_in_browser(tmp_path):
             assert page.locator("[data-testid='stException']").count() == 0
         finally:
             browser.close()
+
+
+PLOTS_READY = """(n) => {
+  const g = [...document.querySelectorAll('.js-plotly-plot')].filter(d => d.data && d.data.length);
+  return g.length >= n;
+}"""
+
+
+def test_neuron_page_in_browser(tmp_path):
+    """/neuron?layer=1&neuron=5 serves its charts; the URL's choice fills the inputs; an out-of-range
+    neuron is refused with a visible error, not a traceback."""
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    with streamlit_server() as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.goto(f"{url}/neuron?layer=1&neuron=5", wait_until="domcontentloaded")
+            page.wait_for_function(PLOTS_READY, arg=4, timeout=180_000)
+            assert page.get_by_label("neuron (0..127)").input_value() == "5"
+            assert page.get_by_label("layer (0..2)").input_value() == "1"
+            assert page.locator("text=Neuron 5 of layer 1 on the prompt").count() >= 1
+            assert page.locator("[data-testid='stException']").count() == 0
+            box = page.get_by_label("neuron (0..127)")
+            box.fill("500")
+            box.press("Enter")
+            page.wait_for_selector("text=neuron 500 out of range", timeout=60_000)
+            assert page.locator("text=Traceback").count() == 0
+            shot = tmp_path / "neuron-browser.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,6 +18,15 @@ WORDS = DATA_DIR / "words.txt"
 XSUM_DEMO = DATA_DIR / "xsum_demo.json"
 XSUM_TEMPLATE = DATA_DIR / "xsum_prompt_template.txt"
 MC_TASK = DATA_DIR / "mc_task.jsonl"
+
+
+def data_hash(texts: list[str]) -> str:
+    """A short hash of a list of texts (the key of the caches computed from them)."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
 
 
 def load_records(source: str | Path, *, required: tuple[str, ...] = ("text",), split: str = "train") -> list[dict]:

@@ -8,7 +8,6 @@ under ``$TDA_CACHE_DIR/calibration`` keyed by (model id, data hash, target).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 from tda.common.atomic import write_text_atomic
+from tda.common.data import data_hash
 from tda.common.errors import BadInput
 from tda.common.paths import cache_dir
 from tda.masks.cett import DEFAULT_CETT, active_by_threshold, check_target, find_threshold
@@ -56,14 +56,6 @@ class Calibration:
                 f"not '{lm.model_id}' (d_ff {lm.ffn.d_ff}, {lm.ffn.n_layers} layers)"
             )
         return self
-
-
-def data_hash(texts: list[str]) -> str:
-    h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode())
-        h.update(b"\0")
-    return h.hexdigest()[:16]
 
 
 MAX_TOKENS = 4096  # a seeded subsample of calibration tokens per layer bounds the search's cost

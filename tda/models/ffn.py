@@ -15,6 +15,7 @@ the projections (sliced weights, thresholded inputs), so a shared model is never
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,7 @@ class FFNFamily:
     out_proj: str
     act: str  # the activation module, or "" when the layer calls a function
     conv1d: bool = False  # GPT-2 Conv1D: weight stored as [in, out]
+    final_norm: str = ""  # from the *CausalLM* model to the norm before the unembedding
 
     @property
     def gated(self) -> bool:
@@ -49,9 +51,12 @@ FAMILIES: tuple[FFNFamily, ...] = (
         ("mlp.gate_proj", "mlp.up_proj"),
         "mlp.down_proj",
         "mlp.act_fn",
+        final_norm="model.norm",
     ),
-    FFNFamily("gpt2", ("gpt2",), "transformer.h", ("mlp.c_fc",), "mlp.c_proj", "mlp.act", conv1d=True),
-    FFNFamily("opt", ("opt",), "model.decoder.layers", ("fc1",), "fc2", "activation_fn"),
+    FFNFamily("gpt2", ("gpt2",), "transformer.h", ("mlp.c_fc",), "mlp.c_proj", "mlp.act", conv1d=True,
+              final_norm="transformer.ln_f"),
+    FFNFamily("opt", ("opt",), "model.decoder.layers", ("fc1",), "fc2", "activation_fn",
+              final_norm="model.decoder.final_layer_norm"),
 )
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for f in FAMILIES for t in f.model_types)
@@ -154,6 +159,23 @@ class FFNAdapter:
         for w in self.in_weights(layer):
             score = score * w.float().norm(dim=1)
         return score
+
+    def final_norm_scale(self) -> tuple[torch.Tensor, bool]:
+        """The final norm's per-dimension scale ``γ[d_model]`` (float32, CPU) as the model applies
+        it, and whether the norm also centres its input (LayerNorm).
+
+        Gemma's RMSNorm multiplies by ``1 + w`` (its weight is stored as an offset from 1); the
+        other RMSNorms and LayerNorms by ``w``. A model without a final norm (or one without a
+        learned scale) gives ones.
+        """
+        norm = None
+        with contextlib.suppress(AttributeError):
+            norm = _get(self.model, self.family.final_norm) if self.family.final_norm else None
+        w = placement.layer_weight(norm) if norm is not None else None
+        if w is None:
+            return torch.ones(self.d_model), isinstance(norm, nn.LayerNorm)
+        w = w.detach().float().cpu()
+        return (1.0 + w if type(norm).__name__.startswith("Gemma") else w), isinstance(norm, nn.LayerNorm)
 
     # ----- a reference FFN, optionally restricted to some neurons ---------------------------
     def activations(self, layer: int, x: torch.Tensor) -> torch.Tensor:
