@@ -14,15 +14,53 @@ def _keep_prompt(widget_key: str) -> None:
     st.session_state[PROMPT] = st.session_state[widget_key]
 
 
-def prompt_box(page: str, label: str = "Prompt", height: int = 100) -> str:
-    """An editable prompt shared across pages (each page has its own widget)."""
+def prompt_box(page: str, lm=None, label: str = "Prompt", height: int = 100) -> str:
+    """An editable prompt shared across pages (each page has its own widget).
+
+    With ``lm``: its token count under the box after every edit, and over the limit a button that
+    truncates the prompt to :data:`app.state.MAX_TOKENS` tokens.
+    """
     st.session_state.setdefault(PROMPT, state.default_prompt())
     key = f"prompt_{page}"
     st.session_state[key] = st.session_state[PROMPT]
-    return st.text_area(
+    text = st.text_area(
         f"{label} (at most {state.MAX_TOKENS} tokens)", key=key, height=height,
         on_change=_keep_prompt, args=(key,),
     )
+    if lm is not None and text.strip():
+        n = len(lm.tokenizer(text, add_special_tokens=True).input_ids)
+        if n <= state.MAX_TOKENS:
+            st.caption(f"{n} tokens (limit {state.MAX_TOKENS})")
+        else:
+            a, b = st.columns([3, 1.2])
+            a.caption(f"**{n} tokens: {n - state.MAX_TOKENS} over the limit of {state.MAX_TOKENS}.**")
+            b.button(f"Truncate to {state.MAX_TOKENS} tokens", key=f"truncate_{page}", on_click=truncate_prompt,
+                     args=(lm, text))
+    return text
+
+
+def truncate_prompt(lm, text: str) -> None:
+    """Button callback: keep the prompt's first tokens, up to the limit (special tokens included)."""
+    ids = lm.tokenizer(text, add_special_tokens=True).input_ids
+    special = set(lm.tokenizer.all_special_ids)
+    head = [i for i in ids[:state.MAX_TOKENS] if i not in special]
+    set_prompt(lm.tokenizer.decode(head))
+
+
+def layer_input(col, key: str, n_layers: int, default: int) -> int:
+    """A layer number box; a number outside ``0..n_layers-1`` is refused with an error (page stops)."""
+    layer = int(col.number_input(f"layer (0–{n_layers - 1})", value=int(default), step=1, key=key))
+    if not 0 <= layer < n_layers:
+        st.error(f"Layer {layer} does not exist: this model has layers 0–{n_layers - 1}.")
+        st.stop()
+    return layer
+
+
+def delta(value, fmt: str, *, inverse: bool = False, tol: float = 5e-4) -> dict:
+    """``st.metric`` keyword arguments for a change: no arrow and grey when it rounds to zero."""
+    if abs(value) < tol:
+        return {"delta": "no change" + fmt.split("}", 1)[1], "delta_color": "off"}
+    return {"delta": fmt.format(value), "delta_color": "inverse" if inverse else "normal"}
 
 
 def set_prompt(text: str) -> None:
@@ -39,9 +77,15 @@ def try_or_error(fn, *args, prefix: str = "", **kw):
         return None
 
 
+def token_label(tokenizer, token_id: int) -> str:
+    """One token as the app shows it everywhere: decoded on its own, a leading space as "␣",
+    a newline as "⏎"."""
+    return tokenizer.decode([int(token_id)]).replace(" ", "␣").replace("\n", "⏎")
+
+
 def token_labels(lm, cap) -> list[str]:
-    """Readable token strings (each id decoded on its own) for axes and tables."""
-    return [lm.tokenizer.decode([i]) for i in cap.token_ids]
+    """Readable token strings (:func:`token_label`) of a capture, for axes and tables."""
+    return [token_label(lm.tokenizer, i) for i in cap.token_ids]
 
 
 def random_prompt(lm) -> None:

@@ -19,8 +19,42 @@ def sequence_mask(method: str, cap, *, density, scale: float, thresholds, down_n
                       static_scores=static_scores)
 
 
+COVERED, MISSED, IDLE = 1, 2, 3  # coverage image categories (0: neither active nor kept)
+METHODS = {  # sequence-wise masks of :mod:`tda.masks.build`
+    "tda": "TDA at its calibrated thresholds × scale",
+    "tda_matched": "TDA scaled to a target mean density",
+    "griffin": "Griffin: top-k prompt statistic per layer",
+    "static": "static: weight magnitudes only",
+    "random": "random (chance baseline)",
+}
+
+
+def density_note(method: str, density, scale: float, layer: int, mask_density: list[float]) -> str:
+    """One line: how the method's target relates to the layer's own density."""
+    mean = sum(mask_density) / len(mask_density)
+    here = mask_density[layer]
+    if method == "tda_matched":
+        return (f"Target {density:g} is the mean over layers ({mean:.3f}); TDA's own per-layer thresholds "
+                f"decide how it spreads, so layer {layer} keeps {here:.3f}.")
+    if method == "tda":
+        return (f"TDA keeps neurons whose prompt score passes {scale:g} × t_L: no target; layer {layer} keeps "
+                f"{here:.3f}, the mean over layers is {mean:.3f}.")
+    return f"{method} keeps the same fraction {density:g} in every layer (layer {layer}: {here:.3f})."
+
+
+def coverage_image(active, keep):
+    """``cat[token, neuron]``: :data:`COVERED` (active and kept), :data:`MISSED` (active, not kept),
+    :data:`IDLE` (kept, not active for that token), 0 otherwise. ``active[token, neuron]``, ``keep[neuron]``."""
+    keep = keep[None, :].expand_as(active)
+    cat = torch.zeros(active.shape, dtype=torch.uint8)
+    cat[active & keep] = COVERED
+    cat[active & ~keep] = MISSED
+    cat[~active & keep] = IDLE
+    return cat
+
+
 def mask_view(cap, rule, method: str, *, density, scale: float, layer: int, thresholds, down_norms,
-              static_scores) -> dict:
+              static_scores, tokens=None) -> dict:
     """Page 2: each token's active set (``rule``) against one sequence mask, at ``layer``.
 
     Per-token coverage is :func:`tda.evaluate.recall.mask_metrics` with each token as its own group
@@ -40,7 +74,7 @@ def mask_view(cap, rule, method: str, *, density, scale: float, layer: int, thre
     per_token = mask_metrics(mask.keep[li].expand(n_tok, -1), active[li][:, None, :], mass[li][:, None, :])
     missed = active[li] & ~mask.keep[li]
     rows = []
-    for t, tok in enumerate(cap.tokens):
+    for t, tok in enumerate(tokens if tokens is not None else cap.tokens):
         idx = torch.nonzero(missed[t]).flatten()
         order = torch.argsort(mass[li, t, idx], descending=True)[:MISSED_SHOWN]
         shown = ", ".join(str(int(i)) for i in idx[order])
@@ -61,4 +95,7 @@ def mask_view(cap, rule, method: str, *, density, scale: float, layer: int, thre
         "mask_density": [float(x) for x in mask.density_per_layer()],
         "token_density": [float(r["density"]) for r in table],
         "mask": mask,
+        "image": coverage_image(active[li], mask.keep[li]),
+        "active_counts": active[li].sum(0),
+        "note": density_note(method, density, scale, layer, [float(x) for x in mask.density_per_layer()]),
     }
