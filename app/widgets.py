@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import state
+from app.views.captures import token_label
 from tda.common.errors import TDAError
 
 PROMPT = "prompt"  # the prompt shared by pages 1, 2, 4 and 5 (a plain session key, not a widget's)
@@ -40,11 +41,19 @@ def prompt_box(page: str, lm=None, label: str = "Prompt", height: int = 100) -> 
 
 
 def truncate_prompt(lm, text: str) -> None:
-    """Button callback: keep the prompt's first tokens, up to the limit (special tokens included)."""
-    ids = lm.tokenizer(text, add_special_tokens=True).input_ids
-    special = set(lm.tokenizer.all_special_ids)
-    head = [i for i in ids[:state.MAX_TOKENS] if i not in special]
-    set_prompt(lm.tokenizer.decode(head))
+    """Button callback: keep the prompt's first tokens, as many as fit the limit once re-tokenised
+    (special tokens included; decoding can merge or split pieces, so the cut is checked)."""
+    tok = lm.tokenizer
+    special = set(tok.all_special_ids)
+    ids = [i for i in tok(text, add_special_tokens=True).input_ids if i not in special]
+    k = state.MAX_TOKENS
+    while k > 0:
+        head = tok.decode(ids[:k])
+        over = len(tok(head, add_special_tokens=True).input_ids) - state.MAX_TOKENS
+        if over <= 0:
+            break
+        k -= over
+    set_prompt(head if k > 0 else "")
 
 
 def layer_input(col, key: str, n_layers: int, default: int) -> int:
@@ -75,12 +84,6 @@ def try_or_error(fn, *args, prefix: str = "", **kw):
     except TDAError as e:
         st.error(f"{prefix}{e}")
         return None
-
-
-def token_label(tokenizer, token_id: int) -> str:
-    """One token as the app shows it everywhere: decoded on its own, a leading space as "␣",
-    a newline as "⏎"."""
-    return tokenizer.decode([int(token_id)]).replace(" ", "␣").replace("\n", "⏎")
 
 
 def token_labels(lm, cap) -> list[str]:
@@ -117,3 +120,18 @@ def stored_result(key: str, params, hint: str, run_label: str):
     if stored_params != params:
         st.warning(f"The prompt or settings changed since the last run: press **{run_label}** to update.")
     return stored_params, result
+
+
+def status_sink(box):
+    """A progress sink (:func:`tda.common.progress.use_sink`) writing into an ``st.status`` box.
+
+    A line that cannot be written (Streamlit refuses writes to an outer container from inside a
+    cached function) is dropped: progress must never break the computation it reports on.
+    """
+    def write(msg: str) -> None:
+        try:
+            box.write(msg)
+        except Exception:  # noqa: BLE001
+            pass
+
+    return write

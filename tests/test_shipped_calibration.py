@@ -69,7 +69,7 @@ def test_shipped_calibrations_match_a_recomputation(gemma):
             assert old["data_hash"] == new["data_hash"] and old["n_tokens"] == new["n_tokens"]
             assert sorted(old["quantiles"]) == sorted(new["quantiles"])
             for site, q in old["quantiles"].items():
-                np.testing.assert_allclose(q, new["quantiles"][site], rtol=1e-3, atol=1e-6, err_msg=site)
+                np.testing.assert_allclose(q, new["quantiles"][site], rtol=1e-3, atol=1e-5, err_msg=site)
         else:
             assert {k: old[k] for k in ("model_id", "target", "data_hash", "d_ff", "n_layers")} == \
                    {k: new[k] for k in ("model_id", "target", "data_hash", "d_ff", "n_layers")}

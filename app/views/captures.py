@@ -18,3 +18,8 @@ def order_by_counts(counts):
     counts = torch.as_tensor(counts).to(torch.int64)
     n = counts.numel()
     return torch.argsort(counts * n + (n - 1 - torch.arange(n)), descending=True)
+
+
+def token_label(tokenizer, token_id: int) -> str:
+    """One token as the app shows it everywhere: decoded on its own, a space as "␣", a newline as "⏎"."""
+    return tokenizer.decode([int(token_id)]).replace(" ", "␣").replace("\n", "⏎")

@@ -8,9 +8,9 @@ CONTROL_STEP = 16  # the paper's control is 16 random tokens
 
 
 def control_length(n_tokens: int, limit: int = 256) -> int:
-    """Tokens in the random-token control: the prompt's count rounded up to a multiple of 16, so
-    that most prompt edits reuse the cached control captures."""
-    return min(limit, max(CONTROL_STEP, -(-n_tokens // CONTROL_STEP) * CONTROL_STEP))
+    """Random words in the control: the prompt's count rounded up to a multiple of 16, so that most
+    prompt edits reuse the cached control captures; one under ``limit`` (the capture adds BOS)."""
+    return min(limit - 1, max(CONTROL_STEP, -(-n_tokens // CONTROL_STEP) * CONTROL_STEP))
 
 
 def inertia_result(captures: dict, rule, *, model_id: str) -> dict:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from tda.common.atomic import write_text_atomic
 from tda.common import progress as report
+from tda.common.atomic import write_text_atomic
 from tda.common.errors import BadInput
 from tda.common.paths import ASSETS_DIR, cache_dir
 from tda.masks.cett import DEFAULT_CETT, active_by_threshold, check_target, find_threshold

@@ -24,8 +24,8 @@ TARGETS = (DEFAULT_CETT,)  # CETT targets shipped (the CLI's and the app's defau
 def compute(lm, targets=TARGETS) -> dict[str, str]:
     """``{file name: JSON text}`` of every shipped calibration, computed afresh for ``lm``."""
     from tda.common.data import load_texts
-    from tda.masks.calibrate import calibrate, data_hash
     from tda.masks.calibrate import cache_path as cett_path
+    from tda.masks.calibrate import calibrate, data_hash
     from tda.masks.input_thresholds import MAX_TEXTS, calibrate_inputs
     from tda.masks.input_thresholds import cache_path as inputs_path
 
