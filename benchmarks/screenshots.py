@@ -24,10 +24,10 @@ from tests.test_app_browser import CHROMIUM, streamlit_server  # noqa: E402
 LIMIT = 400_000
 PAGES = [  # (file name, url path, button to press or None, Plotly charts to wait for)
     ("page-1-inertia", "", None, 2),  # the default page lives at /
-    ("page-2-masks", "masks", None, 2),
+    ("page-2-masks", "masks", None, 4),  # two methods side by side: 2 images, coverage, density
     ("page-3-samples", "samples", None, 1),
     ("page-4-recall", "recall", "Run recall study", 3),
-    ("page-5-generate", "generate", "Generate", 1),
+    ("page-5-generate", "generate", "Generate", 2),  # token agreement, density per layer
 ]
 
 IDLE = """() => !document.querySelector('[data-testid="stStatusWidget"]')"""
