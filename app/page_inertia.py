@@ -37,7 +37,7 @@ order = c3.radio("neuron order", list(views.ORDER), format_func=views.ORDER.get,
                       "neurons (stripes) at the left; every panel uses the same order.")
 d1, d2, d3 = st.columns([2.2, 1.6, 1.4])
 lo, hi = d1.slider("columns shown (zoom, in the chosen order)", 0, d_ff, (0, d_ff), key="inertia_zoom")
-width = d2.select_slider("max columns (max pooling beyond)", [128, 256, 512, 1024, 2048], value=512,
+width = d2.select_slider("max columns (pooling beyond)", [128, 256, 512, 1024, 2048], value=1024,
                          key="inertia_cols")
 control_panels = d3.toggle("random-token panels", value=False, key="inertia_control",
                            help="Add the random-token control's isolated and sequence panels (the paper's c/d).")

@@ -70,7 +70,7 @@ for i, (m, res) in enumerate(results.items()):
     col.caption(res["note"])
     col.plotly_chart(
         figures.coverage_image_figure(res["image"], tokens, order, title=f"{m}: coverage per token",
-                                      show_scale=i == len(methods) - 1),
+                                      show_scale=False),
         key=f"mask_image_{m}")
 
 pick = st.selectbox("Per-token details for", methods, format_func=METHODS.get, key="mask_method")

@@ -68,7 +68,7 @@ def layer_input(col, key: str, n_layers: int, default: int) -> int:
 def delta(value, fmt: str, *, inverse: bool = False, tol: float = 5e-4) -> dict:
     """``st.metric`` keyword arguments for a change: no arrow and grey when it rounds to zero."""
     if abs(value) < tol:
-        return {"delta": "no change" + fmt.split("}", 1)[1], "delta_color": "off"}
+        return {"delta": "no change" + fmt.split("}", 1)[1], "delta_color": "off", "delta_arrow": "off"}
     return {"delta": fmt.format(value), "delta_color": "inverse" if inverse else "normal"}
 
 

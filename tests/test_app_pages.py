@@ -285,10 +285,19 @@ def test_token_count_truncate_and_layer_refusal(app, lm):
     assert errors(at) == [] and at.get("plotly_chart")
 
 
+def test_binary_view_pools_to_the_share_of_active_neurons():
+    from app.views.inertia import mean_pool
+
+    v = torch.tensor([[1.0, 0, 0, 1, 1], [0, 0, 0, 0, 1]])
+    assert mean_pool(v, 2).tolist() == [[0.5, 0.5, 1.0], [0.0, 0.0, 1.0]]  # the short last bin: its own mean
+    assert mean_pool(v, 1) is v
+
+
 def test_zero_change_metric_is_neutral():
     from app.widgets import delta
 
-    assert delta(-0.0001, "{:+.3f} vs isolated") == {"delta": "no change vs isolated", "delta_color": "off"}
+    assert delta(-0.0001, "{:+.3f} vs isolated") == {"delta": "no change vs isolated", "delta_color": "off",
+                                                      "delta_arrow": "off"}
     assert delta(0.02, "{:+.3f} vs isolated")["delta"] == "+0.020 vs isolated"
     assert delta(-3, "{:+d} vs isolated", inverse=True)["delta_color"] == "inverse"
 

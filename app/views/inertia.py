@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from app.views.captures import layer_index, order_by_counts
 
 CONTROL_STEP = 16  # the paper's control is 16 random tokens
@@ -61,15 +63,24 @@ SHOW = {"active": "active set (1 = active under the rule)", "masked": "|a| where
 ORDER = {"frequency": "most often active in the sequence first", "index": "neuron index"}
 
 
-def neuron_order(active, order: str):
-    """Column order: ``frequency`` sorts neurons by how many tokens of ``active[token, neuron]`` they
-    fire for (descending, ties by index), so neurons shared by many tokens form stripes at the left;
-    ``index`` keeps the model's order."""
-    import torch
+def neuron_order(active, order: str, n: int):
+    """Column order of ``n`` neurons: ``frequency`` sorts them by how many tokens of
+    ``active[token, neuron]`` they fire for (descending, ties by index), so neurons shared by many
+    tokens form stripes at the left; ``index`` keeps the model's order."""
+    return torch.arange(n) if order == "index" else order_by_counts(active.sum(0))
 
-    if order == "index":
-        return torch.arange(active.shape[-1])
-    return order_by_counts(active.sum(0))
+
+def mean_pool(vals, width: int):
+    """``vals[token, column]`` averaged over bins of ``width`` columns (the last bin may be short):
+    pooled binary sets read as the share of active neurons per bin, not as "any active"."""
+    if width <= 1:
+        return vals
+    n = vals.shape[1]
+    pad = (-n) % width
+    summed = torch.nn.functional.pad(vals, (0, pad)).reshape(vals.shape[0], -1, width).sum(-1)
+    sizes = torch.full((summed.shape[1],), float(width))
+    sizes[-1] = width - pad
+    return summed / sizes
 
 
 def panel_values(cap, active, layer: int, show: str):
@@ -102,38 +113,33 @@ def heatmap_figure(captures: dict, *, layer: int, neurons: tuple[int, int], max_
     keys = list(PANELS) if control_panels else [("real", "isolated"), ("real", "sequence")]
     actives = {k: rule.active_capture(captures[k]) for k in keys} if show != "raw" or order != "index" else {}
     seq = captures[("real", "sequence")]
-    if order == "index":
-        import torch
-
-        perm = torch.arange(seq.acts.shape[-1])
-    else:
-        perm = neuron_order(actives[("real", "sequence")][layer_index(seq, layer)], order)
-    cols = perm[lo:hi]
+    seq_active = actives[("real", "sequence")][layer_index(seq, layer)] if actives else None
+    cols = neuron_order(seq_active, order, seq.acts.shape[-1])[lo:hi]
+    width = max(1, -(-len(cols) // max_cols)) if show == "active" else 1  # bins of the binary view
     panels = {}
     for src, mode in keys:
         cap = captures[(src, mode)]
         labels = tokens if (src == "real" and tokens is not None) else cap.tokens
         labels = [f"{i}:{t}" for i, t in enumerate(labels)]  # unique categories
         vals = panel_values(cap, actives.get((src, mode)), layer, show)[:, cols]
-        panels[PANELS[(src, mode)]] = (vals.numpy(), labels)
+        panels[PANELS[(src, mode)]] = (mean_pool(vals, width).numpy(), labels)
     n_rows = 2 if control_panels else 1
     n_tok = max(len(v[1]) for v in panels.values())
     height = int(min(1500, max(380, n_rows * (14 * n_tok + 60) + 140)))
-    what = {"active": "active sets", "masked": "|a| of active neurons", "raw": "raw |a|"}[show]
+    what = {"active": "active sets" + (f" (share active per {width} neurons)" if width > 1 else ""),
+            "masked": "|a| of active neurons", "raw": "raw |a|"}[show]
     x_title = "neuron (index)" if order == "index" else "neurons, most often active first (hover: id)"
     fig = heatmap_panels(panels, title=f"{model_id} layer {layer}: {what} per token (y) and neuron (x)",
                          max_cols=max_cols, rows=n_rows, cols=2, height=height, x_title=x_title,
                          zmax=1.0 if show == "active" else None,
-                         colorscale="Greys" if show == "active" else "Viridis",
-                         colorbar_title="active" if show == "active" else "|a|")
+                         colorscale=[[0, "#FFFFFF"], [1, "#08306B"]] if show == "active" else "Viridis",
+                         colorbar_title=("share active" if width > 1 else "active") if show == "active" else "|a|")
     fig.update_layout(width=None)
     ids = cols.numpy()
     for t in fig.data:  # the builder numbers the columns 0..: show the neuron ids they stand for
-        starts = np.asarray(t.x, dtype=int)
-        if order == "index":
-            t.x = starts + lo
-        else:
-            t.x = starts + lo
+        starts = np.asarray(t.x, dtype=int) * width
+        t.x = starts + lo
+        if order != "index":
             t.customdata = np.broadcast_to(ids[starts], (len(t.y), len(starts)))
             t.hovertemplate = t.hovertemplate.replace("neuron %{x}", "neuron %{customdata} (rank %{x})")
     return fig
