@@ -81,9 +81,10 @@ def recall_vs_threshold_figure(rows: Sequence[dict], *, truth: str = "tt") -> go
     )
     xs = [r["value"] for r in agg]
     fig = go.Figure()
-    for metric, dash in (("recall", None), ("mass_recall", "dot"), ("precision", "dashdot"), ("density", "dash")):
+    for metric, dash, color in (("recall", None, "#0072B2"), ("mass_recall", "dot", "#E69F00"),
+                                ("precision", "dashdot", "#009E73"), ("density", "dash", "#999999")):
         fig.add_trace(go.Scatter(x=xs, y=[r[metric] for r in agg], mode="lines+markers",
-                                 name=metric.replace("_", " "), line=dict(dash=dash)))
+                                 name=metric.replace("_", " "), line=dict(dash=dash, color=color)))
     fig.add_vline(x=1.0, line=dict(color="gray", width=1, dash="dash"))
     fig.update_layout(
         title=_title("TDA prompt mask: recall vs threshold (scale × calibrated t_L)", truth, rows),
