@@ -22,11 +22,13 @@ sys.path.insert(0, str(ROOT))
 from tests.test_app_browser import CHROMIUM, streamlit_server  # noqa: E402
 
 LIMIT = 400_000
-PAGES = [  # (file name, url path, button to press or None, Plotly charts to wait for)
+PAGES = [  # (file name, url path, button to press or None, Plotly charts to wait for[, text to scroll to])
     ("page-1-inertia", "", None, 2),  # the default page lives at /
+    ("page-1-inertia-verdict", "", None, 2, "Study 1 numbers for this prompt"),
     ("page-2-masks", "masks", None, 4),  # two methods side by side: 2 images, coverage, density
     ("page-3-samples", "samples", None, 1),
     ("page-4-recall", "recall", "Run recall study", 3),
+    ("page-2-masks-details", "masks", None, 4, "Per-token details for"),
     ("page-5-generate", "generate", "Generate", 2),  # token agreement, density per layer
 ]
 
@@ -80,7 +82,7 @@ def main() -> None:
         try:
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
             only = {x.strip() for x in args.only.split(",") if x.strip()}
-            for name, path, button, charts in PAGES:
+            for name, path, button, charts, *scroll in PAGES:
                 if only and name not in only:
                     continue
                 t0 = time.time()
@@ -92,6 +94,9 @@ def main() -> None:
                 wait_idle(page, charts, args.timeout)
                 if page.locator("[data-testid='stException']").count():
                     raise SystemExit(f"{name}: the page shows an exception")
+                if scroll:
+                    page.get_by_text(scroll[0]).first.evaluate("e => e.scrollIntoView({block: 'start'})")
+                    page.wait_for_timeout(800)
                 png = shrink(page.screenshot(full_page=False))
                 (out / f"{name}.png").write_bytes(png)
                 print(f"{name}.png  {len(png) / 1000:.0f} KB  ({time.time() - t0:.1f} s)")

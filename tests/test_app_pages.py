@@ -436,7 +436,7 @@ def test_generate_page(app, lm):
     # names and one-line descriptions come from the method registry
     from tda.engine.methods.registry import get_method
 
-    assert any(get_method("griffin").summary.split(": ", 1)[1] in h.value for h in at.subheader)
+    assert any(get_method("griffin").summary.split(": ", 1)[1] in c.value for c in at.caption)
     assert not any(h.value.startswith("dense: dense") for h in at.subheader)
     dens = json.loads(at.get("plotly_chart")[1].proto.spec)["data"][0]
     assert np.allclose(arr(dens["y"]).astype(float), 0.5)
