@@ -151,15 +151,13 @@ def verdict_rows(verdict: dict) -> list[dict]:
     rows = []
     src_label = {"real": "prompt", "random": "random tokens"}
     for src, p in verdict["parts"]["A"].items():
-        rows.append({"criterion": "A · flocking: in sequence, more overlap with history and fewer neurons "
-                                  "hold half the events (ΔJaccard > 0 and Δn50 < 0)",
+        rows.append({"criterion": "A · flocking: ΔJaccard > 0 and Δn50 < 0",
                      "tokens": src_label.get(src, src), "layers passing": f"{p['n']}/{p['of']}",
                      "number": f"mean ΔJaccard {p['mean_d_jaccard']:+.3f}, mean Δn50 {p['mean_d_n50']:+.1f}",
-                     "result": "✅ pass" if p["holds"] else "❌ fail"})
+                     "result": "pass" if p["holds"] else "fail"})
     for src, p in verdict["parts"]["B"].items():
-        rows.append({"criterion": "B · context over identity: J(token, previous token) > J(token in "
-                                  "sequence, token alone)",
+        rows.append({"criterion": "B · context over identity: J(prev) > self J",
                      "tokens": src_label.get(src, src), "layers passing": f"{p['n']}/{p['of']}",
                      "number": f"J(prev) {p['mean_jaccard_prev_seq']:.3f} vs self J {p['mean_self_jaccard']:.3f}",
-                     "result": "✅ pass" if p["holds"] else "❌ fail"})
+                     "result": "pass" if p["holds"] else "fail"})
     return rows
