@@ -79,14 +79,13 @@ c[4].metric(f"self Jaccard L{layer}", f"{m['self Jaccard']:.3f}",
             help="A token's active set in the sequence vs alone (Jaccard).")
 v = view["verdict"]
 (st.success if v["verdict"] == "holds" else st.warning if v["verdict"] == "partly holds" else st.info)(
-    f"**Claim 4 {v['verdict']}** for this prompt. It holds when criteria A and B both pass, for the prompt "
-    f"and for the random tokens, and partly holds when one of them does; a criterion passes when it holds "
-    f"in at least {v['majority']:.0%} of the layers. A: in a sequence a token's set overlaps its history "
-    f"more (ΔJaccard > 0) and fewer neurons hold half the events (Δn50 < 0). B: its set is closer to the "
-    f"previous token's (J(prev)) than to its own set when alone (self J)."
+    f"**Claim 4 {v['verdict']}** for this prompt: it holds when A and B pass for both token sources, partly "
+    f"when one does; a criterion passes in ≥ {v['majority']:.0%} of the layers."
 )
 st.dataframe(pd.DataFrame(view["criteria"]), hide_index=True, key="inertia_verdict")
 st.caption(
+    "A: in a sequence a token's set overlaps its history more and fewer neurons hold half the events. "
+    "B: its set is closer to the previous token's than to its own set when alone. "
     "History Jaccard: overlap of a token's active set with the union of the previous 4 tokens' sets "
     "(chance: the same sets placed at random). n50: fewest neurons holding half of all activation "
     "events (smaller = more concentrated). J(prev): overlap with the previous token's set. "
