@@ -58,9 +58,9 @@ def truncate_prompt(lm, text: str) -> None:
 
 def layer_input(col, key: str, n_layers: int, default: int) -> int:
     """A layer number box; a number outside ``0..n_layers-1`` is refused with an error (page stops)."""
-    layer = int(col.number_input(f"layer (0–{n_layers - 1})", value=int(default), step=1, key=key))
+    layer = int(col.number_input(f"layer (0..{n_layers - 1})", value=int(default), step=1, key=key))
     if not 0 <= layer < n_layers:
-        st.error(f"Layer {layer} does not exist: this model has layers 0–{n_layers - 1}.")
+        st.error(f"layer {layer} out of range: this model has layers 0..{n_layers - 1}.")
         st.stop()
     return layer
 

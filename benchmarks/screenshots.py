@@ -1,6 +1,6 @@
 """Screenshots of every app page on the embedded model for the README: ``docs/screenshots/``.
 
-    python benchmarks/screenshots.py [--model gemma-3-270m] [--out docs/screenshots] [--width 1400] [--only NAMES]
+    python benchmarks/screenshots.py [--model gemma-3-270m] [--out docs/screenshots] [--width 1400] [--pages NAMES]
 
 Starts ``streamlit run app/main.py`` headless on a free local port, opens each page in the system
 Chromium through Playwright, runs the long pages (recall, generate) with their buttons, waits
@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=1400)
     ap.add_argument("--height", type=int, default=1500)
     ap.add_argument("--timeout", type=float, default=600.0)
-    ap.add_argument("--only", default="", help="comma-separated names (e.g. page-1-inertia) to shoot (default: all)")
+    ap.add_argument("--pages", default="", help="comma list of file names to take (default: all)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -81,9 +81,9 @@ def main() -> None:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
-            only = {x.strip() for x in args.only.split(",") if x.strip()}
+            wanted = {x for x in args.pages.split(",") if x}
             for name, path, button, charts, *scroll in PAGES:
-                if only and name not in only:
+                if wanted and name not in wanted:
                     continue
                 t0 = time.time()
                 page.goto(f"{url}/{path}", wait_until="domcontentloaded")
