@@ -25,7 +25,7 @@ text = widgets.prompt_box("masks", lm)
 
 c1, c2, c3 = st.columns([2.4, 1.2, 1])
 methods = c1.multiselect("Sequence-wise methods (side by side)", list(METHODS), default=["tda_matched", "griffin"],
-                         format_func=METHODS.get, key="mask_methods", max_selections=4)
+                         key="mask_methods", max_selections=4, help="\n\n".join(map(views.method_label, METHODS)))
 density = c2.slider("density (target)", 0.05, 0.95, 0.5, 0.05, key="mask_density",
                     help="Fraction of neurons kept: per layer for Griffin/static/random, the mean over layers "
                          "for TDA at a target density.")
@@ -62,7 +62,8 @@ order = order_by_counts(next(iter(results.values()))["active_counts"])
 cols = st.columns(len(methods))
 for i, (m, res) in enumerate(results.items()):
     col = cols[i]
-    col.markdown(f"**{METHODS[m]}**")
+    name, _, desc = views.method_label(m).partition(" — ")
+    col.markdown(f"**{name}** — {desc}")
     a, b = col.columns(2)
     a.metric(f"density, layer {layer}", f"{res['mask_density'][int(layer)]:.3f}")
     b.metric("mean recall", f"{res['layer_recall']:.3f}",
@@ -73,7 +74,7 @@ for i, (m, res) in enumerate(results.items()):
                                       show_scale=False),
         key=f"mask_image_{m}")
 
-pick = st.selectbox("Per-token details for", methods, format_func=METHODS.get, key="mask_method")
+pick = st.selectbox("Per-token details for", methods, format_func=views.method_label, key="mask_method")
 res = results[pick]
 st.plotly_chart(
     figures.coverage_figure(tokens, res["token_recall"], res["token_mass_recall"],

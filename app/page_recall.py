@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app import state, widgets
+from app.views import masks as mask_views
 from app.views import recall as views
 from tda.common import progress
 from tda.common.errors import TDAError
@@ -25,7 +26,10 @@ s = state.settings()
 text = widgets.prompt_box("recall", lm)
 c1, c2, c3 = st.columns([1, 3, 1])
 new_tokens = c1.slider("tokens to generate", 4, 64, 16, 4, key="recall_tokens")
-methods = c2.multiselect("methods", METHODS, default=list(METHODS), key="recall_methods")
+methods = c2.multiselect(
+    "methods", METHODS, default=list(METHODS), key="recall_methods",
+    help="\n\n".join([*map(mask_views.method_label, METHODS[:-1]),
+                       "oracle — the generated tokens' own top neurons (an upper reference, not a method)"]))
 truth = "tt" if s.rule == "cett" else "top"
 c3.markdown(f"ground truth: **{'TT (CETT)' if truth == 'tt' else f'top {s.top_p:g}%'}**  \n(sidebar rule)")
 

@@ -20,13 +20,17 @@ def sequence_mask(method: str, cap, *, density, scale: float, thresholds, down_n
 
 
 COVERED, MISSED, IDLE = 1, 2, 3  # coverage image categories (0: neither active nor kept)
-METHODS = {  # sequence-wise masks of :mod:`tda.masks.build`
-    "tda": "TDA at its calibrated thresholds × scale",
-    "tda_matched": "TDA scaled to a target mean density",
-    "griffin": "Griffin: top-k prompt statistic per layer",
-    "static": "static: weight magnitudes only",
-    "random": "random (chance baseline)",
-}
+METHODS = ("tda", "tda_matched", "griffin", "static", "random")  # sequence-wise masks of tda.masks.build
+
+
+def method_label(method: str) -> str:
+    """``name — description``: the engine registry's for its methods (:func:`app.views.generate.method_label`);
+    ``tda_matched`` (a mask of :mod:`tda.masks.build`, not an engine method) described here."""
+    from app.views.generate import method_label as registry_label
+
+    if method == "tda_matched":
+        return "tda_matched — TDA's prompt scores, every t_L scaled by one factor so the mean density hits the target"
+    return registry_label(method)
 
 
 def density_note(method: str, density, scale: float, layer: int, mask_density: list[float]) -> str:
