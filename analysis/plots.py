@@ -186,14 +186,34 @@ def samples_heatmaps(rates: dict, layer_pos: int, layer: int, *, model_id: str =
                           y_title="sample", height=900, levels=True)
 
 
+def _off_diagonal(S: np.ndarray) -> np.ndarray:
+    """``S`` with its diagonal (self-similarity, always 1) blanked so it does not stretch the colours."""
+    S = np.array(S, dtype=float)
+    np.fill_diagonal(S, np.nan)
+    return S
+
+
+def _cell_text(S: np.ndarray) -> list[list[str]]:
+    """Cell labels with enough digits to tell close values apart (3 decimals; blank on NaN)."""
+    return [["" if v != v else f"{v:.3f}" for v in row] for row in S]
+
+
 def similarity_heatmap(S, labels: Sequence[str], *, title: str, zmin: float | None = None,
-                       zmax: float | None = None) -> go.Figure:
-    """One annotated ``n × n`` similarity heatmap."""
-    S = np.asarray(S, dtype=float)
-    fig = go.Figure(go.Heatmap(z=S, x=list(labels), y=list(labels), zmin=zmin, zmax=zmax, colorscale="Blues",
-                               text=np.round(S, 2), texttemplate="%{text}", textfont={"size": 8}))
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title, height=560, width=620)
+                       zmax: float | None = None, names: Sequence[str] | None = None) -> go.Figure:
+    """One annotated ``n × n`` similarity heatmap (sample ids on both axes, diagonal left blank).
+
+    ``names``: hover text per sample (e.g. the sample's text)."""
+    S = _off_diagonal(S)
+    hover = list(names) if names is not None else list(labels)
+    custom = [[f"{hover[i]} ↔ {hover[j]}" for j in range(len(labels))] for i in range(len(labels))]
+    fig = go.Figure(go.Heatmap(z=S, x=list(labels), y=list(labels), zmin=zmin, zmax=zmax, colorscale="Cividis",
+                               text=_cell_text(S), texttemplate="%{text}", textfont={"size": 9},
+                               customdata=custom, colorbar={"title": {"text": "similarity"}},
+                               hovertemplate="sample %{y} vs %{x}: %{z:.4f}<br>%{customdata}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed", title_text="sample id", type="category")
+    fig.update_xaxes(title_text="sample id", tickangle=0, type="category", side="bottom")
+    fig.update_layout(title={"text": title, "font": {"size": 13}, "x": 0.01, "xanchor": "left"},
+                      height=600, width=700, margin={"l": 70, "r": 20, "t": 60, "b": 60})
     return fig
 
 
@@ -209,18 +229,18 @@ def similarity_grid(result: dict, measure: str) -> go.Figure:
                         subplot_titles=[f"{g} (layers {result['groups'][g][0]}–{result['groups'][g][-1]})" for g in groups],
                         horizontal_spacing=0.04)
     for n, g in enumerate(groups):
-        S = np.asarray(mats[g], dtype=float)
-        fig.add_trace(go.Heatmap(z=S, x=labels, y=labels, coloraxis="coloraxis", text=np.round(S, 2),
-                                 texttemplate="%{text}", textfont={"size": 7},
+        S = _off_diagonal(mats[g])
+        fig.add_trace(go.Heatmap(z=S, x=labels, y=labels, coloraxis="coloraxis", text=_cell_text(S),
+                                 texttemplate="%{text}", textfont={"size": 6},
                                  hovertemplate="sample %{y} vs %{x}: %{z:.4f}<extra></extra>"),
                       n // cols + 1, n % cols + 1)
     fig.update_yaxes(autorange="reversed", tickfont={"size": 9})
-    fig.update_xaxes(tickfont={"size": 9})
+    fig.update_xaxes(tickfont={"size": 9}, tickangle=0)
     fig.update_layout(
         title={"text": f"{result['model_id']}: sample similarity — {result['measures'][measure]['label']} "
                        f"(group = mean of its layers' matrices; diagonal excluded from the colour range)",
                "font": {"size": 13}},
-        coloraxis={"colorscale": "Blues", "cmin": zmin, "cmax": zmax}, height=470, width=1700,
+        coloraxis={"colorscale": "Cividis", "cmin": zmin, "cmax": zmax}, height=470, width=1700,
     )
     return fig
 
@@ -234,9 +254,11 @@ def verdict_grid(result: dict) -> go.Figure:
     text = [[f"{obs[k][m][g]['margin']:+.3f}<br>{obs[k][m][g]['n_hold']}/{obs[k][m][g]['n_comparisons']}"
              for m, g in cols] for k in keys]
     fig = go.Figure(go.Heatmap(z=z, x=[f"{m}<br>{g}" for m, g in cols], y=[f"({k})" for k in keys], zmin=0, zmax=1,
-                               colorscale=[[0, "#e6550d"], [1, "#31a354"]], showscale=False, text=text,
-                               texttemplate="%{text}", textfont={"size": 8}))
+                               colorscale=[[0, "#D55E00"], [0.5, "#D55E00"], [0.5, "#0072B2"], [1, "#0072B2"]],
+                               showscale=False, text=text, texttemplate="%{text}", textfont={"size": 8, "color": "white"}))
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=f"{result['model_id']}: observations (a)–(e) — green holds, red fails "
-                            f"(text: smallest margin, inequalities holding)", height=420, width=1600)
+    fig.update_xaxes(tickangle=0, tickfont={"size": 9})
+    fig.update_layout(title={"text": f"{result['model_id']}: observations (a)–(e) — blue holds, vermillion fails "
+                                     f"(text: smallest margin, inequalities holding)", "font": {"size": 13}},
+                      height=440, width=1600, margin={"t": 60, "b": 80})
     return fig

@@ -8,6 +8,7 @@ import streamlit as st
 
 from app import figures, state, widgets
 from app.views import generate as views
+from tda.common import progress
 from tda.common.errors import TDAError
 
 st.title("Generate: dense vs sparse FFN")
@@ -59,49 +60,69 @@ with tab_frontier:
 with tab_gen:
     st.caption(
         "Dense prefill; the sparse method builds its neuron masks from the prompt (or thresholds each "
-        "token) and decodes with the engine's sparse FFNs. "
-        "Timings are one run each on this machine: noisy — `tda bench` gives paired medians."
+        "token) and decodes with the engine's sparse FFNs. Timings: medians of a few paired repeats "
+        "(dense and sparse alternate) on this machine — still noisy; `tda bench` runs more rounds."
     )
-    text = widgets.prompt_box("generate")
-    c1, c2, c3 = st.columns(3)
+    text = widgets.prompt_box("generate", lm)
+    c1, c2 = st.columns([2.2, 1])
     method = c1.selectbox("sparse method", methods, format_func=views.method_label, key="gen_method")
-    use_cett = method in ("tda", "tt") and c2.checkbox(
+    new_tokens = c2.slider("new tokens", 4, 128, 32, 4, key="gen_tokens")
+    c3, c4 = st.columns([2.2, 1])
+    use_cett = method in ("tda", "tt") and c3.checkbox(
         "calibrated CETT thresholds (no target density)", value=False, key="gen_cett",
         help=f"Use the CETT {s.cett_target:g} thresholds as calibrated instead of matching a density.")
-    density = None if use_cett else c2.slider("FFN density (fraction of neurons kept)", 0.1, 0.9, 0.5, 0.05,
+    density = None if use_cett else c3.slider("FFN density (fraction of neurons kept)", 0.1, 0.9, 0.5, 0.05,
                                               key="gen_density")
-    new_tokens = c3.slider("new tokens", 4, 128, 32, 4, key="gen_tokens")
+    repeats = c4.slider("timed repeats (paired)", 1, 5, views.REPEATS, key="gen_repeats")
 
-    params = (state.model_key(lm), text, method, density, s.cett_target, new_tokens)
+    params = (state.model_key(lm), text, method, density, s.cett_target, new_tokens, repeats)
     if st.button("Generate", type="primary", key="gen_run"):
         ids = widgets.try_or_error(state.check_prompt, lm, text, prefix="Prompt: ")
-        if ids is not None:
-            try:
-                with st.status("Generating: dense, then sparse…", expanded=True) as status:
-                    pair = views.generate_pair(lm, text, method, density=density, cett=s.cett_target,
-                                                 max_new_tokens=new_tokens, progress=status.write)
-                    status.update(label="Done", state="complete", expanded=False)
-                st.session_state["gen_result"] = (params, pair)
-            except TDAError as e:
-                st.error(str(e))
+        if ids is None:
+            st.stop()  # the error above replaces any stale hint or result below
+        try:
+            with st.status("Generating: dense and sparse, alternating…", expanded=True) as status, \
+                    progress.use_sink(widgets.status_sink(status)):
+                pair = views.generate_pair(lm, text, method, density=density, cett=s.cett_target,
+                                           max_new_tokens=new_tokens, repeats=repeats, progress=status.write)
+                status.update(label="Done", state="complete", expanded=False)
+            st.session_state["gen_result"] = (params, pair)
+        except TDAError as e:
+            st.error(str(e))
+            st.stop()
 
     stored_params, pair = widgets.stored_result(
         "gen_result", params, "Press **Generate** to run the dense model and the sparse method on the prompt.", "Generate"
     )
     view = views.generate_view(pair)
-    m1, m2, m3 = st.columns(3)
-    m1.metric("decode speedup (dense ms/token ÷ sparse)", f"{view['decode_speedup']:.2f}×")
+    sp_method = pair["sparse"]["method"]
+    dv = view["divergence"]
+    m1, m2, m3, m4 = st.columns(4)
+    lo, hi = view["decode_spread"]
+    m1.metric("decode speedup", f"{view['decode_speedup']:.2f}×",
+              help=f"Dense ÷ sparse decode ms/token: median of {view['repeats']} paired repeats; "
+                   f"range {lo:.2f}–{hi:.2f}×.")
+    m1.caption(f"median of {view['repeats']} paired repeats, range {lo:.2f}–{hi:.2f}×")
+    tlo, thi = view["total_spread"]
     m2.metric("end-to-end speedup", f"{view['total_speedup']:.2f}×")
-    m3.metric(f"{pair['sparse']['method']} FFN density", f"{pair['sparse']['density']:.3f}")
+    m2.caption(f"range {tlo:.2f}–{thi:.2f}×")
+    m3.metric(f"{sp_method} FFN density", f"{pair['sparse']['density']:.3f}")
+    m4.metric("token agreement with dense", f"{dv['agreement']:.0%}",
+              help="Fraction of generated positions where the sparse run picked the same token as dense.")
+    m4.caption("identical to dense" if dv["first"] is None else f"first divergence at token {dv['first']}")
+    st.caption(views.density_note(stored_params[2], stored_params[3], pair["sparse"]["density"], stored_params[4]))
+    st.plotly_chart(views.agreement_figure(pair, title="Generated tokens: blue agrees with dense, vermillion differs"),
+                    key="gen_agreement_chart")
     left, right = st.columns(2)
-    for col, name in ((left, "dense"), (right, "sparse")):
-        p = pair[name]
-        col.subheader(f"{name}: {p['method']}")
-        col.code(p["text"], language=None, wrap_lines=True, height=180)
+    left.subheader("Dense (every neuron)")
+    left.code(pair["dense"]["text"], language=None, wrap_lines=True, height=180)
+    right.subheader(f"Sparse: {stored_params[2]}")
+    right.caption(views.method_label(stored_params[2]))
+    right.markdown(views.marked_text(pair), unsafe_allow_html=True)
     st.dataframe(pd.DataFrame(view["rows"]), hide_index=True, key="gen_table")
     st.plotly_chart(
         figures.density_per_layer_figure(list(range(len(pair["sparse"]["density_per_layer"]))),
-                                         {f"{pair['sparse']['method']} mask": pair["sparse"]["density_per_layer"]},
-                                         title="Sparse FFN density per layer"),
+                                         {f"{sp_method}": pair["sparse"]["density_per_layer"]},
+                                         title="Sparse FFN density per layer (prompt and decode tokens)"),
         key="gen_density_chart",
     )

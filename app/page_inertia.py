@@ -19,21 +19,28 @@ st.caption(
 lm = state.model_or_stop()
 s = state.settings()
 
-text = widgets.prompt_box("inertia")
-b1, b2, _ = st.columns([1, 1, 3])
+text = widgets.prompt_box("inertia", lm)
+b1, b2, _ = st.columns([1.2, 1.5, 2])
 b1.button("Random tokens (control)", key="random_tokens", on_click=widgets.random_prompt, args=(lm,),
           help="Replace the prompt with randomly chosen tokens (the paper's panels c/d).")
 b2.button("Reset to the XSum sentence", key="reset_prompt", on_click=widgets.set_prompt,
           args=(state.default_prompt(),))
 
 n_layers, d_ff = lm.ffn.n_layers, lm.ffn.d_ff
-c1, c2, c3, c4 = st.columns([1, 3, 1.4, 1])
-layer = c1.number_input("layer", 0, n_layers - 1, value=min(6, n_layers - 1), key="inertia_layer")
-lo, hi = c2.slider("neuron range (zoom)", 0, d_ff, (0, d_ff), key="inertia_zoom")
-width = c3.select_slider("max columns (max-|a| pooling beyond)", [128, 256, 512, 1024, 2048], value=512,
+c1, c2, c3 = st.columns([1, 2.2, 2.2])
+layer = widgets.layer_input(c1, "inertia_layer", n_layers, min(6, n_layers - 1))
+show = c2.radio("draw", list(views.SHOW), format_func=views.SHOW.get, key="inertia_show", horizontal=False,
+                help="The active sets under the sidebar's rule make Claim 4's vertical stripes visible; "
+                     "raw |a| shows the magnitudes whatever the rule.")
+order = c3.radio("neuron order", list(views.ORDER), format_func=views.ORDER.get, key="inertia_order",
+                 help="Sorting by how often each neuron fires in the sequence gathers the shared active "
+                      "neurons (stripes) at the left; every panel uses the same order.")
+d1, d2, d3 = st.columns([2.2, 1.6, 1.4])
+lo, hi = d1.slider("columns shown (zoom, in the chosen order)", 0, d_ff, (0, d_ff), key="inertia_zoom")
+width = d2.select_slider("max columns (pooling beyond)", [128, 256, 512, 1024, 2048], value=1024,
                          key="inertia_cols")
-control_panels = c4.toggle("show random-token control", value=False, key="inertia_control",
-                           help="Add the control's isolated and sequence panels (the paper's c/d).")
+control_panels = d3.toggle("random-token panels", value=False, key="inertia_control",
+                           help="Add the random-token control's isolated and sequence panels (the paper's c/d).")
 
 key = state.model_key(lm)
 seq = widgets.try_or_error(state.capture, key, text, "sequence", lm, prefix="Prompt: ")
@@ -49,8 +56,8 @@ try:
                 for src, t in (("real", text), ("random", control)) for mode in ("sequence", "isolated")}
     rule = state.rule(lm, s)
     view = views.inertia_view(captures, rule, model_id=lm.model_id, layer=int(layer), neurons=(lo, hi),
-                                max_cols=width, tokens=widgets.token_labels(lm, seq),
-                                control_panels=control_panels)
+                              max_cols=width, tokens=widgets.token_labels(lm, seq),
+                              control_panels=control_panels, show=show, order=order)
 except TDAError as e:
     st.error(str(e))
     st.stop()
@@ -65,16 +72,20 @@ m = view["row"]
 c = st.columns(5)
 c[0].metric("tokens", len(seq.tokens))
 c[1].metric(f"hist. Jaccard L{layer}, sequence", f"{m['hist. Jaccard seq']:.3f}",
-            f"{m['Δ Jaccard']:+.3f} vs isolated")
+            **widgets.delta(m["Δ Jaccard"], "{:+.3f} vs isolated"))
 c[2].metric(f"hist. Jaccard L{layer}, isolated", f"{m['hist. Jaccard iso']:.3f}")
-c[3].metric(f"n50 L{layer}, sequence", m["n50 seq"], f"{m['Δ n50']:+d} vs isolated", delta_color="inverse")
+c[3].metric(f"n50 L{layer}, sequence", m["n50 seq"], **widgets.delta(m["Δ n50"], "{:+d} vs isolated", inverse=True))
 c[4].metric(f"self Jaccard L{layer}", f"{m['self Jaccard']:.3f}",
             help="A token's active set in the sequence vs alone (Jaccard).")
 v = view["verdict"]
 (st.success if v["verdict"] == "holds" else st.warning if v["verdict"] == "partly holds" else st.info)(
-    f"**Claim 4 {v['verdict']}** for this prompt. {v['statement']}"
+    f"**Claim 4 {v['verdict']}** for this prompt: it holds when A and B pass for both token sources, partly "
+    f"when one does; a criterion passes in ≥ {v['majority']:.0%} of the layers."
 )
+st.dataframe(pd.DataFrame(view["criteria"]), hide_index=True, key="inertia_verdict")
 st.caption(
+    "A: in a sequence a token's set overlaps its history more and fewer neurons hold half the events. "
+    "B: its set is closer to the previous token's than to its own set when alone. "
     "History Jaccard: overlap of a token's active set with the union of the previous 4 tokens' sets "
     "(chance: the same sets placed at random). n50: fewest neurons holding half of all activation "
     "events (smaller = more concentrated). J(prev): overlap with the previous token's set. "

@@ -6,7 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from app import state, widgets
+from app.views import masks as mask_views
 from app.views import recall as views
+from tda.common import progress
 from tda.common.errors import TDAError
 
 METHODS = ("tda", "tda_matched", "griffin", "static", "random", "oracle")
@@ -21,10 +23,13 @@ st.caption(
 )
 lm = state.model_or_stop()
 s = state.settings()
-text = widgets.prompt_box("recall")
+text = widgets.prompt_box("recall", lm)
 c1, c2, c3 = st.columns([1, 3, 1])
 new_tokens = c1.slider("tokens to generate", 4, 64, 16, 4, key="recall_tokens")
-methods = c2.multiselect("methods", METHODS, default=list(METHODS), key="recall_methods")
+methods = c2.multiselect(
+    "methods", METHODS, default=list(METHODS), key="recall_methods",
+    help="\n\n".join([*map(mask_views.method_label, METHODS[:-1]),
+                       "oracle — the generated tokens' own top neurons (an upper reference, not a method)"]))
 truth = "tt" if s.rule == "cett" else "top"
 c3.markdown(f"ground truth: **{'TT (CETT)' if truth == 'tt' else f'top {s.top_p:g}%'}**  \n(sidebar rule)")
 
@@ -34,19 +39,21 @@ if not methods:
     st.warning("Pick at least one method.")
 if run and methods:
     ids = widgets.try_or_error(state.check_prompt, lm, text, prefix="Prompt: ")
-    if ids is not None:
-        try:
-            with st.status(f"Recall study: {new_tokens} dense tokens, then {len(methods)} methods × "
-                           f"{len(DENSITIES)} points", expanded=True) as status:
-                status.write("CETT calibration…")
-                cal = state.calibration(state.model_key(lm), s.cett_target, lm)
-                status.write(f"Generating {new_tokens} tokens densely with activation capture, scoring masks…")
-                res = state.recall(params, cal, lm, densities=DENSITIES)
-                status.update(label=f"Recall study done ({res['steps']} decode steps)", state="complete",
-                              expanded=False)
-            st.session_state["recall_result"] = (params, res)
-        except TDAError as e:
-            st.error(str(e))
+    if ids is None:
+        st.stop()  # the error replaces any stale hint or result below
+    try:
+        with st.status(f"Recall study: {new_tokens} dense tokens, then {len(methods)} methods × "
+                       f"{len(DENSITIES)} points", expanded=True) as status, progress.use_sink(widgets.status_sink(status)):
+            status.write("CETT calibration (shipped for the embedded model; otherwise one time per model)…")
+            cal = state.calibration(state.model_key(lm), s.cett_target, lm)
+            status.write(f"Generating {new_tokens} tokens densely with activation capture, scoring masks…")
+            res = state.recall(params, cal, lm, densities=DENSITIES)
+            status.update(label=f"Recall study done ({res['steps']} decode steps)", state="complete",
+                          expanded=False)
+        st.session_state["recall_result"] = (params, res)
+    except TDAError as e:
+        st.error(str(e))
+        st.stop()
 
 stored_params, res = widgets.stored_result(
     "recall_result", params, "Press **Run recall study** (a short generation; a few seconds on the embedded model).", "Run recall study"
@@ -59,5 +66,5 @@ a.plotly_chart(view["figures"]["recall"], key="recall_chart")
 b.plotly_chart(view["figures"]["mass_recall"], key="mass_recall_chart")
 if "threshold" in view["figures"]:
     st.plotly_chart(view["figures"]["threshold"], key="threshold_chart")
-st.subheader("At 50% density (TDA at its calibrated thresholds), mean over layers")
+st.subheader("At 50% density (TDA at its calibrated thresholds), mean over layers (one prompt)")
 st.dataframe(pd.DataFrame(view["summary"]), hide_index=True, key="recall_summary")

@@ -59,7 +59,7 @@ else:
     n_hold = sum(r["holds"] for r in view["verdicts"])
     st.markdown(f"**{n_hold} of 5** observations hold for *{MEASURES[measure]}* over the *{group}* layers.")
     st.dataframe(pd.DataFrame(view["verdicts"]), hide_index=True, key="verdict_table")
-    with st.expander("All measures × layer groups (green: holds, red: fails; text: margin)"):
+    with st.expander("All measures × layer groups (blue: holds, vermillion: fails; text: margin)"):
         st.plotly_chart(view["grid"], key="verdict_grid")
 st.caption(f"Settings: {result['settings']['vector']}; TDA masks {result['settings']['tda_mask']}; "
            f"Griffin density {result['settings']['griffin_density']}; BOS {result['settings']['bos']}.")

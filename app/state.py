@@ -150,16 +150,20 @@ def capture(key: str, text: str, mode: str, _lm):
 
 @st.cache_resource(max_entries=8, show_spinner="Calibrating CETT thresholds (one time per model)…")
 def calibration(key: str, target: float, _lm):
+    from tda.common.progress import use_sink
     from tda.masks.calibrate import load_or_calibrate
 
-    return load_or_calibrate(_lm, target=target)
+    with use_sink(None):  # never into a page's status box from inside a cached function: stderr
+        return load_or_calibrate(_lm, target=target)
 
 
 @st.cache_resource(max_entries=8, show_spinner="Calibrating CETT thresholds (one time per model)…")
 def _rule(key: str, kind: str, value: float, _lm):
     from analysis.activation import make_rule
+    from tda.common.progress import use_sink
 
-    return make_rule(_lm, kind, value)
+    with use_sink(None):  # as in calibration(): progress of a cached function goes to stderr
+        return make_rule(_lm, kind, value)
 
 
 def rule(lm, s: Settings | None = None):

@@ -1,6 +1,6 @@
 """Screenshots of every app page on the embedded model for the README: ``docs/screenshots/``.
 
-    python benchmarks/screenshots.py [--model gemma-3-270m] [--out docs/screenshots] [--width 1400]
+    python benchmarks/screenshots.py [--model gemma-3-270m] [--out docs/screenshots] [--width 1400] [--pages NAMES]
 
 Starts ``streamlit run app/main.py`` headless on a free local port, opens each page in the system
 Chromium through Playwright, runs the long pages (recall, generate) with their buttons, waits
@@ -22,12 +22,14 @@ sys.path.insert(0, str(ROOT))
 from tests.test_app_browser import CHROMIUM, streamlit_server  # noqa: E402
 
 LIMIT = 400_000
-PAGES = [  # (file name, url path, button to press or None, Plotly charts to wait for)
+PAGES = [  # (file name, url path, button to press or None, Plotly charts to wait for[, text to scroll to])
     ("page-1-inertia", "", None, 2),  # the default page lives at /
-    ("page-2-masks", "masks", None, 2),
+    ("page-1-inertia-verdict", "", None, 2, "Study 1 numbers for this prompt"),
+    ("page-2-masks", "masks", None, 4),  # two methods side by side: 2 images, coverage, density
     ("page-3-samples", "samples", None, 1),
     ("page-4-recall", "recall", "Run recall study", 3),
-    ("page-5-generate", "generate", "Generate", 1),
+    ("page-2-masks-details", "masks", None, 4, "Per-token details for"),
+    ("page-5-generate", "generate", "Generate", 2),  # token agreement, density per layer
     ("page-6-neuron", "neuron?layer=9&neuron=100", None, 4),  # Gemma: fires on sentence ends
 ]
 
@@ -81,7 +83,7 @@ def main() -> None:
         try:
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
             wanted = {x for x in args.pages.split(",") if x}
-            for name, path, button, charts in PAGES:
+            for name, path, button, charts, *scroll in PAGES:
                 if wanted and name not in wanted:
                     continue
                 t0 = time.time()
@@ -93,6 +95,9 @@ def main() -> None:
                 wait_idle(page, charts, args.timeout)
                 if page.locator("[data-testid='stException']").count():
                     raise SystemExit(f"{name}: the page shows an exception")
+                if scroll:
+                    page.get_by_text(scroll[0]).first.evaluate("e => e.scrollIntoView({block: 'start'})")
+                    page.wait_for_timeout(800)
                 png = shrink(page.screenshot(full_page=False))
                 (out / f"{name}.png").write_bytes(png)
                 print(f"{name}.png  {len(png) / 1000:.0f} KB  ({time.time() - t0:.1f} s)")

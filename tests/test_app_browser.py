@@ -104,8 +104,8 @@ def test_prompt_edit_updates_heatmap_in_browser(tmp_path):
             assert after != before
             rows = json.loads(after)
             assert len(rows) == 2  # isolated and sequence panels
-            for labels in rows:  # the rows are the new prompt's tokens, in order ("index:token")
-                assert "".join(lab.split(":", 1)[1] for lab in labels) == new
+            for labels in rows:  # the rows are the new prompt's tokens, in order ("index:token", "␣" = space)
+                assert "".join(lab.split(":", 1)[1] for lab in labels).replace("␣", " ") == new
             page.wait_for_timeout(500)
             shot = tmp_path / "app-browser.png"
             page.screenshot(path=str(shot), full_page=True)
@@ -145,5 +145,38 @@ def test_neuron_page_in_browser(tmp_path):
             shot = tmp_path / "neuron-browser.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()
+
+
+PAGES = [  # (url path, button to press or None, Plotly charts the page draws after it)
+    ("", None, 2), ("masks", None, 4), ("samples", None, 1), ("recall", "Run recall study", 3),
+    ("generate", "Generate", 2), ("neuron", None, 4),
+]
+N_CHARTS = "() => document.querySelectorAll('.js-plotly-plot').length"
+RUNNING = "() => !!document.querySelector('[data-testid=\"stStatusWidget\"]')"
+
+
+def test_every_page_renders_in_browser(tmp_path):
+    """Each page in a real Chromium at 1400×1000: its charts paint, buttons run, no exception or error."""
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    with streamlit_server() as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            for path, button, charts in PAGES:
+                page.goto(f"{url}/{path}", wait_until="domcontentloaded")
+                if button:
+                    page.get_by_role("button", name=button).wait_for(timeout=120_000)
+                    page.wait_for_function(f"!({RUNNING})()", timeout=120_000)
+                    page.get_by_role("button", name=button).click()
+                page.wait_for_function(f"({N_CHARTS})() >= {charts}", timeout=180_000)
+                page.wait_for_function(f"!({RUNNING})()", timeout=180_000)
+                assert page.locator("[data-testid='stException']").count() == 0, path
+                assert page.locator("[data-testid='stAlertContentError']").count() == 0, path
+                assert page.locator("text=Traceback").count() == 0, path
+                page.screenshot(path=str(tmp_path / f"{path or 'inertia'}.png"))
         finally:
             browser.close()

@@ -19,8 +19,46 @@ def sequence_mask(method: str, cap, *, density, scale: float, thresholds, down_n
                       static_scores=static_scores)
 
 
+COVERED, MISSED, IDLE = 1, 2, 3  # coverage image categories (0: neither active nor kept)
+METHODS = ("tda", "tda_matched", "griffin", "static", "random")  # sequence-wise masks of tda.masks.build
+
+
+def method_label(method: str) -> str:
+    """``name — description``: the engine registry's for its methods (:func:`app.views.generate.method_label`);
+    ``tda_matched`` (a mask of :mod:`tda.masks.build`, not an engine method) described here."""
+    from app.views.generate import method_label as registry_label
+
+    if method == "tda_matched":
+        return "tda_matched — TDA's prompt scores, every t_L scaled by one factor so the mean density hits the target"
+    return registry_label(method)
+
+
+def density_note(method: str, density, scale: float, layer: int, mask_density: list[float]) -> str:
+    """One line: how the method's target relates to the layer's own density."""
+    mean = sum(mask_density) / len(mask_density)
+    here = mask_density[layer]
+    if method == "tda_matched":
+        return (f"Target {density:g} is the mean over layers ({mean:.3f}); TDA's own per-layer thresholds "
+                f"decide how it spreads, so layer {layer} keeps {here:.3f}.")
+    if method == "tda":
+        return (f"TDA keeps neurons whose prompt score passes {scale:g} × t_L: no target; layer {layer} keeps "
+                f"{here:.3f}, the mean over layers is {mean:.3f}.")
+    return f"{method} keeps the same fraction {density:g} in every layer (layer {layer}: {here:.3f})."
+
+
+def coverage_image(active, keep):
+    """``cat[token, neuron]``: :data:`COVERED` (active and kept), :data:`MISSED` (active, not kept),
+    :data:`IDLE` (kept, not active for that token), 0 otherwise. ``active[token, neuron]``, ``keep[neuron]``."""
+    keep = keep[None, :].expand_as(active)
+    cat = torch.zeros(active.shape, dtype=torch.uint8)
+    cat[active & keep] = COVERED
+    cat[active & ~keep] = MISSED
+    cat[~active & keep] = IDLE
+    return cat
+
+
 def mask_view(cap, rule, method: str, *, density, scale: float, layer: int, thresholds, down_norms,
-              static_scores) -> dict:
+              static_scores, tokens=None) -> dict:
     """Page 2: each token's active set (``rule``) against one sequence mask, at ``layer``.
 
     Per-token coverage is :func:`tda.evaluate.recall.mask_metrics` with each token as its own group
@@ -40,7 +78,7 @@ def mask_view(cap, rule, method: str, *, density, scale: float, layer: int, thre
     per_token = mask_metrics(mask.keep[li].expand(n_tok, -1), active[li][:, None, :], mass[li][:, None, :])
     missed = active[li] & ~mask.keep[li]
     rows = []
-    for t, tok in enumerate(cap.tokens):
+    for t, tok in enumerate(tokens if tokens is not None else cap.tokens):
         idx = torch.nonzero(missed[t]).flatten()
         order = torch.argsort(mass[li, t, idx], descending=True)[:MISSED_SHOWN]
         shown = ", ".join(str(int(i)) for i in idx[order])
@@ -61,4 +99,7 @@ def mask_view(cap, rule, method: str, *, density, scale: float, layer: int, thre
         "mask_density": [float(x) for x in mask.density_per_layer()],
         "token_density": [float(r["density"]) for r in table],
         "mask": mask,
+        "image": coverage_image(active[li], mask.keep[li]),
+        "active_counts": active[li].sum(0),
+        "note": density_note(method, density, scale, layer, [float(x) for x in mask.density_per_layer()]),
     }

@@ -58,11 +58,11 @@ def similarity_view(result: dict, measure: str, group: str) -> dict:
     S = np.asarray(result["matrices"][measure][group], dtype=float)
     labels = [str(x["id"]) for x in result["samples"]]
     off = S[~np.eye(len(S), dtype=bool)]  # colour range of the off-diagonal entries (the diagonal is 1)
+    names = [f"{x['id']}: {x['text'][:40]}" for x in result["samples"]]
     figure = similarity_heatmap(
         S, labels, zmin=float(off.min()) if off.size else None, zmax=float(off.max()) if off.size else None,
-        title=f"{result['model_id']}: {result['measures'][measure]['label']}, {group} layers "
-              f"{result['groups'][group][0]}–{result['groups'][group][-1]}")
-    figure.update_xaxes(type="category")  # every sample id as a tick
-    figure.update_yaxes(type="category")
+        title=f"{result['model_id']}: {result['measures'][measure]['label']}<br><sup>{group} layers "
+              f"{result['groups'][group][0]}–{result['groups'][group][-1]}; diagonal (1) left blank, colours "
+              f"span the other pairs</sup>", names=names)
     grid = verdict_grid(result) if result.get("observations") else None
     return {"verdicts": verdicts, "matrix": S, "figure": figure, "grid": grid}

@@ -180,9 +180,13 @@ def _build_and_load() -> None:
                 shutil.copy(_CPP_FILE, src)
                 for h in _CSRC.glob("*.h"):
                     shutil.copy(h, tmp / h.name)
+                from tda.common import progress
+
                 t0 = time.perf_counter()
-                load(name, sources=[str(src)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                     build_directory=str(tmp), is_python_module=False, verbose=False)
+                with progress.task("building the C++ kernels (one time per machine)") as job, \
+                        job.heartbeat("compiling"):
+                    load(name, sources=[str(src)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                         build_directory=str(tmp), is_python_module=False, verbose=False)
                 _State.build_seconds = time.perf_counter() - t0
                 shutil.rmtree(final, ignore_errors=True)
                 os.replace(tmp, final)  # the finished build appears atomically

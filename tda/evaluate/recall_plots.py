@@ -13,9 +13,9 @@ import plotly.graph_objects as go
 
 from tda.evaluate.recall import RECALL_METHODS, aggregate, curve
 
-COLORS = {
-    "tda": "#d62728", "tda_matched": "#ff7f0e", "griffin": "#1f77b4", "static": "#7f7f7f",
-    "random": "#bcbd22", "oracle": "#2ca02c",
+COLORS = {  # Okabe–Ito (colour-blind safe)
+    "tda": "#D55E00", "tda_matched": "#E69F00", "griffin": "#0072B2", "static": "#999999",
+    "random": "#CC79A7", "oracle": "#009E73",
 }
 LABELS = {
     "recall": "recall (decode-active neurons inside the mask)",
@@ -26,8 +26,27 @@ LABELS = {
 TRUTH_LABELS = {"tt": "TT active set (CETT thresholds)", "top": "top-p% by output norm"}
 
 
-def _title(text: str, truth: str) -> str:
-    return f"{text}<br><sup>ground truth: {TRUTH_LABELS.get(truth, truth)}; mean over layers and prompts</sup>"
+def _n_prompts(rows: Sequence[dict]) -> int:
+    """Prompts the rows average over (aggregated rows carry ``n_prompts``; raw rows a ``prompt`` key)."""
+    if rows and "n_prompts" in rows[0]:
+        return max(int(r["n_prompts"]) for r in rows)
+    return len({r.get("prompt", 0) for r in rows}) or 1
+
+
+def _title(text: str, truth: str, rows: Sequence[dict] = ()) -> dict:
+    n = _n_prompts(rows)
+    over = "mean over layers" + (f" and {n} prompts" if n > 1 else " (one prompt)")
+    return {"text": f"{text}<br><sup>ground truth: {TRUTH_LABELS.get(truth, truth)}; {over}</sup>",
+            "x": 0.01, "xanchor": "left", "font": {"size": 14}}
+
+
+LEGEND = dict(orientation="h", x=0, xanchor="left", y=-0.18, yanchor="top")  # under the plot, clear of the title
+
+
+def _log_ticks(xs: Sequence[float]) -> dict:
+    """Ticks of a log axis at the values themselves ("0.25 0.5 1 2 4"), not Plotly's minor digits."""
+    vals = sorted({float(x) for x in xs if x > 0})
+    return dict(type="log", tickvals=vals, ticktext=[f"{v:.3g}" for v in vals], minor=dict(showgrid=False))
 
 
 def recall_vs_density_figure(rows: Sequence[dict], *, truth: str = "tt", metric: str = "recall",
@@ -47,9 +66,9 @@ def recall_vs_density_figure(rows: Sequence[dict], *, truth: str = "tt", metric:
         fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance (y = density)",
                                  line=dict(color="black", width=1, dash="dash"), hoverinfo="skip"))
     fig.update_layout(
-        title=_title(f"{metric.replace('_', ' ')} of prompt masks on decode tokens vs density", truth),
+        title=_title(f"{metric.replace('_', ' ')} of prompt masks on decode tokens vs density", truth, rows),
         xaxis_title=LABELS["density"], yaxis_title=LABELS.get(metric, metric), template="plotly_white",
-        xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]), legend_title="mask",
+        xaxis=dict(range=[0, 1]), yaxis=dict(range=[0, 1.02]), legend=LEGEND, margin=dict(t=80, b=120),
     )
     return fig
 
@@ -62,14 +81,15 @@ def recall_vs_threshold_figure(rows: Sequence[dict], *, truth: str = "tt") -> go
     )
     xs = [r["value"] for r in agg]
     fig = go.Figure()
-    for metric, dash in (("recall", None), ("mass_recall", "dot"), ("precision", "dashdot"), ("density", "dash")):
+    for metric, dash, color in (("recall", None, "#0072B2"), ("mass_recall", "dot", "#E69F00"),
+                                ("precision", "dashdot", "#009E73"), ("density", "dash", "#999999")):
         fig.add_trace(go.Scatter(x=xs, y=[r[metric] for r in agg], mode="lines+markers",
-                                 name=metric.replace("_", " "), line=dict(dash=dash)))
+                                 name=metric.replace("_", " "), line=dict(dash=dash, color=color)))
     fig.add_vline(x=1.0, line=dict(color="gray", width=1, dash="dash"))
     fig.update_layout(
-        title=_title("TDA prompt mask: recall vs threshold (scale × calibrated t_L)", truth),
+        title=_title("TDA prompt mask: recall vs threshold (scale × calibrated t_L)", truth, rows),
         xaxis_title="threshold scale (t / t_L, log)", yaxis_title="fraction", template="plotly_white",
-        xaxis_type="log", yaxis=dict(range=[0, 1.02]),
+        xaxis=_log_ticks(xs), yaxis=dict(range=[0, 1.02]), legend=LEGEND, margin=dict(t=80, b=120),
     )
     return fig
 
@@ -92,9 +112,10 @@ def recall_by_layer_figure(rows: Sequence[dict], *, truth: str = "tt", metric: s
                                  name=name, line=dict(color=COLORS.get(method),
                                                       dash="dot" if method == "oracle" else None)))
     fig.update_layout(
-        title=_title(f"{metric.replace('_', ' ')} per layer at density ≈ {density:g} (tda at scale {scale:g})", truth),
+        title=_title(f"{metric.replace('_', ' ')} per layer at density ≈ {density:g} (tda at scale {scale:g})",
+                     truth, sel),
         xaxis_title="layer", yaxis_title=LABELS.get(metric, metric), template="plotly_white",
-        yaxis=dict(range=[0, 1.02]),
+        yaxis=dict(range=[0, 1.02]), legend=LEGEND, margin=dict(t=80, b=120),
     )
     return fig
 
@@ -103,9 +124,9 @@ def calibration_figure(thresholds: Sequence[float], densities: Sequence[float], 
     """Per-layer CETT thresholds (left axis) and the densities they give (right axis)."""
     layers = list(range(len(thresholds)))
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=layers, y=list(thresholds), name="threshold t_L", marker_color="#1f77b4"))
+    fig.add_trace(go.Bar(x=layers, y=list(thresholds), name="threshold t_L", marker_color="#0072B2"))
     fig.add_trace(go.Scatter(x=layers, y=list(densities), name="density", yaxis="y2", mode="lines+markers",
-                             line=dict(color="#d62728")))
+                             line=dict(color="#D55E00")))
     fig.update_layout(
         title=title or "CETT thresholds per layer", xaxis_title="layer", yaxis_title="t_L (output norm)",
         yaxis2=dict(title="density on calibration data", overlaying="y", side="right", range=[0, 1]),

