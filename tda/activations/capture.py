@@ -274,7 +274,7 @@ def _sequence_hooks(lm: LoadedModel, ids: list[int], layers: list[int], start: i
                 if cache is None:
                     lm.model.base_model(input_ids=x, attention_mask=mask, use_cache=False)
                 else:
-                    lm.model.base_model(input_ids=x, attention_mask=mask, past_key_values=cache, use_cache=True)
+                    lm.model.base_model(input_ids=x, attention_mask=mask, use_cache=True, **lm.cache_kw(cache))
             except _Stop:
                 pass
     return out

@@ -101,8 +101,9 @@ def generate_with_capture(lm, prompt: str | list[int], new_tokens: int = 64, *, 
     generated: list[int] = []
     with recording(lm, layers) as store, torch.inference_mode():
         cache = lm.new_cache()
+        kw = lm.cache_kw(cache)  # the cache is updated in place
         x = torch.tensor([ids], device=dev)
-        out = lm.model(input_ids=x, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = lm.model(input_ids=x, use_cache=True, **kw, logits_to_keep=1)
         prefill = {L: store[L].pop() for L in layers}
         for step in range(new_tokens):
             nxt = int(out.logits[0, -1].argmax())
@@ -110,9 +111,9 @@ def generate_with_capture(lm, prompt: str | list[int], new_tokens: int = 64, *, 
             x = torch.tensor([[nxt]], device=dev)
             last = step == new_tokens - 1 or (stop_at_eos and nxt == eos)
             if last:  # only the activations are needed: skip the lm_head
-                lm.model.base_model(input_ids=x, past_key_values=out.past_key_values, use_cache=True)
+                lm.model.base_model(input_ids=x, use_cache=True, **kw)
                 break
-            out = lm.model(input_ids=x, past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+            out = lm.model(input_ids=x, use_cache=True, **kw, logits_to_keep=1)
     for L in layers:
         if len(store[L]) != len(generated) or any(a.shape[0] != 1 for a in store[L]):
             raise RuntimeError(f"decode capture of layer {L} saw {len(store[L])} calls for {len(generated)} steps")
