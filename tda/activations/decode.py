@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tda.activations.capture import activation_hooks, has_bos, tokenize
+from tda.activations.capture import activation_hooks, forward_chunks, has_bos, tokenize
 from tda.common.errors import BadInput
 
 
@@ -88,10 +88,10 @@ def generate_with_capture(lm, prompt: str | list[int], new_tokens: int = 64, *, 
             raise BadInput("the prompt is empty")
     if len(ids) + new_tokens > lm.n_ctx:
         raise BadInput(f"prompt ({len(ids)} tokens) + {new_tokens} new tokens exceed the context of {lm.n_ctx}")
-    from tda.activations.budget import check_generation
+    from tda.activations.budget import prefill_plan
 
-    check_generation(lm, len(ids), new_tokens, capture_layers=lm.ffn.n_layers,
-                     what=f"recording a {new_tokens}-token generation after a {len(ids)}-token prompt")
+    chunk = prefill_plan(lm, len(ids), new_tokens, capture_layers=lm.ffn.n_layers,
+                         what=f"recording a {new_tokens}-token generation after a {len(ids)}-token prompt").chunk
     start = 1 if (has_bos(lm) and not include_bos and ids and ids[0] == lm.tokenizer.bos_token_id) else 0
     if len(ids) <= start:
         raise BadInput("the prompt has no tokens besides BOS")
@@ -103,8 +103,13 @@ def generate_with_capture(lm, prompt: str | list[int], new_tokens: int = 64, *, 
         cache = lm.new_cache()
         kw = lm.cache_kw(cache)  # the cache is updated in place
         x = torch.tensor([ids], device=dev)
+        if chunk < len(ids):  # a long prompt: all but its last position in chunks through the cache
+            forward_chunks(lm, x[:, :-1], chunk, cache=cache)
+            x = x[:, -1:]
         out = lm.model(input_ids=x, use_cache=True, **kw, logits_to_keep=1)
-        prefill = {L: store[L].pop() for L in layers}
+        prefill = {L: torch.cat(store[L]) for L in layers}
+        for L in layers:
+            store[L].clear()
         for step in range(new_tokens):
             nxt = int(out.logits[0, -1].argmax())
             generated.append(nxt)

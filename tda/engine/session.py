@@ -116,12 +116,19 @@ class SparseSession:
             is_bos = (input_ids[rows, first] == bos) & (am.sum(dim=1) > 1)
             use[rows[is_bos], first[is_bos]] = False
         self.B, self.T = B, T
-        self.use = use.float()
-        self.n_used = self.use.sum(dim=1).clamp_min(1.0)  # [B]
+        self._use_all = self.use = use.float()
+        self.n_used = self.use.sum(dim=1).clamp_min(1.0)  # [B], over the whole prompt
         self.phase = "prefill"
         self._decode = {}
         for part in self._parts():
             part.begin()
+
+    def prefill_window(self, start: int, end: int) -> None:
+        """The next prefill forward runs prompt positions ``[start, end)`` only (chunked prefill):
+        ``T`` and ``use`` describe that window, ``n_used`` still counts the whole prompt, and the
+        methods' prefill hooks add each window's share to their statistics."""
+        self.T = end - start
+        self.use = self._use_all[:, start:end]
 
     def finish_prefill(self) -> None:
         """Build the method's decode functions from the prefill (once); switch to decode."""
