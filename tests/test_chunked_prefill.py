@@ -9,16 +9,11 @@ import torch
 
 from tda.common import memory
 from tests.conftest import TINY
+from tests.test_memory import _no_budget_leak  # noqa: F401  (autouse: no budget leaks between tests)
 
 LONG = " ".join(["the quick brown fox jumps over a lazy dog while people visited the city"] * 8)
 
 
-@pytest.fixture(autouse=True)
-def _no_budget_leak(monkeypatch):
-    monkeypatch.delenv(memory.ENV, raising=False)
-    memory.set_budget_override(None)
-    yield
-    memory.set_budget_override(None)
 
 
 @pytest.fixture
