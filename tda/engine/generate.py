@@ -7,6 +7,11 @@ prefill, so it lets the method build its decode functions (masks and slices once
 thresholds and sparse kernels for token-wise methods) and switches the session to decode; it
 also timestamps prefill and decode.
 
+Around Hugging Face's loop the engine keeps the step lean: a KV cache written in place
+(:mod:`tda.engine.kvcache`), one fused attention call per layer at decode steps on the fast path
+(:mod:`tda.engine.attention`), long prompts prefilled in chunks within the memory budget
+(:func:`chunked_prefill`, capture's chunking), and a thread policy (:mod:`tda.engine.threads`).
+
 The method and its settings travel in one :class:`~tda.engine.config.SparsityConfig`
 (``generate(lm, prompts, SparsityConfig("teal", density=0.5))``), or as a method name plus the
 same fields as keywords (``generate(lm, prompts, "griffin", density=0.5)``). Methods live in
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tda.common.errors import BadInput
+from tda.engine import kvcache
 from tda.engine import threads as thread_policy
 from tda.engine.config import SparsityConfig, as_config
 from tda.engine.methods.registry import get_method, method_names
@@ -160,22 +166,20 @@ def prefill_chunk(lm, input_ids: torch.Tensor, attn: torch.Tensor, max_new_token
     return T
 
 
-def chunked_prefill(lm, input_ids: torch.Tensor, attn: torch.Tensor, chunk: int, session: SparseSession | None):
-    """All prompt positions but the last through the KV cache, ``chunk`` per forward
-    (:func:`tda.activations.capture.forward_chunks`), the session's prefill statistics gathered
-    window by window; returns the cache for ``generate`` (whose own prefill is then the last
-    position), or None when the prompt runs in one forward."""
+def chunked_prefill(lm, input_ids: torch.Tensor, attn: torch.Tensor, chunk: int, session: SparseSession | None,
+                    cache) -> None:
+    """When the prompt is longer than ``chunk``: all its positions but the last through ``cache``,
+    ``chunk`` per forward (:func:`tda.activations.capture.forward_chunks`), the session's prefill
+    statistics gathered window by window; ``generate``'s own prefill is then the last position."""
     from tda.activations.capture import forward_chunks
 
     T = input_ids.shape[1]
     if chunk >= T:
-        return None
+        return
     window = session.prefill_window if session is not None else None
-    cache = forward_chunks(lm, input_ids[:, :-1], chunk, attention_mask=attn[:, :-1], cache=lm.new_cache(),
-                           on_chunk=window)
+    forward_chunks(lm, input_ids[:, :-1], chunk, attention_mask=attn[:, :-1], cache=cache, on_chunk=window)
     if session is not None:
         session.prefill_window(T - 1, T)
-    return cache
 
 
 def generate(lm, prompts: str | list[str], method: str | SparsityConfig = "dense", *,
@@ -237,7 +241,11 @@ def generate(lm, prompts: str | list[str], method: str | SparsityConfig = "dense
             session.begin(input_ids, attn)
         sync(lm.device)
         t0 = time.perf_counter()
-        cache = chunked_prefill(lm, input_ids, attn, chunk, session)
+        # stock: Hugging Face's own cache; else one written in place (no per-step cat of the whole cache)
+        cache = None if stock else kvcache.new_cache(lm, int(input_ids.shape[1]) + max_new_tokens)
+        if cache is not None or chunk < input_ids.shape[1]:
+            cache = cache if cache is not None else lm.new_cache()
+            chunked_prefill(lm, input_ids, attn, chunk, session, cache)
         out = lm.model.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg,
                                 logits_processor=LogitsProcessorList(processors),
                                 **(lm.cache_kw(cache) if cache is not None else {}))
