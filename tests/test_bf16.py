@@ -5,6 +5,7 @@ product up to bf16 rounding; AVX-512 (and BF16) in the kernels' flags and cache 
 from __future__ import annotations
 
 import functools
+import platform
 
 import pytest
 import torch
@@ -47,7 +48,9 @@ def _f(t):
 
 
 # ----- build flags ------------------------------------------------------------------------------
-def test_avx512_flags_follow_the_cpu_and_the_cache_key():
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 flags")
+def test_avx512_flags_follow_the_cpu_and_the_cache_key(monkeypatch):
+    monkeypatch.delenv("TDA_KERNELS_ISA", raising=False)
     base = {"avx2", "fma", "f16c"}
     plain = kernels._compile_flags(base)
     wide = kernels._compile_flags(base | {"avx512f", "avx512bw", "avx512vl"})
@@ -56,6 +59,9 @@ def test_avx512_flags_follow_the_cpu_and_the_cache_key():
     assert "-mavx512f" in wide and "-mavx512bf16" not in wide and "-mavx512bf16" in bf16
     assert len({kernels._cache_key(f) for f in (plain, wide, bf16)}) == 3
     assert kernels._compile_flags(set()) == ["-O3", "-fopenmp"]
+    monkeypatch.setenv("TDA_KERNELS_ISA", "avx2")  # capped for side-by-side comparisons
+    assert kernels._compile_flags(base | {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}) == plain
+    monkeypatch.delenv("TDA_KERNELS_ISA")
     here = kernels._cpu_flags()
     if {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl"} <= here:
         assert "-mavx512f" in kernels._compile_flags()
