@@ -17,6 +17,7 @@ order (tests: greedy tokens identical to stock HF on every tiny family and Gemma
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
@@ -33,6 +34,17 @@ def _rotary(mod):
     return fn or None
 
 
+@functools.cache
+def _sdpa_takes_gqa() -> bool:
+    """``scaled_dot_product_attention`` takes ``enable_gqa`` (torch >= 2.5)."""
+    try:
+        q = torch.zeros(1, 2, 1, 4)
+        F.scaled_dot_product_attention(q, q[:, :1], q[:, :1], enable_gqa=True)
+        return True
+    except TypeError:  # pragma: no cover - older torch: HF's attention runs
+        return False
+
+
 def decode_attention(mod, hidden_states=None, position_embeddings=None, attention_mask=None, cache=None,
                      **kwargs):
     """The attention output ``(y[B, 1, d_model], None)`` of one decode position, or None to defer
@@ -46,7 +58,7 @@ def decode_attention(mod, hidden_states=None, position_embeddings=None, attentio
     if getattr(mod, "attn_logit_softcapping", None) is not None or getattr(mod, "sinks", None) is not None:
         return None
     rope = _rotary(mod)
-    if rope is None:
+    if rope is None or not _sdpa_takes_gqa():
         return None
     B, T, _ = hidden_states.shape
     hd = mod.head_dim
@@ -67,20 +79,3 @@ def decode_attention(mod, hidden_states=None, position_embeddings=None, attentio
     y = F.scaled_dot_product_attention(q, k, v, scale=mod.scaling, enable_gqa=k.shape[1] != q.shape[1])
     y = y.transpose(1, 2).reshape(B, T, -1)
     return mod.o_proj(y), None
-
-
-def usable(lm) -> bool:
-    """True when the model has attention modules this path can replace."""
-    from tda.models.dispatch import is_attention
-
-    return any(is_attention(m) for m in lm.model.modules())
-
-
-def check_torch() -> bool:
-    """``scaled_dot_product_attention`` takes ``enable_gqa`` (torch >= 2.5)."""
-    try:
-        q = torch.zeros(1, 2, 1, 4)
-        F.scaled_dot_product_attention(q, q[:, :1], q[:, :1], enable_gqa=True)
-        return True
-    except TypeError:  # pragma: no cover - older torch
-        return False
