@@ -18,10 +18,10 @@ def test_policies_resolve(monkeypatch):
     assert threads.resolve("auto", 2) == 2  # never more than torch's default
     monkeypatch.setattr(threads, "free_cores", lambda: None)
     assert threads.resolve("auto", 2) == 2  # unknown: all
-    monkeypatch.setenv(threads.ENV, "auto")
-    assert threads.check_policy(None) == "auto"
-    monkeypatch.delenv(threads.ENV)
+    monkeypatch.setenv(threads.ENV, "all")
     assert threads.check_policy(None) == "all"
+    monkeypatch.delenv(threads.ENV)
+    assert threads.check_policy(None) == "auto"
     for bad in ("some", 0, -1, True, 1.5):
         with pytest.raises(BadInput):
             threads.check_policy(bad)

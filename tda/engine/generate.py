@@ -196,7 +196,8 @@ def generate(lm, prompts: str | list[str], method: str | SparsityConfig = "dense
     oneDNN when a probe agrees. Long prompts prefill in chunks through the KV cache within the
     memory budget (:func:`prefill_chunk`); ``chunk`` forces the chunk size (tests, benchmarks).
     ``threads``: ``all`` cores, ``auto`` (the cores free when it starts: robust beside a busy
-    neighbour) or a count; default ``$TDA_THREADS`` or ``all`` (:mod:`tda.engine.threads`).
+    neighbour; every core on a quiet machine) or a count; default ``$TDA_THREADS`` or ``auto``
+    (:mod:`tda.engine.threads`).
     """
     from transformers import GenerationConfig, LogitsProcessorList
 

@@ -8,8 +8,12 @@ free when the generation starts (``auto``) avoids those waits; on a quiet machin
 
 Policies (:func:`resolve`): ``all`` (torch's default thread count, unchanged), ``auto`` (the free
 cores, sampled from ``/proc/stat`` over ~30 ms, cached for a few seconds), or a positive integer.
-``TDA_THREADS`` sets the default (``all``: results then never depend on the machine's load; the
-thread count changes the C++ kernels' summation order, so fp32 results may differ in the last bits).
+``TDA_THREADS`` sets the default, ``auto``: on a quiet machine that is every core, as ``all``;
+set ``TDA_THREADS=all`` when results must not depend on the machine's load (the thread count
+changes the input-sparse C++ kernels' summation order, so fp32 results may differ in the last
+bits). Measured on the shared 2-core machine, within one run of ``benchmarks/contention.py``:
+Gemma dense 385 -> 91 ms/token with the machine's own load, 1894 -> 195 ms/token with a busy
+neighbour added (``all`` -> ``auto``).
 ``torch.set_num_threads`` is process-wide: concurrent generations share the last setting.
 """
 
@@ -80,9 +84,9 @@ def free_cores(sample_s: float = _SAMPLE_S) -> int | None:
 
 
 def check_policy(policy: str | int | None) -> str | int:
-    """``policy`` (or ``$TDA_THREADS``, default ``all``) validated: ``all``, ``auto`` or an int >= 1."""
+    """``policy`` (or ``$TDA_THREADS``, default ``auto``) validated: ``all``, ``auto`` or an int >= 1."""
     if policy is None:
-        policy = os.environ.get(ENV, "all").strip().lower() or "all"
+        policy = os.environ.get(ENV, "auto").strip().lower() or "auto"
     if isinstance(policy, str) and policy.isdigit():
         policy = int(policy)
     if isinstance(policy, bool) or not (policy in POLICIES or (isinstance(policy, int) and policy >= 1)):
