@@ -75,8 +75,8 @@ def capture_plan(lm, n_tokens: int, n_out_tokens: int, layers: list[int], *, mod
     base = weights_bytes(lm) + len(layers) * n_out_tokens * shape.d_ff * FLOAT  # model + result
     run = max(layers) + 1
     what = f"capturing {len(layers)} layer(s) of a {n_tokens}-token prompt"
-    b = memory.budget().bytes
     if mode == "isolated":
+        b = memory.budget().bytes
         seq = n_tokens - n_out_tokens + 1  # [BOS, token] or [token]
         for rows in (n_out_tokens, *[r for r in ROW_BATCHES if r < n_out_tokens]):
             need = base + forward_bytes(shape, q=seq, kv=seq, layers_run=run, width=width, batch=rows) \
@@ -89,40 +89,74 @@ def capture_plan(lm, n_tokens: int, n_out_tokens: int, layers: list[int], *, mod
             + forward_bytes(shape, q=n_tokens, kv=n_tokens, layers_run=run, width=width)
         memory.check(need, what + " through TransformerLens (use --backend hooks: it works in chunks)")
         return Plan(n_tokens, need)
-    cands = ([n_tokens] if n_tokens <= SINGLE_PASS_MAX else []) + [c for c in CHUNKS if c < n_tokens]
-    need = 0
-    for c in cands or [n_tokens]:
+
+    def need_of(c: int) -> int:
         cache = 0 if c >= n_tokens else kv_cache_bytes(shape, n_tokens, run, width) * 2  # cat() copies
-        need = base + cache + forward_bytes(shape, q=c, kv=n_tokens, layers_run=run, width=width)
+        return base + cache + forward_bytes(shape, q=c, kv=n_tokens, layers_run=run, width=width)
+
+    return pick_chunk(n_tokens, need_of, what)
+
+
+def chunk_sizes(n_tokens: int) -> list[int]:
+    """Tokens per forward to try for a ``n_tokens`` sequence, largest first: the whole sequence when
+    it is at most :data:`SINGLE_PASS_MAX`, then the :data:`CHUNKS` below it."""
+    return ([n_tokens] if n_tokens <= SINGLE_PASS_MAX else []) + [c for c in CHUNKS if c < n_tokens] or [n_tokens]
+
+
+def pick_chunk(n_tokens: int, need_of, what: str) -> Plan:
+    """The largest of :func:`chunk_sizes` whose ``need_of(chunk)`` bytes fit the budget; a one-line
+    BadInput naming ``what`` when none does. Capture and generation's prefill share it."""
+    b = memory.budget().bytes
+    cands = chunk_sizes(n_tokens)
+    need = 0
+    for c in cands:
+        need = need_of(c)
         if need <= b:
             return Plan(c, need)
     memory.check(need, what)
-    return Plan(cands[-1] if cands else n_tokens, need)
+    return Plan(cands[-1], need)  # pragma: no cover - check() raised
 
 
 def generation_bytes(lm, prompt_tokens: int, new_tokens: int, *, batch: int = 1, capture_layers: int = 0,
-                     logits_rows: int = 1) -> int:
-    """Peak bytes of a dense prefill of ``prompt_tokens`` (one forward, all layers) and a decode of
-    ``new_tokens``: weights, KV cache, the prefill's working set, ``logits_rows`` rows of logits per
-    sequence, and (``capture_layers``) the recorded activations of the prompt and decode steps."""
+                     logits_rows: int = 1, chunk: int | None = None) -> int:
+    """Peak bytes of a dense prefill of ``prompt_tokens`` (``chunk`` tokens per forward; default one
+    forward, all layers) and a decode of ``new_tokens``: weights, KV cache, the prefill's working
+    set, ``logits_rows`` rows of logits per sequence, and (``capture_layers``) the recorded
+    activations of the prompt and decode steps."""
     shape, width = shape_and_width(lm)
     T = prompt_tokens + new_tokens
+    q = min(chunk or prompt_tokens, prompt_tokens)
     need = weights_bytes(lm) + kv_cache_bytes(shape, T, shape.n_layers, width, batch) * 2
-    need += forward_bytes(shape, q=prompt_tokens, kv=prompt_tokens, layers_run=shape.n_layers, width=width,
-                          batch=batch)
+    need += forward_bytes(shape, q=q, kv=prompt_tokens, layers_run=shape.n_layers, width=width, batch=batch)
     need += batch * logits_rows * shape.vocab * FLOAT * 3  # logits, (log-)softmax, a copy
     need += capture_layers * T * shape.d_ff * FLOAT * 2  # per-call records and the stacked result
     return need
 
 
+def _what(prompt_tokens: int, new_tokens: int, batch: int) -> str:
+    return f"generating {new_tokens} tokens after a {prompt_tokens}-token prompt" + (
+        f" (batch of {batch})" if batch > 1 else "")
+
+
 def check_generation(lm, prompt_tokens: int, new_tokens: int, *, batch: int = 1, capture_layers: int = 0,
                      logits_rows: int = 1, what: str | None = None) -> int:
-    """:func:`generation_bytes` against the budget: a one-line BadInput when it does not fit."""
+    """:func:`generation_bytes` of a one-forward prefill against the budget: a one-line BadInput
+    when it does not fit."""
     need = generation_bytes(lm, prompt_tokens, new_tokens, batch=batch, capture_layers=capture_layers,
                             logits_rows=logits_rows)
-    memory.check(need, what or f"generating {new_tokens} tokens after a {prompt_tokens}-token prompt"
-                 + (f" (batch of {batch})" if batch > 1 else ""))
+    memory.check(need, what or _what(prompt_tokens, new_tokens, batch))
     return need
+
+
+def prefill_plan(lm, prompt_tokens: int, new_tokens: int, *, batch: int = 1, capture_layers: int = 0,
+                 what: str | None = None) -> Plan:
+    """How many prompt tokens per forward a generation's prefill runs (:func:`pick_chunk`, as
+    capture): the whole prompt up to :data:`SINGLE_PASS_MAX` tokens when it fits, else the
+    largest chunk that keeps :func:`generation_bytes` within the budget; a one-line BadInput
+    naming ``what`` when none does."""
+    return pick_chunk(prompt_tokens, lambda c: generation_bytes(lm, prompt_tokens, new_tokens, batch=batch,
+                                                                capture_layers=capture_layers, chunk=c),
+                      what or _what(prompt_tokens, new_tokens, batch))
 
 
 def check_batch(lm, rows: int, width_tokens: int, n_layers_out: int) -> int:

@@ -262,22 +262,38 @@ def _sequence_hooks(lm: LoadedModel, ids: list[int], layers: list[int], start: i
         if L == last:
             raise _Stop
 
-    dev = lm.device
     with activation_hooks(lm, layers, record), torch.inference_mode():
-        cache = lm.new_cache() if chunk < T else None
-        for s in range(0, T, chunk):
-            e = min(T, s + chunk)
-            offset[0] = s
-            x = torch.tensor([ids[s:e]], device=dev)
-            mask = torch.ones((1, e), dtype=torch.long, device=dev)
-            try:
-                if cache is None:
-                    lm.model.base_model(input_ids=x, attention_mask=mask, use_cache=False)
-                else:
-                    lm.model.base_model(input_ids=x, attention_mask=mask, past_key_values=cache, use_cache=True)
-            except _Stop:
-                pass
+        x = torch.tensor([ids], device=lm.device)
+        forward_chunks(lm, x, chunk, on_chunk=lambda s, e: offset.__setitem__(0, s), stop=_Stop)
     return out
+
+
+def forward_chunks(lm: LoadedModel, input_ids: torch.Tensor, chunk: int, *, attention_mask=None, cache=None,
+                   on_chunk=None, stop: type[BaseException] | tuple = ()):
+    """Run ``input_ids[B, T]`` through the base model (no lm_head) ``chunk`` positions per forward.
+
+    Chunks after the first attend to the earlier ones through the KV cache (exact for causal
+    attention), so one forward's attention scores shrink from ``T × T`` to ``chunk × T``. A
+    sequence of at most ``chunk`` tokens with no ``cache`` runs in one forward without a cache.
+    ``on_chunk(s, e)`` is called before the forward of positions ``[s, e)``; an exception of type
+    ``stop`` ends that chunk's forward early (capture stops after its last layer). Returns the
+    cache (None when none was used). Capture and generation's prefill share it.
+    """
+    B, T = input_ids.shape
+    if cache is None and chunk < T:
+        cache = lm.new_cache()
+    for s in range(0, T, chunk):
+        e = min(T, s + chunk)
+        if on_chunk is not None:
+            on_chunk(s, e)
+        mask = (attention_mask[:, :e] if attention_mask is not None
+                else torch.ones((B, e), dtype=torch.long, device=input_ids.device))
+        kw = {"use_cache": False} if cache is None else {"use_cache": True, **lm.cache_kw(cache)}
+        try:
+            lm.model.base_model(input_ids=input_ids[:, s:e], attention_mask=mask, **kw)
+        except stop:
+            pass
+    return cache
 
 
 def _isolated_hooks(lm: LoadedModel, rows: list[list[int]], layers: list[int], pos: int, batch: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tda.activations.capture import activation_hooks, has_bos, tokenize
+from tda.activations.capture import activation_hooks, forward_chunks, has_bos, tokenize
 from tda.common.errors import BadInput
 
 
@@ -88,10 +88,10 @@ def generate_with_capture(lm, prompt: str | list[int], new_tokens: int = 64, *, 
             raise BadInput("the prompt is empty")
     if len(ids) + new_tokens > lm.n_ctx:
         raise BadInput(f"prompt ({len(ids)} tokens) + {new_tokens} new tokens exceed the context of {lm.n_ctx}")
-    from tda.activations.budget import check_generation
+    from tda.activations.budget import prefill_plan
 
-    check_generation(lm, len(ids), new_tokens, capture_layers=lm.ffn.n_layers,
-                     what=f"recording a {new_tokens}-token generation after a {len(ids)}-token prompt")
+    chunk = prefill_plan(lm, len(ids), new_tokens, capture_layers=lm.ffn.n_layers,
+                         what=f"recording a {new_tokens}-token generation after a {len(ids)}-token prompt").chunk
     start = 1 if (has_bos(lm) and not include_bos and ids and ids[0] == lm.tokenizer.bos_token_id) else 0
     if len(ids) <= start:
         raise BadInput("the prompt has no tokens besides BOS")
@@ -101,18 +101,24 @@ def generate_with_capture(lm, prompt: str | list[int], new_tokens: int = 64, *, 
     generated: list[int] = []
     with recording(lm, layers) as store, torch.inference_mode():
         cache = lm.new_cache()
+        kw = lm.cache_kw(cache)  # the cache is updated in place
         x = torch.tensor([ids], device=dev)
-        out = lm.model(input_ids=x, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        prefill = {L: store[L].pop() for L in layers}
+        if chunk < len(ids):  # a long prompt: all but its last position in chunks through the cache
+            forward_chunks(lm, x[:, :-1], chunk, cache=cache)
+            x = x[:, -1:]
+        out = lm.model(input_ids=x, use_cache=True, **kw, logits_to_keep=1)
+        prefill = {L: torch.cat(store[L]) for L in layers}
+        for L in layers:
+            store[L].clear()
         for step in range(new_tokens):
             nxt = int(out.logits[0, -1].argmax())
             generated.append(nxt)
             x = torch.tensor([[nxt]], device=dev)
             last = step == new_tokens - 1 or (stop_at_eos and nxt == eos)
             if last:  # only the activations are needed: skip the lm_head
-                lm.model.base_model(input_ids=x, past_key_values=out.past_key_values, use_cache=True)
+                lm.model.base_model(input_ids=x, use_cache=True, **kw)
                 break
-            out = lm.model(input_ids=x, past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+            out = lm.model(input_ids=x, use_cache=True, **kw, logits_to_keep=1)
     for L in layers:
         if len(store[L]) != len(generated) or any(a.shape[0] != 1 for a in store[L]):
             raise RuntimeError(f"decode capture of layer {L} saw {len(store[L])} calls for {len(generated)} steps")

@@ -122,7 +122,7 @@ def check_out_dir(path: Path | None) -> None:
 def check_eval_memory(lm, heldout: list[str], summaries: list[dict], max_new_tokens: int) -> None:
     """`tda eval` up front: the longest held-out text (scored teacher-forced: logits for every
     token) and the longest summarisation prompt must fit the memory budget."""
-    from tda.activations.budget import check_generation
+    from tda.activations.budget import check_generation, prefill_plan
     from tda.common.data import xsum_prompt
 
     def n_tokens(text: str) -> int:
@@ -133,4 +133,4 @@ def check_eval_memory(lm, heldout: list[str], summaries: list[dict], max_new_tok
         check_generation(lm, n, 0, logits_rows=n, what=f"scoring a {n}-token held-out text")
     if summaries:
         n = max(n_tokens(xsum_prompt(r["article"])) for r in summaries)
-        check_generation(lm, n, max_new_tokens, what=f"summarising from a {n}-token prompt")
+        prefill_plan(lm, n, max_new_tokens, what=f"summarising from a {n}-token prompt")  # chunked prefill

@@ -234,12 +234,12 @@ def recall(
     lm = load(model, dtype, device)
     if cal is not None:
         cal.check_model(lm)
-    from tda.activations.budget import check_generation
+    from tda.activations.budget import prefill_plan
 
     for i, t in enumerate(texts):  # every prompt fits the context and the memory budget, before any work
         n = len(tokenize(lm, t, max_tokens=lm.n_ctx - new_tokens))
-        check_generation(lm, n, new_tokens, capture_layers=lm.ffn.n_layers,
-                         what=f"recall on prompt {i + 1} ({n} tokens, {new_tokens} new tokens)")
+        prefill_plan(lm, n, new_tokens, capture_layers=lm.ffn.n_layers,
+                     what=f"recall on prompt {i + 1} ({n} tokens, {new_tokens} new tokens)")
     if cal is None:
         with console.status(f"CETT {cett:g} calibration (cached after the first run)..."):
             cal = load_or_calibrate(lm, None, cett)

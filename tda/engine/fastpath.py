@@ -1,4 +1,5 @@
-"""The fast dense path: fp32 CPU linears through multi-threaded GEMVs instead of MKL's one-thread sgemv.
+"""The fast dense path: fp32 and bf16 CPU linears through multi-threaded GEMVs (fp32 accumulation)
+instead of MKL's one-thread sgemv (fp32) or oneDNN's bf16 GEMV, and fused RMSNorms.
 
 Stock ``F.linear`` at batch 1 on these CPUs runs a single-threaded sgemv. Decode steps (up to
 ``kernels.CPP_DENSE_MAX_ROWS`` rows) go to the C++ GEMVs of :mod:`tda.engine.kernels` (measured
@@ -16,6 +17,7 @@ with and without the table must give allclose logits and the same top-1 token.
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections.abc import Callable
@@ -49,15 +51,24 @@ def mkldnn_available() -> bool:
         return False
 
 
+FAST_DTYPES = (torch.float32, torch.bfloat16)  # what the fast dense path takes
+
+
 def applicable(weight: torch.Tensor) -> bool:
-    """The fast path exists for fp32 CPU weights only (bf16 already has a fast kernel)."""
-    return weight.device.type == "cpu" and weight.dtype == torch.float32 and mkldnn_available()
+    """The fast path exists for fp32 CPU weights (oneDNN for prefill, C++ GEMVs for decode) and
+    bf16 CPU weights (C++ GEMVs with fp32 accumulation for decode when they are built; bf16
+    ``F.linear`` already runs oneDNN on every core for prefill)."""
+    if weight.device.type != "cpu":
+        return False
+    if weight.dtype == torch.float32:
+        return mkldnn_available()
+    return weight.dtype == torch.bfloat16
 
 
 def linear_fn(weight: torch.Tensor, bias: torch.Tensor | None = None, *, fast: bool = False) -> LinearFn:
     """``fn(x[..., d_in]) = x @ weight.T + bias`` with ``weight[d_out, d_in]`` (made contiguous).
 
-    ``fast`` (fp32 CPU only; silently ignored otherwise) runs batches of up to
+    ``fast`` (fp32 or bf16 CPU, see :func:`applicable`; silently ignored otherwise) runs batches of up to
     ``kernels.CPP_DENSE_MAX_ROWS`` rows (decode steps) through the C++ GEMVs of
     :mod:`tda.engine.kernels` — row-major, or input-major for weights that
     :mod:`tda.engine.layouts` converted — and larger ones (prefill) through oneDNN / ``mm``; both
@@ -77,12 +88,14 @@ def linear_fn(weight: torch.Tensor, bias: torch.Tensor | None = None, *, fast: b
         from tda.engine import kernels
 
         ops, max_rows = kernels.cpp_ops(), kernels.CPP_DENSE_MAX_ROWS
+        if b is not None and b.dtype != w.dtype:  # the C++ GEMVs take a bias of the weight's dtype
+            ops = None
     if input_major:
         wt = w.t()
 
         def fn_t(x: torch.Tensor) -> torch.Tensor:
             x2 = x.reshape(-1, x.shape[-1])
-            if ops is not None and x2.shape[0] <= max_rows:
+            if ops is not None and x2.shape[0] <= max_rows and x2.dtype == wt.dtype:
                 y = ops.input_dense(x2 if x2.is_contiguous() else x2.contiguous(), wt, b)
             else:
                 y = torch.mm(x2, wt) if b is None else torch.addmm(b, x2, wt)
@@ -90,16 +103,18 @@ def linear_fn(weight: torch.Tensor, bias: torch.Tensor | None = None, *, fast: b
 
         return fn_t
     if use_fast:
-        op = torch.ops.mkldnn._linear_pointwise
+        # prefill: oneDNN's fp32 linear (stock fp32 F.linear is one-thread MKL); bf16 F.linear is oneDNN
+        big = (lambda x2: torch.ops.mkldnn._linear_pointwise(x2, w, b, "none", [], "")) \
+            if w.dtype == torch.float32 else (lambda x2: F.linear(x2, w, b))
 
         def fn(x: torch.Tensor) -> torch.Tensor:
             x2 = x.reshape(-1, x.shape[-1])
             if not x2.is_contiguous():
                 x2 = x2.contiguous()
-            if ops is not None and x2.shape[0] <= max_rows:
+            if ops is not None and x2.shape[0] <= max_rows and x2.dtype == w.dtype:
                 y = ops.row_dense(x2, w, b)
             else:
-                y = op(x2, w, b, "none", [], "")
+                y = big(x2)
             return y.view(*x.shape[:-1], d_out)
     else:
 
@@ -111,36 +126,47 @@ def linear_fn(weight: torch.Tensor, bias: torch.Tensor | None = None, *, fast: b
 
 
 def norm_fn(mod: nn.Module) -> LinearFn | None:
-    """One fused call for an fp32 CPU RMSNorm module (HF's forward takes ~8 small ops, ~30 us;
-    ~110 norms per Gemma decode step), or None when its variant is not known or the fused result
-    differs from the module's own (checked here on a random input).
+    """One fused call for an fp32 or bf16 CPU RMSNorm module (HF's forward takes ~8 small ops,
+    ~30 us; ~110 norms per Gemma decode step), or None when its variant is not known or the fused
+    result differs from the module's own (checked here on a random input).
 
-    Gemma's norms scale by ``1 + w``, Llama-style ones by ``w`` (the same in fp32). The C++
-    ``rms_norm`` kernel when built, else ``F.rms_norm``.
+    Gemma's norms scale by ``1 + w`` (in fp32), Llama-style ones by ``w`` (in bf16 after rounding
+    the normalised input to bf16: HF's ``weight * h.to(input_dtype)``). fp32: the C++ ``rms_norm``
+    kernel when built, else ``F.rms_norm``; bf16: the C++ ``rms_norm_bf16`` kernel (no fusion
+    without it).
     """
     w = mod.weight.detach()
-    if w.device.type != "cpu" or w.dtype != torch.float32 or placement.is_offloaded(mod):
+    if w.device.type != "cpu" or w.dtype not in FAST_DTYPES or placement.is_offloaded(mod):
         return None
-    if type(mod).__name__.startswith("Gemma") and hasattr(mod, "eps"):
-        scale, eps = (1.0 + w).contiguous(), float(mod.eps)
+    gemma = type(mod).__name__.startswith("Gemma") and hasattr(mod, "eps")
+    if gemma:
+        scale, eps = (1.0 + w.float()).contiguous(), float(mod.eps)
     elif hasattr(mod, "variance_epsilon"):
-        scale, eps = w.contiguous(), float(mod.variance_epsilon)
+        scale, eps = w.float().contiguous(), float(mod.variance_epsilon)
     else:
         return None
     from tda.engine import kernels
 
-    ops, d = kernels.cpp_ops(), scale.shape[0]
+    ops, d, dtype = kernels.cpp_ops(), scale.shape[0], w.dtype
     original = original_forward(mod)
+    if dtype == torch.bfloat16:
+        if ops is None or not hasattr(ops, "rms_norm_bf16"):
+            return None
+        fused = functools.partial(ops.rms_norm_bf16, w=scale, eps=eps, round_normed=not gemma)
+    else:
+        fused = (functools.partial(ops.rms_norm, w=scale, eps=eps) if ops is not None
+                 else functools.partial(F.rms_norm, normalized_shape=(d,), weight=scale, eps=eps))
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[-1] != d:
+        if x.dtype != dtype or x.device.type != "cpu" or x.shape[-1] != d:
             return original(x)
-        x = x if x.is_contiguous() else x.contiguous()
-        return ops.rms_norm(x, scale, eps) if ops is not None else F.rms_norm(x, (d,), scale, eps)
+        return fused(x if x.is_contiguous() else x.contiguous())
 
     with torch.inference_mode():
-        x = torch.randn(3, d, generator=torch.Generator().manual_seed(0))
-        ok = torch.allclose(fn(x), original(x), rtol=1e-5, atol=1e-5)
+        x = torch.randn(3, d, generator=torch.Generator().manual_seed(0)).to(dtype)
+        got, ref = fn(x).float(), original(x).float()
+    ok = torch.allclose(got, ref, rtol=1e-5, atol=1e-5) if dtype == torch.float32 else \
+        bool(((got - ref).abs() <= 1e-2 * ref.abs() + 1e-3).all())  # bf16: one rounding step at most
     return fn if ok else None
 
 
@@ -185,30 +211,44 @@ def refresh_module(module: nn.Module) -> None:
 
 
 def probe(lm) -> bool:
-    """Once per model: does the fast table give the same logits (allclose, same top-1)?"""
+    """Once per model: does the fast table give the same logits (:func:`logits_agree`)?"""
     model = lm.model
     with _LOCK:
         if model in _PROBE:
             return _PROBE[model]
     ok = False
-    if mkldnn_available() and lm.device.type == "cpu" and lm.dtype == torch.float32:
+    if lm.device.type == "cpu" and lm.dtype in FAST_DTYPES and applicable(next(model.parameters())):
         ids = torch.tensor([[i % 50 + 3 for i in range(7)]], device=lm.device)
         with torch.inference_mode():
             ref = model(input_ids=ids, use_cache=False).logits.float()
             with linear_overrides(dense_table(model, fast=True)):
                 got = model(input_ids=ids, use_cache=False).logits.float()
-        scale = float(ref.abs().max().clamp_min(1.0))
-        ok = bool(torch.allclose(got, ref, rtol=1e-3, atol=1e-4 * scale)) and bool(
-            (got.argmax(-1) == ref.argmax(-1)).all()
-        )
+        ok = logits_agree(got, ref, lm.dtype)
     with _LOCK:
         _PROBE[model] = ok
     return ok
 
 
+def logits_agree(got: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> bool:
+    """``got`` and ``ref`` logits ``[..., vocab]`` agree: allclose at the dtype's precision (fp32:
+    1e-3 relative; bf16: summation-order differences grow through the layers, 5e-2) and, at every
+    position, ``got``'s top-1 is ``ref``'s (fp32) or within the tolerance of ``ref``'s maximum
+    (bf16 logits tie at its 8-bit precision)."""
+    scale = float(ref.abs().max().clamp_min(1.0))
+    if dtype == torch.float32:
+        return bool(torch.allclose(got, ref, rtol=1e-3, atol=1e-4 * scale)) and bool(
+            (got.argmax(-1) == ref.argmax(-1)).all())
+    tol = 5e-2 * scale
+    if not torch.allclose(got, ref, rtol=5e-2, atol=tol):
+        return False
+    top = ref.gather(-1, got.argmax(-1, keepdim=True)).squeeze(-1)
+    return bool((top >= ref.amax(-1) - tol).all())
+
+
 def use_fast(lm, fast: bool | None = True) -> bool:
-    """Whether to route ``lm``'s linears through oneDNN: asked for, applicable and probed equal."""
+    """Whether to route ``lm``'s linears through the fast dense path (fp32 or bf16 on CPU): asked
+    for, applicable and probed equal."""
     if fast is False:
         return False
-    return (lm.device.type == "cpu" and lm.dtype == torch.float32 and not placement.has_offload(lm.model)
+    return (lm.device.type == "cpu" and lm.dtype in FAST_DTYPES and not placement.has_offload(lm.model)
             and probe(lm))

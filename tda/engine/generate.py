@@ -7,6 +7,11 @@ prefill, so it lets the method build its decode functions (masks and slices once
 thresholds and sparse kernels for token-wise methods) and switches the session to decode; it
 also timestamps prefill and decode.
 
+Around Hugging Face's loop the engine keeps the step lean: a KV cache written in place
+(:mod:`tda.engine.kvcache`), one fused attention call per layer at decode steps on the fast path
+(:mod:`tda.engine.attention`), long prompts prefilled in chunks within the memory budget
+(:func:`chunked_prefill`, capture's chunking), and a thread policy (:mod:`tda.engine.threads`).
+
 The method and its settings travel in one :class:`~tda.engine.config.SparsityConfig`
 (``generate(lm, prompts, SparsityConfig("teal", density=0.5))``), or as a method name plus the
 same fields as keywords (``generate(lm, prompts, "griffin", density=0.5)``). Methods live in
@@ -22,6 +27,8 @@ from dataclasses import dataclass, field
 import torch
 
 from tda.common.errors import BadInput
+from tda.engine import kvcache
+from tda.engine import threads as thread_policy
 from tda.engine.config import SparsityConfig, as_config
 from tda.engine.methods.registry import get_method, method_names
 from tda.engine.methods.thresholds import calibrated_cett
@@ -146,17 +153,51 @@ def stop_ids(lm, extra: list[int] | None = None) -> list[int]:
     return out
 
 
+def prefill_chunk(lm, input_ids: torch.Tensor, attn: torch.Tensor, max_new_tokens: int) -> int:
+    """Prompt tokens per prefill forward: the budget's plan (:func:`tda.activations.budget.prefill_plan`,
+    the chunking capture uses) for unpadded prompts; a padded batch runs in one forward (checked
+    against the budget). A one-line BadInput when it does not fit."""
+    from tda.activations.budget import check_generation, prefill_plan
+
+    B, T = input_ids.shape
+    if bool(attn.all()):
+        return prefill_plan(lm, T, max_new_tokens, batch=B).chunk
+    check_generation(lm, T, max_new_tokens, batch=B)
+    return T
+
+
+def chunked_prefill(lm, input_ids: torch.Tensor, attn: torch.Tensor, chunk: int, session: SparseSession | None,
+                    cache) -> None:
+    """When the prompt is longer than ``chunk``: all its positions but the last through ``cache``,
+    ``chunk`` per forward (:func:`tda.activations.capture.forward_chunks`), the session's prefill
+    statistics gathered window by window; ``generate``'s own prefill is then the last position."""
+    from tda.activations.capture import forward_chunks
+
+    T = input_ids.shape[1]
+    if chunk >= T:
+        return
+    window = session.prefill_window if session is not None else None
+    forward_chunks(lm, input_ids[:, :-1], chunk, attention_mask=attn[:, :-1], cache=cache, on_chunk=window)
+    if session is not None:
+        session.prefill_window(T - 1, T)
+
+
 def generate(lm, prompts: str | list[str], method: str | SparsityConfig = "dense", *,
              max_new_tokens: int = 32, min_new_tokens: int | None = None, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-             stop_token_ids: list[int] | None = None, stock: bool = False, **sparsity) -> GenerationResult:
+             stop_token_ids: list[int] | None = None, stock: bool = False, chunk: int | None = None,
+             threads: str | int | None = None, **sparsity) -> GenerationResult:
     """Generate from ``prompts`` with a sparse method at every decode step (see the module doc).
 
     ``method``: a :class:`SparsityConfig`, or a method name with its fields as keywords
     (``density``, ``cett``, ``thresholds``, ``lm_head_density``, ``fast``, ``batch_mode``,
     ``mask_seed``, ``calibration_texts``, ``griffin_reference``). ``stock=True`` is plain Hugging Face ``generate`` with
     no override at all (the baseline a user has today); ``fast`` routes fp32 CPU linears through
-    oneDNN when a probe agrees.
+    oneDNN when a probe agrees. Long prompts prefill in chunks through the KV cache within the
+    memory budget (:func:`prefill_chunk`); ``chunk`` forces the chunk size (tests, benchmarks).
+    ``threads``: ``all`` cores, ``auto`` (the cores free when it starts: robust beside a busy
+    neighbour; every core on a quiet machine) or a count; default ``$TDA_THREADS`` or ``auto``
+    (:mod:`tda.engine.threads`).
     """
     from transformers import GenerationConfig, LogitsProcessorList
 
@@ -169,10 +210,12 @@ def generate(lm, prompts: str | list[str], method: str | SparsityConfig = "dense
         raise BadInput(f"max-new-tokens must be an integer >= 1, got {max_new_tokens}")
     if stock and cfg.method != "dense":
         raise BadInput("stock generation is dense only")
+    threads = thread_policy.check_policy(threads)
     input_ids, attn, prompt_ids = encode_batch(lm, list(prompts), max_new_tokens)
-    from tda.activations.budget import check_generation
-
-    check_generation(lm, int(input_ids.shape[1]), max_new_tokens, batch=len(prompts))  # before any work
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise BadInput(f"chunk must be a positive integer, got {chunk}")
+    planned = prefill_chunk(lm, input_ids, attn, max_new_tokens)  # checks the budget before any work
+    chunk = min(chunk, planned) if chunk is not None else planned
     session = None if stock else SparseSession(lm, cfg)
     clock = _StepClock(session if session is not None and cfg.method != "dense" else None, lm.device)
     stops = stop_ids(lm, stop_token_ids)
@@ -192,15 +235,21 @@ def generate(lm, prompts: str | list[str], method: str | SparsityConfig = "dense
     ctx = session.active() if session is not None else contextlib.nullcontext()
     rng = torch.random.fork_rng(devices=[lm.device] if lm.device.type == "cuda" else []) if seed is not None \
         else contextlib.nullcontext()
-    with rng, ctx, torch.inference_mode():
+    with rng, thread_policy.threads(threads) as n_threads, ctx, torch.inference_mode():
         if seed is not None:
             torch.manual_seed(int(seed))
         if session is not None:
             session.begin(input_ids, attn)
         sync(lm.device)
         t0 = time.perf_counter()
+        # stock: Hugging Face's own cache; else one written in place (no per-step cat of the whole cache)
+        cache = None if stock else kvcache.new_cache(lm, int(input_ids.shape[1]) + max_new_tokens)
+        if cache is not None or chunk < input_ids.shape[1]:
+            cache = cache if cache is not None else lm.new_cache()
+            chunked_prefill(lm, input_ids, attn, chunk, session, cache)
         out = lm.model.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg,
-                                logits_processor=LogitsProcessorList(processors))
+                                logits_processor=LogitsProcessorList(processors),
+                                **(lm.cache_kw(cache) if cache is not None else {}))
         sync(lm.device)
         t1 = time.perf_counter()
     new = out[:, input_ids.shape[1]:].tolist()
@@ -217,7 +266,7 @@ def generate(lm, prompts: str | list[str], method: str | SparsityConfig = "dense
         "decode_s": decode_s, "decode_steps": max(n_steps - 1, 0),
         "decode_ms_per_token": 1000 * decode_s / (n_steps - 1) if n_steps > 1 else float("nan"),
         "total_s": t1 - t0, "new_tokens": n_steps, "prompt_tokens": int(input_ids.shape[1]),
-        "batch": len(prompts),
+        "batch": len(prompts), "prefill_chunk": chunk, "threads": n_threads,
     }
     dens, per = session.densities() if session is not None else (1.0, [[1.0] * lm.ffn.n_layers] * len(prompts))
     params = {**cfg.to_dict(), "fast": bool(session.fast) if session else False, "stock": stock,

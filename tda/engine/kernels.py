@@ -132,12 +132,21 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def _compile_flags() -> list[str]:
-    """-O3, plus AVX2/FMA/F16C when this x86 CPU has them (part of the cache key)."""
+def _compile_flags(cpu: set[str] | None = None) -> list[str]:
+    """-O3, plus AVX2/FMA/F16C when this x86 CPU has them, AVX-512 (F, BW, VL; 512-bit vectors
+    preferred) when it has those too, and AVX-512 BF16 on top. Part of the cache key, so a
+    library built on another CPU is never loaded. ``cpu``: the CPU's flags (default: this one's).
+    ``TDA_KERNELS_ISA=avx2`` caps the level at AVX2 (to compare builds side by side)."""
     flags = ["-O3", "-fopenmp"]
+    have = _cpu_flags() if cpu is None else set(cpu)
     x86 = platform.machine().lower() in ("x86_64", "amd64")
-    if x86 and {"avx2", "fma", "f16c"} <= _cpu_flags():
+    wide = os.environ.get("TDA_KERNELS_ISA", "auto").strip().lower() != "avx2"
+    if x86 and {"avx2", "fma", "f16c"} <= have:
         flags += ["-mavx2", "-mfma", "-mf16c"]
+        if wide and {"avx512f", "avx512bw", "avx512vl"} <= have:
+            flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mprefer-vector-width=512"]
+            if "avx512_bf16" in have:
+                flags += ["-mavx512bf16"]
     return flags
 
 

@@ -18,9 +18,10 @@ import time
 import torch
 
 from tda.engine import fastpath
+from tda.engine.attention import decode_attention
 from tda.engine.config import SparsityConfig, as_config
 from tda.engine.methods.registry import get_method
-from tda.models.dispatch import linear_overrides
+from tda.models.dispatch import attention_override, linear_overrides
 
 
 def sync(device: torch.device) -> None:
@@ -48,6 +49,7 @@ class SparseSession:
 
             self.head = LMHead(self)
         self.phase = "prefill"
+        self.lean = False  # set by begin() for an unpadded batch
         self.mask_s = 0.0
         self.B, self.T = 1, 0
         self._decode: dict[int, object] = {}
@@ -95,9 +97,16 @@ class SparseSession:
 
         return fn
 
+    def _attention(self, mod, *args, **kwargs):
+        """The lean decode-step attention (:mod:`tda.engine.attention`) for unpadded batches on the
+        fast path; None (HF's own attention) otherwise."""
+        if not self.lean:
+            return None
+        return decode_attention(mod, *args, **kwargs)
+
     @contextlib.contextmanager
     def active(self):
-        with linear_overrides(self.table()):
+        with linear_overrides(self.table()), attention_override(self._attention if self.fast else None):
             yield self
 
     # ----- phases ----------------------------------------------------------------------------------
@@ -116,12 +125,20 @@ class SparseSession:
             is_bos = (input_ids[rows, first] == bos) & (am.sum(dim=1) > 1)
             use[rows[is_bos], first[is_bos]] = False
         self.B, self.T = B, T
-        self.use = use.float()
-        self.n_used = self.use.sum(dim=1).clamp_min(1.0)  # [B]
+        self.lean = bool(am.all())  # left padding needs HF's masked attention
+        self._use_all = self.use = use.float()
+        self.n_used = self.use.sum(dim=1).clamp_min(1.0)  # [B], over the whole prompt
         self.phase = "prefill"
         self._decode = {}
         for part in self._parts():
             part.begin()
+
+    def prefill_window(self, start: int, end: int) -> None:
+        """The next prefill forward runs prompt positions ``[start, end)`` only (chunked prefill):
+        ``T`` and ``use`` describe that window, ``n_used`` still counts the whole prompt, and the
+        methods' prefill hooks add each window's share to their statistics."""
+        self.T = end - start
+        self.use = self._use_all[:, start:end]
 
     def finish_prefill(self) -> None:
         """Build the method's decode functions from the prefill (once); switch to decode."""

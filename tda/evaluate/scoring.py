@@ -19,11 +19,11 @@ def continuation_logits(lm, ids: list[int], n_prefix: int, session: SparseSessio
     with session.active(), torch.inference_mode():
         session.begin(prefix)
         cache = lm.new_cache()
-        out = lm.model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = lm.model(input_ids=prefix, use_cache=True, **lm.cache_kw(cache), logits_to_keep=1)
         session.finish_prefill()
         logits = [out.logits[0, -1:].float()]
         if cont.shape[1]:
-            out2 = lm.model(input_ids=cont, past_key_values=out.past_key_values, use_cache=True)
+            out2 = lm.model(input_ids=cont, use_cache=True, **lm.cache_kw(cache))
             logits.append(out2.logits[0].float())
     return torch.cat(logits)
 

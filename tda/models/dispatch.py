@@ -25,6 +25,7 @@ LinearFn = Callable[[torch.Tensor], torch.Tensor]
 _OVERRIDES: contextvars.ContextVar[Mapping[int, LinearFn] | None] = contextvars.ContextVar(
     "tda_linear_overrides", default=None
 )
+_ATTENTION: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("tda_attention_override", default=None)
 _LOCK = threading.Lock()
 
 
@@ -69,7 +70,41 @@ def instrument(model: nn.Module) -> nn.Module:
                 mod.forward = forward
                 setattr(mod, flag, True)
                 mod._tda_original_forward = original
+        for mod in model.modules():
+            if is_attention(mod) and not getattr(mod, "_tda_attn_instrumented", False):
+                original = mod.forward
+
+                def attn_forward(*args, _original=original, _mod=mod, **kwargs):
+                    fn = _ATTENTION.get()
+                    if fn is not None:
+                        out = fn(_mod, *args, **kwargs)
+                        if out is not None:
+                            return out
+                    return _original(*args, **kwargs)
+
+                mod.forward = attn_forward
+                mod._tda_attn_instrumented = True
+                mod._tda_original_forward = original
     return model
+
+
+def is_attention(mod: nn.Module) -> bool:
+    """A self-attention module of the Llama/Gemma shape (``q_proj``/``k_proj``/``v_proj``/``o_proj``,
+    ``head_dim``, ``layer_idx``), whose decode step :func:`attention_override` may replace."""
+    return (type(mod).__name__.endswith("Attention") and all(
+        isinstance(getattr(mod, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        and hasattr(mod, "head_dim") and hasattr(mod, "layer_idx"))
+
+
+@contextlib.contextmanager
+def attention_override(fn: Callable | None) -> Iterator[None]:
+    """Within the block (this context only), every instrumented attention module calls
+    ``fn(module, *args, **kwargs)`` first and uses its result unless it is None (then its own forward)."""
+    token = _ATTENTION.set(fn)
+    try:
+        yield
+    finally:
+        _ATTENTION.reset(token)
 
 
 def original_forward(module: nn.Module) -> LinearFn:

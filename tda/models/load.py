@@ -12,6 +12,7 @@ Specs
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,26 @@ DEFAULT_MODEL = specs.DEFAULT_MODEL
 TINY_SPECS = specs.TINY_SPECS
 RANDOM_PRESETS = specs.RANDOM_PRESETS  # real shapes, random weights: for timing only
 list_specs = specs.list_specs
+
+
+def cache_kwarg(model) -> str:
+    """The keyword a model's forward takes its KV cache by: ``cache`` (transformers >= 5.24 asks
+    for it; ``past_key_values`` is removed in 5.40) or ``past_key_values`` (older 5.x)."""
+    return _cache_kwarg_of(type(model))
+
+
+@functools.lru_cache(maxsize=64)
+def _cache_kwarg_of(cls) -> str:
+    import inspect
+
+    fwd = getattr(cls, "forward", None)
+    try:
+        params = inspect.signature(fwd).parameters if fwd is not None else {}
+    except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
+        params = {}
+    return "cache" if "cache" in params else "past_key_values"
+
+
 DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,
@@ -95,6 +116,10 @@ class LoadedModel:
             return DynamicCache(config=self.model.config)
         except TypeError:  # older transformers
             return DynamicCache()
+
+    def cache_kw(self, cache) -> dict:
+        """``{name: cache}`` for a forward or ``generate`` call: :func:`cache_kwarg` of this model."""
+        return {cache_kwarg(self.model): cache}
 
     def info(self) -> dict:
         return {

@@ -459,3 +459,5 @@ TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
   m.impl("rms_norm", &rms_norm);
   m.impl("input_sparse_topk", &input_sparse_topk);
 }
+
+#include "rms_norm_bf16.h"  // torch.ops.tda_kernels.rms_norm_bf16 (a fragment of this library)

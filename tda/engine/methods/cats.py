@@ -60,7 +60,8 @@ class CATS(TokenWise):
 
         def fn(x):
             g = dense(x)
-            keep = act(g).abs() >= tau  # [..., d_ff]
+            a = act(g).abs()
+            keep = (a if a.dtype in (torch.float32, torch.float64) else a.float()) >= tau  # [..., d_ff]; tau never rounded to bf16
             state["keep"] = state["keep_down"] = keep.reshape(-1, keep.shape[-1])
             return g
 

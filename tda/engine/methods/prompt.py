@@ -47,9 +47,11 @@ class PromptMask(Method):
         w = s.use.to(a.device)[:, :, None]
         if self.statistic == "griffin":
             rows = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            self.stats[L] = (rows.pow(2) * w).sum(dim=1)  # [B, d_ff]
+            part = (rows.pow(2) * w).sum(dim=1)  # [B, d_ff]
         else:
-            self.stats[L] = (a.pow(2) * w).sum(dim=1) / s.n_used.to(a.device)[:, None]
+            part = (a.pow(2) * w).sum(dim=1) / s.n_used.to(a.device)[:, None]
+        prev = self.stats.get(L)  # a chunked prefill adds each window's share
+        self.stats[L] = part if prev is None else prev + part
 
     # ----- masks ---------------------------------------------------------------------------------
     def row_mask(self, acts: torch.Tensor | None) -> NeuronMask:

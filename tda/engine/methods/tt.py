@@ -46,7 +46,8 @@ class TT(TokenWise):
         norms = self.lm.ffn.down_norms(L).float().to(a.device)
         rel = (a.abs() * norms / max(self.thresholds[L], 1e-12))[w].flatten()
         step = max(1, rel.numel() // 65536)
-        self.samples[L] = rel[::step].cpu()
+        prev = self.samples.get(L)  # a chunked prefill adds each window's sample
+        self.samples[L] = rel[::step].cpu() if prev is None else torch.cat([prev, rel[::step].cpu()])
 
     def cutoffs(self) -> list[torch.Tensor | None]:
         """Per layer ``cut[i] = s·t_L/‖W_down[:, i]‖`` (``None`` at density 1: keep everything)."""

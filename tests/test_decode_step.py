@@ -1,0 +1,94 @@
+"""The leaner decode step (issue 17, point 1): one fused attention call per layer at decode steps
+(tda.engine.attention), used by dense and by every method on the fast path. Greedy fp32 tokens stay
+identical to stock Hugging Face ``generate``; sampling with a seed too; padded batches and the
+families it does not cover keep HF's attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tda.engine import attention
+from tda.engine.generate import generate
+from tests.conftest import TINY
+
+PROMPTS = ["the quick brown fox jumps over the lazy dog and", "one two three four five six seven eight nine ten"]
+LEAN = ("tiny-llama", "tiny-gemma3", "tiny-qwen3", "tiny-mistral")
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """How many decode-step attentions the lean path computed."""
+    n = [0]
+    orig = attention.decode_attention
+
+    def spy(*a, **k):
+        out = orig(*a, **k)
+        n[0] += out is not None
+        return out
+
+    monkeypatch.setattr("tda.engine.session.decode_attention", spy)
+    return n
+
+
+@pytest.mark.parametrize("spec", TINY)
+def test_greedy_tokens_equal_stock_hf(load_tiny, spec, calls):
+    lm = load_tiny(spec)
+    for p in PROMPTS:
+        ref = generate(lm, p, max_new_tokens=24, min_new_tokens=24, stock=True)
+        got = generate(lm, p, max_new_tokens=24, min_new_tokens=24)
+        assert got.params["fast"] and got.token_ids == ref.token_ids, (spec, p)
+    layers = lm.model.config.num_hidden_layers
+    if spec in LEAN:  # 23 decode steps per prompt, every layer (tiny-gemma3's window of 16 passed)
+        assert calls[0] == 2 * 23 * layers
+    else:
+        assert calls[0] == 0
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3"])
+def test_sampling_with_a_seed_equals_stock_hf(load_tiny, spec, calls):
+    lm = load_tiny(spec)
+    kw = dict(max_new_tokens=12, do_sample=True, temperature=0.9, top_k=20, top_p=0.95, seed=7)
+    assert generate(lm, PROMPTS[0], **kw).token_ids == generate(lm, PROMPTS[0], stock=True, **kw).token_ids
+    assert calls[0] > 0
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3"])
+def test_one_step_logits_match_eager(load_tiny, spec):
+    from tda.models.dispatch import attention_override
+
+    lm = load_tiny(spec)
+    ids = torch.tensor([lm.tokenizer(PROMPTS[1] * 2).input_ids])
+    with torch.inference_mode():
+        outs = []
+        for fn in (None, attention.decode_attention):
+            cache = lm.new_cache()
+            lm.model(input_ids=ids[:, :-1], use_cache=True, **lm.cache_kw(cache))
+            with attention_override(fn):
+                outs.append(lm.model(input_ids=ids[:, -1:], use_cache=True, **lm.cache_kw(cache)).logits)
+    assert ids.shape[1] > 17  # past tiny-gemma3's sliding window
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_padded_batch_keeps_hf_attention(tiny_llama, calls):
+    ref = generate(tiny_llama, PROMPTS + ["a b"], max_new_tokens=8, min_new_tokens=8, stock=True)
+    got = generate(tiny_llama, PROMPTS + ["a b"], max_new_tokens=8, min_new_tokens=8)
+    assert got.token_ids == ref.token_ids and calls[0] == 0
+
+
+@pytest.mark.parametrize("method", ["griffin", "teal", "tt", "cats"])
+def test_methods_use_the_lean_step(tiny_llama, calls, method):
+    a = generate(tiny_llama, PROMPTS[0], method, density=0.5, max_new_tokens=8, min_new_tokens=8)
+    assert calls[0] > 0
+    calls[0] = 0
+    b = generate(tiny_llama, PROMPTS[0], method, density=0.5, max_new_tokens=8, min_new_tokens=8, fast=False)
+    assert calls[0] == 0 and len(a.token_ids[0]) == len(b.token_ids[0]) == 8
+
+
+@pytest.mark.slow
+def test_gemma_greedy_tokens_equal_stock_hf(gemma, calls):
+    for p in ("The capital of France is", "Once upon a time, in a small village by the sea,"):
+        ref = generate(gemma, p, max_new_tokens=32, min_new_tokens=32, stock=True)
+        got = generate(gemma, p, max_new_tokens=32, min_new_tokens=32)
+        assert got.token_ids == ref.token_ids, p
+    assert calls[0] > 0
