@@ -46,7 +46,7 @@ class CATS(TokenWise):
         for L, d in enumerate(self.layer_densities()):
             gate, up = ffn.in_modules(L)
             down = ffn.out_module(L)
-            tau = cal.threshold(f"gate_act.{L}", d)
+            tau = self.gate_cut(cal, L, d)
             state: dict = {}
             table[gate] = self._gate_fn(L, gate, tau, state)
             table[up] = self._up_fn(up, state)
@@ -55,7 +55,11 @@ class CATS(TokenWise):
                 self.counters[id(up)] = (up, self.counters[id(down)][1])
         return table
 
-    def _gate_fn(self, L: int, gate, tau: float, state: dict):
+    def gate_cut(self, cal, L: int, density: float):
+        """The cut on ``|act(gate)|`` of layer ``L``: one number (CATS) or one per channel."""
+        return cal.threshold(f"gate_act.{L}", density)
+
+    def _gate_fn(self, L: int, gate, tau, state: dict):
         dense, act = self.dense_fn(gate), self.lm.ffn.act_fn(L)
 
         def fn(x):
