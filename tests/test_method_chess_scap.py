@@ -322,7 +322,7 @@ def test_chess_generation_matches_the_reference():
     lm = load_model("tiny-llama")  # fresh: another test's methods may have made W_up input-major
     texts = _long_texts(lm)
     res = generate(lm, PROMPTS[2], "chess", density=DENSITY, calibration_texts=texts, fast=False,
-                   max_new_tokens=8, min_new_tokens=8)
+                   max_new_tokens=6, min_new_tokens=6)
     cal = channel_thresholds(lm, SparsityConfig("chess", density=DENSITY, calibration_texts=texts))
     fresh = load_model("tiny-llama")  # a private copy: its modules get replaced
     mlps, masks = [], []
@@ -335,7 +335,7 @@ def test_chess_generation_matches_the_reference():
             masks.append(wrapper)
     ids = torch.tensor([fresh.tokenizer(PROMPTS[2]).input_ids])
     with torch.inference_mode():
-        out = fresh.model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False,
+        out = fresh.model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False,
                                    pad_token_id=fresh.tokenizer.pad_token_id)
     assert res.token_ids[0] == out[0, ids.shape[1]:].tolist()
     # bytes read: gate in full, up and down at the kept channels; q and o at the kept inputs, k and v in full
@@ -392,7 +392,7 @@ def test_scap_matches_the_reference(load_tiny, spec):
     texts = _long_texts(lm)
     cfg = SparsityConfig("scap", density=DENSITY, calibration_texts=texts, fast=False)
     cal = scap_calibration(lm, cfg)
-    res = generate(lm, PROMPTS[2], cfg, max_new_tokens=8, min_new_tokens=8)
+    res = generate(lm, PROMPTS[2], cfg, max_new_tokens=6, min_new_tokens=6)
 
     fresh = load_model(spec)
     ffn, names = fresh.ffn, module_names(fresh.model)
@@ -414,7 +414,7 @@ def test_scap_matches_the_reference(load_tiny, spec):
         h.calibrating = False
     ids = torch.tensor([fresh.tokenizer(PROMPTS[2]).input_ids])
     with torch.inference_mode():
-        out = fresh.model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False,
+        out = fresh.model.generate(ids, max_new_tokens=6, min_new_tokens=6, do_sample=False,
                                    pad_token_id=fresh.tokenizer.pad_token_id)
     assert res.token_ids[0] == out[0, ids.shape[1]:].tolist()
     fractions = [sum(h.kept) / (len(h.kept) * module_weight(h.linear).shape[1]) for _, h in hooks.values()]
