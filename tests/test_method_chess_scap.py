@@ -28,8 +28,8 @@ from torch import nn
 from tda.common.errors import BadInput
 from tda.engine.config import SparsityConfig
 from tda.engine.generate import generate
-from tda.engine.session import SparseSession
 from tda.models.dispatch import linear_overrides, module_weight
+from tests.test_methods import _decode_table, _x
 
 FAMILIES = ("tiny-llama", "tiny-gemma3", "tiny-gpt2", "tiny-opt", "tiny-qwen3", "tiny-mistral")
 GATED = ("tiny-llama", "tiny-gemma3", "tiny-qwen3", "tiny-mistral")
@@ -50,22 +50,6 @@ def _long_texts(lm, n: int = 4) -> list[str]:
     texts = [t for t in load_texts() if len(lm.tokenizer(t).input_ids) >= 128][:n]
     assert len(texts) == n
     return texts
-
-
-def _decode_table(lm, cfg: SparsityConfig, prompt: str = PROMPTS[2]):
-    """A session after its prefill: ``(session, {module: decode fn})``."""
-    sess = SparseSession(lm, cfg)
-    ids = torch.tensor([lm.tokenizer(prompt).input_ids])
-    with sess.active(), torch.inference_mode():
-        sess.begin(ids)
-        lm.model(input_ids=ids, use_cache=False)
-        sess.finish_prefill()
-    mods = {id(m): m for m in lm.model.modules()}
-    return sess, {mods[k]: fn for k, fn in sess._decode.items()}
-
-
-def _x(n, d, seed):
-    return torch.randn(n, 1, d, generator=torch.Generator().manual_seed(seed))
 
 
 # ----- registry, CLI, errors ---------------------------------------------------------------------------
