@@ -49,20 +49,22 @@ class CHESS(CATS):
     def modules(self):
         return super().modules() + self.attention()
 
-    def gate_cut(self, cal, L: int, density: float):
+    def gate_cut(self, L: int, density: float):
+        if density >= 1.0:  # every channel (nothing to calibrate)
+            return 0.0
         return channel_thresholds(self.lm, self.cfg).chess_cuts(L, density).to(self.lm.ffn.device(L))
 
     def build(self):
-        table = super().build()
-        cal, d = channel_thresholds(self.lm, self.cfg), self.cfg.density
+        table, d = super().build(), self.cfg.density
+        cal = channel_thresholds(self.lm, self.cfg) if d < 1.0 else None
         for L, layer in enumerate(self.lm.ffn.layers):
             for m, role in zip(attention_projections(layer), ("q", "o")):
-                table[m] = self.threshold_fn(m, None if d >= 1.0 else cal.threshold(f"chess.{role}.{L}", d))
+                table[m] = self.threshold_fn(m, None if cal is None else cal.threshold(f"chess.{role}.{L}", d))
         return table
 
 
 def channel_thresholds(lm, cfg):
-    """CHESS's and SCAP's calibration (:class:`tda.masks.channel_thresholds.ChannelThresholds`, cached)."""
+    """CHESS's calibration (:class:`tda.masks.channel_thresholds.ChannelThresholds`, cached)."""
     from tda.masks.channel_thresholds import load_or_calibrate_channels
 
     return load_or_calibrate_channels(lm, None if cfg.calibration_texts is None else list(cfg.calibration_texts))

@@ -4,7 +4,7 @@ activation pruning — mode-centred magnitude thresholds on the inputs of the FF
 At each FFN linear (gate and up, or the one input projection, and down), with ``c`` the mode of
 its input's calibration distribution and ``τ`` the ``1 - density`` quantile of ``|x - c|``::
 
-    y = W·[(x - c)·(|x - c| ≥ τ)] + (b + W·c)
+    y = W·[(x - c)·(|x - c| > τ)] + (b + W·c)
 
 — the input-sparse kernel (:func:`tda.engine.tokenwise.threshold_linear`) on the shifted input,
 with ``W·c`` folded into the bias once (exactly ``W·x + b`` when every entry is kept; density 1
