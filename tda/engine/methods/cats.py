@@ -41,12 +41,11 @@ class CATS(TokenWise):
 
     def build(self):
         ffn = self.lm.ffn
-        cal = input_thresholds(self.lm, self.cfg)
         table = {}
         for L, d in enumerate(self.layer_densities()):
             gate, up = ffn.in_modules(L)
             down = ffn.out_module(L)
-            tau = cal.threshold(f"gate_act.{L}", d)
+            tau = self.gate_cut(L, d)
             state: dict = {}
             table[gate] = self._gate_fn(L, gate, tau, state)
             table[up] = self._up_fn(up, state)
@@ -55,7 +54,11 @@ class CATS(TokenWise):
                 self.counters[id(up)] = (up, self.counters[id(down)][1])
         return table
 
-    def _gate_fn(self, L: int, gate, tau: float, state: dict):
+    def gate_cut(self, L: int, density: float):
+        """The cut on ``|act(gate)|`` of layer ``L``: one number (CATS) or one per channel."""
+        return input_thresholds(self.lm, self.cfg).threshold(f"gate_act.{L}", density)
+
+    def _gate_fn(self, L: int, gate, tau, state: dict):
         dense, act = self.dense_fn(gate), self.lm.ffn.act_fn(L)
 
         def fn(x):
