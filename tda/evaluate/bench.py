@@ -306,18 +306,26 @@ def format_table(result: dict) -> str:
         f"model {result['model']['model_id']} ({result['model']['dtype']}, {result['model'].get('device', '')}), "
         f"prompt {result['prompt_tokens']} tokens, {result['new_tokens']} new tokens, "
         f"densit{'y' if len(dens) == 1 else 'ies'} {', '.join(f'{d:g}' for d in dens if d is not None)}, "
-        f"{result['rounds']} rounds"
+        f"{result.get('rounds_run', result['rounds'])} rounds"
+        + (f" (stopped early at ±{100 * result['target_ci']:.0f}%)" if result.get("stopped_early") else "")
         + (f", streaming read {bw:.1f} GB/s ({result['machine'].get('torch_threads')} threads)"
            if bw is not None and bw == bw else ""),
         "",
-        "| method | density run | prefill ms | decode ms/token | decode speedup vs dense | MB read/step | ceiling "
+        "| method | density run | prefill ms | decode ms/token | decode speedup vs dense [95%] | MB read/step | ceiling "
         "| fraction of ceiling gain | roofline ms/token | % of roofline | % per round |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, r in result["results"].items():
         extra = f" ({r['decode_speedup_vs_stock']:.2f}x vs stock)" if "decode_speedup_vs_stock" in r else ""
         rounds = r.get("decode_speedup_rounds") or []
-        spread = f" [{min(rounds):.2f}–{max(rounds):.2f}]" if len(rounds) > 1 and m != "dense" else ""
+        lo, hi = r.get("decode_speedup_lo"), r.get("decode_speedup_hi")
+        if m == "dense":
+            spread = ""
+        elif lo is not None and hi is not None:  # the 95% interval over paired rounds
+            spread = f" [{lo:.2f}, {hi:.2f}]" + (f" re-measured {r['remeasured']}×" if r.get("remeasured") else "") \
+                + (" ABOVE CEILING" if r.get("above_ceiling") else "")
+        else:  # older results: the range over rounds
+            spread = f" [{min(rounds):.2f}–{max(rounds):.2f}]" if len(rounds) > 1 else ""
         frac = r.get("fraction_of_ceiling_gain")
         mb = r.get("bytes_per_step")
         lines.append(
