@@ -138,7 +138,7 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
 
     Returns ``{"results": {label: row}, "bandwidth": {...}, ...}``. Each row: medians of the timings,
     ``decode_speedup_vs_dense`` (median over rounds of dense-neighbours ÷ variant, all in
-    ``decode_speedup_rounds``) with its 95% interval ``decode_speedup_lo``/``_hi``, the density
+    ``decode_speedup_rounds``) with its 95% interval ``speedup_lo``/``_hi``, the density
     actually run, the read fractions (engine-reported or :func:`tda.evaluate.ceiling.default_read_fraction`),
     bytes read per step, their ceiling (``remeasured``/``above_ceiling`` when a speedup's interval
     lay above it), and the roofline ``bytes / bandwidth`` with the share of it reached. The
@@ -227,8 +227,8 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
             "decode_ms_per_token_all": dec,
             "total_s": _median([t["total_s"] for t in runs[m]]),
             "decode_speedup_vs_dense": sp,
-            "decode_speedup_lo": sp_lo,
-            "decode_speedup_hi": sp_hi,
+            "speedup_lo": sp_lo,
+            "speedup_hi": sp_hi,
             "decode_speedup_rounds": paired,
             "total_speedup_vs_dense": _median(paired_total),
             "density": dens_run,
@@ -318,7 +318,7 @@ def format_table(result: dict) -> str:
     for m, r in result["results"].items():
         extra = f" ({r['decode_speedup_vs_stock']:.2f}x vs stock)" if "decode_speedup_vs_stock" in r else ""
         rounds = r.get("decode_speedup_rounds") or []
-        lo, hi = r.get("decode_speedup_lo"), r.get("decode_speedup_hi")
+        lo, hi = r.get("speedup_lo"), r.get("speedup_hi")
         if m == "dense":
             spread = ""
         elif lo is not None and hi is not None:  # the 95% interval over paired rounds

@@ -35,7 +35,7 @@ from tda.evaluate.verdicts import (
 VALUE_KEYS = tuple(k for m in METRICS for k in (m, f"{m}_lo", f"{m}_hi"))
 QUALITY_KEYS = (*VALUE_KEYS, "mc_items", "cloze_items", "gen_items")
 COLUMNS = ("method", "density_target", "density_run", "decode_ms_per_token", "decode_speedup", "speedup_lo",
-           "speedup_hi", "speedup_rounds", "remeasured", "ceiling", "bytes_per_step", "read_ffn", "read_other",
+           "speedup_hi", "speedup_rounds", "remeasured", "above_ceiling", "ceiling", "bytes_per_step", "read_ffn", "read_other",
            "read_lm_head", "roofline_ms", "roofline_pct", "pareto", *QUALITY_KEYS, *delta_columns())
 
 
@@ -71,7 +71,7 @@ def join_rows(bench: dict, quality: dict, *, boot_iters: int = 1000, seed: int =
             "method": r["method"], "density_target": r.get("density_target"), "density_run": r.get("density"),
             "decode_ms_per_token": r.get("decode_ms_per_token"),
             "decode_speedup": r.get("decode_speedup_vs_dense"),
-            "speedup_lo": r.get("decode_speedup_lo"), "speedup_hi": r.get("decode_speedup_hi"),
+            "speedup_lo": r.get("speedup_lo"), "speedup_hi": r.get("speedup_hi"),
             "speedup_rounds": list(r.get("decode_speedup_rounds") or []),
             "ceiling": r.get("ceiling_speedup", 1.0), "bytes_per_step": r.get("bytes_per_step"),
             "read_ffn": rf.get("ffn"), "read_other": rf.get("other"), "read_lm_head": rf.get("lm_head"),
@@ -79,6 +79,8 @@ def join_rows(bench: dict, quality: dict, *, boot_iters: int = 1000, seed: int =
         }
         if r.get("remeasured"):
             row["remeasured"] = r["remeasured"]
+        if r.get("above_ceiling"):
+            row["above_ceiling"] = True
         qr = q.get(_key(r["method"], r.get("density_target")), {})
         row.update({k: qr[k] for k in QUALITY_KEYS if k in qr})
         if row["method"] != "dense":
@@ -152,7 +154,7 @@ def run_frontier(lm, methods: list[str], densities: list[float], *, rounds: int 
         "roofline": "bytes read per step ÷ streaming-read bandwidth of this run; roofline_pct = roofline ÷ measured",
         "seconds": round(time.perf_counter() - t0, 1), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    keep = ("rows", "per_text", "mc_per_item", "cloze_per_item", "gen_per_text", "outputs", "meta")
+    keep = ("rows", "per_text", "mc_per_item", "cloze_per_item", "gen_per_text", "gen_outputs", "meta")
     return {"rows": rows, "verdicts": vrows, "meta": meta, "bench": bench,
             "quality": {k: quality[k] for k in keep if k in quality}}
 
@@ -227,7 +229,8 @@ def _speedup(r: dict) -> str:
     else:
         rs = r.get("speedup_rounds") or []
         s = f"{sp:.3f}x" + (f" [{min(rs):.2f}–{max(rs):.2f}]" if len(rs) > 1 else "")
-    return s + (f" (re-measured {r['remeasured']}×)" if r.get("remeasured") else "")
+    return (s + (f" (re-measured {r['remeasured']}×)" if r.get("remeasured") else "")
+            + (" above its ceiling" if r.get("above_ceiling") else ""))
 
 
 # (header, key whose presence shows the column, cell) for the quality part of the markdown table
