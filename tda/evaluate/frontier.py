@@ -1,17 +1,21 @@
 """The quality × speed frontier: every method at every density, timed and scored in one run.
 
-:func:`run_frontier` runs the latency bench (:func:`tda.evaluate.bench.run_bench`: alternating
-rounds, decode speedup as the median of per-round paired ratios vs our dense, the bytes ceiling
-from the fractions of weights each method actually read, the roofline from the streaming-read
-bandwidth measured in the same run) and the quality evaluation
-(:func:`tda.evaluate.quality.run_eval`: perplexity on the held-out texts, teacher-forced top-1
-agreement with dense, multiple-choice accuracy through lm-eval, each with a 95% bootstrap
-interval), then joins them into one row per variant (dense once, every other method at every
-density)::
+:func:`run_frontier` runs the latency bench (:func:`tda.evaluate.bench.run_bench`: every variant
+timed right beside dense, decode speedup as the median over rounds with a 95% interval
+``speedup_lo``/``speedup_hi``, re-measured when its interval lies above the bytes ceiling; the
+roofline from the streaming-read bandwidth measured in the same run) and the quality evaluation
+(:func:`tda.evaluate.quality.run_eval`: perplexity and teacher-forced top-1 agreement on a text
+set, cloze accuracy, multiple-choice accuracy, free-running generation against dense's), then
+joins them into one row per variant (dense once, every other method at every density)::
 
-    {method, density_target, density_run, decode_ms_per_token, decode_speedup, speedup_rounds,
-     ceiling, bytes_per_step, read_ffn, read_other, read_lm_head, roofline_ms, roofline_pct,
-     ppl, ppl_lo, ppl_hi, agreement, agreement_lo, agreement_hi, mc_acc, mc_acc_lo, mc_acc_hi, mc_items}
+    {method, density_target, density_run, decode_ms_per_token, decode_speedup, speedup_lo, speedup_hi,
+     speedup_rounds, [remeasured, above_ceiling], ceiling, bytes_per_step, read_ffn, read_other,
+     read_lm_head, roofline_ms, roofline_pct, pareto, <metric>, <metric>_lo, <metric>_hi, ...,
+     <metric>_delta[_pct], <metric>_delta[_pct]_lo, <metric>_delta[_pct]_hi, ...}
+
+for the metrics of :data:`tda.evaluate.paired.METRICS` that were scored (95% bootstrap intervals;
+the ``_delta`` columns: paired difference from dense on the same units, paired bootstrap). The
+``pareto`` flag and the verdicts come from :mod:`tda.evaluate.verdicts`.
 
 Everything else here is pure: joining and the CSV / JSON / markdown renderings.
 """
@@ -35,8 +39,8 @@ from tda.evaluate.verdicts import (
 VALUE_KEYS = tuple(k for m in METRICS for k in (m, f"{m}_lo", f"{m}_hi"))
 QUALITY_KEYS = (*VALUE_KEYS, "mc_items", "cloze_items", "gen_items")
 COLUMNS = ("method", "density_target", "density_run", "decode_ms_per_token", "decode_speedup", "speedup_lo",
-           "speedup_hi", "speedup_rounds", "remeasured", "above_ceiling", "ceiling", "bytes_per_step", "read_ffn", "read_other",
-           "read_lm_head", "roofline_ms", "roofline_pct", "pareto", *QUALITY_KEYS, *delta_columns())
+           "speedup_hi", "speedup_rounds", "remeasured", "above_ceiling", "ceiling", "bytes_per_step", "read_ffn",
+           "read_other", "read_lm_head", "roofline_ms", "roofline_pct", "pareto", *QUALITY_KEYS, *delta_columns())
 
 
 def check_frontier_args(methods: list[str], densities: list[float]) -> tuple[list[str], list[float]]:
