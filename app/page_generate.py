@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import figures, state, widgets
+from app import figures, frontier_tab, state, widgets
 from app.views import generate as views
 from tda.common import progress
 from tda.common.errors import TDAError
@@ -19,42 +19,7 @@ tab_gen, tab_frontier = st.tabs(["Dense vs sparse", "Quality × speed frontier"]
 
 # ----- the frontier tab (first in code: the generation tab below may stop the page) ---------------------
 with tab_frontier:
-    st.caption(
-        "Decode speedup vs our dense (median of paired ratios over alternating rounds) against "
-        "held-out perplexity, top-1 agreement with dense and multiple-choice accuracy, with 95% bootstrap "
-        "intervals; the dashed segment runs to each point's bytes ceiling. Full runs: `tda frontier`."
-    )
-    fkey = ("frontier", state.model_key(lm))
-    stored_run = st.session_state.get("fr_result")
-    found = views.find_frontier(lm.model_id, str(lm.dtype).replace("torch.", ""))
-    with st.expander("Run a small frontier here (4 texts, 8 multiple-choice items, 1 timed round)",
-                     expanded=found is None and stored_run is None):
-        f1, f2 = st.columns(2)
-        fr_methods = f1.multiselect("methods", methods, default=[m for m in ("tt", "griffin") if m in methods][:2],
-                                    format_func=views.method_label, key="fr_methods")
-        fr_dens = f2.multiselect("densities", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], default=[0.3, 0.5, 0.7],
-                                 key="fr_densities")
-        if st.button("Run frontier", key="fr_run"):
-            try:
-                with st.status("Timing and scoring every method at every density…", expanded=True) as status:
-                    res = views.small_frontier(lm, fr_methods, sorted(fr_dens), progress=status.write)
-                    status.update(label="Done", state="complete", expanded=False)
-                st.session_state["fr_result"] = stored_run = (fkey, res)
-            except TDAError as e:
-                st.error(str(e))
-    shown = None
-    if stored_run is not None and stored_run[0] == fkey:
-        shown = ("run on this page", stored_run[1])
-    elif found is not None:
-        shown = (found[0], found[1])
-    if shown is None:
-        st.info(f"No frontier result for {lm.model_id} in {views.results_dir()}: run `tda frontier --model "
-                f"{lm.spec}` or a small one above.")
-    else:
-        fv = views.frontier_view(shown[1])
-        st.caption(f"From {shown[0]}: {fv['caption']}")
-        st.plotly_chart(fv["figure"], key="gen_frontier_chart")
-        st.dataframe(pd.DataFrame(fv["rows"]), hide_index=True, key="gen_frontier_table")
+    frontier_tab.render(lm)
 
 # ----- the generation tab ----------------------------------------------------------------------------
 with tab_gen:

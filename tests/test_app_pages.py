@@ -488,7 +488,7 @@ def test_generate_page_shows_stored_frontier(app, monkeypatch, tmp_path):
 
 def test_generate_page_runs_small_frontier(app, monkeypatch, tmp_path):
     monkeypatch.setenv("TDA_RESULTS_DIR", str(tmp_path))  # nothing stored
-    monkeypatch.setattr("app.views.generate.SMALL_FRONTIER", dict(
+    monkeypatch.setattr("app.views.frontier.SMALL_FRONTIER", dict(
         rounds=1, prompt_tokens=8, new_tokens=3, limit=2, mc_limit=2, bandwidth_mb=8, boot_iters=100))
     at = app("page_generate.py")
     assert any("No frontier result" in i.value for i in at.info)

@@ -59,11 +59,17 @@ def test_bench_cli_json(run_cli, tmp_out):
 
     path = tmp_out / "b.json"
     code, out, err = run_cli("bench", "--model", "tiny-llama", "--methods", "dense,tt", "--prompt-tokens", "8",
-                             "--new-tokens", "2", "--rounds", "1", "--out", path)
+                             "--new-tokens", "2", "--rounds", "2", "--target-ci", "0.5", "--max-rounds", "3",
+                             "--out", path)
     assert code == 0, err
     data = json.loads(path.read_text())
     assert set(data["results"]) == {"dense", "tt"} and "ceiling" in data
+    tt = data["results"]["tt"]
+    assert tt["speedup_lo"] <= tt["decode_speedup_vs_dense"] <= tt["speedup_hi"]
+    assert 2 <= data["rounds_run"] <= 3 and data["target_ci"] == 0.5 and "remeasured" in data
     assert "| tt |" in out
+    code, _, err = run_cli("bench", "--model", "tiny-llama", "--rounds", "3", "--max-rounds", "2")
+    assert code == 2 and "--max-rounds" in err
 
 
 def test_ceiling_from_read_fraction_by_hand(tiny_llama):

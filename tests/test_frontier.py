@@ -18,9 +18,12 @@ from tda.evaluate.frontier import (
     to_markdown,
 )
 
-ROW_KEYS = {"method", "density_target", "density_run", "decode_speedup", "speedup_rounds", "ceiling",
-            "roofline_pct", "ppl", "ppl_lo", "ppl_hi", "agreement", "agreement_lo", "agreement_hi",
-            "mc_acc", "mc_acc_lo", "mc_acc_hi"}
+ROW_KEYS = {"method", "density_target", "density_run", "decode_speedup", "speedup_lo", "speedup_hi",
+            "speedup_rounds", "ceiling", "roofline_pct", "pareto", "ppl", "ppl_lo", "ppl_hi", "agreement",
+            "agreement_lo", "agreement_hi", "mc_acc", "mc_acc_lo", "mc_acc_hi", "cloze_acc", "gen_rougeL",
+            "gen_rep", "gen_ppl"}
+DELTA_KEYS = {"ppl_delta_pct", "ppl_delta_pct_lo", "ppl_delta_pct_hi", "agreement_delta", "mc_acc_delta",
+              "cloze_acc_delta", "cloze_acc_delta_lo", "gen_rougeL_delta", "gen_rep_delta", "gen_ppl_delta_pct"}
 
 
 def test_check_args():
@@ -90,7 +93,7 @@ def frontier_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("frontier") / "f"
     code = main(["frontier", "--model", "tiny-llama", "--methods", "griffin,tt", "--densities", "0.3,0.6",
                  "--rounds", "1", "--prompt-tokens", "8", "--new-tokens", "3", "--limit", "2", "--mc-limit", "4",
-                 "--bandwidth-mb", "8", "--boot-iters", "200", "--out", str(out)])
+                 "--cloze-limit", "3", "--gen-prompts", "2", "--gen-tokens", "6", "--bandwidth-mb", "8", "--boot-iters", "200", "--out", str(out)])
     assert code == 0
     return out
 
@@ -113,13 +116,21 @@ def test_frontier_rows_complete(frontier_dir):
         ("dense", None), ("griffin", 0.3), ("griffin", 0.6), ("tt", 0.3), ("tt", 0.6)]
     for r in rows:
         assert ROW_KEYS <= set(r), ROW_KEYS - set(r)
+        if r["method"] != "dense":
+            assert DELTA_KEYS <= set(r), DELTA_KEYS - set(r)
+            assert r["ppl_delta_pct_lo"] <= r["ppl_delta_pct"] <= r["ppl_delta_pct_hi"]
+            assert r["speedup_lo"] <= r["decode_speedup"] <= r["speedup_hi"]
         assert r["ppl_lo"] <= r["ppl"] <= r["ppl_hi"] and r["mc_acc_lo"] <= r["mc_acc"] <= r["mc_acc_hi"]
         assert len(r["speedup_rounds"]) == 1 and r["ceiling"] >= 1.0 and r["roofline_pct"] > 0
     dense = rows[0]
     assert dense["decode_speedup"] == pytest.approx(1.0) and dense["agreement"] == 1.0 and dense["ceiling"] == 1.0
     g3 = rows[1]
     assert g3["density_run"] == pytest.approx(0.3, abs=0.02) and g3["ceiling"] > rows[2]["ceiling"] > 1.0
+    assert rows[0]["pareto"] is True and isinstance(rows[1]["pareto"], bool)
+    assert [(v["density"], v["a"], v["b"]) for v in data["verdicts"]] == [(0.3, "griffin", "tt"), (0.6, "griffin", "tt")]
+    assert "## Verdicts" in (frontier_dir / "frontier.md").read_text()
     meta = data["meta"]
+    assert meta["cloze_items"] == 3 and meta["gen_prompts"] == 2 and meta["sets"]["text"] == "pydoc-text"
     assert meta["heldout_texts"] == 2 and meta["mc_items"] == 4 and meta["bandwidth_gbps"] > 0
     assert meta["command"]["methods"] == ["dense", "griffin", "tt"] and meta["model"]["model_id"] == "tiny-llama"
     assert set(data["bench"]["results"]) == {"dense", "griffin@0.3", "griffin@0.6", "tt@0.3", "tt@0.6"}

@@ -148,3 +148,37 @@ def test_eval_rows_carry_intervals(tiny_llama):
         assert r["mc_acc_lo"] <= r["mc_acc"] <= r["mc_acc_hi"] and r["mc_items"] == 4
     assert len(res["per_text"]["random@0.2"]["nll"]) == 4 and len(res["mc_per_item"]["dense"]) == 4
     assert to_csv(res["rows"]).splitlines()[0].startswith("method,density,ppl,agreement,mc_acc,ppl_lo,ppl_hi")
+
+
+def test_eval_cli_sets(run_cli, tmp_out):
+    """`tda eval --set`: a cloze set scores last-word accuracy with paired deltas; a text set with
+    --gen-prompts adds the free-running generation metrics; an unknown set is one line."""
+    out = tmp_out / "cz"
+    code, _, err = run_cli("eval", "--model", "tiny-llama", "--methods", "dense,griffin", "--densities", "0.5",
+                           "--set", "pydoc-cloze", "--limit", "3", "--out", out)
+    assert code == 0, err
+    data = json.loads((out / "quality.json").read_text())
+    g = data["rows"][1]
+    assert data["meta"]["set"] == "pydoc-cloze" and g["cloze_items"] == 3 and "ppl" not in g
+    assert 0 <= g["cloze_acc"] <= 1 and g["cloze_acc_delta_lo"] <= g["cloze_acc_delta"] <= g["cloze_acc_delta_hi"]
+    assert len(data["cloze_per_item"]["griffin@0.5"]) == 3
+    out = tmp_out / "gen"
+    code, _, err = run_cli("eval", "--model", "tiny-llama", "--methods", "dense,griffin", "--densities", "0.5",
+                           "--set", "heldout-small", "--limit", "2", "--gen-prompts", "2", "--gen-tokens", "6",
+                           "--max-new-tokens", "3", "--out", out)
+    assert code == 0, err
+    data = json.loads((out / "quality.json").read_text())
+    d, g = data["rows"]
+    assert d["gen_rougeL"] == 1.0 and d["gen_prefix"] == 1.0 and 0 <= g["gen_rougeL"] <= 1
+    assert g["gen_items"] == 2 and "gen_ppl_delta_pct" in g and "ppl_delta_pct" in g
+    assert all(len(x) == 2 for x in data["gen_per_text"]["griffin@0.5"].values())
+    code, _, err = run_cli("eval", "--model", "tiny-llama", "--set", "nope", "--out", tmp_out / "x")
+    assert code == 2 and "unknown set 'nope'" in err
+
+
+def test_freegen_helpers():
+    from tda.evaluate.freegen import common_prefix, prompt_of, repeated_ngrams
+
+    assert repeated_ngrams([1, 2, 3, 4, 1, 2, 3, 4, 1]) == (2, 6)  # (1,2,3,4) and (2,3,4,1) seen before
+    assert repeated_ngrams([1, 2, 3]) == (0, 0)
+    assert common_prefix([1, 2, 3, 9], [1, 2, 3, 4]) == 3 and prompt_of("a b c d e") == "a b"

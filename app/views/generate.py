@@ -143,10 +143,7 @@ def generate_view(pair: dict) -> dict:
             "medians": (d, s)}
 
 
-# ----- methods and the quality × speed frontier ------------------------------------------------------
-RESULTS_ENV = "TDA_RESULTS_DIR"  # where frontier results are looked for (default benchmarks/results)
-SMALL_FRONTIER = dict(rounds=1, prompt_tokens=16, new_tokens=8, limit=4, mc_limit=8, bandwidth_mb=64,
-                      boot_iters=500)
+# ----- methods (the frontier tab: app/views/frontier.py) -----------------------------------------
 
 
 def sparse_methods() -> list[str]:
@@ -169,81 +166,3 @@ def method_label(method: str) -> str:
         summary = tail
     return f"{method} — {summary}"
 
-
-def results_dir():
-    import os
-    from pathlib import Path
-
-    from tda.common.paths import REPO_ROOT
-
-    env = os.environ.get(RESULTS_ENV, "").strip()
-    return Path(env) if env else REPO_ROOT / "benchmarks" / "results"
-
-
-def find_frontier(model_id: str, dtype: str | None = None, root=None) -> tuple[str, dict] | None:
-    """The newest ``*/frontier.json`` under ``root`` (default :func:`results_dir`) made with
-    ``model_id`` (the same dtype preferred): ``(path, result)``, or None."""
-    import json
-    from pathlib import Path
-
-    root = Path(root) if root is not None else results_dir()
-    found = []
-    for path in sorted(root.glob("*/frontier.json")) + sorted(root.glob("frontier.json")):
-        try:
-            data = json.loads(path.read_text())
-            model = data["meta"]["model"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if model.get("model_id") == model_id and data.get("rows"):
-            same_dtype = dtype is None or model.get("dtype") == dtype
-            found.append((same_dtype, data["meta"].get("timestamp", ""), str(path), data))
-    if not found:
-        return None
-    best = max(found, key=lambda f: (f[0], f[1]))
-    return best[2], best[3]
-
-
-def small_frontier(lm, methods: list[str], densities: list[float], *, progress=None) -> dict:
-    """A quick frontier for the page: 4 held-out texts, 8 multiple-choice items, one timed round."""
-    from tda.common.data import load_texts
-    from tda.evaluate.frontier import run_frontier
-
-    return run_frontier(lm, methods, densities, progress=progress,
-                        calibration_texts=load_texts(limit=4) if lm.is_random else None, **SMALL_FRONTIER)
-
-
-def frontier_view(result: dict) -> dict:
-    """The figure (:func:`tda.evaluate.frontier_plots.frontier_figure`), the table rows and a caption."""
-    from tda.evaluate.frontier_plots import frontier_figure, frontier_title
-
-    meta = result.get("meta", {})
-    fig = frontier_figure(result["rows"], title=frontier_title(meta))
-    fig.update_layout(width=None)  # the page sets the width
-    rows = []
-    for r in result["rows"]:
-        rows.append({
-            "method": r["method"], "density": r.get("density_target") or 1.0,
-            "density run": _round(r.get("density_run"), 3), "decode speedup": _round(r.get("decode_speedup"), 3),
-            "bytes ceiling": _round(r.get("ceiling"), 3), "% of roofline": _round(r.get("roofline_pct"), 1),
-            "ppl": _round(r.get("ppl"), 3), "ppl 95%": _interval(r, "ppl"),
-            "agreement": _round(r.get("agreement"), 3), "agreement 95%": _interval(r, "agreement"),
-            "MC acc": _round(r.get("mc_acc"), 3), "MC 95%": _interval(r, "mc_acc"),
-        })
-    m = meta.get("model", {})
-    bw = meta.get("bandwidth_gbps")
-    caption = (f"{m.get('model_id', '?')} ({m.get('dtype', '')}), {meta.get('rounds')} timed round(s), "
-               f"{meta.get('heldout_texts')} held-out texts, {meta.get('mc_items')} multiple-choice items"
-               + (f", streaming read {bw:.1f} GB/s" if isinstance(bw, (int, float)) else "")
-               + (f", {meta['timestamp']}" if meta.get("timestamp") else ""))
-    return {"figure": fig, "rows": rows, "caption": caption}
-
-
-def _round(x, nd):
-    return None if not isinstance(x, (int, float)) or x != x else round(float(x), nd)
-
-
-def _interval(r: dict, k: str) -> str:
-    lo, hi = r.get(f"{k}_lo"), r.get(f"{k}_hi")
-    if not isinstance(lo, (int, float)) or not isinstance(hi, (int, float)):
-        return ""
-    return f"[{lo:.4g}, {hi:.4g}]"

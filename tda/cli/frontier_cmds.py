@@ -35,8 +35,16 @@ def frontier_cmd(
     rounds: int = typer.Option(3, "--rounds", help="timed rounds (after one warm-up round)"),
     prompt_tokens: int = typer.Option(32, "--prompt-tokens", help="bench prompt length"),
     new_tokens: int = typer.Option(32, "--new-tokens", help="bench decode steps"),
+    text_set: str = typer.Option("pydoc-text", "--set", help="text set for perplexity/agreement/generation (`tda data`)"),
     limit: int = typer.Option(None, "--limit", help="held-out texts for perplexity/agreement (default: all)"),
+    cloze_set: str = typer.Option("pydoc-cloze", "--cloze-set", help="cloze set (`tda data`; 'none': skip)"),
+    cloze_limit: int = typer.Option(None, "--cloze-limit", help="cloze items (default: 2 × --limit, or all)"),
+    gen_prompts: int = typer.Option(16, "--gen-prompts", help="free-running generations (first N texts; 0: skip)"),
+    gen_tokens: int = typer.Option(64, "--gen-tokens", help="tokens per free-running generation"),
     mc_limit: int = typer.Option(-1, "--mc-limit", help="multiple-choice items via lm-eval (-1: all, 0: skip)"),
+    target_ci: float = typer.Option(None, "--target-ci",
+                                    help="stop timed rounds once every speedup's 95%% half-width ÷ speedup is below this"),
+    max_rounds: int = typer.Option(None, "--max-rounds", help="with --target-ci: at most this many rounds (default --rounds)"),
     cett: float = typer.Option(0.2, "--cett", help="CETT target for calibrated thresholds (tda, tt)"),
     bandwidth_mb: float = typer.Option(256, "--bandwidth-mb", help="buffer of the streaming-read measurement (0: skip)"),
     boot_iters: int = typer.Option(1000, "--boot-iters", help="bootstrap resamples of the 95% intervals"),
@@ -53,6 +61,7 @@ def frontier_cmd(
     from tda.common.atomic import atomic_path, write_text_atomic
     from tda.common.data import load_texts
     from tda.common.errors import BadInput
+    from tda.common.evalsets import get_set
     from tda.evaluate.frontier import (
         check_frontier_args,
         run_frontier,
@@ -72,19 +81,34 @@ def frontier_cmd(
         raise BadInput("--mc-limit must be -1 (all), 0 (skip) or a number of items")
     if bandwidth_mb < 0 or boot_iters < 1:
         raise BadInput("need --bandwidth-mb >= 0 and --boot-iters >= 1")
+    if gen_prompts < 0 or gen_tokens < 4 or (cloze_limit is not None and cloze_limit < 1):
+        raise BadInput("need --gen-prompts >= 0, --gen-tokens >= 4 and --cloze-limit >= 1")
+    if target_ci is not None and not 0 < target_ci < 1:
+        raise BadInput("--target-ci must be in (0, 1)")
+    if max_rounds is not None and max_rounds < rounds:
+        raise BadInput("--max-rounds must be >= --rounds")
+    tset = get_set(text_set, "text")
+    cset = None if cloze_set.lower() == "none" else get_set(cloze_set, "cloze")
     out_dir = check_out_dir(out if out is not None else default_out(model))
     lm = load(model, dtype, device)
     if prompt_tokens + new_tokens > lm.n_ctx:
         raise BadInput(f"prompt + new tokens ({prompt_tokens + new_tokens}) exceed the context ({lm.n_ctx})")
-    res = run_frontier(lm, ms, ds, rounds=rounds, prompt_tokens=prompt_tokens, new_tokens=new_tokens, limit=limit,
-                       mc_limit=mc_limit, cett=cett, bandwidth_mb=bandwidth_mb or None, boot_iters=boot_iters,
-                       seed=seed, calibration_texts=load_texts(limit=4) if lm.is_random else None,
+    texts = tset.load()[:limit]
+    n_cloze = cloze_limit if cloze_limit is not None else (2 * limit if limit is not None else None)
+    cloze = cset.load()[:n_cloze] if cset is not None else []
+    res = run_frontier(lm, ms, ds, rounds=rounds, prompt_tokens=prompt_tokens, new_tokens=new_tokens, heldout=texts,
+                       mc_limit=mc_limit, cloze=cloze, gen_prompts=gen_prompts, gen_tokens=gen_tokens, cett=cett,
+                       bandwidth_mb=bandwidth_mb or None, boot_iters=boot_iters, seed=seed, target_ci=target_ci,
+                       max_rounds=max_rounds, sets={"text": tset.name, "cloze": cset.name if cset else None},
+                       calibration_texts=load_texts(limit=4) if lm.is_random else None,
                        progress=progress_printer)
     res["meta"]["command"] = {"model": model, "methods": ms, "densities": ds, "rounds": rounds,
-                              "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "limit": limit,
-                              "mc_limit": mc_limit, "dtype": dtype, "device": device}
+                              "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "set": tset.name,
+                              "limit": limit, "cloze_set": cset.name if cset else None, "cloze_limit": n_cloze,
+                              "gen_prompts": gen_prompts, "gen_tokens": gen_tokens, "mc_limit": mc_limit,
+                              "target_ci": target_ci, "max_rounds": max_rounds, "dtype": dtype, "device": device}
     # everything is rendered in memory first, then written (each file atomically)
-    md = to_markdown(res["rows"], res["meta"])
+    md = to_markdown(res["rows"], res["meta"], res["verdicts"])
     fig = frontier_figure(res["rows"], title=frontier_title(res["meta"]))
     files: dict[str, str | bytes] = {"frontier.csv": to_csv(res["rows"]), "frontier.json": to_json(res),
                                      "frontier.md": md, "frontier.html": figure_html(fig)}

@@ -112,14 +112,18 @@ def bench_cmd(
                                   help="comma list of densities (overrides --density; default: --density)"),
     prompt_tokens: int = typer.Option(64, "--prompt-tokens", help="prompt length in tokens"),
     new_tokens: int = typer.Option(32, "--new-tokens", help="decode steps timed per method and round"),
-    rounds: int = typer.Option(5, "--rounds", help="alternating rounds over the methods (medians are reported)"),
+    rounds: int = typer.Option(5, "--rounds", help="paired rounds over the methods (medians are reported)"),
+    target_ci: float = typer.Option(None, "--target-ci",
+                                    help="stop rounds once every speedup's 95%% half-width ÷ speedup is below this"),
+    max_rounds: int = typer.Option(None, "--max-rounds", help="with --target-ci: at most this many rounds (default --rounds)"),
     bandwidth_mb: float = typer.Option(256, "--bandwidth-mb", help="buffer of the streaming-read measurement (0: skip)"),
     out: Path = typer.Option(None, "--out", "-o", help="write the result JSON here (default: not written)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
-    """Decode latency of methods × densities side by side (alternating rounds, paired ratios vs dense),
-    with each one's bytes ceiling and the roofline from the bandwidth measured in the same run."""
+    """Decode latency of methods × densities, each measured right beside dense (paired rounds; speedup
+    with a 95% interval over rounds), with each one's bytes ceiling and the roofline from the
+    bandwidth measured in the same run."""
     from tda.common.atomic import check_output_path, write_text_atomic
     from tda.common.errors import BadInput
     from tda.evaluate.bench import bench_variants, format_table, run_bench
@@ -136,6 +140,10 @@ def bench_cmd(
         raise BadInput("need --new-tokens >= 2, --rounds >= 1 and --prompt-tokens >= 1")
     if bandwidth_mb < 0:
         raise BadInput("--bandwidth-mb must be >= 0")
+    if target_ci is not None and not 0 < target_ci < 1:
+        raise BadInput("--target-ci must be in (0, 1)")
+    if max_rounds is not None and max_rounds < rounds:
+        raise BadInput("--max-rounds must be >= --rounds")
     if out is not None:
         check_output_path(out)
     lm = load(model, dtype, device)
@@ -145,7 +153,8 @@ def bench_cmd(
 
     res = run_bench(lm, methods=tuple(ms), densities=ds, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
                     rounds=rounds, calibration_texts=load_texts(limit=4) if lm.is_random else None,
-                    bandwidth_mb=bandwidth_mb or None, progress=progress_printer)
+                    bandwidth_mb=bandwidth_mb or None, target_ci=target_ci, max_rounds=max_rounds,
+                    progress=progress_printer)
     print(format_table(res))
     if out is not None:
         write_text_atomic(out, json.dumps(res, indent=1))
@@ -159,21 +168,29 @@ def eval_cmd(
     methods: str = typer.Option("dense,tt,griffin,tda", "--methods", help="comma-separated methods to evaluate"),
     densities: str = typer.Option("0.25,0.5,0.75", "--densities",
                                   help="comma-separated densities of the sparse methods, each in (0, 1]"),
+    eval_set: str = typer.Option("pydoc-text", "--set",
+                                 help="evaluation set (`tda data`): a text set (perplexity, agreement), a cloze set "
+                                      "or an MC set"),
     data: Path = typer.Option(None, "--data",
-                              help="held-out texts (JSONL with 'text') (default: data/heldout.jsonl)"),
+                              help="held-out texts (JSONL with 'text'), instead of --set's texts"),
+    gen_prompts: int = typer.Option(0, "--gen-prompts",
+                                    help="free-running generations of --gen-tokens from the first N texts (0: skip)"),
+    gen_tokens: int = typer.Option(64, "--gen-tokens", help="tokens per free-running generation"),
     summaries: Path = typer.Option(None, "--summaries",
                                    help="JSONL with 'article' and 'summary' (default: data/summarization.jsonl)"),
-    limit: int = typer.Option(None, "--limit", help="at most N held-out texts and N articles (default: all)"),
+    limit: int = typer.Option(None, "--limit", help="at most N texts (or cloze/MC items) and N articles (default: all)"),
     mc_limit: int = typer.Option(0, "--mc-limit", help="multiple-choice items via lm-eval (0: skip, -1: all)"),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="summary length limit"),
     cett: float = typer.Option(0.2, "--cett", help="CETT target of the calibrated tda/tt thresholds"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
-    """Perplexity, agreement with dense, ROUGE (and lm-eval multiple choice) per method and density."""
+    """Perplexity, agreement with dense, ROUGE, cloze accuracy, free-running generation quality (and
+    lm-eval multiple choice) per method and density, with paired differences from dense."""
     from tda.common.atomic import check_output_dir, write_text_atomic
-    from tda.common.data import HELDOUT, SUMMARIZATION, load_records, load_texts
+    from tda.common.data import SUMMARIZATION, load_records, load_texts
     from tda.common.errors import BadInput
+    from tda.common.evalsets import get_set
     from tda.evaluate.quality import run_eval, to_csv, to_markdown, variants
     from tda.evaluate.quality_plots import quality_figure, write_figure
 
@@ -183,25 +200,39 @@ def eval_cmd(
         raise BadInput("--limit must be >= 1")
     if max_new_tokens < 1:
         raise BadInput("--max-new-tokens must be >= 1")
+    if gen_prompts < 0 or gen_tokens < 4:
+        raise BadInput("need --gen-prompts >= 0 and --gen-tokens >= 4")
+    es = get_set(eval_set)
     out_dir = check_output_dir(out)
-    heldout = load_texts(data or HELDOUT, limit=limit)
-    recs = load_records(summaries or SUMMARIZATION, required=("article", "summary"))[:limit]
+    heldout, cloze = [], []
+    if data is not None:
+        heldout = load_texts(data, limit=limit)
+    elif es.kind == "text":
+        heldout = es.load()[:limit]
+    elif es.kind == "cloze":
+        cloze = es.load()[:limit]
+    else:  # the MC set runs through lm-eval
+        mc_limit = mc_limit or (limit or -1)
+    recs = (load_records(summaries or SUMMARIZATION, required=("article", "summary"))[:limit]
+            if es.kind == "text" or data is not None or summaries is not None else [])
     lm = load(model, dtype, device)
     from tda.cli.checks import check_eval_memory
 
-    check_eval_memory(lm, heldout, recs, max_new_tokens)  # every text fits the memory budget, before any work
+    check_eval_memory(lm, heldout + [c["context"] for c in cloze], recs, max_new_tokens)  # before any work
     res = run_eval(lm, ms, ds, heldout=heldout, summaries=recs, mc_limit=mc_limit or None,
-                   max_new_tokens=max_new_tokens, cett=cett, progress=progress_printer)
+                   max_new_tokens=max_new_tokens, cett=cett, progress=progress_printer, cloze=cloze,
+                   gen_texts=heldout[:gen_prompts], gen_tokens=gen_tokens)
     from tda.common import distributed
 
     if not distributed.is_main():  # texts were shared out over processes; the main one writes
         return
     res["meta"]["limit"] = limit
+    res["meta"]["set"] = None if data is not None else es.name
     write_text_atomic(out_dir / "quality.json", json.dumps(res, indent=1))
     write_text_atomic(out_dir / "quality.csv", to_csv(res["rows"]))
     md = to_markdown(res["rows"])
     write_text_atomic(out_dir / "quality.md", md)
-    for metric in ("ppl", "agreement", "rouge1", "rouge1_vs_dense", "mc_acc"):
+    for metric in ("ppl", "agreement", "rouge1", "rouge1_vs_dense", "mc_acc", "cloze_acc", "gen_rougeL", "gen_rep"):
         if any(metric in r for r in res["rows"]):
             write_figure(quality_figure(res["rows"], metric), out_dir / f"quality-{metric}")
     print(md)

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "tda.cli.methods_cmd",
     "tda.cli.frontier_cmds",
     "tda.cli.neuron_cmd",
+    "tda.cli.data_cmd",
 ]
 
 

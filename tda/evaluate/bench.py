@@ -1,9 +1,12 @@
 """Latency benchmark (the paper's table 4, done better): methods side by side in one process.
 
-Every round runs each method once (the order rotates each round, after one warm-up round that
-is not counted), so slow spells of a shared machine hit all methods alike. Reported: medians
-of prefill time and decode ms/token, and each method's speedup over our dense path as the
-median of the per-round *paired* ratios. Next to it the bytes ceiling (:mod:`tda.evaluate.ceiling`,
+Every round measures each variant right beside dense (:mod:`tda.evaluate.paired_timing`:
+``d v1 v2 d v3 v4 d …``, the order rotating each round, after one warm-up pass that is not
+counted), so slow spells of a shared machine hit a variant and its dense reference alike.
+Reported: medians of prefill time and decode ms/token, and each variant's speedup over our dense
+path as the median over rounds of its dense neighbours ÷ its time, with a 95% interval over
+rounds; rounds can stop early at a target interval width, and a speedup whose interval lies
+above its bytes ceiling is re-measured. Next to it the bytes ceiling (:mod:`tda.evaluate.ceiling`,
 from the fractions of each weight group the method actually read) and the fraction of the
 ceiling's gain reached, and the roofline: bytes read per step ÷ the streaming-read bandwidth
 measured in the same run (:mod:`tda.evaluate.bandwidth`). Methods: any of the engine's
@@ -32,6 +35,7 @@ from tda.evaluate.ceiling import (
     read_fraction_of,
     weight_bytes,
 )
+from tda.evaluate.paired_timing import MAX_RETRIES, paired_rounds, speedup_interval
 from tda.masks.build import check_density
 
 BENCH_METHODS = ("stock", "dense", "tt", "griffin", "tda")
@@ -127,22 +131,35 @@ def bench_variants(methods, densities) -> list[BenchVariant]:
 
 def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None, prompt_tokens: int = 64,
               new_tokens: int = 32, rounds: int = 5, calibration_texts: list[str] | None = None,
-              bandwidth_mb: float | None = 256, progress=None) -> dict:
-    """Alternating runs of ``methods`` × ``densities`` (default ``[density]``) on one prompt.
+              bandwidth_mb: float | None = 256, target_ci: float | None = None, max_rounds: int | None = None,
+              max_retries: int = MAX_RETRIES, progress=None, measure=None) -> dict:
+    """Paired rounds (:func:`tda.evaluate.paired_timing.paired_rounds`) of ``methods`` × ``densities``
+    (default ``[density]``) on one prompt: every variant is measured right beside dense.
 
     Returns ``{"results": {label: row}, "bandwidth": {...}, ...}``. Each row: medians of the timings,
-    ``decode_speedup_vs_dense`` (median of the per-round paired ratios, all in
-    ``decode_speedup_rounds``), the density actually run, the read fractions (engine-reported or
-    :func:`tda.evaluate.ceiling.default_read_fraction`), bytes read per step, their ceiling, and
-    the roofline ``bytes / bandwidth`` with the share of it reached (``roofline_pct``). The
-    bandwidth is measured in the same run, before and after the rounds (the best of both counts);
-    ``bandwidth_mb=None`` or 0 skips it.
+    ``decode_speedup_vs_dense`` (median over rounds of dense-neighbours ÷ variant, all in
+    ``decode_speedup_rounds``) with its 95% interval ``speedup_lo``/``_hi``, the density
+    actually run, the read fractions (engine-reported or :func:`tda.evaluate.ceiling.default_read_fraction`),
+    bytes read per step, their ceiling (``remeasured``/``above_ceiling`` when a speedup's interval
+    lay above it), and the roofline ``bytes / bandwidth`` with the share of it reached. The
+    bandwidth is measured before, between and after the rounds (the best counts);
+    ``bandwidth_mb=None`` or 0 skips it. ``target_ci``/``max_rounds``: stop rounds early.
+    ``measure(variant) -> GenerationResult``-like (tests inject one; default: :func:`generate`).
     """
     dens_list = [density] if densities is None else list(densities)
     vs = bench_variants(methods, dens_list)
     if rounds < 1 or new_tokens < 2:
         raise BadInput("need rounds >= 1 and new tokens >= 2")
-    prompt = bench_prompt(lm, prompt_tokens)
+    if target_ci is not None and not 0 < target_ci < 1:
+        raise BadInput("target CI (relative half-width) must be in (0, 1)")
+    if max_rounds is not None and max_rounds < rounds:
+        raise BadInput("max rounds must be >= rounds")
+    by_label = {v.label: v for v in vs}
+    labels = [v.label for v in vs]
+    has_dense = "dense" in by_label
+    if not has_dense:  # every speedup is paired with dense: time it even when not asked for
+        by_label["dense"] = BenchVariant("dense", "dense", None)
+    prompt = bench_prompt(lm, prompt_tokens) if measure is None else ""
     bw_before = measure_bandwidth(bandwidth_mb, device=lm.device) if bandwidth_mb else None
 
     def once(v: BenchVariant):
@@ -151,37 +168,55 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
             return generate(lm, prompt, "dense", stock=True, **kw)
         return generate(lm, prompt, v.method, density=v.density, **kw)
 
-    runs: dict[str, list[dict]] = {v.label: [] for v in vs}
-    ran: dict[str, list[float]] = {v.label: [] for v in vs}
-    reads: dict[str, list[dict]] = {v.label: [] for v in vs}
+    run_one = measure or once
+    ran: dict[str, list[float]] = {x: [] for x in by_label}
+    reads: dict[str, list[dict]] = {x: [] for x in by_label}
+    n_prompt: list[int] = []
+    weights = weight_bytes(lm)
+
+    def timed(label: str) -> dict:
+        v = by_label[label]
+        res = run_one(v)
+        ran[label].append(res.density)
+        reads[label].append(read_fraction_of(v.method, res.density, res.params))
+        n_prompt.append(res.timings["prompt_tokens"])
+        return res.timings
+
+    def read_of(label: str) -> dict:
+        return mean_read_fraction(reads[label][1:] or reads[label])
+
+    def ceiling_of(label: str) -> float | None:
+        v = by_label[label]
+        if v.method in ("stock", "dense") or not reads[label]:
+            return None
+        return ceiling_from_read(lm, read_of(label), n_prompt[0], new_tokens, weights=weights)["ceiling_speedup"]
+
     bw_rounds: list[float] = []
-    for r in range(rounds + 1):
-        order = vs[r % len(vs):] + vs[: r % len(vs)]
-        for v in order:
-            res = once(v)
-            ran[v.label].append(res.density)
-            reads[v.label].append(read_fraction_of(v.method, res.density, res.params))
-            if r > 0:  # round 0 is the warm-up
-                runs[v.label].append(res.timings)
-        if r > 0 and bandwidth_mb:  # the bandwidth moves with the machine's load: measure it per round
+
+    def after_round(r: int):
+        if bandwidth_mb:  # the bandwidth moves with the machine's load: measure it per round
             bw_rounds.append(measure_bandwidth(bandwidth_mb, repeats=3, device=lm.device)["gbps"])
         if progress:
-            progress(f"round {r}/{rounds} done" + (" (warm-up)" if r == 0 else ""))
+            progress(f"round {r}/{max_rounds if target_ci and max_rounds else rounds} done")
+
+    pr = paired_rounds(timed, ["dense", *[x for x in labels if x != "dense"]], rounds=rounds, max_rounds=max_rounds,
+                       target_ci=target_ci, ceiling_of=ceiling_of, max_retries=max_retries, on_round=after_round)
+    runs = pr["timings"]
     bw_after = measure_bandwidth(bandwidth_mb, device=lm.device) if bandwidth_mb else None
     gbps = max([b["gbps"] for b in (bw_before, bw_after)] + bw_rounds) if bw_before else float("nan")
-    n_prompt = runs[vs[0].label][0]["prompt_tokens"]
-    weights = weight_bytes(lm)
-    labels = [v.label for v in vs]
-    base = "dense" if "dense" in labels else labels[0]
     table = {}
     for v in vs:
         m = v.label
         dec = [t["decode_ms_per_token"] for t in runs[m]]
-        paired = [b["decode_ms_per_token"] / t["decode_ms_per_token"] for b, t in zip(runs[base], runs[m])]
-        paired_total = [b["total_s"] / t["total_s"] for b, t in zip(runs[base], runs[m])]
+        if m == "dense":
+            paired, paired_total = [1.0] * pr["rounds_run"], [1.0] * pr["rounds_run"]
+        else:
+            paired = pr["ratios"][m].get("decode_ms_per_token", [])
+            paired_total = pr["ratios"][m].get("total_s", [])
+        sp, sp_lo, sp_hi = speedup_interval(paired)
         dens_run = _mean(ran[m][1:] or ran[m])
-        rf = mean_read_fraction(reads[m][1:] or reads[m])
-        cl = ceiling_from_read(lm, rf, n_prompt, new_tokens, weights=weights)
+        rf = read_of(m)
+        cl = ceiling_from_read(lm, rf, n_prompt[0], new_tokens, weights=weights)
         roof = roofline_ms(cl["bytes_per_step"], gbps)
         row = {
             "method": v.method,
@@ -191,7 +226,9 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
             "decode_ms_per_token": _median(dec),
             "decode_ms_per_token_all": dec,
             "total_s": _median([t["total_s"] for t in runs[m]]),
-            "decode_speedup_vs_dense": _median(paired),
+            "decode_speedup_vs_dense": sp,
+            "speedup_lo": sp_lo,
+            "speedup_hi": sp_hi,
             "decode_speedup_rounds": paired,
             "total_speedup_vs_dense": _median(paired_total),
             "density": dens_run,
@@ -206,19 +243,28 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
         if v.method not in ("stock", "dense"):
             row["ceiling_speedup"] = cl["ceiling_speedup"]
             row["fraction_of_ceiling_gain"] = fraction_of_gain(row["decode_speedup_vs_dense"], cl["ceiling_speedup"])
+        if m in pr["remeasured"]:
+            row["remeasured"] = pr["remeasured"][m]
+        if m in pr["above_ceiling"]:
+            row["above_ceiling"] = True
         table[m] = row
-    if "stock" in labels and "dense" in labels:
+    if "stock" in labels and has_dense:
         table["dense"]["decode_speedup_vs_stock"] = _median(
-            [s["decode_ms_per_token"] / d["decode_ms_per_token"] for s, d in zip(runs["stock"], runs["dense"])])
+            [1.0 / x for x in pr["ratios"]["stock"].get("decode_ms_per_token", []) if x > 0])
     return {
         "model": lm.info(), "machine": machine_info(), "density": dens_list[0] if dens_list else None,
-        "densities": dens_list, "prompt_tokens": n_prompt, "new_tokens": new_tokens, "rounds": rounds,
+        "densities": dens_list, "prompt_tokens": n_prompt[0], "new_tokens": new_tokens, "rounds": rounds,
+        "rounds_run": pr["rounds_run"], "stopped_early": pr["stopped_early"], "target_ci": target_ci,
+        "max_rounds": max_rounds, "remeasured": pr["remeasured"], "above_ceiling": pr["above_ceiling"],
         "methods": list(dict.fromkeys(methods)), "variants": labels, "results": table,
-        "ceiling": ceiling(lm, dens_list[0] if dens_list else 1.0, n_prompt, new_tokens),
+        "ceiling": ceiling(lm, dens_list[0] if dens_list else 1.0, n_prompt[0], new_tokens),
         "bandwidth": {"gbps": gbps, "before": bw_before, "after": bw_after, "rounds_gbps": bw_rounds},
-        "note": ("medians over alternating rounds (one warm-up round dropped); speedups are medians of "
-                 "per-round paired ratios; roofline = bytes read per step / streaming-read bandwidth "
-                 "(the best of the measurements before, after and between the rounds); "
+        "note_speedup": ("paired: each round measures dense first, after every 2 variants and last (order rotating); "
+                         "a variant's ratio = mean of its two dense neighbours ÷ its time; median over rounds, "
+                         "95% t-interval on log ratios (speedup_lo/hi); a variant whose interval lies above its "
+                         f"bytes ceiling is re-measured (at most {max_retries}×, 'remeasured')"),
+        "note": ("medians over paired rounds (one warm-up pass dropped); roofline = bytes read per step / "
+                 "streaming-read bandwidth (the best of the measurements before, after and between the rounds); "
                  "roofline_pct_rounds pairs each round's time with that round's bandwidth; the CPU is shared with other "
                  "processes, so absolute times are noisy"),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -260,18 +306,26 @@ def format_table(result: dict) -> str:
         f"model {result['model']['model_id']} ({result['model']['dtype']}, {result['model'].get('device', '')}), "
         f"prompt {result['prompt_tokens']} tokens, {result['new_tokens']} new tokens, "
         f"densit{'y' if len(dens) == 1 else 'ies'} {', '.join(f'{d:g}' for d in dens if d is not None)}, "
-        f"{result['rounds']} rounds"
+        f"{result.get('rounds_run', result['rounds'])} rounds"
+        + (f" (stopped early at ±{100 * result['target_ci']:.0f}%)" if result.get("stopped_early") else "")
         + (f", streaming read {bw:.1f} GB/s ({result['machine'].get('torch_threads')} threads)"
            if bw is not None and bw == bw else ""),
         "",
-        "| method | density run | prefill ms | decode ms/token | decode speedup vs dense | MB read/step | ceiling "
+        "| method | density run | prefill ms | decode ms/token | decode speedup vs dense [95%] | MB read/step | ceiling "
         "| fraction of ceiling gain | roofline ms/token | % of roofline | % per round |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, r in result["results"].items():
         extra = f" ({r['decode_speedup_vs_stock']:.2f}x vs stock)" if "decode_speedup_vs_stock" in r else ""
         rounds = r.get("decode_speedup_rounds") or []
-        spread = f" [{min(rounds):.2f}–{max(rounds):.2f}]" if len(rounds) > 1 and m != "dense" else ""
+        lo, hi = r.get("speedup_lo"), r.get("speedup_hi")
+        if m == "dense":
+            spread = ""
+        elif lo is not None and hi is not None:  # the 95% interval over paired rounds
+            spread = f" [{lo:.2f}, {hi:.2f}]" + (f" re-measured {r['remeasured']}×" if r.get("remeasured") else "") \
+                + (" ABOVE CEILING" if r.get("above_ceiling") else "")
+        else:  # older results: the range over rounds
+            spread = f" [{min(rounds):.2f}–{max(rounds):.2f}]" if len(rounds) > 1 else ""
         frac = r.get("fraction_of_ceiling_gain")
         mb = r.get("bytes_per_step")
         lines.append(

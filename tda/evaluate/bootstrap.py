@@ -51,3 +51,38 @@ def perplexity_interval(nll_sums: Sequence[float], token_counts: Sequence[float]
 def mean_interval(values: Sequence[float], **kw) -> tuple[float, float, float]:
     """Mean of per-item values (e.g. 0/1 correctness) with the interval over items."""
     return ratio_interval(values, [1.0] * len(values), **kw)
+
+
+def paired_interval(nums_a: Sequence[float], dens_a: Sequence[float], nums_b: Sequence[float],
+                    dens_b: Sequence[float], *, transform=None, relative: bool = False, iters: int = ITERS,
+                    seed: int = SEED, level: float = LEVEL) -> tuple[float, float, float]:
+    """``(point, lo, hi)`` of the paired difference of arm ``b`` from arm ``a`` scored on the same units.
+
+    Each arm's statistic is ``transform(Σ nums / Σ dens)`` (as :func:`ratio_interval`); the
+    difference is ``b − a`` or, with ``relative``, ``100 · (b / a − 1)`` (percent). One resample
+    draws unit indices with replacement and uses the same indices for both arms, so what the
+    units share (a hard text is hard for every method) cancels out of the interval.
+    """
+    f = transform or (lambda x: x)
+    arrs = [np.asarray(x, dtype=np.float64) for x in (nums_a, dens_a, nums_b, dens_b)]
+    if any(a.ndim != 1 or a.shape != arrs[0].shape for a in arrs):
+        raise ValueError("paired arms must be 1-D and of the same length")
+    na, da, nb, db = arrs
+    n = len(na)
+
+    def diff(sa, sb):
+        return 100.0 * (sb / sa - 1.0) if relative else sb - sa
+
+    if n == 0 or da.sum() <= 0 or db.sum() <= 0:
+        nan = float("nan")
+        return nan, nan, nan
+    point = float(diff(f(na.sum() / da.sum()), f(nb.sum() / db.sum())))
+    if n < 2 or iters < 1:
+        return point, point, point
+    idx = np.random.default_rng(seed).integers(0, n, size=(int(iters), n))
+    sda, sdb = da[idx].sum(axis=1), db[idx].sum(axis=1)
+    ok = (sda > 0) & (sdb > 0)
+    stats = diff(f(na[idx].sum(axis=1)[ok] / sda[ok]), f(nb[idx].sum(axis=1)[ok] / sdb[ok]))
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha])
+    return point, float(lo), float(hi)

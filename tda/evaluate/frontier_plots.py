@@ -4,7 +4,8 @@ Each panel: decode speedup vs our dense (x) against one quality figure (y) with 
 bootstrap interval as error bars; one trace per method through its densities (labelled at the
 points), dense as a star at (1, dense's value), and per point a dashed segment to a tick at the
 method's bytes ceiling (the speedup its bytes read per step would allow): the gap is what the
-implementation leaves on the table. Perplexity is on a log axis.
+implementation leaves on the table; rings mark the Pareto set. Perplexities are on log axes. With
+``deltas=True`` every panel shows the paired difference from dense instead (dense at 0).
 """
 
 from __future__ import annotations
@@ -17,7 +18,19 @@ METRICS = {
     "ppl": "perplexity, held-out (lower is better)",
     "agreement": "top-1 agreement with dense",
     "mc_acc": "multiple-choice accuracy",
+    "cloze_acc": "cloze (last-word) accuracy",
+    "gen_rougeL": "generation: ROUGE-L vs dense's",
+    "gen_ppl": "generation: perplexity under dense (lower is better)",
 }
+# the paired difference from dense of each metric (its column in the frontier rows) and its title
+DELTA_KEYS = {"ppl": "ppl_delta_pct", "agreement": "agreement_delta", "mc_acc": "mc_acc_delta",
+              "cloze_acc": "cloze_acc_delta", "gen_rougeL": "gen_rougeL_delta", "gen_ppl": "gen_ppl_delta_pct"}
+DELTA_TITLES = {"ppl_delta_pct": "Δ perplexity vs dense, % (paired)", "agreement_delta": "Δ agreement vs dense (paired)",
+                "mc_acc_delta": "Δ MC accuracy vs dense (paired)", "cloze_acc_delta": "Δ cloze accuracy vs dense (paired)",
+                "gen_rougeL_delta": "Δ generation ROUGE-L vs dense (paired)",
+                "gen_ppl_delta_pct": "Δ generation perplexity under dense, % (paired)"}
+LOG_METRICS = ("ppl", "gen_ppl")
+COLS = 3  # panels per figure row
 X_TITLE = "decode speedup vs our dense (×)"
 
 
@@ -92,6 +105,12 @@ def metric_traces(rows: list[dict], metric: str, *, colors: dict[str, str] | Non
                                  line=dict(color="#888", dash="dash", width=1),
                                  marker=dict(symbol="line-ns-open", size=12, color="#888", line=dict(width=2)),
                                  legendgroup="ceiling", hoverinfo="skip"))
+    on = [r for r in usable if r.get("pareto") is True]
+    if on:  # rings around the Pareto set
+        traces.append(go.Scatter(
+            x=[1.0 if r["method"] == "dense" else r["decode_speedup"] for r in on], y=[r[metric] for r in on],
+            mode="markers", name="Pareto set", legendgroup="pareto", showlegend=showlegend, hoverinfo="skip",
+            marker=dict(symbol="circle-open", size=20, color="#d62728", line=dict(width=2))))
     dense = [r for r in usable if r["method"] == "dense"]
     if dense:
         d = dict(dense[0], decode_speedup=1.0)
@@ -107,31 +126,63 @@ def frontier_metrics(rows: list[dict]) -> list[str]:
     return [m for m in METRICS if any(_num(r.get(m)) for r in rows)]
 
 
-def frontier_figure(rows: list[dict], metrics: list[str] | None = None, *, title: str | None = None) -> go.Figure:
-    """One panel per metric (default: every one the rows have) side by side, shared legend."""
+def delta_rows(rows: list[dict]) -> list[dict]:
+    """The rows with each metric replaced by its paired difference from dense (dense: 0, no interval),
+    for :func:`frontier_figure` with ``deltas=True``."""
+    out = []
+    for r in rows:
+        d = dict(r)
+        for m, k in DELTA_KEYS.items():
+            if r["method"] == "dense":
+                d[m] = 0.0 if _num(r.get(m)) else None
+                d.pop(f"{m}_lo", None), d.pop(f"{m}_hi", None)
+            else:
+                d[m], d[f"{m}_lo"], d[f"{m}_hi"] = r.get(k), r.get(f"{k}_lo"), r.get(f"{k}_hi")
+        out.append(d)
+    return out
+
+
+def frontier_figure(rows: list[dict], metrics: list[str] | None = None, *, title: str | None = None,
+                    deltas: bool = False) -> go.Figure:
+    """One panel per metric (default: every one the rows have), :data:`COLS` a row, shared legend;
+    ``deltas``: each panel shows the paired difference from dense instead of the value."""
     metrics = metrics or frontier_metrics(rows) or ["ppl"]
     colors = method_colors(rows)
-    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[METRICS.get(m, m) for m in metrics],
-                        horizontal_spacing=0.07)
-    for i, metric in enumerate(metrics, start=1):
-        for t in metric_traces(rows, metric, colors=colors, showlegend=i == 1):
-            fig.add_trace(t, row=1, col=i)
-        fig.add_vline(x=1.0, line_dash="dot", line_color="#999", row=1, col=i)
-        fig.update_xaxes(title_text=X_TITLE, row=1, col=i)
-        if metric == "ppl":
-            fig.update_yaxes(type="log", row=1, col=i)
+    data = delta_rows(rows) if deltas else rows
+    n_rows, n_cols = (len(metrics) + COLS - 1) // COLS, min(len(metrics), COLS)
+    titles = [DELTA_TITLES[DELTA_KEYS[m]] if deltas and m in DELTA_KEYS else METRICS.get(m, m) for m in metrics]
+    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=titles, horizontal_spacing=0.07,
+                        vertical_spacing=0.18 if n_rows > 1 else 0.1)
+    for i, metric in enumerate(metrics):
+        row, col = i // COLS + 1, i % COLS + 1
+        for t in metric_traces(data, metric, colors=colors, showlegend=i == 0):
+            fig.add_trace(t, row=row, col=col)
+        fig.add_vline(x=1.0, line_dash="dot", line_color="#999", row=row, col=col)
+        fig.update_xaxes(title_text=X_TITLE, row=row, col=col)
+        if deltas:
+            fig.add_hline(y=0.0, line_dash="dot", line_color="#999", row=row, col=col)
+        elif metric in LOG_METRICS:  # log axis with plain numbers (no 2×10¹ ticks)
+            fig.update_yaxes(type="log", tickformat=".3~g", minor=dict(showgrid=False), row=row, col=col)
     fig.update_layout(
-        template="plotly_white", height=480, width=max(520, 480 * len(metrics)),
-        title=title or "Quality × speed frontier (error bars: 95% bootstrap; dashed: to the bytes ceiling)",
-        legend=dict(orientation="h", y=-0.2), margin=dict(t=80, b=110))
+        template="plotly_white", height=max(480, 420 * n_rows + 60), width=max(520, 480 * n_cols),
+        title=dict(text=title or "Quality × speed frontier<br><sup>bars: 95% bootstrap; dashed: to the bytes ceiling; "
+                   "rings: the Pareto set</sup>", x=0.01, xanchor="left"),
+        legend=dict(orientation="h", y=-0.12 if n_rows > 1 else -0.2), margin=dict(t=100, b=110))
     return fig
 
 
 def frontier_title(meta: dict) -> str:
+    """A short title line (model, dtype) and a smaller second line with the run's sizes."""
     m = meta.get("model", {})
-    return (f"Quality × speed frontier — {m.get('model_id', '?')} ({m.get('dtype', '')}); "
-            f"{meta.get('rounds')} round(s), {meta.get('heldout_texts')} texts, {meta.get('mc_items')} MC items "
-            "(bars: 95% bootstrap; dashed: to the bytes ceiling)")
+    sizes = [f"{meta.get('rounds_run', meta.get('rounds'))} round(s)", f"{meta.get('heldout_texts')} texts"]
+    if meta.get("cloze_items"):
+        sizes.append(f"{meta['cloze_items']} cloze items")
+    if meta.get("mc_items"):
+        sizes.append(f"{meta['mc_items']} MC items")
+    if meta.get("gen_prompts"):
+        sizes.append(f"{meta['gen_prompts']} generations")
+    return (f"Quality × speed frontier — {m.get('model_id', '?')} ({m.get('dtype', '')})<br><sup>"
+            + ", ".join(sizes) + "; bars: 95% bootstrap; dashed: to the bytes ceiling; rings: the Pareto set</sup>")
 
 
 def figure_html(fig: go.Figure) -> str:

@@ -21,6 +21,7 @@ from tda.common import distributed
 from tda.common.errors import BadInput
 from tda.engine.generate import SparseSession, check_method, generate
 from tda.evaluate.bootstrap import ITERS, SEED, mean_interval, perplexity_interval, ratio_interval
+from tda.evaluate.paired import METRICS, delta_columns, deltas_vs, units
 from tda.evaluate.scoring import continuation_logits, split_point
 from tda.masks.build import check_density
 
@@ -183,18 +184,23 @@ def summarization_eval(lm, records: list[dict], vs: list[Variant], *, max_new_to
 
 # ----- the table ------------------------------------------------------------------------------------
 COLUMNS = ("method", "density", "ppl", "agreement", "rouge1", "rouge2", "rougeL",
-           "rouge1_vs_dense", "rougeL_vs_dense", "mc_acc",
-           "ppl_lo", "ppl_hi", "agreement_lo", "agreement_hi", "mc_acc_lo", "mc_acc_hi", "mc_items")
+           "rouge1_vs_dense", "rougeL_vs_dense", "mc_acc", "cloze_acc", "gen_rougeL", "gen_prefix", "gen_rep",
+           "gen_ppl", "ppl_lo", "ppl_hi", "agreement_lo", "agreement_hi", "mc_acc_lo", "mc_acc_hi", "mc_items",
+           "cloze_acc_lo", "cloze_acc_hi", "cloze_items", "gen_rougeL_lo", "gen_rougeL_hi", "gen_prefix_lo",
+           "gen_prefix_hi", "gen_rep_lo", "gen_rep_hi", "gen_ppl_lo", "gen_ppl_hi", "gen_items", *delta_columns())
 INTERVAL_KEYS = ("ppl", "ppl_lo", "ppl_hi", "agreement", "agreement_lo", "agreement_hi")
 
 
 def run_eval(lm, methods: list[str], densities: list[float], *, heldout: list[str], summaries: list[dict],
              mc_limit: int | None = None, max_new_tokens: int = 32, cett: float = 0.2, fast: bool | None = True,
-             progress: Callable[[str], None] | None = None, boot_iters: int = ITERS, seed: int = SEED) -> dict:
+             progress: Callable[[str], None] | None = None, boot_iters: int = ITERS, seed: int = SEED,
+             cloze: list[dict] | None = None, gen_texts: list[str] | None = None, gen_tokens: int = 64) -> dict:
     """All metrics for all variants: ``{"rows": [...], "outputs": {...}, "per_text": {...},
-    "mc_per_item": {...}, "meta": {...}}``. Perplexity, agreement and multiple-choice accuracy come
-    with 95% bootstrap intervals (``_lo``/``_hi``: over texts, over items; ``boot_iters`` resamples,
-    ``seed``)."""
+    "mc_per_item": {...}, "cloze_per_item": {...}, "gen_per_text": {...}, "meta": {...}}``.
+    Perplexity, agreement, multiple-choice and cloze accuracy and the generation metrics
+    (:mod:`tda.evaluate.freegen`) come with 95% bootstrap intervals (``_lo``/``_hi``: over texts,
+    items or prompts; ``boot_iters`` resamples, ``seed``); every sparse row also has its paired
+    differences from dense (:func:`tda.evaluate.paired.deltas_vs`)."""
     vs = variants(methods, densities)
     t0 = time.perf_counter()
     ppl = perplexity_eval(lm, heldout, vs, cett=cett, fast=fast, progress=progress, boot_iters=boot_iters,
@@ -215,23 +221,59 @@ def run_eval(lm, methods: list[str], densities: list[float], *, heldout: list[st
             mc_items[v.label] = items
             if progress:
                 progress(f"multiple choice {v.label}: acc {acc:.3f} [{lo:.3f}, {hi:.3f}] over {len(items)} items")
+    thr = _thresholds(lm, vs, cett, None) if (cloze or gen_texts) else {}
+    cloze_res = {}
+    if cloze:
+        from tda.evaluate.cloze import cloze_eval
+
+        cloze_res = cloze_eval(lm, cloze, vs, cett=cett, fast=fast, thresholds=thr, progress=progress)
+    gen = {}
+    if gen_texts:
+        from tda.evaluate.freegen import generation_eval
+
+        gen = generation_eval(lm, gen_texts, vs, gen_tokens=gen_tokens, cett=cett, fast=fast, thresholds=thr,
+                              progress=progress)
+    per_unit = {"per_text": {label: r["per_text"] for label, r in ppl.items()}, "mc_per_item": mc_items,
+                "cloze_per_item": cloze_res, "gen_per_text": {k: {f: x for f, x in g.items() if f != "texts"}
+                                                             for k, g in gen.items()}}
     rows = []
     for v in vs:
         row = {"method": v.method, "density": 1.0 if v.density is None else v.density}
         row.update({k: x for k, x in ppl.get(v.label, {}).items() if k in INTERVAL_KEYS})
         row.update({k: x for k, x in summ.get(v.label, {}).items() if k != "outputs"})
         row.update(mc.get(v.label, {}))
+        row.update(unit_intervals(per_unit, v.label, ("cloze_acc", "gen_rougeL", "gen_prefix", "gen_rep", "gen_ppl"),
+                                  iters=boot_iters, seed=seed))
+        if cloze_res:
+            row["cloze_items"] = len(cloze)
+        if gen:
+            row["gen_items"] = len(gen_texts)
+        if v.method != "dense":
+            row.update(deltas_vs(per_unit, "dense", v.label, iters=boot_iters, seed=seed))
         rows.append(row)
     return {
         "rows": rows,
         "outputs": {label: r["outputs"] for label, r in summ.items()},
-        "per_text": {label: r["per_text"] for label, r in ppl.items()},
-        "mc_per_item": mc_items,
+        "gen_outputs": {label: g["texts"] for label, g in gen.items()},
+        **per_unit,
         "meta": {"model": lm.info(), "methods": methods, "densities": densities, "heldout_texts": len(heldout),
+                 "cloze_items": len(cloze or []), "gen_prompts": len(gen_texts or []), "gen_tokens": gen_tokens,
                  "summaries": len(summaries), "mc_limit": mc_limit, "max_new_tokens": max_new_tokens,
                  "cett": cett, "bootstrap": {"iters": boot_iters, "seed": seed, "level": 0.95},
                  "seconds": time.perf_counter() - t0},
     }
+
+
+def unit_intervals(per_unit: dict, label: str, metrics, *, iters: int = ITERS, seed: int = SEED) -> dict:
+    """``{metric, metric_lo, metric_hi}`` of each of ``metrics`` that ``label`` was scored on
+    (the 95% bootstrap over its units, :data:`tda.evaluate.paired.METRICS`)."""
+    out = {}
+    for m in metrics:
+        u = units(per_unit, label, m)
+        if u is not None:
+            f = perplexity_interval if METRICS[m].log else ratio_interval
+            out[m], out[f"{m}_lo"], out[f"{m}_hi"] = f(*u, iters=iters, seed=seed)
+    return out
 
 
 def _fmt(x) -> str:

@@ -1,0 +1,89 @@
+"""Evaluation sets read from the Python installation: sizes, determinism, cloze items, and
+disjointness from every calibration text."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tda.common import evalsets as es
+from tda.common.errors import BadInput
+
+
+def _shingles(text: str, n: int = 8) -> set[tuple[str, ...]]:
+    w = re.findall(r"[a-z0-9']+", text.lower())
+    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+
+
+def test_prose_paragraphs_drop_code_and_headings():
+    text = ("Assignment statements\n*********************\n\nAn assignment statement evaluates the expression "
+            "list and assigns the single resulting object to each of\nthe target lists, from left to right.\n\n"
+            "   x = [f(a) for a in range(3)]\n\nToo short.\n\n"
+            "* A bullet item that is long enough to count as a prose paragraph of the text here.")
+    got = es.prose_paragraphs(text)
+    assert got == ["An assignment statement evaluates the expression list and assigns the single resulting "
+                   "object to each of the target lists, from left to right.",
+                   "A bullet item that is long enough to count as a prose paragraph of the text here."]
+
+
+def test_passages_and_cloze_by_hand():
+    para = ("The archive keeps every record in order. " * 6).strip()  # 42 words a paragraph
+    ps = es.passages_of([("s1", para + "\n\n" + para + "\n\n" + para)], min_words=80, max_words=100)
+    assert len(ps) == 1 and len(ps[0]["text"].split()) == 84 and ps[0]["id"] == "p00000"
+    items = es.cloze_items(ps, min_context_words=30)
+    assert items and all(it["target"] == "order" and it["context"].split()[-1] == "in" for it in items)
+    assert all(len(it["context"].split()) >= 30 for it in items)
+
+
+def test_default_sets_sizes_and_determinism():
+    """The issue's floor: >= 200 passages, >= 50,000 tokens (words × 1.2 is a safe lower bound of the
+    Gemma count; the exact count is tested below when the tokenizer is present), >= 500 cloze items."""
+    cat = es.catalogue()
+    text, cloze = cat[es.DEFAULT_TEXT_SET], cat[es.DEFAULT_CLOZE_SET]
+    assert text.default and not cloze.default and sum(s.default for s in cat.values()) == 1
+    passages = text.load()
+    assert len(passages) >= 200 and sum(len(p.split()) for p in passages) >= 50_000 / 1.2
+    items = cloze.load()
+    assert len(items) >= 500 and all(re.fullmatch(r"[A-Za-z]{4,}", it["target"]) for it in items)
+    es.pydoc_passages.cache_clear()  # a fresh extraction gives the same texts in the same order
+    assert es.digest(text.load()) == es.digest(passages)
+    assert [it["id"] for it in cloze.load()] == [it["id"] for it in items]
+    assert len({p for p in passages}) == len(passages)  # no duplicates
+    for s in (text, cloze):
+        assert "PSF" in s.license and "pydoc_data" in s.source
+
+
+def test_calibration_texts_disjoint_from_evaluation():
+    """No 8-word run of any calibration text (the shipped corpus used by `tda calibrate`, the
+    thresholds and the bench prompt) appears in the evaluation passages or cloze contexts."""
+    from tda.common.data import CORPUS, HELDOUT, load_texts
+
+    cal = set().union(*(_shingles(t) for t in load_texts(CORPUS)))
+    ev = set().union(*(_shingles(t) for t in es.get_set("pydoc-text").load()))
+    assert cal and ev and not cal & ev
+    assert not cal & set().union(*(_shingles(t) for t in load_texts(HELDOUT)))
+    assert not (set().union(*(_shingles(it["context"]) for it in es.get_set("pydoc-cloze").load()[:200])) & cal)
+
+
+def test_get_set_errors():
+    assert es.get_set("heldout-small", "text").kind == "text"
+    with pytest.raises(BadInput, match="unknown text set 'pydoc-cloze'"):
+        es.get_set("pydoc-cloze", "text")
+    with pytest.raises(BadInput, match="choose from"):
+        es.get_set("nope")
+
+
+def test_tda_data_json(run_cli):
+    """`tda data --json`: a list of objects with the issue's fields; the default text set holds
+    >= 200 passages and >= 50,000 Gemma tokens; the cloze set >= 500 items."""
+    code, out, err = run_cli("data", "--json")
+    assert code == 0, err
+    sets = {s["name"]: s for s in json.loads(out)}
+    for s in sets.values():
+        assert {"name", "kind", "items", "tokens", "source", "license", "default"} <= set(s)
+    d = [s for s in sets.values() if s["default"]]
+    assert len(d) == 1 and d[0]["kind"] == "text" and d[0]["items"] >= 200 and d[0]["tokens"] >= 50_000
+    assert sets["pydoc-cloze"]["kind"] == "cloze" and sets["pydoc-cloze"]["items"] >= 500
+    assert sets["mc-small"]["items"] == 40 and sets["heldout-small"]["items"] == 24
