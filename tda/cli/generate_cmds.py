@@ -33,8 +33,8 @@ def generate_cmd(
                                                 "default: --prompt)"),
     model: str = ModelOpt,
     method: str = typer.Option("dense", "--method",
-                               help="a method of `tda methods` (dense, tt, griffin, tda, static, random, cats, "
-                                    "teal, wina) or PROMPT+tt (e.g. griffin+tt)"),
+                               help="a method of `tda methods` (e.g. dense, tt, griffin, tda, cats, teal, wina, "
+                                    "chess, scap, rsparse, predictor) or PROMPT+tt (e.g. griffin+tt)"),
     density: float = typer.Option(None, "--density",
                                   help="fraction kept, in (0, 1]; needed by griffin, static and random. Left "
                                        "out, the method's calibrated rule: tda keeps the neurons above the "
