@@ -23,6 +23,8 @@ BUILTIN: dict[str, str] = {
     "cats": "tda.engine.methods.cats:CATS",
     "teal": "tda.engine.methods.teal:TEAL",
     "wina": "tda.engine.methods.wina:WINA",
+    "rsparse": "tda.engine.methods.rsparse:RSparse",
+    "predictor": "tda.engine.methods.predictor:Predictor",
 }
 COMBO_INNER = ("tt",)  # token-wise methods that run inside a prompt-fixed slice
 _EXTRA: dict[str, type] = {}
