@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "tda.cli.generate_cmds",
     "tda.cli.methods_cmd",
     "tda.cli.frontier_cmds",
+    "tda.cli.predictor_cmd",
 ]
 
 

@@ -172,7 +172,7 @@ def train_predictor(lm, texts: list[str], settings: PredictorSettings | None = N
         return topk_labels(rows, settings.label_density) if j >= n_layers else rows
 
     data, where = sample_linear_inputs(lm, texts, mods, transform=to_label, progress=progress)
-    held = min(settings.heldout, len(texts) - 1)
+    held = min(settings.heldout, len(texts) // 4)  # at least 3/4 of the texts train
     test = torch.tensor([w >= len(texts) - held for w in where], dtype=torch.bool) if held > 0 else None
     train = ~test if test is not None else torch.ones(len(where), dtype=torch.bool)
     rank = settings.rank_for(ffn.d_ff)
