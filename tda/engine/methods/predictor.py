@@ -65,7 +65,7 @@ class Predictor(TokenWise):
         self.pred_params = 0
         if self.cfg.density >= 1.0:
             return {m: self._dense_counted(m) for m in self.modules()}
-        pred = self.predictor()
+        pred = self.pred = self.predictor()
         ffn = self.lm.ffn
         k = max(1, min(ffn.d_ff, round(self.cfg.density * ffn.d_ff)))
         table = {}
