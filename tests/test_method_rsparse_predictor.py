@@ -22,29 +22,13 @@ import torch.nn.functional as F
 from tda.common.errors import BadInput
 from tda.engine.config import SparsityConfig
 from tda.engine.generate import generate
-from tda.engine.session import SparseSession
 from tda.models.dispatch import linear_overrides, module_weight
+from tests.test_methods import _decode_table, _x
 
 FAMILIES = ("tiny-llama", "tiny-gemma3", "tiny-gpt2", "tiny-opt", "tiny-qwen3", "tiny-mistral")
 METHODS = ("rsparse", "predictor")
 PROMPTS = ["the quick brown fox jumps over", "a house by the river", "one two three four five six seven"]
 KW = dict(max_new_tokens=6, min_new_tokens=6)
-
-
-def _decode_table(lm, cfg: SparsityConfig, prompt: str = PROMPTS[2]):
-    """A session after its prefill: ``(session, {module: decode fn})``."""
-    sess = SparseSession(lm, cfg)
-    ids = torch.tensor([lm.tokenizer(prompt).input_ids])
-    with sess.active(), torch.inference_mode():
-        sess.begin(ids)
-        lm.model(input_ids=ids, use_cache=False)
-        sess.finish_prefill()
-    mods = {id(m): m for m in lm.model.modules()}
-    return sess, {mods[k]: fn for k, fn in sess._decode.items()}
-
-
-def _x(n, d, seed):
-    return torch.randn(n, 1, d, generator=torch.Generator().manual_seed(seed))
 
 
 # ----- registry and exactness at density 1 ------------------------------------------------------------
@@ -168,6 +152,24 @@ def test_rsparse_reads_about_the_density(tiny_llama):
     rf = r.params["read_fraction"]
     assert 0.3 < rf["ffn"] < 0.7 and 0.3 < rf["other"] < 0.7 and rf["lm_head"] == 1.0
     assert 0.3 < r.density < 0.7
+
+
+def test_fixed_alpha_runs_the_low_rank_path(tiny_llama, monkeypatch):
+    """Random weights calibrate to alpha 1 (no low-rank part); $TDA_RSPARSE_ALPHA forces a split."""
+    from tda.masks.input_thresholds import module_names
+
+    monkeypatch.setenv("TDA_RSPARSE_ALPHA", "0.5")
+    r = generate(tiny_llama, PROMPTS[2], "rsparse", density=0.5, **KW)
+    sess, _ = _decode_table(tiny_llama, SparsityConfig("rsparse", density=0.5))
+    cal, names = sess.impl.calibration(), module_names(tiny_llama.model)
+    splits = [cal.split(names[id(m)]) for m in sess.impl.modules()]
+    assert all(s.alpha == 0.5 and s.rank > 0 for s in splits)
+    rf = r.params["read_fraction"]
+    assert 0.35 < rf["ffn"] < 0.65 and 0.35 < rf["other"] < 0.65  # sparse rows + factors ≈ density
+    monkeypatch.setenv("TDA_RSPARSE_ALPHA", "2")
+    with pytest.raises(BadInput) as e:
+        generate(tiny_llama, PROMPTS[2], "rsparse", density=0.5, **KW)
+    assert "TDA_RSPARSE_ALPHA" in str(e.value) and "\n" not in str(e.value)
 
 
 # ----- the predictor ----------------------------------------------------------------------------------

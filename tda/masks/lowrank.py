@@ -35,7 +35,6 @@ import torch
 
 from tda.common.atomic import write_text_atomic
 from tda.common.errors import BadInput
-from tda.common.paths import cache_dir
 from tda.masks.calibrate import data_hash
 
 ALPHAS = tuple(i / 10 for i in range(11))  # candidate sparse ratios 0, 0.1, ..., 1
@@ -57,7 +56,7 @@ def split_budget(d_in: int, d_out: int, density: float, alpha: float) -> tuple[i
 def svd_factors(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(VS[d_in, r], U[d_out, r])`` with ``W[d_out, d_in] ≈ U VSᵀ`` the best rank-``r`` approximation
     (fp32, contiguous). Exact SVD up to :data:`EXACT_SVD_MAX`; above, ``torch.svd_lowrank``
-    (seeded, 4 power iterations) — on CPU a full SVD of a 2048×5632 weight takes seconds."""
+    (seeded, 2 power iterations) — on CPU a full SVD of a 2048×5632 weight takes seconds."""
     w = w.detach().float()
     rank = max(0, min(int(rank), *w.shape))
     if rank == 0:
@@ -68,7 +67,7 @@ def svd_factors(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            u, s, v = torch.svd_lowrank(w, q=min(rank + 16, *w.shape), niter=4)
+            u, s, v = torch.svd_lowrank(w, q=min(rank + 16, *w.shape), niter=2)
         u, s, v = u[:, :rank], s[:rank], v[:, :rank]
     return (v * s).contiguous(), u.contiguous()
 
@@ -162,7 +161,7 @@ class RSparseCalibration:
 
 
 def calibrate_rsparse(lm, texts: list[str], density: float, modules: list, names: list[str], *,
-                      progress=None) -> RSparseCalibration:
+                      alphas: tuple[float, ...] = ALPHAS, progress=None) -> RSparseCalibration:
     """One pass over ``texts`` sampling every module's input, then :func:`choose_split` per module."""
     from tda.masks.linear_inputs import clean_texts, sample_linear_inputs
     from tda.models.dispatch import module_weight
@@ -171,28 +170,30 @@ def calibrate_rsparse(lm, texts: list[str], density: float, modules: list, names
     xs, where = sample_linear_inputs(lm, texts, modules, rows_per_text=ROWS_PER_TEXT, progress=progress)
     sites = {}
     for j, (m, name) in enumerate(zip(modules, names)):
-        sites[name] = asdict(choose_split(xs[j], module_weight(m), density))
+        sites[name] = asdict(choose_split(xs[j], module_weight(m), density, alphas))
         xs[j] = None
         if progress:
             progress(f"r-sparse split: linear {j + 1}/{len(modules)}")
     return RSparseCalibration(lm.model_id, data_hash(texts), float(density), len(where), sites)
 
 
-def cache_path(model_id: str, dhash: str, density: float) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)
-    d = cache_dir() / "calibration"
-    d.mkdir(parents=True, exist_ok=True)
-    return d / f"{safe}-{dhash}-rsparse-d{density:g}.json"
+def cache_path(model_id: str, dhash: str, density: float, alphas: tuple[float, ...] = ALPHAS) -> Path:
+    """Next to the input thresholds of the same model and data."""
+    from tda.masks.input_thresholds import cache_path as inputs_path
+
+    grid = "" if tuple(alphas) == ALPHAS else "-a" + "_".join(f"{a:g}" for a in alphas)
+    p = inputs_path(model_id, dhash)
+    return p.with_name(p.name.removesuffix("-inputs.json") + f"-rsparse-d{density:g}{grid}.json")
 
 
 def load_or_calibrate_rsparse(lm, density: float, modules: list, names: list[str], texts: list[str] | None = None,
-                              *, progress=None) -> RSparseCalibration:
+                              *, alphas: tuple[float, ...] = ALPHAS, progress=None) -> RSparseCalibration:
     """Cached :func:`calibrate_rsparse`; ``texts`` defaults to the shipped corpus."""
     from tda.common.data import load_texts
     from tda.masks.linear_inputs import clean_texts
 
     texts = clean_texts(texts if texts is not None else load_texts())
-    path = cache_path(lm.model_id, data_hash(texts), density)
+    path = cache_path(lm.model_id, data_hash(texts), density, alphas)
     with _LOCK:
         cal = _MEMO.get(str(path))
         if cal is None and path.exists():
@@ -201,7 +202,7 @@ def load_or_calibrate_rsparse(lm, density: float, modules: list, names: list[str
             except BadInput:
                 cal = None
         if cal is None or cal.model_id != lm.model_id or any(n not in cal.sites for n in names):
-            cal = calibrate_rsparse(lm, texts, density, modules, names, progress=progress)
+            cal = calibrate_rsparse(lm, texts, density, modules, names, alphas=alphas, progress=progress)
             write_text_atomic(path, cal.to_json())
         _MEMO[str(path)] = cal
         return cal

@@ -17,7 +17,7 @@ Data: the calibration corpus (``data/corpus.jsonl``, disjoint from the evaluatio
 :data:`tda.masks.linear_inputs.MAX_TEXTS` texts × 128 tokens, BOS left out; the last texts
 (:attr:`PredictorSettings.heldout`) are held out: recall of the true top-k among the predictor's
 top-k on their tokens is reported per layer. Trained predictors are cached per (model, data hash,
-settings) under ``$TDA_CACHE_DIR/predictors``.
+settings) under ``$TDA_CACHE_DIR/calibration``, next to the model's other calibrations.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import torch.nn.functional as F
 
 from tda.common.atomic import atomic_path
 from tda.common.errors import BadInput
-from tda.common.paths import cache_dir
 from tda.masks.calibrate import data_hash
 
 _LOCK = threading.Lock()
@@ -193,15 +192,17 @@ def train_predictor(lm, texts: list[str], settings: PredictorSettings | None = N
                            meta={"d_model": int(ffn.d_model), "d_ff": int(ffn.d_ff), "n_layers": n_layers})
 
 
-def predictor_dir() -> Path:
-    d = cache_dir() / "predictors"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+def cache_prefix(model_id: str, dhash: str) -> Path:
+    """``<calibration folder>/<model>-<data hash>-predictor-``: next to the model's calibrations."""
+    from tda.masks.input_thresholds import cache_path as inputs_path
+
+    p = inputs_path(model_id, dhash)
+    return p.with_name(p.name.removesuffix("-inputs.json") + "-predictor-")
 
 
 def cache_path(model_id: str, dhash: str, settings: PredictorSettings) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)
-    return predictor_dir() / f"{safe}-{dhash}-{settings.key()}.pt"
+    prefix = cache_prefix(model_id, dhash)
+    return prefix.with_name(prefix.name + f"{settings.key()}.pt")
 
 
 def _fits(pred: NeuronPredictor, lm) -> bool:
@@ -235,8 +236,8 @@ def load_or_train(lm, texts: list[str] | None = None, settings: PredictorSetting
     dhash = data_hash(texts)
     with _LOCK:
         if newest and settings is None:
-            safe = cache_path(lm.model_id, dhash, PredictorSettings()).name.split(f"-{dhash}-")[0]
-            found = sorted(predictor_dir().glob(f"{safe}-{dhash}-*.pt"), key=lambda p: p.stat().st_mtime)
+            prefix = cache_prefix(lm.model_id, dhash)
+            found = sorted(prefix.parent.glob(f"{prefix.name}*.pt"), key=lambda p: p.stat().st_mtime)
             for p in reversed(found):
                 pred = _read(p, lm)
                 if pred is not None:

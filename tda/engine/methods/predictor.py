@@ -49,8 +49,8 @@ def row_major(module) -> torch.Tensor | None:
 class Predictor(TokenWise):
     name = "predictor"
     needs_density = True
-    calibrates = "a rank-r neuron predictor per layer, trained on calibration activations (tda train-predictor)"
-    summary = "Deja Vu-style learned predictor: per-token top-k neurons chosen before gate/up are read"
+    calibrates = "a rank-r neuron predictor per layer (tda train-predictor)"
+    summary = "Deja Vu-style learned predictor: per-token top-k neurons, chosen before gate/up are read"
 
     def modules(self):
         return self.ffn_modules()

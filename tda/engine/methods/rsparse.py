@@ -7,8 +7,10 @@ Per linear, the sparse ratio ``alpha``, the threshold ``tau`` and the rank come 
 :mod:`tda.masks.lowrank` (calibrated per density on the calibration corpus, cached): sparse rows
 plus the two low-rank factors cost ``density`` × the dense bytes, and ``alpha`` is the value on a
 grid with the smallest output error on calibration inputs (their repository ships searched
-ratios without the recipe). As in their code (not the paper's plain ``|x|`` description), the
-score is ``|x_i|·‖W[:, i]‖`` when ``alpha < 1`` and ``|x_i|`` when ``alpha = 1``; the engine keeps
+ratios without the recipe; ``$TDA_RSPARSE_ALPHA`` fixes one value, see :func:`alpha_grid`). As in
+their code, the score is ``|x_i|·‖W[:, i]‖`` when ``alpha < 1`` and ``|x_i|`` when ``alpha = 1``
+(their ``sparse_ratio == 1`` branch), and ``tau`` is a quantile of the score itself, not of
+``|x|`` (so :mod:`tda.masks.input_thresholds` is not reused); the engine keeps
 ``score ≥ tau`` where their code keeps ``score > tau`` (equal only on exact ties). Prefill is dense
 (their ``prefill_ratio = 1`` path), density 1 is the dense product. A batch: the sparse part reads
 the union of the rows' sets, each row masked to its own; the low-rank part is per row.
@@ -46,7 +48,7 @@ class LowRankCounter(Counter):
 class RSparse(TokenWise):
     name = "rsparse"
     needs_density = True
-    calibrates = "per linear: sparse/low-rank split (alpha, |x|·‖W[:,i]‖ threshold, SVD rank) at the density"
+    calibrates = "per linear: sparse ratio, |x|·‖W[:, i]‖ threshold and SVD rank at the density"
     summary = "R-Sparse: input-sparse over large inputs + low-rank SVD part for the rest, every block linear"
 
     def modules(self):
@@ -60,7 +62,7 @@ class RSparse(TokenWise):
         names = module_names(self.lm.model)
         texts = None if self.cfg.calibration_texts is None else list(self.cfg.calibration_texts)
         return load_or_calibrate_rsparse(self.lm, self.cfg.density, mods, [names[id(m)] for m in mods], texts,
-                                         progress=stderr_progress)
+                                         alphas=alpha_grid(), progress=stderr_progress)
 
     def build(self):
         if self.cfg.density >= 1.0:
@@ -113,6 +115,27 @@ class RSparse(TokenWise):
             return y.view(*x.shape[:-1], d_out)
 
         return fn
+
+
+def alpha_grid() -> tuple[float, ...]:
+    """The candidate sparse ratios: :data:`tda.masks.lowrank.ALPHAS`, or the one value in
+    ``$TDA_RSPARSE_ALPHA`` (e.g. ``0.5``: every linear gets that split — to time the low-rank path
+    on random-weight models, whose flat spectra always calibrate to ``alpha = 1``)."""
+    import os
+
+    from tda.common.errors import BadInput
+    from tda.masks.lowrank import ALPHAS
+
+    raw = os.environ.get("TDA_RSPARSE_ALPHA", "").strip()
+    if not raw:
+        return ALPHAS
+    try:
+        alpha = float(raw)
+    except ValueError:
+        alpha = -1.0
+    if not 0.0 <= alpha <= 1.0:
+        raise BadInput(f"TDA_RSPARSE_ALPHA must be a number in [0, 1], got '{raw}'")
+    return (alpha,)
 
 
 def stderr_progress(msg: str) -> None:
