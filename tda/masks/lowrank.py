@@ -38,7 +38,7 @@ from tda.common.errors import BadInput
 from tda.masks.calibrate import data_hash
 
 ALPHAS = tuple(i / 10 for i in range(11))  # candidate sparse ratios 0, 0.1, ..., 1
-ROWS_PER_TEXT = 16  # calibration tokens per text (x 32 texts: ~512 rows per linear)
+ROWS_PER_TEXT = 8  # calibration tokens per text (x 32 texts: 256 rows per linear)
 EXACT_SVD_MAX = 1536  # min(d_in, d_out) above this: seeded randomized SVD of the needed rank
 _LOCK = threading.Lock()
 _MEMO: dict[str, RSparseCalibration] = {}
@@ -75,12 +75,6 @@ def svd_factors(w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]
 def column_scale(w: torch.Tensor) -> torch.Tensor:
     """``‖W[:, i]‖₂`` per input (R-Sparse's ``scale``): ``[d_in]`` fp32."""
     return w.detach().float().norm(dim=0)
-
-
-def split_keep(x: torch.Tensor, scale: torch.Tensor, alpha: float, tau: float) -> torch.Tensor:
-    """R-Sparse's sparse set: ``score > tau`` with score ``|x|`` (alpha 1) or ``|x|·scale``."""
-    score = x.abs() if alpha >= 1.0 else x.abs() * scale
-    return score > tau
 
 
 def split_product(x: torch.Tensor, w: torch.Tensor, keep: torch.Tensor, vs: torch.Tensor, u: torch.Tensor,

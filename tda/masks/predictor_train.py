@@ -88,10 +88,6 @@ class NeuronPredictor:
     def rank(self) -> int:
         return int(self.A[0].shape[1])
 
-    def scores(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        """``(x A) B``: ``x[..., d_model]`` -> ``[..., d_ff]`` (reference maths; the method uses kernels)."""
-        return (x.float() @ self.A[layer]) @ self.B[layer]
-
     def n_params(self) -> int:
         return sum(a.numel() + b.numel() for a, b in zip(self.A, self.B))
 
