@@ -19,9 +19,9 @@ def train_predictor_cmd(
     lr: float = typer.Option(3e-3, "--lr", help="AdamW learning rate"),
     batch: int = typer.Option(256, "--batch", help="tokens per optimisation step"),
     seed: int = typer.Option(0, "--seed", help="initialisation and shuffling seed"),
-    heldout: int = typer.Option(4, "--heldout", help="calibration texts held out for the recall report"),
+    heldout: int = typer.Option(8, "--heldout", help="calibration texts held out for the recall report"),
     data: Path = typer.Option(None, "--data", help="calibration texts (.json/.jsonl with a 'text' field); default: the shipped corpus"),
-    limit: int = typer.Option(None, "--limit", help="use only the first N texts (default: up to 32)"),
+    limit: int = typer.Option(None, "--limit", help="use only the first N texts (default: up to 128)"),
     retrain: bool = typer.Option(False, "--retrain", help="train again even when a cached predictor exists"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
@@ -41,8 +41,9 @@ def train_predictor_cmd(
     if retrain:
         from tda.masks.calibrate import data_hash
         from tda.masks.linear_inputs import clean_texts
+        from tda.masks.predictor_train import MAX_TEXTS
 
-        cache_path(lm.model_id, data_hash(clean_texts(texts)), settings).unlink(missing_ok=True)
+        cache_path(lm.model_id, data_hash(clean_texts(texts, MAX_TEXTS)), settings).unlink(missing_ok=True)
     pred, cached = load_or_train(lm, texts, settings, progress=progress_printer)
     path = cache_path(lm.model_id, pred.data_hash, settings)
     path.touch()  # the newest predictor is the one the method picks up
