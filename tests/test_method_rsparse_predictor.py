@@ -270,3 +270,16 @@ def test_train_cache_and_cli(run_cli, tiny_llama, monkeypatch, tmp_path):
     assert cached and torch.equal(again.A[0], pred.A[0])
     code, _, err = run_cli("train-predictor", "--model", "tiny-llama", "--label-density", "1.5")
     assert code == 2 and "label density" in err and err.count("\n") == 1
+
+
+def test_bench_cli_runs_both(run_cli, tmp_out):
+    import json
+
+    path = tmp_out / "b.json"
+    code, out, err = run_cli("bench", "--model", "tiny-llama", "--methods", "dense,rsparse,predictor",
+                             "--prompt-tokens", "8", "--new-tokens", "2", "--rounds", "1", "--bandwidth-mb", "0",
+                             "--out", path)
+    assert code == 0, err
+    data = json.loads(path.read_text())
+    assert {"rsparse", "predictor"} <= set(data["results"])
+    assert "| rsparse |" in out and "| predictor |" in out
