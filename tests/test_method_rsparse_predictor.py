@@ -147,6 +147,23 @@ def test_choose_split_prefers_low_rank_for_a_low_rank_weight():
     assert flat.alpha == 1.0 and flat.rank == 0  # noise has no low-rank part: plain thresholds win
 
 
+def test_randomized_svd_for_large_weights_is_near_the_best(monkeypatch):
+    """Above EXACT_SVD_MAX the factors come from a seeded torch.svd_lowrank: near the optimal error."""
+    from tda.masks import lowrank
+
+    g = torch.Generator().manual_seed(2)
+    u, _ = torch.linalg.qr(torch.randn(120, 80, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(90, 80, generator=g))
+    w = (u * torch.logspace(0, -3, 80)) @ v.T  # [120, 90], decaying spectrum
+    exact_vs, exact_u = lowrank.svd_factors(w, 10)
+    monkeypatch.setattr(lowrank, "EXACT_SVD_MAX", 16)
+    vs, uu = lowrank.svd_factors(w, 10)
+    assert vs.shape == (90, 10) and uu.shape == (120, 10)
+    best = float((w - exact_u @ exact_vs.T).norm())
+    assert float((w - uu @ vs.T).norm()) < 1.1 * best
+    assert torch.equal(lowrank.svd_factors(w, 10)[0], vs)  # seeded: the same factors every time
+
+
 def test_rsparse_reads_about_the_density(tiny_llama):
     r = generate(tiny_llama, PROMPTS[2], "rsparse", density=0.5, **KW)
     rf = r.params["read_fraction"]
