@@ -13,7 +13,9 @@ where ``S`` holds the inputs with a large score. Their code (``models/modeling_l
   keeps that fraction: the score is ``|x_i|`` when ``alpha = 1`` and ``|x_i|·‖W[:, i]‖₂`` otherwise
   (``‖W[:, i]‖ = ‖S V^T[:, i]‖``, their ``scale``); an input is in ``S`` when its score is ``> tau``;
 * ``rank = int((d·d_in·d_out − channels·d_out) / (d_in + d_out))``: the bytes left for the two
-  low-rank factors once the sparse rows are paid for, so sparse + low-rank bytes = ``d`` × dense.
+  low-rank factors once the sparse rows are paid for, so sparse + low-rank bytes = ``d`` × dense
+  (their ``max(·, 1)`` floors are left out, so ``alpha = 0`` is a pure low-rank product and
+  ``alpha = 1`` a pure sparse one).
 
 The rank follows from ``alpha``; this module makes ``alpha`` a calibrated, documented choice: per
 linear, the value on :data:`ALPHAS` whose split has the smallest output error
