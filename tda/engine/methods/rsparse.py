@@ -75,7 +75,8 @@ class RSparse(TokenWise):
 
     def split_fn(self, module, split):
         """The decode function of one linear for a :class:`tda.masks.lowrank.SiteSplit`."""
-        from tda.masks.lowrank import column_scale, module_factors
+        from tda.engine.methods.wina import column_norms
+        from tda.masks.lowrank import module_factors
 
         wt = input_major(module)  # [d_in, d_out]
         d_in, d_out = wt.shape
@@ -86,7 +87,7 @@ class RSparse(TokenWise):
         if split.alpha >= 1.0:
             cut = max(split.tau, 0.0)
         else:
-            cut = (max(split.tau, 0.0) / column_scale(wt.T)).to(wt.device)  # |x_i| >= tau / ‖W[:, i]‖
+            cut = max(split.tau, 0.0) / column_norms(module, wt)  # |x_i| >= tau / ‖W[:, i]‖
         rank = split.rank
         if rank == 0:
             return threshold_linear(wt, bias, cut, self.dense_fn(module), counter)
