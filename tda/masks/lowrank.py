@@ -42,7 +42,8 @@ from tda.masks.calibrate import data_hash
 ALPHAS = tuple(i / 10 for i in range(11))  # candidate sparse ratios 0, 0.1, ..., 1
 ROWS_PER_TEXT = 8  # calibration tokens per text (x 32 texts: 256 rows per linear)
 EXACT_SVD_MAX = 1536  # min(d_in, d_out) above this: seeded randomized SVD of the needed rank
-_LOCK = threading.Lock()
+_LOCK = threading.Lock()  # calibrations
+_FACTOR_LOCK = threading.Lock()  # the per-module SVD cache
 _MEMO: dict[str, RSparseCalibration] = {}
 _FACTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (rank, VS, U)
 
@@ -106,10 +107,16 @@ class SiteSplit:
     rel_error: float
 
 
+def max_rank(w: torch.Tensor, density: float, alphas: tuple[float, ...] = ALPHAS) -> int:
+    """The largest rank any ``alpha`` on ``alphas`` asks of ``w[d_out, d_in]`` at ``density``."""
+    return split_budget(w.shape[1], w.shape[0], density, min(alphas))[1]
+
+
 def choose_split(x: torch.Tensor, w: torch.Tensor, density: float,
-                 alphas: tuple[float, ...] = ALPHAS) -> SiteSplit:
+                 alphas: tuple[float, ...] = ALPHAS, factors=None) -> SiteSplit:
     """The ``alpha`` on ``alphas`` with the smallest relative output error on ``x[n, d_in]``, for
-    ``w[d_out, d_in]`` at ``density`` (ties: the larger alpha, i.e. fewer low-rank bytes)."""
+    ``w[d_out, d_in]`` at ``density`` (ties: the larger alpha, i.e. fewer low-rank bytes).
+    ``factors``: :func:`svd_factors` of ``w`` at :func:`max_rank` when already computed."""
     d_out, d_in = w.shape
     w = w.detach().float()
     x = x.float()
@@ -117,8 +124,7 @@ def choose_split(x: torch.Tensor, w: torch.Tensor, density: float,
     norm = float(ref.norm()) or 1.0
     scale = column_scale(w)
     best = None
-    max_rank = split_budget(d_in, d_out, density, min(alphas))[1]
-    vs_all, u_all = svd_factors(w, max_rank)
+    vs_all, u_all = factors if factors is not None else svd_factors(w, max_rank(w, density, alphas))
     for alpha in sorted(alphas, reverse=True):
         channels, rank = split_budget(d_in, d_out, density, alpha)
         score = x.abs() if alpha >= 1.0 else x.abs() * scale
@@ -166,7 +172,13 @@ def calibrate_rsparse(lm, texts: list[str], density: float, modules: list, names
     xs, where = sample_linear_inputs(lm, texts, modules, rows_per_text=ROWS_PER_TEXT, progress=progress)
     sites = {}
     for j, (m, name) in enumerate(zip(modules, names)):
-        sites[name] = asdict(choose_split(xs[j], module_weight(m), density, alphas))
+        w = module_weight(m)
+        top = max_rank(w, density, alphas)
+        split = choose_split(xs[j], w, density, alphas, factors=module_factors(m, w, top))
+        if split.rank == 0 or (split.rank < top and min(w.shape) > EXACT_SVD_MAX):
+            with _FACTOR_LOCK:
+                _FACTORS.pop(m, None)  # the decode build will not use these factors: free them
+        sites[name] = asdict(split)
         xs[j] = None
         if progress:
             progress(f"r-sparse split: linear {j + 1}/{len(modules)}")
@@ -207,7 +219,7 @@ def load_or_calibrate_rsparse(lm, density: float, modules: list, names: list[str
 def module_factors(module, w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`svd_factors` of a module's weight, cached per module in this process (largest rank
     asked so far; a smaller rank is a slice of it when the SVD is exact)."""
-    with _LOCK:
+    with _FACTOR_LOCK:
         hit = _FACTORS.get(module)
         if hit is not None and hit[0] >= rank and (hit[0] == rank or min(w.shape) <= EXACT_SVD_MAX):
             return hit[1][:, :rank].contiguous(), hit[2][:, :rank].contiguous()
