@@ -183,6 +183,7 @@ def train_predictor(lm, texts: list[str], settings: PredictorSettings | None = N
         B.append(b)
         r = topk_recall((x[test] @ a) @ b, y[test]) if test is not None else float("nan")
         recall.append(r)
+        data[L] = data[n_layers + L] = None  # free this layer's tokens
         if progress:
             progress(f"predictor: layer {L + 1}/{n_layers} trained (rank {rank}), held-out top-k recall {r:.3f}")
     n_test = int(test.sum()) if test is not None else 0
