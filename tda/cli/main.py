@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "tda.cli.frontier_cmds",
     "tda.cli.neuron_cmd",
     "tda.cli.data_cmd",
+    "tda.cli.predictor_cmd",
 ]
 
 

@@ -25,6 +25,8 @@ BUILTIN: dict[str, str] = {
     "wina": "tda.engine.methods.wina:WINA",
     "chess": "tda.engine.methods.chess:CHESS",
     "scap": "tda.engine.methods.scap:SCAP",
+    "rsparse": "tda.engine.methods.rsparse:RSparse",
+    "predictor": "tda.engine.methods.predictor:Predictor",
 }
 COMBO_INNER = ("tt",)  # token-wise methods that run inside a prompt-fixed slice
 _EXTRA: dict[str, type] = {}

@@ -1,0 +1,148 @@
+"""``predictor`` (Deja Vu line: arXiv 2310.17157, FMInference/DejaVu; NimbleEdge's
+sparse_transformers): a small learned rank-``r`` predictor per layer scores every FFN neuron from
+the FFN input ``x`` *before* the gate and up projections are read; each token keeps the top
+``k = round(density · d_ff)`` scores, and the gate and up projections compute only those neurons
+(rows of ``W_gate``/``W_up``, :func:`tda.engine.kernels.output_sparse`) and the down projection
+reads only their columns (input-sparse over ``W_down^T``).
+
+The predictors come from :mod:`tda.masks.predictor_train` (``tda train-predictor``; the newest
+cached predictor of the model and calibration data is used, else one with default settings is
+trained on first use, with progress on stderr). Unlike Deja Vu and sparse_transformers, which
+score the *previous* block's hidden state so that prediction overlaps with attention on a GPU,
+the predictor here reads the FFN's own input (there is nothing to overlap on one CPU thread, and
+the prediction is more accurate); top-k as in sparse_transformers' ``topk`` mode. A batch reads the
+union of the rows' sets, each row masked to its own. Density 1 is the dense FFN (no predictor).
+
+Bytes: gate, up and down count their kept neurons' rows; the predictor's ``r·(d_model + d_ff)``
+weights per layer are added to the ``ffn`` group of :meth:`read_fraction`. A module whose weight
+another method made input-major (TEAL, WINA, R-Sparse in the same process) is converted back to
+row-major once; GPT-2's Conv1D input projection cannot be, so it runs dense (counted in full).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tda.engine import kernels
+from tda.engine.layouts import input_major
+from tda.engine.methods.rsparse import stderr_progress
+from tda.engine.methods.token import TokenWise, read_fraction
+from tda.models.dispatch import module_weight
+
+
+def row_major(module) -> torch.Tensor | None:
+    """``W[d_out, d_in]`` contiguous, converting an input-major module back in place once (the
+    inverse of :func:`tda.engine.layouts.input_major`; same values, one copy); ``None`` for
+    GPT-2's Conv1D, whose storage is input-major by design."""
+    from tda.engine import layouts
+
+    if layouts._is_conv1d(module):
+        return None
+    with layouts._LOCK:
+        w = module.weight
+        if not w.is_contiguous():
+            w.data = w.detach().contiguous()
+            layouts._forget_dense_paths(module)
+        return module.weight.detach()
+
+
+class Predictor(TokenWise):
+    name = "predictor"
+    needs_density = True
+    calibrates = "a rank-r neuron predictor per layer (tda train-predictor)"
+    summary = "Deja Vu-style learned predictor: per-token top-k neurons, chosen before gate/up are read"
+
+    def modules(self):
+        return self.ffn_modules()
+
+    def predictor(self):
+        from tda.masks.predictor_train import load_or_train
+
+        texts = None if self.cfg.calibration_texts is None else list(self.cfg.calibration_texts)
+        return load_or_train(self.lm, texts, newest=True, progress=stderr_progress)[0]
+
+    def build(self):
+        self.pred_params = 0
+        if self.cfg.density >= 1.0:
+            return {m: self._dense_counted(m) for m in self.modules()}
+        pred = self.pred = self.predictor()
+        ffn = self.lm.ffn
+        k = max(1, min(ffn.d_ff, round(self.cfg.density * ffn.d_ff)))
+        table = {}
+        for L in range(ffn.n_layers):
+            ins, down = ffn.in_modules(L), ffn.out_module(L)
+            w0 = module_weight(ins[0])
+            a = pred.A[L].to(device=w0.device, dtype=w0.dtype).contiguous()
+            b = pred.B[L].to(device=w0.device, dtype=w0.dtype).contiguous()
+            self.pred_params += a.numel() + b.numel()
+            state: dict = {}
+            table[ins[0]] = self._in_fn(ins[0], state, select=(a, b, k))
+            for m in ins[1:]:
+                table[m] = self._in_fn(m, state)
+            table[down] = self._down_fn(down, state)
+        return table
+
+    def _dense_counted(self, module):
+        dense, counter = self.dense_fn(module), self.counter(module)
+
+        def fn(x):
+            counter.add(1, 1)
+            return dense(x)
+
+        return fn
+
+    def _in_fn(self, module, state: dict, select=None):
+        """Gate/up (or the one input projection): only the predicted neurons' rows; the first
+        projection of a layer (``select``) runs the predictor and shares the selection."""
+        w = row_major(module)
+        bias = getattr(module, "bias", None)
+        bias = None if bias is None else bias.detach()
+        dense = self.dense_fn(module) if w is None else None
+        counter = self.counter(module)
+        d_ff = self.lm.ffn.d_ff
+
+        def fn(x):
+            x2 = x.reshape(-1, x.shape[-1])
+            if select is not None:
+                a, b, k = select
+                scores = kernels.input_dense(kernels.input_dense(x2, a), b)  # [N, d_ff]
+                top = torch.topk(scores, k, dim=1, sorted=False).indices
+                if x2.shape[0] == 1:
+                    state["idx"], state["keep"] = top[0].sort().values, None
+                else:
+                    keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)
+                    state["idx"], state["keep"] = keep.any(dim=0).nonzero().flatten(), keep
+            idx = state["idx"]
+            out = x2.new_zeros(x2.shape[0], d_ff)
+            if dense is None:
+                counter.add(idx.numel(), d_ff)
+                out.index_copy_(1, idx, kernels.output_sparse(x2, idx, w, bias))
+            else:  # Conv1D: the dense product, read in full
+                counter.add(d_ff, d_ff)
+                out.index_copy_(1, idx, dense(x2).index_select(1, idx))
+            return out.view(*x.shape[:-1], d_ff)
+
+        return fn
+
+    def _down_fn(self, down, state: dict):
+        wt = input_major(down)  # [d_ff, d_model]
+        bias = getattr(down, "bias", None)
+        bias = None if bias is None else bias.detach()
+        counter = self.counter(down)
+
+        def fn(act):
+            a2 = act.reshape(-1, act.shape[-1])
+            idx, keep = state["idx"], state["keep"]
+            counter.add(idx.numel(), a2.shape[1])
+            if keep is not None:
+                a2 = a2 * keep
+            return kernels.input_sparse(a2, idx, wt, bias).view(*act.shape[:-1], wt.shape[1])
+
+        return fn
+
+    def read_fraction(self):
+        """As token-wise methods, with the predictors' weights added to the ``ffn`` group."""
+        rf = read_fraction(self.lm, self.counters)
+        if getattr(self, "pred_params", 0):
+            rf["ffn"] += self.pred_params / sum(module_weight(m).numel() for m in self.modules())
+        return rf
