@@ -126,7 +126,9 @@ def test_frontier_rows_complete(frontier_dir):
     assert dense["decode_speedup"] == pytest.approx(1.0) and dense["agreement"] == 1.0 and dense["ceiling"] == 1.0
     g3 = rows[1]
     assert g3["density_run"] == pytest.approx(0.3, abs=0.02) and g3["ceiling"] > rows[2]["ceiling"] > 1.0
-    assert rows[0]["pareto"] is True and isinstance(rows[1]["pareto"], bool)
+    # on a random tiny model a sparse row may beat dense on both axes, so only the set's shape is fixed here
+    # (the rule itself is tested on hand-made rows)
+    assert all(isinstance(r["pareto"], bool) for r in rows) and any(r["pareto"] for r in rows)
     assert [(v["density"], v["a"], v["b"]) for v in data["verdicts"]] == [(0.3, "griffin", "tt"), (0.6, "griffin", "tt")]
     assert "## Verdicts" in (frontier_dir / "frontier.md").read_text()
     meta = data["meta"]

@@ -114,7 +114,7 @@ def bench_cmd(
     new_tokens: int = typer.Option(32, "--new-tokens", help="decode steps timed per method and round"),
     rounds: int = typer.Option(5, "--rounds", help="paired rounds over the methods (medians are reported)"),
     target_ci: float = typer.Option(None, "--target-ci",
-                                    help="stop rounds once every speedup's 95%% half-width ÷ speedup is below this"),
+                                    help="stop rounds once every speedup's 95%% half-width ÷ speedup is below this (default: off, run --rounds)"),
     max_rounds: int = typer.Option(None, "--max-rounds", help="with --target-ci: at most this many rounds (default --rounds)"),
     bandwidth_mb: float = typer.Option(256, "--bandwidth-mb", help="buffer of the streaming-read measurement (0: skip)"),
     out: Path = typer.Option(None, "--out", "-o", help="write the result JSON here (default: not written)"),
@@ -172,7 +172,7 @@ def eval_cmd(
                                  help="evaluation set (`tda data`): a text set (perplexity, agreement), a cloze set "
                                       "or an MC set"),
     data: Path = typer.Option(None, "--data",
-                              help="held-out texts (JSONL with 'text'), instead of --set's texts"),
+                              help="held-out texts (JSONL with 'text'), instead of --set's texts (default: --set's)"),
     gen_prompts: int = typer.Option(0, "--gen-prompts",
                                     help="free-running generations of --gen-tokens from the first N texts (0: skip)"),
     gen_tokens: int = typer.Option(64, "--gen-tokens", help="tokens per free-running generation"),
