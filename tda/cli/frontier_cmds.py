@@ -43,7 +43,7 @@ def frontier_cmd(
     gen_tokens: int = typer.Option(64, "--gen-tokens", help="tokens per free-running generation"),
     mc_limit: int = typer.Option(-1, "--mc-limit", help="multiple-choice items via lm-eval (-1: all, 0: skip)"),
     target_ci: float = typer.Option(None, "--target-ci",
-                                    help="stop timed rounds once every speedup's 95%% half-width ÷ speedup is below this (default: off, run --rounds)"),
+                                    help="stop timed rounds once every speedup's 95% half-width ÷ speedup is below this (default: off, run --rounds)"),
     max_rounds: int = typer.Option(None, "--max-rounds", help="with --target-ci: at most this many rounds (default --rounds)"),
     cett: float = typer.Option(0.2, "--cett", help="CETT target for calibrated thresholds (tda, tt)"),
     bandwidth_mb: float = typer.Option(256, "--bandwidth-mb", help="buffer of the streaming-read measurement (0: skip)"),

@@ -114,7 +114,7 @@ def bench_cmd(
     new_tokens: int = typer.Option(32, "--new-tokens", help="decode steps timed per method and round"),
     rounds: int = typer.Option(5, "--rounds", help="paired rounds over the methods (medians are reported)"),
     target_ci: float = typer.Option(None, "--target-ci",
-                                    help="stop rounds once every speedup's 95%% half-width ÷ speedup is below this (default: off, run --rounds)"),
+                                    help="stop rounds once every speedup's 95% half-width ÷ speedup is below this (default: off, run --rounds)"),
     max_rounds: int = typer.Option(None, "--max-rounds", help="with --target-ci: at most this many rounds (default --rounds)"),
     bandwidth_mb: float = typer.Option(256, "--bandwidth-mb", help="buffer of the streaming-read measurement (0: skip)"),
     out: Path = typer.Option(None, "--out", "-o", help="write the result JSON here (default: not written)"),
