@@ -129,7 +129,7 @@ def generate_view(pair: dict) -> dict:
         {"": name, "method": p["method"], "FFN density": round(p["density"], 3),
          "prefill ms": round(p["timings"]["prefill_s"] * 1000, 1),
          "decode ms/token": round(p["timings"]["decode_ms_per_token"], 2),
-         "decode ms/token, each repeat": ", ".join(f"{t['decode_ms_per_token']:.1f}" for t in pair["runs"][name]),
+         "decode ms/token, each repeat": ", ".join(f"{t['decode_ms_per_token']:.3g}" for t in pair["runs"][name]),
          "total s": round(p["timings"]["total_s"], 3), "new tokens": p["timings"]["new_tokens"]}
         for name, p in (("dense", pair["dense"]), ("sparse", pair["sparse"]))
     ]
