@@ -26,6 +26,7 @@ _OVERRIDES: contextvars.ContextVar[Mapping[int, LinearFn] | None] = contextvars.
     "tda_linear_overrides", default=None
 )
 _ATTENTION: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("tda_attention_override", default=None)
+_DECODER: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("tda_decoder_override", default=None)
 _LOCK = threading.Lock()
 
 
@@ -85,7 +86,29 @@ def instrument(model: nn.Module) -> nn.Module:
                 mod.forward = attn_forward
                 mod._tda_attn_instrumented = True
                 mod._tda_original_forward = original
+        for mod in model.modules():
+            if is_decoder_stack(mod) and not getattr(mod, "_tda_stack_instrumented", False):
+                original = mod.forward
+
+                def stack_forward(*args, _original=original, _mod=mod, **kwargs):
+                    fn = _DECODER.get()
+                    if fn is not None:
+                        out = fn(_mod, *args, **kwargs)
+                        if out is not None:
+                            return out
+                    return _original(*args, **kwargs)
+
+                mod.forward = stack_forward
+                mod._tda_stack_instrumented = True
+                mod._tda_original_forward = original
     return model
+
+
+def is_decoder_stack(mod: nn.Module) -> bool:
+    """A base model of the Llama/Gemma shape (``embed_tokens``, ``layers``, ``norm``, ``rotary_emb``),
+    whose decode step :func:`decoder_override` may replace."""
+    return (type(mod).__name__.endswith("Model") and isinstance(getattr(mod, "layers", None), nn.ModuleList)
+            and all(hasattr(mod, n) for n in ("embed_tokens", "norm", "rotary_emb")))
 
 
 def is_attention(mod: nn.Module) -> bool:
@@ -105,6 +128,17 @@ def attention_override(fn: Callable | None) -> Iterator[None]:
         yield
     finally:
         _ATTENTION.reset(token)
+
+
+@contextlib.contextmanager
+def decoder_override(fn: Callable | None) -> Iterator[None]:
+    """Within the block (this context only), every instrumented base model (:func:`is_decoder_stack`)
+    calls ``fn(module, *args, **kwargs)`` first and uses its result unless it is None."""
+    token = _DECODER.set(fn)
+    try:
+        yield
+    finally:
+        _DECODER.reset(token)
 
 
 def original_forward(module: nn.Module) -> LinearFn:
