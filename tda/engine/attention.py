@@ -45,10 +45,15 @@ def _sdpa_takes_gqa() -> bool:
         return False
 
 
+def _module_call(mod, x):
+    return mod(x)
+
+
 def decode_attention(mod, hidden_states=None, position_embeddings=None, attention_mask=None, cache=None,
-                     **kwargs):
+                     call=None, **kwargs):
     """The attention output ``(y[B, 1, d_model], None)`` of one decode position, or None to defer
-    to the module's own forward."""
+    to the module's own forward. ``call(submodule, x)`` runs the projections and q/k norms (default:
+    the module call; :mod:`tda.engine.decoder` passes its direct override lookup)."""
     if hidden_states is None or hidden_states.dim() != 3 or hidden_states.shape[1] != 1:
         return None
     if cache is None:
@@ -60,13 +65,14 @@ def decode_attention(mod, hidden_states=None, position_embeddings=None, attentio
     rope = _rotary(mod)
     if rope is None or not _sdpa_takes_gqa():
         return None
+    c = call if call is not None else _module_call
     B, T, _ = hidden_states.shape
     hd = mod.head_dim
-    q = mod.q_proj(hidden_states).view(B, T, -1, hd)
-    k = mod.k_proj(hidden_states).view(B, T, -1, hd)
-    v = mod.v_proj(hidden_states).view(B, T, -1, hd).transpose(1, 2)
+    q = c(mod.q_proj, hidden_states).view(B, T, -1, hd)
+    k = c(mod.k_proj, hidden_states).view(B, T, -1, hd)
+    v = c(mod.v_proj, hidden_states).view(B, T, -1, hd).transpose(1, 2)
     if getattr(mod, "q_norm", None) is not None:
-        q, k = mod.q_norm(q), mod.k_norm(k)
+        q, k = c(mod.q_norm, q), c(mod.k_norm, k)
     q, k = q.transpose(1, 2), k.transpose(1, 2)
     cos, sin = position_embeddings
     q, k = rope(q, k, cos, sin)
@@ -78,4 +84,4 @@ def decode_attention(mod, hidden_states=None, position_embeddings=None, attentio
         k, v = k[:, :, -window:], v[:, :, -window:]
     y = F.scaled_dot_product_attention(q, k, v, scale=mod.scaling, enable_gqa=k.shape[1] != q.shape[1])
     y = y.transpose(1, 2).reshape(B, T, -1)
-    return mod.o_proj(y), None
+    return c(mod.o_proj, y), None

@@ -8,9 +8,12 @@ passes every layer through its output-capturing decorators, ``GradientCheckpoint
 the base model's forward (:func:`tda.models.dispatch.decoder_override`) by the same computation
 done directly: ``embed_tokens`` → rotary ``cos/sin`` once per step (per layer type for Gemma 3) →
 per layer ``norm → attention → (post-norm) → residual → norm → MLP → (post-norm) → residual`` →
-final norm. Every norm, linear, the MLP and the embedding are still called as modules, so every
-method's linear/norm overrides and the fast dense path apply unchanged; the attention is
-:func:`tda.engine.attention.decode_attention` called directly.
+final norm. Each linear and norm inside the layers runs the function of this context's override
+table (:func:`tda.models.dispatch.current_overrides`, looked up once per step) — exactly what its
+instrumented forward would call, minus ``nn.Module.__call__`` and the wrapper — so every method's
+overrides and the fast dense path apply unchanged; modules without an override are called as
+modules. The gated MLPs of :data:`GATED_MLP` are computed inline in their own call order; the
+attention is :func:`tda.engine.attention.decode_attention` called directly.
 
 Kept because it is exact and faster: fp32 greedy tokens identical to stock HF on every tiny
 Llama/Gemma-shaped family and Gemma 3 270M (tests/test_decode_step.py), and it removes the mask
@@ -28,16 +31,19 @@ import weakref
 import torch
 
 from tda.engine.attention import _rotary, _sdpa_takes_gqa, decode_attention
+from tda.models.dispatch import current_overrides
 
 PRE_NORM = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"}
 SANDWICH = {"Gemma3DecoderLayer"}  # post-attention and pre/post-feedforward norms too
+GATED_MLP = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "Gemma3MLP"}  # down(act(gate(x)) * up(x))
+DIRECT_CALLS = True  # look each linear/norm up in the override table instead of calling the module
 _HARMLESS = {"return_dict", "cache_position", "use_cache"}  # kwargs the lean stack may ignore
 
 _PLAN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # base model -> plan or False
 
 
 def _plan(model):
-    """``(layers, sandwich, layer_types, modules_whose_hooks_it_would_skip)`` when every layer of the base ``model`` fits the lean stack,
+    """``(layers, sandwich, layer_types, modules_whose_hooks_it_would_skip, gated_mlp)`` when every layer of the base ``model`` fits the lean stack,
     else False (cached per model)."""
     plan = _PLAN.get(model)
     if plan is not None:
@@ -63,8 +69,9 @@ def _plan(model):
             if per_type and len(types) != len(layers):
                 ok = False
             else:
-                hooked = [m for layer in layers for m in (layer, layer.self_attn)]
-                plan = (list(layers), sandwich, types, hooked)
+                hooked = [m for layer in layers for m in layer.modules()]
+                gated = all(type(layer.mlp).__name__ in GATED_MLP for layer in layers)
+                plan = (list(layers), sandwich, types, hooked, gated)
     _PLAN[model] = plan
     return plan
 
@@ -95,9 +102,23 @@ def decode_stack(model, input_ids=None, attention_mask=None, position_ids=None, 
     plan = _plan(model)
     if not plan:
         return None
-    layers, sandwich, types, hooked = plan
-    if _hooks_on(hooked):  # forward hooks on a decoder layer or attention module: HF's forward runs them
+    layers, sandwich, types, hooked, gated = plan
+    if _hooks_on(hooked):  # forward hooks inside a decoder layer: HF's forward runs them
         return None
+    table = current_overrides() if DIRECT_CALLS else None
+    if table:
+        def call(mod, x, _get=table.get):
+            fn = _get(id(mod))
+            return fn(x) if fn is not None else mod(x)
+    else:
+        def call(mod, x):
+            return mod(x)
+
+    def mlp(m, x):
+        if gated and table:  # the MLP's own forward, in its order, with direct calls
+            g = m.act_fn(call(m.gate_proj, x))
+            return call(m.down_proj, g * call(m.up_proj, x))
+        return m(x)
     h = model.embed_tokens(input_ids)
     if position_ids is None:
         position_ids = torch.full_like(input_ids, cache.get_seq_length())
@@ -108,14 +129,14 @@ def decode_stack(model, input_ids=None, attention_mask=None, position_ids=None, 
         per_layer = [model.rotary_emb(h, position_ids)] * len(layers)
     for layer, rope in zip(layers, per_layer):
         r = h
-        a = decode_attention(layer.self_attn, hidden_states=layer.input_layernorm(h), position_embeddings=rope,
-                             cache=cache)
+        a = decode_attention(layer.self_attn, hidden_states=call(layer.input_layernorm, h), position_embeddings=rope,
+                             cache=cache, call=call)
         if a is None:  # pragma: no cover - _plan mirrors decode_attention's static conditions
             raise RuntimeError("lean decode stack: the fused attention declined a layer it was planned for")
         if sandwich:
-            h = r + layer.post_attention_layernorm(a[0])
-            h = h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
+            h = r + call(layer.post_attention_layernorm, a[0])
+            h = h + call(layer.post_feedforward_layernorm, mlp(layer.mlp, call(layer.pre_feedforward_layernorm, h)))
         else:
             h = r + a[0]
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = h + mlp(layer.mlp, call(layer.post_attention_layernorm, h))
     return BaseModelOutputWithPast(last_hidden_state=model.norm(h), cache=cache)

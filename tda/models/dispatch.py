@@ -141,6 +141,12 @@ def decoder_override(fn: Callable | None) -> Iterator[None]:
         _DECODER.reset(token)
 
 
+def current_overrides() -> Mapping[int, LinearFn] | None:
+    """This context's override table ``{id(module): fn}`` (None outside :func:`linear_overrides`):
+    what an instrumented module's forward looks up on every call, for callers that look it up once."""
+    return _OVERRIDES.get()
+
+
 def original_forward(module: nn.Module) -> LinearFn:
     """The module's own forward, bypassing overrides (with accelerate's hooks, when it has them)."""
     return getattr(module, "_tda_original_forward", None) or module.forward
