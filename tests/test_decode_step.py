@@ -21,15 +21,16 @@ LEAN = ("tiny-llama", "tiny-gemma3", "tiny-qwen3", "tiny-mistral")
 def calls(monkeypatch):
     """How many decode-step attentions the lean path computed."""
     n = [0]
-    orig = attention.decode_attention
 
-    def spy(*a, **k):
-        out = orig(*a, **k)
-        n[0] += out is not None
-        return out
+    def spy(orig):
+        def fn(*a, **k):
+            out = orig(*a, **k)
+            n[0] += out is not None
+            return out
+        return fn
 
-    monkeypatch.setattr("tda.engine.session.decode_attention", spy)
-    monkeypatch.setattr("tda.engine.decoder.decode_attention", spy)
+    monkeypatch.setattr("tda.engine.session.decode_attention", spy(attention.decode_attention))
+    monkeypatch.setattr("tda.engine.decoder.fused_step", spy(attention.fused_step))  # the lean stack's
     return n
 
 

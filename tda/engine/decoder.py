@@ -13,14 +13,17 @@ table (:func:`tda.models.dispatch.current_overrides`, looked up once per step) �
 instrumented forward would call, minus ``nn.Module.__call__`` and the wrapper — so every method's
 overrides and the fast dense path apply unchanged; modules without an override are called as
 modules. The gated MLPs of :data:`GATED_MLP` are computed inline in their own call order; the
-attention is :func:`tda.engine.attention.decode_attention` called directly.
+attention is :func:`tda.engine.attention.fused_step` (the fused SDPA of ``decode_attention``).
+What a step reads of each layer (its modules, head dims, rotary, window) is looked up once per
+model (:func:`_plan`): ``nn.Module`` attribute access costs ~0.3 µs a name.
 
 Kept because it is exact and faster: fp32 greedy tokens identical to stock HF on every tiny
 Llama/Gemma-shaped family and Gemma 3 270M (tests/test_decode_step.py), and it removes the mask
 creation and most of the per-layer Python of a decode step. It covers only the decoder-layer
 classes listed in :data:`PRE_NORM` / :data:`SANDWICH` whose attention the lean attention takes;
 anything else (padding, prefill, ``output_hidden_states``/``output_attentions``, forward hooks on
-a decoder layer or attention module — they would not fire —, offloaded or dispatched models, bidirectional Gemma, GPT-2/OPT) returns None and HF's own forward runs.
+any module inside a decoder layer — they would not fire —, offloaded or dispatched models,
+bidirectional Gemma, GPT-2/OPT) returns None and HF's own forward runs.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import weakref
 
 import torch
 
-from tda.engine.attention import _rotary, _sdpa_takes_gqa, decode_attention
+from tda.engine.attention import _sdpa_takes_gqa, fusable, fused_step, step_plan
 from tda.models.dispatch import current_overrides
 
 PRE_NORM = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"}
@@ -42,36 +45,45 @@ _HARMLESS = {"return_dict", "cache_position", "use_cache"}  # kwargs the lean st
 _PLAN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # base model -> plan or False
 
 
+def _fits(model) -> bool:
+    """Every layer of the base ``model`` is one of the covered shapes, on one device, with an
+    attention the fused step takes."""
+    layers, cfg = getattr(model, "layers", None), getattr(model, "config", None)
+    if not layers or cfg is None or not _sdpa_takes_gqa() or len(layers) != cfg.num_hidden_layers:
+        return False
+    if not all(hasattr(model, n) for n in ("embed_tokens", "norm", "rotary_emb")):
+        return False
+    if getattr(cfg, "use_bidirectional_attention", False) or any(hasattr(m, "_hf_hook") for m in model.modules()):
+        return False
+    names = {type(layer).__name__ for layer in layers}
+    if len(names) != 1 or not names <= PRE_NORM | SANDWICH:
+        return False
+    return all(hasattr(layer.self_attn, "layer_idx") and fusable(layer.self_attn) for layer in layers)
+
+
 def _plan(model):
-    """``(layers, sandwich, layer_types, modules_whose_hooks_it_would_skip, gated_mlp)`` when every layer of the base ``model`` fits the lean stack,
-    else False (cached per model)."""
+    """``(steps, layer_types, hooked)`` for a base model that :func:`_fits`, else False (cached per
+    model): per layer ``(attention plan, input norm, post-attention norm, pre-FF norm or None,
+    post-FF norm or None, mlp, (gate, up, down, act) or None)``; the layer types whose rotary
+    tables Gemma 3 computes apart (empty: one table); every module inside the layers (hooks)."""
     plan = _PLAN.get(model)
     if plan is not None:
         return plan
     plan = False
-    layers = getattr(model, "layers", None)
-    cfg = getattr(model, "config", None)
-    ok = (layers is not None and len(layers) > 0 and cfg is not None and _sdpa_takes_gqa()
-          and all(hasattr(model, n) for n in ("embed_tokens", "norm", "rotary_emb"))
-          and not getattr(cfg, "use_bidirectional_attention", False)
-          and not hasattr(model, "hf_device_map") and not any(hasattr(m, "_hf_hook") for m in model.modules()))
-    if ok:
-        names = {type(layer).__name__ for layer in layers}
-        sandwich = names <= SANDWICH
-        attns = [getattr(layer, "self_attn", None) for layer in layers]
-        ok = (names <= PRE_NORM or sandwich) and len(names) == 1 and all(
-            a is not None and hasattr(a, "layer_idx") and _rotary(a) is not None
-            and getattr(a, "attn_logit_softcapping", None) is None and getattr(a, "sinks", None) is None
-            for a in attns) and len(layers) == cfg.num_hidden_layers
-        if ok:
-            per_type = "layer_type" in inspect.signature(model.rotary_emb.forward).parameters
-            types = list(getattr(cfg, "layer_types", None) or []) if per_type else []
-            if per_type and len(types) != len(layers):
-                ok = False
-            else:
-                hooked = [m for layer in layers for m in layer.modules()]
-                gated = all(type(layer.mlp).__name__ in GATED_MLP for layer in layers)
-                plan = (list(layers), sandwich, types, hooked, gated)
+    if _fits(model):
+        layers = list(model.layers)
+        per_type = "layer_type" in inspect.signature(model.rotary_emb.forward).parameters
+        types = list(getattr(model.config, "layer_types", None) or []) if per_type else []
+        if not per_type or len(types) == len(layers):
+            steps = []
+            for layer in layers:
+                sandwich = type(layer).__name__ in SANDWICH
+                m = layer.mlp
+                gated = (m.gate_proj, m.up_proj, m.down_proj, m.act_fn) if type(m).__name__ in GATED_MLP else None
+                steps.append((step_plan(layer.self_attn), layer.input_layernorm, layer.post_attention_layernorm,
+                              layer.pre_feedforward_layernorm if sandwich else None,
+                              layer.post_feedforward_layernorm if sandwich else None, m, gated))
+            plan = (steps, types, [m for layer in layers for m in layer.modules()])
     _PLAN[model] = plan
     return plan
 
@@ -83,6 +95,10 @@ def _hooks_on(modules) -> bool:
     if M._global_forward_hooks or M._global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def _module_call(mod, x):
+    return mod(x)
 
 
 def decode_stack(model, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
@@ -102,7 +118,7 @@ def decode_stack(model, input_ids=None, attention_mask=None, position_ids=None, 
     plan = _plan(model)
     if not plan:
         return None
-    layers, sandwich, types, hooked, gated = plan
+    steps, types, hooked = plan
     if _hooks_on(hooked):  # forward hooks inside a decoder layer: HF's forward runs them
         return None
     table = current_overrides() if DIRECT_CALLS else None
@@ -111,14 +127,7 @@ def decode_stack(model, input_ids=None, attention_mask=None, position_ids=None, 
             fn = _get(id(mod))
             return fn(x) if fn is not None else mod(x)
     else:
-        def call(mod, x):
-            return mod(x)
-
-    def mlp(m, x):
-        if gated and table:  # the MLP's own forward, in its order, with direct calls
-            g = m.act_fn(call(m.gate_proj, x))
-            return call(m.down_proj, g * call(m.up_proj, x))
-        return m(x)
+        call = _module_call
     h = model.embed_tokens(input_ids)
     if position_ids is None:
         position_ids = torch.full_like(input_ids, cache.get_seq_length())
@@ -126,17 +135,19 @@ def decode_stack(model, input_ids=None, attention_mask=None, position_ids=None, 
         pe = {t: model.rotary_emb(h, position_ids, t) for t in set(types)}
         per_layer = [pe[t] for t in types]
     else:
-        per_layer = [model.rotary_emb(h, position_ids)] * len(layers)
-    for layer, rope in zip(layers, per_layer):
-        r = h
-        a = decode_attention(layer.self_attn, hidden_states=call(layer.input_layernorm, h), position_embeddings=rope,
-                             cache=cache, call=call)
-        if a is None:  # pragma: no cover - _plan mirrors decode_attention's static conditions
-            raise RuntimeError("lean decode stack: the fused attention declined a layer it was planned for")
-        if sandwich:
-            h = r + call(layer.post_attention_layernorm, a[0])
-            h = h + call(layer.post_feedforward_layernorm, mlp(layer.mlp, call(layer.pre_feedforward_layernorm, h)))
+        per_layer = [model.rotary_emb(h, position_ids)] * len(steps)
+    for (attn, in_norm, post_attn, pre_ff, post_ff, mlp, gated), (cos, sin) in zip(steps, per_layer):
+        a = fused_step(attn, call(in_norm, h), cos, sin, cache, call)
+        if pre_ff is not None:  # Gemma 3: norms before and after attention and MLP
+            h = h + call(post_attn, a)
+            x = call(pre_ff, h)
         else:
-            h = r + a[0]
-            h = h + mlp(layer.mlp, call(layer.post_attention_layernorm, h))
+            h = h + a
+            x = call(post_attn, h)
+        if gated is not None and table:  # the MLP's own forward, in its call order
+            gate, up, down, act = gated
+            x = call(down, act(call(gate, x)) * call(up, x))
+        else:
+            x = mlp(x)
+        h = h + (call(post_ff, x) if post_ff is not None else x)
     return BaseModelOutputWithPast(last_hidden_state=model.norm(h), cache=cache)
