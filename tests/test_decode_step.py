@@ -31,6 +31,7 @@ def calls(monkeypatch):
 
     monkeypatch.setattr("tda.engine.session.decode_attention", spy(attention.decode_attention))
     monkeypatch.setattr("tda.engine.decoder.fused_step", spy(attention.fused_step))  # the lean stack's
+    monkeypatch.setattr("tda.engine.decoder.decode_attention", spy(attention.decode_attention))  # with hooks
     return n
 
 
@@ -131,13 +132,17 @@ def test_gemma_greedy_tokens_equal_stock_hf(gemma, calls, stacks):
     assert calls[0] > 0 and stacks[0] == 2 * 31
 
 
-def test_hooks_on_a_layer_keep_hf_forward(tiny_llama, stacks):
-    seen = []
-    h = tiny_llama.model.model.layers[0].self_attn.register_forward_hook(lambda *a: seen.append(1))
-    try:
-        got = generate(tiny_llama, PROMPTS[0], max_new_tokens=6, min_new_tokens=6)
-    finally:
-        h.remove()
-    assert stacks[0] == 0 and len(seen) == 6 and len(got.token_ids[0]) == 6
-    generate(tiny_llama, PROMPTS[0], max_new_tokens=6, min_new_tokens=6)
-    assert stacks[0] == 5
+def test_hooks_fire_inside_the_lean_stack_and_on_a_layer_keep_hf_forward(tiny_llama, calls, stacks):
+    ref = generate(tiny_llama, PROMPTS[0], max_new_tokens=6, min_new_tokens=6, stock=True).token_ids
+    generate(tiny_llama, PROMPTS[0], max_new_tokens=2)  # the fast-path probe's forward passes, done
+    layer = tiny_llama.model.model.layers[0]
+    for mod, lean in ((layer.self_attn, True), (layer.mlp.down_proj, True), (layer, False)):
+        seen = []
+        h = mod.register_forward_hook(lambda *a, _seen=seen: _seen.append(1))
+        calls[0] = stacks[0] = 0
+        try:
+            got = generate(tiny_llama, PROMPTS[0], max_new_tokens=6, min_new_tokens=6)
+        finally:
+            h.remove()
+        assert len(seen) == 6 and got.token_ids == ref  # the prefill and 5 decode steps
+        assert stacks[0] == (5 if lean else 0) and calls[0] == 5 * tiny_llama.model.config.num_hidden_layers

@@ -15,14 +15,16 @@ overrides and the fast dense path apply unchanged; modules without an override a
 modules. The gated MLPs of :data:`GATED_MLP` are computed inline in their own call order; the
 attention is :func:`tda.engine.attention.fused_step` (the fused SDPA of ``decode_attention``).
 What a step reads of each layer (its modules, head dims, rotary, window) is looked up once per
-model (:func:`_plan`): ``nn.Module`` attribute access costs ~0.3 µs a name.
+model (:func:`_plan`): ``nn.Module`` attribute access costs ~0.3 µs a name. With forward hooks on
+modules inside the layers (benchmarks/breakdown.py's timers) every module is called as a module,
+so the hooks fire.
 
 Kept because it is exact and faster: fp32 greedy tokens identical to stock HF on every tiny
 Llama/Gemma-shaped family and Gemma 3 270M (tests/test_decode_step.py), and it removes the mask
 creation and most of the per-layer Python of a decode step. It covers only the decoder-layer
 classes listed in :data:`PRE_NORM` / :data:`SANDWICH` whose attention the lean attention takes;
 anything else (padding, prefill, ``output_hidden_states``/``output_attentions``, forward hooks on
-any module inside a decoder layer — they would not fire —, offloaded or dispatched models,
+a decoder layer — they would not fire —, offloaded or dispatched models,
 bidirectional Gemma, GPT-2/OPT) returns None and HF's own forward runs.
 """
 
@@ -33,8 +35,8 @@ import weakref
 
 import torch
 
-from tda.engine.attention import _sdpa_takes_gqa, fusable, fused_step, step_plan
-from tda.models.dispatch import current_overrides
+from tda.engine.attention import _sdpa_takes_gqa, decode_attention, fusable, fused_step, step_plan
+from tda.models.dispatch import attention_override, current_overrides
 
 PRE_NORM = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"}
 SANDWICH = {"Gemma3DecoderLayer"}  # post-attention and pre/post-feedforward norms too
@@ -62,10 +64,11 @@ def _fits(model) -> bool:
 
 
 def _plan(model):
-    """``(steps, layer_types, hooked)`` for a base model that :func:`_fits`, else False (cached per
-    model): per layer ``(attention plan, input norm, post-attention norm, pre-FF norm or None,
-    post-FF norm or None, mlp, (gate, up, down, act) or None)``; the layer types whose rotary
-    tables Gemma 3 computes apart (empty: one table); every module inside the layers (hooks)."""
+    """``(steps, layer_types, layers, inner)`` for a base model that :func:`_fits`, else False
+    (cached per model): per layer ``(attention module, attention plan, input norm, post-attention
+    norm, pre-FF norm or None, post-FF norm or None, mlp, (gate, up, down, act) or None)``; the
+    layer types whose rotary tables Gemma 3 computes apart (empty: one table); the decoder layers
+    and every module inside them (for their hooks)."""
     plan = _PLAN.get(model)
     if plan is not None:
         return plan
@@ -80,10 +83,11 @@ def _plan(model):
                 sandwich = type(layer).__name__ in SANDWICH
                 m = layer.mlp
                 gated = (m.gate_proj, m.up_proj, m.down_proj, m.act_fn) if type(m).__name__ in GATED_MLP else None
-                steps.append((step_plan(layer.self_attn), layer.input_layernorm, layer.post_attention_layernorm,
+                steps.append((layer.self_attn, step_plan(layer.self_attn), layer.input_layernorm, layer.post_attention_layernorm,
                               layer.pre_feedforward_layernorm if sandwich else None,
                               layer.post_feedforward_layernorm if sandwich else None, m, gated))
-            plan = (steps, types, [m for layer in layers for m in layer.modules()])
+            inner = [m for layer in layers for m in layer.modules() if m is not layer]
+            plan = (steps, types, layers, inner)
     _PLAN[model] = plan
     return plan
 
@@ -118,10 +122,11 @@ def decode_stack(model, input_ids=None, attention_mask=None, position_ids=None, 
     plan = _plan(model)
     if not plan:
         return None
-    steps, types, hooked = plan
-    if _hooks_on(hooked):  # forward hooks inside a decoder layer: HF's forward runs them
+    steps, types, layers, inner = plan
+    if _hooks_on(layers):  # forward hooks on a decoder layer: HF's forward runs them
         return None
-    table = current_overrides() if DIRECT_CALLS else None
+    hooked = _hooks_on(inner)  # hooks inside the layers (a profiler): every module is called as a module
+    table = current_overrides() if DIRECT_CALLS and not hooked else None
     if table:
         def call(mod, x, _get=table.get):
             fn = _get(id(mod))
@@ -136,8 +141,12 @@ def decode_stack(model, input_ids=None, attention_mask=None, position_ids=None, 
         per_layer = [pe[t] for t in types]
     else:
         per_layer = [model.rotary_emb(h, position_ids)] * len(steps)
-    for (attn, in_norm, post_attn, pre_ff, post_ff, mlp, gated), (cos, sin) in zip(steps, per_layer):
-        a = fused_step(attn, call(in_norm, h), cos, sin, cache, call)
+    for (attn_mod, attn, in_norm, post_attn, pre_ff, post_ff, mlp, gated), (cos, sin) in zip(steps, per_layer):
+        if hooked:  # through the module (its hooks fire), computed by the same fused step
+            with attention_override(decode_attention):
+                a = attn_mod(hidden_states=call(in_norm, h), position_embeddings=(cos, sin), cache=cache)[0]
+        else:
+            a = fused_step(attn, call(in_norm, h), cos, sin, cache, call)
         if pre_ff is not None:  # Gemma 3: norms before and after attention and MLP
             h = h + call(post_attn, a)
             x = call(pre_ff, h)
