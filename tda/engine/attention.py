@@ -9,7 +9,9 @@ result is ``F.scaled_dot_product_attention(q, k, v, scale, enable_gqa=True)`` ov
 projections and q/k norms still go through their modules, so every method's overrides and the
 fast dense path apply as before.
 
-:func:`decode_attention` is the override (:func:`tda.models.dispatch.attention_override`); it
+:func:`fused_step` is that computation for a per-module :func:`step_plan` (the lean decoder stack
+of :mod:`tda.engine.decoder` calls it directly); :func:`decode_attention` is the override
+(:func:`tda.models.dispatch.attention_override`); it
 returns None — HF's own forward runs — for anything but a single-position step of a Llama/Gemma
 -shaped attention without logit soft-capping. fp32 results equal eager attention up to summation
 order (tests: greedy tokens identical to stock HF on every tiny family and Gemma 3 270M).

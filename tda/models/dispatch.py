@@ -8,6 +8,9 @@ one model (two Streamlit sessions, two threads) never see each other's overrides
 
 This is how sparse generation swaps in sliced FFN weights, how TT thresholds activations per
 token, and how the fast fp32 dense path routes linears through oneDNN.
+Attention modules and Llama/Gemma-shaped base models are wrapped the same way
+(:func:`attention_override`, :func:`decoder_override`): the lean decode step of
+:mod:`tda.engine.attention` and :mod:`tda.engine.decoder`.
 """
 
 from __future__ import annotations
