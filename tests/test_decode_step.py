@@ -146,3 +146,14 @@ def test_hooks_fire_inside_the_lean_stack_and_on_a_layer_keep_hf_forward(tiny_ll
             h.remove()
         assert len(seen) == 6 and got.token_ids == ref  # the prefill and 5 decode steps
         assert stacks[0] == (5 if lean else 0) and calls[0] == 5 * tiny_llama.model.config.num_hidden_layers
+
+
+def test_a_deepcopy_of_the_model_runs_its_own_layers(tiny_llama):
+    import copy
+
+    cp = copy.deepcopy(tiny_llama.model)  # as the TransformerLens bridge does
+    seen = []
+    cp.model.layers[0].register_forward_hook(lambda *a: seen.append(1))
+    with torch.inference_mode():
+        cp(input_ids=torch.tensor([[1, 2, 3]]))
+    assert seen == [1]

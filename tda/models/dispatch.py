@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from types import MethodType
 
 import torch
 from torch import nn
@@ -90,21 +91,23 @@ def instrument(model: nn.Module) -> nn.Module:
                 mod._tda_attn_instrumented = True
                 mod._tda_original_forward = original
         for mod in model.modules():
-            if is_decoder_stack(mod) and not getattr(mod, "_tda_stack_instrumented", False):
-                original = mod.forward
-
-                def stack_forward(*args, _original=original, _mod=mod, **kwargs):
-                    fn = _DECODER.get()
-                    if fn is not None:
-                        out = fn(_mod, *args, **kwargs)
-                        if out is not None:
-                            return out
-                    return _original(*args, **kwargs)
-
-                mod.forward = stack_forward
+            # a bound method (not a closure over this module), so a deepcopy of the model (the
+            # TransformerLens bridge's) runs its own copy; models whose forward accelerate already
+            # wrapped (device maps) are left alone: the lean stack never takes them
+            if (is_decoder_stack(mod) and not getattr(mod, "_tda_stack_instrumented", False)
+                    and "forward" not in mod.__dict__):
+                mod.forward = MethodType(_stack_forward, mod)
                 mod._tda_stack_instrumented = True
-                mod._tda_original_forward = original
     return model
+
+
+def _stack_forward(self, *args, **kwargs):
+    fn = _DECODER.get()
+    if fn is not None:
+        out = fn(self, *args, **kwargs)
+        if out is not None:
+            return out
+    return type(self).forward(self, *args, **kwargs)
 
 
 def is_decoder_stack(mod: nn.Module) -> bool:
