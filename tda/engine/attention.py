@@ -9,7 +9,9 @@ result is ``F.scaled_dot_product_attention(q, k, v, scale, enable_gqa=True)`` ov
 projections and q/k norms still go through their modules, so every method's overrides and the
 fast dense path apply as before.
 
-:func:`decode_attention` is the override (:func:`tda.models.dispatch.attention_override`); it
+:func:`fused_step` is that computation for a per-module :func:`step_plan` (the lean decoder stack
+of :mod:`tda.engine.decoder` calls it directly); :func:`decode_attention` is the override
+(:func:`tda.models.dispatch.attention_override`); it
 returns None — HF's own forward runs — for anything but a single-position step of a Llama/Gemma
 -shaped attention without logit soft-capping. fp32 results equal eager attention up to summation
 order (tests: greedy tokens identical to stock HF on every tiny family and Gemma 3 270M).
@@ -45,6 +47,48 @@ def _sdpa_takes_gqa() -> bool:
         return False
 
 
+def _module_call(mod, x):
+    return mod(x)
+
+
+def fusable(mod) -> bool:
+    """The module's decode step can be one fused SDPA: not training, no logit soft-capping, no
+    attention sinks, a known rotary function, a torch whose SDPA takes ``enable_gqa``."""
+    return (not getattr(mod, "training", False) and getattr(mod, "attn_logit_softcapping", None) is None
+            and getattr(mod, "sinks", None) is None and _rotary(mod) is not None and _sdpa_takes_gqa())
+
+
+def step_plan(mod) -> tuple:
+    """What :func:`fused_step` reads of an attention module (looked up once: ``nn.Module`` attribute
+    access is slow): ``(q, k, v, o, q_norm, k_norm, head_dim, layer_idx, scaling, rotary, window)``."""
+    window = getattr(mod, "sliding_window", None)
+    if window is None and type(mod).__name__.startswith("Mistral"):
+        window = getattr(mod.config, "sliding_window", None)
+    q_norm = getattr(mod, "q_norm", None)
+    return (mod.q_proj, mod.k_proj, mod.v_proj, mod.o_proj, q_norm, mod.k_norm if q_norm is not None else None,
+            mod.head_dim, mod.layer_idx, mod.scaling, _rotary(mod), window)
+
+
+def fused_step(plan: tuple, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache, call=None):
+    """The attention output ``y[B, 1, d_model]`` of one decode position for a :func:`step_plan`;
+    ``call(submodule, x)`` runs the projections and q/k norms (default: the module call;
+    :mod:`tda.engine.decoder` passes its direct override lookup)."""
+    q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, hd, layer_idx, scaling, rope, window = plan
+    c = call if call is not None else _module_call
+    B, T, _ = hidden_states.shape
+    q = c(q_proj, hidden_states).view(B, T, -1, hd)
+    k = c(k_proj, hidden_states).view(B, T, -1, hd)
+    v = c(v_proj, hidden_states).view(B, T, -1, hd).transpose(1, 2)
+    if q_norm is not None:
+        q, k = c(q_norm, q), c(k_norm, k)
+    q, k = rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+    k, v = cache.update(k, v, layer_idx)
+    if window is not None and k.shape[-2] > window:
+        k, v = k[:, :, -window:], v[:, :, -window:]
+    y = F.scaled_dot_product_attention(q, k, v, scale=scaling, enable_gqa=k.shape[1] != q.shape[1])
+    return c(o_proj, y.transpose(1, 2).reshape(B, T, -1))
+
+
 def decode_attention(mod, hidden_states=None, position_embeddings=None, attention_mask=None, cache=None,
                      **kwargs):
     """The attention output ``(y[B, 1, d_model], None)`` of one decode position, or None to defer
@@ -53,29 +97,7 @@ def decode_attention(mod, hidden_states=None, position_embeddings=None, attentio
         return None
     if cache is None:
         cache = kwargs.get("past_key_values")
-    if cache is None or position_embeddings is None or getattr(mod, "training", False):
+    if cache is None or position_embeddings is None or not fusable(mod):
         return None
-    if getattr(mod, "attn_logit_softcapping", None) is not None or getattr(mod, "sinks", None) is not None:
-        return None
-    rope = _rotary(mod)
-    if rope is None or not _sdpa_takes_gqa():
-        return None
-    B, T, _ = hidden_states.shape
-    hd = mod.head_dim
-    q = mod.q_proj(hidden_states).view(B, T, -1, hd)
-    k = mod.k_proj(hidden_states).view(B, T, -1, hd)
-    v = mod.v_proj(hidden_states).view(B, T, -1, hd).transpose(1, 2)
-    if getattr(mod, "q_norm", None) is not None:
-        q, k = mod.q_norm(q), mod.k_norm(k)
-    q, k = q.transpose(1, 2), k.transpose(1, 2)
     cos, sin = position_embeddings
-    q, k = rope(q, k, cos, sin)
-    k, v = cache.update(k, v, mod.layer_idx)
-    window = getattr(mod, "sliding_window", None)
-    if window is None and type(mod).__name__.startswith("Mistral"):
-        window = getattr(mod.config, "sliding_window", None)
-    if window is not None and k.shape[-2] > window:
-        k, v = k[:, :, -window:], v[:, :, -window:]
-    y = F.scaled_dot_product_attention(q, k, v, scale=mod.scaling, enable_gqa=k.shape[1] != q.shape[1])
-    y = y.transpose(1, 2).reshape(B, T, -1)
-    return mod.o_proj(y), None
+    return fused_step(step_plan(mod), hidden_states, cos, sin, cache), None

@@ -20,8 +20,9 @@ import torch
 from tda.engine import fastpath
 from tda.engine.attention import decode_attention
 from tda.engine.config import SparsityConfig, as_config
+from tda.engine.decoder import decode_stack
 from tda.engine.methods.registry import get_method
-from tda.models.dispatch import attention_override, linear_overrides
+from tda.models.dispatch import attention_override, decoder_override, linear_overrides
 
 
 def sync(device: torch.device) -> None:
@@ -104,9 +105,17 @@ class SparseSession:
             return None
         return decode_attention(mod, *args, **kwargs)
 
+    def _decoder(self, mod, *args, **kwargs):
+        """The lean decode-step decoder stack (:mod:`tda.engine.decoder`) for unpadded batches on the
+        fast path; None (HF's own forward) otherwise."""
+        if not self.lean:
+            return None
+        return decode_stack(mod, *args, **kwargs)
+
     @contextlib.contextmanager
     def active(self):
-        with linear_overrides(self.table()), attention_override(self._attention if self.fast else None):
+        with linear_overrides(self.table()), attention_override(self._attention if self.fast else None), \
+                decoder_override(self._decoder if self.fast else None):
             yield self
 
     # ----- phases ----------------------------------------------------------------------------------

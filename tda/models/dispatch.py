@@ -8,6 +8,9 @@ one model (two Streamlit sessions, two threads) never see each other's overrides
 
 This is how sparse generation swaps in sliced FFN weights, how TT thresholds activations per
 token, and how the fast fp32 dense path routes linears through oneDNN.
+Attention modules and Llama/Gemma-shaped base models are wrapped the same way
+(:func:`attention_override`, :func:`decoder_override`): the lean decode step of
+:mod:`tda.engine.attention` and :mod:`tda.engine.decoder`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from types import MethodType
 
 import torch
 from torch import nn
@@ -26,6 +30,7 @@ _OVERRIDES: contextvars.ContextVar[Mapping[int, LinearFn] | None] = contextvars.
     "tda_linear_overrides", default=None
 )
 _ATTENTION: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("tda_attention_override", default=None)
+_DECODER: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("tda_decoder_override", default=None)
 _LOCK = threading.Lock()
 
 
@@ -85,7 +90,31 @@ def instrument(model: nn.Module) -> nn.Module:
                 mod.forward = attn_forward
                 mod._tda_attn_instrumented = True
                 mod._tda_original_forward = original
+        for mod in model.modules():
+            # a bound method (not a closure over this module), so a deepcopy of the model (the
+            # TransformerLens bridge's) runs its own copy; models whose forward accelerate already
+            # wrapped (device maps) are left alone: the lean stack never takes them
+            if (is_decoder_stack(mod) and not getattr(mod, "_tda_stack_instrumented", False)
+                    and "forward" not in mod.__dict__):
+                mod.forward = MethodType(_stack_forward, mod)
+                mod._tda_stack_instrumented = True
     return model
+
+
+def _stack_forward(self, *args, **kwargs):
+    fn = _DECODER.get()
+    if fn is not None:
+        out = fn(self, *args, **kwargs)
+        if out is not None:
+            return out
+    return type(self).forward(self, *args, **kwargs)
+
+
+def is_decoder_stack(mod: nn.Module) -> bool:
+    """A base model of the Llama/Gemma shape (``embed_tokens``, ``layers``, ``norm``, ``rotary_emb``),
+    whose decode step :func:`decoder_override` may replace."""
+    return (type(mod).__name__.endswith("Model") and isinstance(getattr(mod, "layers", None), nn.ModuleList)
+            and all(hasattr(mod, n) for n in ("embed_tokens", "norm", "rotary_emb")))
 
 
 def is_attention(mod: nn.Module) -> bool:
@@ -105,6 +134,23 @@ def attention_override(fn: Callable | None) -> Iterator[None]:
         yield
     finally:
         _ATTENTION.reset(token)
+
+
+@contextlib.contextmanager
+def decoder_override(fn: Callable | None) -> Iterator[None]:
+    """Within the block (this context only), every instrumented base model (:func:`is_decoder_stack`)
+    calls ``fn(module, *args, **kwargs)`` first and uses its result unless it is None."""
+    token = _DECODER.set(fn)
+    try:
+        yield
+    finally:
+        _DECODER.reset(token)
+
+
+def current_overrides() -> Mapping[int, LinearFn] | None:
+    """This context's override table ``{id(module): fn}`` (None outside :func:`linear_overrides`):
+    what an instrumented module's forward looks up on every call, for callers that look it up once."""
+    return _OVERRIDES.get()
 
 
 def original_forward(module: nn.Module) -> LinearFn:

@@ -1,0 +1,78 @@
+"""Side-by-side decode-step variants of dense ``generate`` (issue 17, point 1), same process, rounds
+interleaved so drift hits every variant alike; median ms per decode step and ratios to ``attention``.
+
+Variants:
+- ``stock``      plain Hugging Face ``generate`` (no override);
+- ``attention``  the fast path with the fused decode attention only (tda.engine.attention), HF's
+                 base-model forward and decoder layers around it (the engine before the lean stack);
+- ``stack-modules``  the lean decoder stack (tda.engine.decoder) calling every linear/norm/MLP as a module;
+- ``stack``      the lean decoder stack with direct override-table calls and inline gated MLPs — the
+                 engine's default.
+
+Each variant's greedy tokens are checked against ``stock`` (fp32: must be identical).
+
+Usage:
+    python benchmarks/decode_variants.py --model gemma-3-270m --dtype fp32 --rounds 5
+    python benchmarks/decode_variants.py --model tiny-llama --new-tokens 4 --rounds 1   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+from pathlib import Path
+from unittest import mock
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's tda
+
+VARIANTS = ("stock", "attention", "stack-modules", "stack")
+
+
+def _variant(name: str):
+    if name == "attention":
+        return mock.patch("tda.engine.session.decode_stack", lambda *a, **k: None)
+    if name == "stack-modules":
+        return mock.patch("tda.engine.decoder.DIRECT_CALLS", False)
+    return contextlib.nullcontext()
+
+
+def main(argv=None) -> None:
+    from tda.engine.generate import generate
+    from tda.evaluate.bench import bench_prompt
+    from tda.models.load import load_model
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="gemma-3-270m")
+    ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    args = ap.parse_args(argv)
+    names = args.variants.split(",")
+    lm = load_model(args.model, dtype=args.dtype)
+    prompt = bench_prompt(lm, args.prompt_tokens)
+    kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
+    ms = {n: [] for n in names}
+    tokens = {}
+    for r in range(args.rounds + 1):  # round 0 warms up (kernel build, fast-path probe)
+        for n in names:
+            with _variant(n):
+                out = generate(lm, prompt, stock=n == "stock", **kw)
+            tokens[n] = out.token_ids
+            if r:
+                ms[n].append(out.timings["decode_ms_per_token"])
+    base = statistics.median(ms["attention"]) if "attention" in ms else None
+    print(f"{args.model} {args.dtype}, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, "
+          f"median of {args.rounds} rounds, threads {out.timings['threads']}")
+    for n in names:
+        med = statistics.median(ms[n])
+        same = tokens[n] == tokens.get("stock", tokens[n])
+        ratio = f"  {base / med:.3f}x vs attention" if base else ""
+        print(f"  {n:13s} {med:7.2f} ms/step{ratio}  tokens {'==' if same else '!='} stock")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""A lean decode-step decoder stack (issue 17, point 1): one Python loop over the layers, no HF
+per-layer plumbing.
+
+At a decode step (one new position, no padding) Hugging Face's base-model forward builds a causal
+and a sliding-window mask that the fused attention of :mod:`tda.engine.attention` never reads,
+passes every layer through its output-capturing decorators, ``GradientCheckpointingLayer.__call__``,
+``deprecate_kwarg`` wrappers and the attention-interface plumbing. :func:`decode_stack` replaces
+the base model's forward (:func:`tda.models.dispatch.decoder_override`) by the same computation
+done directly: ``embed_tokens`` → rotary ``cos/sin`` once per step (per layer type for Gemma 3) →
+per layer ``norm → attention → (post-norm) → residual → norm → MLP → (post-norm) → residual`` →
+final norm. Each linear and norm inside the layers runs the function of this context's override
+table (:func:`tda.models.dispatch.current_overrides`, looked up once per step) — exactly what its
+instrumented forward would call, minus ``nn.Module.__call__`` and the wrapper — so every method's
+overrides and the fast dense path apply unchanged; modules without an override are called as
+modules. The gated MLPs of :data:`GATED_MLP` are computed inline in their own call order; the
+attention is :func:`tda.engine.attention.fused_step` (the fused SDPA of ``decode_attention``).
+What a step reads of each layer (its modules, head dims, rotary, window) is looked up once per
+model (:func:`_plan`): ``nn.Module`` attribute access costs ~0.3 µs a name. With forward hooks on
+modules inside the layers (benchmarks/breakdown.py's timers) every module is called as a module,
+so the hooks fire.
+
+Kept because it is exact and faster: fp32 greedy tokens identical to stock HF on every tiny
+Llama/Gemma-shaped family and Gemma 3 270M (tests/test_decode_step.py), and it removes the mask
+creation and most of the per-layer Python of a decode step. It covers only the decoder-layer
+classes listed in :data:`PRE_NORM` / :data:`SANDWICH` whose attention the lean attention takes;
+anything else (padding, prefill, ``output_hidden_states``/``output_attentions``, forward hooks on
+a decoder layer — they would not fire —, offloaded or dispatched models,
+bidirectional Gemma, GPT-2/OPT) returns None and HF's own forward runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+
+import torch
+
+from tda.engine.attention import _sdpa_takes_gqa, decode_attention, fusable, fused_step, step_plan
+from tda.models.dispatch import attention_override, current_overrides
+
+PRE_NORM = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"}
+SANDWICH = {"Gemma3DecoderLayer"}  # post-attention and pre/post-feedforward norms too
+GATED_MLP = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "Gemma3MLP"}  # down(act(gate(x)) * up(x))
+DIRECT_CALLS = True  # look each linear/norm up in the override table instead of calling the module
+_HARMLESS = {"return_dict", "cache_position", "use_cache"}  # kwargs the lean stack may ignore
+
+_PLAN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # base model -> plan or False
+
+
+def _fits(model) -> bool:
+    """Every layer of the base ``model`` is one of the covered shapes, on one device, with an
+    attention the fused step takes."""
+    layers, cfg = getattr(model, "layers", None), getattr(model, "config", None)
+    if not layers or cfg is None or not _sdpa_takes_gqa() or len(layers) != cfg.num_hidden_layers:
+        return False
+    if not all(hasattr(model, n) for n in ("embed_tokens", "norm", "rotary_emb")):
+        return False
+    if getattr(cfg, "use_bidirectional_attention", False) or any(hasattr(m, "_hf_hook") for m in model.modules()):
+        return False
+    names = {type(layer).__name__ for layer in layers}
+    if len(names) != 1 or not names <= PRE_NORM | SANDWICH:
+        return False
+    return all(hasattr(layer.self_attn, "layer_idx") and fusable(layer.self_attn) for layer in layers)
+
+
+def _plan(model):
+    """``(steps, layer_types, layers, inner)`` for a base model that :func:`_fits`, else False
+    (cached per model): per layer ``(attention module, attention plan, input norm, post-attention
+    norm, pre-FF norm or None, post-FF norm or None, mlp, (gate, up, down, act) or None)``; the
+    layer types whose rotary tables Gemma 3 computes apart (empty: one table); the decoder layers
+    and every module inside them (for their hooks)."""
+    plan = _PLAN.get(model)
+    if plan is not None:
+        return plan
+    plan = False
+    if _fits(model):
+        layers = list(model.layers)
+        per_type = "layer_type" in inspect.signature(model.rotary_emb.forward).parameters
+        types = list(getattr(model.config, "layer_types", None) or []) if per_type else []
+        if not per_type or len(types) == len(layers):
+            steps = []
+            for layer in layers:
+                sandwich = type(layer).__name__ in SANDWICH
+                m = layer.mlp
+                gated = (m.gate_proj, m.up_proj, m.down_proj, m.act_fn) if type(m).__name__ in GATED_MLP else None
+                steps.append((layer.self_attn, step_plan(layer.self_attn), layer.input_layernorm, layer.post_attention_layernorm,
+                              layer.pre_feedforward_layernorm if sandwich else None,
+                              layer.post_feedforward_layernorm if sandwich else None, m, gated))
+            inner = [m for layer in layers for m in layer.modules() if m is not layer]
+            plan = (steps, types, layers, inner)
+    _PLAN[model] = plan
+    return plan
+
+
+def _hooks_on(modules) -> bool:
+    """Some forward (pre-)hook, on one of ``modules`` or global, that the lean stack would skip."""
+    from torch.nn.modules import module as M
+
+    if M._global_forward_hooks or M._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def _module_call(mod, x):
+    return mod(x)
+
+
+def decode_stack(model, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                 **kwargs):
+    """The base model's output for one unpadded decode position (``last_hidden_state[B, 1, d]``),
+    or None to defer to its own forward."""
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    if cache is None:
+        cache = kwargs.pop("past_key_values", None)
+    else:
+        kwargs.pop("past_key_values", None)
+    if (input_ids is None or inputs_embeds is not None or cache is None or input_ids.dim() != 2
+            or input_ids.shape[1] != 1 or model.training or isinstance(attention_mask, dict)
+            or any(v for k, v in kwargs.items() if k not in _HARMLESS) or kwargs.get("use_cache") is False):
+        return None
+    plan = _plan(model)
+    if not plan:
+        return None
+    steps, types, layers, inner = plan
+    if _hooks_on(layers):  # forward hooks on a decoder layer: HF's forward runs them
+        return None
+    hooked = _hooks_on(inner)  # hooks inside the layers (a profiler): every module is called as a module
+    table = current_overrides() if DIRECT_CALLS and not hooked else None
+    if table:
+        def call(mod, x, _get=table.get):
+            fn = _get(id(mod))
+            return fn(x) if fn is not None else mod(x)
+    else:
+        call = _module_call
+    h = model.embed_tokens(input_ids)
+    if position_ids is None:
+        position_ids = torch.full_like(input_ids, cache.get_seq_length())
+    if types:
+        pe = {t: model.rotary_emb(h, position_ids, t) for t in set(types)}
+        per_layer = [pe[t] for t in types]
+    else:
+        per_layer = [model.rotary_emb(h, position_ids)] * len(steps)
+    for (attn_mod, attn, in_norm, post_attn, pre_ff, post_ff, mlp, gated), (cos, sin) in zip(steps, per_layer):
+        if hooked:  # through the module (its hooks fire), computed by the same fused step
+            with attention_override(decode_attention):
+                a = attn_mod(hidden_states=call(in_norm, h), position_embeddings=(cos, sin), cache=cache)[0]
+        else:
+            a = fused_step(attn, call(in_norm, h), cos, sin, cache, call)
+        if pre_ff is not None:  # Gemma 3: norms before and after attention and MLP
+            h = h + call(post_attn, a)
+            x = call(pre_ff, h)
+        else:
+            h = h + a
+            x = call(post_attn, h)
+        if gated is not None and table:  # the MLP's own forward, in its call order
+            gate, up, down, act = gated
+            x = call(down, act(call(gate, x)) * call(up, x))
+        else:
+            x = mlp(x)
+        h = h + (call(post_ff, x) if post_ff is not None else x)
+    return BaseModelOutputWithPast(last_hidden_state=model.norm(h), cache=cache)
