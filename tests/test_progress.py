@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tda.common import progress
 
 
@@ -57,11 +59,8 @@ def test_heartbeat_skips_a_sink_that_is_not_threadsafe():
 
 def test_failure_is_reported(capsys, monkeypatch):
     monkeypatch.setattr(progress, "_is_tty", lambda: False)
-    try:
-        with progress.task("doomed"):
-            raise ValueError("x")
-    except ValueError:
-        pass
+    with pytest.raises(ValueError), progress.task("doomed"):
+        raise ValueError("x")
     assert "doomed: failed after" in capsys.readouterr().err
 
 
