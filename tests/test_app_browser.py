@@ -76,6 +76,20 @@ def _need_browser():
         pytest.skip("the playwright package is not installed (pip install playwright)")
 
 
+@contextlib.contextmanager
+def browser_page(width: int = 1400, height: int = 1000):
+    """A Chromium page next to a fresh app server (skips when no browser is available): ``(url, page)``."""
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    with streamlit_server() as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield url, browser.new_page(viewport={"width": width, "height": height})
+        finally:
+            browser.close()
+
+
 HEATMAP_Y = """() => {
   const g = [...document.querySelectorAll('.js-plotly-plot')].find(d => d.data && d.data.some(t => t.type === 'heatmap'));
   return g ? JSON.stringify(g.data.filter(t => t.type === 'heatmap').map(t => Array.from(t.y))) : null;
@@ -83,36 +97,28 @@ HEATMAP_Y = """() => {
 
 
 def test_prompt_edit_updates_heatmap_in_browser(tmp_path):
-    _need_browser()
-    from playwright.sync_api import sync_playwright
-
-    with streamlit_server() as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url, wait_until="domcontentloaded")
-            page.wait_for_function(f"({HEATMAP_Y})() !== null", timeout=120_000)
-            before = page.evaluate(HEATMAP_Y)
-            assert page.locator("text=Traceback").count() == 0
-            box = page.locator("textarea").first
-            new = "Completely different words make a new heatmap here."
-            box.fill(new)
-            box.press("Control+Enter")
-            page.wait_for_function(f"(b) => {{ const y = ({HEATMAP_Y})(); return y !== null && y !== b; }}",
-                                   arg=before, timeout=120_000)
-            after = page.evaluate(HEATMAP_Y)
-            assert after != before
-            rows = json.loads(after)
-            assert len(rows) == 2  # isolated and sequence panels
-            for labels in rows:  # the rows are the new prompt's tokens, in order ("index:token", "␣" = space)
-                assert "".join(lab.split(":", 1)[1] for lab in labels).replace("␣", " ") == new
-            page.wait_for_timeout(500)
-            shot = tmp_path / "app-browser.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            assert page.locator("[data-testid='stException']").count() == 0
-        finally:
-            browser.close()
+    with browser_page(1400, 1000) as (url, page):
+        page.goto(url, wait_until="domcontentloaded")
+        page.wait_for_function(f"({HEATMAP_Y})() !== null", timeout=120_000)
+        before = page.evaluate(HEATMAP_Y)
+        assert page.locator("text=Traceback").count() == 0
+        box = page.locator("textarea").first
+        new = "Completely different words make a new heatmap here."
+        box.fill(new)
+        box.press("Control+Enter")
+        page.wait_for_function(f"(b) => {{ const y = ({HEATMAP_Y})(); return y !== null && y !== b; }}",
+                               arg=before, timeout=120_000)
+        after = page.evaluate(HEATMAP_Y)
+        assert after != before
+        rows = json.loads(after)
+        assert len(rows) == 2  # isolated and sequence panels
+        for labels in rows:  # the rows are the new prompt's tokens, in order ("index:token", "␣" = space)
+            assert "".join(lab.split(":", 1)[1] for lab in labels).replace("␣", " ") == new
+        page.wait_for_timeout(500)
+        shot = tmp_path / "app-browser.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        assert page.locator("[data-testid='stException']").count() == 0
 
 
 PLOTS_READY = """(n) => {
@@ -124,29 +130,21 @@ PLOTS_READY = """(n) => {
 def test_neuron_page_in_browser(tmp_path):
     """/neuron?layer=1&neuron=5 serves its charts; the URL's choice fills the inputs; an out-of-range
     neuron is refused with a visible error, not a traceback."""
-    _need_browser()
-    from playwright.sync_api import sync_playwright
-
-    with streamlit_server() as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1400})
-            page.goto(f"{url}/neuron?layer=1&neuron=5", wait_until="domcontentloaded")
-            page.wait_for_function(PLOTS_READY, arg=4, timeout=180_000)
-            assert page.get_by_label("neuron (0..127)").input_value() == "5"
-            assert page.get_by_label("layer (0..2)").input_value() == "1"
-            assert page.locator("text=Neuron 5 of layer 1 on the prompt").count() >= 1
-            assert page.locator("[data-testid='stException']").count() == 0
-            box = page.get_by_label("neuron (0..127)")
-            box.fill("500")
-            box.press("Enter")
-            page.wait_for_selector("text=neuron 500 out of range", timeout=60_000)
-            assert page.locator("text=Traceback").count() == 0
-            shot = tmp_path / "neuron-browser.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-        finally:
-            browser.close()
+    with browser_page(1400, 1400) as (url, page):
+        page.goto(f"{url}/neuron?layer=1&neuron=5", wait_until="domcontentloaded")
+        page.wait_for_function(PLOTS_READY, arg=4, timeout=180_000)
+        assert page.get_by_label("neuron (0..127)").input_value() == "5"
+        assert page.get_by_label("layer (0..2)").input_value() == "1"
+        assert page.locator("text=Neuron 5 of layer 1 on the prompt").count() >= 1
+        assert page.locator("[data-testid='stException']").count() == 0
+        box = page.get_by_label("neuron (0..127)")
+        box.fill("500")
+        box.press("Enter")
+        page.wait_for_selector("text=neuron 500 out of range", timeout=60_000)
+        assert page.locator("text=Traceback").count() == 0
+        shot = tmp_path / "neuron-browser.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
 
 
 PAGES = [  # (url path, button to press or None, Plotly charts the page draws after it)
@@ -159,24 +157,16 @@ RUNNING = "() => !!document.querySelector('[data-testid=\"stStatusWidget\"]')"
 
 def test_every_page_renders_in_browser(tmp_path):
     """Each page in a real Chromium at 1400×1000: its charts paint, buttons run, no exception or error."""
-    _need_browser()
-    from playwright.sync_api import sync_playwright
-
-    with streamlit_server() as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            for path, button, charts in PAGES:
-                page.goto(f"{url}/{path}", wait_until="domcontentloaded")
-                if button:
-                    page.get_by_role("button", name=button).wait_for(timeout=120_000)
-                    page.wait_for_function(f"!({RUNNING})()", timeout=120_000)
-                    page.get_by_role("button", name=button).click()
-                page.wait_for_function(f"({N_CHARTS})() >= {charts}", timeout=180_000)
-                page.wait_for_function(f"!({RUNNING})()", timeout=180_000)
-                assert page.locator("[data-testid='stException']").count() == 0, path
-                assert page.locator("[data-testid='stAlertContentError']").count() == 0, path
-                assert page.locator("text=Traceback").count() == 0, path
-                page.screenshot(path=str(tmp_path / f"{path or 'inertia'}.png"))
-        finally:
-            browser.close()
+    with browser_page(1400, 1000) as (url, page):
+        for path, button, charts in PAGES:
+            page.goto(f"{url}/{path}", wait_until="domcontentloaded")
+            if button:
+                page.get_by_role("button", name=button).wait_for(timeout=120_000)
+                page.wait_for_function(f"!({RUNNING})()", timeout=120_000)
+                page.get_by_role("button", name=button).click()
+            page.wait_for_function(f"({N_CHARTS})() >= {charts}", timeout=180_000)
+            page.wait_for_function(f"!({RUNNING})()", timeout=180_000)
+            assert page.locator("[data-testid='stException']").count() == 0, path
+            assert page.locator("[data-testid='stAlertContentError']").count() == 0, path
+            assert page.locator("text=Traceback").count() == 0, path
+            page.screenshot(path=str(tmp_path / f"{path or 'inertia'}.png"))

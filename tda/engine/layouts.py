@@ -56,6 +56,20 @@ def input_major(module: nn.Module) -> torch.Tensor:
         return module.weight.detach().t()
 
 
+def row_major(module) -> torch.Tensor | None:
+    """``W[d_out, d_in]`` contiguous, converting an input-major module back in place once (the
+    inverse of :func:`input_major`; same values, one copy); ``None`` for
+    GPT-2's Conv1D, whose storage is input-major by design."""
+    if _is_conv1d(module):
+        return None
+    with _LOCK:
+        w = module.weight
+        if not w.is_contiguous():
+            w.data = w.detach().contiguous()
+            _forget_dense_paths(module)
+        return module.weight.detach()
+
+
 def _forget_dense_paths(module: nn.Module) -> None:
     """Cached dense linear functions still hold the old layout: rebuild the ones for ``module``."""
     from tda.engine import fastpath

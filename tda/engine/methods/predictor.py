@@ -24,26 +24,10 @@ from __future__ import annotations
 import torch
 
 from tda.engine import kernels
-from tda.engine.layouts import input_major
+from tda.engine.layouts import input_major, row_major
 from tda.engine.methods.rsparse import stderr_progress
 from tda.engine.methods.token import TokenWise, read_fraction
 from tda.models.dispatch import module_weight
-
-
-def row_major(module) -> torch.Tensor | None:
-    """``W[d_out, d_in]`` contiguous, converting an input-major module back in place once (the
-    inverse of :func:`tda.engine.layouts.input_major`; same values, one copy); ``None`` for
-    GPT-2's Conv1D, whose storage is input-major by design."""
-    from tda.engine import layouts
-
-    if layouts._is_conv1d(module):
-        return None
-    with layouts._LOCK:
-        w = module.weight
-        if not w.is_contiguous():
-            w.data = w.detach().contiguous()
-            layouts._forget_dense_paths(module)
-        return module.weight.detach()
 
 
 class Predictor(TokenWise):
