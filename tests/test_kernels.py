@@ -183,6 +183,25 @@ def test_cpp_agrees_with_torch_at_model_sizes(dtype, rows, frac):
 
 
 @pytest.mark.skipif("not _cpp_available()", reason="C++ kernels unavailable")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d_out,d_in", [(1, 1), (3, 7), (5, 17), (37, 45), (33, 100), (66, 131), (130, 640)])
+def test_batch1_gemvs_at_ragged_sizes(dtype, d_out, d_in):
+    """The batch-1 GEMVs (AVX-512 / AVX512-BF16 intrinsics where the build has them: four
+    accumulators per row, masked tails of 16/32 lanes, bf16 input rows in interleaved pairs with a
+    pair-order accumulator) against the fp64 masked product at sizes that leave every tail and an
+    odd row count; an output-sparse subset equals the dense rows bit for bit."""
+    w, x, _, xm, idx, b = _problem(d_out, d_in, (1,), 0.5, dtype, seed=d_out * 1000 + d_in, bias=True)
+    w_t = w.t().contiguous()
+    assert _close(K.dense(x, w, b, backend="cpp"), _ref(x, w, b), dtype)
+    assert _close(K.input_dense(x, w_t, b, backend="cpp"), _ref(x, w, b), dtype)
+    if idx.numel():
+        assert _close(K.input_sparse(xm, idx, w_t, b, backend="cpp"), _ref(xm, w, b), dtype)
+    rows = torch.arange(d_out - 1, -1, -2)  # every other row, in reverse order
+    full = K.dense(x, w, b, backend="cpp")
+    assert torch.equal(K.output_sparse(x, rows, w, b, backend="cpp"), full[:, rows])
+
+
+@pytest.mark.skipif("not _cpp_available()", reason="C++ kernels unavailable")
 def test_cpp_is_deterministic_and_auto_uses_it():
     w, x, _, xm, idx, _ = _problem(640, 2048, (1,), 0.5, torch.float32, seed=7)
     w_t = w.t().contiguous()

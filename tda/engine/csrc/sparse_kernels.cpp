@@ -14,7 +14,10 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <type_traits>
 #include <vector>
+
+#include "gemv_avx512.h"  // intrinsics for batch-1 GEMVs when the build targets AVX-512
 
 namespace {
 
@@ -111,6 +114,26 @@ template <typename E>
 void in_sparse(const float* xs, int64_t B, const int64_t* idx, int64_t k,
                const typename E::T* wt, int64_t d_out, const typename E::T* bias,
                typename E::T* y) {
+#if TDA_GEMV_BF16DP
+  if constexpr (std::is_same_v<E, BF16>) {
+    if (B == 1) {  // pairs of rows through VDPBF16PS, accumulator in pair order (gemv_avx512.h)
+      const int64_t nc = n_chunks(k * d_out, k), np = (d_out + 31) / 32 * 32;
+      std::vector<uint16_t> xb(static_cast<size_t>(k));
+      for (int64_t j = 0; j < k; ++j) xb[j] = E::st(xs[j]);  // exact: xs hold bf16 values (or 0)
+      std::vector<float> acc(static_cast<size_t>(nc * np), 0.0f);
+      for_chunks(nc, [&](int64_t c) {
+        tda_gemv::axpy_pairs_bf16(xb.data(), idx, k * c / nc, k * (c + 1) / nc, wt, d_out, acc.data() + c * np);
+      });
+      for (int64_t c = 1; c < nc; ++c)
+        for (int64_t i = 0; i < np; ++i) acc[i] += acc[c * np + i];
+      for (int64_t i = 0; i < d_out; ++i) {
+        const float v = acc[tda_gemv::pair_col(i)];
+        y[i] = E::st(bias ? v + E::ld(bias, i) : v);
+      }
+      return;
+    }
+  }
+#endif
   const int64_t nc = n_chunks(B * k * d_out, k);
   const int64_t len = B * d_out;
   std::vector<float> acc(static_cast<size_t>(nc * len), 0.0f);
@@ -379,6 +402,29 @@ at::Tensor out_rows(const at::Tensor& x, const int64_t* ix, int64_t k, const at:
                     const c10::optional<at::Tensor>& bias) {
   const int64_t B = x.size(0), d_in = x.size(1);
   at::Tensor y = at::empty({B, k}, x.options());
+  const int64_t nc = n_chunks(B * k * d_in, k);
+#if TDA_GEMV_AVX512
+  if (B == 1 && x.scalar_type() == at::kFloat) {  // four rows at a time (gemv_avx512.h)
+    const float* b = bias_ptr<F32>(bias);
+    for_chunks(nc, [&](int64_t c) {
+      tda_gemv::row_gemv_f32(ptr<F32>(x), d_in, ix, k * c / nc, k * (c + 1) / nc, ptr<F32>(w), b,
+                             mut_ptr<F32>(y));
+    });
+    return y;
+  }
+#endif
+#if TDA_GEMV_BF16DP
+  if (B == 1 && x.scalar_type() == at::kBFloat16) {  // VDPBF16PS, four rows at a time
+    std::vector<float> acc(static_cast<size_t>(k));
+    for_chunks(nc, [&](int64_t c) {
+      tda_gemv::row_gemv_bf16(ptr<BF16>(x), d_in, ix, k * c / nc, k * (c + 1) / nc, ptr<BF16>(w), acc.data());
+    });
+    const uint16_t* b = bias_ptr<BF16>(bias);
+    uint16_t* yp = mut_ptr<BF16>(y);
+    for (int64_t j = 0; j < k; ++j) yp[j] = BF16::st(b ? acc[j] + BF16::ld(b, ix ? ix[j] : j) : acc[j]);
+    return y;
+  }
+#endif
   TDA_DISPATCH(x.scalar_type(), {
     const auto* xp = ptr<E>(x);
     std::vector<float> xf(static_cast<size_t>(B * d_in));
