@@ -58,22 +58,57 @@ def fusable(mod) -> bool:
             and getattr(mod, "sinks", None) is None and _rotary(mod) is not None and _sdpa_takes_gqa())
 
 
+_CPP_DTYPES = (torch.float32, torch.bfloat16)  # what the C++ rope_qk / decode_attention take
+
+
+@functools.cache
+def cpp_attention(rope):
+    """The C++ ops ``torch.ops.tda_kernels`` when they exist and their ``rope_qk`` gives exactly
+    what the modeling file's ``rope`` gives (checked once per function, fp32 and bf16, on random
+    inputs: a rotary of another form — partial, interleaved — fails it), else None."""
+    from tda.engine import kernels
+
+    ops = kernels.cpp_ops()
+    if ops is None or not hasattr(ops, "rope_qk") or rope is None:
+        return None
+    g = torch.Generator().manual_seed(0)
+    for dt in _CPP_DTYPES:
+        q, k = torch.randn(2, 1, 4, 16, generator=g).to(dt), torch.randn(2, 1, 2, 16, generator=g).to(dt)
+        ang = torch.randn(2, 1, 8, generator=g).repeat(1, 1, 2)
+        cos, sin = ang.cos().to(dt), ang.sin().to(dt)
+        try:
+            want = rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        except Exception:  # noqa: BLE001 - a rotary with another signature: not ours to replace
+            return None
+        got = ops.rope_qk(q, k, cos, sin)
+        if not all(torch.equal(a, b) for a, b in zip(got, want)):
+            return None
+    return ops
+
+
 def step_plan(mod) -> tuple:
     """What :func:`fused_step` reads of an attention module (looked up once: ``nn.Module`` attribute
-    access is slow): ``(q, k, v, o, q_norm, k_norm, head_dim, layer_idx, scaling, rotary, window)``."""
+    access is slow): ``(q, k, v, o, q_norm, k_norm, head_dim, layer_idx, scaling, rotary, window,
+    ops)`` — ``ops``: the C++ rotary and attention (:func:`cpp_attention`) or None."""
     window = getattr(mod, "sliding_window", None)
     if window is None and type(mod).__name__.startswith("Mistral"):
         window = getattr(mod.config, "sliding_window", None)
     q_norm = getattr(mod, "q_norm", None)
+    rope = _rotary(mod)
     return (mod.q_proj, mod.k_proj, mod.v_proj, mod.o_proj, q_norm, mod.k_norm if q_norm is not None else None,
-            mod.head_dim, mod.layer_idx, mod.scaling, _rotary(mod), window)
+            mod.head_dim, mod.layer_idx, mod.scaling, rope, window, cpp_attention(rope))
 
 
 def fused_step(plan: tuple, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache, call=None):
     """The attention output ``y[B, 1, d_model]`` of one decode position for a :func:`step_plan`;
     ``call(submodule, x)`` runs the projections and q/k norms (default: the module call;
-    :mod:`tda.engine.decoder` passes its direct override lookup)."""
-    q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, hd, layer_idx, scaling, rope, window = plan
+    :mod:`tda.engine.decoder` passes its direct override lookup).
+
+    fp32/bf16 on CPU with the C++ kernels: the rotary is one ``rope_qk`` call and the attention
+    one ``decode_attention`` call (fp32 softmax and accumulation; it writes ``y`` already in the
+    ``[B, 1, heads * head_dim]`` layout the output projection takes); otherwise the modeling
+    file's rotary and ``scaled_dot_product_attention``."""
+    q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, hd, layer_idx, scaling, rope, window, ops = plan
     c = call if call is not None else _module_call
     B, T, _ = hidden_states.shape
     q = c(q_proj, hidden_states).view(B, T, -1, hd)
@@ -81,6 +116,11 @@ def fused_step(plan: tuple, hidden_states: torch.Tensor, cos: torch.Tensor, sin:
     v = c(v_proj, hidden_states).view(B, T, -1, hd).transpose(1, 2)
     if q_norm is not None:
         q, k = c(q_norm, q), c(k_norm, k)
+    if (ops is not None and T == 1 and q.is_cpu and q.dtype in _CPP_DTYPES and q.dtype == cos.dtype
+            and q.is_contiguous() and k.is_contiguous() and cos.is_contiguous() and sin.is_contiguous()):
+        q, k = ops.rope_qk(q, k, cos, sin)
+        k, v = cache.update(k, v, layer_idx)
+        return c(o_proj, ops.decode_attention(q, k, v, scaling, window or 0))
     q, k = rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
     k, v = cache.update(k, v, layer_idx)
     if window is not None and k.shape[-2] > window:

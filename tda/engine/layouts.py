@@ -20,6 +20,8 @@ import threading
 import torch
 from torch import nn
 
+from tda.models import hugepages
+
 _LOCK = threading.Lock()
 
 
@@ -51,6 +53,7 @@ def input_major(module: nn.Module) -> torch.Tensor:
         w = module.weight
         if not is_input_major(module):
             wt = w.detach().t().contiguous()
+            hugepages.advise([wt])
             w.data = wt.t()
             _forget_dense_paths(module)
         return module.weight.detach().t()
@@ -66,6 +69,7 @@ def row_major(module) -> torch.Tensor | None:
         w = module.weight
         if not w.is_contiguous():
             w.data = w.detach().contiguous()
+            hugepages.advise([w])
             _forget_dense_paths(module)
         return module.weight.detach()
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from tda.common.errors import BadInput, ModelLoadError, UnsupportedArchitecture
-from tda.models import dispatch, embedded, placement, specs
+from tda.models import dispatch, embedded, hugepages, placement, specs
 from tda.models.ffn import SUPPORTED_MODEL_TYPES, FFNAdapter, family_for
 
 DEFAULT_MODEL = specs.DEFAULT_MODEL
@@ -200,6 +200,8 @@ def wrap_model(model, tokenizer, *, spec, kind, model_id, tokenizer_dir, hf_name
     if not getattr(model.config, "architectures", None):  # from_config models lack it (TL needs it)
         model.config.architectures = [type(model).__name__]
     model.requires_grad_(False)
+    if not placement.is_dispatched(model):
+        hugepages.advise_model(model)  # huge pages under the large weights (decode streams them)
     ffn = FFNAdapter(model)
     dispatch.instrument(model)
     return LoadedModel(

@@ -507,3 +507,4 @@ TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
 }
 
 #include "rms_norm_bf16.h"  // torch.ops.tda_kernels.rms_norm_bf16 (a fragment of this library)
+#include "decode_attention.h"  // torch.ops.tda_kernels.rope_qk, decode_attention

@@ -1,0 +1,136 @@
+"""Back large CPU weights with transparent huge pages (Linux), so a decode step's weight stream
+does not pay a TLB miss every 4 KiB.
+
+A decode step reads every weight once, in long runs: the lm_head of Gemma 3 270M alone is 335 MB
+(bf16) or 671 MB (fp32), 82,000–164,000 base pages. With THP in ``madvise`` mode (the usual
+default) a model's weights get base pages only. :func:`advise` asks the kernel to back the
+2 MiB-aligned interior of each large weight storage with huge pages: ``madvise(MADV_HUGEPAGE)``
+(future faults) and ``madvise(MADV_COLLAPSE)`` (Linux >= 6.1: collapse the pages already there,
+synchronously; ~0.25 s for 335 MB). Contents never change. Measured on Gemma 3 270M bf16 (2
+threads, same process, before/after): 15.05 -> 14.50 ms per decode step with the lm_head
+collapsed.
+
+Best effort: on other systems, older kernels, THP disabled (``never``) or a refusal (memory
+pressure) nothing happens. ``TDA_HUGEPAGES=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import functools
+import os
+import sys
+
+import torch
+
+MADV_DONTNEED = 4
+MADV_HUGEPAGE = 14
+MADV_COLLAPSE = 25
+HUGE = 2 << 20  # 2 MiB
+MIN_BYTES = 2 * HUGE  # smaller storages hold at most one aligned huge page: not worth a syscall
+
+
+def enabled() -> bool:
+    """On Linux unless ``TDA_HUGEPAGES`` is 0/off/false/no."""
+    flag = os.environ.get("TDA_HUGEPAGES", "1").strip().lower()
+    return sys.platform.startswith("linux") and flag not in ("0", "off", "false", "no")
+
+
+@functools.cache
+def _madvise():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def aligned_span(ptr: int, nbytes: int) -> tuple[int, int] | None:
+    """``(start, length)`` of the whole 2 MiB pages inside ``[ptr, ptr + nbytes)``, or None."""
+    lo = (ptr + HUGE - 1) // HUGE * HUGE
+    hi = (ptr + nbytes) // HUGE * HUGE
+    return (lo, hi - lo) if hi > lo else None
+
+
+def _collapse(fn, t: torch.Tensor) -> int:
+    """Bytes collapsed under ``t``'s storage; 0 when too small or refused; -1 when the memory is
+    not anonymous (a mapped file: safetensors loaded in place)."""
+    st = t.untyped_storage()
+    span = aligned_span(st.data_ptr(), st.nbytes()) if st.nbytes() >= MIN_BYTES else None
+    if span is None:
+        return 0
+    fn(span[0], span[1], MADV_HUGEPAGE)
+    if fn(span[0], span[1], MADV_COLLAPSE) == 0:
+        return span[1]
+    return -1 if ctypes.get_errno() == errno.EINVAL else 0
+
+
+def anonymous_copy(fn, t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``t`` in fresh anonymous memory whose aligned interior is advised for
+    huge pages before it is written (so the copy faults them in directly)."""
+    n = t.numel() * t.element_size()
+    raw = torch.empty(n + HUGE, dtype=torch.uint8)
+    off = (-raw.data_ptr()) % t.element_size()
+    span = aligned_span(raw.data_ptr() + off, n)
+    if span is not None:
+        fn(span[0], span[1], MADV_HUGEPAGE)
+    out = raw[off:off + n].view(t.dtype).view(t.shape)
+    out.copy_(t)
+    return out
+
+
+def _drop_file_pages(fn, t: torch.Tensor) -> None:
+    """Unmap the file pages the copy read from this process (``MADV_DONTNEED`` on a private file
+    mapping: they stay in the page cache and read back unchanged if touched again). Without it
+    they count in the process's RSS next to the copy for as long as the file stays mapped (the
+    small tensors of the same safetensors file keep the whole mapping)."""
+    page = 4096
+    a = t.data_ptr()
+    lo, hi = (a + page - 1) // page * page, (a + t.numel() * t.element_size()) // page * page
+    if hi > lo:
+        fn(lo, hi - lo, MADV_DONTNEED)
+
+
+def advise(tensors) -> int:
+    """Ask for huge pages under every CPU tensor's storage of at least 4 MiB (each storage once).
+    Returns the bytes the kernel collapsed into huge pages (0 when unsupported or turned off)."""
+    fn = _madvise() if enabled() else None
+    if fn is None:
+        return 0
+    done, seen = 0, set()
+    for t in tensors:
+        if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+            continue
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in seen:
+            seen.add(ptr)
+            done += max(0, _collapse(fn, t))
+    return done
+
+
+def advise_model(model) -> int:
+    """:func:`advise` over a model's parameters; a large parameter whose memory is a mapped file
+    (an fp32 model read in place from its safetensors cache) is first copied to anonymous memory
+    (file pages cannot be collapsed). Returns the bytes now on huge pages (requested)."""
+    fn = _madvise() if enabled() else None
+    if fn is None:
+        return 0
+    done, seen = 0, set()
+    for p in model.parameters():
+        if p.device.type != "cpu" or p.untyped_storage().data_ptr() in seen:
+            continue
+        seen.add(p.untyped_storage().data_ptr())
+        got = _collapse(fn, p)
+        if got < 0 and p.is_contiguous():
+            old = p.data
+            with torch.no_grad():
+                p.data = anonymous_copy(fn, old)
+            _drop_file_pages(fn, old)
+            got = p.numel() * p.element_size()
+        done += max(0, got)
+    return done

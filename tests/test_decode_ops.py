@@ -1,0 +1,103 @@
+"""The C++ decode-step attention ops (tda/engine/csrc/decode_attention.h): ``rope_qk`` is
+bit-identical to Hugging Face's ``apply_rotary_pos_emb`` (fp32 and bf16), ``decode_attention``
+matches an fp64 softmax attention over the (strided, windowed, grouped) cache, and the engine's
+decode step uses them where they apply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tda.engine import attention
+from tda.engine import kernels as K
+
+pytestmark = pytest.mark.skipif("not K.build()", reason="C++ kernels unavailable")
+
+
+def _hf_rope():
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    return apply_rotary_pos_emb
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,Hq,Hk,D", [(1, 4, 1, 256), (2, 8, 2, 64), (3, 2, 2, 6)])
+def test_rope_qk_is_bit_identical_to_hf(dtype, B, Hq, Hk, D):
+    g = torch.Generator().manual_seed(B * 100 + D)
+    q, k = torch.randn(B, 1, Hq, D, generator=g).to(dtype), torch.randn(B, 1, Hk, D, generator=g).to(dtype)
+    ang = (torch.rand(B, 1, D // 2, generator=g) * 500).repeat(1, 1, 2)
+    cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+    want_q, want_k = _hf_rope()(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+    got_q, got_k = K.cpp_ops().rope_qk(q, k, cos, sin)
+    assert got_q.shape == (B, Hq, 1, D) and got_k.shape == (B, Hk, 1, D)
+    assert torch.equal(got_q, want_q) and torch.equal(got_k, want_k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,Hq,Hk,D,T,window", [(1, 4, 1, 256, 70, 0), (2, 8, 2, 64, 33, 8), (2, 3, 3, 20, 5, 0),
+                                                (1, 2, 1, 16, 1, 4), (1, 4, 2, 32, 900, 512)])
+def test_decode_attention_matches_fp64_reference(dtype, B, Hq, Hk, D, T, window):
+    g = torch.Generator().manual_seed(T + D)
+    q = torch.randn(B, Hq, 1, D, generator=g).to(dtype)
+    cap = T + 7  # a cache buffer longer than its filled prefix: k and v are strided views
+    k = torch.randn(B, Hk, cap, D, generator=g).to(dtype)[:, :, :T]
+    v = torch.randn(B, Hk, cap, D, generator=g).to(dtype)[:, :, :T]
+    scale = D ** -0.5
+    kk, vv = (k[:, :, -window:], v[:, :, -window:]) if window else (k, v)
+    ref = F.scaled_dot_product_attention(q.double(), kk.double(), vv.double(), scale=scale, enable_gqa=Hq != Hk)
+    ref = ref.transpose(1, 2).reshape(B, 1, Hq * D)
+    got = K.cpp_ops().decode_attention(q, k, v, scale, window)
+    assert got.dtype == dtype and got.shape == (B, 1, Hq * D)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert torch.allclose(got.double(), ref, rtol=tol, atol=tol)
+
+
+def test_decode_ops_fail_loud_on_bad_shapes():
+    ops = K.cpp_ops()
+    q = torch.randn(1, 3, 1, 8)
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        ops.decode_attention(q, torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8), 1.0, 0)  # 3 heads on 2
+    with pytest.raises(TypeError, match="fp32 or bf16"):
+        ops.decode_attention(q.double(), torch.randn(1, 3, 4, 8).double(), torch.randn(1, 3, 4, 8).double(), 1.0, 0)
+    with pytest.raises(ValueError, match="rope_qk"):
+        ops.rope_qk(torch.randn(1, 2, 4, 8), torch.randn(1, 1, 4, 8), torch.randn(1, 1, 8), torch.randn(1, 1, 8))
+
+
+def test_cpp_attention_checks_the_rotary_it_replaces():
+    assert attention.cpp_attention(_hf_rope()) is K.cpp_ops()
+
+    def interleaved(q, k, cos, sin):  # another rotary form: the C++ op must not stand in for it
+        def rot(x):
+            x1, x2 = x[..., ::2], x[..., 1::2]
+            return torch.stack((-x2, x1), -1).flatten(-2)
+        return q * cos + rot(q) * sin, k * cos + rot(k) * sin
+
+    assert attention.cpp_attention(interleaved) is None
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3"])
+def test_decode_steps_use_the_cpp_attention(load_tiny, spec, monkeypatch):
+    from tda.engine.generate import generate
+
+    lm = load_tiny(spec)
+    ref = generate(lm, "the quick brown fox", max_new_tokens=8, min_new_tokens=8, stock=True)
+    ops, n = K.cpp_ops(), [0]
+
+    class Spy:
+        def __getattr__(self, name):
+            fn = getattr(ops, name)
+            if name != "decode_attention":
+                return fn
+
+            def wrapped(*a):
+                n[0] += 1
+                return fn(*a)
+            return wrapped
+
+    monkeypatch.setattr(attention, "cpp_attention", lambda rope: Spy())
+    from tda.engine import decoder
+    monkeypatch.setattr(decoder, "_PLAN", type(decoder._PLAN)())  # rebuild the per-model plans
+    got = generate(lm, "the quick brown fox", max_new_tokens=8, min_new_tokens=8)
+    assert got.token_ids == ref.token_ids
+    assert n[0] == 7 * lm.model.config.num_hidden_layers  # every decode step, every layer

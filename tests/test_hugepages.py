@@ -1,0 +1,63 @@
+"""Huge pages under large CPU weights (tda.models.hugepages): best effort, contents unchanged, file
+-backed weights copied to anonymous memory first, a switch to turn it off."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from tda.models import hugepages as H
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux madvise")
+
+
+def test_aligned_span():
+    h = H.HUGE
+    assert H.aligned_span(h, 3 * h) == (h, 3 * h)
+    assert H.aligned_span(h + 1, 3 * h) == (2 * h, 2 * h)  # only whole huge pages inside
+    assert H.aligned_span(h + 1, h) is None
+
+
+@linux
+def test_advise_keeps_values_and_can_be_turned_off(monkeypatch):
+    big = nn.Linear(1024, 4096, bias=False)  # 16 MiB of fp32
+    before = big.weight.detach().clone()
+    monkeypatch.setenv("TDA_HUGEPAGES", "0")
+    assert H.advise_model(big) == 0
+    monkeypatch.setenv("TDA_HUGEPAGES", "1")
+    got = H.advise_model(big)
+    assert got in (0,) or H.HUGE <= got <= 16 << 20  # 0 where the kernel refuses (old kernel, THP off)
+    assert torch.equal(big.weight, before)
+    small = nn.Linear(8, 8)
+    assert H.advise_model(small) == 0  # nothing under 4 MiB
+
+
+@linux
+def test_file_backed_weights_are_copied_to_anonymous_memory(tmp_path):
+    n = 3 * 1024 * 1024  # 12 MiB of fp32
+    path = tmp_path / "w.bin"
+    ref = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    ref.numpy().tofile(path)
+    mapped = torch.from_file(str(path), shared=False, size=n, dtype=torch.float32)  # a private file mapping
+    lin = nn.Linear(1024, 3 * 1024, bias=False)
+    with torch.no_grad():
+        lin.weight.data = mapped.view(3 * 1024, 1024)
+    ptr = lin.weight.data_ptr()
+    H.advise_model(lin)
+    assert torch.equal(lin.weight.reshape(-1), ref)
+    if H._madvise() is not None:
+        st = lin.weight.untyped_storage()
+        if H._collapse(H._madvise(), lin.weight) != 0:  # the kernel handles huge pages here
+            assert lin.weight.data_ptr() != ptr  # the copy, not the file mapping
+            assert st.nbytes() >= n * 4
+
+
+def test_anonymous_copy_is_exact_for_odd_sizes():
+    fn = H._madvise() or (lambda *a: 0)
+    for dt in (torch.float32, torch.bfloat16, torch.float16):
+        t = torch.randn(1001, 37).to(dt)
+        c = H.anonymous_copy(fn, t)
+        assert torch.equal(c, t) and c.is_contiguous() and c.data_ptr() % t.element_size() == 0
