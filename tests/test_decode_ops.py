@@ -101,3 +101,50 @@ def test_decode_steps_use_the_cpp_attention(load_tiny, spec, monkeypatch):
     got = generate(lm, "the quick brown fox", max_new_tokens=8, min_new_tokens=8)
     assert got.token_ids == ref.token_ids
     assert n[0] == 7 * lm.model.config.num_hidden_layers  # every decode step, every layer
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("round_normed", [False, True])
+@pytest.mark.parametrize("with_branch_norm", [False, True])
+def test_residual_norm_equals_the_separate_calls(dtype, round_normed, with_branch_norm):
+    ops, g = K.cpp_ops(), torch.Generator().manual_seed(3)
+    d = 70  # not a multiple of the 16 lanes
+    h, a = torch.randn(2, 1, d, generator=g).to(dtype) * 3, torch.randn(2, 1, d, generator=g).to(dtype)
+    wa, w = torch.rand(d, generator=g) + 0.5, torch.rand(d, generator=g) + 0.5
+
+    def norm(x, scale, eps):
+        return ops.rms_norm(x, scale, eps) if dtype == torch.float32 else ops.rms_norm_bf16(x, scale, eps, round_normed)
+
+    branch = norm(a, wa, 1e-5) if with_branch_norm else a
+    want_h = h + branch
+    want_y = norm(want_h, w, 1e-6)
+    got_h, got_y = ops.residual_norm(h, a, wa if with_branch_norm else None, 1e-5, w, 1e-6, round_normed)
+    assert torch.equal(got_h, want_h) and torch.equal(got_y, want_y)
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_decode_steps_fuse_residual_adds_with_norms(load_tiny, spec, dtype, monkeypatch):
+    from tda.engine.generate import generate
+    from tda.models.load import load_model
+
+    lm = load_tiny(spec) if dtype == "fp32" else load_model(spec, dtype=dtype)
+    ref = generate(lm, "one two three four", max_new_tokens=6, min_new_tokens=6, fast=False)
+    ops, n = K.cpp_ops(), [0]
+
+    class Spy:
+        def __getattr__(self, name):
+            fn = getattr(ops, name)
+            if name != "residual_norm":
+                return fn
+
+            def wrapped(*a):
+                n[0] += 1
+                return fn(*a)
+            return wrapped
+
+    monkeypatch.setattr(K, "cpp_ops", lambda: Spy())
+    got = generate(lm, "one two three four", max_new_tokens=6, min_new_tokens=6)
+    assert n[0] == 5 * 2 * lm.model.config.num_hidden_layers  # two per layer, every decode step
+    if dtype == "fp32":
+        assert got.token_ids == ref.token_ids

@@ -82,7 +82,7 @@ def _plan(model):
             for layer in layers:
                 sandwich = type(layer).__name__ in SANDWICH
                 m = layer.mlp
-                gated = (m.gate_proj, m.up_proj, m.down_proj, m.act_fn) if type(m).__name__ in GATED_MLP else None
+                gated = (m.gate_proj, m.up_proj, m.down_proj, _act_call(m.act_fn)) if type(m).__name__ in GATED_MLP else None
                 steps.append((layer.self_attn, step_plan(layer.self_attn), layer.input_layernorm, layer.post_attention_layernorm,
                               layer.pre_feedforward_layernorm if sandwich else None,
                               layer.post_feedforward_layernorm if sandwich else None, m, gated))
@@ -90,6 +90,21 @@ def _plan(model):
             plan = (steps, types, _hook_dicts(layers), _hook_dicts(inner))
     _PLAN[model] = plan
     return plan
+
+
+def _act_call(act):
+    """The plain function behind an activation module (``GELUTanh.act``, ``F.silu`` for SiLU), when
+    it gives exactly the module's output on a random input; else the module (``nn.Module.__call__``
+    costs a few microseconds a call)."""
+    import torch.nn.functional as F
+
+    fn = getattr(act, "act", None) if type(act).__name__ in ("GELUTanh", "PytorchGELUTanh") else None
+    if fn is None and type(act).__name__ in ("SiLU", "SiLUActivation") and not getattr(act, "inplace", False):
+        fn = F.silu
+    if fn is None or not callable(fn):
+        return act
+    x = torch.randn(64, generator=torch.Generator().manual_seed(0)) * 4
+    return fn if all(torch.equal(fn(x.to(dt)), act(x.to(dt))) for dt in (torch.float32, torch.bfloat16)) else act
 
 
 def _hook_dicts(modules) -> list:
@@ -147,22 +162,57 @@ def decode_stack(model, input_ids=None, attention_mask=None, position_ids=None, 
         per_layer = [pe[t] for t in types]
     else:
         per_layer = [model.rotary_emb(h, position_ids)] * len(steps)
-    for (attn_mod, attn, in_norm, post_attn, pre_ff, post_ff, mlp, gated), (cos, sin) in zip(steps, per_layer):
+    residual = _residual(table, call)
+    x = call(steps[0][2], h)  # the first layer's input norm; each later one comes fused with a residual add
+    last = len(steps) - 1
+    for i, ((attn_mod, attn, _, post_attn, pre_ff, post_ff, mlp, gated), (cos, sin)) in enumerate(zip(steps, per_layer)):
         if hooked:  # through the module (its hooks fire), computed by the same fused step
             with attention_override(decode_attention):
-                a = attn_mod(hidden_states=call(in_norm, h), position_embeddings=(cos, sin), cache=cache)[0]
+                a = attn_mod(hidden_states=x, position_embeddings=(cos, sin), cache=cache)[0]
         else:
-            a = fused_step(attn, call(in_norm, h), cos, sin, cache, call)
+            a = fused_step(attn, x, cos, sin, cache, call)
         if pre_ff is not None:  # Gemma 3: norms before and after attention and MLP
-            h = h + call(post_attn, a)
-            x = call(pre_ff, h)
+            h, x = residual(h, a, post_attn, pre_ff)
         else:
-            h = h + a
-            x = call(post_attn, h)
+            h, x = residual(h, a, None, post_attn)
         if gated is not None and table:  # the MLP's own forward, in its call order
             gate, up, down, act = gated
             x = call(down, act(call(gate, x)) * call(up, x))
         else:
             x = mlp(x)
-        h = h + (call(post_ff, x) if post_ff is not None else x)
-    return BaseModelOutputWithPast(last_hidden_state=model.norm(h), cache=cache)
+        h, x = residual(h, x, post_ff, steps[i + 1][2] if i < last else model.norm)
+    return BaseModelOutputWithPast(last_hidden_state=x, cache=cache)
+
+
+def _residual(table, call):
+    """``residual(h, a, n1, n2) -> (h', n2(h'))`` with ``h' = h + (n1(a) if n1 else a)``: one fused
+    C++ call (``residual_norm``) when the override table runs both norms through the fast path's
+    fused RMSNorm (:func:`tda.engine.fastpath.norm_fn`, which tags them ``tda_norm``) — the same
+    roundings as the separate calls —, else the separate calls."""
+    ops = None
+    if table:
+        from tda.engine import kernels
+
+        ops = kernels.cpp_ops()
+        if ops is not None and not hasattr(ops, "residual_norm"):
+            ops = None
+
+    def unfused(h, a, n1, n2):
+        h = h + (call(n1, a) if n1 is not None else a)
+        return h, call(n2, h)
+
+    if ops is None:
+        return unfused
+    get = table.get
+
+    def residual(h, a, n1, n2):
+        s2 = getattr(get(id(n2)), "tda_norm", None)
+        if s2 is not None and h.dtype is s2[3] and a.dtype is s2[3] and h.is_contiguous() and a.is_contiguous():
+            if n1 is None:
+                return ops.residual_norm(h, a, None, 0.0, s2[0], s2[1], s2[2])
+            s1 = getattr(get(id(n1)), "tda_norm", None)
+            if s1 is not None and s1[2] == s2[2] and s1[3] is s2[3]:
+                return ops.residual_norm(h, a, s1[0], s1[1], s2[0], s2[1], s2[2])
+        return unfused(h, a, n1, n2)
+
+    return residual

@@ -162,6 +162,9 @@ def norm_fn(mod: nn.Module) -> LinearFn | None:
             return original(x)
         return fused(x if x.is_contiguous() else x.contiguous())
 
+    if ops is not None:  # what tda.engine.decoder's fused residual_norm needs to compute the same norm
+        fn.tda_norm = (scale, eps, dtype == torch.bfloat16 and not gemma, dtype)
+
     with torch.inference_mode():
         x = torch.randn(3, d, generator=torch.Generator().manual_seed(0)).to(dtype)
         got, ref = fn(x).float(), original(x).float()

@@ -68,18 +68,86 @@ def preallocated_layer_class():
 
 
 PreallocatedLayer = None
+SlidingRingLayer = None
+
+
+def sliding_layer_class():
+    """:class:`SlidingRingLayer`, defined on first use (transformers imported lazily)."""
+    global SlidingRingLayer
+    if SlidingRingLayer is not None:
+        return SlidingRingLayer
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    class _SlidingRingLayer(DynamicSlidingWindowLayer):
+        """``DynamicSlidingWindowLayer`` whose one-token updates write in place: buffers of
+        ``2 * window - 1`` positions hold the last ``window - 1`` keys (and values) as a moving view;
+        when the end is reached the kept ``window - 1`` move to the front (one copy every ``window``
+        steps). Hugging Face's ``update`` concatenates the whole window at every step (at
+        Gemma 3's 512-token window: ~1 MB copied per sliding layer per step). Everything else —
+        prefill chunks, ``record_past``, ``crop`` — is the parent's; the buffers are (re)filled from
+        its tensors whenever they no longer are a view of them."""
+
+        def __init__(self, sliding_window: int, **kwargs):
+            super().__init__(sliding_window, **kwargs)
+            self._kbuf = self._vbuf = None
+            self._start = self._end = 0
+
+        def _synced(self, k: torch.Tensor) -> bool:
+            buf = self._kbuf
+            if buf is None or self.keys is None or self.keys.dim() != 4 or buf.dtype != k.dtype or buf.device != k.device:
+                return False
+            if buf.shape[:2] != k.shape[:2] or buf.shape[-1] != k.shape[-1]:
+                return False
+            n = self.keys.shape[-2]
+            return n == self._end - self._start and (n == 0 or self.keys.data_ptr() == buf[:, :, self._start].data_ptr())
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if key_states.shape[-2] != 1 or self.record_past or not self.is_initialized:
+                return super().update(key_states, value_states, *args, **kwargs)
+            w = self.sliding_window
+            if not self._synced(key_states):
+                n = self.keys.shape[-2] if self.keys.dim() == 4 else 0
+                shape = (*key_states.shape[:2], 2 * w - 1, key_states.shape[-1])
+                self._kbuf = key_states.new_empty(shape)
+                self._vbuf = value_states.new_empty((*value_states.shape[:2], 2 * w - 1, value_states.shape[-1]))
+                if n:
+                    self._kbuf[:, :, :n].copy_(self.keys)
+                    self._vbuf[:, :, :n].copy_(self.values)
+                self._start, self._end = 0, n
+            kb, vb = self._kbuf, self._vbuf
+            if self._end == kb.shape[-2]:  # full: the last window - 1 positions move to the front
+                n = self._end - self._start
+                kb[:, :, :n].copy_(kb[:, :, self._start:self._end])
+                vb[:, :, :n].copy_(vb[:, :, self._start:self._end])
+                self._start, self._end = 0, n
+            kb[:, :, self._end:self._end + 1].copy_(key_states)
+            vb[:, :, self._end:self._end + 1].copy_(value_states)
+            self._end += 1
+            self.cumulative_length += 1
+            full_k, full_v = kb[:, :, self._start:self._end], vb[:, :, self._start:self._end]
+            self._start = max(self._start, self._end - (w - 1))
+            self.keys, self.values = kb[:, :, self._start:self._end], vb[:, :, self._start:self._end]
+            return full_k, full_v
+
+    SlidingRingLayer = _SlidingRingLayer
+    return SlidingRingLayer
 
 
 def new_cache(lm, capacity: int):
-    """``lm.new_cache()`` with every full-attention (non-sliding) layer preallocated for
-    ``capacity`` positions (it grows, by doubling, if more come). Caches whose layers are created
-    lazily (older transformers, no config) are returned as they are."""
+    """``lm.new_cache()`` with every full-attention layer preallocated for ``capacity`` positions
+    (it grows, by doubling, if more come) and every sliding-window layer written in place
+    (:class:`SlidingRingLayer`). Caches whose layers are created lazily (older transformers, no
+    config) are returned as they are."""
     cache = lm.new_cache()
     layers = getattr(cache, "layers", None)
     if not layers:
         return cache
     base, cls = _layer_base(), preallocated_layer_class()
+    sliding = None
     for i, layer in enumerate(layers):
         if type(layer) is base:
             layers[i] = cls(capacity)
+        elif type(layer).__name__ == "DynamicSlidingWindowLayer" and getattr(layer, "sliding_window", 0) > 1:
+            sliding = sliding or sliding_layer_class()
+            layers[i] = sliding(layer.sliding_window)
     return cache

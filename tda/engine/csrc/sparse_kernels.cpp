@@ -451,36 +451,6 @@ at::Tensor row_dense(const at::Tensor& x, const at::Tensor& w, const c10::option
   return out_rows(x, nullptr, w.size(0), w, bias);
 }
 
-// y[..., d] = x * rsqrt(mean(x^2) + eps) * w, fp32 (RMSNorm in one call: HF's module takes ~8 ops).
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
-  TORCH_CHECK_VALUE(x.device().is_cpu() && w.device().is_cpu() && x.is_contiguous() &&
-                        w.is_contiguous() && w.dim() == 1 && x.dim() >= 1 &&
-                        x.size(-1) == w.size(0),
-                    "tda_kernels: rms_norm needs contiguous CPU x[..., d] and w[d]");
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat,
-                   "tda_kernels: rms_norm is fp32 only");
-  const int64_t d = w.size(0), n = d ? x.numel() / d : 0;
-  at::Tensor y = at::empty_like(x);
-  const float* xp = x.const_data_ptr<float>();
-  const float* wp = w.const_data_ptr<float>();
-  float* yp = y.mutable_data_ptr<float>();
-  for (int64_t r = 0; r < n; ++r) {
-    const float* __restrict xr = xp + r * d;
-    float* __restrict yr = yp + r * d;
-    constexpr int64_t L = 16;
-    float acc[L] = {0};
-    int64_t c = 0;
-    for (; c + L <= d; c += L)
-      for (int64_t l = 0; l < L; ++l) acc[l] += xr[c + l] * xr[c + l];
-    float ss = 0.0f;
-    for (; c < d; ++c) ss += xr[c] * xr[c];
-    for (int64_t l = 0; l < L; ++l) ss += acc[l];
-    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(d) + static_cast<float>(eps));
-    for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] * inv) * wp[i];
-  }
-  return y;
-}
-
 }  // namespace
 
 TORCH_LIBRARY(tda_kernels, m) {
@@ -491,7 +461,6 @@ TORCH_LIBRARY(tda_kernels, m) {
   m.def("input_dense(Tensor x, Tensor wt, Tensor? bias) -> Tensor");
   m.def("output_sparse(Tensor x, Tensor idx, Tensor w, Tensor? bias) -> Tensor");
   m.def("row_dense(Tensor x, Tensor w, Tensor? bias) -> Tensor");
-  m.def("rms_norm(Tensor x, Tensor w, float eps) -> Tensor");
   m.def("input_sparse_topk(Tensor x, Tensor wt, Tensor? bias, Tensor scale, int k, "
         "Tensor(a!)? count=None) -> Tensor");
 }
@@ -502,9 +471,8 @@ TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
   m.impl("input_dense", &input_dense);
   m.impl("output_sparse", &output_sparse);
   m.impl("row_dense", &row_dense);
-  m.impl("rms_norm", &rms_norm);
   m.impl("input_sparse_topk", &input_sparse_topk);
 }
 
-#include "rms_norm_bf16.h"  // torch.ops.tda_kernels.rms_norm_bf16 (a fragment of this library)
+#include "norms.h"  // torch.ops.tda_kernels.rms_norm, rms_norm_bf16, residual_norm
 #include "decode_attention.h"  // torch.ops.tda_kernels.rope_qk, decode_attention
