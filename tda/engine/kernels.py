@@ -18,7 +18,7 @@ get exactly ``W @ x_row_masked``; :func:`input_sparse_threshold` does both steps
 
 Backends: a small C++ kernel (fp32 / bf16 / fp16 with fp32 accumulation, OpenMP threads through
 ``at::parallel_for``), compiled on first use into ``$TDA_CACHE_DIR/kernels`` (default
-``~/.cache/tda-workbench/kernels``), and a pure-torch path (``embedding_bag`` / ``index_select``)
+``~/.cache/tda-workbench/kernels``; :mod:`tda.engine.kernel_build`), and a pure-torch path (``embedding_bag`` / ``index_select``)
 used for large batches, with autograd, and whenever the build fails.
 :func:`backend` says which one CPU calls get; ``TDA_KERNELS_BACKEND=torch|cpp|auto`` forces it
 (``cpp`` makes a failed build an error instead of a fallback). Every function also takes
@@ -36,16 +36,6 @@ fp32 for bf16/fp16 inputs (the threshold is never rounded to the input dtype).
 """
 
 from __future__ import annotations
-
-import hashlib
-import os
-import platform
-import shutil
-import sys
-import threading
-import time
-import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -81,162 +71,17 @@ _EB_MAX_ROWS = 4
 CPP_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the C++ kernels take
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _INDEX_DTYPES = (torch.int64, torch.int32)
-_BACKENDS = ("auto", "cpp", "torch")
-_NAMESPACE = "tda_kernels"
-
-_CSRC = Path(__file__).with_name("csrc")
-_CPP_FILE = _CSRC / "sparse_kernels.cpp"  # the C++ source (headers beside it)
-
-
-def _cpp_source() -> str:
-    """The kernels' C++ source, with every header in ``csrc/`` (all of it is part of the cache key)."""
-    parts = [p.read_text() for p in sorted(_CSRC.glob("*.h"))]
-    return "\n".join([*parts, _CPP_FILE.read_text()])
-
-
-# ---------------------------------------------------------------------------------------------
-# Building and loading the C++ extension
-# ---------------------------------------------------------------------------------------------
-
-
-class _State:
-    lock = threading.Lock()
-    tried = False
-    ops = None  # torch.ops.tda_kernels once loaded
-    error: str | None = None
-    build_seconds: float | None = None
-    library: str | None = None
-    flags: list[str] = []
-
-
-def _env_backend() -> str:
-    b = os.environ.get("TDA_KERNELS_BACKEND", "auto").strip().lower() or "auto"
-    if b not in _BACKENDS:
-        raise ValueError(f"TDA_KERNELS_BACKEND must be one of {_BACKENDS}, got {b!r}")
-    return b
-
-
-def _cache_root() -> Path:
-    root = Path(os.environ.get("TDA_CACHE_DIR") or Path.home() / ".cache" / "tda-workbench")
-    return root.expanduser() / "kernels"
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _compile_flags(cpu: set[str] | None = None) -> list[str]:
-    """-O3, plus AVX2/FMA/F16C when this x86 CPU has them, AVX-512 (F, BW, VL; 512-bit vectors
-    preferred) when it has those too, and AVX-512 BF16 on top. Part of the cache key, so a
-    library built on another CPU is never loaded. ``cpu``: the CPU's flags (default: this one's).
-    ``TDA_KERNELS_ISA=avx2`` caps the level at AVX2 (to compare builds side by side)."""
-    flags = ["-O3", "-fopenmp"]
-    have = _cpu_flags() if cpu is None else set(cpu)
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
-    wide = os.environ.get("TDA_KERNELS_ISA", "auto").strip().lower() != "avx2"
-    if x86 and {"avx2", "fma", "f16c"} <= have:
-        flags += ["-mavx2", "-mfma", "-mf16c"]
-        if wide and {"avx512f", "avx512bw", "avx512vl"} <= have:
-            flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mprefer-vector-width=512"]
-            if "avx512_bf16" in have:
-                flags += ["-mavx512bf16"]
-    return flags
-
-
-def _cache_key(flags: list[str]) -> str:
-    parts = [
-        _cpp_source(),
-        torch.__version__,
-        str(getattr(torch.version, "git_version", "")),
-        sys.version.split()[0],
-        platform.machine(),
-        os.environ.get("CXX", "c++"),
-        " ".join(flags),
-    ]
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
-
-
-def _build_and_load() -> None:
-    """Load the cached library, or build it under a file lock (safe across processes)."""
-    from filelock import FileLock
-
-    flags = _compile_flags()
-    key = _cache_key(flags)
-    name = f"{_NAMESPACE}_{key}"
-    root = _cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / name
-    lib = final / f"{name}.so"
-    _State.flags = flags
-    with FileLock(str(root / f"{name}.lock"), timeout=900):
-        if lib.is_file():
-            torch.ops.load_library(str(lib))
-        else:
-            from torch.utils.cpp_extension import load
-
-            tmp = root / f"{name}.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            try:
-                src = tmp / f"{name}.cpp"
-                shutil.copy(_CPP_FILE, src)
-                for h in _CSRC.glob("*.h"):
-                    shutil.copy(h, tmp / h.name)
-                from tda.common import progress
-
-                t0 = time.perf_counter()
-                with progress.task("building the C++ kernels (one time per machine)") as job, \
-                        job.heartbeat("compiling"):
-                    load(name, sources=[str(src)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                         build_directory=str(tmp), is_python_module=False, verbose=False)
-                _State.build_seconds = time.perf_counter() - t0
-                shutil.rmtree(final, ignore_errors=True)
-                os.replace(tmp, final)  # the finished build appears atomically
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    _State.library = str(lib)
-    _State.ops = getattr(torch.ops, _NAMESPACE)
-
-
-def _ops():
-    """``torch.ops.tda_kernels`` (building it on first use), or None when unavailable."""
-    if _State.tried:
-        return _State.ops
-    with _State.lock:
-        if not _State.tried:
-            mode = _env_backend()
-            if mode == "torch":
-                _State.error = "disabled by TDA_KERNELS_BACKEND=torch"
-            else:
-                try:
-                    _build_and_load()
-                except Exception as e:  # noqa: BLE001 - any build failure means "use torch"
-                    _State.ops = None
-                    _State.error = f"{type(e).__name__}: {str(e).strip()[-2000:]}"
-                    if mode == "cpp":
-                        _State.tried = True
-                        raise RuntimeError(f"C++ kernels failed to build: {_State.error}") from e
-                    warnings.warn(f"tda kernels: C++ build failed, using the torch path "
-                                  f"({_State.error[-300:]})", RuntimeWarning, stacklevel=3)
-            _State.tried = True
-    return _State.ops
-
-
-def build() -> bool:
-    """Build/load the C++ kernels now (normally done on first use); True when available."""
-    return _ops() is not None
-
-
-def backend() -> str:
-    """Which implementation CPU calls get by default: ``"cpp"`` or ``"torch"``."""
-    return "cpp" if _ops() is not None else "torch"
+# The build machinery lives in tda.engine.kernel_build; re-exported for callers and tests.
+from tda.engine.kernel_build import (  # noqa: E402, F401
+    _BACKENDS,
+    _cache_key,
+    _compile_flags,
+    _cpu_flags,
+    _ops,
+    _State,
+    backend,
+    build,
+)
 
 
 def backend_info() -> dict:
