@@ -61,3 +61,45 @@ def test_anonymous_copy_is_exact_for_odd_sizes():
         t = torch.randn(1001, 37).to(dt)
         c = H.anonymous_copy(fn, t)
         assert torch.equal(c, t) and c.is_contiguous() and c.data_ptr() % t.element_size() == 0
+
+
+class _Stack(nn.Module):
+    """A model-shaped stack: ``layers.N.*`` with five 1 MiB fp32 weights per layer."""
+
+    def __init__(self, n_layers=2):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.ModuleDict({f"p{i}": nn.Linear(512, 512, bias=False) for i in range(5)})
+                                    for _ in range(n_layers))
+        self.head = nn.Linear(512, 8)
+
+
+@linux
+def test_pack_layers_puts_each_layers_weights_in_one_block(monkeypatch):
+    if H._madvise() is None:
+        pytest.skip("no madvise")
+    monkeypatch.setenv("TDA_HUGEPAGES", "1")
+    model = _Stack()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    H.advise_model(model)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+    for layer in model.layers:
+        ptrs = {m.weight.untyped_storage().data_ptr() for m in layer.values()}
+        assert len(ptrs) == 1  # one block per layer
+        assert all(m.weight.is_contiguous() for m in layer.values())
+    assert model.layers[0].p0.weight.untyped_storage().data_ptr() != model.layers[1].p0.weight.untyped_storage().data_ptr()
+    x = torch.randn(3, 512)
+    assert torch.equal(model.layers[1].p3(x), x @ before["layers.1.p3.weight"].T)
+
+    from tda.engine import layouts
+
+    wt = layouts.input_major(model.layers[0].p1)  # a method's layout change still works on a packed weight
+    assert torch.equal(wt, before["layers.0.p1.weight"].T)
+
+
+@linux
+def test_no_packing_when_turned_off(monkeypatch):
+    monkeypatch.setenv("TDA_HUGEPAGES", "0")
+    model = _Stack()
+    H.advise_model(model)
+    assert len({m.weight.untyped_storage().data_ptr() for m in model.layers[0].values()}) == 5

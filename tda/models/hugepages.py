@@ -21,6 +21,7 @@ import ctypes.util
 import errno
 import functools
 import os
+import re
 import sys
 
 import torch
@@ -84,15 +85,32 @@ def anonymous_copy(fn, t: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _drop_file_pages(fn, t: torch.Tensor) -> None:
-    """Unmap the file pages the copy read from this process (``MADV_DONTNEED`` on a private file
+def file_mappings() -> list[tuple[int, int]]:
+    """``[(start, end)]`` of this process's file-backed mappings (``/proc/self/maps`` lines with an
+    inode), or [] where unreadable."""
+    out = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and parts[4] != "0":
+                    a, b = parts[0].split("-")
+                    out.append((int(a, 16), int(b, 16)))
+    except OSError:
+        pass
+    return out
+
+
+def _drop_file_pages(fn, t: torch.Tensor, files: list[tuple[int, int]]) -> None:
+    """Unmap the file pages a copy read from this process (``MADV_DONTNEED`` on a private file
     mapping: they stay in the page cache and read back unchanged if touched again). Without it
     they count in the process's RSS next to the copy for as long as the file stays mapped (the
-    small tensors of the same safetensors file keep the whole mapping)."""
+    small tensors of the same safetensors file keep the whole mapping). Only inside ``files``
+    (:func:`file_mappings`): on anonymous memory the same call would zero the pages."""
     page = 4096
     a = t.data_ptr()
     lo, hi = (a + page - 1) // page * page, (a + t.numel() * t.element_size()) // page * page
-    if hi > lo:
+    if hi > lo and any(s <= lo and hi <= e for s, e in files):
         fn(lo, hi - lo, MADV_DONTNEED)
 
 
@@ -113,14 +131,63 @@ def advise(tensors) -> int:
     return done
 
 
+_LAYER = re.compile(r"^((?:.*?\.)?(?:layers|h|blocks)\.\d+)\.")
+PACK_MIN = 64 << 10  # smaller weights are not worth a slot of their own
+
+
+def _packable(p: torch.Tensor) -> bool:
+    """A 2-D CPU weight between 64 KiB and 4 MiB that owns its whole storage."""
+    n = p.numel() * p.element_size()
+    return (p.dim() == 2 and p.device.type == "cpu" and p.is_contiguous() and PACK_MIN <= n < MIN_BYTES
+            and p.untyped_storage().nbytes() == n)
+
+
+def pack_layers(model, fn, files: list[tuple[int, int]]) -> int:
+    """Copy each decoder layer's weights of 64 KiB–4 MiB (Gemma 3 270M's projections: 0.3–2.6 MB
+    in bf16) into one huge-page-advised block per layer, each parameter a view of it. Alone they
+    are too small for a huge page. Returns the bytes packed.
+
+    A method that later converts some of a layer's weights to another layer-out (input-major)
+    leaves their old slots unused until every weight of that layer is converted."""
+    groups: dict[str, list] = {}
+    for name, p in model.named_parameters():
+        m = _LAYER.match(name)
+        if m and _packable(p):
+            groups.setdefault(m.group(1), []).append(p)
+    done = 0
+    for params in groups.values():
+        sizes = [(p.numel() * p.element_size() + 63) // 64 * 64 for p in params]
+        total = sum(sizes)
+        if total < 2 * HUGE:
+            continue
+        raw = torch.empty(total + HUGE, dtype=torch.uint8)
+        base = (-raw.data_ptr()) % HUGE  # start on a huge-page boundary
+        span = aligned_span(raw.data_ptr() + base, total + HUGE - base)
+        if span is not None:
+            fn(span[0], span[1], MADV_HUGEPAGE)
+        off = base
+        with torch.no_grad():
+            for p, size in zip(params, sizes):
+                old = p.data
+                view = raw[off:off + old.numel() * old.element_size()].view(old.dtype).view(old.shape)
+                view.copy_(old)
+                p.data = view
+                _drop_file_pages(fn, old, files)
+                off += size
+        done += total
+    return done
+
+
 def advise_model(model) -> int:
     """:func:`advise` over a model's parameters; a large parameter whose memory is a mapped file
     (an fp32 model read in place from its safetensors cache) is first copied to anonymous memory
-    (file pages cannot be collapsed). Returns the bytes now on huge pages (requested)."""
+    (file pages cannot be collapsed); each decoder layer's smaller weights are packed into one
+    huge-page block (:func:`pack_layers`). Returns the bytes now on huge pages (requested)."""
     fn = _madvise() if enabled() else None
     if fn is None:
         return 0
-    done, seen = 0, set()
+    files = file_mappings()
+    done, seen = pack_layers(model, fn, files), set()
     for p in model.parameters():
         if p.device.type != "cpu" or p.untyped_storage().data_ptr() in seen:
             continue
@@ -130,7 +197,7 @@ def advise_model(model) -> int:
             old = p.data
             with torch.no_grad():
                 p.data = anonymous_copy(fn, old)
-            _drop_file_pages(fn, old)
+            _drop_file_pages(fn, old, files)
             got = p.numel() * p.element_size()
         done += max(0, got)
     return done
