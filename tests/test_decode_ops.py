@@ -15,6 +15,24 @@ from tda.engine import kernels as K
 pytestmark = pytest.mark.skipif("not K.build()", reason="C++ kernels unavailable")
 
 
+def _counting_ops(counted: str):
+    """``(ops, n)``: ``torch.ops.tda_kernels`` with calls of op ``counted`` counted in ``n[0]``."""
+    ops, n = K.cpp_ops(), [0]
+
+    class Spy:
+        def __getattr__(self, name):
+            fn = getattr(ops, name)
+            if name != counted:
+                return fn
+
+            def wrapped(*a):
+                n[0] += 1
+                return fn(*a)
+            return wrapped
+
+    return Spy(), n
+
+
 def _hf_rope():
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
@@ -82,20 +100,8 @@ def test_decode_steps_use_the_cpp_attention(load_tiny, spec, monkeypatch):
 
     lm = load_tiny(spec)
     ref = generate(lm, "the quick brown fox", max_new_tokens=8, min_new_tokens=8, stock=True)
-    ops, n = K.cpp_ops(), [0]
-
-    class Spy:
-        def __getattr__(self, name):
-            fn = getattr(ops, name)
-            if name != "decode_attention":
-                return fn
-
-            def wrapped(*a):
-                n[0] += 1
-                return fn(*a)
-            return wrapped
-
-    monkeypatch.setattr(attention, "cpp_attention", lambda rope: Spy())
+    spy, n = _counting_ops("decode_attention")
+    monkeypatch.setattr(attention, "cpp_attention", lambda rope: spy)
     from tda.engine import decoder
     monkeypatch.setattr(decoder, "_PLAN", type(decoder._PLAN)())  # rebuild the per-model plans
     got = generate(lm, "the quick brown fox", max_new_tokens=8, min_new_tokens=8)
@@ -130,20 +136,8 @@ def test_decode_steps_fuse_residual_adds_with_norms(load_tiny, spec, dtype, monk
 
     lm = load_tiny(spec) if dtype == "fp32" else load_model(spec, dtype=dtype)
     ref = generate(lm, "one two three four", max_new_tokens=6, min_new_tokens=6, fast=False)
-    ops, n = K.cpp_ops(), [0]
-
-    class Spy:
-        def __getattr__(self, name):
-            fn = getattr(ops, name)
-            if name != "residual_norm":
-                return fn
-
-            def wrapped(*a):
-                n[0] += 1
-                return fn(*a)
-            return wrapped
-
-    monkeypatch.setattr(K, "cpp_ops", lambda: Spy())
+    spy, n = _counting_ops("residual_norm")
+    monkeypatch.setattr(K, "cpp_ops", lambda: spy)
     got = generate(lm, "one two three four", max_new_tokens=6, min_new_tokens=6)
     assert n[0] == 5 * 2 * lm.model.config.num_hidden_layers  # two per layer, every decode step
     if dtype == "fp32":
