@@ -11,7 +11,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -34,17 +33,13 @@ def plain_copy(lm):
 
 def main(argv=None) -> None:
     import torch
+    from decode_args import decode_parser  # benchmarks/, beside this script
 
     from tda.engine.generate import generate
     from tda.evaluate.bench import bench_prompt
     from tda.models.load import load_model
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="gemma-3-270m")
-    ap.add_argument("--dtype", default="fp32")
-    ap.add_argument("--prompt-tokens", type=int, default=32)
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap = decode_parser(__doc__, rounds=3)
     ap.add_argument("--mode", default="default", help="torch.compile mode (default, max-autotune-no-cudagraphs)")
     args = ap.parse_args(argv)
     lm = load_model(args.model, dtype=args.dtype)

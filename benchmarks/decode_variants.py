@@ -18,7 +18,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import sys
@@ -39,16 +38,13 @@ def _variant(name: str):
 
 
 def main(argv=None) -> None:
+    from decode_args import decode_parser  # benchmarks/, beside this script
+
     from tda.engine.generate import generate
     from tda.evaluate.bench import bench_prompt
     from tda.models.load import load_model
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="gemma-3-270m")
-    ap.add_argument("--dtype", default="fp32")
-    ap.add_argument("--prompt-tokens", type=int, default=32)
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap = decode_parser(__doc__, rounds=5)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     args = ap.parse_args(argv)
     names = args.variants.split(",")

@@ -15,25 +15,21 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <tuple>
 #include <vector>
 
+#include "bf16.h"
+
 namespace tda_attn {
 
-inline float bf(uint16_t v) {
-  const uint32_t u = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline uint16_t to_bf(float v) { return c10::BFloat16(v).x; }
+using tda_bf16::from_float;
+inline float bf(uint16_t v) { return tda_bf16::to_float(v); }
+inline uint16_t to_bf(float v) { return from_float(v); }
 
 // x' = x * c + rot(x) * s, each product and the sum rounded as torch rounds them (no FMA).
 __attribute__((optimize("fp-contract=off"))) inline void rope_f32(const float* x, const float* c, const float* s,

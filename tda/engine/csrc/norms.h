@@ -16,25 +16,21 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <tuple>
 #include <vector>
 
+#include "bf16.h"
+
 namespace tda_norms {
 
-inline float bf16_to_float(uint16_t v) {
-  const uint32_t u = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using tda_bf16::from_float;
+using tda_bf16::to_float;
 inline float ld(const float* p, int64_t i) { return p[i]; }
-inline float ld(const uint16_t* p, int64_t i) { return bf16_to_float(p[i]); }
+inline float ld(const uint16_t* p, int64_t i) { return to_float(p[i]); }
 
 template <typename T>
 float inv_rms(const T* __restrict x, int64_t d, double eps) {
@@ -65,14 +61,14 @@ inline void norm_row(const uint16_t* __restrict x, const float* __restrict w, in
                      uint16_t* __restrict y) {
   const float inv = inv_rms(x, d, eps);
   for (int64_t i = 0; i < d; ++i) {
-    float t = bf16_to_float(x[i]) * inv;
-    if (round_normed) t = static_cast<float>(c10::BFloat16(t));
-    y[i] = c10::BFloat16(t * w[i]).x;
+    float t = to_float(x[i]) * inv;
+    if (round_normed) t = to_float(from_float(t));
+    y[i] = from_float(t * w[i]);
   }
 }
 
 inline float add_round(float a, float b) { return a + b; }
-inline uint16_t add_round(uint16_t a, uint16_t b) { return c10::BFloat16(bf16_to_float(a) + bf16_to_float(b)).x; }
+inline uint16_t add_round(uint16_t a, uint16_t b) { return from_float(to_float(a) + to_float(b)); }
 
 inline void check_norm(const at::Tensor& x, const at::Tensor& w, const char* what) {
   TORCH_CHECK_VALUE(x.device().is_cpu() && w.device().is_cpu() && x.is_contiguous() && w.is_contiguous() &&

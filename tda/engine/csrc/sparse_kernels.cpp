@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "bf16.h"
 #include "gemv_avx512.h"  // intrinsics for batch-1 GEMVs when the build targets AVX-512
 
 namespace {
@@ -28,13 +29,8 @@ struct F32 {
 };
 struct BF16 {
   using T = uint16_t;
-  static inline float ld(const T* p, int64_t i) {
-    const uint32_t u = static_cast<uint32_t>(p[i]) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  }
-  static inline T st(float v) { return c10::BFloat16(v).x; }  // round to nearest even
+  static inline float ld(const T* p, int64_t i) { return tda_bf16::to_float(p[i]); }
+  static inline T st(float v) { return tda_bf16::from_float(v); }  // round to nearest even
 };
 struct F16 {
   using T = uint16_t;
