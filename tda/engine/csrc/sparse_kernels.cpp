@@ -71,12 +71,37 @@ void for_chunks(int64_t nc, const F& body) {
 }
 
 // acc[b, :] += sum_{j in [j0, j1)} xs[b, j] * wt[row(j), :], row(j) = idx ? idx[j] : j.
+// Eight rows per pass over the accumulator (then four, then one): eight gathered rows in flight
+// keep more DRAM streams open than four (measured side by side, fp32 input-sparse at 50%:
+// llama-1b k/v rows of 1 KB +10-29%, gate/up and down +5-15%), and the accumulator is read and
+// written half as often.
 template <typename E>
 void axpy_rows(const float* xs, int64_t ldx, int64_t B, const int64_t* idx, int64_t j0, int64_t j1,
                const typename E::T* wt, int64_t n, float* acc) {
   using T = typename E::T;
   auto row = [&](int64_t j) { return wt + (idx ? idx[j] : j) * n; };
   int64_t j = j0;
+  for (; j + 8 <= j1; j += 8) {
+    const T* __restrict r0 = row(j);
+    const T* __restrict r1 = row(j + 1);
+    const T* __restrict r2 = row(j + 2);
+    const T* __restrict r3 = row(j + 3);
+    const T* __restrict r4 = row(j + 4);
+    const T* __restrict r5 = row(j + 5);
+    const T* __restrict r6 = row(j + 6);
+    const T* __restrict r7 = row(j + 7);
+    if (j + 16 <= j1) {
+      for (int q = 8; q < 16; ++q) __builtin_prefetch(row(j + q), 0, 0);
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      float* __restrict a = acc + b * n;
+      const float* xb = xs + b * ldx + j;
+      const float x0 = xb[0], x1 = xb[1], x2 = xb[2], x3 = xb[3], x4 = xb[4], x5 = xb[5], x6 = xb[6], x7 = xb[7];
+      for (int64_t c = 0; c < n; ++c)
+        a[c] += (x0 * E::ld(r0, c) + x1 * E::ld(r1, c) + x2 * E::ld(r2, c) + x3 * E::ld(r3, c)) +
+                (x4 * E::ld(r4, c) + x5 * E::ld(r5, c) + x6 * E::ld(r6, c) + x7 * E::ld(r7, c));
+    }
+  }
   for (; j + 4 <= j1; j += 4) {
     const T* __restrict r0 = row(j);
     const T* __restrict r1 = row(j + 1);
