@@ -102,8 +102,9 @@ inline int64_t pair_col(int64_t col) {
 }
 
 // acc[pair order, n rounded up to 32] += sum_{j in [j0, j1)} xs[j] * wt[row(j), :], row(j) =
-// idx ? idx[j] : j; xs are bf16 bits. Rows go four at a time (two interleaved pairs per pass over
-// the accumulator), then by pairs; an odd last row pairs with zero weights.
+// idx ? idx[j] : j; xs are bf16 bits. Rows go eight at a time (four interleaved pairs per pass over
+// the accumulator: more gathered rows in flight, measured +2-21% over four at 50% density, +18% on
+// 1 KB rows), then four, then by pairs; an odd last row pairs with zero weights.
 inline void axpy_pairs_bf16(const uint16_t* xs, const int64_t* idx, int64_t j0, int64_t j1,
                             const uint16_t* wt, int64_t n, float* acc) {
   auto row = [&](int64_t j) { return wt + (idx ? idx[j] : j) * n; };
@@ -114,6 +115,38 @@ inline void axpy_pairs_bf16(const uint16_t* xs, const int64_t* idx, int64_t j0, 
   const int64_t full = n / 32 * 32;
   const __mmask32 tm = tail32(n - full);
   int64_t j = j0;
+  for (; j + 8 <= j1; j += 8) {
+    const uint16_t* r[8];
+    for (int q = 0; q < 8; ++q) r[q] = row(j + q);
+    const __m512bh xa = xpair(j, true), xb = xpair(j + 2, true), xc = xpair(j + 4, true), xd = xpair(j + 6, true);
+    if (j + 16 <= j1) {
+      for (int q = 8; q < 16; ++q) _mm_prefetch(reinterpret_cast<const char*>(row(j + q)), _MM_HINT_T0);
+    }
+    auto step = [&](int64_t c, const __m512i* w) {
+      float* a = acc + c;
+      __m512 lo = _mm512_loadu_ps(a), hi = _mm512_loadu_ps(a + 16);
+      lo = _mm512_dpbf16_ps(lo, as_bh(_mm512_unpacklo_epi16(w[0], w[1])), xa);
+      hi = _mm512_dpbf16_ps(hi, as_bh(_mm512_unpackhi_epi16(w[0], w[1])), xa);
+      lo = _mm512_dpbf16_ps(lo, as_bh(_mm512_unpacklo_epi16(w[2], w[3])), xb);
+      hi = _mm512_dpbf16_ps(hi, as_bh(_mm512_unpackhi_epi16(w[2], w[3])), xb);
+      lo = _mm512_dpbf16_ps(lo, as_bh(_mm512_unpacklo_epi16(w[4], w[5])), xc);
+      hi = _mm512_dpbf16_ps(hi, as_bh(_mm512_unpackhi_epi16(w[4], w[5])), xc);
+      lo = _mm512_dpbf16_ps(lo, as_bh(_mm512_unpacklo_epi16(w[6], w[7])), xd);
+      hi = _mm512_dpbf16_ps(hi, as_bh(_mm512_unpackhi_epi16(w[6], w[7])), xd);
+      _mm512_storeu_ps(a, lo);
+      _mm512_storeu_ps(a + 16, hi);
+    };
+    int64_t c = 0;
+    __m512i w[8];
+    for (; c < full; c += 32) {
+      for (int q = 0; q < 8; ++q) w[q] = _mm512_loadu_si512(r[q] + c);
+      step(c, w);
+    }
+    if (tm) {
+      for (int q = 0; q < 8; ++q) w[q] = _mm512_maskz_loadu_epi16(tm, r[q] + c);
+      step(c, w);
+    }
+  }
   for (; j + 4 <= j1; j += 4) {
     const uint16_t* r0 = row(j);
     const uint16_t* r1 = row(j + 1);
