@@ -4,15 +4,15 @@
 // are compute-bound on bf16 weights (two conversion ops per 16 weights) and pay a 16-lane scalar
 // reduction per row on short rows (Gemma's d_in = 640).
 //
-//   row_gemv_*   y[j] = w[row(j), :] . x  for j in [j0, j1), four rows at a time, each row with its
-//                own accumulator, so a row's result does not depend on which rows share its group.
+//   row_gemv_*   y[j] = w[row(j), :] . x  for j in [j0, j1), one row at a time (read in order)
+//                with four accumulators, so a row's result does not depend on the other rows.
 //                bf16 uses VDPBF16PS (AVX512-BF16): 32 weights per instruction, products exact in
 //                fp32 (bf16 x bf16), accumulated in fp32 with round-to-nearest-even.
 //   axpy_pairs_bf16   acc += sum_j xs[j] * wt[row(j), :] over pairs of rows: the two rows' weights
 //                are interleaved (VPUNPCK{L,H}WD) so one VDPBF16PS adds x0*w0[c] + x1*w1[c]; the
 //                accumulator is then in "pair order" (see pair_col), undone when it is stored.
 //
-// Compiled only when the build targets AVX-512 (kernels.py adds -mavx512f ... when the CPU has it);
+// Compiled only when the build targets AVX-512 (kernel_build.py adds -mavx512f ... when the CPU has it);
 // otherwise TDA_GEMV_AVX512 stays 0 and the generic loops run.
 #pragma once
 #include <cstdint>

@@ -1,4 +1,4 @@
-// tda-workbench sparse linear kernels (CPU). Built lazily by tda/engine/kernels.py.
+// tda-workbench sparse linear kernels (CPU). Built lazily by tda/engine/kernel_build.py.
 // Registered as torch.ops.tda_kernels.*; the Python wrapper validates the arguments, the checks
 // here are a backstop. Accumulation is always fp32; loops are written to auto-vectorize at -O3.
 #include <ATen/Parallel.h>
