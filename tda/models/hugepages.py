@@ -71,18 +71,27 @@ def _collapse(fn, t: torch.Tensor) -> int:
     return -1 if ctypes.get_errno() == errno.EINVAL else 0
 
 
-def anonymous_copy(fn, t: torch.Tensor) -> torch.Tensor:
-    """A contiguous copy of ``t`` in fresh anonymous memory whose aligned interior is advised for
-    huge pages before it is written (so the copy faults them in directly)."""
-    n = t.numel() * t.element_size()
-    raw = torch.empty(n + HUGE, dtype=torch.uint8)
-    off = (-raw.data_ptr()) % t.element_size()
-    span = aligned_span(raw.data_ptr() + off, n)
+def advised_block(fn, nbytes: int) -> torch.Tensor:
+    """``uint8[nbytes]`` of fresh anonymous memory starting on a huge-page boundary, its whole huge
+    pages advised before anything is written (the first writes fault them in as huge pages)."""
+    raw = torch.empty(nbytes + HUGE, dtype=torch.uint8)
+    base = (-raw.data_ptr()) % HUGE
+    span = aligned_span(raw.data_ptr() + base, nbytes)
     if span is not None:
         fn(span[0], span[1], MADV_HUGEPAGE)
-    out = raw[off:off + n].view(t.dtype).view(t.shape)
+    return raw[base:base + nbytes]
+
+
+def _view_of(block: torch.Tensor, off: int, t: torch.Tensor) -> torch.Tensor:
+    """``t``'s contents copied into ``block[off:]``, viewed with ``t``'s dtype and shape."""
+    out = block[off:off + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
     out.copy_(t)
     return out
+
+
+def anonymous_copy(fn, t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``t`` in an :func:`advised_block`."""
+    return _view_of(advised_block(fn, t.numel() * t.element_size()), 0, t)
 
 
 def file_mappings() -> list[tuple[int, int]]:
@@ -160,18 +169,11 @@ def pack_layers(model, fn, files: list[tuple[int, int]]) -> int:
         total = sum(sizes)
         if total < 2 * HUGE:
             continue
-        raw = torch.empty(total + HUGE, dtype=torch.uint8)
-        base = (-raw.data_ptr()) % HUGE  # start on a huge-page boundary
-        span = aligned_span(raw.data_ptr() + base, total + HUGE - base)
-        if span is not None:
-            fn(span[0], span[1], MADV_HUGEPAGE)
-        off = base
+        block, off = advised_block(fn, total), 0
         with torch.no_grad():
             for p, size in zip(params, sizes):
                 old = p.data
-                view = raw[off:off + old.numel() * old.element_size()].view(old.dtype).view(old.shape)
-                view.copy_(old)
-                p.data = view
+                p.data = _view_of(block, off, old)
                 _drop_file_pages(fn, old, files)
                 off += size
         done += total

@@ -28,8 +28,7 @@
 namespace tda_attn {
 
 using tda_bf16::from_float;
-inline float bf(uint16_t v) { return tda_bf16::to_float(v); }
-inline uint16_t to_bf(float v) { return from_float(v); }
+using tda_bf16::to_float;
 
 // x' = x * c + rot(x) * s, each product and the sum rounded as torch rounds them (no FMA).
 __attribute__((optimize("fp-contract=off"))) inline void rope_f32(const float* x, const float* c, const float* s,
@@ -46,10 +45,10 @@ __attribute__((optimize("fp-contract=off"))) inline void rope_f32(const float* x
 inline void rope_bf16(const uint16_t* x, const uint16_t* c, const uint16_t* s, int64_t D, uint16_t* out) {
   const int64_t h = D / 2;
   for (int64_t i = 0; i < D; ++i) {
-    const float r = i < h ? -bf(x[i + h]) : bf(x[i - h]);
-    const float a = bf(to_bf(bf(x[i]) * bf(c[i])));
-    const float b = bf(to_bf(r * bf(s[i])));
-    out[i] = to_bf(a + b);
+    const float r = i < h ? -to_float(x[i + h]) : to_float(x[i - h]);
+    const float a = to_float(from_float(to_float(x[i]) * to_float(c[i])));
+    const float b = to_float(from_float(r * to_float(s[i])));
+    out[i] = from_float(a + b);
   }
 }
 
@@ -163,14 +162,14 @@ inline at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, con
         float* yo = y.mutable_data_ptr<float>() + (b * Hq + h) * D;
         std::copy(out.begin(), out.end(), yo);
       } else {
-        auto ld = [](const uint16_t* a, int64_t i) { return bf(a[i]); };
+        auto ld = [](const uint16_t* a, int64_t i) { return to_float(a[i]); };
         auto P = [](const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.const_data_ptr()); };
         const uint16_t* base_q = P(q) + b * q.stride(0) + h * q.stride(1);
         const uint16_t* base_k = P(k) + b * k.stride(0) + g * k.stride(1);
         const uint16_t* base_v = P(v) + b * v.stride(0) + g * v.stride(1);
         one_head(base_q, base_k, k.stride(2), base_v, v.stride(2), t0, T, D, sc, ld, qf.data(), p.data(), out.data());
         uint16_t* yo = reinterpret_cast<uint16_t*>(y.mutable_data_ptr()) + (b * Hq + h) * D;
-        for (int64_t i = 0; i < D; ++i) yo[i] = to_bf(out[i]);
+        for (int64_t i = 0; i < D; ++i) yo[i] = from_float(out[i]);
       }
     }
   });
