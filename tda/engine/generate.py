@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 import torch
 
 from tda.common.errors import BadInput
-from tda.engine import kvcache
+from tda.engine import decode_loop, kvcache
 from tda.engine import threads as thread_policy
 from tda.engine.config import SparsityConfig, as_config
 from tda.engine.methods.registry import get_method, method_names
 from tda.engine.methods.thresholds import calibrated_cett
 from tda.engine.session import SparseSession, sync
+from tda.models.load import cache_kwarg
 
 METHODS = method_names()
 
@@ -247,9 +248,13 @@ def generate(lm, prompts: str | list[str], method: str | SparsityConfig = "dense
         if cache is not None or chunk < input_ids.shape[1]:
             cache = cache if cache is not None else lm.new_cache()
             chunked_prefill(lm, input_ids, attn, chunk, session, cache)
-        out = lm.model.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg,
-                                logits_processor=LogitsProcessorList(processors),
-                                **(lm.cache_kw(cache) if cache is not None else {}))
+        if not stock and decode_loop.applicable(lm.model, attn, cache, do_sample=bool(do_sample)):
+            out = decode_loop.greedy(lm.model, input_ids, cache, cache_kwarg(lm.model), max_new_tokens=max_new_tokens,
+                                     processors=processors, stop_ids=stops, pad_id=_pad_id(lm))
+        else:
+            out = lm.model.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg,
+                                    logits_processor=LogitsProcessorList(processors),
+                                    **(lm.cache_kw(cache) if cache is not None else {}))
         sync(lm.device)
         t1 = time.perf_counter()
     new = out[:, input_ids.shape[1]:].tolist()

@@ -45,6 +45,7 @@ from tda.engine import triton_backend as _triton
 __all__ = [
     "SparseLinear",
     "active_indices",
+    "argmax_last",
     "backend",
     "backend_info",
     "build",
@@ -436,6 +437,16 @@ def cpp_ops():
     paths that validated their tensors once and call the ops directly (see
     :mod:`tda.engine.fastpath`)."""
     return _ops()
+
+
+def argmax_last(scores: torch.Tensor) -> torch.Tensor:
+    """``torch.argmax(scores, dim=-1)`` for ``scores[B, V]``: the C++ ``argmax_rows`` on every
+    thread for contiguous fp32 CPU rows (the same index: first maximum, first NaN), else torch's."""
+    ops = _ops() if scores.device.type == "cpu" else None
+    if (ops is not None and scores.dim() == 2 and scores.dtype == torch.float32 and scores.is_contiguous()
+            and scores.shape[1] > 0 and hasattr(ops, "argmax_rows") and not scores.requires_grad):
+        return ops.argmax_rows(scores)
+    return torch.argmax(scores, dim=-1)
 
 
 def output_sparse(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,

@@ -497,3 +497,4 @@ TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
 
 #include "norms.h"  // torch.ops.tda_kernels.rms_norm, rms_norm_bf16, residual_norm
 #include "decode_attention.h"  // torch.ops.tda_kernels.rope_qk, decode_attention
+#include "argmax.h"  // torch.ops.tda_kernels.argmax_rows

@@ -1,0 +1,109 @@
+"""The lean greedy loop (tda.engine.decode_loop) gives Hugging Face ``generate``'s tokens: stop
+tokens (one row finishing before another), ``max_new_tokens``, ``min_new_tokens``, a chunked
+prefill; padded batches, sampling and a model whose own generation config asks for more go to
+``generate``. And the C++ argmax it uses equals ``torch.argmax``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tda.engine import decode_loop, kernels
+from tda.engine.generate import generate
+from tests.conftest import TINY
+
+PROMPTS = ["the quick brown fox jumps over the lazy dog and", "the quick brown fox jumps over the lazy cat and"]
+
+
+@pytest.fixture
+def loops(monkeypatch):
+    """How many generations ran the lean loop."""
+    n = [0]
+    orig = decode_loop.greedy
+
+    def spy(*a, **k):
+        n[0] += 1
+        return orig(*a, **k)
+
+    monkeypatch.setattr(decode_loop, "greedy", spy)
+    return n
+
+
+def _hf(monkeypatch, fn):
+    """``fn()`` with the lean loop off: the engine's own generate call through Hugging Face's loop."""
+    with monkeypatch.context() as m:
+        m.setattr(decode_loop, "applicable", lambda *a, **k: False)
+        return fn()
+
+
+@pytest.mark.parametrize("spec", TINY)
+def test_greedy_equals_generate_with_stops(load_tiny, spec, loops, monkeypatch):
+    lm = load_tiny(spec)
+    free = generate(lm, PROMPTS[0], max_new_tokens=12, min_new_tokens=12)
+    stop = free.token_ids[0][5]  # a token greedy decoding emits: generation stops there
+    for kw in (dict(max_new_tokens=12, stop_token_ids=[stop]), dict(max_new_tokens=12, min_new_tokens=9,
+                                                                     stop_token_ids=[stop]),
+               dict(max_new_tokens=1)):
+        got = generate(lm, PROMPTS[0], **kw)
+        ref = _hf(monkeypatch, lambda kw=kw: generate(lm, PROMPTS[0], **kw))
+        assert got.token_ids == ref.token_ids and got.texts == ref.texts, (spec, kw)
+    assert len(generate(lm, PROMPTS[0], max_new_tokens=12, stop_token_ids=[stop]).token_ids[0]) <= 6
+    assert loops[0] == 5  # every generation above but the three with the loop switched off
+
+
+def test_a_row_that_stops_first_is_padded_like_generate(tiny_llama, loops, monkeypatch):
+    lm = tiny_llama
+    assert len({len(lm.tokenizer(p).input_ids) for p in PROMPTS}) == 1  # an unpadded batch
+    rows = generate(lm, PROMPTS, max_new_tokens=10, min_new_tokens=10).token_ids
+    diverge = next(i for i, (a, b) in enumerate(zip(*rows)) if a != b and a not in rows[1][:i + 1])
+    stop = rows[0][diverge]  # only the first row emits it here: it finishes, the second goes on
+    got = generate(lm, PROMPTS, max_new_tokens=10, stop_token_ids=[stop])
+    ref = _hf(monkeypatch, lambda: generate(lm, PROMPTS, max_new_tokens=10, stop_token_ids=[stop]))
+    assert got.token_ids == ref.token_ids and len(got.token_ids[0]) == diverge + 1
+    assert loops[0] == 2
+
+
+def test_chunked_prefill_then_the_loop(tiny_llama, loops, monkeypatch):
+    long = " ".join(PROMPTS * 4)
+    got = generate(tiny_llama, long, max_new_tokens=8, min_new_tokens=8, chunk=7)
+    ref = generate(tiny_llama, long, max_new_tokens=8, min_new_tokens=8, stock=True)
+    assert got.token_ids == ref.token_ids and loops[0] == 1
+
+
+def test_padding_sampling_and_a_non_neutral_config_go_to_generate(tiny_llama, loops, monkeypatch):
+    lm = tiny_llama
+    generate(lm, [PROMPTS[0], "a b"], max_new_tokens=4)
+    generate(lm, PROMPTS[0], max_new_tokens=4, do_sample=True, seed=1)
+    assert loops[0] == 0
+    monkeypatch.setattr(lm.model.generation_config, "repetition_penalty", 1.3)
+    got = generate(lm, PROMPTS[0], max_new_tokens=12, min_new_tokens=12)
+    assert loops[0] == 0
+    assert got.token_ids == generate(lm, PROMPTS[0], max_new_tokens=12, min_new_tokens=12, stock=True).token_ids
+
+
+def test_bad_arguments_fail_loud(tiny_llama):
+    cache = tiny_llama.new_cache()
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        decode_loop.greedy(tiny_llama.model, torch.tensor([[1, 2]]), cache, "cache", max_new_tokens=0)
+    with pytest.raises(ValueError, match="input_ids"):
+        decode_loop.greedy(tiny_llama.model, torch.tensor([1, 2]), cache, "cache", max_new_tokens=2)
+
+
+@pytest.mark.parametrize("B,V", [(1, 262144), (3, 1000), (2, 17), (1, 1)])
+def test_argmax_equals_torch(B, V):
+    g = torch.Generator().manual_seed(V)
+    x = torch.randn(B, V, generator=g)
+    cases = [x, x.round(decimals=0)]  # many ties: the first maximum wins
+    y = x.clone()
+    y[:, V // 2:] = float("nan") if V > 1 else y[:, V // 2:]
+    cases.append(y)
+    z = torch.full((B, V), float("-inf"))
+    cases.append(z)
+    w = x.clone()
+    w[0, -1] = float("inf")
+    w[0, 0] = float("nan") if V > 2 else w[0, 0]
+    cases.append(w)
+    for c in cases:
+        assert torch.equal(kernels.argmax_last(c), torch.argmax(c, dim=-1)), c
+    if kernels.cpp_ops() is not None:
+        assert torch.equal(kernels.cpp_ops().argmax_rows(x), torch.argmax(x, dim=-1))
