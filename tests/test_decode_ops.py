@@ -142,3 +142,38 @@ def test_decode_steps_fuse_residual_adds_with_norms(load_tiny, spec, dtype, monk
     assert n[0] == 5 * 2 * lm.model.config.num_hidden_layers  # two per layer, every decode step
     if dtype == "fp32":
         assert got.token_ids == ref.token_ids
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_kv_write_equals_a_slice_copy(dtype):
+    g = torch.Generator().manual_seed(3)
+    kb, vb = torch.randn(2, 3, 7, 8, generator=g).to(dtype), torch.randn(2, 3, 7, 8, generator=g).to(dtype)
+    k = torch.randn(2, 1, 3, 8, generator=g).to(dtype).transpose(1, 2)  # a strided [B, H, 1, D] view
+    v = torch.randn(2, 3, 16, generator=g).to(dtype)[..., ::2].unsqueeze(2)  # a strided last dimension
+    want_k, want_v = kb.clone(), vb.clone()
+    want_k[:, :, 4:5].copy_(k)
+    want_v[:, :, 4:5].copy_(v)
+    K.cpp_ops().kv_write(kb, vb, k, v, 4)
+    assert torch.equal(kb, want_k) and torch.equal(vb, want_v)
+    with pytest.raises(ValueError, match="position 7 outside"):
+        K.cpp_ops().kv_write(kb, vb, k, v, 7)
+    with pytest.raises(ValueError, match="like its buffer"):
+        K.cpp_ops().kv_write(kb, vb, k.float() if dtype != torch.float32 else k.double(), v, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dense_and_threshold_ops_take_rows_of_any_rank(dtype):
+    """A decode step passes x[B, 1, d] straight to the GEMVs: the same numbers as x[B, d]."""
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(24, 40, generator=g).to(dtype)
+    wt = w.t().contiguous()
+    x = torch.randn(2, 1, 40, generator=g).to(dtype)
+    ops, x2 = K.cpp_ops(), x.view(2, 40)
+    cases = [(ops.row_dense(x, w, None), ops.row_dense(x2, w, None)),
+             (ops.input_dense(x, wt, None), ops.input_dense(x2, wt, None)),
+             (ops.input_sparse_threshold(x, wt, None, 0.7, None, None),
+              ops.input_sparse_threshold(x2, wt, None, 0.7, None, None))]
+    for got, want in cases:
+        assert got.shape == (2, 1, 24) and torch.equal(got.view(2, 24), want)
+    with pytest.raises(ValueError, match="features"):
+        ops.row_dense(torch.zeros(1, 1, 39, dtype=dtype), w, None)

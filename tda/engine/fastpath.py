@@ -92,8 +92,11 @@ def linear_fn(weight: torch.Tensor, bias: torch.Tensor | None = None, *, fast: b
             ops = None
     if input_major:
         wt = w.t()
+        wdt, lim = wt.dtype, (max_rows * wt.shape[0] if ops is not None else -1)
 
         def fn_t(x: torch.Tensor) -> torch.Tensor:
+            if x.numel() <= lim and x.dtype is wdt and x.is_contiguous():  # a decode step: x[..., d_in] as it is
+                return ops.input_dense(x, wt, b)
             x2 = x.reshape(-1, x.shape[-1])
             if ops is not None and x2.shape[0] <= max_rows and x2.dtype == wt.dtype:
                 y = ops.input_dense(x2 if x2.is_contiguous() else x2.contiguous(), wt, b)
@@ -107,7 +110,11 @@ def linear_fn(weight: torch.Tensor, bias: torch.Tensor | None = None, *, fast: b
         big = (lambda x2: torch.ops.mkldnn._linear_pointwise(x2, w, b, "none", [], "")) \
             if w.dtype == torch.float32 else (lambda x2: F.linear(x2, w, b))
 
+        wdt, lim = w.dtype, (max_rows * w.shape[1] if ops is not None else -1)
+
         def fn(x: torch.Tensor) -> torch.Tensor:
+            if x.numel() <= lim and x.dtype is wdt and x.is_contiguous():  # a decode step: x[..., d_in] as it is
+                return ops.row_dense(x, w, b)
             x2 = x.reshape(-1, x.shape[-1])
             if not x2.is_contiguous():
                 x2 = x2.contiguous()

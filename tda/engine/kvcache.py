@@ -5,13 +5,29 @@ step copies the whole cache of every full-attention layer (at a 12k-token prompt
 ~25 MB per such layer per step). :class:`PreallocatedLayer` holds buffers of a known capacity
 (prompt + new tokens) and copies only the new positions into them; ``keys``/``values`` are views
 of the filled prefix, so every other cache method (length, crop, batch selection) works unchanged.
-Sliding-window layers keep Hugging Face's own (their window bounds the copy). Same values as the
-dynamic cache, so results are identical.
+Sliding-window layers get a ring written in place (:class:`SlidingRingLayer`). A decode step's
+write is one C++ call on CPU (``kv_write``, tda/engine/csrc/kv_cache.h) and two views; the layers
+know the step is theirs to take when ``keys`` is still the view they last set (anything that
+replaced it — a crop, a batch selection — sends the update through the general path). Same values
+as the dynamic cache, so results are identical.
 """
 
 from __future__ import annotations
 
 import torch
+
+
+def _write(kbuf: torch.Tensor, vbuf: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -> None:
+    """``kbuf[:, :, pos] = k[:, :, 0]`` and the same for values: one C++ call on CPU
+    (``kv_write``), else two slice copies."""
+    from tda.engine.kernel_build import _ops
+
+    ops = _ops() if kbuf.device.type == "cpu" else None
+    if ops is not None and hasattr(ops, "kv_write"):
+        ops.kv_write(kbuf, vbuf, k, v, pos)
+    else:
+        kbuf[:, :, pos:pos + 1].copy_(k)
+        vbuf[:, :, pos:pos + 1].copy_(v)
 
 
 def _layer_base():
@@ -33,7 +49,8 @@ def preallocated_layer_class():
         def __init__(self, capacity: int):
             super().__init__()
             self.capacity = int(capacity)
-            self._kbuf = self._vbuf = None
+            self._kbuf = self._vbuf = self._kview = None
+            self._n = 0  # positions filled; valid while ``keys is _kview`` (nothing replaced the view)
 
         def _fits(self, k: torch.Tensor, need: int) -> bool:
             buf = self._kbuf
@@ -45,6 +62,15 @@ def preallocated_layer_class():
             return n == 0 or self.keys.data_ptr() == buf.data_ptr()  # still a prefix view of the buffer
 
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            kb = self._kbuf
+            if (key_states.shape[-2] == 1 and kb is not None and self.keys is self._kview
+                    and self._n < kb.shape[-2] and key_states.dtype == kb.dtype):  # a decode step: one write
+                n = self._n
+                _write(kb, self._vbuf, key_states, value_states, n)
+                self._n = n = n + 1
+                self.keys = self._kview = kb.narrow(2, 0, n)
+                self.values = self._vbuf.narrow(2, 0, n)
+                return self.keys, self.values
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             have = self.keys.shape[-2] if self.keys.dim() == 4 else 0
@@ -61,6 +87,7 @@ def preallocated_layer_class():
             self._kbuf[:, :, have:need].copy_(key_states)
             self._vbuf[:, :, have:need].copy_(value_states)
             self.keys, self.values = self._kbuf[:, :, :need], self._vbuf[:, :, :need]
+            self._kview, self._n = self.keys, need
             return self.keys, self.values
 
     PreallocatedLayer = _PreallocatedLayer
@@ -89,17 +116,12 @@ def sliding_layer_class():
 
         def __init__(self, sliding_window: int, **kwargs):
             super().__init__(sliding_window, **kwargs)
-            self._kbuf = self._vbuf = None
+            self._kbuf = self._vbuf = self._kview = None
             self._start = self._end = 0
 
         def _synced(self, k: torch.Tensor) -> bool:
-            buf = self._kbuf
-            if buf is None or self.keys is None or self.keys.dim() != 4 or buf.dtype != k.dtype or buf.device != k.device:
-                return False
-            if buf.shape[:2] != k.shape[:2] or buf.shape[-1] != k.shape[-1]:
-                return False
-            n = self.keys.shape[-2]
-            return n == self._end - self._start and (n == 0 or self.keys.data_ptr() == buf[:, :, self._start].data_ptr())
+            """``keys`` is still the view this layer last set (nothing replaced it), of ``k``'s dtype."""
+            return self._kbuf is not None and self.keys is self._kview and self._kbuf.dtype == k.dtype
 
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
             if key_states.shape[-2] != 1 or self.record_past or not self.is_initialized:
@@ -120,13 +142,14 @@ def sliding_layer_class():
                 kb[:, :, :n].copy_(kb[:, :, self._start:self._end])
                 vb[:, :, :n].copy_(vb[:, :, self._start:self._end])
                 self._start, self._end = 0, n
-            kb[:, :, self._end:self._end + 1].copy_(key_states)
-            vb[:, :, self._end:self._end + 1].copy_(value_states)
-            self._end += 1
+            _write(kb, vb, key_states, value_states, self._end)
+            self._end = end = self._end + 1
             self.cumulative_length += 1
-            full_k, full_v = kb[:, :, self._start:self._end], vb[:, :, self._start:self._end]
-            self._start = max(self._start, self._end - (w - 1))
-            self.keys, self.values = kb[:, :, self._start:self._end], vb[:, :, self._start:self._end]
+            start = self._start
+            full_k, full_v = kb.narrow(2, start, end - start), vb.narrow(2, start, end - start)
+            self._start = start = max(start, end - (w - 1))
+            self.keys = self._kview = kb.narrow(2, start, end - start)
+            self.values = vb.narrow(2, start, end - start)
             return full_k, full_v
 
     SlidingRingLayer = _SlidingRingLayer

@@ -96,8 +96,13 @@ def threshold_linear(wt: torch.Tensor, bias, cut, dense: LinearFn, counter: Coun
         ops = None
     t_scalar, t_vec = (0.0, cut) if isinstance(cut, torch.Tensor) else (cut, None)
     max_rows = kernels.CPP_MAX_ROWS
+    wdt, lim = wt.dtype, (max_rows * d_in if ops is not None else -1)
 
     def fn(x):
+        if x.numel() <= lim and x.dtype is wdt and x.is_contiguous() and not x.requires_grad:
+            if counter is not None:  # a decode step: x[..., d_in] as it is
+                counter.total += d_in
+            return ops.input_sparse_threshold(x, wt, b, t_scalar, t_vec, count)
         x2 = x.reshape(-1, d_in)
         if counter is not None:
             counter.total += d_in

@@ -236,6 +236,17 @@ void check_args(const at::Tensor& x, const at::Tensor& w, const c10::optional<at
   }
 }
 
+// x[..., d_in] of any rank (decode steps pass [B, 1, d]): f on the rows x[N, d_in], the result
+// viewed back as [..., d_out] (views only: x must be contiguous, as f checks).
+template <typename F>
+at::Tensor on_rows(const at::Tensor& x, int64_t d_out, F&& f) {
+  if (x.dim() == 2) return f(x);
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.is_contiguous(), "tda_kernels: x must be a contiguous tensor [..., d_in]");
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes.back() = d_out;
+  return f(x.view({-1, x.size(-1)})).view(sizes);
+}
+
 void check_index_tensor(const at::Tensor& idx) {
   TORCH_CHECK_VALUE(idx.dim() == 1 && idx.device().is_cpu() && idx.is_contiguous(),
                     "tda_kernels: indices must be a contiguous 1-D CPU tensor");
@@ -309,10 +320,10 @@ at::Tensor input_sparse(const at::Tensor& x, const at::Tensor& idx, const at::Te
 // zeroed, so every row gets exactly W @ (x[b] * (|x[b]| >= thr)).
 // When `count` (an int64 [1] CPU tensor) is given, the number of active inputs (of the union) is
 // added to it: callers that report densities count without extra ops per call.
-at::Tensor input_sparse_threshold(const at::Tensor& x, const at::Tensor& wt,
-                                  const c10::optional<at::Tensor>& bias, double t,
-                                  const c10::optional<at::Tensor>& tvec,
-                                  const c10::optional<at::Tensor>& count) {
+at::Tensor input_sparse_threshold_rows(const at::Tensor& x, const at::Tensor& wt,
+                                       const c10::optional<at::Tensor>& bias, double t,
+                                       const c10::optional<at::Tensor>& tvec,
+                                       const c10::optional<at::Tensor>& count) {
   int64_t* cnt = count_ptr(count);
   check_args(x, wt, bias, wt.size(0), wt.size(1));
   const int64_t B = x.size(0), d_in = x.size(1), d_out = wt.size(1);
@@ -403,8 +414,8 @@ at::Tensor input_sparse_topk(const at::Tensor& x, const at::Tensor& wt,
 }
 
 // y[B, d_out] = x @ wt (+ bias): every row of wt, streamed in order.
-at::Tensor input_dense(const at::Tensor& x, const at::Tensor& wt,
-                       const c10::optional<at::Tensor>& bias) {
+at::Tensor input_dense_rows(const at::Tensor& x, const at::Tensor& wt,
+                            const c10::optional<at::Tensor>& bias) {
   check_args(x, wt, bias, wt.size(0), wt.size(1));
   const int64_t B = x.size(0), d_in = x.size(1), d_out = wt.size(1);
   at::Tensor y = at::empty({B, d_out}, x.options());
@@ -467,9 +478,26 @@ at::Tensor output_sparse(const at::Tensor& x, const at::Tensor& idx, const at::T
 }
 
 // y[B, d_out] = x @ w.T (+ bias); w is [d_out, d_in] row-major: every row, streamed in order.
-at::Tensor row_dense(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+at::Tensor row_dense_rows(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
   check_args(x, w, bias, w.size(1), w.size(0));
   return out_rows(x, nullptr, w.size(0), w, bias);
+}
+
+// The dense GEMVs and the threshold kernel also take x[..., d_in] (see on_rows).
+at::Tensor row_dense(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  return on_rows(x, w.size(0), [&](const at::Tensor& x2) { return row_dense_rows(x2, w, bias); });
+}
+
+at::Tensor input_dense(const at::Tensor& x, const at::Tensor& wt, const c10::optional<at::Tensor>& bias) {
+  return on_rows(x, wt.size(1), [&](const at::Tensor& x2) { return input_dense_rows(x2, wt, bias); });
+}
+
+at::Tensor input_sparse_threshold(const at::Tensor& x, const at::Tensor& wt, const c10::optional<at::Tensor>& bias,
+                                  double t, const c10::optional<at::Tensor>& tvec,
+                                  const c10::optional<at::Tensor>& count) {
+  return on_rows(x, wt.size(1), [&](const at::Tensor& x2) {
+    return input_sparse_threshold_rows(x2, wt, bias, t, tvec, count);
+  });
 }
 
 }  // namespace
@@ -498,3 +526,4 @@ TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
 #include "norms.h"  // torch.ops.tda_kernels.rms_norm, rms_norm_bf16, residual_norm
 #include "decode_attention.h"  // torch.ops.tda_kernels.rope_qk, decode_attention
 #include "argmax.h"  // torch.ops.tda_kernels.argmax_rows
+#include "kv_cache.h"  // torch.ops.tda_kernels.kv_write
