@@ -157,3 +157,53 @@ def test_a_deepcopy_of_the_model_runs_its_own_layers(tiny_llama):
     with torch.inference_mode():
         cp(input_ids=torch.tensor([[1, 2, 3]]))
     assert seen == [1]
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3"])
+def test_rotary_blocks_equal_one_position_calls(load_tiny, spec):
+    """Batch-1 steps read cos/sin from a block of the next positions: the same values as the rotary
+    module's own call at each position, across block boundaries and layer types."""
+    lm = load_tiny(spec)
+    model = lm.model.model
+    blocks = decoder.RotaryBlocks(model.rotary_emb)
+    assert blocks.ok
+    types = sorted(set(getattr(model.config, "layer_types", None) or [])) or [None]
+    h = torch.zeros(1, 1, model.config.hidden_size)
+    with torch.inference_mode():
+        for pos in (5, 6, 5 + decoder.ROPE_BLOCK - 1, 5 + decoder.ROPE_BLOCK, 3):
+            for t in types:
+                ids = torch.tensor([[pos]])
+                want = model.rotary_emb(h, ids) if t is None else model.rotary_emb(h, ids, t)
+                got = blocks.get(h, pos, t)
+                assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (pos, t)
+                assert got[0].is_contiguous() and got[0].shape == want[0].shape
+
+
+def test_rotary_blocks_stay_off_for_dynamic_rope_and_on_a_mismatch(tiny_llama):
+    rot = tiny_llama.model.model.rotary_emb
+
+    class Dynamic(torch.nn.Module):
+        rope_type = "dynamic"
+
+    assert not decoder.RotaryBlocks(Dynamic()).ok
+
+    class Drifting(torch.nn.Module):  # a rotary whose one-position call differs from its block rows
+        rope_type = "default"
+
+        def forward(self, x, ids):
+            cos, sin = rot(x, ids)
+            return (cos + 1, sin) if ids.shape[1] == 1 else (cos, sin)
+
+    blocks = decoder.RotaryBlocks(Drifting())
+    with torch.inference_mode():
+        assert blocks.get(torch.zeros(1, 1, tiny_llama.model.config.hidden_size), 4) is None
+    assert not blocks.ok
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3"])
+def test_long_greedy_runs_across_rotary_blocks(load_tiny, spec):
+    lm = load_tiny(spec)
+    n = decoder.ROPE_BLOCK + 20
+    ref = generate(lm, PROMPTS[0], max_new_tokens=n, min_new_tokens=n, stock=True)
+    got = generate(lm, PROMPTS[0], max_new_tokens=n, min_new_tokens=n)
+    assert got.token_ids == ref.token_ids

@@ -116,7 +116,7 @@ class _MinNewTokens:
             if self._idx is None or self._idx.device != scores.device:
                 self._idx = torch.tensor([t for t in self.stops if 0 <= t < scores.shape[-1]],
                                          dtype=torch.long, device=scores.device)
-            scores[:, self._idx] = -float("inf")
+            scores.index_fill_(1, self._idx, -float("inf"))
         return scores
 
 

@@ -144,7 +144,26 @@ def _build_and_load() -> None:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     _State.library = str(lib)
-    _State.ops = getattr(torch.ops, _NAMESPACE)
+    _State.ops = DirectOps(getattr(torch.ops, _NAMESPACE))
+
+
+class DirectOps:
+    """The ops of a ``torch.ops`` namespace, each as the dispatcher's own callable (the packet's
+    ``_op``): the same call without ``OpOverloadPacket.__call__``'s Python frame (~0.3 µs of
+    ~1.7 per call; a decode step makes ~300 of them). Unknown names raise ``AttributeError``
+    (``hasattr`` works as on the namespace)."""
+
+    def __init__(self, namespace):
+        self._ns = namespace
+
+    def __getattr__(self, name: str):
+        packet = getattr(self._ns, name)  # AttributeError / RuntimeError for an unknown op
+        fn = getattr(packet, "_op", packet)
+        setattr(self, name, fn)  # found once, then a plain attribute
+        return fn
+
+    def __repr__(self) -> str:
+        return f"DirectOps({self._ns!r})"
 
 
 def _ops():
