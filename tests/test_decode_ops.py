@@ -177,3 +177,48 @@ def test_dense_and_threshold_ops_take_rows_of_any_rank(dtype):
         assert got.shape == (2, 1, 24) and torch.equal(got.view(2, 24), want)
     with pytest.raises(ValueError, match="features"):
         ops.row_dense(torch.zeros(1, 1, 39, dtype=dtype), w, None)
+
+
+@pytest.mark.parametrize("dtype,round_normed", [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)])
+def test_rope_qk_with_qk_norms_equals_norms_then_rope(dtype, round_normed):
+    """Gemma 3's q_norm / k_norm folded into rope_qk: the numbers of the separate calls."""
+    g = torch.Generator().manual_seed(5)
+    q, k = torch.randn(2, 1, 4, 64, generator=g).to(dtype), torch.randn(2, 1, 2, 64, generator=g).to(dtype)
+    ang = (torch.rand(2, 1, 32, generator=g) * 300).repeat(1, 1, 2)
+    cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+    wq, wk = torch.rand(64, generator=g) + 0.5, torch.rand(64, generator=g) + 0.5
+    ops = K.cpp_ops()
+    if dtype == torch.float32:
+        nq, nk = ops.rms_norm(q, wq, 1e-6), ops.rms_norm(k, wk, 1e-5)
+    else:
+        nq, nk = ops.rms_norm_bf16(q, wq, 1e-6, round_normed), ops.rms_norm_bf16(k, wk, 1e-5, round_normed)
+    want = ops.rope_qk(nq, nk, cos, sin)
+    got = ops.rope_qk(q, k, cos, sin, wq, 1e-6, wk, 1e-5, round_normed)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    with pytest.raises(ValueError, match="wq must be"):
+        ops.rope_qk(q, k, cos, sin, wq[:32], 1e-6, wk, 1e-5, round_normed)
+
+
+@pytest.mark.parametrize("spec", ["tiny-gemma3", "tiny-qwen3"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_decode_steps_fold_qk_norms_into_the_rotary(spec, dtype, monkeypatch):
+    from tda.engine import decoder
+    from tda.engine.generate import generate
+    from tda.models.load import load_model
+
+    lm = load_model(spec, dtype=dtype)
+    folded = [0]
+    orig = attention.qk_norm_args
+
+    def spy(*a):
+        out = orig(*a)
+        folded[0] += out is not None
+        return out
+
+    monkeypatch.setattr(decoder, "qk_norm_args", spy)
+    got = generate(lm, "one two three four five six", max_new_tokens=6, min_new_tokens=6)
+    layers = lm.model.config.num_hidden_layers
+    assert folded[0] == 5 * layers  # every layer of every decode step
+    monkeypatch.setattr(decoder, "qk_norm_args", lambda *a: None)  # the separate norm calls
+    ref = generate(lm, "one two three four five six", max_new_tokens=6, min_new_tokens=6)
+    assert got.token_ids == ref.token_ids

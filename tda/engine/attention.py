@@ -99,14 +99,26 @@ def step_plan(mod) -> tuple:
             mod.head_dim, mod.layer_idx, mod.scaling, rope, window, cpp_attention(rope))
 
 
-def fused_step(plan: tuple, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache, call=None):
+def qk_norm_args(q_fn, k_fn, dtype: torch.dtype) -> tuple | None:
+    """``(wq, eps_q, wk, eps_k, round_normed)`` for ``rope_qk`` when both q/k norm functions are the
+    fast path's fused RMSNorms (:func:`tda.engine.fastpath.norm_fn` tags them ``tda_norm``) for
+    ``dtype`` with one rounding mode, else None (the norms are called as they are)."""
+    sq, sk = getattr(q_fn, "tda_norm", None), getattr(k_fn, "tda_norm", None)
+    if sq is None or sk is None or sq[3] is not dtype or sk[3] is not dtype or sq[2] != sk[2]:
+        return None
+    return sq[0], sq[1], sk[0], sk[1], sq[2]
+
+
+def fused_step(plan: tuple, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache, call=None,
+               qk_norms: tuple | None = None):
     """The attention output ``y[B, 1, d_model]`` of one decode position for a :func:`step_plan`;
     ``call(submodule, x)`` runs the projections and q/k norms (default: the module call;
     :mod:`tda.engine.decoder` passes its direct override lookup).
 
-    fp32/bf16 on CPU with the C++ kernels: the rotary is one ``rope_qk`` call and the attention
-    one ``decode_attention`` call (fp32 softmax and accumulation; it writes ``y`` already in the
-    ``[B, 1, heads * head_dim]`` layout the output projection takes); otherwise the modeling
+    fp32/bf16 on CPU with the C++ kernels: the rotary is one ``rope_qk`` call — with the q/k norms
+    inside it when ``qk_norms`` (:func:`qk_norm_args`) says they are the fused RMSNorms — and the
+    attention one ``decode_attention`` call (fp32 softmax and accumulation; it writes ``y`` already
+    in the ``[B, 1, heads * head_dim]`` layout the output projection takes); otherwise the modeling
     file's rotary and ``scaled_dot_product_attention``."""
     q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, hd, layer_idx, scaling, rope, window, ops = plan
     c = call if call is not None else _module_call
@@ -114,11 +126,14 @@ def fused_step(plan: tuple, hidden_states: torch.Tensor, cos: torch.Tensor, sin:
     q = c(q_proj, hidden_states).view(B, T, -1, hd)
     k = c(k_proj, hidden_states).view(B, T, -1, hd)
     v = c(v_proj, hidden_states).view(B, T, -1, hd).transpose(1, 2)
-    if q_norm is not None:
+    cpp = (ops is not None and T == 1 and q.is_cpu and q.dtype in _CPP_DTYPES and q.dtype == cos.dtype
+           and q.is_contiguous() and k.is_contiguous() and cos.is_contiguous() and sin.is_contiguous())
+    norms = qk_norms if q_norm is not None and cpp and qk_norms is not None and qk_norms[0].shape[0] == hd else ()
+    if q_norm is not None and not norms:
         q, k = c(q_norm, q), c(k_norm, k)
-    if (ops is not None and T == 1 and q.is_cpu and q.dtype in _CPP_DTYPES and q.dtype == cos.dtype
-            and q.is_contiguous() and k.is_contiguous() and cos.is_contiguous() and sin.is_contiguous()):
-        q, k = ops.rope_qk(q, k, cos, sin)
+        cpp = cpp and q.is_contiguous() and k.is_contiguous()
+    if cpp:
+        q, k = ops.rope_qk(q, k, cos, sin, *norms)
         k, v = cache.update(k, v, layer_idx)
         return c(o_proj, ops.decode_attention(q, k, v, scaling, window or 0))
     q, k = rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)

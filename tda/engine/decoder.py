@@ -35,7 +35,14 @@ import weakref
 
 import torch
 
-from tda.engine.attention import _sdpa_takes_gqa, decode_attention, fusable, fused_step, step_plan
+from tda.engine.attention import (
+    _sdpa_takes_gqa,
+    decode_attention,
+    fusable,
+    fused_step,
+    qk_norm_args,
+    step_plan,
+)
 from tda.models.dispatch import attention_override, current_overrides
 
 PRE_NORM = {"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer"}
@@ -214,7 +221,10 @@ def decode_stack(model, input_ids=None, attention_mask=None, position_ids=None, 
             with attention_override(decode_attention):
                 a = attn_mod(hidden_states=x, position_embeddings=(cos, sin), cache=cache)[0]
         else:
-            a = fused_step(attn, x, cos, sin, cache, call)
+            qn = attn[4]
+            a = fused_step(attn, x, cos, sin, cache, call,
+                           qk_norm_args(table.get(id(qn)), table.get(id(attn[5])), x.dtype) if qn is not None and table
+                           else None)
         if pre_ff is not None:  # Gemma 3: norms before and after attention and MLP
             h, x = residual(h, a, post_attn, pre_ff)
         else:

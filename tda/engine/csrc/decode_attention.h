@@ -1,11 +1,15 @@
 // One decode position's attention in two calls instead of ~20 small torch ops per layer (included
 // at the end of sparse_kernels.cpp; a fragment of torch.ops.tda_kernels):
 //
-//   rope_qk(q[B, 1, Hq, D], k[B, 1, Hk, D], cos[B, 1, D], sin[B, 1, D]) -> (q'[B, Hq, 1, D], k'[B, Hk, 1, D])
+//   rope_qk(q[B, 1, Hq, D], k[B, 1, Hk, D], cos[B, 1, D], sin[B, 1, D], wq?, eps_q, wk?, eps_k, round_normed)
+//       -> (q'[B, Hq, 1, D], k'[B, Hk, 1, D])
 //       Hugging Face's apply_rotary_pos_emb (rotate_half form) with its roundings:
 //       x' = x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x[D/2:], x[:D/2]); fp32 without
 //       fused multiply-adds (bit-identical to torch's mul, mul, add), bf16 rounding each product
 //       and the sum to bf16 as torch's bf16 ops do.
+//       With wq / wk given (Gemma 3's q_norm / k_norm, fp32 scales [D]), each head row is first
+//       RMS-normalised exactly as norms.h's rms_norm / rms_norm_bf16 would (eps_q, eps_k,
+//       round_normed), then rotated: the same numbers as the three separate calls.
 //   decode_attention(q[B, Hq, 1, D], k[B, Hk, T, D], v[B, Hk, T, D], scale, window) -> y[B, 1, Hq * D]
 //       softmax(scale * q . k[t]) . v over the last `window` keys (0: all of them), query head h
 //       reading key/value head h / (Hq / Hk) (grouped-query attention); fp32 accumulation and an
@@ -24,6 +28,7 @@
 #include <vector>
 
 #include "bf16.h"
+#include "norms.h"
 
 namespace tda_attn {
 
@@ -57,8 +62,21 @@ inline void check_rope_arg(const at::Tensor& t, const char* what) {
                     what, " must be a contiguous CPU [B, 1, heads, head_dim] tensor");
 }
 
+inline void check_qk_norm(const c10::optional<at::Tensor>& w, int64_t D, const char* what) {
+  if (!w.has_value() || !w->defined()) return;
+  TORCH_CHECK_VALUE(w->dim() == 1 && w->size(0) == D && w->is_contiguous() && w->device().is_cpu() &&
+                        w->scalar_type() == at::kFloat,
+                    "tda_kernels: rope_qk: ", what, " must be a contiguous fp32 CPU [head_dim] scale");
+}
+
+inline const float* opt_ptr(const c10::optional<at::Tensor>& w) {
+  return w.has_value() && w->defined() ? w->const_data_ptr<float>() : nullptr;
+}
+
 inline std::tuple<at::Tensor, at::Tensor> rope_qk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
-                                                  const at::Tensor& sin) {
+                                                  const at::Tensor& sin, const c10::optional<at::Tensor>& wq,
+                                                  double eps_q, const c10::optional<at::Tensor>& wk, double eps_k,
+                                                  bool round_normed) {
   check_rope_arg(q, "q");
   check_rope_arg(k, "k");
   const int64_t B = q.size(0), Hq = q.size(2), Hk = k.size(2), D = q.size(3);
@@ -70,21 +88,30 @@ inline std::tuple<at::Tensor, at::Tensor> rope_qk(const at::Tensor& q, const at:
   TORCH_CHECK_TYPE(k.scalar_type() == dt && cos.scalar_type() == dt && sin.scalar_type() == dt &&
                        (dt == at::kFloat || dt == at::kBFloat16),
                    "tda_kernels: rope_qk takes fp32 or bf16 q, k, cos, sin of one dtype");
+  check_qk_norm(wq, D, "wq");
+  check_qk_norm(wk, D, "wk");
   at::Tensor qo = at::empty({B, Hq, 1, D}, q.options()), ko = at::empty({B, Hk, 1, D}, k.options());
+  std::vector<float> nf(static_cast<size_t>(D));
+  std::vector<uint16_t> nb(static_cast<size_t>(D));
   for (int64_t b = 0; b < B; ++b) {
     for (int which = 0; which < 2; ++which) {
       const at::Tensor& src = which ? k : q;
       at::Tensor& dst = which ? ko : qo;
       const int64_t H = which ? Hk : Hq;
+      const float* w = opt_ptr(which ? wk : wq);
+      const double eps = which ? eps_k : eps_q;
       for (int64_t hh = 0; hh < H; ++hh) {
         const int64_t off = (b * H + hh) * D;
         if (dt == at::kFloat) {
-          rope_f32(src.const_data_ptr<float>() + off, cos.const_data_ptr<float>() + b * D,
-                   sin.const_data_ptr<float>() + b * D, D, dst.mutable_data_ptr<float>() + off);
+          const float* x = src.const_data_ptr<float>() + off;
+          if (w) tda_norms::norm_row(x, w, D, eps, round_normed, nf.data()), x = nf.data();
+          rope_f32(x, cos.const_data_ptr<float>() + b * D, sin.const_data_ptr<float>() + b * D, D,
+                   dst.mutable_data_ptr<float>() + off);
         } else {
           auto p = [](const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.const_data_ptr()); };
-          rope_bf16(p(src) + off, p(cos) + b * D, p(sin) + b * D, D,
-                    reinterpret_cast<uint16_t*>(dst.mutable_data_ptr()) + off);
+          const uint16_t* x = p(src) + off;
+          if (w) tda_norms::norm_row(x, w, D, eps, round_normed, nb.data()), x = nb.data();
+          rope_bf16(x, p(cos) + b * D, p(sin) + b * D, D, reinterpret_cast<uint16_t*>(dst.mutable_data_ptr()) + off);
         }
       }
     }
@@ -179,7 +206,8 @@ inline at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, con
 }  // namespace tda_attn
 
 TORCH_LIBRARY_FRAGMENT(tda_kernels, m) {
-  m.def("rope_qk(Tensor q, Tensor k, Tensor cos, Tensor sin) -> (Tensor, Tensor)");
+  m.def("rope_qk(Tensor q, Tensor k, Tensor cos, Tensor sin, Tensor? wq=None, float eps_q=0., Tensor? wk=None, "
+        "float eps_k=0., bool round_normed=False) -> (Tensor, Tensor)");
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, float scale, int window) -> Tensor");
 }
 
