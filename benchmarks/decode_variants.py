@@ -7,7 +7,15 @@ Variants:
                  base-model forward and decoder layers around it (the engine before the lean stack);
 - ``stack-modules``  the lean decoder stack (tda.engine.decoder) calling every linear/norm/MLP as a module;
 - ``stack``      the lean decoder stack with direct override-table calls and inline gated MLPs — the
-                 engine's default.
+                 engine's default;
+- ``hf-loop``    the default step inside Hugging Face's ``generate`` loop instead of the lean greedy
+                 loop (tda.engine.decode_loop);
+- ``torch-argmax``  the lean loop with ``torch.argmax`` instead of the C++ argmax;
+- ``no-rotary-blocks``  the rotary module called at every step instead of read from a 64-position block;
+- ``separate-qk-norms``  q/k norms called on their own instead of inside ``rope_qk`` (Gemma 3, Qwen 3).
+
+The first four are printed against ``attention``; every variant also against ``stack`` (the time of
+a step divided by the default's: above 1 = slower without that change).
 
 Each variant's greedy tokens are checked against ``stock`` (fp32: must be identical).
 
@@ -26,14 +34,29 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's tda
 
-VARIANTS = ("stock", "attention", "stack-modules", "stack")
+VARIANTS = ("stock", "attention", "stack-modules", "stack", "hf-loop", "torch-argmax", "no-rotary-blocks",
+            "separate-qk-norms")
 
 
 def _variant(name: str):
+    import torch
+
+    from tda.engine import decoder
+
     if name == "attention":
         return mock.patch("tda.engine.session.decode_stack", lambda *a, **k: None)
     if name == "stack-modules":
         return mock.patch("tda.engine.decoder.DIRECT_CALLS", False)
+    if name == "hf-loop":
+        return mock.patch("tda.engine.decode_loop.applicable", lambda *a, **k: False)
+    if name == "torch-argmax":
+        return mock.patch("tda.engine.decode_loop.argmax_last", lambda s: torch.argmax(s, dim=-1))
+    if name == "no-rotary-blocks":
+        return mock.patch.object(decoder.RotaryBlocks, "get", lambda self, *a, **k: None)
+    if name == "separate-qk-norms":
+        return mock.patch("tda.engine.decoder.qk_norm_args", lambda *a: None)
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
     return contextlib.nullcontext()
 
 
@@ -66,8 +89,11 @@ def main(argv=None) -> None:
     for n in names:
         med = statistics.median(ms[n])
         same = tokens[n] == tokens.get("stock", tokens[n])
-        ratio = f"  {base / med:.3f}x vs attention" if base else ""
-        print(f"  {n:13s} {med:7.2f} ms/step{ratio}  tokens {'==' if same else '!='} stock")
+        ratio = f"  {base / med:.3f}x vs attention" if base and n in VARIANTS[:4] else ""
+        if "stack" in ms and n != "stack":  # paired per round: this variant's time / the default's
+            rel = statistics.median(a / b for a, b in zip(ms[n], ms["stack"]))
+            ratio += f"  {rel:.3f} x stack's time"
+        print(f"  {n:18s} {med:7.2f} ms/step{ratio}  tokens {'==' if same else '!='} stock")
 
 
 if __name__ == "__main__":
