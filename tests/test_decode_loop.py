@@ -70,15 +70,38 @@ def test_chunked_prefill_then_the_loop(tiny_llama, loops, monkeypatch):
     assert got.token_ids == ref.token_ids and loops[0] == 1
 
 
-def test_padding_sampling_and_a_non_neutral_config_go_to_generate(tiny_llama, loops, monkeypatch):
+def test_padding_and_a_non_neutral_config_go_to_generate(tiny_llama, loops, monkeypatch):
     lm = tiny_llama
     generate(lm, [PROMPTS[0], "a b"], max_new_tokens=4)
-    generate(lm, PROMPTS[0], max_new_tokens=4, do_sample=True, seed=1)
     assert loops[0] == 0
     monkeypatch.setattr(lm.model.generation_config, "repetition_penalty", 1.3)
     got = generate(lm, PROMPTS[0], max_new_tokens=12, min_new_tokens=12)
     assert loops[0] == 0
     assert got.token_ids == generate(lm, PROMPTS[0], max_new_tokens=12, min_new_tokens=12, stock=True).token_ids
+
+
+SAMPLING = [dict(temperature=0.7, top_k=20, top_p=0.9), dict(temperature=1.0, top_k=0, top_p=1.0),
+            dict(temperature=1.3, top_k=5, top_p=1.0), dict(temperature=1.0, top_k=0, top_p=0.5)]
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3", "tiny-gpt2"])
+@pytest.mark.parametrize("warp", SAMPLING)
+def test_sampling_equals_generate_with_the_same_seed(load_tiny, spec, warp, loops, monkeypatch):
+    lm = load_tiny(spec)
+    for extra in (dict(), dict(min_new_tokens=6, stop_token_ids=[lm.tokenizer.encode(" the")[-1]])):
+        kw = dict(max_new_tokens=10, do_sample=True, seed=11, **warp, **extra)
+        got = generate(lm, PROMPTS, **kw)
+        ref = _hf(monkeypatch, lambda kw=kw: generate(lm, PROMPTS, **kw))
+        assert got.token_ids == ref.token_ids, (spec, kw)
+    assert loops[0] == 2
+
+
+def test_sampling_warpers_from_the_model_config_go_to_generate(tiny_llama, loops, monkeypatch):
+    monkeypatch.setattr(tiny_llama.model.generation_config, "min_p", 0.2)
+    generate(tiny_llama, PROMPTS[0], max_new_tokens=4, do_sample=True, seed=1)
+    assert loops[0] == 0
+    generate(tiny_llama, PROMPTS[0], max_new_tokens=4)  # greedy never reads min_p
+    assert loops[0] == 1
 
 
 def test_bad_arguments_fail_loud(tiny_llama):

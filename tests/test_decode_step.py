@@ -130,6 +130,9 @@ def test_gemma_greedy_tokens_equal_stock_hf(gemma, calls, stacks):
         got = generate(gemma, p, max_new_tokens=32, min_new_tokens=32)
         assert got.token_ids == ref.token_ids, p
     assert calls[0] > 0 and stacks[0] == 2 * 31
+    kw = dict(max_new_tokens=16, do_sample=True, seed=3, temperature=0.8, top_k=40, top_p=0.95)
+    assert generate(gemma, "Once upon a time", **kw).token_ids == \
+        generate(gemma, "Once upon a time", stock=True, **kw).token_ids
 
 
 def test_hooks_fire_inside_the_lean_stack_and_on_a_layer_keep_hf_forward(tiny_llama, calls, stacks):

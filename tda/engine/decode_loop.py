@@ -4,7 +4,8 @@ Between two forwards of a decode step, ``generate`` spends ~0.7 ms on CPU (measu
 270M, fp32 and bf16 alike: 3-5% of a bf16 step) preparing inputs (``prepare_inputs_for_generation``,
 clones, ``_update_model_kwargs_for_generation``), concatenating ``input_ids``, and running its
 stopping criteria and stop checks. :func:`greedy` is the same loop written directly for the case
-the engine decodes most — greedy, an unpadded batch, a KV cache it owns:
+the engine decodes most — an unpadded batch, a KV cache it owns, greedy (or sampling with
+temperature, top-k and top-p: Hugging Face's own warpers in its order, then ``multinomial``):
 
 - the forward gets what ``generate`` passes: the tokens the cache has not seen (the whole
   uncached prompt first, then one token), the all-ones attention mask over every position so far,
@@ -17,10 +18,11 @@ the engine decodes most — greedy, an unpadded batch, a KV cache it owns:
   has finished or ``max_new_tokens`` are generated (Hugging Face's ``EosTokenCriteria`` and
   ``MaxLengthCriteria``).
 
-:func:`applicable` says when it is the same as ``generate``: no sampling, no padding, a decoder-only
-model whose own ``generation_config`` adds no logits processor or stopping rule of its own
-(anything beyond token ids and output flags sends the call to ``generate``). Tokens are identical
-to ``generate``'s (tests/test_decode_loop.py, every tiny family and Gemma 3 270M).
+:func:`applicable` says when it is the same as ``generate``: no padding, a decoder-only model whose
+own ``generation_config`` adds no logits processor, warper or stopping rule of its own (anything
+beyond token ids and output flags sends the call to ``generate``). Tokens are identical to
+``generate``'s, sampled ones with the same seed too (tests/test_decode_loop.py, every tiny family
+and Gemma 3 270M).
 """
 
 from __future__ import annotations
@@ -40,11 +42,14 @@ _NEUTRAL = {
 }
 _NEUTRAL_VALUES = {"num_beams": 1, "num_return_sequences": 1, "repetition_penalty": 1.0, "length_penalty": 1.0,
                    "no_repeat_ngram_size": 0, "min_length": 0, "renormalize_logits": False}
+# warpers ``generate`` would add from the model's config when sampling (ours: temperature, top-k, top-p)
+_SAMPLING_EXTRAS = {"min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h"}
 
 
-def _config_is_neutral(model) -> bool:
+def _config_is_neutral(model, *, do_sample: bool = False) -> bool:
     """The model's own ``generation_config`` (which ``generate`` merges under ours) asks for nothing
-    the lean loop does not do: only the keys of :data:`_NEUTRAL`, or defaults."""
+    the lean loop does not do: only the keys of :data:`_NEUTRAL`, or defaults (and, when sampling,
+    none of the warpers of :data:`_SAMPLING_EXTRAS`)."""
     gc = getattr(model, "generation_config", None)
     if gc is None:
         return True
@@ -53,7 +58,7 @@ def _config_is_neutral(model) -> bool:
     except Exception:  # noqa: BLE001 - an unreadable config: let generate handle it
         return False
     for k, v in diff.items():
-        if k in _NEUTRAL or v is None:
+        if v is None or (k in _NEUTRAL and not (do_sample and k in _SAMPLING_EXTRAS)):
             continue
         if k in _NEUTRAL_VALUES and v == _NEUTRAL_VALUES[k]:
             continue
@@ -69,18 +74,36 @@ def _takes_logits_to_keep(model) -> bool:
 
 
 def applicable(model, attention_mask: torch.Tensor, cache, *, do_sample: bool) -> bool:
-    """:func:`greedy` gives exactly what ``model.generate`` would: greedy, every position real
-    (no left padding), a cache given, decoder-only, a neutral ``generation_config``."""
+    """:func:`greedy` gives exactly what ``model.generate`` would: every position real (no left
+    padding), a cache given, decoder-only, a neutral ``generation_config``."""
     cfg = getattr(model, "config", None)
-    return (not do_sample and cache is not None and bool(attention_mask.all())
-            and not getattr(cfg, "is_encoder_decoder", False) and _config_is_neutral(model))
+    return (cache is not None and bool(attention_mask.all()) and not getattr(cfg, "is_encoder_decoder", False)
+            and _config_is_neutral(model, do_sample=do_sample))
+
+
+def warpers(temperature: float, top_k: int, top_p: float) -> list:
+    """Hugging Face's own sampling warpers, in ``generate``'s order and under its conditions:
+    temperature (≠ 1), top-k (≠ 0), top-p (< 1), each keeping at least one token."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    out = []
+    if temperature is not None and temperature != 1.0:
+        out.append(TemperatureLogitsWarper(temperature))
+    if top_k is not None and top_k != 0:
+        out.append(TopKLogitsWarper(top_k=top_k, min_tokens_to_keep=1))
+    if top_p is not None and top_p < 1.0:
+        out.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+    return out
 
 
 def greedy(model, input_ids: torch.Tensor, cache, cache_kw: str, *, max_new_tokens: int, processors=(),
-           stop_ids: list[int] | None = None, pad_id: int = 0) -> torch.Tensor:
+           stop_ids: list[int] | None = None, pad_id: int = 0, sample: tuple | None = None) -> torch.Tensor:
     """``ids[B, T + n]``: the prompt ``input_ids[B, T]`` and ``n <= max_new_tokens`` greedy tokens,
     decoded through ``cache`` (passed as ``cache_kw``; it may already hold a prefix of the prompt,
-    e.g. from a chunked prefill). See the module doc for the rules, which are ``generate``'s."""
+    e.g. from a chunked prefill). See the module doc for the rules, which are ``generate``'s.
+
+    ``sample=(temperature, top_k, top_p)`` samples instead, as ``generate`` does: the processors,
+    then :func:`warpers`, then ``multinomial`` over the softmax (the global RNG: seed it before)."""
     if input_ids.dim() != 2 or input_ids.shape[1] < 1:
         raise ValueError(f"input_ids must be [batch, tokens] with at least one token, got {tuple(input_ids.shape)}")
     if max_new_tokens < 1:
@@ -99,14 +122,18 @@ def greedy(model, input_ids: torch.Tensor, cache, cache_kw: str, *, max_new_toke
         kw["logits_to_keep"] = 1
     stops = torch.tensor(list(stop_ids or []), dtype=ids.dtype, device=dev)
     unfinished = torch.ones(B, dtype=ids.dtype, device=dev) if stops.numel() else None
+    chain = list(processors) + (warpers(*sample) if sample is not None else [])
     step_in, cur = input_ids[:, past:], T
     while True:
         out = model(input_ids=step_in, attention_mask=mask[:, :cur], **kw)
         scores = out.logits[:, -1].to(copy=True, dtype=torch.float32)
         del out
-        for p in processors:
+        for p in chain:
             scores = p(ids[:, :cur], scores)
-        nxt = argmax_last(scores)
+        if sample is not None:
+            nxt = torch.multinomial(torch.nn.functional.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        else:
+            nxt = argmax_last(scores)
         if unfinished is not None:
             nxt = nxt * unfinished + pad_id * (1 - unfinished)
         ids[:, cur] = nxt
