@@ -8,7 +8,7 @@ Variants:
 - ``stack-modules``  the lean decoder stack (tda.engine.decoder) calling every linear/norm/MLP as a module;
 - ``stack``      the lean decoder stack with direct override-table calls and inline gated MLPs — the
                  engine's default;
-- ``hf-loop``    the default step inside Hugging Face's ``generate`` loop instead of the lean greedy
+- ``hf-loop``    the default step inside Hugging Face's ``generate`` loop instead of the lean decode
                  loop (tda.engine.decode_loop);
 - ``torch-argmax``  the lean loop with ``torch.argmax`` instead of the C++ argmax;
 - ``no-rotary-blocks``  the rotary module called at every step instead of read from a 64-position block;

@@ -1,4 +1,4 @@
-"""The lean greedy loop (tda.engine.decode_loop) gives Hugging Face ``generate``'s tokens: stop
+"""The lean decode loop (tda.engine.decode_loop) gives Hugging Face ``generate``'s tokens: stop
 tokens (one row finishing before another), ``max_new_tokens``, ``min_new_tokens``, a chunked
 prefill; padded batches, sampling and a model whose own generation config asks for more go to
 ``generate``. And the C++ argmax it uses equals ``torch.argmax``."""
@@ -19,13 +19,13 @@ PROMPTS = ["the quick brown fox jumps over the lazy dog and", "the quick brown f
 def loops(monkeypatch):
     """How many generations ran the lean loop."""
     n = [0]
-    orig = decode_loop.greedy
+    orig = decode_loop.decode
 
     def spy(*a, **k):
         n[0] += 1
         return orig(*a, **k)
 
-    monkeypatch.setattr(decode_loop, "greedy", spy)
+    monkeypatch.setattr(decode_loop, "decode", spy)
     return n
 
 
@@ -107,9 +107,9 @@ def test_sampling_warpers_from_the_model_config_go_to_generate(tiny_llama, loops
 def test_bad_arguments_fail_loud(tiny_llama):
     cache = tiny_llama.new_cache()
     with pytest.raises(ValueError, match="max_new_tokens"):
-        decode_loop.greedy(tiny_llama.model, torch.tensor([[1, 2]]), cache, "cache", max_new_tokens=0)
+        decode_loop.decode(tiny_llama.model, torch.tensor([[1, 2]]), cache, "cache", max_new_tokens=0)
     with pytest.raises(ValueError, match="input_ids"):
-        decode_loop.greedy(tiny_llama.model, torch.tensor([1, 2]), cache, "cache", max_new_tokens=2)
+        decode_loop.decode(tiny_llama.model, torch.tensor([1, 2]), cache, "cache", max_new_tokens=2)
 
 
 @pytest.mark.parametrize("B,V", [(1, 262144), (3, 1000), (2, 17), (1, 1)])

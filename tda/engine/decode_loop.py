@@ -1,9 +1,9 @@
-"""A lean greedy decode loop: Hugging Face's ``_sample`` for greedy decoding, minus its per-step plumbing.
+"""A lean decode loop: Hugging Face's ``_sample`` (greedy or sampling), minus its per-step plumbing.
 
 Between two forwards of a decode step, ``generate`` spends ~0.7 ms on CPU (measured on Gemma 3
 270M, fp32 and bf16 alike: 3-5% of a bf16 step) preparing inputs (``prepare_inputs_for_generation``,
 clones, ``_update_model_kwargs_for_generation``), concatenating ``input_ids``, and running its
-stopping criteria and stop checks. :func:`greedy` is the same loop written directly for the case
+stopping criteria and stop checks. :func:`decode` is the same loop written directly for the case
 the engine decodes most — an unpadded batch, a KV cache it owns, greedy (or sampling with
 temperature, top-k and top-p: Hugging Face's own warpers in its order, then ``multinomial``):
 
@@ -33,7 +33,8 @@ import torch
 
 from tda.engine.kernels import argmax_last
 
-# generation_config entries that change nothing in a greedy, unpadded generate call of ours
+# generation_config entries that change nothing in an unpadded generate call of ours (greedy; sampling: minus
+# _SAMPLING_EXTRAS)
 _NEUTRAL = {
     "bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "use_cache", "transformers_version",
     "output_attentions", "output_hidden_states", "output_scores", "output_logits", "return_dict_in_generate",
@@ -74,7 +75,7 @@ def _takes_logits_to_keep(model) -> bool:
 
 
 def applicable(model, attention_mask: torch.Tensor, cache, *, do_sample: bool) -> bool:
-    """:func:`greedy` gives exactly what ``model.generate`` would: every position real (no left
+    """:func:`decode` gives exactly what ``model.generate`` would: every position real (no left
     padding), a cache given, decoder-only, a neutral ``generation_config``."""
     cfg = getattr(model, "config", None)
     return (cache is not None and bool(attention_mask.all()) and not getattr(cfg, "is_encoder_decoder", False)
@@ -96,9 +97,9 @@ def warpers(temperature: float, top_k: int, top_p: float) -> list:
     return out
 
 
-def greedy(model, input_ids: torch.Tensor, cache, cache_kw: str, *, max_new_tokens: int, processors=(),
+def decode(model, input_ids: torch.Tensor, cache, cache_kw: str, *, max_new_tokens: int, processors=(),
            stop_ids: list[int] | None = None, pad_id: int = 0, sample: tuple | None = None) -> torch.Tensor:
-    """``ids[B, T + n]``: the prompt ``input_ids[B, T]`` and ``n <= max_new_tokens`` greedy tokens,
+    """``ids[B, T + n]``: the prompt ``input_ids[B, T]`` and ``n <= max_new_tokens`` new tokens (greedy),
     decoded through ``cache`` (passed as ``cache_kw``; it may already hold a prefix of the prompt,
     e.g. from a chunked prefill). See the module doc for the rules, which are ``generate``'s.
 

@@ -9,8 +9,9 @@ also timestamps prefill and decode.
 
 Generation of an unpadded batch (greedy, or sampling with temperature/top-k/top-p) runs the same
 loop without Hugging Face's per-step plumbing (:mod:`tda.engine.decode_loop`: the same tokens,
-~0.4 ms less per step); padded batches keep ``generate``. Around the loop the engine keeps the step lean: a KV cache written in place
-(:mod:`tda.engine.kvcache`), one fused attention call per layer at decode steps on the fast path
+~0.4 ms less per step); padded batches keep ``generate``. Around the loop the engine keeps the
+step lean: a KV cache written in place (:mod:`tda.engine.kvcache`), one fused attention call per
+layer at decode steps on the fast path
 (:mod:`tda.engine.attention`), long prompts prefilled in chunks within the memory budget
 (:func:`chunked_prefill`, capture's chunking), and a thread policy (:mod:`tda.engine.threads`).
 
@@ -255,7 +256,7 @@ def generate(lm, prompts: str | list[str], method: str | SparsityConfig = "dense
             if do_sample and hf_min_new and stops:  # generate's MinNewTokensLengthLogitsProcessor, the same rule
                 lean.append(_MinNewTokens(int(input_ids.shape[1]), int(hf_min_new), stops))
             sample = (gen_cfg.temperature, gen_cfg.top_k, gen_cfg.top_p) if do_sample else None
-            out = decode_loop.greedy(lm.model, input_ids, cache, cache_kwarg(lm.model), max_new_tokens=max_new_tokens,
+            out = decode_loop.decode(lm.model, input_ids, cache, cache_kwarg(lm.model), max_new_tokens=max_new_tokens,
                                      processors=lean, stop_ids=stops, pad_id=_pad_id(lm), sample=sample)
         else:
             out = lm.model.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg,
