@@ -95,7 +95,8 @@ def _plan(model):
                               layer.pre_feedforward_layernorm if sandwich else None,
                               layer.post_feedforward_layernorm if sandwich else None, m, gated))
             inner = [m for layer in layers for m in layer.modules() if m is not layer]
-            plan = (steps, types, _hook_dicts(layers), _hook_dicts(inner), RotaryBlocks(model.rotary_emb))
+            rotary = RotaryBlocks(model.rotary_emb, sorted(set(types)) if types else (None,))
+            plan = (steps, types, _hook_dicts(layers), _hook_dicts(inner), rotary)
     _PLAN[model] = plan
     return plan
 
@@ -112,8 +113,9 @@ class RotaryBlocks:
     mismatch — or a rotary whose frequencies move with the sequence length (dynamic, longrope) —
     turns the blocks off for the model."""
 
-    def __init__(self, rotary):
+    def __init__(self, rotary, layer_types=(None,)):
         self.rotary = rotary
+        self.layer_types = tuple(layer_types)  # the rotary's tables: one per layer type (None: one table)
         kinds = getattr(rotary, "rope_type", "default")
         kinds = list(kinds.values()) if isinstance(kinds, dict) else [kinds]
         self.ok = all(isinstance(k, str) and "dynamic" not in k and "longrope" not in k for k in kinds)
@@ -121,6 +123,20 @@ class RotaryBlocks:
 
     def _call(self, h, ids, layer_type):
         return self.rotary(h, ids) if layer_type is None else self.rotary(h, ids, layer_type)
+
+    def tables(self, h: torch.Tensor, position_ids: torch.Tensor) -> dict:
+        """``{layer type: (cos, sin)}`` from the rotary module itself (one call per table)."""
+        return {t: self._call(h, position_ids, t) for t in self.layer_types}
+
+    def at(self, h: torch.Tensor, pos: int) -> dict | None:
+        """``{layer type: (cos, sin)}`` at ``pos`` read from the blocks, or None (blocks off)."""
+        out = {}
+        for t in self.layer_types:
+            cs = self.get(h, pos, t)
+            if cs is None:
+                return None
+            out[t] = cs
+        return out
 
     def get(self, h: torch.Tensor, pos: int, layer_type=None):
         """``(cos, sin)`` at position ``pos`` for ``h[1, 1, d]``, or None (blocks off)."""
@@ -205,13 +221,11 @@ def decode_stack(model, input_ids=None, attention_mask=None, position_ids=None, 
     if position_ids is None:
         pos = cache.get_seq_length()
         if rotary.ok and input_ids.shape[0] == 1:  # batch 1: cos/sin from the next positions' block
-            pe = {t: rotary.get(h, pos, t) for t in (set(types) if types else (None,))}
-            pe = None if any(v is None for v in pe.values()) else pe
+            pe = rotary.at(h, pos)
         if pe is None:
             position_ids = torch.full_like(input_ids, pos)
     if pe is None:
-        pe = {t: model.rotary_emb(h, position_ids, t) for t in set(types)} if types else \
-            {None: model.rotary_emb(h, position_ids)}
+        pe = rotary.tables(h, position_ids)
     per_layer = [pe[t] for t in types] if types else [pe[None]] * len(steps)
     residual = _residual(table, call)
     x = call(steps[0][2], h)  # the first layer's input norm; each later one comes fused with a residual add

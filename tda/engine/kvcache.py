@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import torch
 
+from tda.engine.kernel_build import _ops
+
 
 def _write(kbuf: torch.Tensor, vbuf: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: int) -> None:
     """``kbuf[:, :, pos] = k[:, :, 0]`` and the same for values: one C++ call on CPU
     (``kv_write``), else two slice copies."""
-    from tda.engine.kernel_build import _ops
-
     ops = _ops() if kbuf.device.type == "cpu" else None
     if ops is not None and hasattr(ops, "kv_write"):
         ops.kv_write(kbuf, vbuf, k, v, pos)
@@ -49,8 +49,7 @@ def preallocated_layer_class():
         def __init__(self, capacity: int):
             super().__init__()
             self.capacity = int(capacity)
-            self._kbuf = self._vbuf = self._kview = None
-            self._n = 0  # positions filled; valid while ``keys is _kview`` (nothing replaced the view)
+            self._kbuf = self._vbuf = self._kview = None  # _kview: the prefix view this layer last set as keys
 
         def _fits(self, k: torch.Tensor, need: int) -> bool:
             buf = self._kbuf
@@ -64,10 +63,10 @@ def preallocated_layer_class():
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
             kb = self._kbuf
             if (key_states.shape[-2] == 1 and kb is not None and self.keys is self._kview
-                    and self._n < kb.shape[-2] and key_states.dtype == kb.dtype):  # a decode step: one write
-                n = self._n
+                    and self._kview.shape[2] < kb.shape[2] and key_states.dtype == kb.dtype):  # a decode step
+                n = self._kview.shape[2]
                 _write(kb, self._vbuf, key_states, value_states, n)
-                self._n = n = n + 1
+                n += 1
                 self.keys = self._kview = kb.narrow(2, 0, n)
                 self.values = self._vbuf.narrow(2, 0, n)
                 return self.keys, self.values
@@ -87,7 +86,7 @@ def preallocated_layer_class():
             self._kbuf[:, :, have:need].copy_(key_states)
             self._vbuf[:, :, have:need].copy_(value_states)
             self.keys, self.values = self._kbuf[:, :, :need], self._vbuf[:, :, :need]
-            self._kview, self._n = self.keys, need
+            self._kview = self.keys
             return self.keys, self.values
 
     PreallocatedLayer = _PreallocatedLayer

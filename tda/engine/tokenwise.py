@@ -99,13 +99,11 @@ def threshold_linear(wt: torch.Tensor, bias, cut, dense: LinearFn, counter: Coun
     wdt, lim = wt.dtype, (max_rows * d_in if ops is not None else -1)
 
     def fn(x):
-        if x.numel() <= lim and x.dtype is wdt and x.is_contiguous() and not x.requires_grad:
-            if counter is not None:  # a decode step: x[..., d_in] as it is
-                counter.total += d_in
-            return ops.input_sparse_threshold(x, wt, b, t_scalar, t_vec, count)
-        x2 = x.reshape(-1, d_in)
         if counter is not None:
             counter.total += d_in
+        if x.numel() <= lim and x.dtype is wdt and x.is_contiguous() and not x.requires_grad:
+            return ops.input_sparse_threshold(x, wt, b, t_scalar, t_vec, count)  # a decode step: x as it is
+        x2 = x.reshape(-1, d_in)
         if (ops is not None and x2.shape[0] <= max_rows and x2.dtype == wt.dtype
                 and x2.is_contiguous() and not x2.requires_grad):
             y = ops.input_sparse_threshold(x2, wt, b, t_scalar, t_vec, count)
