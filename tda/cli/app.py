@@ -96,7 +96,9 @@ def load(spec: str, dtype: str = "fp32", device: str = "cpu"):
 
 
 ModelOpt = typer.Option("gemma-3-270m", "--model", "-m", help="model spec (see `tda models`)")
-DtypeOpt = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16")
+DtypeOpt = typer.Option("auto", "--dtype", help="fp32, bf16, fp16, or gguf: the GGUF's own quantized blocks "
+                        "(the embedded model's file, a .gguf path; gguf:Q8_0|Q4_0|Q4_K quantizes an fp32 "
+                        "model); auto = gguf for a .gguf file, else fp32")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda or auto")
 PromptFileOpt = typer.Option(
     None, "--prompt-file", metavar="PATH",

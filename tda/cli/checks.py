@@ -90,7 +90,7 @@ def check_model_args(model: str, dtype: str = "fp32", device: str = "cpu", *, la
 
     resolve(model)
     if dtype not in DTYPE_NAMES:
-        raise BadInput(f"unknown dtype '{dtype}'; use one of fp32, bf16, fp16")
+        raise BadInput(f"unknown dtype '{dtype}'; use one of auto, fp32, bf16, fp16, gguf, gguf:Q8_0, gguf:Q4_0, gguf:Q4_K")
     if not (device in DEVICE_NAMES or str(device).startswith("cuda:")):
         raise BadInput(f"unknown device '{device}'; use cpu, cuda or auto")
     shape = shape_of(model)

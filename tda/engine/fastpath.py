@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tda.engine import quant_kernels
 from tda.models import placement
 from tda.models.dispatch import (
     is_instrumented,
@@ -35,6 +36,7 @@ from tda.models.dispatch import (
     norm_modules,
     original_forward,
 )
+from tda.models.quant import QuantLinear
 
 LinearFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -183,7 +185,10 @@ def norm_fn(mod: nn.Module) -> LinearFn | None:
 def module_fn(mod: nn.Module, *, fast: bool = False) -> LinearFn:
     """The dense ``fn(x)`` of a linear module: :func:`linear_fn` of its weight — or, for a module
     whose weights are offloaded (device map), its own forward, whose hook loads them just in time
-    (no full copy of an offloaded model's weights is kept)."""
+    (no full copy of an offloaded model's weights is kept); a quantized linear's kernels
+    (:func:`tda.engine.quant_kernels.linear_fn`)."""
+    if isinstance(mod, QuantLinear):
+        return quant_kernels.linear_fn(mod)
     if placement.is_offloaded(mod):
         return original_forward(mod)
     return linear_fn(module_weight(mod), placement.layer_weight(mod, "bias"), fast=fast)
@@ -203,7 +208,7 @@ def dense_table(model: nn.Module, *, fast: bool) -> dict[nn.Module, LinearFn]:
     with _LOCK:
         table = _TABLES.get(model)
         if table is None:
-            table = {m: linear_fn(module_weight(m), getattr(m, "bias", None), fast=True) for m in linear_modules(model)}
+            table = {m: module_fn(m, fast=True) for m in linear_modules(model)}
             for m in norm_modules(model):
                 fn = norm_fn(m)
                 if fn is not None:
@@ -217,7 +222,7 @@ def refresh_module(module: nn.Module) -> None:
     with _LOCK:
         for table in list(_TABLES.values()):
             if module in table:
-                table[module] = linear_fn(module_weight(module), getattr(module, "bias", None), fast=True)
+                table[module] = module_fn(module, fast=True)
 
 
 def probe(lm) -> bool:

@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from tda.common.errors import BadInput
 from tda.engine import fastpath
 from tda.engine.attention import decode_attention
 from tda.engine.config import SparsityConfig, as_config
@@ -40,6 +41,10 @@ class SparseSession:
 
     def __init__(self, lm, method: str | SparsityConfig = "dense", **fields):
         self.cfg = as_config(method, **fields)
+        if getattr(lm, "weight_format", None) == "gguf" and (self.cfg.method != "dense"
+                                                             or self.cfg.lm_head_density is not None):
+            raise BadInput(f"method '{self.cfg.method}' does not run on the gguf format yet (dense does); "
+                           "use --dtype fp32 or bf16 for sparse methods")
         self.lm = lm
         self.method = self.cfg.method
         self.fast = fastpath.use_fast(lm, self.cfg.fast)

@@ -174,9 +174,13 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
     n_prompt: list[int] = []
     weights = weight_bytes(lm)
 
+    decode_threads: list[int] = []
+
     def timed(label: str) -> dict:
         v = by_label[label]
         res = run_one(v)
+        if isinstance(res.timings.get("threads"), int):
+            decode_threads.append(res.timings["threads"])
         ran[label].append(res.density)
         reads[label].append(read_fraction_of(v.method, res.density, res.params))
         n_prompt.append(res.timings["prompt_tokens"])
@@ -194,15 +198,17 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
     bw_rounds: list[float] = []
 
     def after_round(r: int):
-        if bandwidth_mb:  # the bandwidth moves with the machine's load: measure it per round
-            bw_rounds.append(measure_bandwidth(bandwidth_mb, repeats=3, device=lm.device)["gbps"])
+        if bandwidth_mb:  # the bandwidth moves with the machine's load: measure it per round, with the decode's threads
+            bw_rounds.append(measure_bandwidth(bandwidth_mb, repeats=3, device=lm.device,
+                                               threads=decode_threads[-1] if decode_threads else None)["gbps"])
         if progress:
             progress(f"round {r}/{max_rounds if target_ci and max_rounds else rounds} done")
 
     pr = paired_rounds(timed, ["dense", *[x for x in labels if x != "dense"]], rounds=rounds, max_rounds=max_rounds,
                        target_ci=target_ci, ceiling_of=ceiling_of, max_retries=max_retries, on_round=after_round)
     runs = pr["timings"]
-    bw_after = measure_bandwidth(bandwidth_mb, device=lm.device) if bandwidth_mb else None
+    bw_after = measure_bandwidth(bandwidth_mb, device=lm.device,
+                                 threads=decode_threads[-1] if decode_threads else None) if bandwidth_mb else None
     gbps = max([b["gbps"] for b in (bw_before, bw_after)] + bw_rounds) if bw_before else float("nan")
     table = {}
     for v in vs:
@@ -218,6 +224,10 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
         rf = read_of(m)
         cl = ceiling_from_read(lm, rf, n_prompt[0], new_tokens, weights=weights)
         roof = roofline_ms(cl["bytes_per_step"], gbps)
+        # per round: that round's bandwidth against that round's time; a round above 100% means the
+        # probe under-read the machine in that round: flagged and left out of the median
+        pct_rounds = [roofline_pct(roofline_ms(cl["bytes_per_step"], g), d) for g, d in zip(bw_rounds, dec)]
+        ok_rounds = [p for p in pct_rounds if p <= 100.0]
         row = {
             "method": v.method,
             "density_target": v.density,
@@ -236,9 +246,9 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
             "bytes_per_step": cl["bytes_per_step"],
             "roofline_ms": roof,
             "roofline_pct": roofline_pct(roof, _median(dec)),
-            # per round: that round's bandwidth against that round's time (median over rounds)
-            "roofline_pct_rounds": _median([roofline_pct(roofline_ms(cl["bytes_per_step"], g), d)
-                                            for g, d in zip(bw_rounds, dec)]) if bw_rounds else float("nan"),
+            "roofline_pct_rounds": _median(ok_rounds) if ok_rounds else float("nan"),
+            "roofline_pct_each_round": pct_rounds,
+            "roofline_rounds_above_100": sum(p > 100.0 for p in pct_rounds),
         }
         if v.method not in ("stock", "dense"):
             row["ceiling_speedup"] = cl["ceiling_speedup"]
@@ -298,12 +308,19 @@ def _pct(v) -> str:
     return "" if v is None or v != v else f"{v:.0f}%" if abs(v) >= 10 else f"{v:.2g}%"
 
 
+def _roof(v) -> str:
+    """A roofline share, flagged instead of reported when it exceeds 100% (the bandwidth probe
+    under-read the machine)."""
+    return f"flagged (>100%: {v:.0f})" if v is not None and v == v and v > 100.0 else _pct(v)
+
+
 def format_table(result: dict) -> str:
     """A markdown table of one :func:`run_bench` result (older results without the roofline columns too)."""
     dens = result.get("densities") or [result.get("density")]
     bw = (result.get("bandwidth") or {}).get("gbps")
     lines = [
-        f"model {result['model']['model_id']} ({result['model']['dtype']}, {result['model'].get('device', '')}), "
+        f"model {result['model']['model_id']} ({result['model'].get('format') or result['model']['dtype']}, "
+        f"{result['model'].get('device', '')}), "
         f"prompt {result['prompt_tokens']} tokens, {result['new_tokens']} new tokens, "
         f"densit{'y' if len(dens) == 1 else 'ies'} {', '.join(f'{d:g}' for d in dens if d is not None)}, "
         f"{result.get('rounds_run', result['rounds'])} rounds"
@@ -332,8 +349,10 @@ def format_table(result: dict) -> str:
             f"| {m} | {_x(r.get('density'), '{:.3f}')} | {r['prefill_ms']:.0f} | {r['decode_ms_per_token']:.1f} | "
             f"{r['decode_speedup_vs_dense']:.3f}x{spread}{extra} | {_x(None if mb is None else mb / 1e6, '{:.1f}')} | "
             f"{_x(r.get('ceiling_speedup'))} | {_x(None if frac is None else 100 * frac, '{:.0f}%')} | "
-            f"{_x(r.get('roofline_ms'), '{:.3g}')} | {_pct(r.get('roofline_pct'))} | "
-            f"{_pct(r.get('roofline_pct_rounds'))} |")
+            f"{_x(r.get('roofline_ms'), '{:.3g}')} | {_roof(r.get('roofline_pct'))} | "
+            f"{_pct(r.get('roofline_pct_rounds'))}"
+            + (f" ({r['roofline_rounds_above_100']} round(s) above 100% flagged)" if r.get("roofline_rounds_above_100") else "")
+            + " |")
     c = result["ceiling"]
     w = c["weight_bytes"]
     lines += ["", f"bytes per decode step: dense {c['dense_bytes_per_step'] / 1e6:.1f} MB "

@@ -17,6 +17,7 @@ in full.
 from __future__ import annotations
 
 from tda.engine.fastpath import linear_modules, module_weight
+from tda.models.quant import QuantLinear
 
 
 def _nbytes(t) -> int:
@@ -31,12 +32,15 @@ def weight_bytes(lm) -> dict[str, int]:
     out = {"ffn": 0, "lm_head": 0, "other": 0}
     seen: set[int] = set()
     for m in linear_modules(lm.model):
-        w = module_weight(m)
-        key = (w.data_ptr(), tuple(w.shape))
+        if isinstance(m, QuantLinear):  # the quantized format: its int8 values, scales and minimums
+            key, n = (m.q.data_ptr(), tuple(m.q.shape)), m.qweight.nbytes
+        else:
+            w = module_weight(m)
+            key, n = (w.data_ptr(), tuple(w.shape)), _nbytes(w)
         if key in seen:
             continue
         seen.add(key)
-        n = _nbytes(w) + (_nbytes(m.bias) if getattr(m, "bias", None) is not None else 0)
+        n += _nbytes(m.bias) if getattr(m, "bias", None) is not None else 0
         kind = "ffn" if id(m) in ffn_ids else "lm_head" if m is head else "other"
         out[kind] += n
     return out

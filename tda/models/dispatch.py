@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from types import MethodType
@@ -34,8 +35,11 @@ _DECODER: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("tda_
 _LOCK = threading.Lock()
 
 
+@functools.lru_cache(maxsize=1)
 def _linear_types() -> tuple[type, ...]:
-    types: list[type] = [nn.Linear]
+    from tda.models.quant import QuantLinear
+
+    types: list[type] = [nn.Linear, QuantLinear]
     try:
         from transformers.pytorch_utils import Conv1D
 
@@ -47,8 +51,10 @@ def _linear_types() -> tuple[type, ...]:
 
 def is_rms_norm(mod: nn.Module) -> bool:
     """An RMSNorm layer (``*RMSNorm`` class with a 1-D weight: Llama, Gemma, Qwen, Mistral ...)."""
+    if not type(mod).__name__.endswith("RMSNorm"):
+        return False
     w = getattr(mod, "weight", None)
-    return type(mod).__name__.endswith("RMSNorm") and isinstance(w, torch.Tensor) and w.dim() == 1
+    return isinstance(w, torch.Tensor) and w.dim() == 1
 
 
 def instrument(model: nn.Module) -> nn.Module:
@@ -121,7 +127,7 @@ def is_attention(mod: nn.Module) -> bool:
     """A self-attention module of the Llama/Gemma shape (``q_proj``/``k_proj``/``v_proj``/``o_proj``,
     ``head_dim``, ``layer_idx``), whose decode step :func:`attention_override` may replace."""
     return (type(mod).__name__.endswith("Attention") and all(
-        isinstance(getattr(mod, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        isinstance(getattr(mod, n, None), _linear_types()) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
         and hasattr(mod, "head_dim") and hasattr(mod, "layer_idx"))
 
 

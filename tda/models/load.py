@@ -4,6 +4,8 @@ Specs
 - ``gemma-3-270m`` — the embedded default (see :mod:`tda.models.embedded`);
 - a local Hugging Face folder (``./path``, ``/abs/path``, or any existing folder);
 - a hub name ``owner/name`` — needs a network; offline it fails with one clear line;
+- a GGUF file (``path/to/file.gguf``) — kept in its quantized blocks by default (``dtype="gguf"``,
+  :mod:`tda.models.gguf_load`), or de-quantised with ``dtype="fp32"``;
 - ``tiny-llama``, ``tiny-gemma3``, ``tiny-gpt2`` (and ``tiny-opt``, ``tiny-qwen3``,
   ``tiny-mistral``) — seeded random-weight models with the committed tiny tokenizer, for tests;
 - ``random:<preset>`` — real architectures' shapes with random weights, **for timing only**.
@@ -88,6 +90,7 @@ class LoadedModel:
     _bridge_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     device_map: Any = None  # how the model was placed (None: one device), see tda.models.placement
     max_memory: Any = None
+    weight_format: str | None = None  # "gguf" (quantized blocks, tda.models.quant) or None (dtype only)
 
     @property
     def device(self) -> torch.device:
@@ -108,6 +111,12 @@ class LoadedModel:
     def is_random(self) -> bool:
         return self.kind in ("tiny", "random")
 
+    @property
+    def format_name(self) -> str:
+        """The weight format: ``gguf`` (quantized blocks, fp32 activations) or the dtype's name."""
+        return self.weight_format or {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+            self.dtype, str(self.dtype).replace("torch.", ""))
+
     def new_cache(self):
         """An empty KV cache for this model (``DynamicCache(config=...)`` handles sliding windows)."""
         from transformers import DynamicCache
@@ -127,6 +136,7 @@ class LoadedModel:
             "spec": self.spec,
             "kind": self.kind,
             "dtype": str(self.dtype).replace("torch.", ""),
+            "format": self.format_name,
             "device": str(self.device),
             "n_ctx": self.n_ctx,
             **self.ffn.describe(),
@@ -167,6 +177,26 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if dtype not in DTYPES:
         raise BadInput(f"unknown dtype '{dtype}'; use one of fp32, bf16, fp16")
     return DTYPES[dtype]
+
+
+def split_format(dtype: str | torch.dtype, kind: str) -> tuple[str | None, str | None, torch.dtype]:
+    """``(format, quantize_to, torch dtype)`` of a dtype argument for a spec of ``kind``:
+    ``"auto"`` is ``gguf`` for a GGUF file and fp32 otherwise; ``"gguf"`` keeps a GGUF's blocks (the
+    embedded model, a .gguf file) or quantizes other models to Q4_K; ``"gguf:TYPE"`` quantizes to
+    TYPE (models from a GGUF keep their own blocks). Quantized formats run fp32 activations."""
+    if isinstance(dtype, torch.dtype):
+        return None, None, dtype
+    if dtype == "auto":
+        dtype = "gguf" if kind == "gguf" else "fp32"
+    if dtype == "gguf" or (isinstance(dtype, str) and dtype.startswith("gguf:")):
+        qtype = dtype.partition(":")[2] or "Q4_K"
+        from tda.models.quant import QUANTIZABLE
+
+        if qtype not in QUANTIZABLE:
+            raise BadInput(f"unknown quantized format '{dtype}'; use gguf, or gguf:TYPE with TYPE one of "
+                           f"{', '.join(QUANTIZABLE)}")
+        return "gguf", qtype, torch.float32
+    return None, None, resolve_dtype(dtype)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -308,12 +338,15 @@ def _quiet_loading() -> None:
     hf_logging.set_verbosity_error()
 
 
-def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "fp32", device: str = "cpu",
+def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "auto", device: str = "cpu",
                progress=None, *, device_map: str | dict | None = None,
                max_memory: str | dict | None = None) -> LoadedModel:
     """Load a model by spec (see the module docstring) as a :class:`LoadedModel`.
 
-    ``dtype``: fp32/bf16/fp16; ``device``: cpu, cuda or auto (cuda only when asked or found).
+    ``dtype``: fp32/bf16/fp16, ``gguf`` (quantized blocks with fp32 activations: a GGUF's own —
+    the embedded model's file or a .gguf path — or, for other models, their linears quantized to
+    Q4_K; ``gguf:Q8_0|Q4_0|Q4_K`` picks the type), or ``auto`` (gguf for a .gguf file, else fp32);
+    ``device``: cpu, cuda or auto (cuda only when asked or found).
     ``device_map`` (``"auto"``, ``"balanced"``, ``"sequential"`` or ``{module: device}``) and
     ``max_memory`` (``{0: "20GiB", "cpu": "60GiB"}`` or ``"0=20GiB,cpu=60GiB"``): accelerate's
     big-model placement over GPUs, CPU and disk (``device`` is then ignored); see
@@ -322,11 +355,18 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "fp32", dev
     """
     s = specs.resolve(spec)  # raises ModelLoadError for an unknown spec, a missing folder, offline hub
     spec = s.spec
-    dt, dev = resolve_dtype(dtype), resolve_device(device)
+    fmt, qtype, dt = split_format(dtype, s.kind)
+    dev = resolve_device(device)
     place = {"device_map": placement.check_device_map(device_map), "max_memory": placement.parse_max_memory(max_memory)}
     if place["device_map"] is None and place["max_memory"] is not None:
         raise BadInput("max memory needs a device map (e.g. --device-map auto)")
     _quiet_loading()
+    if fmt is not None:
+        if place["device_map"] is not None:
+            raise BadInput("the gguf format runs on one device: leave out --device-map")
+        return _load_quantized(s, qtype, dev, progress)
+    if s.kind == "gguf":
+        return _load_gguf_file(s, dt, dev, progress, keep_blocks=False)
     if s.kind == "control":  # e.g. gemma-3-270m+randinit0: the random-weights control of a model
         base = load_model(s.base, dtype=dt, device=str(dev), progress=progress, **place)
         return random_weights_like(base, s.seed)
@@ -354,6 +394,47 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "fp32", dev
             f"could not fetch '{spec}' from the Hugging Face hub (no network, or no such model: "
             f"{str(e).splitlines()[0][:120]}); the embedded default '{DEFAULT_MODEL}' works offline"
         ) from None
+
+
+def _load_gguf_file(s, dtype, device, progress, *, keep_blocks: bool) -> LoadedModel:
+    from tda.models.gguf_load import load_gguf, load_gguf_tokenizer
+
+    model, _ = load_gguf(s.path, keep_blocks=keep_blocks, progress=progress)
+    lm = wrap_model(
+        model, load_gguf_tokenizer(s.path), spec=s.spec, kind="local", model_id=s.path.name, tokenizer_dir=None,
+        hf_name=getattr(model.config, "_name_or_path", None) or s.path.name,
+        description=f"{s.path.name} ({model.config.model_type}, GGUF{'' if keep_blocks else ', de-quantised'})",
+        dtype=dtype, device=device,
+    )
+    lm.weight_format = "gguf" if keep_blocks else None
+    return lm
+
+
+def _load_quantized(s, qtype: str, device, progress) -> LoadedModel:
+    """A model in the ``gguf`` format: a GGUF's own blocks (the embedded model, a .gguf file) or a
+    full-precision model's linears quantized to ``qtype`` (:func:`tda.models.quant.quantize_model`)."""
+    from tda.models import embedded_gguf, quant
+
+    if s.kind == "embedded":
+        model, tokenizer, folder = embedded_gguf.load(progress)
+        lm = wrap_model(
+            model, tokenizer, spec=DEFAULT_MODEL, kind="embedded", model_id=DEFAULT_MODEL,
+            tokenizer_dir=str(folder), hf_name=embedded.HF_NAME,
+            description="Gemma 3 270M (embedded, the Q4_K_M GGUF's own blocks)", dtype=torch.float32, device=device,
+        )
+    elif s.kind == "gguf":
+        return _load_gguf_file(s, torch.float32, device, progress, keep_blocks=True)
+    else:
+        lm = load_model(s.spec, dtype="fp32", device=str(device), progress=progress)
+        if quant.quantize_model(lm.model, qtype) == 0:
+            raise BadInput(f"no linear of {s.spec} has rows of whole {qtype} blocks: it cannot run in this format")
+        dispatch.instrument(lm.model)
+        lm.ffn = FFNAdapter(lm.model)
+        lm.description += f" — linears quantized to {qtype}"
+    lm.weight_format = "gguf"
+    for m in quant.quant_modules(lm.model):
+        hugepages.advise([t for t in (m.q, m.scale) if t.device.type == "cpu"])
+    return lm
 
 
 def _load_embedded(dtype, device, progress, **place) -> LoadedModel:

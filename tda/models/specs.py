@@ -18,8 +18,12 @@ from tda.common.errors import ModelLoadError
 from tda.models import embedded
 
 DEFAULT_MODEL = embedded.EMBEDDED_NAME
-DTYPE_NAMES = ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
-DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
+# Weight formats beside the dtypes: "gguf" keeps a GGUF file's quantized blocks (the embedded
+# model's own file, or a .gguf path); "gguf:TYPE" quantizes a full-precision model's linears to TYPE.
+QUANT_FORMATS = ("gguf", "gguf:Q8_0", "gguf:Q4_0", "gguf:Q4_K")
+DTYPE_NAMES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16", *QUANT_FORMATS)
+DTYPE_BYTES = {"auto": 4, "fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2,
+               **{f: 1 for f in QUANT_FORMATS}}
 DEVICE_NAMES = ("cpu", "cuda", "auto")
 
 _COMMON = dict(vocab_size=512, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -58,11 +62,11 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 @dataclass(frozen=True)
 class Spec:
-    """A resolved spec: ``kind`` is embedded/tiny/random/local/hub/control."""
+    """A resolved spec: ``kind`` is embedded/tiny/random/local/gguf/hub/control."""
 
     spec: str
     kind: str
-    path: Path | None = None  # local folder
+    path: Path | None = None  # local folder, or a GGUF file
     base: str | None = None  # control: the base spec
     seed: int = 0  # control: the random-weights seed
 
@@ -93,8 +97,12 @@ def resolve(spec: str) -> Spec:
                 f"unknown random preset '{preset}'; known: {', '.join('random:' + p for p in RANDOM_PRESETS)}"
             )
         return Spec(spec, "random")
-    if looks_like_path(spec):
+    if looks_like_path(spec) or spec.lower().endswith(".gguf"):
         path = Path(spec).expanduser()
+        if path.suffix.lower() == ".gguf":
+            if not path.is_file():
+                raise ModelLoadError(f"GGUF file '{spec}' does not exist")
+            return Spec(spec, "gguf", path=path)
         if not path.is_dir():
             raise ModelLoadError(f"model folder '{spec}' does not exist")
         if not (path / "config.json").exists():

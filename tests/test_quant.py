@@ -1,0 +1,212 @@
+"""The quantized weight format (--dtype gguf): block repacks exact to gguf's de-quantiser, kernels
+equal to F.linear on the de-quantised weights, the format through the engine, and the embedded
+Gemma 3 270M on its own GGUF blocks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tda.engine import quant_kernels
+from tda.models import quant
+
+gguf = pytest.importorskip("gguf")
+
+
+def _random_blocks(qtype: str, n_blocks: int, seed: int = 0) -> np.ndarray:
+    """Valid random blocks: random bytes with sane fp16 super-scales (random bytes could be NaN)."""
+    rng = np.random.default_rng(seed)
+    per, size, _ = quant.BLOCKS[qtype]
+    b = rng.integers(0, 256, size=(n_blocks, size), dtype=np.uint8)
+
+    def f16():
+        return np.float16(rng.uniform(-0.05, 0.05, n_blocks)).astype(np.float16).view(np.uint8).reshape(n_blocks, 2)
+
+    if qtype in ("Q8_0", "Q5_0", "Q4_0"):
+        b[:, 0:2] = f16()
+    elif qtype == "Q4_K":
+        b[:, 0:2], b[:, 2:4] = f16(), f16()
+    elif qtype == "Q6_K":
+        b[:, 208:210] = f16()
+    return b
+
+
+def _weight(qtype: str, d_out: int, n_blocks_per_row: int, seed: int = 0):
+    per = quant.BLOCKS[qtype][0]
+    d_in = per * n_blocks_per_row
+    raw = _random_blocks(qtype, d_out * n_blocks_per_row, seed)
+    ref = gguf.dequantize(raw.reshape(d_out, -1), gguf.GGMLQuantizationType[qtype]).reshape(d_out, d_in)
+    return quant.unpack(raw, qtype, (d_out, d_in)), torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))
+
+
+@pytest.mark.parametrize("qtype", list(quant.BLOCKS))
+def test_repack_is_bit_exact_to_gguf_dequantize(qtype):
+    qw, ref = _weight(qtype, 37, 3)
+    got = qw.dequantize()
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    assert torch.equal(got.view(torch.int32), ref.view(torch.int32))  # every bit, Q4_K's rounding too
+    # rows gathered (the embedding) are the same values
+    idx = torch.tensor([36, 0, 5, 5])
+    assert torch.equal(qw.rows(idx), ref[idx])
+    assert qw.nbytes == qw.q.numel() + 4 * qw.scale.numel() * (2 if qw.min is not None else 1)
+
+
+@pytest.mark.parametrize("qtype", list(quant.BLOCKS))
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 9, 17])
+def test_kernel_equals_linear_on_dequantised_weights(qtype, rows):
+    qw, ref = _weight(qtype, 37, 3, seed=rows)
+    x = torch.randn(rows, qw.shape[1], generator=torch.Generator().manual_seed(rows))
+    bias = torch.randn(37)
+    want = F.linear(x.double(), ref.double(), bias.double())
+    for backend in ("auto", "torch"):
+        got = quant_kernels.linear(x, qw, bias, backend=backend)
+        assert got.dtype == torch.float32 and got.shape == (rows, 37)
+        tol = 2e-6 * float((x.double().abs() @ ref.double().abs().T).max())  # fp32 summation rounding
+        assert float((got.double() - want).abs().max()) <= tol, backend
+
+
+@pytest.mark.skipif(quant_kernels.quant_ops() is None, reason="C++ kernels unavailable")
+def test_kernel_takes_any_leading_shape_and_rejects_bad_arguments():
+    qw, ref = _weight("Q8_0", 19, 2)
+    ops = quant_kernels.quant_ops()
+    x = torch.randn(2, 1, 64)
+    y = ops.quant_linear(x, qw.q, qw.scale, None, None)
+    assert y.shape == (2, 1, 19)
+    assert torch.allclose(y, F.linear(x, ref), atol=1e-5)
+    with pytest.raises((RuntimeError, ValueError), match="features"):
+        ops.quant_linear(torch.randn(1, 63), qw.q, qw.scale, None, None)
+    with pytest.raises((RuntimeError, TypeError), match="fp32"):
+        ops.quant_linear(x.double(), qw.q, qw.scale, None, None)
+    with pytest.raises((RuntimeError, ValueError), match="out of range"):
+        ops.quant_dequant(qw.q, qw.scale, None, 0, 20)
+    assert torch.equal(ops.quant_dequant(qw.q, qw.scale, None, 3, 7), ref[3:7])
+
+
+@pytest.mark.parametrize("qtype", quant.QUANTIZABLE)
+def test_quantize_makes_valid_blocks_close_to_the_weight(qtype):
+    w = torch.randn(24, 512, generator=torch.Generator().manual_seed(1)) * 0.02
+    qw = quant.quantize(w, qtype)
+    assert qw.qtype == qtype and qw.shape == (24, 512)
+    q = qw.q.int()
+    lo, hi = {"Q8_0": (-127, 127), "Q4_0": (-8, 7), "Q4_K": (0, 15)}[qtype]
+    assert int(q.min()) >= lo and int(q.max()) <= hi
+    if qtype != "Q4_K":  # the scale is the block's fp16 d
+        assert torch.equal(qw.scale, qw.scale.half().float())
+    else:  # Q4_K: sub-block minimums are subtracted, never added
+        assert (qw.min >= 0).all() and (qw.scale >= 0).all()
+    err = (qw.dequantize() - w).abs().max() / w.abs().max()
+    assert float(err) < {"Q8_0": 0.01, "Q4_0": 0.1, "Q4_K": 0.1}[qtype]
+    with pytest.raises(ValueError, match="whole blocks"):
+        quant.quantize(torch.randn(4, 48), qtype)
+
+
+def test_unpack_rejects_wrong_sizes_and_unknown_types():
+    raw = _random_blocks("Q8_0", 6)
+    with pytest.raises(ValueError, match="blocks for"):
+        quant.unpack(raw, "Q8_0", (4, 64))
+    with pytest.raises(ValueError, match="no repack"):
+        quant.unpack(raw, "Q2_K", (6, 32))
+
+
+def test_quant_linear_module_forward_is_the_kernel():
+    qw, ref = _weight("Q6_K", 9, 1)
+    mod = quant.QuantLinear(qw, torch.randn(9))
+    x = torch.randn(3, 256)
+    want = F.linear(x, ref, mod.bias)
+    assert torch.allclose(mod(x), want, atol=1e-4, rtol=1e-5)  # the torch fallback
+    assert torch.allclose(quant_kernels.linear_fn(mod)(x), want, atol=1e-4, rtol=1e-5)
+    assert torch.equal(mod.weight, ref)
+
+
+def _dequantised_twin(lm_q, spec):
+    """The fp32 model whose linears hold exactly the quantized model's de-quantised weights."""
+    from tda.models.load import load_model
+
+    lm = load_model(spec, dtype="fp32")
+    qmods = dict(lm_q.model.named_modules())
+    with torch.no_grad():
+        for name, mod in lm.model.named_modules():
+            q = qmods.get(name)
+            if isinstance(q, quant.QuantLinear):
+                mod.weight.copy_(q.weight)
+    return lm
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3", "tiny-qwen3"])
+def test_quantized_tiny_model_generates_the_dequantised_models_tokens(spec):
+    from tda.engine.generate import generate
+    from tda.models.load import load_model
+
+    lm_q = load_model(spec, dtype="gguf:Q8_0")
+    assert lm_q.weight_format == "gguf" and lm_q.info()["format"] == "gguf"
+    assert quant.quant_modules(lm_q.model), "no linear was quantized"
+    lm_f = _dequantised_twin(lm_q, spec)
+    prompt = "the quick brown fox jumps over"
+    a = generate(lm_q, prompt, max_new_tokens=12)
+    b = generate(lm_f, prompt, max_new_tokens=12)
+    assert a.token_ids == b.token_ids
+    # logits agree to fp32 rounding
+    ids = torch.tensor([[3, 17, 42, 8, 99]])
+    with torch.inference_mode():
+        la, lb = lm_q.model(input_ids=ids).logits, lm_f.model(input_ids=ids).logits
+    assert torch.allclose(la, lb, atol=1e-4, rtol=1e-4)
+
+
+def test_sparse_methods_are_refused_on_the_gguf_format():
+    from tda.common.errors import BadInput
+    from tda.engine.generate import generate
+    from tda.models.load import load_model
+
+    lm_q = load_model("tiny-llama", dtype="gguf:Q4_0")
+    with pytest.raises(BadInput, match="gguf format"):
+        generate(lm_q, "hello", method="teal", density=0.5, max_new_tokens=2)
+
+
+def test_bad_format_names_fail_in_one_line():
+    from tda.common.errors import BadInput
+    from tda.models.load import load_model
+
+    with pytest.raises(BadInput, match="gguf:TYPE"):
+        load_model("tiny-llama", dtype="gguf:Q2_K")
+
+
+def test_cli_generate_in_the_quantized_format(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "g.json"
+    r = subprocess.run([sys.executable, "-m", "tda.cli.main", "generate", "--model", "tiny-llama", "--dtype",
+                        "gguf:Q8_0", "--prompt", "hello world", "-n", "4", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(out.read_text())["token_ids"]) == 4
+    r = subprocess.run([sys.executable, "-m", "tda.cli.main", "generate", "--model", "tiny-llama", "--dtype",
+                        "gguf:Q3", "--prompt", "x"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.slow
+def test_embedded_gemma_on_its_own_blocks_matches_the_fp32_model():
+    """The embedded model in the gguf format: no fp32 copy of a quantized weight, the file's blocks
+    (token_embd Q8_0 as lm_head and embedding, Q5_0/Q8_0/Q4_K/Q6_K in the layers), and the same
+    greedy tokens and logits (to fp32 rounding) as the de-quantised fp32 model."""
+    from tda.engine.generate import generate
+    from tda.models.load import load_model
+
+    lm_q = load_model("gemma-3-270m", dtype="gguf")
+    types = {m.qtype for m in quant.quant_modules(lm_q.model)}
+    assert types == {"Q8_0", "Q5_0", "Q4_K", "Q6_K"}
+    assert isinstance(lm_q.model.get_input_embeddings(), quant.QuantEmbedding)
+    assert not any(p.numel() > 1_000_000 for p in lm_q.model.parameters())  # only norms stay fp32
+    lm_f = load_model("gemma-3-270m", dtype="fp32")
+    ids = lm_f.tokenizer("The history of the city begins in the early middle ages", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        la, lb = lm_q.model(input_ids=ids).logits, lm_f.model(input_ids=ids).logits
+    assert float((la - lb).abs().max()) <= 1e-4 * float(lb.abs().max())
+    for prompt in ("Almost one million people visited the city", "def fibonacci(n):"):
+        a = generate(lm_q, prompt, max_new_tokens=16)
+        b = generate(lm_f, prompt, max_new_tokens=16)
+        assert a.token_ids == b.token_ids, prompt
