@@ -204,6 +204,33 @@ def _frontier_summary(rows: list[dict]) -> str:
     return _table(head, out)
 
 
+def _frontier_reading(rows: list[dict]) -> str:
+    dens = sorted({r.get("density_target") for r in rows if r["method"] != "dense"} - {None})
+    d = 0.5 if 0.5 in dens else dens[0]
+    dense = next((r for r in rows if r["method"] == "dense"), {})
+    at = [r for r in rows if r.get("density_target") == d and r.get("decode_speedup") is not None]
+    paired = all(r.get("ppl_delta_pct") is not None for r in at)
+
+    def dppl(r):  # the paired difference where the run has it, else the plain ratio of perplexities
+        return r["ppl_delta_pct"] if paired else 100 * (r["ppl"] / dense["ppl"] - 1)
+
+    by_q = sorted(at, key=dppl)
+    by_s = sorted(at, key=lambda r: -r["decode_speedup"])
+    over = [r for r in rows if r["method"] != "dense" and r.get("ceiling") and r.get("speedup_lo")
+            and r["speedup_lo"] > r["ceiling"]]
+    pareto = [r["method"] + ("" if r["method"] == "dense" else f"@{_g(r.get('density_target'))}")
+              for r in rows if r.get("pareto")]
+    return (f"**Reading** at density {_g(d)}: perplexity change against dense "
+            f"({'paired' if paired else 'unpaired: this run has no paired differences'}), least first — "
+            + ", ".join(f"{r['method']} {_pct_delta(dppl(r))}" for r in by_q)
+            + "; decode speedup, fastest first — "
+            + ", ".join(f"{r['method']} {r['decode_speedup']:.3f}×" for r in by_s)
+            + (f". Pareto set (all densities): {', '.join(pareto)}. " if pareto else ". ")
+            + (f"Whole speed interval above the bytes ceiling: "
+               f"{', '.join(r['method'] + '@' + _g(r.get('density_target')) for r in over)}."
+               if over else "No speed interval lies wholly above its bytes ceiling.") + "\n")
+
+
 def _frontier_plot(rows: list[dict], title: str) -> str:
     dense = next((r for r in rows if r["method"] == "dense"), None)
     series: dict[str, list] = {}
@@ -232,7 +259,7 @@ def frontier_page(root: Path) -> tuple[str, dict[str, str]]:
             f"## {title}\n\n```bash\n{_cmd(meta.get('command'))}\n```\n\n"
             f"Stored in `{RESULTS}/{folder}/` (`frontier.json`, `.csv`, `.md`, `.html`, `.png`); "
             f"{_g(meta.get('seconds'), 4)} s; streaming read {_g(meta.get('bandwidth_gbps'))} GB/s at best.\n\n"
-            f"![quality vs speed]({img})\n\n{_frontier_summary(rows)}\n"
+            f"![quality vs speed]({img})\n\n{_frontier_reading(rows)}\n{_frontier_summary(rows)}\n"
             f"### Full table and verdicts\n\n{full}")
     intro = ("Each run times and scores every method at every density in one process: speed as paired "
              "rounds beside dense (median, 95% t-interval on the log ratios), quality on held-out text "
@@ -449,9 +476,11 @@ def quality_page(root: Path) -> str:
     cols = [c for c in rows[0] if c != "method"]
     body = _table(["method"] + cols, [[r["method"]] + [_g(r.get(c), 4) for c in cols] for r in rows])
     meta = d.get("meta") or {}
-    cmd = _cmd(meta.get("command")) if meta.get("command") else (
-        "tda eval --model gemma-3-270m --methods dense,tt,griffin,tda --densities 0.25,0.5,0.75 --limit 6 "
-        "--max-new-tokens 24 --mc-limit 40 --out benchmarks/results/quality-gemma")
+    cmd = (f"tda eval --model {meta.get('model', {}).get('model_id', '?') if isinstance(meta.get('model'), dict) else meta.get('model')}"
+           f" --methods {','.join(meta.get('methods') or [])}"
+           f" --densities {','.join(_g(x) for x in meta.get('densities') or [])} --limit {meta.get('limit')}"
+           f" --max-new-tokens {meta.get('max_new_tokens')} --mc-limit {meta.get('mc_limit')}"
+           " --out benchmarks/results/quality-gemma")
     intro = ("Perplexity on held-out shipped text (mask from each text's first half, second half scored "
              "teacher-forced), teacher-forced top-1 agreement with dense, 1-shot summarisation in GRIFFIN's "
              "prompt format (ROUGE against the reference and against dense's output) and multiple-choice items "
@@ -459,6 +488,21 @@ def quality_page(root: Path) -> str:
              "Small samples: ROUGE moves by several points between methods by chance. An earlier, unpaired "
              "evaluation; the paired one is [the frontier](frontier.md).")
     return _page("Quality (the paper's Table 3 at this scale)", intro, f"```bash\n{cmd}\n```\n\n{body}")
+
+
+def _recall_reading(root: Path) -> str:
+    def at(name):
+        return {r["method"]: r for r in _load(root, name)["summary_at_density_0.5"] if r["truth"] == "tt"}
+
+    t, c = at("recall_gemma-3-270m.json"), at("recall_gemma-3-270m-random.json")
+    best = max(("tda_matched", "griffin"), key=lambda m: t[m]["recall"])
+    base = max(t["static"]["recall"], t["random"]["recall"])
+    return (f"**Reading** (against TT's decode active sets, density 0.5): the best prompt mask, `{best}`, "
+            f"recalls {t[best]['recall']:.3f} of the decode-active neurons, {t[best]['recall'] - base:+.3f} "
+            f"over the better of static and random ({base:.3f}); the decode tokens' own top-k (`oracle`) "
+            f"{t['oracle']['recall']:.3f}. The same model with random weights gives `{best}` "
+            f"{c[best]['recall']:.3f} (static/random {max(c['static']['recall'], c['random']['recall']):.3f})"
+            ": what a prompt mask predicts is measured against what the architecture alone gives.\n")
 
 
 def recall_page(root: Path) -> tuple[str, dict[str, str]]:
@@ -477,8 +521,9 @@ def recall_page(root: Path) -> tuple[str, dict[str, str]]:
                          "mask density", "truth density"], rows))
         for r in d["summary_at_density_0.5"]:
             if r["truth"] == "tt":
-                plot.append((f"{r['method']} ({'random' if 'random' in name else 'trained'})", r["recall"],
+                plot.append((f"{r['method']} ({'random weights' if 'random' in name else 'trained'})", r["recall"],
                              r["recall"] - r["recall_std_over_prompts"], r["recall"] + r["recall_std_over_prompts"]))
+    body.insert(0, _recall_reading(root))
     files["docs/results/img/recall.svg"] = svg_intervals(
         plot, xlabel="recall of TT's decode active sets (± sd over prompts)", ref=None,
         title="Prompt masks at density 0.5: trained vs random weights")
@@ -518,7 +563,7 @@ def headline(root: Path) -> str:
                                                          r.get("ppl_delta_pct_hi")),
             "yes" if r.get("pareto") else ""] for r in rows]
     m = d["meta"]["model"]
-    return (f"{README_START}\n{m['model_id']} ({m['dtype']}, CPU), density 0.5, every method paired with dense "
+    return (f"{README_START}\n{m['model_id']} ({m['dtype']}, {m.get('device', '?')}), density 0.5, every method paired with dense "
             f"in one run ([full frontier](docs/results/frontier.md)):\n\n"
             + _table(["method", "decode speedup [95%]", "bytes ceiling", "Δperplexity vs dense [paired 95%]",
                       "Pareto"], out) + README_END)
