@@ -379,7 +379,11 @@ def latency_page(root: Path) -> tuple[str, dict[str, str]]:
             trows, xlabel="teal@0.5 decode speedup vs dense [95%]", title="random:llama-1b fp32: teal runs")
         sections.append("![teal runs](img/latency-llama-1b-teal.svg)\n")
     sections.append("## Every run in full\n")
-    for name in sorted(p.name for p in (root / RESULTS).glob("latency-*.json")):
+    def order(n):  # a series together, its runs in order (the first run has no number)
+        m = re.search(r"-run(\d+)", n)
+        return re.sub(r"-run\d+", "", n), int(m.group(1)) if m else 1
+
+    for name in sorted((p.name for p in (root / RESULTS).glob("latency-*.json")), key=order):
         run = json.loads((root / RESULTS / name).read_text())
         sections.append(f"### {name.removesuffix('.json')}\n\n{_run_line(name, run)}\n\n{_run_table(run)}")
     cc = root / RESULTS / "compile-candidate.txt"
