@@ -277,22 +277,28 @@ def method_costs(root: Path) -> dict[str, str]:
     for method in sorted({r["method"] for r in rows} | {"static", "random"}):
         mine = [r for r in rows if r["method"] == method]
         text = []
+        verdicts = [v for v in d.get("verdicts") or [] if v.get("density") == 0.5 and method in (v["a"], v["b"])]
         if mine:
             text.append(f"On the embedded model (`{RESULTS}/{FRONTIERS[0][0]}`, fp32, paired with dense in "
                         "one run; see [the frontier](../results/frontier.md)):\n")
             text.append(_frontier_summary(mine))
+        if verdicts:
+            text.append("\nVerdicts at density 0.5 in that run (paired; \"not separated\": at this sample size):\n")
+            text += [f"- {v['a']} vs {v['b']}: {v['verdict']} — {v.get('text', '')}" for v in verdicts]
+            text.append("")
         lrows = []
         for name, run in lat.items():
             for key, r in (run.get("results") or {}).items():
                 if key.split("@")[0] == method and key != "dense":
+                    fg = r.get("fraction_of_ceiling_gain")
                     lrows.append([f"`{name}`", key, _g(r.get("density")), _f(r.get("decode_ms_per_token"), 1),
                                   _x(r.get("decode_speedup_vs_dense"), r.get("speedup_lo"), r.get("speedup_hi")),
-                                  _x(r.get("ceiling_speedup"))])
+                                  _x(r.get("ceiling_speedup")), "" if fg is None else f"{100 * fg:.0f}%"])
         if lrows:
             text.append("\nOn the `random:llama-1b` shape (random weights, timing only; "
                         "[latency](../results/latency.md)):\n")
             text.append(_table(["run", "variant", "density run", "decode ms/token", "speedup vs dense [95%]",
-                                "bytes ceiling"], lrows))
+                                "bytes ceiling", "share of the ceiling's gain"], lrows))
         if not text:
             text.append("Not in the stored runs; measure it with `tda frontier --methods dense,"
                         f"{method}` ([benchmarking](../guides/benchmarking.md)).\n")

@@ -49,3 +49,15 @@ def test_readme_tour_runs(tmp_path, monkeypatch):
     src = blocks[0].replace("load_model()", 'load_model("tiny-llama")')
     exec(compile(src, "README tour", "exec"), namespace)  # noqa: S102
     assert namespace["cap"].acts.ndim == 3 and isinstance(namespace["out"].text, str)
+
+
+def test_getting_started_snippets_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path / "cache"))
+    page = (ROOT / "docs" / "getting-started.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert len(blocks) >= 2
+    namespace: dict = {}
+    for i, block in enumerate(blocks):
+        src = block.replace("load_model()", 'load_model("tiny-llama")')
+        exec(compile(src, f"Getting started block {i + 1}", "exec"), namespace)  # noqa: S102
+    assert namespace["out"].text is not None and 0 < namespace["out"].density <= 1
