@@ -31,9 +31,12 @@ def test_report_notices_a_changed_run(tmp_path):
     import shutil
 
     report = _report()
-    for rel in ("benchmarks/results", "figures", "docs", "README.md"):
-        src = ROOT / rel
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / rel)
+    shutil.copytree(ROOT / "benchmarks/results", tmp_path / "benchmarks/results",
+                    ignore=shutil.ignore_patterns("*.html", "*.png"))  # what the report reads, no more
+    shutil.copytree(ROOT / "docs", tmp_path / "docs", ignore=shutil.ignore_patterns("screenshots"))
+    (tmp_path / "figures").mkdir()
+    for rel in ("figures/REPORT.md", "figures/study1_heatmaps_L9.png", "figures/study2_verdicts.png", "README.md"):
+        shutil.copy(ROOT / rel, tmp_path / rel)
     assert report.stale(tmp_path) == []
     p = tmp_path / "benchmarks/results/capture.json"
     d = json.loads(p.read_text())
