@@ -14,15 +14,26 @@ console = LazyConsole(width=None if sys.stdout.isatty() else 160)  # lines stay 
 
 @app.command()
 def models() -> None:
-    """List the model specs and whether the embedded model is cached."""
+    """List the model specs, whether the embedded model is cached, and the weight bytes a dense
+    decode step reads in each format (fp32, bf16, gguf: the GGUF's own blocks)."""
     from rich.table import Table
 
-    from tda.models.specs import list_specs
+    from tda.models.specs import list_specs, step_bytes
 
-    table = Table("spec", "kind", "note")
+    table = Table("spec", "kind", "formats: MB read per decode step", "note")
     for row in list_specs():
-        table.add_row(row["spec"], row["kind"], row["note"])
+        b = step_bytes(row["spec"]) if row["kind"] not in ("control", "local", "hub") else {}
+        fmt = " · ".join(f"{k} {_mb(v)}" for k, v in b.items() if k != "gguf_file")
+        if "gguf_file" in b:
+            fmt += f" (file blocks {_mb(b['gguf_file'])})"
+        elif row["kind"].startswith("embedded"):
+            fmt += " · gguf: after a first --dtype gguf load"
+        table.add_row(row["spec"], row["kind"], fmt, row["note"])
     console.print(table)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.0f}" if n >= 1e7 else f"{n / 1e6:.2f}"
 
 
 def _summary(cap, title: str) -> None:

@@ -18,8 +18,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from tda.common.errors import ModelLoadError
 from tda.common.paths import cache_dir
 
@@ -80,9 +78,11 @@ def index(path: str | Path) -> tuple[dict, Path]:
     return json.loads((final / "index.json").read_text()), final
 
 
-def tensor_bytes(path: str | Path, t: dict) -> np.ndarray:
+def tensor_bytes(path: str | Path, t: dict):
     """A tensor's bytes as a read-only memory map ``[rows, bytes per row]`` (rows = every dim but
     the innermost), as ``gguf.dequantize`` takes them."""
+    import numpy as np
+
     rows = int(np.prod(t["shape"][1:])) if len(t["shape"]) > 1 else 1
     mm = np.memmap(path, dtype=np.uint8, mode="r", offset=t["offset"], shape=(t["nbytes"],))
     return mm.reshape(rows, t["nbytes"] // rows)

@@ -48,6 +48,31 @@ def _row_order(proc, name: str, rows: int) -> np.ndarray | None:
     return None if np.array_equal(out, np.arange(rows)) else out.astype(np.int64)
 
 
+def _unpack_chunked(path: Path, t: dict, qtype: str, shape: tuple[int, int], chunk_bytes: int = 16 << 20):
+    """:func:`tda.models.quant.unpack` of a tensor, read ~16 MB of rows at a time into
+    preallocated tensors: the file's pages and the temporaries of one chunk at a time are all the
+    load holds beside the result (token_embd alone is 178 MB)."""
+    from tda.models import gguf_index
+
+    d_out, d_in = shape
+    row_bytes = t["nbytes"] // d_out
+    step = max(1, chunk_bytes // row_bytes)
+    if step >= d_out:
+        return quant.unpack(gguf_index.tensor_bytes(path, t), qtype, shape)
+    parts = None
+    for r0 in range(0, d_out, step):
+        r1 = min(d_out, r0 + step)
+        sub = dict(t, offset=t["offset"] + r0 * row_bytes, nbytes=(r1 - r0) * row_bytes, shape=[d_in, r1 - r0])
+        qw = quant.unpack(gguf_index.tensor_bytes(path, sub), qtype, (r1 - r0, d_in))
+        if parts is None:
+            parts = [torch.empty((d_out, *x.shape[1:]), dtype=x.dtype) if x is not None else None
+                     for x in (qw.q, qw.scale, qw.min)]
+        for dst, src in zip(parts, (qw.q, qw.scale, qw.min)):
+            if dst is not None:
+                dst[r0:r1] = src
+    return quant.QuantWeight(parts[0], parts[1], parts[2], qtype)
+
+
 def _name_map(model: nn.Module, arch: str, proc) -> dict[str, str] | None:
     """GGUF tensor name -> HF parameter name from one tensor-name map (transformers'
     ``get_gguf_hf_weights_map`` builds one per submodule, ~4 s for Gemma 3); None when a parameter
@@ -125,7 +150,7 @@ def load_gguf(path: str | Path, *, keep_blocks: bool = True, progress: Progress 
             except ValueError:
                 order = False
             if order is not False:
-                qw = quant.unpack(raw, qtype, shape)
+                qw = _unpack_chunked(path, t, qtype, shape)
                 quant_weights[hf] = qw if order is None else qw.permute_rows(torch.from_numpy(order))
                 continue
         if keep_blocks and linear_like and qtype not in ("F32", "F16", "BF16"):

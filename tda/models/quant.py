@@ -33,15 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-# name -> (values per block, bytes per block, group length G of the repack)
-BLOCKS = {
-    "Q8_0": (32, 34, 32),
-    "Q5_0": (32, 22, 32),
-    "Q4_0": (32, 18, 32),
-    "Q4_K": (256, 144, 32),
-    "Q6_K": (256, 210, 16),
-}
-QUANTIZABLE = ("Q8_0", "Q4_0", "Q4_K")  # what :func:`quantize` makes from fp32 weights
+from tda.models.quant_types import BLOCKS, QUANTIZABLE, file_bytes  # noqa: F401 (re-exported)
+
 TILE_BYTES = 8 << 20  # the torch fallback dequantises this much fp32 at a time
 
 
@@ -80,8 +73,7 @@ class QuantWeight:
     @property
     def file_bytes(self) -> int:
         """Bytes of the same weight in the GGUF block type it came from."""
-        per, size, _ = BLOCKS[self.qtype]
-        return self.q.numel() // per * size
+        return file_bytes(self.qtype, self.q.numel())
 
     def dequantize(self, r0: int = 0, r1: int | None = None) -> torch.Tensor:
         """The exact fp32 values of rows ``[r0, r1)``: ``W[r1 - r0, d_in]``."""

@@ -235,6 +235,8 @@ def shape_of(spec: str) -> ModelShape | None:
         cfg = dict(model_type="llama", **RANDOM_PRESETS[s.spec.split(":", 1)[1]], tie_word_embeddings=False)
     elif s.kind == "embedded" and embedded.cache_is_valid():
         cfg = _read_config(embedded.embedded_cache_path())
+    elif s.kind == "embedded" and _gguf_index(s) is not None:
+        cfg = _read_config(_gguf_index(s)[1])
     elif s.kind == "local":
         cfg = _read_config(s.path)
     if not cfg:
@@ -243,6 +245,62 @@ def shape_of(spec: str) -> ModelShape | None:
         return shape_from_config(cfg)
     except (TypeError, ValueError, KeyError, ZeroDivisionError):
         return None
+
+
+def _gguf_index(s: Spec) -> tuple[dict, Path] | None:
+    """The cached metadata index of the GGUF a spec names (the embedded model's file, a .gguf path),
+    or None when it has not been indexed yet (:mod:`tda.models.gguf_index`)."""
+    try:
+        from tda.models import gguf_index
+
+        if s.kind == "embedded":
+            from tda.models import embedded_gguf
+
+            path = embedded_gguf.gguf_file()
+        elif s.kind == "gguf":
+            path = s.path
+        else:
+            return None
+        folder = gguf_index.index_dir(path)
+        return json.loads((folder / "index.json").read_text()), folder
+    except (OSError, ValueError, ImportError):
+        return None
+
+
+def step_bytes(spec: str) -> dict[str, int]:
+    """Bytes of weights a dense decode step reads, per weight format, as far as is known without
+    loading: ``fp32`` and ``bf16`` from the config's shapes (every linear and the lm_head), and
+    ``gguf`` (the quantized format's repack) with ``gguf_file`` (the same tensors' bytes in the file)
+    once the GGUF has been indexed (a first ``--dtype gguf`` load)."""
+    try:
+        s = resolve(spec)
+    except ModelLoadError:
+        return {}
+    out: dict[str, int] = {}
+    shape = shape_of(spec)
+    if shape is not None:
+        params = shape.n_params - (0 if shape.tied else shape.vocab * shape.d_model)  # the input embedding is a gather
+        if not shape.gated:
+            params -= shape.n_ctx * shape.d_model
+        out.update(fp32=4 * params, bf16=2 * params)
+    idx = _gguf_index(s)
+    if idx is not None:
+        from tda.models.quant_types import BLOCKS, file_bytes, repack_bytes
+
+        info, tied = idx[0], "output.weight" not in {t["name"] for t in idx[0]["tensors"]}
+        rep = fil = 0
+        for t in info["tensors"]:
+            n = 1
+            for d in t["shape"]:
+                n *= int(d)
+            if len(t["shape"]) != 2 or (t["name"] == "token_embd.weight" and not tied):
+                continue  # norms, biases; an untied input embedding is a gather
+            if t["type"] in BLOCKS:
+                rep, fil = rep + repack_bytes(t["type"], n), fil + file_bytes(t["type"], n)
+            else:  # de-quantised at load
+                rep, fil = rep + 4 * n, fil + int(t["nbytes"])
+        out.update(gguf=rep, gguf_file=fil)
+    return out
 
 
 def shape_of_model(model) -> ModelShape:

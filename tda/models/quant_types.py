@@ -1,0 +1,28 @@
+"""The GGUF block types the quantized format repacks (torch-free: the CLI's checks and ``tda models``
+read it without importing torch; :mod:`tda.models.quant` holds the repacks themselves)."""
+
+from __future__ import annotations
+
+# name -> (values per block, bytes per block, group length G of the repack)
+BLOCKS = {
+    "Q8_0": (32, 34, 32),
+    "Q5_0": (32, 22, 32),
+    "Q4_0": (32, 18, 32),
+    "Q4_K": (256, 144, 32),
+    "Q6_K": (256, 210, 16),
+}
+QUANTIZABLE = ("Q8_0", "Q4_0", "Q4_K")  # what tda.models.quant.quantize makes from fp32 weights
+WITH_MINS = ("Q4_K",)  # types whose repack also stores per-group minimums
+
+
+def repack_bytes(qtype: str, n: int) -> int:
+    """Bytes of ``n`` values of ``qtype`` in the repack: one int8 each, an fp32 scale per group
+    (and an fp32 minimum per group for the types that have them)."""
+    group = BLOCKS[qtype][2]
+    return n + 4 * (n // group) * (2 if qtype in WITH_MINS else 1)
+
+
+def file_bytes(qtype: str, n: int) -> int:
+    """Bytes of ``n`` values of ``qtype`` in the GGUF file's blocks."""
+    per, size, _ = BLOCKS[qtype]
+    return n // per * size
