@@ -210,3 +210,38 @@ def test_embedded_gemma_on_its_own_blocks_matches_the_fp32_model():
         a = generate(lm_q, prompt, max_new_tokens=16)
         b = generate(lm_f, prompt, max_new_tokens=16)
         assert a.token_ids == b.token_ids, prompt
+
+
+def test_frontier_in_the_gguf_format_pairs_with_fp32_dense():
+    from tda.evaluate import format_cost
+    from tda.evaluate.frontier import run_frontier
+    from tda.models.load import load_model
+
+    lm_q = load_model("tiny-llama", dtype="gguf:Q4_0")
+    texts = ["the cat sat on the mat and looked at the dog " * 3, "one two three four five six seven eight " * 3]
+    res = run_frontier(lm_q, ["dense"], [0.5], rounds=1, prompt_tokens=8, new_tokens=4, heldout=texts, mc_limit=0,
+                       bandwidth_mb=None, boot_iters=50)
+    assert [r["method"] for r in res["rows"]] == ["dense"]
+    format_cost.pair_with_reference(res, load_model("tiny-llama", dtype="fp32"), texts, boot_iters=50)
+    row = res["rows"][0]
+    lo, d, hi = row["ppl_vs_fp32_delta_pct_lo"], row["ppl_vs_fp32_delta_pct"], row["ppl_vs_fp32_delta_pct_hi"]
+    assert lo <= d <= hi and abs(d) < 50  # Q4_0 of random weights: a cost, but the same model
+    assert res["meta"]["reference"]["label"] == format_cost.REFERENCE
+    assert "Δppl vs fp32 dense" in format_cost.to_markdown(res)
+    with pytest.raises(ValueError, match="other texts"):
+        format_cost.pair_with_reference(res, load_model("tiny-llama", dtype="fp32"), texts[:1], boot_iters=50)
+
+
+def test_bench_reports_the_formats_bytes_and_flags_rounds_above_the_roofline():
+    from tda.evaluate.bench import format_table, run_bench
+    from tda.evaluate.ceiling import weight_bytes
+    from tda.models.load import load_model
+
+    lm_q = load_model("tiny-llama", dtype="gguf:Q8_0")
+    wb = sum(weight_bytes(lm_q).values())
+    assert wb == sum(m.qweight.nbytes for m in quant.quant_modules(lm_q.model)) + sum(
+        m.weight.numel() * 4 for m in lm_q.model.modules() if type(m) is torch.nn.Linear)
+    res = run_bench(lm_q, methods=("dense",), prompt_tokens=8, new_tokens=4, rounds=2, bandwidth_mb=8)
+    row = res["results"]["dense"]
+    assert row["roofline_rounds_above_100"] == sum(p > 100 for p in row["roofline_pct_each_round"])
+    assert "gguf" in format_table(res)

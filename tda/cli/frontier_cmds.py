@@ -72,7 +72,8 @@ def frontier_cmd(
     from tda.evaluate.frontier_plots import figure_html, figure_png, frontier_figure, frontier_title
 
     # every argument is checked before a model is loaded or anything is written
-    ms, ds = check_frontier_args(_names(methods), _floats(densities, "densities"))
+    ms, ds = check_frontier_args(_names(methods), _floats(densities, "densities"), dense_only=dtype.startswith("gguf")
+                                 or model.lower().endswith(".gguf"))
     if rounds < 1 or new_tokens < 2 or prompt_tokens < 1:
         raise BadInput("need --rounds >= 1, --new-tokens >= 2 and --prompt-tokens >= 1")
     if limit is not None and limit < 1:
@@ -107,8 +108,14 @@ def frontier_cmd(
                               "limit": limit, "cloze_set": cset.name if cset else None, "cloze_limit": n_cloze,
                               "gen_prompts": gen_prompts, "gen_tokens": gen_tokens, "mc_limit": mc_limit,
                               "target_ci": target_ci, "max_rounds": max_rounds, "dtype": dtype, "device": device}
+    if lm.format_name != "fp32":  # the format's cost next to the sparsity's: pair every row with fp32 dense
+        from tda.evaluate import format_cost
+
+        format_cost.pair_with_reference(res, load(model, "fp32", device), texts, boot_iters=boot_iters, seed=seed)
     # everything is rendered in memory first, then written (each file atomically)
     md = to_markdown(res["rows"], res["meta"], res["verdicts"])
+    if res["meta"].get("reference"):
+        md = md.rstrip("\n") + "\n\n" + format_cost.to_markdown(res) + "\n"
     fig = frontier_figure(res["rows"], title=frontier_title(res["meta"]))
     files: dict[str, str | bytes] = {"frontier.csv": to_csv(res["rows"]), "frontier.json": to_json(res),
                                      "frontier.md": md, "frontier.html": figure_html(fig)}

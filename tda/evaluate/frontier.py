@@ -43,12 +43,16 @@ COLUMNS = ("method", "density_target", "density_run", "decode_ms_per_token", "de
            "read_other", "read_lm_head", "roofline_ms", "roofline_pct", "pareto", *QUALITY_KEYS, *delta_columns())
 
 
-def check_frontier_args(methods: list[str], densities: list[float]) -> tuple[list[str], list[float]]:
+def check_frontier_args(methods: list[str], densities: list[float], *,
+                        dense_only: bool = False) -> tuple[list[str], list[float]]:
     """``dense`` first (added when missing), then the other methods (any of the engine's); densities
-    each in (0, 1]. Raises :class:`BadInput` (the engine's message for an unknown method)."""
+    each in (0, 1]. Raises :class:`BadInput` (the engine's message for an unknown method).
+    ``dense_only``: dense alone is a run too (a weight format's cost against fp32 dense)."""
     from tda.evaluate.quality import variants
 
     ms = ["dense"] + [m for m in dict.fromkeys(methods) if m != "dense"]
+    if len(ms) == 1 and dense_only:
+        return ms, sorted({float(d) for d in densities})
     if len(ms) == 1:
         raise BadInput("give at least one sparse method besides dense")
     if "stock" in ms:
@@ -116,7 +120,7 @@ def run_frontier(lm, methods: list[str], densities: list[float], *, rounds: int 
     from tda.evaluate.bench import machine_info, run_bench
     from tda.evaluate.quality import run_eval
 
-    ms, ds = check_frontier_args(methods, densities)
+    ms, ds = check_frontier_args(methods, densities, dense_only=getattr(lm, "weight_format", None) == "gguf")
     if limit is not None and limit < 1:
         raise BadInput("the held-out text limit must be >= 1")
     texts = list(heldout) if heldout is not None else get_set(DEFAULT_TEXT_SET).load()
