@@ -428,6 +428,55 @@ def contention_page(root: Path) -> str:
     return _page("Contention: a busy neighbour", intro, "\n".join(body))
 
 
+def quantized_page(root: Path) -> str:
+    """The quantized format (``--dtype gguf``): llama.cpp side by side (``benchmarks/llamacpp.py``) and
+    the format's greedy tokens against fp32 (``benchmarks/gguf_tokens.py``)."""
+    body = []
+    for p in sorted((root / RESULTS).glob("llamacpp-*.json")):
+        d = json.loads(p.read_text())
+        rows = []
+        for label, r in d["results"].items():
+            if label == "llamacpp":
+                rows.append(["llama.cpp, the file as shipped", _f(r["decode_ms_per_token"], 1), _f(r["tokens_per_s"], 1),
+                             "1.000×", _f(d["file_bytes"] / 1e6, 0), "", ""])
+                continue
+            dv = r.get("divergence_from_llamacpp")
+            div = "none" if dv is None else (f"token {dv['index']}: ours {dv['ours_text']!r}, llama.cpp "
+                                             f"{dv['llamacpp_text']!r}; our logits {dv['gap']:.3f} apart")
+            roof = _f(r.get("roofline_pct_median"), 0) + ("%" if r.get("roofline_pct_median") is not None else "")
+            if r.get("roofline_rounds_above_100"):
+                roof += f" ({r['roofline_rounds_above_100']} round(s) above 100% flagged)"
+            rows.append([f"ours, {label}", _f(r["decode_ms_per_token"], 1), _f(r["tokens_per_s"], 1),
+                         _x(r["vs_llamacpp"], r["vs_llamacpp_lo"], r["vs_llamacpp_hi"]),
+                         _f(r["weight_bytes_per_step"] / 1e6, 0), roof, div])
+        eff = d.get("llamacpp_effective_gbps") or []
+        body.append(
+            f"## `{p.name}`\n\n{d['model']}: prompt {d['prompt_tokens']} tokens, {d['new_tokens']} new tokens greedy, "
+            f"{d['threads']} threads, {d['rounds']} paired rounds (llama-cpp-python {d['llama_cpp_python']}), "
+            f"{d['timestamp']}. Command: `python benchmarks/llamacpp.py --threads {d['threads']} --rounds {d['rounds']} "
+            f"--new-tokens {d['new_tokens']}`.\n\n" + _table(
+                ["runtime / format", "decode ms/token (median)", "tokens/s", "tokens/s vs llama.cpp [95%]",
+                 "MB of weights read per step", "% of roofline (per round, median)", "first token differing from llama.cpp"],
+                rows)
+            + (f"\nllama.cpp streamed its file at {min(eff):.1f}–{max(eff):.1f} GB/s over the rounds; the per-round "
+               f"bandwidth probe read {min(d['bandwidth_rounds_gbps']):.1f}–{max(d['bandwidth_rounds_gbps']):.1f} GB/s.\n"
+               if eff and d.get("bandwidth_rounds_gbps") else ""))
+    for p in sorted((root / RESULTS).glob("gguf-tokens-*.json")):
+        d = json.loads(p.read_text())
+        splits = [r for r in d["rows"] if not r["identical"]]
+        body.append(f"## `{p.name}`\n\nGreedy tokens of `--dtype gguf` against the de-quantised fp32 model "
+                    f"(`python benchmarks/gguf_tokens.py --prompts {d['prompts']} --new-tokens {d['new_tokens']}`): "
+                    f"**{d['identical']} of {d['prompts']}** prompts identical over {d['new_tokens']} tokens.\n")
+        if splits:
+            body.append(_table(["prompt", "split at token", "fp32 logit gap (relative)"],
+                               [[_esc(r["prompt"][:50]), str(r["split_at"]),
+                                 f"{r['fp32_logit_gap']:.3g} ({r['relative_gap']:.2g})"] for r in splits]))
+    intro = ("The engine's quantized format keeps the GGUF's own blocks (an exact int8 repack) and computes "
+             "with fp32 activations; llama.cpp runs the same file with 8-bit activations in its dot products. "
+             "See the [guide](../guides/quantized.md).")
+    return _page("Quantized decode and llama.cpp", intro, "\n".join(body) or "No stored run yet.")
+
+
 def capture_page(root: Path) -> str:
     d = _load(root, "capture.json")
     rows = [[r["tokens"], f"{1000 * r['forward_s']:.0f} ms", f"{1000 * r['capture_hooks_s']:.0f} ms "
@@ -604,6 +653,7 @@ def render(root: Path = ROOT) -> dict[str, str | bytes]:
     out.update(files)
     out["docs/results/contention.md"] = contention_page(root)
     out["docs/results/capture.md"] = capture_page(root)
+    out["docs/results/quantized.md"] = quantized_page(root)
     out["docs/results/breakdown.md"] = breakdown_page(root)
     out["docs/results/kernels.md"] = kernels_page(root)
     out["docs/results/quality.md"] = quality_page(root)
