@@ -245,3 +245,37 @@ def test_bench_reports_the_formats_bytes_and_flags_rounds_above_the_roofline():
     row = res["results"]["dense"]
     assert row["roofline_rounds_above_100"] == sum(p > 100 for p in row["roofline_pct_each_round"])
     assert "gguf" in format_table(res)
+
+
+@pytest.mark.parametrize("qtype", list(quant.BLOCKS))
+@pytest.mark.parametrize("rows_x", [1, 2, 5, 8, 12])
+def test_sparse_kernels_equal_the_masked_dense_product(qtype, rows_x):
+    """Output-sparse rows and input-sparse inputs over the quantized format: each equals its masked
+    dense product on the de-quantised weights (odd sizes, empty and full sets)."""
+    qw, ref = _weight(qtype, 41, 2, seed=rows_x)
+    d_in = qw.shape[1]
+    g = torch.Generator().manual_seed(7 + rows_x)
+    x = torch.randn(rows_x, d_in, generator=g)
+    bias = torch.randn(41, generator=g)
+    qwt = qw.input_major()
+    assert torch.equal(qwt.row_major().dequantize(), ref)
+    scale = float((x.abs() @ ref.abs().T).max())
+    for idx in (torch.tensor([40, 0, 17, 3]), torch.arange(41), torch.tensor([], dtype=torch.long)):
+        want = F.linear(x.double(), ref[idx].double(), bias[idx].double())
+        for backend in ("auto", "torch"):
+            got = quant_kernels.rows(x, qw, idx, bias, backend=backend)
+            assert got.shape == (rows_x, idx.numel())
+            assert got.numel() == 0 or float((got.double() - want).abs().max()) <= 2e-6 * scale
+    for idx in (torch.randperm(d_in, generator=g)[: d_in // 3], torch.arange(d_in), torch.tensor([], dtype=torch.long),
+                torch.tensor([d_in - 1])):
+        mask = torch.zeros(d_in, dtype=torch.float64)
+        mask[idx] = 1
+        want = F.linear(x.double() * mask, ref.double(), bias.double())
+        for backend in ("auto", "torch"):
+            got = quant_kernels.input_sparse(x, qwt, idx, bias, backend=backend)
+            assert got.shape == (rows_x, 41)
+            assert float((got.double() - want).abs().max()) <= 2e-6 * scale, (backend, idx.numel())
+    with pytest.raises(ValueError, match="repeated"):
+        quant_kernels.input_sparse(x, qwt, torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match="out of range"):
+        quant_kernels.rows(x, qw, torch.tensor([41]))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from tda.models.quant import QuantLinear, QuantWeight
+from tda.models.quant import QuantLinear, QuantWeight, QuantWeightT
 
 LinearFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -43,6 +43,59 @@ def linear(x: torch.Tensor, qw: QuantWeight, bias: torch.Tensor | None = None, *
         return y if y.dtype == x.dtype else y.to(x.dtype)
     y = torch.nn.functional.linear(x.to(torch.float32), qw.dequantize().to(x.device), bias)
     return y.to(x.dtype)
+
+
+def _cpp(backend: str, *tensors: torch.Tensor):
+    ops = quant_ops() if backend in ("auto", "cpp") else None
+    if backend == "cpp" and ops is None:
+        raise RuntimeError("the C++ quantized kernels are not available")
+    return ops if ops is not None and all(t.device.type == "cpu" for t in tensors) else None
+
+
+def _index(idx: torch.Tensor, n: int, what: str) -> torch.Tensor:
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 1 or idx.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{what} must be a 1-D int64 tensor of indices")
+    idx = idx.long().contiguous()
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        raise ValueError(f"{what}: an index is out of range [0, {n})")
+    return idx
+
+
+def rows(x: torch.Tensor, qw: QuantWeight, idx: torch.Tensor, bias: torch.Tensor | None = None, *,
+         backend: str = "auto") -> torch.Tensor:
+    """Output-sparse ``y[..., k] = x @ W[idx, :].T (+ bias[idx])``: only the kept rows are read."""
+    idx = _index(idx, qw.shape[0], "idx")
+    if x.shape[-1] != qw.shape[1]:
+        raise ValueError(f"x must have shape [..., {qw.shape[1]}], got {tuple(x.shape)}")
+    ops = _cpp(backend, x, qw.q)
+    x32 = x.to(torch.float32).contiguous()
+    if ops is not None:
+        return ops.quant_rows(x32, qw.q, qw.scale, qw.min, idx, bias).to(x.dtype)
+    sub = QuantWeight(qw.q[idx], qw.scale[idx], None if qw.min is None else qw.min[idx], qw.qtype)
+    return torch.nn.functional.linear(x32, sub.dequantize(), None if bias is None else bias[idx]).to(x.dtype)
+
+
+def input_sparse(x: torch.Tensor, qwt: QuantWeightT, idx: torch.Tensor, bias: torch.Tensor | None = None, *,
+                 backend: str = "auto") -> torch.Tensor:
+    """Input-sparse ``y[..., d_out] = x[..., idx] @ W[:, idx].T (+ bias)`` over the input-major repack:
+    only the active inputs' rows of ``qt`` are read. ``idx`` is sorted here (any order, unique);
+    inputs of ``x`` outside ``idx`` are ignored (for a batch: the union of the rows' sets — zero a
+    row's own inactive inputs first to get that row's masked product)."""
+    d_out, d_in = qwt.shape
+    idx = _index(idx, d_in, "idx")
+    if x.shape[-1] != d_in:
+        raise ValueError(f"x must have shape [..., {d_in}], got {tuple(x.shape)}")
+    idx = torch.sort(idx).values
+    if idx.numel() > 1 and bool((idx[1:] == idx[:-1]).any()):
+        raise ValueError("idx: active indices repeated (indices must be unique)")
+    ops = _cpp(backend, x, qwt.qt)
+    x32 = x.to(torch.float32).contiguous()
+    if ops is not None:
+        return ops.quant_input_sparse(x32, qwt.qt, qwt.st, qwt.mt, idx, bias).to(x.dtype)
+    mask = torch.zeros(d_in, dtype=torch.float32, device=x.device)
+    mask[idx] = 1.0
+    w = qwt.row_major().dequantize()
+    return torch.nn.functional.linear(x32 * mask, w, bias).to(x.dtype)
 
 
 def linear_fn(mod: QuantLinear) -> LinearFn:

@@ -94,10 +94,40 @@ class QuantWeight:
                           None if self.min is None else self.min.index_select(0, idx), self.qtype)
         return sub.dequantize()
 
+    def input_major(self) -> QuantWeightT:
+        """The same weight input-major (for input-sparse products): ``qt[d_in, d_out]`` and the
+        group scales/minimums as ``[d_in / G, d_out]``."""
+        return QuantWeightT(self.q.t().contiguous(), self.scale.t().contiguous(),
+                            None if self.min is None else self.min.t().contiguous(), self.qtype)
+
     def permute_rows(self, order: torch.Tensor) -> QuantWeight:
         """The same weight with its rows in ``order`` (blocks run along a row, so they stay whole)."""
         return QuantWeight(self.q[order].contiguous(), self.scale[order].contiguous(),
                            None if self.min is None else self.min[order].contiguous(), self.qtype)
+
+
+@dataclass
+class QuantWeightT:
+    """A :class:`QuantWeight` input-major: ``W[j, i] = st[i // G, j] * qt[i, j] - mt[i // G, j]``,
+    so that an active input ``i`` reads one contiguous row ``qt[i, :]`` (input-sparse methods)."""
+
+    qt: torch.Tensor  # int8 [d_in, d_out]
+    st: torch.Tensor  # fp32 [d_in / G, d_out]
+    mt: torch.Tensor | None
+    qtype: str
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(d_out, d_in)``, as the row-major weight's."""
+        return self.qt.shape[1], self.qt.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.qt, self.st, self.mt) if t is not None)
+
+    def row_major(self) -> QuantWeight:
+        return QuantWeight(self.qt.t().contiguous(), self.st.t().contiguous(),
+                           None if self.mt is None else self.mt.t().contiguous(), self.qtype)
 
 
 # ---------------------------------------------------------------------------------------------

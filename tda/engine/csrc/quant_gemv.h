@@ -18,11 +18,15 @@
 //       each weight rebuilt once); more rows (prefill): tiles of rows dequantised into an fp32
 //       buffer and multiplied by at::mm.
 //   quant_dequant(q, scale, min?, r0, r1) -> W[r1 - r0, d_in] fp32 (the rows' exact values).
+//   quant_rows(x, q, scale, min?, idx, bias?) -> y[..., k]: output-sparse, the rows idx only.
+//   quant_input_sparse(x, qt, st, mt?, idx, bias?) -> y[..., d_out]: input-sparse over the
+//       input-major repack (QuantWeight.input_major), the active inputs idx only.
 #pragma once
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -45,6 +49,9 @@ struct QW {  // one quantized weight, as raw pointers
   const float* scale;
   const float* min;  // nullptr: no minimums
   int64_t d_out, d_in, G, ng;
+  const int64_t* idx = nullptr;  // output j is weight row idx[j] (nullptr: row j)
+  int64_t ldy = 0;               // y's row stride (outputs per row of x)
+  int64_t row(int64_t j) const { return idx ? idx[j] : j; }
 };
 
 // The exact value of row j's inputs [g*G, g*G + G) into w[0..G).
@@ -75,9 +82,9 @@ inline __m512 q16(const int8_t* q) {  // 16 int8 values as fp32 (exact)
 template <int B, int P>
 void gemv_rows_avx512(const QW& W, const float* x, const float* xsum, int64_t j0, int64_t j1, float* y);
 
-inline float min_dot(const QW& W, int64_t j, const float* xs) {  // sum_g min[j, g] * xsum[g], 16 groups at a time
+inline float min_dot(const QW& W, int64_t rj, const float* xs) {  // sum_g min[rj, g] * xsum[g], 16 groups at a time
   const int64_t ng = W.ng;
-  const float* mr = W.min + j * ng;
+  const float* mr = W.min + rj * ng;
   __m512 m = _mm512_setzero_ps();
   int64_t g = 0;
   for (; g + 16 <= ng; g += 16) m = _mm512_fmadd_ps(_mm512_loadu_ps(mr + g), _mm512_loadu_ps(xs + g), m);
@@ -95,24 +102,28 @@ void gemv_rowsR_b1(const QW& W, const float* x, const float* xsum, int64_t j0, i
   const int64_t d = W.d_in, ng = W.ng;
   int64_t j = j0;
   for (; j + R <= j1; j += R) {
-    const int8_t* q = W.q + j * d;
-    const float* s = W.scale + j * ng;
+    const int8_t* q[R];
+    const float* s[R];
+    for (int r = 0; r < R; ++r) {
+      q[r] = W.q + W.row(j + r) * d;
+      s[r] = W.scale + W.row(j + r) * ng;
+    }
     __m512 acc[R][2];
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
       const int64_t c = g * 16 * P;
       const __m512 xa = _mm512_loadu_ps(x + c);
       __m512 t[R];
-      for (int r = 0; r < R; ++r) t[r] = _mm512_mul_ps(q16(q + r * d + c), xa);
+      for (int r = 0; r < R; ++r) t[r] = _mm512_mul_ps(q16(q[r] + c), xa);
       if (P == 2) {
         const __m512 xb = _mm512_loadu_ps(x + c + 16);
-        for (int r = 0; r < R; ++r) t[r] = _mm512_fmadd_ps(q16(q + r * d + c + 16), xb, t[r]);
+        for (int r = 0; r < R; ++r) t[r] = _mm512_fmadd_ps(q16(q[r] + c + 16), xb, t[r]);
       }
-      for (int r = 0; r < R; ++r) acc[r][g & 1] = _mm512_fmadd_ps(t[r], _mm512_set1_ps(s[r * ng + g]), acc[r][g & 1]);
+      for (int r = 0; r < R; ++r) acc[r][g & 1] = _mm512_fmadd_ps(t[r], _mm512_set1_ps(s[r][g]), acc[r][g & 1]);
     }
     for (int r = 0; r < R; ++r) {
       float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
-      if (W.min) v -= min_dot(W, j + r, xsum);
+      if (W.min) v -= min_dot(W, W.row(j + r), xsum);
       y[j + r] = v;
     }
   }
@@ -123,8 +134,8 @@ template <int B, int P>
 void gemv_rows_avx512(const QW& W, const float* x, const float* xsum, int64_t j0, int64_t j1, float* y) {
   const int64_t d = W.d_in, ng = W.ng;
   for (int64_t j = j0; j < j1; ++j) {
-    const int8_t* qr = W.q + j * d;
-    const float* sr = W.scale + j * ng;
+    const int8_t* qr = W.q + W.row(j) * d;
+    const float* sr = W.scale + W.row(j) * ng;
     __m512 acc[B][2];
     for (int b = 0; b < B; ++b) acc[b][0] = acc[b][1] = _mm512_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
@@ -141,8 +152,8 @@ void gemv_rows_avx512(const QW& W, const float* x, const float* xsum, int64_t j0
     }
     for (int b = 0; b < B; ++b) {
       float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[b][0], acc[b][1]));
-      if (W.min) v -= min_dot(W, j, xsum + b * ng);
-      y[b * W.d_out + j] = v;
+      if (W.min) v -= min_dot(W, W.row(j), xsum + b * ng);
+      y[b * W.ldy + j] = v;
     }
   }
 }
@@ -163,7 +174,7 @@ void gemv_rows(const QW& W, const float* x, const float* xsum, int64_t j0, int64
   for (int64_t j = j0; j < j1; ++j) {
     float acc[B][16] = {};
     for (int64_t g = 0; g < W.ng; ++g) {
-      dequant_group(W, j, g, w.data());
+      dequant_group(W, W.row(j), g, w.data());
       for (int b = 0; b < B; ++b) {
         const float* xb = x + b * d + g * W.G;
         for (int64_t i = 0; i < W.G; ++i) acc[b][i % 16] += w[i] * xb[i];
@@ -172,7 +183,7 @@ void gemv_rows(const QW& W, const float* x, const float* xsum, int64_t j0, int64
     for (int b = 0; b < B; ++b) {
       float s = 0.0f;
       for (int l = 0; l < 16; ++l) s += acc[b][l];
-      y[b * W.d_out + j] = s;
+      y[b * W.ldy + j] = s;
     }
   }
 }
@@ -185,10 +196,21 @@ inline RowsFn rows_fn(int64_t B) {
   return table[B - 1];
 }
 
-// Rows per thread chunk: at least ~64k weights, so small linears do not pay a fork/join each.
-inline int64_t quant_chunks(const QW& W) {
-  const int64_t by_work = std::max<int64_t>(1, W.d_out * W.d_in / (int64_t{1} << 16));
-  return std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(at::get_num_threads()), by_work, W.d_out}));
+// Chunks of K output rows per thread: at least ~64k weights each, so small linears do not pay a fork/join each.
+inline int64_t quant_chunks(const QW& W, int64_t K) {
+  const int64_t by_work = std::max<int64_t>(1, K * W.d_in / (int64_t{1} << 16));
+  return std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(at::get_num_threads()), by_work, K}));
+}
+
+template <typename F>
+void for_chunks_q(int64_t nc, const F& body) {
+  if (nc == 1) {
+    body(0);
+    return;
+  }
+  at::parallel_for(0, nc, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) body(c);
+  });
 }
 
 inline QW check_weight(const at::Tensor& q, const at::Tensor& scale, const c10::optional<at::Tensor>& min) {
@@ -211,10 +233,11 @@ inline QW check_weight(const at::Tensor& q, const at::Tensor& scale, const c10::
   return QW{q.const_data_ptr<int8_t>(), scale.const_data_ptr<float>(), mp, d_out, d_in, G, ng};
 }
 
+// out[j - r0, :] = the exact values of weight row W.row(j), j in [r0, r1).
 inline void dequant_rows(const QW& W, int64_t r0, int64_t r1, float* out) {
   at::parallel_for(r0, r1, 64, [&](int64_t a, int64_t b) {
     for (int64_t j = a; j < b; ++j)
-      for (int64_t g = 0; g < W.ng; ++g) dequant_group(W, j, g, out + (j - r0) * W.d_in + g * W.G);
+      for (int64_t g = 0; g < W.ng; ++g) dequant_group(W, W.row(j), g, out + (j - r0) * W.d_in + g * W.G);
   });
 }
 
@@ -228,10 +251,16 @@ at::Tensor quant_dequant(const at::Tensor& q, const at::Tensor& scale, const c10
   return out;
 }
 
-at::Tensor quant_linear_rows(const at::Tensor& x, const QW& W, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, "quant_linear: x must be fp32");
-  TORCH_CHECK_VALUE(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(), "quant_linear: x must be a contiguous CPU tensor");
-  TORCH_CHECK_VALUE(x.size(1) == W.d_in, "quant_linear: x has ", x.size(1), " features, expected ", W.d_in);
+inline const float* check_x(const at::Tensor& x, int64_t d_in, const char* op) {
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, op, ": x must be fp32");
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.is_contiguous() && x.device().is_cpu(), op, ": x must be a contiguous CPU tensor");
+  TORCH_CHECK_VALUE(x.size(1) == d_in, op, ": x has ", x.size(1), " features, expected ", d_in);
+  return x.const_data_ptr<float>();
+}
+
+// y[N, K] = x[N, d_in] @ W[row(j), :].T (+ bias[row(j)]) for the K outputs j (every row, or idx).
+at::Tensor quant_rows_impl(const at::Tensor& x, QW W, int64_t K, const c10::optional<at::Tensor>& bias) {
+  const float* xp = check_x(x, W.d_in, "quant_linear");
   const float* bp = nullptr;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == W.d_out && bias->is_contiguous(), "quant_linear: bad bias");
@@ -239,48 +268,153 @@ at::Tensor quant_linear_rows(const at::Tensor& x, const QW& W, const c10::option
     bp = bias->const_data_ptr<float>();
   }
   const int64_t N = x.size(0);
-  at::Tensor y = at::empty({N, W.d_out}, x.options());
+  W.ldy = K;
+  at::Tensor y = at::empty({N, K}, x.options());
   float* yp = y.mutable_data_ptr<float>();
-  const float* xp = x.const_data_ptr<float>();
   if (N <= kQuantMaxRows) {
-    if (N > 0) {
+    if (N > 0 && K > 0) {
       const RowsFn f = rows_fn(N);
-      const int64_t nc = quant_chunks(W);
+      const int64_t nc = quant_chunks(W, K);
       std::vector<float> xsum(W.min ? static_cast<size_t>(N * W.ng) : 0, 0.0f);  // groups' sums of x
       for (int64_t n = 0; W.min && n < N; ++n)
         for (int64_t i = 0; i < W.d_in; ++i) xsum[n * W.ng + i / W.G] += xp[n * W.d_in + i];
-      auto body = [&](int64_t c) { f(W, xp, xsum.data(), W.d_out * c / nc, W.d_out * (c + 1) / nc, yp); };
-      if (nc == 1) {
-        body(0);
-      } else {
-        at::parallel_for(0, nc, 1, [&](int64_t c0, int64_t c1) {
-          for (int64_t c = c0; c < c1; ++c) body(c);
-        });
-      }
+      for_chunks_q(nc, [&](int64_t c) { f(W, xp, xsum.data(), K * c / nc, K * (c + 1) / nc, yp); });
     }
   } else {  // prefill: dequantised tiles of ~2 MB through at::mm
     const int64_t tile = std::max<int64_t>(16, (int64_t{1} << 19) / W.d_in);
-    at::Tensor buf = at::empty({std::min(tile, W.d_out), W.d_in}, x.options());
-    for (int64_t r0 = 0; r0 < W.d_out; r0 += tile) {
-      const int64_t r1 = std::min(W.d_out, r0 + tile);
+    at::Tensor buf = at::empty({std::max<int64_t>(1, std::min(tile, K)), W.d_in}, x.options());
+    for (int64_t r0 = 0; r0 < K; r0 += tile) {
+      const int64_t r1 = std::min(K, r0 + tile);
       dequant_rows(W, r0, r1, buf.mutable_data_ptr<float>());
       y.narrow(1, r0, r1 - r0).copy_(at::mm(x, buf.narrow(0, 0, r1 - r0).t()));
     }
   }
   if (bp)
     for (int64_t n = 0; n < N; ++n)
-      for (int64_t j = 0; j < W.d_out; ++j) yp[n * W.d_out + j] += bp[j];
+      for (int64_t j = 0; j < K; ++j) yp[n * K + j] += bp[W.row(j)];
   return y;
+}
+
+template <typename F>
+at::Tensor on_rows_q(const at::Tensor& x, int64_t d_out, F&& f) {  // x[..., d_in] -> y[..., d_out]
+  if (x.dim() == 2) return f(x);
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.is_contiguous(), "quant: x must be a contiguous tensor [..., d_in]");
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes.back() = d_out;
+  return f(x.view({-1, x.size(-1)})).view(sizes);
 }
 
 at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
                         const c10::optional<at::Tensor>& min, const c10::optional<at::Tensor>& bias) {
   const QW W = check_weight(q, scale, min);
-  if (x.dim() == 2) return quant_linear_rows(x, W, bias);
-  TORCH_CHECK_VALUE(x.dim() >= 1 && x.is_contiguous(), "quant_linear: x must be a contiguous tensor [..., d_in]");
-  std::vector<int64_t> sizes = x.sizes().vec();
-  sizes.back() = W.d_out;
-  return quant_linear_rows(x.view({-1, x.size(-1)}), W, bias).view(sizes);
+  return on_rows_q(x, W.d_out, [&](const at::Tensor& x2) { return quant_rows_impl(x2, W, W.d_out, bias); });
+}
+
+// Output-sparse: y[..., k] = x @ W[idx, :].T (+ bias[idx]) -- the rows a method keeps (CATS/CHESS's
+// gate and up, the predictor's rows, a prompt-fixed slice of gate/up), every row of x on every index.
+at::Tensor quant_rows(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
+                      const c10::optional<at::Tensor>& min, const at::Tensor& idx, const c10::optional<at::Tensor>& bias) {
+  QW W = check_weight(q, scale, min);
+  TORCH_CHECK_VALUE(idx.dim() == 1 && idx.is_contiguous() && idx.device().is_cpu(), "quant_rows: idx must be 1-D");
+  TORCH_CHECK_TYPE(idx.scalar_type() == at::kLong, "quant_rows: idx must be int64");
+  const int64_t k = idx.size(0);
+  const int64_t* ix = idx.const_data_ptr<int64_t>();
+  for (int64_t j = 0; j < k; ++j)
+    TORCH_CHECK_VALUE(ix[j] >= 0 && ix[j] < W.d_out, "quant_rows: index ", ix[j], " out of range [0, ", W.d_out, ")");
+  W.idx = ix;
+  return on_rows_q(x, k, [&](const at::Tensor& x2) { return quant_rows_impl(x2, W, k, bias); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input-sparse over the input-major repack: qt[d_in, d_out] int8 (row i = input i's weights to
+// every output), st/mt[ng, d_out] fp32 (group g's scale/minimum of each output). For the active
+// inputs idx (ascending, unique): y[b, j] = sum_g st[g, j] * (sum_{i in idx, i in g} x[b, i] qt[i, j])
+//                                           - mt[g, j] * (sum_{i in idx, i in g} x[b, i])
+// = x_masked @ W.T with W's exact values: the rows of the inputs a method keeps, and nothing else, read
+// (TEAL/WINA, TT's and CATS's down projection, R-Sparse's sparse part). Columns split over threads.
+// ---------------------------------------------------------------------------------------------
+at::Tensor quant_input_sparse_rows(const at::Tensor& x, const at::Tensor& qt, const at::Tensor& st,
+                                   const c10::optional<at::Tensor>& mt, const at::Tensor& idx,
+                                   const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK_VALUE(qt.dim() == 2 && st.dim() == 2 && qt.is_contiguous() && st.is_contiguous(),
+                    "quant_input_sparse: qt and st must be contiguous 2-D tensors");
+  TORCH_CHECK_TYPE(qt.scalar_type() == at::kChar && st.scalar_type() == at::kFloat,
+                   "quant_input_sparse: qt must be int8 and st fp32");
+  const int64_t d_in = qt.size(0), d_out = qt.size(1), ng = st.size(0);
+  TORCH_CHECK_VALUE(st.size(1) == d_out && ng > 0 && d_in % ng == 0, "quant_input_sparse: st must be [d_in/G, d_out]");
+  const int64_t G = d_in / ng;
+  const float* mp = nullptr;
+  if (mt.has_value() && mt->defined()) {
+    TORCH_CHECK_VALUE(mt->sizes() == st.sizes() && mt->is_contiguous() && mt->scalar_type() == at::kFloat,
+                      "quant_input_sparse: mt must be fp32 and shaped like st");
+    mp = mt->const_data_ptr<float>();
+  }
+  const float* xp = check_x(x, d_in, "quant_input_sparse");
+  TORCH_CHECK_VALUE(idx.dim() == 1 && idx.is_contiguous() && idx.scalar_type() == at::kLong,
+                    "quant_input_sparse: idx must be a 1-D int64 tensor");
+  const int64_t k = idx.size(0), N = x.size(0);
+  const int64_t* ix = idx.const_data_ptr<int64_t>();
+  for (int64_t a = 0; a < k; ++a) {
+    TORCH_CHECK_VALUE(ix[a] >= 0 && ix[a] < d_in, "quant_input_sparse: active index ", ix[a], " out of range [0, ", d_in, ")");
+    TORCH_CHECK_VALUE(a == 0 || ix[a] > ix[a - 1], "quant_input_sparse: active indices must be ascending and unique");
+  }
+  const float* bp = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == d_out && bias->scalar_type() == at::kFloat,
+                      "quant_input_sparse: bad bias");
+    bp = bias->const_data_ptr<float>();
+  }
+  at::Tensor y = at::zeros({N, d_out}, x.options());
+  float* yp = y.mutable_data_ptr<float>();
+  const int8_t* q = qt.const_data_ptr<int8_t>();
+  const float* s = st.const_data_ptr<float>();
+  // the runs of active inputs per group: [starts[g], starts[g + 1]) in idx
+  std::vector<int64_t> starts(static_cast<size_t>(ng + 1), k);
+  for (int64_t a = k - 1; a >= 0; --a) starts[ix[a] / G] = a;
+  for (int64_t g = ng - 1; g >= 0; --g) starts[g] = std::min(starts[g], starts[g + 1]);
+  const int64_t work = k * d_out * std::max<int64_t>(N, 1);
+  const int64_t nc = std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(at::get_num_threads()),
+                                                             work / (int64_t{1} << 15) + 1, (d_out + 63) / 64}));
+  for_chunks_q(nc, [&](int64_t c) {
+    const int64_t c0 = d_out * c / nc / 16 * 16, c1 = c + 1 == nc ? d_out : d_out * (c + 1) / nc / 16 * 16;
+    std::vector<float> t(static_cast<size_t>(c1 - c0));
+    for (int64_t b = 0; b < N; ++b) {
+      const float* xb = xp + b * d_in;
+      float* yb = yp + b * d_out;
+      for (int64_t g = 0; g < ng; ++g) {
+        const int64_t a0 = starts[g], a1 = starts[g + 1];
+        if (a0 == a1) continue;
+        std::fill(t.begin(), t.end(), 0.0f);
+        float xs = 0.0f;
+        for (int64_t a = a0; a < a1; ++a) {
+          const float xi = xb[ix[a]];
+          xs += xi;
+          const int8_t* row = q + ix[a] * d_out;
+          int64_t j = c0;
+#if TDA_QUANT_AVX512
+          const __m512 xv = _mm512_set1_ps(xi);
+          for (; j + 16 <= c1; j += 16)
+            _mm512_storeu_ps(t.data() + (j - c0), _mm512_fmadd_ps(q16(row + j), xv, _mm512_loadu_ps(t.data() + (j - c0))));
+#endif
+          for (; j < c1; ++j) t[j - c0] += static_cast<float>(row[j]) * xi;
+        }
+        const float* sg = s + g * d_out;
+        const float* mg = mp ? mp + g * d_out : nullptr;
+        for (int64_t j = c0; j < c1; ++j) yb[j] += sg[j] * t[j - c0] - (mg ? mg[j] * xs : 0.0f);
+      }
+      if (bp)
+        for (int64_t j = c0; j < c1; ++j) yb[j] += bp[j];
+    }
+  });
+  return y;
+}
+
+at::Tensor quant_input_sparse(const at::Tensor& x, const at::Tensor& qt, const at::Tensor& st,
+                              const c10::optional<at::Tensor>& mt, const at::Tensor& idx,
+                              const c10::optional<at::Tensor>& bias) {
+  return on_rows_q(x, qt.size(1), [&](const at::Tensor& x2) {
+    return quant_input_sparse_rows(x2, qt, st, mt, idx, bias);
+  });
 }
 
 }  // namespace tda_quant
@@ -288,9 +422,13 @@ at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& q, const at::Tens
 TORCH_LIBRARY_FRAGMENT(tda_kernels, m) {
   m.def("quant_linear(Tensor x, Tensor q, Tensor scale, Tensor? min, Tensor? bias) -> Tensor");
   m.def("quant_dequant(Tensor q, Tensor scale, Tensor? min, int r0, int r1) -> Tensor");
+  m.def("quant_rows(Tensor x, Tensor q, Tensor scale, Tensor? min, Tensor idx, Tensor? bias) -> Tensor");
+  m.def("quant_input_sparse(Tensor x, Tensor qt, Tensor st, Tensor? mt, Tensor idx, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
   m.impl("quant_linear", &tda_quant::quant_linear);
   m.impl("quant_dequant", &tda_quant::quant_dequant);
+  m.impl("quant_rows", &tda_quant::quant_rows);
+  m.impl("quant_input_sparse", &tda_quant::quant_input_sparse);
 }
