@@ -154,14 +154,36 @@ def test_quantized_tiny_model_generates_the_dequantised_models_tokens(spec):
     assert torch.allclose(la, lb, atol=1e-4, rtol=1e-4)
 
 
-def test_sparse_methods_are_refused_on_the_gguf_format():
+def test_methods_without_quantized_kernels_are_refused_on_the_gguf_format():
     from tda.common.errors import BadInput
     from tda.engine.generate import generate
     from tda.models.load import load_model
 
     lm_q = load_model("tiny-llama", dtype="gguf:Q4_0")
     with pytest.raises(BadInput, match="gguf format"):
-        generate(lm_q, "hello", method="teal", density=0.5, max_new_tokens=2)
+        generate(lm_q, "hello", method="griffin", density=0.5, max_new_tokens=2)
+    with pytest.raises(BadInput, match="gguf format"):
+        generate(lm_q, "hello", method="teal", density=0.5, lm_head_density=0.5, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3"])
+def test_teal_on_quantized_blocks_equals_teal_on_the_dequantised_model(spec):
+    """TEAL's thresholds over the input-sparse quantized kernel: the same tokens, densities and read
+    fractions as TEAL on the fp32 model holding the de-quantised weights (same thresholds)."""
+    from tda.common.data import load_texts
+    from tda.engine import layouts
+    from tda.engine.generate import generate
+    from tda.models.load import load_model
+
+    lm_q = load_model(spec, dtype="gguf:Q8_0")
+    lm_f = _dequantised_twin(lm_q, spec)
+    cal = load_texts(limit=4)
+    a = generate(lm_q, "the quick brown fox jumps", "teal", density=0.5, max_new_tokens=10, calibration_texts=cal)
+    b = generate(lm_f, "the quick brown fox jumps", "teal", density=0.5, max_new_tokens=10, calibration_texts=cal)
+    assert a.token_ids == b.token_ids
+    assert a.density == pytest.approx(b.density) and a.density < 0.9
+    assert a.params["read_fraction"] == pytest.approx(b.params["read_fraction"])
+    assert layouts.quant_layout_bytes(lm_q.model) > 0  # the input-major copies are counted
 
 
 def test_bad_format_names_fail_in_one_line():

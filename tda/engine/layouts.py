@@ -59,6 +59,24 @@ def input_major(module: nn.Module) -> torch.Tensor:
         return module.weight.detach().t()
 
 
+def quant_input_major(module):
+    """The input-major repack (:meth:`tda.models.quant.QuantWeight.input_major`) of a quantized
+    linear, made once and kept on the module beside its row-major blocks (both layouts are held: the
+    dense path reads rows, input-sparse methods read inputs; :func:`quant_layout_bytes` counts it)."""
+    with _LOCK:
+        qwt = getattr(module, "_tda_input_major", None)
+        if qwt is None:
+            qwt = module.qweight.input_major()
+            hugepages.advise([qwt.qt])
+            module._tda_input_major = qwt
+        return qwt
+
+
+def quant_layout_bytes(model: nn.Module) -> int:
+    """Bytes held by the input-major copies of quantized linears (on top of their row-major blocks)."""
+    return sum(m._tda_input_major.nbytes for m in model.modules() if getattr(m, "_tda_input_major", None) is not None)
+
+
 def row_major(module) -> torch.Tensor | None:
     """``W[d_out, d_in]`` contiguous, converting an input-major module back in place once (the
     inverse of :func:`input_major`; same values, one copy); ``None`` for

@@ -25,6 +25,9 @@ from tda.engine.decoder import decode_stack
 from tda.engine.methods.registry import get_method
 from tda.models.dispatch import attention_override, decoder_override, linear_overrides
 
+# Methods that run on the quantized format (tda.models.quant): their kernels read the blocks.
+QUANT_METHODS = ("dense", "teal")
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -41,10 +44,10 @@ class SparseSession:
 
     def __init__(self, lm, method: str | SparsityConfig = "dense", **fields):
         self.cfg = as_config(method, **fields)
-        if getattr(lm, "weight_format", None) == "gguf" and (self.cfg.method != "dense"
+        if getattr(lm, "weight_format", None) == "gguf" and (self.cfg.method not in QUANT_METHODS
                                                              or self.cfg.lm_head_density is not None):
-            raise BadInput(f"method '{self.cfg.method}' does not run on the gguf format yet (dense does); "
-                           "use --dtype fp32 or bf16 for sparse methods")
+            raise BadInput(f"method '{self.cfg.method}' does not run on the gguf format yet (these do: "
+                           f"{', '.join(QUANT_METHODS)}); use --dtype fp32 or bf16 for the others")
         self.lm = lm
         self.method = self.cfg.method
         self.fast = fastpath.use_fast(lm, self.cfg.fast)

@@ -114,6 +114,40 @@ def threshold_linear(wt: torch.Tensor, bias, cut, dense: LinearFn, counter: Coun
     return fn
 
 
+def quant_threshold_linear(qwt, bias, cut, dense: LinearFn, counter: Counter | None = None) -> LinearFn:
+    """:func:`threshold_linear` over the quantized format: keep ``|x_i| ≥ cut`` (exact zeros never),
+    the union of the rows' sets, each row's own inactive inputs zeroed, then the input-sparse kernel
+    over the input-major repack ``qwt`` (:func:`tda.engine.quant_kernels.input_sparse`) — only the kept
+    inputs' int8 rows are read. All inputs kept: the dense function."""
+    from tda.engine import quant_kernels
+
+    d_out, d_in = qwt.shape
+    tiny = torch.finfo(torch.float32).tiny
+    b = None if bias is None else bias.detach()
+    if cut is None:
+        def keep_all(x):
+            if counter is not None:
+                counter.add(d_in, d_in)
+            return dense(x)
+
+        return keep_all
+    cut_t = cut.to(torch.float32).clamp_min(tiny) if isinstance(cut, torch.Tensor) else max(float(cut), tiny)
+
+    def fn(x):
+        x2 = x.reshape(-1, d_in).to(torch.float32)
+        keep = x2.abs() >= (cut_t.to(x2.device) if isinstance(cut_t, torch.Tensor) else cut_t)
+        union = keep[0] if x2.shape[0] == 1 else keep.any(dim=0)
+        idx = torch.nonzero(union).flatten()
+        if counter is not None:
+            counter.add(int(idx.numel()), d_in)
+        if idx.numel() == d_in and bool(keep.all()):
+            return dense(x)
+        xs = x2 if x2.shape[0] == 1 else x2 * keep
+        return quant_kernels.input_sparse(xs, qwt, idx, b).to(x.dtype).view(*x.shape[:-1], d_out)
+
+    return fn
+
+
 def topk_linear(wt: torch.Tensor, bias, col_scale: torch.Tensor, k: int, dense: LinearFn,
                 counter: Counter | None = None) -> LinearFn:
     """Keep, per row, the ``k`` inputs with the largest ``|x_i|·col_scale[i]`` (WINA's rule):

@@ -208,6 +208,15 @@ def module_weight(mod: nn.Module) -> torch.Tensor:
     return w.T if isinstance(mod, Conv1D) else w
 
 
+def weight_numel(mod: nn.Module) -> int:
+    """A linear module's number of weights, without materialising a quantized weight's values."""
+    from tda.models.quant import QuantLinear
+
+    if isinstance(mod, QuantLinear):
+        return mod.q.numel()
+    return module_weight(mod).numel()
+
+
 def linear_modules(model: nn.Module) -> list[nn.Module]:
     """Every instrumented linear module of ``model`` (each once)."""
     seen, out = set(), []

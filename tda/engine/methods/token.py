@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from tda.engine import fastpath
+from tda.engine.layouts import quant_input_major
 from tda.engine.methods.base import Method
 from tda.engine.tokenwise import Counter
-from tda.models.dispatch import module_weight
+from tda.models.dispatch import weight_numel
+from tda.models.quant import QuantLinear
 
 
 class TokenWise(Method):
@@ -35,6 +37,10 @@ class TokenWise(Method):
         dense, counter = self.dense_fn(module), self.counter(module)
         if placement.is_offloaded(module):
             return masked_linear(cut, dense, counter)
+        if isinstance(module, QuantLinear):  # the quantized format: its input-major repack
+            from tda.engine.tokenwise import quant_threshold_linear
+
+            return quant_threshold_linear(quant_input_major(module), module.bias, cut, dense, counter)
         return threshold_linear(input_major(module), getattr(module, "bias", None), cut, dense, counter)
 
     def layer_of(self) -> dict[int, int]:
@@ -49,7 +55,7 @@ class TokenWise(Method):
             L = where.get(mid)
             if L is None or not c.total:
                 continue
-            size = module_weight(m).numel()
+            size = weight_numel(m)
             kept[L] += size * c.fraction
             total[L] += size
         per = [k / t if t else float("nan") for k, t in zip(kept, total)]
@@ -69,7 +75,7 @@ def read_fraction(lm, counters: dict) -> dict[str, float]:
     read = {"ffn": 0.0, "other": 0.0, "lm_head": 0.0}
     size = {"ffn": 0.0, "other": 0.0, "lm_head": 0.0}
     for m in fastpath.linear_modules(lm.model):
-        n = float(module_weight(m).numel())
+        n = float(weight_numel(m))
         g = "ffn" if id(m) in ffn_ids else "lm_head" if m is head else "other"
         entry = counters.get(id(m))
         f = entry[1].fraction if entry is not None and entry[1].total else 1.0
