@@ -92,7 +92,7 @@ def divergence(lm_ref, prompt_ids: list[int], ours: list[int], theirs: list[int]
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="gemma-3-270m", help="gemma-3-270m (the embedded GGUF) or a .gguf path")
-    ap.add_argument("--variants", default="gguf:dense,bf16:dense,fp32:dense,bf16:teal@0.5")
+    ap.add_argument("--variants", default="gguf:dense,gguf:teal@0.5,bf16:dense,fp32:dense,bf16:teal@0.5")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=4)
