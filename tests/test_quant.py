@@ -166,10 +166,11 @@ def test_methods_without_quantized_kernels_are_refused_on_the_gguf_format():
         generate(lm_q, "hello", method="teal", density=0.5, lm_head_density=0.5, max_new_tokens=2)
 
 
+@pytest.mark.parametrize("method", ["teal", "wina"])
 @pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3"])
-def test_teal_on_quantized_blocks_equals_teal_on_the_dequantised_model(spec):
-    """TEAL's thresholds over the input-sparse quantized kernel: the same tokens, densities and read
-    fractions as TEAL on the fp32 model holding the de-quantised weights (same thresholds)."""
+def test_token_wise_methods_on_quantized_blocks_equal_the_dequantised_model(spec, method):
+    """TEAL's thresholds and WINA's top-k over the input-sparse quantized kernel: the same tokens,
+    densities and read fractions as on the fp32 model holding the de-quantised weights."""
     from tda.common.data import load_texts
     from tda.engine import layouts
     from tda.engine.generate import generate
@@ -178,8 +179,8 @@ def test_teal_on_quantized_blocks_equals_teal_on_the_dequantised_model(spec):
     lm_q = load_model(spec, dtype="gguf:Q8_0")
     lm_f = _dequantised_twin(lm_q, spec)
     cal = load_texts(limit=4)
-    a = generate(lm_q, "the quick brown fox jumps", "teal", density=0.5, max_new_tokens=10, calibration_texts=cal)
-    b = generate(lm_f, "the quick brown fox jumps", "teal", density=0.5, max_new_tokens=10, calibration_texts=cal)
+    a = generate(lm_q, "the quick brown fox jumps", method, density=0.5, max_new_tokens=10, calibration_texts=cal)
+    b = generate(lm_f, "the quick brown fox jumps", method, density=0.5, max_new_tokens=10, calibration_texts=cal)
     assert a.token_ids == b.token_ids
     assert a.density == pytest.approx(b.density) and a.density < 0.9
     assert a.params["read_fraction"] == pytest.approx(b.params["read_fraction"])

@@ -148,6 +148,38 @@ def quant_threshold_linear(qwt, bias, cut, dense: LinearFn, counter: Counter | N
     return fn
 
 
+def quant_topk_linear(qwt, bias, col_scale: torch.Tensor, k: int, dense: LinearFn,
+                      counter: Counter | None = None) -> LinearFn:
+    """:func:`topk_linear` over the quantized format: per row the ``k`` inputs with the largest
+    ``|x_i|·col_scale[i]`` (``torch.topk``; ties at the k-th score go to the lower index), the union
+    of the rows' sets with each row's own others zeroed, then the input-sparse quantized kernel."""
+    from tda.engine import quant_kernels
+
+    d_out, d_in = qwt.shape
+    b = None if bias is None else bias.detach()
+    k = max(1, min(int(k), d_in))
+    scale = col_scale.to(torch.float32).contiguous()
+
+    def fn(x):
+        if counter is not None:
+            counter.total += d_in
+        if k >= d_in:
+            if counter is not None:
+                counter.kept += d_in
+            return dense(x)
+        x2 = x.reshape(-1, d_in).to(torch.float32)
+        top = torch.topk(x2.abs() * scale, k, dim=-1, sorted=False).indices
+        keep = torch.zeros_like(x2, dtype=torch.bool).scatter_(1, top, True)
+        union = keep[0] if x2.shape[0] == 1 else keep.any(dim=0)
+        idx = torch.nonzero(union).flatten()
+        if counter is not None:
+            counter.kept += int(idx.numel())
+        xs = x2 if x2.shape[0] == 1 else x2 * keep
+        return quant_kernels.input_sparse(xs, qwt, idx, b).to(x.dtype).view(*x.shape[:-1], d_out)
+
+    return fn
+
+
 def topk_linear(wt: torch.Tensor, bias, col_scale: torch.Tensor, k: int, dense: LinearFn,
                 counter: Counter | None = None) -> LinearFn:
     """Keep, per row, the ``k`` inputs with the largest ``|x_i|·col_scale[i]`` (WINA's rule):

@@ -6,10 +6,11 @@ from __future__ import annotations
 import threading
 import weakref
 
-from tda.engine.layouts import input_major
+from tda.engine.layouts import input_major, quant_input_major
 from tda.engine.methods.teal import block_linears
 from tda.engine.methods.token import TokenWise
-from tda.engine.tokenwise import topk_linear
+from tda.engine.tokenwise import quant_topk_linear, topk_linear
+from tda.models.quant import QuantLinear
 
 _NORMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> ‖W[:, i]‖ [d_in]
 _LOCK = threading.Lock()
@@ -35,6 +36,12 @@ class WINA(TokenWise):
     def build(self):
         table = {}
         for m in self.modules():
+            if isinstance(m, QuantLinear):  # the quantized format: norms of the exact values, its input-major repack
+                qwt = quant_input_major(m)
+                k = round(self.cfg.density * qwt.shape[1])
+                norms = column_norms(m, qwt.row_major().dequantize().t())
+                table[m] = quant_topk_linear(qwt, m.bias, norms, k, self.dense_fn(m), self.counter(m))
+                continue
             wt = input_major(m)
             k = round(self.cfg.density * wt.shape[0])
             table[m] = topk_linear(wt, getattr(m, "bias", None), column_norms(m, wt), k, self.dense_fn(m),
