@@ -148,6 +148,13 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
     """
     dens_list = [density] if densities is None else list(densities)
     vs = bench_variants(methods, dens_list)
+    if getattr(lm, "weight_format", None) == "gguf":  # before any timing: what runs on quantized blocks
+        from tda.engine.session import QUANT_METHODS
+
+        bad = sorted({v.method for v in vs if v.method not in (*QUANT_METHODS, "stock")})
+        if bad:
+            raise BadInput(f"{', '.join(bad)} do not run on the gguf format yet (these do: "
+                           f"{', '.join(QUANT_METHODS)}); leave them out or use --dtype fp32/bf16")
     if rounds < 1 or new_tokens < 2:
         raise BadInput("need rounds >= 1 and new tokens >= 2")
     if target_ci is not None and not 0 < target_ci < 1:
