@@ -302,3 +302,26 @@ def test_sparse_kernels_equal_the_masked_dense_product(qtype, rows_x):
         quant_kernels.input_sparse(x, qwt, torch.tensor([1, 1]))
     with pytest.raises(ValueError, match="out of range"):
         quant_kernels.rows(x, qw, torch.tensor([41]))
+
+
+@pytest.mark.skipif(quant_kernels.quant_ops() is None, reason="C++ kernels unavailable")
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("rows_x", [1, 3, 8])
+def test_fused_threshold_kernel_equals_each_rows_masked_product(qtype, rows_x):
+    """TEAL's fused call: |x| >= t per row (exact zeros never), every row its own masked product,
+    the union's size counted; per-input cut-offs too."""
+    ops = quant_kernels.quant_ops()
+    qw, ref = _weight(qtype, 33, 2, seed=3)
+    qwt = qw.input_major()
+    g = torch.Generator().manual_seed(rows_x)
+    x = torch.randn(rows_x, qw.shape[1], generator=g)
+    x[0, :5] = 0.0
+    scale = float((x.abs() @ ref.abs().T).max())
+    for t, tvec in ((0.7, None), (0.0, torch.rand(qw.shape[1], generator=g) * 1.5), (0.0, None), (1e9, None)):
+        count = torch.zeros(1, dtype=torch.long)
+        got = ops.quant_input_sparse_threshold(x, qwt.qt, qwt.st, qwt.mt, None, t, tvec, count)
+        cut = tvec if tvec is not None else torch.full((qw.shape[1],), t)
+        keep = (x.abs() >= cut) & (x != 0)
+        want = F.linear((x * keep).double(), ref.double())
+        assert float((got.double() - want).abs().max()) <= 2e-6 * scale
+        assert int(count) == int(keep.any(0).sum())

@@ -131,17 +131,24 @@ def quant_threshold_linear(qwt, bias, cut, dense: LinearFn, counter: Counter | N
             return dense(x)
 
         return keep_all
-    cut_t = cut.to(torch.float32).clamp_min(tiny) if isinstance(cut, torch.Tensor) else max(float(cut), tiny)
+    cut_t = cut.to(torch.float32).clamp_min(tiny).contiguous() if isinstance(cut, torch.Tensor) \
+        else max(float(cut), tiny)
+    ops = quant_kernels.quant_ops() if qwt.qt.device.type == "cpu" else None
+    t_scalar, t_vec = (0.0, cut_t) if isinstance(cut_t, torch.Tensor) else (cut_t, None)
+    count = counter.accumulator(qwt.qt.device) if counter is not None and ops is not None else None
 
     def fn(x):
+        if ops is not None:  # selection and product in one C++ call
+            if counter is not None:
+                counter.total += d_in
+            x32 = x if x.dtype is torch.float32 and x.is_contiguous() else x.to(torch.float32).contiguous()
+            return ops.quant_input_sparse_threshold(x32, qwt.qt, qwt.st, qwt.mt, b, t_scalar, t_vec, count).to(x.dtype)
         x2 = x.reshape(-1, d_in).to(torch.float32)
-        keep = x2.abs() >= (cut_t.to(x2.device) if isinstance(cut_t, torch.Tensor) else cut_t)
+        keep = (x2.abs() >= (cut_t.to(x2.device) if isinstance(cut_t, torch.Tensor) else cut_t)) & (x2 != 0)
         union = keep[0] if x2.shape[0] == 1 else keep.any(dim=0)
         idx = torch.nonzero(union).flatten()
         if counter is not None:
             counter.add(int(idx.numel()), d_in)
-        if idx.numel() == d_in and bool(keep.all()):
-            return dense(x)
         xs = x2 if x2.shape[0] == 1 else x2 * keep
         return quant_kernels.input_sparse(xs, qwt, idx, b).to(x.dtype).view(*x.shape[:-1], d_out)
 

@@ -30,6 +30,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -333,42 +334,43 @@ at::Tensor quant_rows(const at::Tensor& x, const at::Tensor& q, const at::Tensor
 // = x_masked @ W.T with W's exact values: the rows of the inputs a method keeps, and nothing else, read
 // (TEAL/WINA, TT's and CATS's down projection, R-Sparse's sparse part). Columns split over threads.
 // ---------------------------------------------------------------------------------------------
-at::Tensor quant_input_sparse_rows(const at::Tensor& x, const at::Tensor& qt, const at::Tensor& st,
-                                   const c10::optional<at::Tensor>& mt, const at::Tensor& idx,
-                                   const c10::optional<at::Tensor>& bias) {
+struct QWT {  // an input-major quantized weight, as raw pointers
+  const int8_t* q;  // [d_in, d_out]
+  const float* s;   // [ng, d_out]
+  const float* m;   // [ng, d_out] or nullptr
+  int64_t d_in, d_out, ng, G;
+};
+
+inline QWT check_weight_t(const at::Tensor& qt, const at::Tensor& st, const c10::optional<at::Tensor>& mt) {
   TORCH_CHECK_VALUE(qt.dim() == 2 && st.dim() == 2 && qt.is_contiguous() && st.is_contiguous(),
                     "quant_input_sparse: qt and st must be contiguous 2-D tensors");
   TORCH_CHECK_TYPE(qt.scalar_type() == at::kChar && st.scalar_type() == at::kFloat,
                    "quant_input_sparse: qt must be int8 and st fp32");
+  TORCH_CHECK_VALUE(qt.device().is_cpu() && st.device().is_cpu(), "quant_input_sparse: CPU tensors only");
   const int64_t d_in = qt.size(0), d_out = qt.size(1), ng = st.size(0);
   TORCH_CHECK_VALUE(st.size(1) == d_out && ng > 0 && d_in % ng == 0, "quant_input_sparse: st must be [d_in/G, d_out]");
-  const int64_t G = d_in / ng;
   const float* mp = nullptr;
   if (mt.has_value() && mt->defined()) {
     TORCH_CHECK_VALUE(mt->sizes() == st.sizes() && mt->is_contiguous() && mt->scalar_type() == at::kFloat,
                       "quant_input_sparse: mt must be fp32 and shaped like st");
     mp = mt->const_data_ptr<float>();
   }
-  const float* xp = check_x(x, d_in, "quant_input_sparse");
-  TORCH_CHECK_VALUE(idx.dim() == 1 && idx.is_contiguous() && idx.scalar_type() == at::kLong,
-                    "quant_input_sparse: idx must be a 1-D int64 tensor");
-  const int64_t k = idx.size(0), N = x.size(0);
-  const int64_t* ix = idx.const_data_ptr<int64_t>();
-  for (int64_t a = 0; a < k; ++a) {
-    TORCH_CHECK_VALUE(ix[a] >= 0 && ix[a] < d_in, "quant_input_sparse: active index ", ix[a], " out of range [0, ", d_in, ")");
-    TORCH_CHECK_VALUE(a == 0 || ix[a] > ix[a - 1], "quant_input_sparse: active indices must be ascending and unique");
-  }
-  const float* bp = nullptr;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == d_out && bias->scalar_type() == at::kFloat,
-                      "quant_input_sparse: bad bias");
-    bp = bias->const_data_ptr<float>();
-  }
-  at::Tensor y = at::zeros({N, d_out}, x.options());
-  float* yp = y.mutable_data_ptr<float>();
-  const int8_t* q = qt.const_data_ptr<int8_t>();
-  const float* s = st.const_data_ptr<float>();
-  // the runs of active inputs per group: [starts[g], starts[g + 1]) in idx
+  return QWT{qt.const_data_ptr<int8_t>(), st.const_data_ptr<float>(), mp, d_in, d_out, ng, d_in / ng};
+}
+
+inline const float* check_bias_t(const c10::optional<at::Tensor>& bias, int64_t d_out) {
+  if (!bias.has_value() || !bias->defined()) return nullptr;
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == d_out && bias->scalar_type() == at::kFloat &&
+                        bias->is_contiguous(), "quant_input_sparse: bad bias");
+  return bias->const_data_ptr<float>();
+}
+
+// y[N, d_out] (zeroed by the caller) += the product of x's inputs ix[0..k) (ascending, unique)
+// with W, columns split over threads; per group the active inputs' x * q summed, then scaled once.
+inline void input_sparse_core(const QWT& W, const float* xp, int64_t N, const int64_t* ix, int64_t k,
+                              const float* bp, float* yp) {
+  const int64_t d_in = W.d_in, d_out = W.d_out, ng = W.ng, G = W.G;
+  // the runs of active inputs per group: [starts[g], starts[g + 1]) in ix
   std::vector<int64_t> starts(static_cast<size_t>(ng + 1), k);
   for (int64_t a = k - 1; a >= 0; --a) starts[ix[a] / G] = a;
   for (int64_t g = ng - 1; g >= 0; --g) starts[g] = std::min(starts[g], starts[g + 1]);
@@ -389,7 +391,7 @@ at::Tensor quant_input_sparse_rows(const at::Tensor& x, const at::Tensor& qt, co
         for (int64_t a = a0; a < a1; ++a) {
           const float xi = xb[ix[a]];
           xs += xi;
-          const int8_t* row = q + ix[a] * d_out;
+          const int8_t* row = W.q + ix[a] * d_out;
           int64_t j = c0;
 #if TDA_QUANT_AVX512
           const __m512 xv = _mm512_set1_ps(xi);
@@ -398,15 +400,94 @@ at::Tensor quant_input_sparse_rows(const at::Tensor& x, const at::Tensor& qt, co
 #endif
           for (; j < c1; ++j) t[j - c0] += static_cast<float>(row[j]) * xi;
         }
-        const float* sg = s + g * d_out;
-        const float* mg = mp ? mp + g * d_out : nullptr;
-        for (int64_t j = c0; j < c1; ++j) yb[j] += sg[j] * t[j - c0] - (mg ? mg[j] * xs : 0.0f);
+        const float* sg = W.s + g * d_out;
+        if (W.m) {
+          const float* mg = W.m + g * d_out;
+          for (int64_t j = c0; j < c1; ++j) yb[j] += sg[j] * t[j - c0] - mg[j] * xs;
+        } else {
+          for (int64_t j = c0; j < c1; ++j) yb[j] += sg[j] * t[j - c0];
+        }
       }
       if (bp)
         for (int64_t j = c0; j < c1; ++j) yb[j] += bp[j];
     }
   });
+}
+
+at::Tensor quant_input_sparse_rows(const at::Tensor& x, const at::Tensor& qt, const at::Tensor& st,
+                                   const c10::optional<at::Tensor>& mt, const at::Tensor& idx,
+                                   const c10::optional<at::Tensor>& bias) {
+  const QWT W = check_weight_t(qt, st, mt);
+  const float* xp = check_x(x, W.d_in, "quant_input_sparse");
+  TORCH_CHECK_VALUE(idx.dim() == 1 && idx.is_contiguous() && idx.scalar_type() == at::kLong,
+                    "quant_input_sparse: idx must be a 1-D int64 tensor");
+  const int64_t k = idx.size(0), N = x.size(0);
+  const int64_t* ix = idx.const_data_ptr<int64_t>();
+  for (int64_t a = 0; a < k; ++a) {
+    TORCH_CHECK_VALUE(ix[a] >= 0 && ix[a] < W.d_in, "quant_input_sparse: active index ", ix[a], " out of range [0, ", W.d_in, ")");
+    TORCH_CHECK_VALUE(a == 0 || ix[a] > ix[a - 1], "quant_input_sparse: active indices must be ascending and unique");
+  }
+  at::Tensor y = at::zeros({N, W.d_out}, x.options());
+  input_sparse_core(W, xp, N, ix, k, check_bias_t(bias, W.d_out), y.mutable_data_ptr<float>());
   return y;
+}
+
+// TEAL's rule in one call: the inputs with |x| >= t (t, or tvec[i] per input; exact zeros never),
+// the union over the rows (each row's own others zeroed), then input_sparse_core. ``count`` (int64
+// [1], optional) accumulates the union's size; with every input kept, the same kernel over all.
+at::Tensor quant_input_sparse_threshold_rows(const at::Tensor& x, const at::Tensor& qt, const at::Tensor& st,
+                                             const c10::optional<at::Tensor>& mt, const c10::optional<at::Tensor>& bias,
+                                             double t, const c10::optional<at::Tensor>& tvec,
+                                             const c10::optional<at::Tensor>& count) {
+  const QWT W = check_weight_t(qt, st, mt);
+  const float* xp = check_x(x, W.d_in, "quant_input_sparse_threshold");
+  const int64_t N = x.size(0), d_in = W.d_in;
+  const float* tv = nullptr;
+  if (tvec.has_value() && tvec->defined()) {
+    TORCH_CHECK_VALUE(tvec->dim() == 1 && tvec->size(0) == d_in && tvec->scalar_type() == at::kFloat &&
+                          tvec->is_contiguous(), "quant_input_sparse_threshold: tvec must be fp32 [d_in]");
+    tv = tvec->const_data_ptr<float>();
+  }
+  const float tf = static_cast<float>(t);
+  std::vector<int64_t> ix;
+  ix.reserve(static_cast<size_t>(d_in));
+  std::vector<uint8_t> keep(static_cast<size_t>(N * d_in));
+  for (int64_t i = 0; i < d_in; ++i) {
+    const float c = tv ? tv[i] : tf;
+    bool any = false;
+    for (int64_t b = 0; b < N; ++b) {
+      const float v = xp[b * d_in + i];
+      const bool k = v != 0.0f && std::fabs(v) >= c;
+      keep[b * d_in + i] = k;
+      any = any || k;
+    }
+    if (any) ix.push_back(i);
+  }
+  const float* xs = xp;
+  std::vector<float> xm;
+  if (N > 1) {  // each row's own inactive inputs zeroed: every row gets what it would get alone
+    xm.assign(xp, xp + N * d_in);
+    for (int64_t i = 0; i < N * d_in; ++i)
+      if (!keep[i]) xm[i] = 0.0f;
+    xs = xm.data();
+  }
+  if (count.has_value() && count->defined()) {
+    TORCH_CHECK_VALUE(count->numel() == 1 && count->scalar_type() == at::kLong, "quant_input_sparse_threshold: bad count");
+    count->mutable_data_ptr<int64_t>()[0] += static_cast<int64_t>(ix.size());
+  }
+  at::Tensor y = at::zeros({N, W.d_out}, x.options());
+  input_sparse_core(W, xs, N, ix.data(), static_cast<int64_t>(ix.size()), check_bias_t(bias, W.d_out),
+                    y.mutable_data_ptr<float>());
+  return y;
+}
+
+at::Tensor quant_input_sparse_threshold(const at::Tensor& x, const at::Tensor& qt, const at::Tensor& st,
+                                        const c10::optional<at::Tensor>& mt, const c10::optional<at::Tensor>& bias,
+                                        double t, const c10::optional<at::Tensor>& tvec,
+                                        const c10::optional<at::Tensor>& count) {
+  return on_rows_q(x, qt.size(1), [&](const at::Tensor& x2) {
+    return quant_input_sparse_threshold_rows(x2, qt, st, mt, bias, t, tvec, count);
+  });
 }
 
 at::Tensor quant_input_sparse(const at::Tensor& x, const at::Tensor& qt, const at::Tensor& st,
@@ -424,6 +505,8 @@ TORCH_LIBRARY_FRAGMENT(tda_kernels, m) {
   m.def("quant_dequant(Tensor q, Tensor scale, Tensor? min, int r0, int r1) -> Tensor");
   m.def("quant_rows(Tensor x, Tensor q, Tensor scale, Tensor? min, Tensor idx, Tensor? bias) -> Tensor");
   m.def("quant_input_sparse(Tensor x, Tensor qt, Tensor st, Tensor? mt, Tensor idx, Tensor? bias) -> Tensor");
+  m.def("quant_input_sparse_threshold(Tensor x, Tensor qt, Tensor st, Tensor? mt, Tensor? bias, float t, "
+        "Tensor? tvec, Tensor(a!)? count=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
@@ -431,4 +514,5 @@ TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
   m.impl("quant_dequant", &tda_quant::quant_dequant);
   m.impl("quant_rows", &tda_quant::quant_rows);
   m.impl("quant_input_sparse", &tda_quant::quant_input_sparse);
+  m.impl("quant_input_sparse_threshold", &tda_quant::quant_input_sparse_threshold);
 }
