@@ -33,24 +33,51 @@ MISSING = ("llama-cpp-python is not installed; it is an optional extra: pip inst
            "(builds llama.cpp from source, 10-20 min on 2 cores)")
 
 
-def llama_runner(path: Path, threads: int, n_ctx: int):
-    """``run(ids, new_tokens) -> timings`` over llama.cpp (greedy: the argmax of its logits)."""
+def _cpu_has_amx() -> bool:
+    try:
+        return "amx_tile" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def llama_runner(path: Path, threads: int, n_ctx: int, extra_bufts: bool = True):
+    """``run(ids, new_tokens) -> timings`` over llama.cpp (greedy: the argmax of its last logits,
+    read straight from the context: ``Llama.scores`` stays empty without ``logits_all``).
+    ``extra_bufts=False`` turns llama.cpp's extra CPU buffer types off (its AMX path and weight
+    repacking): a native build's AMX matmul crashes on this VM's CPU (SIGSEGV in
+    ``ggml_backend_amx_mul_mat``)."""
+    import llama_cpp
     import numpy as np
     from llama_cpp import Llama
 
+    if not extra_bufts:
+        default = llama_cpp.llama_model_default_params
+
+        def params():
+            p = default()
+            p.use_extra_bufts = False
+            return p
+
+        llama_cpp.llama_model_default_params = params
+        llama_cpp.llama.llama_cpp.llama_model_default_params = params
     llm = Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx, n_batch=512,
                 logits_all=False, verbose=False)
+    n_vocab = llm.n_vocab()
+
+    def argmax() -> int:
+        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,))
+        return int(row.argmax())
 
     def run(ids: list[int], new_tokens: int) -> dict:
         llm.reset()
         t0 = time.perf_counter()
         llm.eval(ids)
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = argmax()
         t1 = time.perf_counter()
         out = [tok]
         for _ in range(new_tokens - 1):
             llm.eval([tok])
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            tok = argmax()
             out.append(tok)
         t2 = time.perf_counter()
         return {"prefill_s": t1 - t0, "decode_ms_per_token": 1000 * (t2 - t1) / (new_tokens - 1),
@@ -98,6 +125,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--prompt", default=PROMPT)
     ap.add_argument("--bandwidth-mb", type=float, default=256)
+    ap.add_argument("--llama-extra-bufts", choices=("auto", "on", "off"), default="auto",
+                    help="llama.cpp's extra CPU buffer types (AMX, repacking); auto: off on CPUs with AMX tiles, "
+                         "whose native-build AMX matmul crashes on this VM")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     try:
@@ -124,7 +154,8 @@ def main(argv=None) -> dict:
     models = {fmt: load_model(args.model, dtype=fmt) for fmt in dict.fromkeys(["fp32", *(v[0] for v in variants)])}
     ref = models["fp32"]
     prompt_ids = ref.tokenizer(args.prompt).input_ids
-    run_llama, llm = llama_runner(path, args.threads, n_ctx=len(prompt_ids) + args.new_tokens + 8)
+    extra = {"on": True, "off": False, "auto": not _cpu_has_amx()}[args.llama_extra_bufts]
+    run_llama, llm = llama_runner(path, args.threads, n_ctx=len(prompt_ids) + args.new_tokens + 8, extra_bufts=extra)
     labels = {f"{fmt}:{m}" + (f"@{d:g}" if d is not None else ""): (fmt, m, d) for fmt, m, d in variants}
     tokens: dict[str, list[int]] = {}
 
@@ -172,7 +203,7 @@ def main(argv=None) -> dict:
     res = {
         "model": str(path.name), "file_bytes": file_bytes, "prompt": args.prompt, "prompt_tokens": len(prompt_ids),
         "new_tokens": args.new_tokens, "threads": args.threads, "rounds": pr["rounds_run"],
-        "llama_cpp_python": __import__("llama_cpp").__version__, "machine": machine_info(),
+        "llama_cpp_python": __import__("llama_cpp").__version__, "llama_extra_bufts": extra, "machine": machine_info(),
         "bandwidth_rounds_gbps": bw_rounds, "results": rows,
         "llamacpp_effective_gbps": [file_bytes / (ms / 1000) / 1e9 for ms in llama_ms],
         "note": ("paired rounds, llama.cpp measured first and after every 2 variants (order rotating); ratio = mean of "
@@ -190,7 +221,8 @@ def main(argv=None) -> dict:
 
 def format_table(res: dict) -> str:
     lines = [f"{res['model']}: prompt {res['prompt_tokens']} tokens, {res['new_tokens']} new tokens greedy, "
-             f"{res['threads']} threads, {res['rounds']} rounds (llama-cpp-python {res['llama_cpp_python']})", "",
+             f"{res['threads']} threads, {res['rounds']} rounds (llama-cpp-python {res['llama_cpp_python']}, "
+             f"extra buffer types {'on' if res.get('llama_extra_bufts', True) else 'off'})", "",
              "| runtime / format | decode ms/token | tokens/s vs llama.cpp [95%] | MB read/step | % of roofline per round "
              "| first token differing from llama.cpp |",
              "|---|---|---|---|---|---|"]
@@ -205,8 +237,9 @@ def format_table(res: dict) -> str:
         roof = "" if r["roofline_pct_median"] is None else f"{r['roofline_pct_median']:.0f}%"
         if r["roofline_rounds_above_100"]:
             roof += f" ({r['roofline_rounds_above_100']} flagged >100%)"
-        lines.append(f"| ours, {label} | {r['decode_ms_per_token']:.1f} | {r['vs_llamacpp']:.2f}x "
-                     f"[{r['vs_llamacpp_lo']:.2f}, {r['vs_llamacpp_hi']:.2f}] | {r['weight_bytes_per_step'] / 1e6:.0f} | "
+        ci = f"[{r['vs_llamacpp_lo']:.2f}, {r['vs_llamacpp_hi']:.2f}]" if res["rounds"] >= 3 else "[n/a: < 3 rounds]"
+        lines.append(f"| ours, {label} | {r['decode_ms_per_token']:.1f} | {r['vs_llamacpp']:.2f}x {ci} | "
+                     f"{r['weight_bytes_per_step'] / 1e6:.0f} | "
                      f"{roof} | {div} |")
     return "\n".join(lines)
 

@@ -447,7 +447,8 @@ def quantized_page(root: Path) -> str:
             if r.get("roofline_rounds_above_100"):
                 roof += f" ({r['roofline_rounds_above_100']} round(s) above 100% flagged)"
             rows.append([f"ours, {label}", _f(r["decode_ms_per_token"], 1), _f(r["tokens_per_s"], 1),
-                         _x(r["vs_llamacpp"], r["vs_llamacpp_lo"], r["vs_llamacpp_hi"]),
+                         _x(r["vs_llamacpp"], r["vs_llamacpp_lo"], r["vs_llamacpp_hi"]) if d["rounds"] >= 3
+                         else _x(r["vs_llamacpp"]) + " [n/a: < 3 rounds]",
                          _f(r["weight_bytes_per_step"] / 1e6, 0), roof, div])
         eff = d.get("llamacpp_effective_gbps") or []
         body.append(
