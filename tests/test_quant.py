@@ -166,7 +166,7 @@ def test_methods_without_quantized_kernels_are_refused_on_the_gguf_format():
         generate(lm_q, "hello", method="teal", density=0.5, lm_head_density=0.5, max_new_tokens=2)
 
 
-@pytest.mark.parametrize("method", ["teal", "wina"])
+@pytest.mark.parametrize("method", ["tt", "teal", "wina"])
 @pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3"])
 def test_token_wise_methods_on_quantized_blocks_equal_the_dequantised_model(spec, method):
     """TEAL's thresholds and WINA's top-k over the input-sparse quantized kernel: the same tokens,
