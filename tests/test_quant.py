@@ -161,16 +161,16 @@ def test_methods_without_quantized_kernels_are_refused_on_the_gguf_format():
 
     lm_q = load_model("tiny-llama", dtype="gguf:Q4_0")
     with pytest.raises(BadInput, match="gguf format"):
-        generate(lm_q, "hello", method="griffin", density=0.5, max_new_tokens=2)
+        generate(lm_q, "hello", method="chess", density=0.5, max_new_tokens=2)
     with pytest.raises(BadInput, match="gguf format"):
         generate(lm_q, "hello", method="teal", density=0.5, lm_head_density=0.5, max_new_tokens=2)
 
 
-@pytest.mark.parametrize("method", ["tt", "teal", "wina"])
+@pytest.mark.parametrize("method", ["tt", "cats", "teal", "wina", "griffin", "tda", "static", "random"])
 @pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3"])
-def test_token_wise_methods_on_quantized_blocks_equal_the_dequantised_model(spec, method):
-    """TEAL's thresholds and WINA's top-k over the input-sparse quantized kernel: the same tokens,
-    densities and read fractions as on the fp32 model holding the de-quantised weights."""
+def test_methods_on_quantized_blocks_equal_the_dequantised_model(spec, method):
+    """Token-wise rules over the input-sparse quantized kernels and prompt-fixed slices of the blocks:
+    the same tokens, densities and read fractions as on the fp32 model holding the de-quantised weights."""
     from tda.common.data import load_texts
     from tda.engine import layouts
     from tda.engine.generate import generate
@@ -325,3 +325,19 @@ def test_fused_threshold_kernel_equals_each_rows_masked_product(qtype, rows_x):
         want = F.linear((x * keep).double(), ref.double())
         assert float((got.double() - want).abs().max()) <= 2e-6 * scale
         assert int(count) == int(keep.any(0).sum())
+
+
+@pytest.mark.parametrize("method", ["teal", "griffin"])
+def test_quantized_methods_on_a_batch_equal_each_prompt_alone(method):
+    from tda.common.data import load_texts
+    from tda.engine.generate import generate
+    from tda.models.load import load_model
+
+    lm_q = load_model("tiny-llama", dtype="gguf:Q8_0")
+    cal = load_texts(limit=4)
+    prompts = ["the quick brown fox jumps over", "a b c d e f g h"]
+    both = generate(lm_q, prompts, method, density=0.5, max_new_tokens=6, calibration_texts=cal)
+    alone = [generate(lm_q, p, method, density=0.5, max_new_tokens=6, calibration_texts=cal).token_ids[0]
+             for p in prompts]
+    # token-wise: each row its own selection; prompt-fixed (union mode): each row's mask inside the union's slice
+    assert both.token_ids == alone

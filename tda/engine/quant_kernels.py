@@ -76,22 +76,30 @@ def rows(x: torch.Tensor, qw: QuantWeight, idx: torch.Tensor, bias: torch.Tensor
 
 
 def input_sparse(x: torch.Tensor, qwt: QuantWeightT, idx: torch.Tensor, bias: torch.Tensor | None = None, *,
-                 backend: str = "auto") -> torch.Tensor:
+                 compact: bool = False, backend: str = "auto") -> torch.Tensor:
     """Input-sparse ``y[..., d_out] = x[..., idx] @ W[:, idx].T (+ bias)`` over the input-major repack:
     only the active inputs' rows of ``qt`` are read. ``idx`` is sorted here (any order, unique);
     inputs of ``x`` outside ``idx`` are ignored (for a batch: the union of the rows' sets — zero a
-    row's own inactive inputs first to get that row's masked product)."""
+    row's own inactive inputs first to get that row's masked product). ``compact``: ``x[..., k]``
+    holds just the inputs ``idx`` in that order (which must then be ascending)."""
     d_out, d_in = qwt.shape
     idx = _index(idx, d_in, "idx")
-    if x.shape[-1] != d_in:
-        raise ValueError(f"x must have shape [..., {d_in}], got {tuple(x.shape)}")
+    if x.shape[-1] != (idx.numel() if compact else d_in):
+        raise ValueError(f"x must have shape [..., {idx.numel() if compact else d_in}], got {tuple(x.shape)}")
+    if compact:
+        if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+            raise ValueError("idx: a compact input needs ascending, unique indices")
+        if _cpp(backend, x, qwt.qt) is None:  # the torch path: scatter into the full input
+            full = torch.zeros(*x.shape[:-1], d_in, dtype=x.dtype, device=x.device)
+            full[..., idx] = x
+            return input_sparse(full, qwt, idx, bias, backend=backend)
     idx = torch.sort(idx).values
     if idx.numel() > 1 and bool((idx[1:] == idx[:-1]).any()):
         raise ValueError("idx: active indices repeated (indices must be unique)")
     ops = _cpp(backend, x, qwt.qt)
     x32 = x.to(torch.float32).contiguous()
     if ops is not None:
-        return ops.quant_input_sparse(x32, qwt.qt, qwt.st, qwt.mt, idx, bias).to(x.dtype)
+        return ops.quant_input_sparse(x32, qwt.qt, qwt.st, qwt.mt, idx, bias, compact).to(x.dtype)
     mask = torch.zeros(d_in, dtype=torch.float32, device=x.device)
     mask[idx] = 1.0
     w = qwt.row_major().dequantize()

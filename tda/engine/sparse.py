@@ -55,6 +55,49 @@ class LayerSlice:
         return sum(t.numel() * t.element_size() for t in ts)
 
 
+@dataclass
+class QuantLayerSlice:
+    """One layer's slice in the quantized format: ``in_qw[j]`` the kept rows of gate/up (their own
+    blocks, ``[k, d_model]``), the down projection read through its input-major repack at ``idx``
+    (only the kept inputs' rows; the repack is the module's, shared). Union batches only."""
+
+    in_qw: list
+    in_b: list[torch.Tensor | None]
+    down_qwt: object
+    down_b: torch.Tensor | None
+    idx: torch.Tensor
+    row_mask: torch.Tensor | None = None
+    rows: bool = False
+
+    @property
+    def k(self) -> int:
+        return int(self.idx.numel())
+
+    @property
+    def down_w(self) -> torch.Tensor:  # what read_fraction counts: [d_model, k]
+        return self.down_qwt.qt.new_empty((self.down_qwt.shape[0], self.k))
+
+    def weight_bytes(self) -> int:
+        return sum(q.nbytes for q in self.in_qw) + self.k * self.down_qwt.qt.shape[1]
+
+
+def slice_layer_quant(ffn, layer: int, idx: torch.Tensor) -> QuantLayerSlice:
+    """The kept neurons ``idx[k]`` (ascending) of a quantized ``layer``: gate/up rows copied from their
+    blocks, the down projection's input-major repack made once per module."""
+    from tda.engine.layouts import quant_input_major
+    from tda.models.quant import QuantWeight
+
+    idx = torch.sort(idx.long()).values
+    ins = []
+    for m in ffn.in_modules(layer):
+        qw = m.qweight
+        ins.append(QuantWeight(qw.q.index_select(0, idx).contiguous(), qw.scale.index_select(0, idx).contiguous(),
+                               None if qw.min is None else qw.min.index_select(0, idx).contiguous(), qw.qtype))
+    in_b = [None if m.bias is None else m.bias.detach().index_select(0, idx) for m in ffn.in_modules(layer)]
+    down = ffn.out_module(layer)
+    return QuantLayerSlice(ins, in_b, quant_input_major(down), None if down.bias is None else down.bias.detach(), idx)
+
+
 def slice_layer(ffn, layer: int, idx: torch.Tensor) -> LayerSlice:
     """Copy the kept neurons ``idx[k]`` of ``layer`` into contiguous tensors (one mask)."""
     dev = ffn.down_weight(layer).device
@@ -70,6 +113,19 @@ def slice_layer_batch(ffn, layer: int, keep_rows: torch.Tensor, mode: str = "uni
     """Slices for a batch: ``keep_rows[B, d_ff]`` (bool), one row per sequence."""
     if mode not in BATCH_MODES:
         raise ValueError(f"batch mode must be one of {BATCH_MODES}")
+    from tda.models.quant import QuantLinear
+
+    if isinstance(ffn.out_module(layer), QuantLinear):  # the quantized format: slices of its blocks
+        B = keep_rows.shape[0]
+        if B > 1 and mode == "rows" and not bool((keep_rows == keep_rows[0]).all()):
+            from tda.common.errors import BadInput
+
+            raise BadInput("batch mode 'rows' does not run on the gguf format; use the union mode")
+        union = keep_rows.any(dim=0)
+        sl = slice_layer_quant(ffn, layer, torch.nonzero(union).flatten())
+        if B > 1 and not bool((keep_rows == union).all()):
+            sl.row_mask = keep_rows[:, sl.idx].to(torch.float32)
+        return sl
     keep_rows = keep_rows.to(ffn.down_weight(layer).device)
     B = keep_rows.shape[0]
     if B == 1 or mode == "union" or bool((keep_rows == keep_rows[0]).all()):
@@ -106,8 +162,27 @@ def _rows_view(x: torch.Tensor, B: int) -> torch.Tensor:
     return x.reshape(B, -1, x.shape[-1])
 
 
+def _quant_sliced_fns(sl: QuantLayerSlice) -> tuple[list[LinearFn], LinearFn]:
+    from tda.engine import quant_kernels
+
+    def make_in(qw, b):
+        return lambda x: quant_kernels.linear(x, qw, b)
+
+    rm = sl.row_mask
+
+    def out(a):
+        if rm is not None:
+            B = rm.shape[0]
+            a = (_rows_view(a, B) * rm[:, None, :]).reshape(a.shape)
+        return quant_kernels.input_sparse(a, sl.down_qwt, sl.idx, sl.down_b, compact=True)
+
+    return [make_in(q, b) for q, b in zip(sl.in_qw, sl.in_b)], out
+
+
 def sliced_fns(sl: LayerSlice, *, fast: bool) -> tuple[list[LinearFn], LinearFn]:
     """``([fn_in_j(x[..., d_model]) -> [..., k]], fn_out(a[..., k]) -> [..., d_model])``."""
+    if isinstance(sl, QuantLayerSlice):
+        return _quant_sliced_fns(sl)
     if sl.rows:
         B = sl.down_w.shape[0]
 

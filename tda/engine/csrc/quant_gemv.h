@@ -19,8 +19,10 @@
 //       buffer and multiplied by at::mm.
 //   quant_dequant(q, scale, min?, r0, r1) -> W[r1 - r0, d_in] fp32 (the rows' exact values).
 //   quant_rows(x, q, scale, min?, idx, bias?) -> y[..., k]: output-sparse, the rows idx only.
-//   quant_input_sparse(x, qt, st, mt?, idx, bias?) -> y[..., d_out]: input-sparse over the
-//       input-major repack (QuantWeight.input_major), the active inputs idx only.
+//   quant_input_sparse(x, qt, st, mt?, idx, bias?, compact) -> y[..., d_out]: input-sparse over the
+//       input-major repack (QuantWeight.input_major), the active inputs idx only (compact: x holds
+//       just those inputs, in idx's order: a prompt-fixed slice's activations).
+//   quant_input_sparse_threshold(x, qt, st, mt?, bias?, t, tvec?, count?): TEAL's rule and product.
 #pragma once
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -367,9 +369,12 @@ inline const float* check_bias_t(const c10::optional<at::Tensor>& bias, int64_t 
 
 // y[N, d_out] (zeroed by the caller) += the product of x's inputs ix[0..k) (ascending, unique)
 // with W, columns split over threads; per group the active inputs' x * q summed, then scaled once.
+// ``compact``: x's rows hold only the active inputs, x[b, a] for input ix[a] (row stride k) -- a
+// prompt-fixed slice's activations; else x[b, i] for every input i (row stride d_in).
 inline void input_sparse_core(const QWT& W, const float* xp, int64_t N, const int64_t* ix, int64_t k,
-                              const float* bp, float* yp) {
-  const int64_t d_in = W.d_in, d_out = W.d_out, ng = W.ng, G = W.G;
+                              const float* bp, float* yp, bool compact = false) {
+  const int64_t d_out = W.d_out, ng = W.ng, G = W.G;
+  const int64_t ldx = compact ? k : W.d_in;
   // the runs of active inputs per group: [starts[g], starts[g + 1]) in ix
   std::vector<int64_t> starts(static_cast<size_t>(ng + 1), k);
   for (int64_t a = k - 1; a >= 0; --a) starts[ix[a] / G] = a;
@@ -380,13 +385,14 @@ inline void input_sparse_core(const QWT& W, const float* xp, int64_t N, const in
   for_chunks_q(nc, [&](int64_t c) {
     const int64_t c0 = d_out * c / nc / 16 * 16, c1 = c + 1 == nc ? d_out : d_out * (c + 1) / nc / 16 * 16;
     for (int64_t b = 0; b < N; ++b) {
-      const float* xb = xp + b * d_in;
+      const float* xb = xp + b * ldx;
       float* yb = yp + b * d_out;
+      auto xa = [&](int64_t a) { return compact ? xb[a] : xb[ix[a]]; };
       for (int64_t g = 0; g < ng; ++g) {
         const int64_t a0 = starts[g], a1 = starts[g + 1];
         if (a0 == a1) continue;
         float xs = 0.0f;
-        for (int64_t a = a0; a < a1; ++a) xs += xb[ix[a]];
+        for (int64_t a = a0; a < a1; ++a) xs += xa(a);
         const float* sg = W.s + g * d_out;
         const float* mg = W.m ? W.m + g * d_out : nullptr;
         int64_t j = c0;
@@ -396,7 +402,7 @@ inline void input_sparse_core(const QWT& W, const float* xp, int64_t N, const in
           __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
           for (int64_t a = a0; a < a1; ++a) {
             const int8_t* row = W.q + ix[a] * d_out + j;
-            const __m512 xv = _mm512_set1_ps(xb[ix[a]]);
+            const __m512 xv = _mm512_set1_ps(xa(a));
             t0 = _mm512_fmadd_ps(q16(row), xv, t0);
             t1 = _mm512_fmadd_ps(q16(row + 16), xv, t1);
             t2 = _mm512_fmadd_ps(q16(row + 32), xv, t2);
@@ -413,7 +419,7 @@ inline void input_sparse_core(const QWT& W, const float* xp, int64_t N, const in
 #endif
         for (; j < c1; ++j) {
           float t = 0.0f;
-          for (int64_t a = a0; a < a1; ++a) t += static_cast<float>(W.q[ix[a] * d_out + j]) * xb[ix[a]];
+          for (int64_t a = a0; a < a1; ++a) t += static_cast<float>(W.q[ix[a] * d_out + j]) * xa(a);
           yb[j] += sg[j] * t - (mg ? mg[j] * xs : 0.0f);
         }
       }
@@ -425,11 +431,11 @@ inline void input_sparse_core(const QWT& W, const float* xp, int64_t N, const in
 
 at::Tensor quant_input_sparse_rows(const at::Tensor& x, const at::Tensor& qt, const at::Tensor& st,
                                    const c10::optional<at::Tensor>& mt, const at::Tensor& idx,
-                                   const c10::optional<at::Tensor>& bias) {
+                                   const c10::optional<at::Tensor>& bias, bool compact) {
   const QWT W = check_weight_t(qt, st, mt);
-  const float* xp = check_x(x, W.d_in, "quant_input_sparse");
   TORCH_CHECK_VALUE(idx.dim() == 1 && idx.is_contiguous() && idx.scalar_type() == at::kLong,
                     "quant_input_sparse: idx must be a 1-D int64 tensor");
+  const float* xp = check_x(x, compact ? idx.size(0) : W.d_in, "quant_input_sparse");
   const int64_t k = idx.size(0), N = x.size(0);
   const int64_t* ix = idx.const_data_ptr<int64_t>();
   for (int64_t a = 0; a < k; ++a) {
@@ -437,7 +443,7 @@ at::Tensor quant_input_sparse_rows(const at::Tensor& x, const at::Tensor& qt, co
     TORCH_CHECK_VALUE(a == 0 || ix[a] > ix[a - 1], "quant_input_sparse: active indices must be ascending and unique");
   }
   at::Tensor y = at::zeros({N, W.d_out}, x.options());
-  input_sparse_core(W, xp, N, ix, k, check_bias_t(bias, W.d_out), y.mutable_data_ptr<float>());
+  input_sparse_core(W, xp, N, ix, k, check_bias_t(bias, W.d_out), y.mutable_data_ptr<float>(), compact);
   return y;
 }
 
@@ -501,9 +507,9 @@ at::Tensor quant_input_sparse_threshold(const at::Tensor& x, const at::Tensor& q
 
 at::Tensor quant_input_sparse(const at::Tensor& x, const at::Tensor& qt, const at::Tensor& st,
                               const c10::optional<at::Tensor>& mt, const at::Tensor& idx,
-                              const c10::optional<at::Tensor>& bias) {
+                              const c10::optional<at::Tensor>& bias, bool compact) {
   return on_rows_q(x, qt.size(1), [&](const at::Tensor& x2) {
-    return quant_input_sparse_rows(x2, qt, st, mt, idx, bias);
+    return quant_input_sparse_rows(x2, qt, st, mt, idx, bias, compact);
   });
 }
 
@@ -513,7 +519,8 @@ TORCH_LIBRARY_FRAGMENT(tda_kernels, m) {
   m.def("quant_linear(Tensor x, Tensor q, Tensor scale, Tensor? min, Tensor? bias) -> Tensor");
   m.def("quant_dequant(Tensor q, Tensor scale, Tensor? min, int r0, int r1) -> Tensor");
   m.def("quant_rows(Tensor x, Tensor q, Tensor scale, Tensor? min, Tensor idx, Tensor? bias) -> Tensor");
-  m.def("quant_input_sparse(Tensor x, Tensor qt, Tensor st, Tensor? mt, Tensor idx, Tensor? bias) -> Tensor");
+  m.def("quant_input_sparse(Tensor x, Tensor qt, Tensor st, Tensor? mt, Tensor idx, Tensor? bias, "
+        "bool compact=False) -> Tensor");
   m.def("quant_input_sparse_threshold(Tensor x, Tensor qt, Tensor st, Tensor? mt, Tensor? bias, float t, "
         "Tensor? tvec, Tensor(a!)? count=None) -> Tensor");
 }

@@ -14,10 +14,11 @@ from __future__ import annotations
 import torch
 
 from tda.engine import kernels
-from tda.engine.layouts import input_major
+from tda.engine.layouts import input_major, quant_input_major
 from tda.engine.methods.thresholds import input_thresholds
 from tda.engine.methods.token import TokenWise
 from tda.engine.tokenwise import sparse_product
+from tda.models.quant import QuantLinear
 
 
 class CATS(TokenWise):
@@ -50,7 +51,7 @@ class CATS(TokenWise):
             table[gate] = self._gate_fn(L, gate, tau, state)
             table[up] = self._up_fn(up, state)
             table[down] = self._down_fn(down, state)
-            if up.weight.is_contiguous():  # up reads the same rows as down
+            if isinstance(up, QuantLinear) or up.weight.is_contiguous():  # up reads the same rows as down
                 self.counters[id(up)] = (up, self.counters[id(down)][1])
         return table
 
@@ -71,6 +72,8 @@ class CATS(TokenWise):
         return fn
 
     def _up_fn(self, up, state: dict):
+        if isinstance(up, QuantLinear):  # the quantized format: the active rows of its blocks
+            return self._quant_up_fn(up, state)
         w = up.weight.detach()  # [d_ff, d_model], row-major: active rows are contiguous
         b = getattr(up, "bias", None)
         # Input-major W_up (TEAL or WINA converted it earlier in this process): the active outputs'
@@ -89,9 +92,41 @@ class CATS(TokenWise):
 
         return fn
 
+    def _quant_up_fn(self, up, state: dict):
+        from tda.engine import quant_kernels
+
+        qw, b, d_out = up.qweight, up.bias, up.out_features
+
+        def fn(x):
+            keep = state.pop("keep")
+            x2 = x.reshape(-1, x.shape[-1])
+            idx = torch.nonzero(keep.any(dim=0) if keep.shape[0] > 1 else keep[0]).flatten()
+            out = torch.zeros(x2.shape[0], d_out, dtype=x.dtype, device=x.device)
+            vals = quant_kernels.rows(x2, qw, idx, b)
+            out[:, idx] = vals * keep[:, idx] if keep.shape[0] > 1 else vals
+            return out.view(*x.shape[:-1], d_out)
+
+        return fn
+
     def _down_fn(self, down, state: dict):
-        wt, b = input_major(down), getattr(down, "bias", None)
         dense, counter = self.dense_fn(down), self.counter(down)
+        if isinstance(down, QuantLinear):  # the quantized format: the active inputs of its input-major repack
+            from tda.engine import quant_kernels
+
+            qwt, qb, d_in = quant_input_major(down), down.bias, down.in_features
+
+            def qfn(a):
+                keep = state.pop("keep_down")
+                a2 = a.reshape(-1, d_in)
+                idx = torch.nonzero(keep[0] if a2.shape[0] == 1 else keep.any(dim=0)).flatten()
+                counter.add(int(idx.numel()), d_in)
+                if idx.numel() == d_in and bool(keep.all()):
+                    return dense(a)
+                xs = a2 if a2.shape[0] == 1 else a2 * keep
+                return quant_kernels.input_sparse(xs, qwt, idx, qb).view(*a.shape[:-1], qwt.shape[0])
+
+            return qfn
+        wt, b = input_major(down), getattr(down, "bias", None)
 
         def fn(a):
             return sparse_product(a, a.reshape(-1, a.shape[-1]), state.pop("keep_down"), wt, b, dense, counter)
