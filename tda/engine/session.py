@@ -44,8 +44,7 @@ class SparseSession:
 
     def __init__(self, lm, method: str | SparsityConfig = "dense", **fields):
         self.cfg = as_config(method, **fields)
-        if getattr(lm, "weight_format", None) == "gguf" and (self.cfg.method not in QUANT_METHODS
-                                                             or self.cfg.lm_head_density is not None):
+        if getattr(lm, "weight_format", None) == "gguf" and self.cfg.method not in QUANT_METHODS:
             raise BadInput(f"method '{self.cfg.method}' does not run on the gguf format yet (these do: "
                            f"{', '.join(QUANT_METHODS)}); use --dtype fp32 or bf16 for the others")
         self.lm = lm
