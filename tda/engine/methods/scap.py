@@ -33,6 +33,7 @@ import torch
 
 from tda.engine.methods.token import TokenWise
 from tda.engine.tokenwise import Counter, LinearFn, masked_linear, threshold_linear
+from tda.models.quant import QuantLinear
 
 
 class SCAP(TokenWise):
@@ -66,6 +67,16 @@ class SCAP(TokenWise):
         dense, counter = self.dense_fn(module), self.counter(module)
         if placement.is_offloaded(module):  # mask, then the dense function: W·(z + c) + b
             inner = masked_linear(cut, lambda z: dense(z + c), counter)
+            return lambda x: inner(x - c)
+        if isinstance(module, QuantLinear):  # the quantized format: W·c from the exact values, its input-major repack
+            from tda.engine.layouts import quant_input_major
+            from tda.engine.tokenwise import quant_threshold_linear
+
+            qwt = quant_input_major(module)
+            folded = qwt.row_major().dequantize().t().sum(dim=0, dtype=torch.float64) * float(c)
+            if module.bias is not None:
+                folded = folded + module.bias.detach().double()
+            inner = quant_threshold_linear(qwt, folded.to(torch.float32), cut, dense, counter)
             return lambda x: inner(x - c)
         return centred_linear(input_major(module), getattr(module, "bias", None), c, cut, dense, counter)
 
