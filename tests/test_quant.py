@@ -161,13 +161,13 @@ def test_methods_without_quantized_kernels_are_refused_on_the_gguf_format():
 
     lm_q = load_model("tiny-llama", dtype="gguf:Q4_0")
     with pytest.raises(BadInput, match="gguf format"):
-        generate(lm_q, "hello", method="rsparse", density=0.5, max_new_tokens=2)
+        generate(lm_q, "hello", method="predictor", density=0.5, max_new_tokens=2)
     with pytest.raises(BadInput, match="gguf format"):
         generate(lm_q, "hello", method="griffin+tt", density=0.5, max_new_tokens=2)
 
 
-@pytest.mark.parametrize("method", ["tt", "cats", "chess", "scap", "teal", "wina", "griffin", "tda", "static",
-                                    "random", "tt+head0.5"])
+@pytest.mark.parametrize("method", ["tt", "cats", "chess", "scap", "rsparse", "teal", "wina", "griffin", "tda",
+                                    "static", "random", "tt+head0.5"])
 @pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3"])
 def test_methods_on_quantized_blocks_equal_the_dequantised_model(spec, method):
     """Token-wise rules over the input-sparse quantized kernels and prompt-fixed slices of the blocks:

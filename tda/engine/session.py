@@ -26,7 +26,7 @@ from tda.engine.methods.registry import get_method
 from tda.models.dispatch import attention_override, decoder_override, linear_overrides
 
 # Methods that run on the quantized format (tda.models.quant): their kernels read the blocks.
-QUANT_METHODS = ("dense", "tt", "cats", "chess", "scap", "teal", "wina", "griffin", "tda", "static", "random")
+QUANT_METHODS = ("dense", "tt", "cats", "chess", "scap", "rsparse", "teal", "wina", "griffin", "tda", "static", "random")
 
 
 def sync(device: torch.device) -> None:

@@ -28,6 +28,7 @@ from tda.engine.layouts import input_major
 from tda.engine.methods.teal import block_linears
 from tda.engine.methods.token import TokenWise
 from tda.engine.tokenwise import Counter, threshold_linear
+from tda.models.quant import QuantLinear
 
 
 class LowRankCounter(Counter):
@@ -78,7 +79,15 @@ class RSparse(TokenWise):
         from tda.engine.methods.wina import column_norms
         from tda.masks.lowrank import module_factors
 
-        wt = input_major(module)  # [d_in, d_out]
+        quantized = isinstance(module, QuantLinear)
+        if quantized:  # the quantized format: its input-major repack; norms and factors from the exact values
+            from tda.engine.layouts import quant_input_major
+            from tda.engine.tokenwise import quant_threshold_linear
+
+            qwt = quant_input_major(module)
+            wt = qwt.row_major().dequantize().t()  # [d_in, d_out], a view: for norms and the SVD only
+        else:
+            wt = input_major(module)  # [d_in, d_out]
         d_in, d_out = wt.shape
         bias = getattr(module, "bias", None)
         bias = None if bias is None else bias.detach()
@@ -89,8 +98,14 @@ class RSparse(TokenWise):
         else:
             cut = max(split.tau, 0.0) / column_norms(module, wt)  # |x_i| >= tau / ‖W[:, i]‖
         rank = split.rank
-        if rank == 0:
+
+        def sparse_linear():
+            if quantized:
+                return quant_threshold_linear(qwt, bias, cut, self.dense_fn(module), counter)
             return threshold_linear(wt, bias, cut, self.dense_fn(module), counter)
+
+        if rank == 0:
+            return sparse_linear()
         vs, u = (f.to(device=wt.device, dtype=wt.dtype).contiguous() for f in module_factors(module, wt.T, rank))
         extra = rank * (d_in + d_out) / d_out
         tiny = torch.finfo(torch.float32).tiny
@@ -105,7 +120,7 @@ class RSparse(TokenWise):
                 return y if bias is None else y + bias
 
             return low_rank_only
-        sparse = threshold_linear(wt, bias, cut, self.dense_fn(module), counter)
+        sparse = sparse_linear()
 
         def fn(x):
             x2 = x.reshape(-1, d_in)
