@@ -26,7 +26,8 @@ from tda.engine.methods.registry import get_method
 from tda.models.dispatch import attention_override, decoder_override, linear_overrides
 
 # Methods that run on the quantized format (tda.models.quant): their kernels read the blocks.
-QUANT_METHODS = ("dense", "tt", "cats", "chess", "scap", "rsparse", "teal", "wina", "griffin", "tda", "static", "random")
+QUANT_METHODS = ("dense", "tt", "cats", "chess", "scap", "rsparse", "predictor", "teal", "wina", "griffin", "tda", "static",
+                 "random")
 
 
 def sync(device: torch.device) -> None:
@@ -44,7 +45,8 @@ class SparseSession:
 
     def __init__(self, lm, method: str | SparsityConfig = "dense", **fields):
         self.cfg = as_config(method, **fields)
-        if getattr(lm, "weight_format", None) == "gguf" and self.cfg.method not in QUANT_METHODS:
+        if getattr(lm, "weight_format", None) == "gguf" and not all(
+                m in QUANT_METHODS for m in self.cfg.method.split("+")):
             raise BadInput(f"method '{self.cfg.method}' does not run on the gguf format yet (these do: "
                            f"{', '.join(QUANT_METHODS)}); use --dtype fp32 or bf16 for the others")
         self.lm = lm

@@ -11,7 +11,7 @@ import torch
 
 from tda.common.errors import BadInput
 from tda.engine.fastpath import linear_fn
-from tda.engine.sparse import sliced_fns
+from tda.engine.sparse import QuantLayerSlice, sliced_fns
 from tda.engine.tokenwise import Counter, sparse_product
 
 
@@ -41,6 +41,8 @@ def combo_class(prompt_cls: type, token_cls: type) -> type:
 
         def layer_table(self, L: int, sl) -> dict:
             ffn = self.lm.ffn
+            if isinstance(sl, QuantLayerSlice):
+                return self.quant_layer_table(L, sl)
             ins, _ = sliced_fns(sl, fast=self.session.fast)
             wt = sl.down_w.t().contiguous()  # [k, d_model]: the slice's down projection, input-major
             cut = self.cuts[L]
@@ -57,6 +59,34 @@ def combo_class(prompt_cls: type, token_cls: type) -> type:
                 if rm is not None:
                     keep = keep & rm.repeat_interleave(a2.shape[0] // rm.shape[0], dim=0)
                 return sparse_product(a, a2, keep, wt, sl.down_b, dense, counter)
+
+            return {**dict(zip(ffn.in_modules(L), ins)), ffn.out_module(L): out}
+
+        def quant_layer_table(self, L: int, sl) -> dict:
+            """The quantized format: TT's cut inside the slice picks, per token, which kept inputs of
+            the down projection's input-major repack are read (compact activations)."""
+            from tda.engine import quant_kernels
+
+            ffn = self.lm.ffn
+            ins, dense_out = sliced_fns(sl, fast=self.session.fast)
+            cut = self.cuts[L]
+            cut = None if cut is None else cut.to(sl.idx.device)[sl.idx].float().clamp_min(torch.finfo(torch.float32).tiny)
+            rm = None if sl.row_mask is None else sl.row_mask.bool()
+            counter = Counter()
+            self.counters.append(counter)
+
+            def out(a):
+                a2 = a.reshape(-1, a.shape[-1]).float()
+                keep = torch.ones_like(a2, dtype=torch.bool) if cut is None else a2.abs() >= cut
+                if rm is not None:
+                    keep = keep & rm.repeat_interleave(a2.shape[0] // rm.shape[0], dim=0)
+                sub = torch.nonzero(keep[0] if a2.shape[0] == 1 else keep.any(dim=0)).flatten()
+                counter.add(int(sub.numel()), a2.shape[1])
+                if sub.numel() == a2.shape[1] and bool(keep.all()):
+                    return dense_out(a)
+                vals = (a2 if a2.shape[0] == 1 else a2 * keep).index_select(1, sub)
+                y = quant_kernels.input_sparse(vals, sl.down_qwt, sl.idx[sub], sl.down_b, compact=True)
+                return y.to(a.dtype).view(*a.shape[:-1], y.shape[-1])
 
             return {**dict(zip(ffn.in_modules(L), ins)), ffn.out_module(L): out}
 

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import torch
 
-from tda.engine import kernels
-from tda.engine.layouts import input_major, row_major
+from tda.engine import kernels, quant_kernels
+from tda.engine.layouts import input_major, quant_input_major, row_major
 from tda.engine.methods.rsparse import stderr_progress
 from tda.engine.methods.token import TokenWise, read_fraction
-from tda.models.dispatch import module_weight
+from tda.models.dispatch import module_weight, weight_numel
+from tda.models.quant import QuantLinear
 
 
 class Predictor(TokenWise):
@@ -55,9 +56,10 @@ class Predictor(TokenWise):
         table = {}
         for L in range(ffn.n_layers):
             ins, down = ffn.in_modules(L), ffn.out_module(L)
-            w0 = module_weight(ins[0])
-            a = pred.A[L].to(device=w0.device, dtype=w0.dtype).contiguous()
-            b = pred.B[L].to(device=w0.device, dtype=w0.dtype).contiguous()
+            dev, dt = (ins[0].q.device, torch.float32) if isinstance(ins[0], QuantLinear) else \
+                (module_weight(ins[0]).device, module_weight(ins[0]).dtype)
+            a = pred.A[L].to(device=dev, dtype=dt).contiguous()
+            b = pred.B[L].to(device=dev, dtype=dt).contiguous()
             self.pred_params += a.numel() + b.numel()
             state: dict = {}
             table[ins[0]] = self._in_fn(ins[0], state, select=(a, b, k))
@@ -77,11 +79,13 @@ class Predictor(TokenWise):
 
     def _in_fn(self, module, state: dict, select=None):
         """Gate/up (or the one input projection): only the predicted neurons' rows; the first
-        projection of a layer (``select``) runs the predictor and shares the selection."""
-        w = row_major(module)
+        projection of a layer (``select``) runs the predictor and shares the selection. A quantized
+        linear reads the selected rows of its blocks (:func:`tda.engine.quant_kernels.rows`)."""
+        quantized = isinstance(module, QuantLinear)
+        w = None if quantized else row_major(module)
         bias = getattr(module, "bias", None)
         bias = None if bias is None else bias.detach()
-        dense = self.dense_fn(module) if w is None else None
+        dense = self.dense_fn(module) if w is None and not quantized else None
         counter = self.counter(module)
         d_ff = self.lm.ffn.d_ff
 
@@ -98,7 +102,10 @@ class Predictor(TokenWise):
                     state["idx"], state["keep"] = keep.any(dim=0).nonzero().flatten(), keep
             idx = state["idx"]
             out = x2.new_zeros(x2.shape[0], d_ff)
-            if dense is None:
+            if quantized:
+                counter.add(idx.numel(), d_ff)
+                out.index_copy_(1, idx, quant_kernels.rows(x2, module.qweight, idx, bias))
+            elif dense is None:
                 counter.add(idx.numel(), d_ff)
                 out.index_copy_(1, idx, kernels.output_sparse(x2, idx, w, bias))
             else:  # Conv1D: the dense product, read in full
@@ -109,7 +116,9 @@ class Predictor(TokenWise):
         return fn
 
     def _down_fn(self, down, state: dict):
-        wt = input_major(down)  # [d_ff, d_model]
+        quantized = isinstance(down, QuantLinear)
+        wt = quant_input_major(down) if quantized else input_major(down)  # [d_ff, d_model]
+        d_model = wt.shape[0] if quantized else wt.shape[1]
         bias = getattr(down, "bias", None)
         bias = None if bias is None else bias.detach()
         counter = self.counter(down)
@@ -120,7 +129,9 @@ class Predictor(TokenWise):
             counter.add(idx.numel(), a2.shape[1])
             if keep is not None:
                 a2 = a2 * keep
-            return kernels.input_sparse(a2, idx, wt, bias).view(*act.shape[:-1], wt.shape[1])
+            if quantized:
+                return quant_kernels.input_sparse(a2, wt, idx, bias).view(*act.shape[:-1], d_model)
+            return kernels.input_sparse(a2, idx, wt, bias).view(*act.shape[:-1], d_model)
 
         return fn
 
@@ -128,5 +139,5 @@ class Predictor(TokenWise):
         """As token-wise methods, with the predictors' weights added to the ``ffn`` group."""
         rf = read_fraction(self.lm, self.counters)
         if getattr(self, "pred_params", 0):
-            rf["ffn"] += self.pred_params / sum(module_weight(m).numel() for m in self.modules())
+            rf["ffn"] += self.pred_params / sum(weight_numel(m) for m in self.modules())
         return rf
