@@ -230,6 +230,10 @@ def test_embedded_gemma_on_its_own_blocks_matches_the_fp32_model():
         a = generate(lm_q, prompt, max_new_tokens=16)
         b = generate(lm_f, prompt, max_new_tokens=16)
         assert a.token_ids == b.token_ids, prompt
+    for method in ("tt", "teal"):  # a method on the blocks: the same tokens as on the fp32 model
+        a = generate(lm_q, "Almost one million people visited the city", method, density=0.5, max_new_tokens=12)
+        b = generate(lm_f, "Almost one million people visited the city", method, density=0.5, max_new_tokens=12)
+        assert a.token_ids == b.token_ids and a.density == pytest.approx(b.density), method
 
 
 def test_frontier_in_the_gguf_format_pairs_with_fp32_dense():
