@@ -23,7 +23,7 @@ def render(lm) -> None:
     )
     fkey = ("frontier", state.model_key(lm))
     here = st.session_state.get("fr_result")
-    runs = views.stored_runs(lm.model_id, str(lm.dtype).replace("torch.", ""))
+    runs = views.stored_runs(lm.model_id, lm.format_name)
     mine = [r for r in runs if r[1]["meta"]["model"].get("model_id") == lm.model_id]
     methods = sparse_methods()
     with st.expander("Run a small frontier here (4 texts, 8 cloze and 8 multiple-choice items, 1 timed round)",

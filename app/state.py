@@ -27,7 +27,7 @@ from tda.common.errors import TDAError
 MODEL_ENV = "TDA_APP_MODEL"  # default model spec (tests use tiny-llama)
 THREADS_ENV = "TDA_APP_THREADS"  # torch intra-op threads for the server (default 1; 0 = torch's own)
 MAX_TOKENS = 256  # the token limit of every prompt in the app
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = ("fp32", "bf16", "fp16", "gguf")  # gguf: the GGUF's own quantized blocks (tda.models.quant)
 LOCAL = "local folder…"
 RULES = {"cett": "CETT threshold", "topp": "top-p% per token"}
 
@@ -136,7 +136,7 @@ def load(spec: str, dtype: str):
 
 def model_key(lm) -> str:
     """A string that identifies a loaded model (cache keys)."""
-    return f"{lm.spec}|{lm.model_id}|{str(lm.dtype).replace('torch.', '')}"
+    return f"{lm.spec}|{lm.model_id}|{lm.format_name}"
 
 
 # ------------------------------------------------------------------------------------ captures

@@ -342,3 +342,22 @@ def test_quantized_methods_on_a_batch_equal_each_prompt_alone(method):
              for p in prompts]
     # token-wise: each row its own selection; prompt-fixed (union mode): each row's mask inside the union's slice
     assert both.token_ids == alone
+
+
+def test_app_runs_the_generate_page_in_the_gguf_format(monkeypatch):
+    """The sidebar's dtype list takes the quantized format; the Generate page runs a method on it."""
+    from streamlit.testing.v1 import AppTest
+
+    from tda.common.paths import REPO_ROOT
+
+    monkeypatch.setenv("TDA_APP_MODEL", "tiny-llama")
+    at = AppTest.from_file(str(REPO_ROOT / "app" / "main.py"), default_timeout=180).run()
+    assert "gguf" in at.selectbox(key="dtype").options
+    at.selectbox(key="dtype").select("gguf").run()
+    at.switch_page("page_generate.py").run()
+    at.selectbox(key="gen_method").select("teal").run()
+    at.slider(key="gen_tokens").set_value(4).run()
+    at.button(key="gen_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    table = at.dataframe[0].value
+    assert list(table["method"]) == ["dense", "teal"] and at.session_state["dtype"] == "gguf"

@@ -34,10 +34,15 @@ def stored_runs(model_id: str, dtype: str | None = None, root=None) -> list[tupl
             continue
         if data.get("rows"):
             mine = model.get("model_id") == model_id
-            same_dtype = mine and (dtype is None or model.get("dtype") == dtype)
+            same_dtype = mine and (dtype is None or _format(model.get("format") or model.get("dtype")) == _format(dtype))
             found.append(((mine, same_dtype, data["meta"].get("timestamp", "")), str(path), data))
     found.sort(key=lambda f: f[0], reverse=True)
     return [(p, d) for _, p, d in found]
+
+
+def _format(name: str | None) -> str | None:
+    """A weight format's short name: torch dtype names (``float32``) as ``fp32``/``bf16``/``fp16``."""
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(name, name)
 
 
 def find_frontier(model_id: str, dtype: str | None = None, root=None) -> tuple[str, dict] | None:

@@ -59,6 +59,7 @@ DTYPES = {
     "float16": torch.float16,
 }
 SEED = 1234
+DEFAULT_QTYPE = "Q4_K"  # what --dtype gguf quantizes a full-precision model to (Q8_0 where rows are not whole Q4_K blocks)
 
 
 def _tiny_configs() -> dict[str, Any]:
@@ -189,7 +190,7 @@ def split_format(dtype: str | torch.dtype, kind: str) -> tuple[str | None, str |
     if dtype == "auto":
         dtype = "gguf" if kind == "gguf" else "fp32"
     if dtype == "gguf" or (isinstance(dtype, str) and dtype.startswith("gguf:")):
-        qtype = dtype.partition(":")[2] or "Q4_K"
+        qtype = dtype.partition(":")[2] or DEFAULT_QTYPE
         from tda.models.quant import QUANTIZABLE
 
         if qtype not in QUANTIZABLE:
@@ -426,7 +427,8 @@ def _load_quantized(s, qtype: str, device, progress) -> LoadedModel:
         return _load_gguf_file(s, torch.float32, device, progress, keep_blocks=True)
     else:
         lm = load_model(s.spec, dtype="fp32", device=str(device), progress=progress)
-        if quant.quantize_model(lm.model, qtype) == 0:
+        fallback = "Q8_0" if qtype == DEFAULT_QTYPE else None  # plain "gguf": Q4_K, Q8_0 where rows are shorter
+        if quant.quantize_model(lm.model, qtype, fallback) == 0:
             raise BadInput(f"no linear of {s.spec} has rows of whole {qtype} blocks: it cannot run in this format")
         dispatch.instrument(lm.model)
         lm.ffn = FFNAdapter(lm.model)

@@ -324,19 +324,26 @@ def replace_linear(model: nn.Module, name: str, qw: QuantWeight, bias: torch.Ten
     return mod
 
 
-def quantize_model(model: nn.Module, qtype: str = "Q4_K") -> int:
+def quantize_model(model: nn.Module, qtype: str = "Q4_K", fallback: str | None = None) -> int:
     """Replace every ``nn.Linear`` of ``model`` whose rows are whole ``qtype`` blocks by a
-    :class:`QuantLinear` (weights quantized to ``qtype``); a tied input embedding follows its
+    :class:`QuantLinear` (weights quantized to ``qtype``; ``fallback``, e.g. Q8_0, for rows that
+    are not whole ``qtype`` blocks but whole ``fallback`` ones); a tied input embedding follows its
     output embedding as a :class:`QuantEmbedding`. Returns the number of linears converted."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     tied = head is not None and emb is not None and head.weight is emb.weight
-    per = BLOCKS[qtype][0]
-    names = [n for n, m in model.named_modules() if type(m) is nn.Linear and m.in_features % per == 0]
+
+    def type_for(m) -> str | None:
+        for t in (qtype, fallback):
+            if t is not None and m.in_features % BLOCKS[t][0] == 0:
+                return t
+        return None
+
+    names = [(n, type_for(m)) for n, m in model.named_modules() if type(m) is nn.Linear and type_for(m)]
     new_head = None
-    for n in names:
+    for n, t in names:
         mod = model.get_submodule(n)
-        q = replace_linear(model, n, quantize(mod.weight, qtype), mod.bias)
+        q = replace_linear(model, n, quantize(mod.weight, t), mod.bias)
         if mod is head:
             new_head = q
     if tied and new_head is not None:
