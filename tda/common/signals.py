@@ -46,42 +46,49 @@ def describe() -> str:
     return f"terminated ({signal.Signals(_received).name})"
 
 
-def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """In a child: its own process group, and SIGTERM when the parent dies (Linux)."""
-    os.setsid()
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
-
 def popen_group(args, **kw) -> subprocess.Popen:
-    """``subprocess.Popen`` in a new process group that dies with its parent (see
-    :func:`end_group`); the child should end its own group on SIGTERM (see :func:`child_main`)."""
-    return subprocess.Popen(args, preexec_fn=_child_setup, **kw)  # noqa: PLW1509 - no threads touched
+    """``subprocess.Popen`` in a new process group (session); end it with :func:`end_group`. The
+    child should call :func:`child_main` first: it then dies, with everything it started, when
+    the parent dies."""
+    return subprocess.Popen(args, start_new_session=True, **kw)
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (ninja puts each compiler in a process group of
+    its own, so killing one group is not enough; the session holds them all)."""
+    pids = [int(d) for d in os.listdir("/proc") if d.isdigit()] if os.path.isdir("/proc") else []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if pid != os.getpid() and os.getsid(pid) == sid:
+                os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.killpg(sid, signal.SIGKILL)
 
 
 def end_group(proc: subprocess.Popen) -> None:
-    """Kill ``proc``'s whole process group (the child and everything it started) and reap it."""
+    """Kill ``proc``'s whole session (the child and everything it started) and reap it."""
     if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_session(proc.pid)
     with contextlib.suppress(Exception):
         proc.wait(timeout=10)
 
 
-def child_main() -> None:
-    """In a child started by :func:`popen_group`: on SIGTERM/SIGINT (e.g. the parent died), kill
-    the whole group (compilers included) at once."""
+def child_main(parent: int) -> None:
+    """In a child started by :func:`popen_group` from process ``parent``: SIGTERM when the parent
+    dies (Linux), and on SIGTERM/SIGINT/SIGHUP the whole group (compilers included) is killed."""
 
     def die(signum, frame):  # noqa: ARG001
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+        _kill_session(os.getsid(0))
+        os._exit(128 + signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, die)
-    if os.getppid() == 1:  # the parent died before the death signal was set
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the death signal was set
         die(signal.SIGTERM, None)

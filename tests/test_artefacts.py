@@ -1,0 +1,197 @@
+"""Cached artefacts verified before use; damaged ones rebuilt or refused in one line (issue 28).
+
+The matrix: each kind of artefact x (truncated, same-size garbled, empty). Fast tests check the
+verification itself (nothing is mapped or loaded); the slow ones run the real thing end to end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tda.common import integrity
+
+REPO = Path(__file__).resolve().parents[1]
+DAMAGES = ("truncated", "garbled", "empty")
+
+
+def damage(p: Path, how: str) -> None:
+    """Truncate ``p`` to half, zero 1 KiB in its middle (same size), or empty it."""
+    data = p.read_bytes()
+    if how == "truncated":
+        p.write_bytes(data[: len(data) // 2])
+    elif how == "garbled":
+        mid = len(data) // 2
+        n = min(1024, max(1, len(data) // 4))
+        junk = bytes((b ^ 0x5A) for b in data[mid:mid + n])  # differs from the original everywhere
+        p.write_bytes(data[:mid] + junk + data[mid + n:])
+        assert p.stat().st_size == len(data)
+    else:
+        p.write_bytes(b"")
+
+
+# ------------------------------------------------------------------------------ integrity basics
+def test_sidecar_catches_every_damage(tmp_path):
+    for how in DAMAGES:
+        f = tmp_path / f"a-{how}.bin"
+        f.write_bytes(os.urandom(4096))
+        integrity.write_sidecar(f)
+        assert integrity.check_sidecar(f) is None
+        damage(f, how)
+        assert integrity.check_sidecar(f) is not None, how
+
+
+def test_manifest_stamps_skip_the_hash_but_catch_same_size_damage(tmp_path, monkeypatch):
+    f = tmp_path / "w.bin"
+    f.write_bytes(os.urandom(1 << 16))
+    files = integrity.manifest_entries(tmp_path, ["w.bin"])
+    calls = []
+    real = integrity.file_hash
+    monkeypatch.setattr(integrity, "file_hash", lambda p: calls.append(p) or real(p))
+    assert integrity.check_manifest(tmp_path, files) == (None, False)
+    assert calls == []  # the stamp matched: no hashing
+    st = f.stat()
+    damage(f, "garbled")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with the mtime put back
+    problem, _ = integrity.check_manifest(tmp_path, files)
+    assert problem and "w.bin" in problem and "content differs" in problem
+
+
+def test_manifest_restamps_a_copied_but_intact_file(tmp_path):
+    f = tmp_path / "w.bin"
+    f.write_bytes(os.urandom(1 << 12))
+    files = integrity.manifest_entries(tmp_path, ["w.bin"])
+    f.write_bytes(f.read_bytes())  # same content, new stamp
+    problem, restamped = integrity.check_manifest(tmp_path, files)
+    assert problem is None and restamped
+    assert integrity.check_manifest(tmp_path, files) == (None, False)
+
+
+def test_finite_floats_names_what_is_wrong():
+    assert integrity.finite_floats([1.0, 2], "t", length=2) is None
+    assert "nan" in integrity.finite_floats([1.0, float("nan")], "t")
+    assert "2 values instead of 3" in integrity.finite_floats([1.0, 2.0], "t", length=3)
+    assert "not a number" in integrity.finite_floats([1.0, "x"], "t")
+    assert "outside" in integrity.finite_floats([1e30], "t", high=1e6)
+
+
+# ------------------------------------------------------------------------------ kernel library
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_kernel_library_is_removed_not_mapped(tmp_path, how, capsys):
+    from tda.engine import kernel_cache
+
+    lib = tmp_path / "kernels" / "tda_kernels_x" / "tda_kernels_x.so"
+    lib.parent.mkdir(parents=True)
+    lib.write_bytes(os.urandom(8192))
+    kernel_cache.record(lib)
+    assert kernel_cache.check_library(lib)
+    damage(lib, how)
+    assert not kernel_cache.check_library(lib)  # never handed to the dynamic loader
+    assert not lib.parent.exists()  # removed: the caller rebuilds it
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(lib) in err[0] and "rebuilding" in err[0]
+
+
+def test_unrecorded_kernel_library_is_not_trusted(tmp_path):
+    """A library without a recorded hash (planted, or from an older version) is rebuilt."""
+    from tda.engine import kernel_cache
+
+    lib = tmp_path / "k" / "k.so"
+    lib.parent.mkdir()
+    lib.write_bytes(b"\x7fELF planted")
+    assert not kernel_cache.check_library(lib)
+
+
+def test_kernel_cache_is_private_and_stale_builds_are_removed(tmp_path, capsys):
+    from tda.engine import kernel_cache
+
+    root = tmp_path / "kernels"
+    root.mkdir(mode=0o755)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = root / f"tda_kernels_x.tmp-{dead.pid}"
+    stale.mkdir()
+    (stale / "x.o").write_bytes(b"0" * 1000)
+    live = root / f"tda_kernels_x.tmp-{os.getpid()}"
+    live.mkdir()
+    kernel_cache.prepare_root(root)
+    assert (root.stat().st_mode & 0o777) == 0o700
+    assert not stale.exists() and live.exists()
+    assert "removed" in capsys.readouterr().err
+
+
+_PROBE = textwrap.dedent("""
+    from tda.engine import kernels as K
+    print("BACKEND", K.backend(), flush=True)
+""")
+
+
+def _cpp_available() -> bool:
+    from tda.engine import kernels
+
+    return kernels.backend() == "cpp"
+
+
+def _env(cache: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "TDA_CACHE_DIR": str(cache), "TDA_KERNELS_BACKEND": "auto"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("not _cpp_available()", reason="C++ kernels unavailable")
+def test_truncated_kernel_library_is_rebuilt_not_a_bus_error(tmp_path):
+    """End to end: a truncated ``.so`` used to give "Bus error" on every run. One compile."""
+    from tda.engine import kernels
+
+    good = Path(kernels.backend_info()["library"])
+    lib_dir = tmp_path / "kernels" / good.parent.name
+    lib_dir.mkdir(parents=True)
+    lib = lib_dir / good.name
+    lib.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    (lib_dir / (good.name + ".sha256")).write_text(integrity.file_hash(good) + "\n")
+    r = subprocess.run([sys.executable, "-c", _PROBE], env=_env(tmp_path), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "BACKEND cpp" in r.stdout
+    assert "unusable" in r.stderr and "rebuilding" in r.stderr
+    assert integrity.check_sidecar(lib) is None  # rebuilt and recorded
+
+
+def _procs_mentioning(text: str) -> list[str]:
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if text in ln and " Z" not in ln and "ps -eo" not in ln]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("not _cpp_available()", reason="C++ kernels unavailable")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_kernel_build_leaves_no_compiler_and_is_cleaned_next_time(tmp_path, sig):
+    p = subprocess.Popen([sys.executable, "-c", _PROBE], env=_env(tmp_path), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    root = tmp_path / "kernels"
+    t0 = time.time()
+    while time.time() - t0 < 120 and not _procs_mentioning(str(root)):
+        time.sleep(0.2)
+    assert _procs_mentioning(str(root)), "the build never started"
+    time.sleep(2)  # the compiler is running now
+    p.send_signal(sig)
+    p.wait()
+    t0 = time.time()
+    while time.time() - t0 < 20 and _procs_mentioning(str(root)):
+        time.sleep(0.2)
+    assert not _procs_mentioning(str(root)), "an orphaned compiler survived its parent"
+    if sig == signal.SIGINT:  # interrupted: its own cleanup ran
+        assert not list(root.glob("*.tmp-*"))
+        return
+    assert list(root.glob("*.tmp-*"))  # what the killed build left...
+    r = subprocess.run([sys.executable, "-c", _PROBE], env=_env(tmp_path), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0 and "BACKEND cpp" in r.stdout, r.stderr
+    assert "left by a kernel build that was killed" in r.stderr  # ...is removed, with a line
+    assert not list(root.glob("*.tmp-*"))
