@@ -6,6 +6,7 @@ verification itself (nothing is mapped or loaded); the slow ones run the real th
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -195,3 +196,92 @@ def test_killed_kernel_build_leaves_no_compiler_and_is_cleaned_next_time(tmp_pat
     assert r.returncode == 0 and "BACKEND cpp" in r.stdout, r.stderr
     assert "left by a kernel build that was killed" in r.stderr  # ...is removed, with a line
     assert not list(root.glob("*.tmp-*"))
+
+
+# ------------------------------------------------------------------------- the converted model
+_FAKE_FILES = {"model.safetensors": 1 << 16, "config.json": 300, "tokenizer.json": 5000}
+
+
+@pytest.fixture
+def fake_conversion(tmp_path, monkeypatch):
+    """The embedded cache in a temporary TDA_CACHE_DIR, with a fake, fast conversion."""
+    from tda.models import embedded
+
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+
+    def convert(dest, progress):
+        calls.append(dest)
+        for name, n in _FAKE_FILES.items():
+            (dest / name).write_bytes(os.urandom(n))
+        files = {p.name: p.stat().st_size for p in dest.iterdir() if p.is_file()}
+        from tda.models import embedded_verify
+
+        embedded_verify.record(dest, {"format": embedded.CACHE_FORMAT, "source": "fake", "files": files})
+
+    monkeypatch.setattr(embedded, "_convert", convert)
+    return embedded, calls
+
+
+@pytest.mark.parametrize("name", [*_FAKE_FILES, "tda-cache.json"])
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_converted_model_is_rebuilt_with_one_line(fake_conversion, name, how):
+    embedded, calls = fake_conversion
+    lines = []
+    path = embedded.ensure_embedded_cache(lines.append)
+    assert len(calls) == 1 and embedded.cache_is_valid(path)
+    assert embedded.ensure_embedded_cache(lines.append) == path and len(calls) == 1  # intact: reused
+    damage(path / name, how)
+    assert not embedded.cache_is_valid(path)
+    lines.clear()
+    embedded.ensure_embedded_cache(lines.append)
+    assert len(calls) == 2 and embedded.cache_is_valid(path)
+    said = [ln for ln in lines if "damaged" in ln]
+    assert len(said) == 1 and "rebuilding" in said[0], lines
+    if name != "tda-cache.json":
+        assert name in said[0]  # names the damaged file
+
+
+def test_old_manifest_gets_hashes_once(fake_conversion):
+    """A cache converted by an older version (sizes only) is hashed once, not reconverted."""
+    embedded, calls = fake_conversion
+    path = embedded.ensure_embedded_cache(lambda m: None)
+    m = json.loads((path / "tda-cache.json").read_text())
+    del m["hashes"]
+    (path / "tda-cache.json").write_text(json.dumps(m))
+    lines = []
+    embedded.ensure_embedded_cache(lines.append)
+    assert len(calls) == 1 and any("recording content hashes" in ln for ln in lines)
+    assert "hashes" in json.loads((path / "tda-cache.json").read_text())
+
+
+def test_leftovers_of_a_killed_conversion_are_removed(fake_conversion, tmp_path, capsys):
+    import tempfile
+
+    embedded, calls = fake_conversion
+    root = tmp_path / "cache"
+    root.mkdir(parents=True, exist_ok=True)
+    hidden = root / ".gemma-3-270m.abc123"
+    hidden.mkdir()
+    (hidden / "model.safetensors").write_bytes(b"0" * 2000)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    sys_tmp = Path(tempfile.gettempdir()) / f"tda-gguf-{dead.pid}-xyz"
+    sys_tmp.mkdir(exist_ok=True)
+    lines = []
+    embedded.ensure_embedded_cache(lines.append)
+    assert not hidden.exists() and not sys_tmp.exists()
+    freed = [ln for ln in lines + capsys.readouterr().err.splitlines() if "removed" in ln]
+    assert len(freed) == 2, (lines, freed)
+
+
+def test_nonfinite_weights_are_found():
+    import torch
+
+    from tda.models import embedded_verify
+
+    m = torch.nn.Linear(3, 2)
+    assert embedded_verify.nonfinite_parameters(m) == []
+    with torch.no_grad():
+        m.weight[0, 0] = float("nan")
+    assert embedded_verify.nonfinite_parameters(m) == ["weight"]

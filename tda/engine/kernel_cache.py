@@ -23,24 +23,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tda.common import integrity, signals
+from tda.common import integrity, signals, stale
 from tda.common import progress as report
 
 _TMP_MARK = ".tmp-"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _size(p: Path) -> int:
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else 0
 
 
 def prepare_root(root: Path) -> None:
@@ -51,15 +37,7 @@ def prepare_root(root: Path) -> None:
             os.chmod(root, 0o700)
     except OSError:
         pass
-    for d in root.glob(f"*{_TMP_MARK}*"):
-        try:
-            pid = int(d.name.rsplit(_TMP_MARK, 1)[1])
-        except ValueError:
-            continue
-        if pid != os.getpid() and not _alive(pid):
-            mb = _size(d) / 1e6
-            shutil.rmtree(d, ignore_errors=True)
-            report.note(f"removed {d} ({mb:.1f} MB), left by a kernel build that was killed")
+    stale.sweep(root, f"*{_TMP_MARK}*", r"\.tmp-(\d+)$", "left by a kernel build that was killed")
 
 
 def check_library(lib: Path) -> bool:
