@@ -285,3 +285,67 @@ def test_nonfinite_weights_are_found():
     with torch.no_grad():
         m.weight[0, 0] = float("nan")
     assert embedded_verify.nonfinite_parameters(m) == ["weight"]
+
+
+# ------------------------------------------------------------------------- calibrations
+def _cal_dict(**over):
+    d = {"model_id": "tiny-llama", "d_ff": 64, "n_layers": 2, "target": 0.2, "data_hash": "x",
+         "n_tokens": 10, "thresholds": [0.1] * 2, "densities": [0.5] * 2}
+    d.update(over)
+    return d
+
+
+@pytest.mark.parametrize("over,words", [
+    ({"thresholds": [0.1]}, "1 values instead of 2"),
+    ({"thresholds": ["0.1", "0.2"]}, "not a number"),
+    ({"thresholds": [float("nan"), 0.1]}, "nan"),
+    ({"thresholds": [1e30, 0.1]}, "outside"),
+    ({"densities": [0.5, 7.0]}, "outside"),
+    ({"n_layers": "2"}, "n_layers"),
+])
+def test_threshold_file_that_cannot_be_right_is_refused_naming_it(tmp_path, run_cli, over, words):
+    f = tmp_path / "cal.json"
+    f.write_text(json.dumps(_cal_dict(**over)))
+    code, _, err = run_cli("recall", "-m", "tiny-llama", "--prompt", "hello there", "--thresholds", f,
+                           "--out", tmp_path / "r.json")
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(f) in lines[0] and words in lines[0], err
+
+
+def test_calibration_with_nan_is_never_written(tmp_path):
+    from tda.common.errors import BadInput
+    from tda.masks.calibrate import Calibration
+
+    cal = Calibration(**_cal_dict(thresholds=[float("nan"), 1.0]))
+    with pytest.raises(BadInput, match="cannot be right"):
+        cal.save(tmp_path / "c.json")
+    assert not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_cached_calibration_is_recomputed_with_one_line(tmp_path, monkeypatch, tiny_llama, how, capsys):
+    from tda.masks import calibrate as C
+
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path))
+    texts = ["one two three four five six", "seven eight nine ten"]
+    calls = []
+    real = C.calibrate
+    monkeypatch.setattr(C, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = C.load_or_calibrate(tiny_llama, texts)
+    C.load_or_calibrate(tiny_llama, texts)
+    assert len(calls) == 1
+    path = C.cache_path(tiny_llama.model_id, C.data_hash(texts), 0.2)
+    if how == "garbled":  # same size, still valid JSON: only the content hash can tell
+        text = path.read_text()
+        i = text.index('"thresholds": [') + len('"thresholds": [') + 3
+        digit = text[i] if text[i].isdigit() else None
+        assert digit is not None
+        path.write_text(text[:i] + str((int(digit) + 5) % 10) + text[i + 1:])
+    else:
+        damage(path, how)
+    capsys.readouterr()
+    again = C.load_or_calibrate(tiny_llama, texts)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(calls) == 2 and again.thresholds == first.thresholds
+    assert len([ln for ln in lines if "damaged" in ln and str(path) in ln]) == 1, lines

@@ -54,7 +54,9 @@ class _State:
 def _env_backend() -> str:
     b = os.environ.get("TDA_KERNELS_BACKEND", "auto").strip().lower() or "auto"
     if b not in _BACKENDS:
-        raise ValueError(f"TDA_KERNELS_BACKEND must be one of {_BACKENDS}, got {b!r}")
+        from tda.common.errors import BadInput
+
+        raise BadInput(f"TDA_KERNELS_BACKEND must be one of {', '.join(_BACKENDS)}, got {b!r}")
     return b
 
 
