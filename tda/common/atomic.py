@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,8 +99,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     one-line BadInput that names ``path``.
     """
     target = check_output_path(path)
+    from tda.common import stale  # leftovers of killed writes to this name: removed, with a line
+
+    stale.sweep(target.parent, f".{target.name}.*.tmp", rf"^\.{re.escape(target.name)}\.(\d+)\.",
+                "left by a write that was killed")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     except OSError as e:
         raise BadInput(f"cannot write {target}: {_reason(e)}") from None
     os.close(fd)
