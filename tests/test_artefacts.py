@@ -349,3 +349,109 @@ def test_damaged_cached_calibration_is_recomputed_with_one_line(tmp_path, monkey
     lines = capsys.readouterr().err.splitlines()
     assert len(calls) == 2 and again.thresholds == first.thresholds
     assert len([ln for ln in lines if "damaged" in ln and str(path) in ln]) == 1, lines
+
+
+# ------------------------------------------------------------------------- neuron statistics
+NEURON_TEXTS = ["The cat sat on the mat.", "A dog ran in the park.", "Birds fly over the sea."]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_neuron_statistics_are_recomputed_with_one_line(tmp_path, monkeypatch, tiny_llama, how, capsys):
+    import torch
+
+    from tda.activations import neuron_corpus as nc
+
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path))
+    nc._MEMO.clear()
+    first = nc.load_or_compute_corpus_stats(tiny_llama, NEURON_TEXTS)
+    path = nc.cache_path(tiny_llama.model_id, first.data_hash)
+    damage(path, how)
+    nc._MEMO.clear()
+    capsys.readouterr()
+    again = nc.load_or_compute_corpus_stats(tiny_llama, NEURON_TEXTS)
+    err = capsys.readouterr().err.splitlines()
+    assert torch.equal(again.quantiles, first.quantiles)
+    assert len([ln for ln in err if "damaged" in ln and str(path) in ln]) == 1, err
+    nc._MEMO.clear()
+
+
+def test_neuron_statistics_with_nan_are_refused_at_write_and_read(tmp_path, tiny_llama, monkeypatch):
+    import dataclasses
+
+    from tda.activations import neuron_corpus as nc
+    from tda.common.errors import BadInput
+
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path))
+    nc._MEMO.clear()
+    good = nc.load_or_compute_corpus_stats(tiny_llama, NEURON_TEXTS)
+    q = good.quantiles.clone()
+    q[0, 0, 0] = float("nan")
+    bad = dataclasses.replace(good, quantiles=q)
+    with pytest.raises(BadInput, match="cannot be right.*NaN"):
+        bad.save(tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()
+    # a file written by something else: refused on read, naming it
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = nc.cache_path(tiny_llama.model_id, good.data_hash)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    t = load_file(str(path))
+    t["quantiles"] = q
+    save_file(t, str(tmp_path / "x.safetensors"), metadata=meta)
+    with pytest.raises(BadInput, match="x.safetensors.*NaN"):
+        nc.CorpusStats.load(tmp_path / "x.safetensors")
+    nc._MEMO.clear()
+
+
+# ------------------------------------------------------------------------- predictors
+def test_predictor_lr_inf_is_refused_before_loading(run_cli):
+    code, _, err = run_cli("train-predictor", "-m", "tiny-llama", "--lr", "inf")
+    assert code == 2 and err.count("\n") == 1 and "lr" in err
+
+
+def test_predictor_that_cannot_be_right_is_never_saved_nor_read(tmp_path):
+    import torch
+
+    from tda.common.errors import BadInput
+    from tda.masks.predictor_train import NeuronPredictor
+
+    def pred(A00=0.0, recall=0.9):
+        A = [torch.zeros(4, 2)]
+        A[0][0, 0] = A00
+        return NeuronPredictor("m", "h", {"label_density": 0.5}, A, [torch.zeros(2, 8)], [recall], 10, 5)
+
+    for bad, words in ((pred(A00=float("nan")), "NaN"), (pred(recall=0.2), "below chance")):
+        with pytest.raises(BadInput, match=words):
+            bad.save(tmp_path / "p.pt")
+        assert not (tmp_path / "p.pt").exists()
+        torch.save({"info": json.dumps({"model_id": "m", "data_hash": "h", "settings": bad.settings,
+                                        "recall": bad.recall, "n_train": 10, "n_heldout": 5, "meta": {}}),
+                    "A": bad.A, "B": bad.B}, tmp_path / "q.pt")
+        with pytest.raises(BadInput, match=f"q.pt.*{words}"):
+            NeuronPredictor.load(tmp_path / "q.pt")
+    pred().save(tmp_path / "ok.pt")
+    assert NeuronPredictor.load(tmp_path / "ok.pt").recall == [0.9]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_cached_predictor_is_retrained_with_one_line(tmp_path, monkeypatch, tiny_llama, how, capsys):
+    import torch
+
+    from tda.masks import predictor_train as P
+
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path))
+    P._MEMO.clear()
+    settings = P.PredictorSettings(rank=4, epochs=1)
+    first, cached = P.load_or_train(tiny_llama, NEURON_TEXTS * 4, settings)
+    assert not cached
+    path = P.cache_path(tiny_llama.model_id, first.data_hash, settings)
+    damage(path, how)
+    P._MEMO.clear()
+    capsys.readouterr()
+    again, cached = P.load_or_train(tiny_llama, NEURON_TEXTS * 4, settings)
+    err = capsys.readouterr().err.splitlines()
+    assert not cached and torch.equal(again.A[0], first.A[0])
+    assert len([ln for ln in err if "damaged" in ln and str(path) in ln]) == 1, err
+    P._MEMO.clear()

@@ -80,6 +80,35 @@ def check_sidecar(path: str | os.PathLike) -> str | None:
     return None if file_hash(p) == recorded else "content differs from its recorded hash"
 
 
+# ------------------------------------------------------------------------- cache files
+def cached_ok(path: Path, what: str, *, sink=None) -> bool:
+    """A cache file about to be read: True when it matches its recorded hash. A file without a
+    recorded hash (an older version wrote it) is trusted once and recorded; a damaged one is
+    removed with a line (the caller computes it again)."""
+    problem = check_sidecar(path)
+    if problem is None:
+        return True
+    if problem == "has no recorded content hash":
+        write_sidecar(path)
+        return True
+    drop(path, what, problem, sink=sink)
+    return False
+
+
+def drop(path: Path, what: str, problem: str, *, sink=None) -> None:
+    """Remove a damaged cache file (and its hash) with one line saying so."""
+    from tda.common import progress as report
+
+    report.note(f"the cached {what} {path} is damaged ({problem}); computing it again", sink=sink)
+    path.unlink(missing_ok=True)
+    sidecar(path).unlink(missing_ok=True)
+
+
+def record(path: Path) -> None:
+    """Record the hash of a cache file just written."""
+    write_sidecar(path)
+
+
 # ---------------------------------------------------------------------- large folders: manifest
 def manifest_entries(folder: str | os.PathLike, names) -> dict[str, dict]:
     """``{name: {"size", "sha256", "stamp"}}`` for files of ``folder`` (hashes them all)."""

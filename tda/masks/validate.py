@@ -9,10 +9,7 @@ still parses is caught too.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tda.common import integrity
-from tda.common import progress as report
 from tda.common.errors import BadInput
 
 MAX_THRESHOLD = 1e6  # |a| of an FFN neuron far beyond any real model's; 1e30 cannot be a threshold
@@ -50,27 +47,7 @@ def refuse(problem: str | None, path, what: str) -> None:
         raise BadInput(f"{what} {path} cannot be right: {problem}")
 
 
-def cached_ok(path: Path, what: str, *, sink=None) -> bool:
-    """A cache file about to be read: True when it matches its recorded hash. A file without a
-    recorded hash (an older version wrote it) is trusted once and recorded; a damaged one is
-    removed with a line (the caller computes it again)."""
-    problem = integrity.check_sidecar(path)
-    if problem is None:
-        return True
-    if problem == "has no recorded content hash":
-        integrity.write_sidecar(path)
-        return True
-    drop(path, what, problem, sink=sink)
-    return False
-
-
-def drop(path: Path, what: str, problem: str, *, sink=None) -> None:
-    """Remove a damaged cache file (and its hash) with one line saying so."""
-    report.note(f"the cached {what} {path} is damaged ({problem}); computing it again", sink=sink)
-    path.unlink(missing_ok=True)
-    integrity.sidecar(path).unlink(missing_ok=True)
-
-
-def record(path: Path) -> None:
-    """Record the hash of a cache file just written."""
-    integrity.write_sidecar(path)
+# the cache-file helpers live in tda.common.integrity (lower stages use them too)
+cached_ok = integrity.cached_ok
+drop = integrity.drop
+record = integrity.record
