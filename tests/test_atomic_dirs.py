@@ -136,3 +136,20 @@ def test_capture_rerun_killed_midway_keeps_the_previous_set(tmp_path, run_cli, s
     assert not list(tmp_path.glob(".caps.*"))
     if sig == signal.SIGKILL:
         assert "left by a run that was killed" in err
+
+
+def test_full_disk_names_the_users_path(tmp_path, monkeypatch):
+    import errno
+
+    from tda.common.atomic import write_text_atomic
+    from tda.common.errors import BadInput
+
+    target = tmp_path / "out.json"
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write() on a full disk: no file name
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(BadInput, match="cannot write .*out.json: No space left on device"):
+        write_text_atomic(target, "x")
+    assert list(tmp_path.iterdir()) == []

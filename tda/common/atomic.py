@@ -10,6 +10,7 @@ mounts, full disks' metadata) are refused up front.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tda.common.errors import BadInput
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
 
 
 def _reason(e: BaseException) -> str:
@@ -117,6 +120,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp_path, target)
         except OSError as e:
             if e.filename in (tmp, str(target)) or e.filename2 in (tmp, str(target)):
+                raise BadInput(f"cannot write {target}: {_reason(e)}") from None
+            if e.filename is None and e.errno in _WRITE_ERRNOS:  # a full disk names no file: we do
                 raise BadInput(f"cannot write {target}: {_reason(e)}") from None
             raise
         except Exception as e:
