@@ -87,3 +87,9 @@ def test_malformed_data_file_is_one_line_naming_it(run_cli, tmp_path, text, wher
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and str(f) in lines[0] and where in lines[0], err
+
+
+def test_neuron_takes_negative_layers(run_cli):
+    code, out, err = run_cli("neuron", "-m", "tiny-llama", "-l", "-1", "-n", "3", "--prompt", "hello there")
+    assert code == 0, err
+    assert "of layer 2" in out
