@@ -136,7 +136,7 @@ def _build_and_load() -> None:
                 t0 = time.perf_counter()
                 with progress.task("building the C++ kernels (one time per machine)") as job, \
                         job.heartbeat("compiling"):
-                    kernel_cache.compile_in_child(name, src, tmp, flags)
+                    kernel_cache.compile_in_child(name, [src], tmp, flags, ["-fopenmp"])
                 _State.build_seconds = time.perf_counter() - t0
                 kernel_cache.record(tmp / f"{name}.so")
                 shutil.rmtree(final, ignore_errors=True)

@@ -58,14 +58,17 @@ def record(lib: Path) -> None:
     integrity.write_sidecar(lib)
 
 
-def compile_in_child(name: str, source: Path, build_dir: Path, flags: list[str]) -> None:
-    """Compile ``source`` into ``build_dir/name.so`` and load it, in a child process.
+def compile_in_child(name: str, sources, build_dir: Path, flags: list[str],
+                     ldflags: list[str] | None = None) -> None:
+    """Compile ``sources`` (a path or a list of paths) into ``build_dir/name.so`` and load it, in a
+    child process (the arguments of ``torch.utils.cpp_extension.load``).
 
     Raises RuntimeError with the compiler's message when the build or the load fails (a crash
     while mapping the library included). Interrupting this process ends the child's whole group.
     """
-    spec = json.dumps({"name": name, "source": str(source), "build_dir": str(build_dir), "flags": flags,
-                       "parent": os.getpid()})
+    srcs = [str(sources)] if isinstance(sources, str | os.PathLike) else [str(x) for x in sources]
+    spec = json.dumps({"name": name, "sources": srcs, "build_dir": str(build_dir), "flags": list(flags),
+                       "ldflags": ["-fopenmp"] if ldflags is None else list(ldflags), "parent": os.getpid()})
     pkg_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH")) if p)}
     proc = signals.popen_group(
@@ -90,5 +93,5 @@ def _child() -> None:  # pragma: no cover - runs in the child process
     signals.child_main(int(spec["parent"]))
     from torch.utils.cpp_extension import load
 
-    load(spec["name"], sources=[spec["source"]], extra_cflags=spec["flags"], extra_ldflags=["-fopenmp"],
+    load(spec["name"], sources=spec["sources"], extra_cflags=spec["flags"], extra_ldflags=spec["ldflags"],
          build_directory=spec["build_dir"], is_python_module=False, verbose=False)
