@@ -18,7 +18,6 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import streamlit as st
 
@@ -237,8 +236,17 @@ def sidebar() -> Settings:
     )
     if pick == LOCAL:
         path = sb.text_input("Local model folder", key="model_path",
-                             placeholder="/path/to/hf-model-folder").strip()
-        spec = str(Path(path).expanduser()) if path else ""
+                             placeholder="/path/to/hf-model-folder",
+                             help="a Hugging Face model folder under the cache, the working directory "
+                                  "or a root listed in TDA_MODEL_ROOTS").strip()
+        spec = ""
+        if path:
+            from tda.common.roots import check_model_folder
+
+            try:
+                spec = check_model_folder(path)
+            except TDAError as e:
+                sb.error(str(e))
     else:
         spec = pick
     dtype = sb.selectbox("dtype", DTYPES, key="dtype")

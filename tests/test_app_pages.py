@@ -302,13 +302,14 @@ def test_zero_change_metric_is_neutral():
     assert delta(-3, "{:+d} vs isolated", inverse=True)["delta_color"] == "inverse"
 
 
-def test_bad_model_paths_show_errors(app, tmp_path):
+def test_bad_model_paths_show_errors(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("TDA_MODEL_ROOTS", str(tmp_path))  # the box reads only under allowed roots
     at = app()
     at.selectbox(key="model_choice").select("local folder…").run()
     assert not at.exception
     at.text_input(key="model_path").input(str(tmp_path / "nope")).run()
     assert not at.exception
-    assert any("does not exist" in e for e in errors(at)), errors(at)
+    assert any("not allowed or not found" in e for e in errors(at)), errors(at)
     bad = tmp_path / "bert"
     bad.mkdir()
     (bad / "config.json").write_text(json.dumps({
@@ -546,6 +547,9 @@ def test_model_load_shows_progress_lines(app, monkeypatch, tmp_path):
 
     real = tda.models.load.load_model
     fake = str(tmp_path / "needs-conversion")
+    Path(fake).mkdir()
+    (Path(fake) / "config.json").write_text("{}")
+    monkeypatch.setenv("TDA_MODEL_ROOTS", str(tmp_path))
 
     def slow_load(spec, dtype="fp32", device="cpu", progress=None):
         if spec != fake:

@@ -99,7 +99,7 @@ def frontier_dir(tmp_path_factory):
 
 
 def test_frontier_end_to_end_files(frontier_dir):
-    names = sorted(p.name for p in frontier_dir.iterdir())
+    names = sorted(p.name for p in frontier_dir.iterdir() if not p.name.startswith("."))  # .tda-run.json: the run marker
     assert {"frontier.csv", "frontier.html", "frontier.json", "frontier.md"} <= set(names)
     assert set(names) <= {"frontier.csv", "frontier.html", "frontier.json", "frontier.md", "frontier.png"}
     html = (frontier_dir / "frontier.html").read_text()

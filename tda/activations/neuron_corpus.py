@@ -83,6 +83,9 @@ class CorpusStats:
         if self.gate_quantiles is not None:
             tensors["gate_quantiles"] = self.gate_quantiles.contiguous()
         meta = {"format": FORMAT_VERSION, "model_id": self.model_id, "data_hash": self.data_hash}
+        bad = self.problem()
+        if bad:  # never written
+            raise BadInput(f"corpus statistics for {path} cannot be right: {bad}")
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"tda": json.dumps(meta)})
         return Path(path)
@@ -97,12 +100,35 @@ class CorpusStats:
                 if meta.get("format") != FORMAT_VERSION:
                     raise ValueError("format")
                 t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-            return cls(model_id=meta["model_id"], data_hash=meta["data_hash"], token_ids=t["token_ids"],
+            stats = cls(model_id=meta["model_id"], data_hash=meta["data_hash"], token_ids=t["token_ids"],
                        offsets=t["offsets"], quantiles=t["quantiles"], gate_quantiles=t.get("gate_quantiles"),
                        top_values=t["top_values"], top_index=t["top_index"], bottom_values=t["bottom_values"],
                        bottom_index=t["bottom_index"], levels=t["levels"])
         except Exception as e:  # safetensors raises several types for a damaged file
             raise BadInput(f"{path} is not a valid corpus statistics file ({type(e).__name__})") from None
+        bad = stats.problem()
+        if bad:
+            raise BadInput(f"corpus statistics file {path} cannot be right: {bad}")
+        return stats
+
+    def problem(self) -> str | None:
+        """Why these statistics cannot be right (NaN/inf values, unordered quantiles, indices
+        outside the corpus), or None."""
+        for name in ("quantiles", "gate_quantiles", "top_values", "bottom_values"):
+            t = getattr(self, name)
+            if t is not None and not bool(torch.isfinite(t).all()):
+                return f"{name} hold NaN or inf"
+        if self.quantiles.ndim == 3 and bool((self.quantiles.float().diff(dim=1) < 0).any()):
+            return "quantiles are not increasing"
+        n = self.n_tokens
+        for name in ("top_index", "bottom_index"):
+            t = getattr(self, name)
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= max(n, 1)):
+                return f"{name} point outside the corpus"
+        if self.offsets.numel() < 1 or int(self.offsets[0]) != 0 or int(self.offsets[-1]) != n \
+                or bool((self.offsets.diff() < 0).any()):
+            return "text offsets do not match the tokens"
+        return None
 
 
 def quantile_rows(values: torch.Tensor, levels=LEVELS) -> torch.Tensor:
@@ -225,14 +251,16 @@ def cached_corpus_stats(lm, texts: list[str] | None = None) -> CorpusStats | Non
 def _cached(lm, path: Path) -> CorpusStats | None:
     if str(path) in _MEMO and path.exists():
         return _MEMO[str(path)]
-    if path.exists():
+    from tda.common import integrity
+
+    if path.exists() and integrity.cached_ok(path, "neuron statistics"):
         try:
             stats = CorpusStats.load(path)
             if stats.model_id == lm.model_id and stats.quantiles.shape[1:] == (len(LEVELS), lm.ffn.d_ff):
                 _MEMO[str(path)] = stats
                 return stats
-        except BadInput:
-            pass
+        except BadInput as e:
+            integrity.drop(path, "neuron statistics", str(e))
         path.unlink(missing_ok=True)
     return None
 
@@ -250,5 +278,8 @@ def load_or_compute_corpus_stats(lm, texts: list[str] | None = None, *, progress
         if stats is None:
             stats = corpus_stats(lm, texts, progress=progress)
             stats.save(path)
+            from tda.common import integrity
+
+            integrity.record(path)
             _MEMO[str(path)] = stats
         return stats

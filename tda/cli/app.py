@@ -52,9 +52,11 @@ def _root(
         help="memory budget of a command's model and work, e.g. 8G or 500M; longer inputs are refused "
              "up front with one line (default: $TDA_MAX_MEMORY, else 60% of the memory available)"),
 ) -> None:
+    from tda.cli.checks import check_environment
     from tda.common import memory
 
-    memory.set_budget_override(memory.parse_size(memory_budget, "--memory-budget") if memory_budget else None)
+    check_environment()  # TDA_THREADS, TDA_KERNELS_BACKEND, TDA_CACHE_DIR: one line each, before any work
+    memory.set_budget_override(memory.parse_size(memory_budget, "--memory-budget") if memory_budget is not None else None)
 
 
 class LazyConsole:

@@ -103,7 +103,7 @@ def capture(
 def _capture_corpus(data, out, model, layers, limit, backend, dtype, device, prompt) -> None:
     from tda.activations.capture import capture_to_dir
     from tda.common import distributed
-    from tda.common.atomic import check_output_dir
+    from tda.common.atomic import check_output_dir, check_output_dir_writable
     from tda.common.data import load_texts
     from tda.common.errors import BadInput
 
@@ -114,10 +114,16 @@ def _capture_corpus(data, out, model, layers, limit, backend, dtype, device, pro
     texts = [t for t in load_texts(data, limit=limit) if t.strip()]
     if not texts:
         raise BadInput(f"{data} holds no texts")
-    out_dir = check_output_dir(out)
+    out_dir = check_output_dir_writable(out)  # created when the set is complete
     lm = load(model, dtype, device)
     with console.status(f"capturing {len(texts)} texts (batch mode)..."):
-        capture_to_dir(lm, texts, out_dir, layers=layers, backend=backend)
+        if distributed.is_distributed():  # every process writes its share into the one folder
+            capture_to_dir(lm, texts, check_output_dir(out), layers=layers, backend=backend)
+        else:  # one complete set or the previous one, never a mix
+            from tda.common.atomic_dir import atomic_dir
+
+            with atomic_dir(out_dir, command="capture") as tmp_dir:
+                capture_to_dir(lm, texts, tmp_dir, layers=layers, backend=backend)
     if distributed.is_main():
         _set_summary(out_dir)
 

@@ -22,7 +22,10 @@ def _read_file(path: Path) -> str:
     if not p.is_file():
         raise BadInput(f"prompt file {p} does not exist" if not p.exists() else f"prompt file {p} is not a file")
     try:
-        return p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8")
+        if "\x00" in text:
+            raise BadInput(f"prompt file {p} is binary data (it holds NUL bytes)")
+        return text
     except UnicodeDecodeError:
         raise BadInput(f"prompt file {p} is not UTF-8 text") from None
     except OSError as e:
@@ -31,9 +34,16 @@ def _read_file(path: Path) -> str:
 
 def _read_stdin() -> str:
     try:
-        return sys.stdin.read()
-    except (OSError, UnicodeDecodeError) as e:
+        buf = getattr(sys.stdin, "buffer", None)
+        data = buf.read() if buf is not None else sys.stdin.read()
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError:
+        raise BadInput("the prompt on standard input is not UTF-8 text") from None
+    except OSError as e:
         raise BadInput(f"cannot read the prompt from standard input ({type(e).__name__})") from None
+    if "\x00" in text:
+        raise BadInput("the prompt on standard input is binary data (it holds NUL bytes)")
+    return text
 
 
 def read_prompt(prompt: str | None, prompt_file: Path | None, *, required: bool = True) -> str | None:
@@ -71,10 +81,15 @@ def read_prompts(prompts: list[str] | None, prompt_files: list[Path] | None) -> 
 
 def parse_layers(text: str | None) -> list[int] | None:
     """``"all"``/empty -> None; ``"0,3,-1"`` -> ``[0, 3, -1]`` (negative indices count from the end)."""
-    if text is None or text.strip().lower() in ("", "all"):
+    if text is None or text.strip().lower() == "all":
         return None
+    if not text.strip():
+        raise BadInput("--layers is empty; give comma-separated integers, or 'all'")
+    parts = text.replace(" ", "").split(",")
+    if any(x == "" for x in parts):
+        raise BadInput(f"layers has an empty entry: '{text}' (give comma-separated integers, or 'all')")
     try:
-        layers = [int(x) for x in text.replace(" ", "").split(",") if x]
+        layers = [int(x) for x in parts]
     except ValueError:
         raise BadInput(f"layers must be comma-separated integers (negative count from the end) or 'all', "
                        f"got '{text}'") from None
@@ -101,6 +116,57 @@ def check_model_args(model: str, dtype: str = "fp32", device: str = "cpu", *, la
                 raise BadInput(f"layer {L} out of range: the model has layers 0..{n - 1} "
                                f"(negative indices count from the end)")
     return shape
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_environment() -> None:
+    """The ``TDA_*`` variables every command reads, before any work: ``TDA_THREADS`` (all, auto
+    or 1..cores), ``TDA_KERNELS_BACKEND`` (auto, cpp, torch) and ``TDA_CACHE_DIR`` (a folder that
+    can be created and written). Each refusal names the variable."""
+    import os
+
+    threads = os.environ.get("TDA_THREADS", "").strip().lower()
+    if threads and threads not in ("all", "auto"):
+        n = cores()
+        if not threads.isdigit() or not 1 <= int(threads) <= n:
+            raise BadInput(f"TDA_THREADS must be 'all', 'auto' or a count from 1 to {n} (the cores here), "
+                           f"got {threads!r}")
+    backend = os.environ.get("TDA_KERNELS_BACKEND", "").strip().lower()
+    if backend and backend not in ("auto", "cpp", "torch"):
+        raise BadInput(f"TDA_KERNELS_BACKEND must be auto, cpp or torch, got {backend!r}")
+    if os.environ.get("TDA_CACHE_DIR"):
+        from tda.common.paths import cache_dir
+
+        cache_dir()  # raises BadInput naming TDA_CACHE_DIR when it cannot be used
+
+
+def check_sampling(sample: bool, temperature: float, top_p: float, top_k: int) -> None:
+    """Sampling arguments, before the model loads: temperature finite (and > 0 with --sample),
+    top-p in (0, 1], top-k >= 0 (0: all)."""
+    import math
+
+    if not math.isfinite(temperature) or (sample and temperature <= 0):
+        raise BadInput(f"--temperature must be a finite number > 0 with --sample, got {temperature}")
+    if not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise BadInput(f"--top-p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise BadInput(f"--top-k must be >= 0 (0: all tokens), got {top_k}")
+
+
+def check_count(value: int | None, name: str, *, minimum: int = 0, allow: tuple[int, ...] = ()) -> None:
+    """An integer option: at least ``minimum``, or one of the special values ``allow``."""
+    if value is not None and value not in allow and value < minimum:
+        extra = f" (or {', '.join(map(str, allow))})" if allow else ""
+        raise BadInput(f"{name} must be >= {minimum}{extra}, got {value}")
 
 
 def check_out_file(path: Path | None) -> None:

@@ -125,15 +125,14 @@ def frontier_cmd(
         except Exception as e:  # no browser for kaleido: HTML only
             first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
             echo_err(f"[tda] warning: frontier.png skipped ({type(e).__name__}: {first}); frontier.html has the plot")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BadInput(f"cannot create output folder {out_dir}: {e.strerror}") from None
-    for name, data in files.items():
-        if isinstance(data, bytes):
-            with atomic_path(out_dir / name) as tmp:
-                tmp.write_bytes(data)
-        else:
-            write_text_atomic(out_dir / name, data)
+    from tda.common.atomic_dir import atomic_dir
+
+    with atomic_dir(out_dir, command="frontier") as tmp_dir:  # the whole set appears at once
+        for name, data in files.items():
+            if isinstance(data, bytes):
+                with atomic_path(tmp_dir / name) as tmp:
+                    tmp.write_bytes(data)
+            else:
+                write_text_atomic(tmp_dir / name, data)
     print(md)
     echo_err(f"wrote {out_dir}: {', '.join(files)}")

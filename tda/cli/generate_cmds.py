@@ -67,6 +67,7 @@ def generate_cmd(
 
     prompts = checks.read_prompts(prompt, prompt_file)
     checks.check_model_args(model, dtype, device)
+    checks.check_sampling(sample, temperature, top_p, top_k)
     checks.check_out_file(json_out)
 
     from tda.common.atomic import check_output_path, write_text_atomic
@@ -187,7 +188,7 @@ def eval_cmd(
 ) -> None:
     """Perplexity, agreement with dense, ROUGE, cloze accuracy, free-running generation quality (and
     lm-eval multiple choice) per method and density, with paired differences from dense."""
-    from tda.common.atomic import check_output_dir, write_text_atomic
+    from tda.common.atomic import check_output_dir_writable, write_text_atomic
     from tda.common.data import SUMMARIZATION, load_records, load_texts
     from tda.common.errors import BadInput
     from tda.common.evalsets import get_set
@@ -202,8 +203,11 @@ def eval_cmd(
         raise BadInput("--max-new-tokens must be >= 1")
     if gen_prompts < 0 or gen_tokens < 4:
         raise BadInput("need --gen-prompts >= 0 and --gen-tokens >= 4")
+    from tda.cli.checks import check_count
+
+    check_count(mc_limit, "--mc-limit", minimum=0, allow=(-1,))
     es = get_set(eval_set)
-    out_dir = check_output_dir(out)
+    out_dir = check_output_dir_writable(out)  # created only when the results are written
     heldout, cloze = [], []
     if data is not None:
         heldout = load_texts(data, limit=limit)
@@ -228,12 +232,16 @@ def eval_cmd(
         return
     res["meta"]["limit"] = limit
     res["meta"]["set"] = None if data is not None else es.name
-    write_text_atomic(out_dir / "quality.json", json.dumps(res, indent=1))
-    write_text_atomic(out_dir / "quality.csv", to_csv(res["rows"]))
+    from tda.common.atomic_dir import atomic_dir
+
     md = to_markdown(res["rows"])
-    write_text_atomic(out_dir / "quality.md", md)
-    for metric in ("ppl", "agreement", "rouge1", "rouge1_vs_dense", "mc_acc", "cloze_acc", "gen_rougeL", "gen_rep"):
-        if any(metric in r for r in res["rows"]):
-            write_figure(quality_figure(res["rows"], metric), out_dir / f"quality-{metric}")
+    with atomic_dir(out, command="eval") as tmp_dir:  # one complete set or the previous one
+        write_text_atomic(tmp_dir / "quality.json", json.dumps(res, indent=1))
+        write_text_atomic(tmp_dir / "quality.csv", to_csv(res["rows"]))
+        write_text_atomic(tmp_dir / "quality.md", md)
+        for metric in ("ppl", "agreement", "rouge1", "rouge1_vs_dense", "mc_acc", "cloze_acc", "gen_rougeL",
+                       "gen_rep"):
+            if any(metric in r for r in res["rows"]):
+                write_figure(quality_figure(res["rows"], metric), tmp_dir / f"quality-{metric}")
     print(md)
     echo_err(f"wrote {out_dir}/quality.{{json,csv,md}} and quality-*.html")

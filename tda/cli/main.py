@@ -1,7 +1,7 @@
 """Entry point of the ``tda`` command: registers every command module, turns errors into one line.
 
 Exit codes: 0 ok; 2 bad input or a usage error (one line on stderr); 3 unexpected error;
-130 interrupted.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP) — one line on stderr.
 """
 
 from __future__ import annotations
@@ -47,18 +47,26 @@ def main(argv: list[str] | None = None) -> int:
     from typer import Exit as TyperExit
     from typer._click import exceptions as tclick
 
-    from tda.common import distributed
+    from tda.common import distributed, signals
     from tda.common.errors import TDAError
 
+    signals.install()  # SIGTERM/SIGHUP unwind like Ctrl-C: temporary files go, children end
     distributed.quiet_other_ranks()  # under torchrun/accelerate: progress and tables once
-    _register()
     try:
+        _register()
         import typer.main
 
         from tda.cli.placement_opts import add_placement_options
 
         command = add_placement_options(typer.main.get_command(app))  # + --device-map/--max-memory
-        command(args=argv, standalone_mode=False, prog_name="tda")
+        rv = command(args=argv, standalone_mode=False, prog_name="tda")
+        # standalone_mode=False: typer turns Ctrl-C into Exit(130) and returns its code (as it
+        # does for a command's own `raise typer.Exit(n)`); a command that finished returns None.
+        if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:
+            if rv == 130:
+                echo_err(signals.describe())
+                return signals.exit_code()
+            return rv
         return 0
     except TDAError as e:
         distributed.report_error(f"error: {e}", e)  # one line for the whole job
@@ -75,10 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         echo_err(f"error: {' '.join(str(e.format_message()).split())}")
         return 2
     except TyperExit as e:
+        if e.exit_code == 130:
+            echo_err(signals.describe())
+            return signals.exit_code()
         return e.exit_code
     except (TyperAbort, KeyboardInterrupt):
-        echo_err("interrupted")
-        return 130
+        echo_err(signals.describe())
+        return signals.exit_code()
     except Exception as e:  # never a traceback for the user; TDA_DEBUG=1 shows it
         if os.environ.get("TDA_DEBUG"):
             raise

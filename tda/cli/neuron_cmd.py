@@ -21,7 +21,7 @@ from tda.cli.app import (
 
 @app.command("neuron")
 def neuron_cmd(
-    layer: int = typer.Option(..., "--layer", "-l", help="the neuron's layer, 0..n_layers-1"),
+    layer: int = typer.Option(..., "--layer", "-l", help="the neuron's layer, 0..n_layers-1 (negative counts from the end)"),
     neuron: int = typer.Option(..., "--neuron", "-n", help="the neuron's index in its layer, 0..d_ff-1"),
     prompt: str = typer.Option(None, "--prompt", "-p", metavar="TEXT",
                                help="prompt text; - reads it from standard input (default: --prompt-file)"),
@@ -48,6 +48,8 @@ def neuron_cmd(
     text = checks.read_prompt(prompt, prompt_file)
     shape = checks.check_model_args(model, dtype, device)
     if shape is not None:
+        if -shape.n_layers <= layer < 0:  # negative layers count from the end, as everywhere
+            layer += shape.n_layers
         check_neuron(layer, neuron, shape.n_layers, shape.d_ff)
     check_target(cett)
     check_density(density)
@@ -55,6 +57,8 @@ def neuron_cmd(
         raise BadInput(f"need --top >= 1 and --contexts in 1..{TOP_K}")
     checks.check_out_file(json_out)
     lm = load(model, dtype, device)
+    if -lm.ffn.n_layers <= layer < 0:
+        layer += lm.ffn.n_layers
 
     def progress(done: int, total: int) -> None:
         if done == 1 or done == total or done % 20 == 0:

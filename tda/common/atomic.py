@@ -10,12 +10,16 @@ mounts, full disks' metadata) are refused up front.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from tda.common.errors import BadInput
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
 
 
 def _reason(e: BaseException) -> str:
@@ -98,8 +102,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     one-line BadInput that names ``path``.
     """
     target = check_output_path(path)
+    from tda.common import stale  # leftovers of killed writes to this name: removed, with a line
+
+    stale.sweep(target.parent, f".{target.name}.*.tmp", rf"^\.{re.escape(target.name)}\.(\d+)\.",
+                "left by a write that was killed")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     except OSError as e:
         raise BadInput(f"cannot write {target}: {_reason(e)}") from None
     os.close(fd)
@@ -112,6 +120,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp_path, target)
         except OSError as e:
             if e.filename in (tmp, str(target)) or e.filename2 in (tmp, str(target)):
+                raise BadInput(f"cannot write {target}: {_reason(e)}") from None
+            if e.filename is None and e.errno in _WRITE_ERRNOS:  # a full disk names no file: we do
                 raise BadInput(f"cannot write {target}: {_reason(e)}") from None
             raise
         except Exception as e:

@@ -1,4 +1,4 @@
-"""Shipped inputs (``data/``) loaded through ``datasets``, and hub datasets when a network exists."""
+"""Shipped inputs (``data/``) and local JSON/JSONL files, and hub datasets (``datasets``) when a network exists."""
 
 from __future__ import annotations
 
@@ -29,24 +29,56 @@ def data_hash(texts: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def _json_records(p: Path) -> list[dict]:
+    """Records of a local JSON file: a list of objects, an object of equal-length columns, or
+    JSON lines (one object a line). A malformed file is one BadInput naming it (and the line)."""
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"cannot read {p} as JSON records (not UTF-8 text)") from None
+    except OSError as e:
+        raise BadInput(f"cannot read {p}: {e.strerror}") from None
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        whole = None
+    if isinstance(whole, list):
+        rows = whole
+    elif isinstance(whole, dict) and whole and all(isinstance(v, list) for v in whole.values()):
+        n = {len(v) for v in whole.values()}
+        if len(n) != 1:
+            raise BadInput(f"cannot read {p} as JSON records (columns of different lengths)")
+        rows = [dict(zip(whole, vals)) for vals in zip(*whole.values())]
+    else:
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as e:
+                raise BadInput(f"cannot read {p} as JSON records (line {i}: {e.msg})") from None
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise BadInput(f"cannot read {p} as JSON records (record {i} is not an object)")
+    return rows
+
+
 def load_records(source: str | Path, *, required: tuple[str, ...] = ("text",), split: str = "train") -> list[dict]:
-    """Rows of a local JSON/JSONL file (via ``datasets.load_dataset("json")``) or a hub dataset.
+    """Rows of a local JSON/JSONL file (read directly) or a hub dataset (``datasets``).
 
     Every row must have the ``required`` fields. A hub name (``owner/name``) is loaded with
     ``datasets.load_dataset`` when a network exists; offline it fails with one clear line.
     """
     p = Path(source).expanduser()
-    import datasets
-
-    datasets.disable_progress_bars()
     if p.exists():
         if p.is_dir():
             raise BadInput(f"{p} is a folder; give a .json or .jsonl file")
-        try:
-            ds = datasets.load_dataset("json", data_files=str(p), split=split)
-        except Exception as e:
-            raise BadInput(f"cannot read {p} as JSON records ({type(e).__name__})") from None
+        ds = _json_records(p)  # read here: no Arrow copy under ~/.cache/huggingface, one line on errors
     elif "/" in str(source) and not str(source).startswith((".", "/", "~")):
+        import datasets
+
+        datasets.disable_progress_bars()
         if not hub.hub_resolvable():
             raise BadInput(f"'{source}' is not a local file and the dataset hub cannot be reached (offline)")
         try:

@@ -54,7 +54,9 @@ class _State:
 def _env_backend() -> str:
     b = os.environ.get("TDA_KERNELS_BACKEND", "auto").strip().lower() or "auto"
     if b not in _BACKENDS:
-        raise ValueError(f"TDA_KERNELS_BACKEND must be one of {_BACKENDS}, got {b!r}")
+        from tda.common.errors import BadInput
+
+        raise BadInput(f"TDA_KERNELS_BACKEND must be one of {', '.join(_BACKENDS)}, got {b!r}")
     return b
 
 
@@ -113,16 +115,14 @@ def _build_and_load() -> None:
     key = _cache_key(flags)
     name = f"{_NAMESPACE}_{key}"
     root = _cache_root()
-    root.mkdir(parents=True, exist_ok=True)
+    from tda.engine import kernel_cache  # verified before mapping, built and probed in a child
+
+    kernel_cache.prepare_root(root)  # 0700; stale build folders of killed builds removed
     final = root / name
     lib = final / f"{name}.so"
     _State.flags = flags
     with FileLock(str(root / f"{name}.lock"), timeout=900):
-        if lib.is_file():
-            torch.ops.load_library(str(lib))
-        else:
-            from torch.utils.cpp_extension import load
-
+        if not kernel_cache.check_library(lib):  # missing, or damaged (removed with a line)
             tmp = root / f"{name}.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -136,13 +136,14 @@ def _build_and_load() -> None:
                 t0 = time.perf_counter()
                 with progress.task("building the C++ kernels (one time per machine)") as job, \
                         job.heartbeat("compiling"):
-                    load(name, sources=[str(src)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                         build_directory=str(tmp), is_python_module=False, verbose=False)
+                    kernel_cache.compile_in_child(name, [src], tmp, flags, ["-fopenmp"])
                 _State.build_seconds = time.perf_counter() - t0
+                kernel_cache.record(tmp / f"{name}.so")
                 shutil.rmtree(final, ignore_errors=True)
                 os.replace(tmp, final)  # the finished build appears atomically
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+        torch.ops.load_library(str(lib))
     _State.library = str(lib)
     _State.ops = DirectOps(getattr(torch.ops, _NAMESPACE))
 

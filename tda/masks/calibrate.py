@@ -41,15 +41,22 @@ class Calibration:
         return json.dumps(asdict(self), indent=1)
 
     def save(self, path: str | Path) -> Path:
+        from tda.masks import validate
+
+        validate.refuse(validate.calibration_problem(self), path, "threshold file")  # never written
         return write_text_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
+        from tda.masks import validate
+
         p = Path(path)
         try:
-            return cls(**json.loads(p.read_text()))
+            cal = cls(**json.loads(p.read_text()))
         except (OSError, ValueError, TypeError) as e:
             raise BadInput(f"{p} is not a valid threshold file ({type(e).__name__})") from None
+        validate.refuse(validate.calibration_problem(cal), p, "threshold file")
+        return cal
 
     def check_model(self, lm) -> Calibration:
         """Fail loud if these thresholds were made for another model."""
@@ -188,16 +195,22 @@ def load_or_calibrate(lm, texts: list[str] | None = None, target: float = DEFAUL
         raise BadInput("the calibration data is empty")
     path = cache_path(lm.model_id, data_hash(texts), target)
 
+    from tda.masks import validate
+
     def cached() -> Calibration | None:  # the main process decides, so every rank agrees
-        if path.exists():
+        if path.exists() and validate.cached_ok(path, "calibration"):
             try:
                 return Calibration.load(path).check_model(lm)
-            except BadInput:
-                path.unlink(missing_ok=True)
+            except BadInput as e:
+                validate.drop(path, "calibration", str(e))
         return load_shipped(path.name, lm)
+
+    def save() -> None:
+        cal.save(path)
+        validate.record(path)
 
     cal = dist.on_main(cached)
     if cal is None:
         cal = calibrate(lm, texts, target, progress=progress)
-        dist.on_main(lambda: cal.save(path))
+        dist.on_main(save)
     return cal

@@ -71,10 +71,14 @@ class InputThresholds:
 
     @classmethod
     def load(cls, path: str | Path) -> InputThresholds:
+        from tda.masks import validate
+
         try:
-            return cls(**json.loads(Path(path).read_text()))
+            cal = cls(**json.loads(Path(path).read_text()))
         except (OSError, ValueError, TypeError) as e:
             raise BadInput(f"{path} is not a valid input-threshold file ({type(e).__name__})") from None
+        validate.refuse(validate.input_thresholds_problem(cal, GRID), path, "input-threshold file")
+        return cal
 
 
 def module_names(model: torch.nn.Module) -> dict[int, str]:
@@ -190,20 +194,24 @@ def load_or_calibrate_inputs(lm, texts: list[str] | None = None, *, progress=Non
     with _LOCK:
         if str(path) in _MEMO and path.exists():
             return _MEMO[str(path)]
-        if path.exists():
+        from tda.masks import validate
+
+        if path.exists() and validate.cached_ok(path, "input thresholds", sink=progress):
             try:
                 cal = InputThresholds.load(path)
                 if cal.model_id == lm.model_id:
                     _MEMO[str(path)] = cal
                     return cal
-            except BadInput:
-                pass
+            except BadInput as e:
+                validate.drop(path, "input thresholds", str(e), sink=progress)
             path.unlink(missing_ok=True)
         cal = load_shipped_inputs(path.name, lm, progress)
         if cal is not None:
             _MEMO[str(path)] = cal
             return cal
         cal = calibrate_inputs(lm, texts, progress=progress)
+        validate.refuse(validate.input_thresholds_problem(cal, GRID), path, "input-threshold file")
         write_text_atomic(path, cal.to_json())
+        validate.record(path)
         _MEMO[str(path)] = cal
         return cal

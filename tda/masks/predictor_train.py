@@ -61,7 +61,7 @@ class PredictorSettings:
             raise BadInput(f"epochs must be at least 1, got {self.epochs}")
         if not 0.0 < self.label_density < 1.0:
             raise BadInput(f"label density must be in (0, 1), got {self.label_density}")
-        if not self.lr > 0.0 or self.batch < 1 or self.heldout < 0:
+        if not (math.isfinite(self.lr) and self.lr > 0.0) or self.batch < 1 or self.heldout < 0:
             raise BadInput("lr must be > 0, batch >= 1 and heldout >= 0")
         return self
 
@@ -94,7 +94,25 @@ class NeuronPredictor:
     def n_params(self) -> int:
         return sum(a.numel() + b.numel() for a, b in zip(self.A, self.B))
 
+    def problem(self) -> str | None:
+        """Why this predictor cannot be right (NaN/inf weights, held-out recall below chance), or None."""
+        for name, mats in (("A", self.A), ("B", self.B)):
+            for L, m in enumerate(mats):
+                if not bool(torch.isfinite(m).all()):
+                    return f"{name}[{L}] holds NaN or inf"
+        chance = float(self.settings.get("label_density", 0.0)) if isinstance(self.settings, dict) else 0.0
+        known = [r for r in self.recall if isinstance(r, int | float) and math.isfinite(r)]
+        if len(known) != len([r for r in self.recall if r == r]):
+            return "held-out recall holds inf"
+        if known and chance > 0 and sum(known) / len(known) < chance:
+            return (f"held-out recall {sum(known) / len(known):.3f} is below chance ({chance:g}, "
+                    f"a random choice of the same share of neurons)")
+        return None
+
     def save(self, path: str | Path) -> Path:
+        bad = self.problem()
+        if bad:  # never cached: `--method predictor` would pick it up
+            raise BadInput(f"the trained predictor for {path} cannot be right: {bad}; not saved")
         with atomic_path(path) as tmp:
             torch.save({"info": json.dumps({k: v for k, v in asdict(self).items() if k not in ("A", "B")}),
                         "A": self.A, "B": self.B}, tmp)
@@ -104,9 +122,13 @@ class NeuronPredictor:
     def load(cls, path: str | Path) -> NeuronPredictor:
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            return cls(A=list(blob["A"]), B=list(blob["B"]), **json.loads(blob["info"]))
+            pred = cls(A=list(blob["A"]), B=list(blob["B"]), **json.loads(blob["info"]))
         except Exception as e:  # a truncated or foreign file
             raise BadInput(f"{path} is not a valid predictor file ({type(e).__name__})") from None
+        bad = pred.problem()
+        if bad:
+            raise BadInput(f"predictor file {path} cannot be right: {bad}")
+        return pred
 
 
 def topk_labels(a: torch.Tensor, density: float) -> torch.Tensor:
@@ -214,9 +236,14 @@ def _fits(pred: NeuronPredictor, lm) -> bool:
 def _read(path: Path, lm) -> NeuronPredictor | None:
     if str(path) in _MEMO:
         return _MEMO[str(path)]
+    from tda.common import integrity
+
+    if not integrity.cached_ok(path, "predictor"):
+        return None
     try:
         pred = NeuronPredictor.load(path)
-    except BadInput:
+    except BadInput as e:
+        integrity.drop(path, "predictor", str(e))
         return None
     if not _fits(pred, lm):
         return None
@@ -250,5 +277,8 @@ def load_or_train(lm, texts: list[str] | None = None, settings: PredictorSetting
                 return pred, True
         pred = train_predictor(lm, texts, settings, progress=progress)
         pred.save(path)
+        from tda.common import integrity
+
+        integrity.record(path)
         _MEMO[str(path)] = pred
         return pred, False

