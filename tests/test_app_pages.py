@@ -425,14 +425,23 @@ def test_generate_page(app, lm):
     assert len(runs[0]) == len(runs[1]) == 3
     ratios = sorted(d / s for d, s in zip(*runs, strict=True))
     assert speed == pytest.approx(ratios[1], rel=0.05)
-    # token agreement and the first divergence, as the engine's token ids give them
+    # token agreement, aligned (LCS) and positional, and the first divergence, from the engine's token ids
     a, b = res.token_ids[0], sparse.token_ids[0]
     first = next((i for i in range(8) if a[i] != b[i]), None)
-    assert metric(at, "token agreement") == f"{sum(x == y for x, y in zip(a, b)) / 8:.0%}"
-    agree = json.loads(at.get("plotly_chart")[0].proto.spec)
-    assert [float(v) for v in arr(agree["data"][0]["z"])[1]] == [float(x == y) for x, y in zip(a, b)]
+    lcs = [[0] * 9 for _ in range(9)]
+    for i in range(8):
+        for j in range(8):
+            lcs[i + 1][j + 1] = lcs[i][j] + 1 if a[i] == b[j] else max(lcs[i][j + 1], lcs[i + 1][j])
+    assert metric(at, "aligned token agreement") == f"{lcs[8][8] / 8:.0%}"
+    caption = next(c.value for c in at.caption if "tokens aligned" in c.value)
+    assert f"{lcs[8][8]} of 8 tokens aligned" in caption
     if first is not None:
-        assert any(f"first divergence at token {first}" in c.value for c in at.caption)
+        assert f"first divergence at token {first}" in caption
+        assert f"positional agreement {sum(x == y for x, y in zip(a, b)) / 8:.0%}" in caption
+    agree = json.loads(at.get("plotly_chart")[0].proto.spec)
+    z = arr(agree["data"][0]["z"])
+    assert z.shape == (2, 8) and sum(float(v) for v in z[1]) == lcs[8][8] == sum(float(v) for v in z[0])
+    assert agree["layout"]["xaxis"]["range"] == [-0.5, 7.5]  # the axis starts at the first token, not at -1
     # names and one-line descriptions come from the method registry
     from tda.engine.methods.registry import get_method
 
@@ -565,3 +574,23 @@ def test_model_load_shows_progress_lines(app, monkeypatch, tmp_path):
     assert "one-time conversion of the model (test)" in texts
     assert "writing the converted weights (test)" in texts
     assert metric(at, "tokens")  # and the page then works on the loaded model
+
+
+def test_agreement_is_aligned_and_the_strip_wraps():
+    from app.views.generate import STRIP_WIDTH, agreement_figure, divergence
+
+    dense, sparse = [1, 2, 3, 4, 5, 6], [1, 9, 2, 3, 4, 5]  # sparse inserts one token, then repeats dense
+    dv = divergence(dense, sparse)
+    assert dv["first"] == 1 and dv["positional"] == pytest.approx(1 / 6) and dv["aligned"] == pytest.approx(5 / 6)
+    n = 40
+    ids = list(range(n))
+    pair = {"dense": {"token_ids": ids, "tokens": [f"tok{i:03d}_long" for i in ids]},
+            "sparse": {"token_ids": ids[:20] + [999] * 20, "tokens": [f"s{i}" for i in ids]}}
+    fig = agreement_figure(pair).to_plotly_json()
+    z = np.asarray(fig["data"][0]["z"], dtype=object)
+    rows = -(-n // STRIP_WIDTH)
+    assert z.shape == (2 * rows, STRIP_WIDTH)  # wrapped: never more than STRIP_WIDTH labels side by side
+    assert all(len(t) <= 7 for row in fig["data"][0]["text"] for t in row)
+    assert fig["layout"]["xaxis"]["range"] == [-0.5, STRIP_WIDTH - 0.5]
+    line = fig["layout"]["shapes"][0]  # the first divergence (token 20) is in the second pair of rows
+    assert line["x0"] == 20 % STRIP_WIDTH - 0.5 and line["y0"] == 2 - 0.5
