@@ -107,6 +107,9 @@ def test_inertia_page_shows_studys_numbers(app, lm):
     a_real = criteria[criteria["criterion"].str.startswith("A") & (criteria["tokens"] == "prompt")].iloc[0]
     assert a_real["result"].endswith("pass" if v["parts"]["A"]["real"]["holds"] else "fail")
     assert a_real["layers passing"] == f"{v['parts']['A']['real']['n']}/{lm.ffn.n_layers}"
+    # the example prompt's verdict explained in one sentence, with the counts behind it
+    why = next(c.value for c in at.caption if c.value.startswith("This is the paper's own example sentence"))
+    assert f"A in {v['parts']['A']['real']['n']}/{lm.ffn.n_layers}" in why and why.count(". ") == 0
     table = at.dataframe[1].value
     assert len(table) == lm.ffn.n_layers
     assert np.allclose(table["self Jaccard"], np.round(res["sources"]["real"]["self_jaccard"], 4))
@@ -272,7 +275,13 @@ def test_inertia_active_sets_ordered_by_frequency(app, lm):
 
 def test_token_count_truncate_and_layer_refusal(app, lm):
     at = app()
-    assert any(c.value.endswith("tokens (limit 256)") for c in at.caption)
+    # one token count: the box's caption and the metric agree (BOS counted against the limit only)
+    from app.state import default_prompt
+
+    n = n_prompt_tokens(lm, default_prompt())
+    note = next(c.value for c in at.caption if "-token limit" in c.value)
+    assert note.startswith(f"{n} tokens") and note.endswith(f"{n + 1} of the 256-token limit)")
+    assert metric(at, "tokens") == str(n)
     at.text_area(key="prompt_inertia").input("word " * 400).run()
     assert any("over the limit of 256" in c.value for c in at.caption)
     at.button(key="truncate_inertia").click().run()
@@ -394,8 +403,13 @@ def test_recall_page_curves(app):
     assert np.all(np.diff(arr(griffin["y"]).astype(float)) >= -1e-9)  # more neurons, more recall
     summary = at.dataframe[0].value
     assert set(summary["method"]) == {"tda", "griffin", "oracle"}
-    assert (summary.loc[summary["method"] == "oracle", "mass_recall"].item()
-            >= summary.loc[summary["method"] == "griffin", "mass_recall"].item() - 1e-9)
+    # readable column names, no raw keys (truth, param, truth_density)
+    assert list(summary.columns) == ["method", "mask at", "mask density", "recall", "mass recall", "precision",
+                                     "ground-truth density (decode tokens)"]
+    assert summary.loc[summary["method"] == "griffin", "mask at"].item() == "density 0.5"
+    assert summary.loc[summary["method"] == "tda", "mask at"].item() == "threshold scale 1"
+    assert (summary.loc[summary["method"] == "oracle", "mass recall"].item()
+            >= summary.loc[summary["method"] == "griffin", "mass recall"].item() - 1e-9)
     # an edit marks the result stale instead of silently mixing prompts
     at.text_area(key="prompt_recall").input("Another prompt.").run()
     assert any("changed" in w.value for w in at.warning)
