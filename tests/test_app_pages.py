@@ -197,7 +197,9 @@ def test_masks_page_coverage_matches_library(app, lm):
     # the token × neuron image: covered / missed / kept-but-idle, columns by activation frequency
     image = charts(at)[0]["data"][0]
     z = arr(image["z"]).astype(int)
-    order = arr(image["customdata"]).astype(int)[0]
+    order = np.asarray([int(c[0]) for c in image["customdata"][0]])
+    assert image["customdata"][0][0][1] in ("covered (active and kept)", "missed (active, not kept)",
+                                            "kept but idle", "not active, not kept")
     assert sorted(order.tolist()) == list(range(lm.ffn.d_ff))
     a, k = active[:, order].numpy(), keep[order].numpy()[None, :]
     assert np.array_equal(z == COVERED, a & k) and np.array_equal(z == MISSED, a & ~k)
@@ -222,7 +224,15 @@ def test_masks_page_methods_side_by_side_and_rule(app):
     at.multiselect(key="mask_methods").set_value(["tda", "tda_matched", "static", "random"]).run()
     assert errors(at) == [] and not at.exception
     images = [c for c in charts(at) if c["data"][0]["type"] == "heatmap"]
-    assert len(images) == 4  # one coverage image per method, side by side
+    assert len(images) == 1  # one figure: a coverage panel per method side by side, all of one height
+    panels = [t for t in images[0]["data"] if t["type"] == "heatmap"]
+    assert [t["name"] for t in panels] == ["tda", "tda_matched", "static", "random"]
+    lay = images[0]["layout"]
+    assert [a["text"] for a in lay["annotations"]] == ["tda", "tda_matched", "static", "random"]
+    assert all(lay[f"xaxis{i if i > 1 else ''}"]["title"]["text"] for i in range(1, 5))  # every axis titled
+    legend = [t["name"] for t in images[0]["data"] if t["type"] == "scatter"]
+    assert legend == ["not active, not kept", "covered (active and kept)", "missed (active, not kept)",
+                      "kept but idle"]  # the colours explained in the figure, not only in a caption
     dens = [float(m.value) for m in at.metric if m.label.startswith("density, layer")]
     assert len(dens) == 4 and 0 < dens[0] <= 1
     assert dens[2] == pytest.approx(0.5, abs=0.01)  # static keeps the target in every layer
@@ -608,3 +618,17 @@ def test_agreement_is_aligned_and_the_strip_wraps():
     assert fig["layout"]["xaxis"]["range"] == [-0.5, STRIP_WIDTH - 0.5]
     line = fig["layout"]["shapes"][0]  # the first divergence (token 20) is in the second pair of rows
     assert line["x0"] == 20 % STRIP_WIDTH - 0.5 and line["y0"] == 2 - 0.5
+
+
+def test_emptied_sample_cells_are_found_and_restored():
+    from app.views.samples import cleared_cells, restore_cells
+
+    before = pd.DataFrame({"id": [1, 2, 3], "text": ["a", "b", "c"], "treatment": ["x", "y", ""]})
+    after = before.copy()
+    after["treatment"] = None  # what Ctrl+A, Delete leaves
+    after = after.drop(index=1)  # a deleted row is not an emptied cell
+    after.loc[7] = [9, "new", None]  # an added row neither
+    cells = cleared_cells(before, after)
+    assert cells == [(0, "treatment")]  # row 2 had no treatment to lose
+    back = restore_cells(before, after, cells)
+    assert back.loc[0, "treatment"] == "x" and back.loc[7, "text"] == "new" and 1 not in back.index
