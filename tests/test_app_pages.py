@@ -632,3 +632,15 @@ def test_emptied_sample_cells_are_found_and_restored():
     assert cells == [(0, "treatment")]  # row 2 had no treatment to lose
     back = restore_cells(before, after, cells)
     assert back.loc[0, "treatment"] == "x" and back.loc[7, "text"] == "new" and 1 not in back.index
+
+
+def test_every_inertia_heatmap_has_axis_titles(app):
+    at = app()
+    for show in ("active", "masked", "raw"):
+        for order in ("frequency", "index"):
+            at.radio(key="inertia_show").set_value(show).run()
+            at.radio(key="inertia_order").set_value(order).run()
+            lay = charts(at)[0]["layout"]
+            xs = [v for k, v in lay.items() if k.startswith("xaxis")]
+            assert xs and all(x.get("title", {}).get("text") for x in xs), (show, order)
+            assert lay["yaxis"]["title"]["text"] == "token"
