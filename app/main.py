@@ -52,3 +52,5 @@ except Exception as e:  # st.stop/st.rerun are BaseExceptions and pass through
     # Library errors the user can cause are caught on the pages; anything else still gets one
     # clear line instead of a traceback, and the sidebar and other pages keep working.
     st.error(f"Unexpected error on this page: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+finally:  # st.stop/st.rerun too: what this run freed goes back to the system (app.state.release_free_memory)
+    state.release_free_memory()

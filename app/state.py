@@ -48,6 +48,15 @@ def apply_threads() -> None:
             torch.set_num_threads(int(n))
 
 
+def release_free_memory() -> None:
+    """After every page run (``main.py``): the heap's free memory back to the system
+    (:func:`tda.common.memory.release_free_memory`; the one-time jobs otherwise leave the server's RSS
+    high: 3.1 GB → 1.8 GB after the Neuron page's corpus pass on Gemma 3 270M)."""
+    from tda.common.memory import release_free_memory as release
+
+    release()
+
+
 def default_model() -> str:
     from tda.models.load import DEFAULT_MODEL
 

@@ -148,7 +148,7 @@ def test_neuron_page_in_browser(tmp_path):
 
 
 PAGES = [  # (url path, button to press or None, Plotly charts the page draws after it)
-    ("", None, 2), ("masks", None, 4), ("samples", None, 1), ("recall", "Run recall study", 3),
+    ("", None, 2), ("masks", None, 3), ("samples", None, 1), ("recall", "Run recall study", 3),
     ("generate", "Generate", 2), ("neuron", None, 4),
 ]
 N_CHARTS = "() => document.querySelectorAll('.js-plotly-plot').length"
