@@ -644,3 +644,46 @@ def test_every_inertia_heatmap_has_axis_titles(app):
             xs = [v for k, v in lay.items() if k.startswith("xaxis")]
             assert xs and all(x.get("title", {}).get("text") for x in xs), (show, order)
             assert lay["yaxis"]["title"]["text"] == "token"
+
+
+def test_one_time_job_progress_is_one_display():
+    from app.views.loading import CONVERSION_S, CONVERSION_STEPS, condensed, job_progress
+
+    lines = [(0.0, "one-time conversion (about a minute)..."), (0.1, "step 1/4: assembling…"),
+             (1.0, "step 1/4: assembling: done in 1 s"), (1.0, "step 2/4: tokenizer…"),
+             (6.0, "step 2/4: tokenizer · 5 s · still working"), (11.0, "step 2/4: tokenizer · 10 s · still working")]
+    # a step's start, heartbeats and end collapse into its newest line: no repeated first lines
+    assert condensed([m for _, m in lines]) == ["one-time conversion (about a minute)...", "step 1/4: assembling: done in 1 s",
+                                                "step 2/4: tokenizer · 10 s · still working"]
+    frac, left = job_progress(lines, 11.0, 0.0)
+    expect = (CONVERSION_STEPS[0] + 10.0) / CONVERSION_S  # step 1 done, 10 s into step 2
+    assert frac == pytest.approx(expect) and left.startswith("about") and left.endswith("left")
+    slower, _ = job_progress(lines[:3], 1.0, 0.0)
+    assert slower == pytest.approx(CONVERSION_STEPS[0] / CONVERSION_S)
+    assert job_progress([(0.0, "corpus · 3/10 (30%) · ~12 s left · 5 s")], 5.0, 0.0) == (0.3, "about 12 s left")
+    assert job_progress([], 1.0, 0.0) == (None, "")
+
+
+def test_background_jobs_prepare_the_next_pages(monkeypatch, tmp_path, lm):
+    """The embedded model's next one-time jobs (kernels, then the neuron corpus statistics) run in a
+    background thread with their progress lines; tiny models get none (the page runs them when needed)."""
+    import tda.engine.kernel_build as kb
+    from app import state
+    from app.views.loading import job_progress
+    from tda.activations.neuron_corpus import cached_corpus_stats
+
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path))
+    built = []
+    monkeypatch.setattr(kb, "build", lambda: built.append(1) or True)
+    job = state._Background(lm)
+    assert job.corpus_done.wait(300) and job.error is None
+    assert built == [1] and cached_corpus_stats(lm) is not None
+    frac, left = job_progress(job.stamped, job.stamped[-1][0], job.started)
+    assert frac == 1.0 and "corpus activations" in job.stamped[-1][1]
+
+
+def test_no_background_jobs_for_tiny_models(app):
+    from app import state
+
+    app()
+    assert not state._JOBS  # tiny-llama is not the embedded model
