@@ -22,8 +22,11 @@ from tda.cli.app import (
 @app.command("neuron")
 def neuron_cmd(
     layer: int = typer.Option(..., "--layer", "-l", help="the neuron's layer, 0..n_layers-1"),
-    neuron: int = typer.Option(None, "--neuron", "-i", help="the neuron's index in its layer, 0..d_ff-1 (required)"),
-    old_n: str = typer.Option(None, "-n", hidden=True),  # -n is --max-new-tokens in `tda generate`
+    neuron: int = typer.Option(None, "--neuron", "-i",
+                               help="the neuron's index in its layer, 0..d_ff-1 (required; no default)"),
+    old_n: str = typer.Option(None, "-n", hidden=True,
+                              help="not an option here: -n is --max-new-tokens in `tda generate`; refused "
+                                   "with a line naming --neuron/-i (default: not given)"),
     prompt: str = typer.Option(None, "--prompt", "-p", metavar="TEXT",
                                help="prompt text; - reads it from standard input (default: --prompt-file)"),
     prompt_file: Path = PromptFileOpt,
