@@ -42,27 +42,47 @@ def coverage_figure(tokens: Sequence[str], recall: Sequence[float], mass_recall:
     return tidy(fig, title, height=380, bottom=110)
 
 
-def coverage_image_figure(cat, tokens: Sequence[str], order, title: str = "", *, height: int | None = None,
-                          show_scale: bool = True) -> go.Figure:
-    """A token × neuron image of categories (0 neither, 1 covered, 2 missed, 3 kept but idle), columns
-    in ``order`` (neuron ids); colour-blind-safe colours, hover names the neuron and the category."""
-    names = ["not active, not kept", "covered (active and kept)", "missed (active, not kept)",
-             "kept but idle"]
-    colors = ["#FFFFFF", BLUE, VERMILLION, GREY]
-    scale = []
-    for i, c in enumerate(colors):
-        scale += [[i / 4, c], [(i + 1) / 4, c]]
-    z = np.asarray(cat)[:, np.asarray(order)]
+COVERAGE_NAMES = ("not active, not kept", "covered (active and kept)", "missed (active, not kept)", "kept but idle")
+COVERAGE_COLORS = ("#FFFFFF", BLUE, VERMILLION, GREY)
+
+
+def coverage_images_figure(panels: dict, tokens: Sequence[str], order, title: str = "") -> go.Figure:
+    """One token × neuron image of categories per named panel (0 neither, 1 covered, 2 missed, 3 kept but
+    idle), side by side in one figure: the same height and token rows for every panel (labelled once, on
+    the left), columns in ``order`` (neuron ids), each panel's name above it, the colours in a legend;
+    hover names the panel, token, neuron and category."""
+    from plotly.subplots import make_subplots
+
+    names = list(panels)
+    order = np.asarray(order)
     labels = [f"{i}:{t}" for i, t in enumerate(tokens)]
-    fig = go.Figure(go.Heatmap(
-        z=z, y=labels, customdata=np.broadcast_to(np.asarray(order), z.shape), zmin=-0.5, zmax=3.5,
-        colorscale=scale, showscale=show_scale,
-        colorbar={"tickvals": [0, 1, 2, 3], "ticktext": names, "len": 0.9, "thickness": 12},
-        hovertemplate="%{y}<br>neuron %{customdata}<br>category %{z}<extra></extra>",
-    ))
-    fig.update_yaxes(autorange="reversed", tickfont={"size": 8}, title="token")
-    fig.update_xaxes(title="neurons, most often active first", showticklabels=False)
-    return tidy(fig, title, height=height or int(min(900, max(300, 12 * len(tokens) + 120))), legend=False)
+    scale = []
+    for i, c in enumerate(COVERAGE_COLORS):
+        scale += [[i / 4, c], [(i + 1) / 4, c]]
+    fig = make_subplots(rows=1, cols=len(names), shared_yaxes=True, subplot_titles=names,
+                        horizontal_spacing=min(0.03, 0.2 / max(1, len(names))))
+    category = np.asarray(COVERAGE_NAMES, dtype=object)
+    for j, name in enumerate(names):
+        z = np.asarray(panels[name])[:, order]
+        fig.add_trace(go.Heatmap(
+            z=z, y=labels, customdata=np.stack([np.broadcast_to(order, z.shape), category[z]], axis=-1),
+            zmin=-0.5, zmax=3.5, colorscale=scale, showscale=False, name=name,
+            hovertemplate=f"{name}<br>%{{y}}<br>neuron %{{customdata[0]}}: %{{customdata[1]}}<extra></extra>",
+        ), row=1, col=j + 1)
+        fig.update_xaxes(title={"text": "neurons, most often active first", "font": {"size": 11}},
+                         showticklabels=False, ticks="", row=1, col=j + 1)
+    for name, color in zip(COVERAGE_NAMES, COVERAGE_COLORS, strict=True):  # the colours, in a legend
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, showlegend=True,
+                                 marker={"symbol": "square", "size": 12, "color": color,
+                                         "line": {"color": "#888888", "width": 1}}), row=1, col=1)
+    fig.update_yaxes(autorange="reversed", tickfont={"size": 8})
+    fig.update_yaxes(title="token", row=1, col=1)
+    fig.update_annotations(font={"size": 12})
+    tidy(fig, title, height=int(min(900, max(320, 12 * len(tokens) + 170))), bottom=90)
+    # the colours' legend under the panels (above them it would cover the panel names)
+    fig.update_layout(margin={"t": 60}, legend={"y": -0.04, "yanchor": "top", "x": 0, "xanchor": "left"})
+    fig.update_xaxes(title_standoff=4)
+    return fig
 
 
 def density_per_layer_figure(layers: Sequence[int], series: dict[str, Sequence[float]],

@@ -21,13 +21,23 @@ st.set_page_config(page_title="tda-workbench", page_icon="🧠", layout="wide")
 state.apply_threads()
 
 HERE = Path(__file__).resolve().parent
+# Page 1 is served at "/" (Streamlit gives the default page no path of its own); a hidden page at
+# /inertia sends a link or bookmark of that path to it instead of "Page not found".
+HOME = st.Page(HERE / "page_inertia.py", title="1 · Inertia explorer", url_path="inertia-explorer", default=True)
+
+
+def _to_home() -> None:
+    st.switch_page(HOME)
+
+
 PAGES = [
-    st.Page(HERE / "page_inertia.py", title="1 · Inertia explorer", url_path="inertia", default=True),
+    HOME,
     st.Page(HERE / "page_masks.py", title="2 · Masks", url_path="masks"),
     st.Page(HERE / "page_samples.py", title="3 · 13 samples", url_path="samples"),
     st.Page(HERE / "page_recall.py", title="4 · Recall", url_path="recall"),
     st.Page(HERE / "page_generate.py", title="5 · Generate", url_path="generate"),
     st.Page(HERE / "page_neuron.py", title="6 · Neuron", url_path="neuron"),
+    st.Page(_to_home, title="1 · Inertia explorer", url_path="inertia", visibility="hidden"),
 ]
 
 st.session_state["settings"] = state.sidebar()
@@ -42,3 +52,6 @@ except Exception as e:  # st.stop/st.rerun are BaseExceptions and pass through
     # Library errors the user can cause are caught on the pages; anything else still gets one
     # clear line instead of a traceback, and the sidebar and other pages keep working.
     st.error(f"Unexpected error on this page: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+finally:  # st.stop/st.rerun too: what this run freed goes back to the system (app.state.release_free_memory)
+    state.release_free_memory()
+state.start_background_jobs()  # the embedded model's next one-time jobs, once its first page has shown

@@ -72,11 +72,15 @@ with tab_gen:
     m2.metric("end-to-end speedup", f"{view['total_speedup']:.2f}×")
     m2.caption(f"range {tlo:.2f}–{thi:.2f}×")
     m3.metric(f"{sp_method} FFN density", f"{pair['sparse']['density']:.3f}")
-    m4.metric("token agreement with dense", f"{dv['agreement']:.0%}",
-              help="Fraction of generated positions where the sparse run picked the same token as dense.")
-    m4.caption("identical to dense" if dv["first"] is None else f"first divergence at token {dv['first']}")
+    m4.metric("aligned token agreement", f"{dv['aligned']:.0%}",
+              help="Tokens of a longest common subsequence of the dense and sparse generations ÷ tokens "
+                   "generated: the two sequences aligned, so a continuation that only shifted by a token "
+                   "still agrees. Positional agreement (same token at the same position) is in the caption.")
+    m4.caption(("identical to dense" if dv["first"] is None else
+                f"identical up to token {dv['first']} (first divergence at token {dv['first']}); "
+                f"positional agreement {dv['positional']:.0%}") + f"; {dv['common']} of {dv['longest']} tokens aligned")
     st.caption(views.density_note(stored_params[2], stored_params[3], pair["sparse"]["density"], stored_params[4]))
-    st.plotly_chart(views.agreement_figure(pair, title="Generated tokens: blue agrees with dense, vermillion differs"),
+    st.plotly_chart(views.agreement_figure(pair, title="Generated tokens: blue is in the aligned common subsequence, vermillion is not; dashed: first divergence"),
                     key="gen_agreement_chart")
     left, right = st.columns(2)
     left.subheader("Dense (every neuron)")

@@ -82,6 +82,8 @@ v = view["verdict"]
     f"**Claim 4 {v['verdict']}** for this prompt: it holds when A and B pass for both token sources, partly "
     f"when one does; a criterion passes in ≥ {v['majority']:.0%} of the layers."
 )
+st.caption(views.verdict_sentence(v, lm.model_id, example=text.strip() == state.default_prompt()),
+           help="A and B are defined under the table below.")
 st.dataframe(pd.DataFrame(view["criteria"]), hide_index=True, key="inertia_verdict")
 st.caption(
     "A: in a sequence a token's set overlaps its history more and fewer neurons hold half the events. "

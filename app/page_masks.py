@@ -56,8 +56,8 @@ except TDAError as e:
     st.stop()
 
 st.caption(f"Rule: {rule.label} · {len(cap.tokens)} tokens · layer {layer}. Image: one row per token, one "
-           "column per neuron (most often active first, the same order in every panel): "
-           "**blue** covered, **vermillion** missed, **grey** kept but idle for that token.")
+           "column per neuron (most often active first, the same order in every panel); the colours in the "
+           "legend above it.")
 order = order_by_counts(next(iter(results.values()))["active_counts"])
 cols = st.columns(len(methods))
 for i, (m, res) in enumerate(results.items()):
@@ -69,10 +69,10 @@ for i, (m, res) in enumerate(results.items()):
     b.metric("mean recall", f"{res['layer_recall']:.3f}",
              help="Mean over tokens of the fraction of each token's active set the mask keeps.")
     col.caption(res["note"])
-    col.plotly_chart(
-        figures.coverage_image_figure(res["image"], tokens, order, title=f"{m}: coverage per token",
-                                      show_scale=False),
-        key=f"mask_image_{m}")
+st.plotly_chart(
+    figures.coverage_images_figure({m: res["image"] for m, res in results.items()}, tokens, order,
+                                   title=f"Layer {layer}: coverage of each token's active set, per method"),
+    key="mask_images")
 
 pick = st.selectbox("Per-token details for", methods, format_func=views.method_label, key="mask_method")
 res = results[pick]

@@ -34,9 +34,22 @@ def corpus_stats(lm):
 
     stats = cached_corpus_stats(lm)
     if stats is None:
+        state.wait_background(lm)  # the embedded model's pass started in the background: its progress
+        stats = cached_corpus_stats(lm)
+    if stats is None:
+        import time
+
+        from app.views.loading import format_left
+
         bar = st.progress(0.0, text="Activations over the shipped corpus (one time per model)…")
-        stats = load_or_compute_corpus_stats(
-            lm, progress=lambda done, total: bar.progress(done / total, text=f"Corpus activations (one time per model): step {done}/{total}"))
+        t0 = time.monotonic()
+
+        def progress(done: int, total: int) -> None:
+            left = format_left((time.monotonic() - t0) / done * (total - done)) if done else ""
+            bar.progress(done / total, text=f"Corpus activations (one time per model): {done}/{total} "
+                                            f"({done / total:.0%}) · {left}")
+
+        stats = load_or_compute_corpus_stats(lm, progress=progress)
         bar.empty()
     return stats
 

@@ -23,12 +23,29 @@ if "samples_df" not in st.session_state:
     from tda.common.data import load_samples
 
     st.session_state["samples_df"] = pd.DataFrame(load_samples())[["id", "text", "treatment"]]
+version = st.session_state.setdefault("samples_version", 0)  # a new editor (no pending edits) after a reset
+
+
+def _set_samples(df) -> None:
+    st.session_state["samples_df"] = df.reset_index(drop=True)
+    st.session_state["samples_version"] = st.session_state.get("samples_version", 0) + 1
+
+
+base = st.session_state["samples_df"]
 edited = st.data_editor(
-    st.session_state["samples_df"], num_rows="dynamic", hide_index=True, key="samples_editor",
+    base, num_rows="dynamic", hide_index=True, key=f"samples_editor_{version}",
     column_config={"id": st.column_config.NumberColumn("id", step=1, required=True),
                    "text": st.column_config.TextColumn("text", width="large", required=True),
                    "treatment": st.column_config.TextColumn("treatment")},
 )
+cleared = views.cleared_cells(base, edited)
+if cleared:  # never silently: a Ctrl+A, Delete in the grid empties every selected cell
+    cols = sorted({c for _, c in cleared}, key=views.COLUMNS.index)
+    w1, w2 = st.columns([3, 1])
+    w1.warning(f"**{len(cleared)} cell(s) emptied** in the samples ({', '.join(cols)}), e.g. by Ctrl+A then "
+               "Delete: rows without a text are an error, empty treatments lose their labels.")
+    w2.button("Restore the emptied cells", key="samples_restore", on_click=_set_samples,
+              args=(views.restore_cells(base, edited, cleared),))
 c1, c2, c3 = st.columns(3)
 MEASURES = {"cosine": "cosine of mean |a|", "spearman": "Spearman of mean |a|",
             "jaccard_tda": "Jaccard of TDA masks", "jaccard_griffin": "Jaccard of Griffin masks"}
@@ -37,7 +54,9 @@ groups = views.layer_groups(lm.ffn.n_layers)
 group = c2.selectbox("layers", list(groups), index=list(groups).index("all"), key="sim_group",
                      format_func=lambda g: f"{g} ({groups[g][0]}–{groups[g][-1]})")
 if c3.button("Reset to the paper's 13 samples", key="samples_reset"):
-    st.session_state.pop("samples_df", None)
+    from tda.common.data import load_samples
+
+    _set_samples(pd.DataFrame(load_samples())[["id", "text", "treatment"]])
     st.rerun()
 
 try:

@@ -31,13 +31,22 @@ def prompt_box(page: str, lm=None, label: str = "Prompt", height: int = 100) -> 
     if lm is not None and text.strip():
         n = len(lm.tokenizer(text, add_special_tokens=True).input_ids)
         if n <= state.MAX_TOKENS:
-            st.caption(f"{n} tokens (limit {state.MAX_TOKENS})")
+            st.caption(token_count_note(lm, text, n))
         else:
             a, b = st.columns([3, 1.2])
             a.caption(f"**{n} tokens: {n - state.MAX_TOKENS} over the limit of {state.MAX_TOKENS}.**")
             b.button(f"Truncate to {state.MAX_TOKENS} tokens", key=f"truncate_{page}", on_click=truncate_prompt,
                      args=(lm, text))
     return text
+
+
+def token_count_note(lm, text: str, n_with_special: int) -> str:
+    """The prompt's token count as every page shows it (the tokens studied, special tokens such as BOS
+    left out), and how much of the limit it uses (which counts the special tokens too)."""
+    k = len(lm.tokenizer(text, add_special_tokens=False).input_ids)
+    extra = n_with_special - k
+    used = f"{n_with_special} of the {state.MAX_TOKENS}-token limit"
+    return f"{k} tokens" + (f" (+ {extra} special: {used})" if extra else f" ({used})")
 
 
 def truncate_prompt(lm, text: str) -> None:

@@ -20,6 +20,23 @@ def _load(spec: str):
     return load_model(spec)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _release_memory_after_module():
+    """After each test module: drop the random-weights controls it built (1.1 GB each for Gemma), collect,
+    and hand the freed heap back to the system (glibc keeps it otherwise; the suite's RSS only grew)."""
+    yield
+    import gc
+    import sys
+
+    control = sys.modules.get("analysis.random_control")
+    if control is not None:
+        control._CACHE.clear()
+    gc.collect()
+    from tda.common.memory import release_free_memory
+
+    release_free_memory()
+
+
 @pytest.fixture(scope="session")
 def load_tiny():
     """``load_tiny(spec)`` returns a cached tiny model (shared across tests; never mutate it)."""

@@ -33,6 +33,25 @@ def test_inertia_cli(run_cli, tmp_path):
     assert "Claim 4" in stdout and page.stat().st_size > 100_000
 
 
+def test_inertia_cli_says_when_the_token_window_cuts_the_prompt(run_cli, lm_tiny_gemma3_tokens):
+    text, total = lm_tiny_gemma3_tokens
+    code, _, err = run_cli("inertia", "--model", "tiny-gemma3", "--prompt", text, "--tokens", "4", "--layer", "1")
+    assert code == 0, err
+    assert f"studied the first 4 of the prompt's {total} tokens" in err and f"--tokens {total}" in err
+    code, _, err = run_cli("inertia", "--model", "tiny-gemma3", "--prompt", text, "--tokens", str(total),
+                           "--layer", "1")
+    assert code == 0 and "studied the first" not in err
+
+
+@pytest.fixture
+def lm_tiny_gemma3_tokens():
+    from tda.models.load import load_model
+
+    text = "Almost one million people visited the city during the festival period over Christmas"
+    lm = load_model("tiny-gemma3")
+    return text, len(lm.tokenizer(text, add_special_tokens=False).input_ids)
+
+
 @pytest.mark.parametrize("args, msg", [
     (["inertia", "--model", "tiny-gemma3", "--prompt", "the city", "--layer", "7"], "layer 7 out of range"),
     (["inertia", "--model", "tiny-gemma3", "--prompt", "the city", "--cett", "1.5"], "CETT target must be in (0, 1)"),

@@ -148,7 +148,7 @@ def test_neuron_page_in_browser(tmp_path):
 
 
 PAGES = [  # (url path, button to press or None, Plotly charts the page draws after it)
-    ("", None, 2), ("masks", None, 4), ("samples", None, 1), ("recall", "Run recall study", 3),
+    ("", None, 2), ("masks", None, 3), ("samples", None, 1), ("recall", "Run recall study", 3),
     ("generate", "Generate", 2), ("neuron", None, 4),
 ]
 N_CHARTS = "() => document.querySelectorAll('.js-plotly-plot').length"
@@ -170,3 +170,27 @@ def test_every_page_renders_in_browser(tmp_path):
             assert page.locator("[data-testid='stAlertContentError']").count() == 0, path
             assert page.locator("text=Traceback").count() == 0, path
             page.screenshot(path=str(tmp_path / f"{path or 'inertia'}.png"))
+
+
+def test_inertia_url_and_samples_grid_delete_in_browser(tmp_path):
+    """/inertia opens page 1 (not "Page not found"); Ctrl+A, Delete in the 13-sample grid is reported with a
+    button that restores the emptied cells."""
+    with browser_page(1400, 1000) as (url, page):
+        page.goto(f"{url}/inertia", wait_until="domcontentloaded")
+        page.wait_for_selector("text=Inertia explorer: tokens alone vs in a sequence", timeout=120_000)
+        assert page.locator("text=Page not found").count() == 0
+        page.goto(f"{url}/samples", wait_until="domcontentloaded")
+        page.wait_for_function(f"({N_CHARTS})() >= 1", timeout=180_000)
+        page.wait_for_function(f"!({RUNNING})()", timeout=180_000)
+        grid = page.locator("[data-testid='stDataFrame'], [data-testid='stDataFrameResizable']").first
+        box = grid.bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + 55)  # a cell of the first sample's text
+        page.keyboard.press("Control+a")
+        page.keyboard.press("Delete")
+        page.wait_for_selector("text=cell(s) emptied", timeout=60_000)
+        page.screenshot(path=str(tmp_path / "samples-emptied.png"))
+        page.get_by_role("button", name="Restore the emptied cells").click()
+        page.wait_for_function("() => !document.body.innerText.includes('cell(s) emptied')", timeout=60_000)
+        page.wait_for_function(f"!({RUNNING})()", timeout=180_000)
+        assert page.locator("[data-testid='stAlertContentError']").count() == 0
+        assert page.locator("text=of 5").count() >= 1  # the verdicts are back

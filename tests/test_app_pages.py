@@ -107,6 +107,9 @@ def test_inertia_page_shows_studys_numbers(app, lm):
     a_real = criteria[criteria["criterion"].str.startswith("A") & (criteria["tokens"] == "prompt")].iloc[0]
     assert a_real["result"].endswith("pass" if v["parts"]["A"]["real"]["holds"] else "fail")
     assert a_real["layers passing"] == f"{v['parts']['A']['real']['n']}/{lm.ffn.n_layers}"
+    # the example prompt's verdict explained in one sentence, with the counts behind it
+    why = next(c.value for c in at.caption if c.value.startswith("This is the paper's own example sentence"))
+    assert f"A in {v['parts']['A']['real']['n']}/{lm.ffn.n_layers}" in why and why.count(". ") == 0
     table = at.dataframe[1].value
     assert len(table) == lm.ffn.n_layers
     assert np.allclose(table["self Jaccard"], np.round(res["sources"]["real"]["self_jaccard"], 4))
@@ -194,7 +197,9 @@ def test_masks_page_coverage_matches_library(app, lm):
     # the token × neuron image: covered / missed / kept-but-idle, columns by activation frequency
     image = charts(at)[0]["data"][0]
     z = arr(image["z"]).astype(int)
-    order = arr(image["customdata"]).astype(int)[0]
+    order = np.asarray([int(c[0]) for c in image["customdata"][0]])
+    assert image["customdata"][0][0][1] in ("covered (active and kept)", "missed (active, not kept)",
+                                            "kept but idle", "not active, not kept")
     assert sorted(order.tolist()) == list(range(lm.ffn.d_ff))
     a, k = active[:, order].numpy(), keep[order].numpy()[None, :]
     assert np.array_equal(z == COVERED, a & k) and np.array_equal(z == MISSED, a & ~k)
@@ -219,7 +224,15 @@ def test_masks_page_methods_side_by_side_and_rule(app):
     at.multiselect(key="mask_methods").set_value(["tda", "tda_matched", "static", "random"]).run()
     assert errors(at) == [] and not at.exception
     images = [c for c in charts(at) if c["data"][0]["type"] == "heatmap"]
-    assert len(images) == 4  # one coverage image per method, side by side
+    assert len(images) == 1  # one figure: a coverage panel per method side by side, all of one height
+    panels = [t for t in images[0]["data"] if t["type"] == "heatmap"]
+    assert [t["name"] for t in panels] == ["tda", "tda_matched", "static", "random"]
+    lay = images[0]["layout"]
+    assert [a["text"] for a in lay["annotations"]] == ["tda", "tda_matched", "static", "random"]
+    assert all(lay[f"xaxis{i if i > 1 else ''}"]["title"]["text"] for i in range(1, 5))  # every axis titled
+    legend = [t["name"] for t in images[0]["data"] if t["type"] == "scatter"]
+    assert legend == ["not active, not kept", "covered (active and kept)", "missed (active, not kept)",
+                      "kept but idle"]  # the colours explained in the figure, not only in a caption
     dens = [float(m.value) for m in at.metric if m.label.startswith("density, layer")]
     assert len(dens) == 4 and 0 < dens[0] <= 1
     assert dens[2] == pytest.approx(0.5, abs=0.01)  # static keeps the target in every layer
@@ -272,7 +285,13 @@ def test_inertia_active_sets_ordered_by_frequency(app, lm):
 
 def test_token_count_truncate_and_layer_refusal(app, lm):
     at = app()
-    assert any(c.value.endswith("tokens (limit 256)") for c in at.caption)
+    # one token count: the box's caption and the metric agree (BOS counted against the limit only)
+    from app.state import default_prompt
+
+    n = n_prompt_tokens(lm, default_prompt())
+    note = next(c.value for c in at.caption if "-token limit" in c.value)
+    assert note.startswith(f"{n} tokens") and note.endswith(f"{n + 1} of the 256-token limit)")
+    assert metric(at, "tokens") == str(n)
     at.text_area(key="prompt_inertia").input("word " * 400).run()
     assert any("over the limit of 256" in c.value for c in at.caption)
     at.button(key="truncate_inertia").click().run()
@@ -395,8 +414,13 @@ def test_recall_page_curves(app):
     assert np.all(np.diff(arr(griffin["y"]).astype(float)) >= -1e-9)  # more neurons, more recall
     summary = at.dataframe[0].value
     assert set(summary["method"]) == {"tda", "griffin", "oracle"}
-    assert (summary.loc[summary["method"] == "oracle", "mass_recall"].item()
-            >= summary.loc[summary["method"] == "griffin", "mass_recall"].item() - 1e-9)
+    # readable column names, no raw keys (truth, param, truth_density)
+    assert list(summary.columns) == ["method", "mask at", "mask density", "recall", "mass recall", "precision",
+                                     "ground-truth density (decode tokens)"]
+    assert summary.loc[summary["method"] == "griffin", "mask at"].item() == "density 0.5"
+    assert summary.loc[summary["method"] == "tda", "mask at"].item() == "threshold scale 1"
+    assert (summary.loc[summary["method"] == "oracle", "mass recall"].item()
+            >= summary.loc[summary["method"] == "griffin", "mass recall"].item() - 1e-9)
     # an edit marks the result stale instead of silently mixing prompts
     at.text_area(key="prompt_recall").input("Another prompt.").run()
     assert any("changed" in w.value for w in at.warning)
@@ -426,14 +450,23 @@ def test_generate_page(app, lm):
     assert len(runs[0]) == len(runs[1]) == 3
     ratios = sorted(d / s for d, s in zip(*runs, strict=True))
     assert speed == pytest.approx(ratios[1], rel=0.05)
-    # token agreement and the first divergence, as the engine's token ids give them
+    # token agreement, aligned (LCS) and positional, and the first divergence, from the engine's token ids
     a, b = res.token_ids[0], sparse.token_ids[0]
     first = next((i for i in range(8) if a[i] != b[i]), None)
-    assert metric(at, "token agreement") == f"{sum(x == y for x, y in zip(a, b)) / 8:.0%}"
-    agree = json.loads(at.get("plotly_chart")[0].proto.spec)
-    assert [float(v) for v in arr(agree["data"][0]["z"])[1]] == [float(x == y) for x, y in zip(a, b)]
+    lcs = [[0] * 9 for _ in range(9)]
+    for i in range(8):
+        for j in range(8):
+            lcs[i + 1][j + 1] = lcs[i][j] + 1 if a[i] == b[j] else max(lcs[i][j + 1], lcs[i + 1][j])
+    assert metric(at, "aligned token agreement") == f"{lcs[8][8] / 8:.0%}"
+    caption = next(c.value for c in at.caption if "tokens aligned" in c.value)
+    assert f"{lcs[8][8]} of 8 tokens aligned" in caption
     if first is not None:
-        assert any(f"first divergence at token {first}" in c.value for c in at.caption)
+        assert f"first divergence at token {first}" in caption
+        assert f"positional agreement {sum(x == y for x, y in zip(a, b)) / 8:.0%}" in caption
+    agree = json.loads(at.get("plotly_chart")[0].proto.spec)
+    z = arr(agree["data"][0]["z"])
+    assert z.shape == (2, 8) and sum(float(v) for v in z[1]) == lcs[8][8] == sum(float(v) for v in z[0])
+    assert agree["layout"]["xaxis"]["range"] == [-0.5, 7.5]  # the axis starts at the first token, not at -1
     # names and one-line descriptions come from the method registry
     from tda.engine.methods.registry import get_method
 
@@ -569,3 +602,92 @@ def test_model_load_shows_progress_lines(app, monkeypatch, tmp_path):
     assert "one-time conversion of the model (test)" in texts
     assert "writing the converted weights (test)" in texts
     assert metric(at, "tokens")  # and the page then works on the loaded model
+
+
+def test_agreement_is_aligned_and_the_strip_wraps():
+    from app.views.generate import STRIP_WIDTH, agreement_figure, divergence
+
+    dense, sparse = [1, 2, 3, 4, 5, 6], [1, 9, 2, 3, 4, 5]  # sparse inserts one token, then repeats dense
+    dv = divergence(dense, sparse)
+    assert dv["first"] == 1 and dv["positional"] == pytest.approx(1 / 6) and dv["aligned"] == pytest.approx(5 / 6)
+    n = 40
+    ids = list(range(n))
+    pair = {"dense": {"token_ids": ids, "tokens": [f"tok{i:03d}_long" for i in ids]},
+            "sparse": {"token_ids": ids[:20] + [999] * 20, "tokens": [f"s{i}" for i in ids]}}
+    fig = agreement_figure(pair).to_plotly_json()
+    z = np.asarray(fig["data"][0]["z"], dtype=object)
+    rows = -(-n // STRIP_WIDTH)
+    assert z.shape == (2 * rows, STRIP_WIDTH)  # wrapped: never more than STRIP_WIDTH labels side by side
+    assert all(len(t) <= 7 for row in fig["data"][0]["text"] for t in row)
+    assert fig["layout"]["xaxis"]["range"] == [-0.5, STRIP_WIDTH - 0.5]
+    line = fig["layout"]["shapes"][0]  # the first divergence (token 20) is in the second pair of rows
+    assert line["x0"] == 20 % STRIP_WIDTH - 0.5 and line["y0"] == 2 - 0.5
+
+
+def test_emptied_sample_cells_are_found_and_restored():
+    from app.views.samples import cleared_cells, restore_cells
+
+    before = pd.DataFrame({"id": [1, 2, 3], "text": ["a", "b", "c"], "treatment": ["x", "y", ""]})
+    after = before.copy()
+    after["treatment"] = None  # what Ctrl+A, Delete leaves
+    after = after.drop(index=1)  # a deleted row is not an emptied cell
+    after.loc[7] = [9, "new", None]  # an added row neither
+    cells = cleared_cells(before, after)
+    assert cells == [(0, "treatment")]  # row 2 had no treatment to lose
+    back = restore_cells(before, after, cells)
+    assert back.loc[0, "treatment"] == "x" and back.loc[7, "text"] == "new" and 1 not in back.index
+
+
+def test_every_inertia_heatmap_has_axis_titles(app):
+    at = app()
+    for show in ("active", "masked", "raw"):
+        for order in ("frequency", "index"):
+            at.radio(key="inertia_show").set_value(show).run()
+            at.radio(key="inertia_order").set_value(order).run()
+            lay = charts(at)[0]["layout"]
+            xs = [v for k, v in lay.items() if k.startswith("xaxis")]
+            assert xs and all(x.get("title", {}).get("text") for x in xs), (show, order)
+            assert lay["yaxis"]["title"]["text"] == "token"
+
+
+def test_one_time_job_progress_is_one_display():
+    from app.views.loading import CONVERSION_S, CONVERSION_STEPS, condensed, job_progress
+
+    lines = [(0.0, "one-time conversion (about a minute)..."), (0.1, "step 1/4: assembling…"),
+             (1.0, "step 1/4: assembling: done in 1 s"), (1.0, "step 2/4: tokenizer…"),
+             (6.0, "step 2/4: tokenizer · 5 s · still working"), (11.0, "step 2/4: tokenizer · 10 s · still working")]
+    # a step's start, heartbeats and end collapse into its newest line: no repeated first lines
+    assert condensed([m for _, m in lines]) == ["one-time conversion (about a minute)...", "step 1/4: assembling: done in 1 s",
+                                                "step 2/4: tokenizer · 10 s · still working"]
+    frac, left = job_progress(lines, 11.0, 0.0)
+    expect = (CONVERSION_STEPS[0] + 10.0) / CONVERSION_S  # step 1 done, 10 s into step 2
+    assert frac == pytest.approx(expect) and left.startswith("about") and left.endswith("left")
+    slower, _ = job_progress(lines[:3], 1.0, 0.0)
+    assert slower == pytest.approx(CONVERSION_STEPS[0] / CONVERSION_S)
+    assert job_progress([(0.0, "corpus · 3/10 (30%) · ~12 s left · 5 s")], 5.0, 0.0) == (0.3, "about 12 s left")
+    assert job_progress([], 1.0, 0.0) == (None, "")
+
+
+def test_background_jobs_prepare_the_next_pages(monkeypatch, tmp_path, lm):
+    """The embedded model's next one-time jobs (kernels, then the neuron corpus statistics) run in a
+    background thread with their progress lines; tiny models get none (the page runs them when needed)."""
+    import tda.engine.kernel_build as kb
+    from app import state
+    from app.views.loading import job_progress
+    from tda.activations.neuron_corpus import cached_corpus_stats
+
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path))
+    built = []
+    monkeypatch.setattr(kb, "build", lambda: built.append(1) or True)
+    job = state._Background(lm)
+    assert job.corpus_done.wait(300) and job.error is None
+    assert built == [1] and cached_corpus_stats(lm) is not None
+    frac, left = job_progress(job.stamped, job.stamped[-1][0], job.started)
+    assert frac == 1.0 and "corpus activations" in job.stamped[-1][1]
+
+
+def test_no_background_jobs_for_tiny_models(app):
+    from app import state
+
+    app()
+    assert not state._JOBS  # tiny-llama is not the embedded model

@@ -97,7 +97,12 @@ def test_recall_writes_csv_figures_and_summary(run_cli, tmp_path, thresholds_fil
     assert summary["n_prompts"] == 2 and summary["new_tokens"] == 3
     assert summary["calibration"]["thresholds"] == Calibration.load(thresholds_file).thresholds
     for name in ("recall_vs_density", "mass_recall_vs_density", "recall_vs_threshold", "recall_by_layer"):
-        assert (out / f"{name}.html").stat().st_size > 1000
+        page = (out / f"{name}.html").read_text()
+        assert 1000 < len(page) < 200_000 and 'src="plotly.min.js"' in page  # plotly.js once, beside the pages
+    assert (out / "plotly.min.js").stat().st_size > 1_000_000
+    assert "per layer" in (out / "recall_by_layer.html").read_text() and "mean over layers" not in (
+        out / "recall_by_layer.html").read_text()
+    assert "± std over prompts" in stdout
     assert not list(out.glob("*.png"))
     assert "griffin" in stdout and "density 0.5" in stdout and "random" in stdout
 

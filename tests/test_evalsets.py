@@ -87,3 +87,33 @@ def test_tda_data_json(run_cli):
     assert len(d) == 1 and d[0]["kind"] == "text" and d[0]["items"] >= 200 and d[0]["tokens"] >= 50_000
     assert sets["pydoc-cloze"]["kind"] == "cloze" and sets["pydoc-cloze"]["items"] >= 500
     assert sets["mc-small"]["items"] == 40 and sets["heldout-small"]["items"] == 24
+
+
+def test_tda_data_never_loads_the_model(run_cli, monkeypatch, tmp_path):
+    """`tda data` on an empty cache: shipped counts (by set hash) and, for a set without one, the
+    tokenizer alone (never the model); the new count is cached for the next run."""
+    import tda.cli.data_cmd as cmd
+    import tda.models.embedded as embedded
+
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(embedded, "ensure_embedded_cache", lambda *a, **k: pytest.fail("converted the model"))
+    monkeypatch.setattr(cmd, "gemma_tokenizer", lambda: pytest.fail("loaded a tokenizer"))
+    from tda.common.paths import DATA_DIR
+
+    shipped = json.loads((DATA_DIR / cmd.TOKEN_COUNTS).read_text())
+    sets = cmd.describe_sets(count_tokens=True)  # on this CPython every set's hash is shipped
+    assert all(s["tokens"] == shipped[s["sha256"]] for s in sets)
+    # a set the shipped file does not know: counted with the tokenizer alone, then remembered
+    calls = []
+
+    class Tok:
+        def __call__(self, texts, add_special_tokens=False):
+            calls.append(len(texts))
+            return type("R", (), {"input_ids": [[0, 0]] * len(texts)})()
+
+    monkeypatch.setattr(cmd, "_known_counts", lambda: {})
+    monkeypatch.setattr(cmd, "gemma_tokenizer", lambda: Tok())
+    sets = cmd.describe_sets(count_tokens=True)
+    assert len(calls) == len(sets) and all(isinstance(s["tokens"], int) and s["tokens"] > 0 for s in sets)
+    cached = json.loads((tmp_path / cmd.TOKEN_COUNTS).read_text())
+    assert {s["sha256"] for s in sets} <= set(cached)

@@ -123,12 +123,10 @@ def test_embedded_cache_detects_partial_and_corrupt(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_embedded_gemma_loads_fast_from_cache(gemma):
-    import time
-
-    t = time.perf_counter()
-    lm = load_model("gemma-3-270m")
-    assert time.perf_counter() - t < 10
+def test_embedded_gemma_loads_from_cache(gemma):
+    # The fixture is that cached load (a second load here would hold a second 1.1 GB copy). How fast
+    # it is lives in a benchmark, not here (benchmarks/startup.py, "load").
+    lm = gemma
     info = lm.info()
     assert info["n_layers"] == 18 and info["d_ff"] == 2048 and info["gated"] and lm.kind == "embedded"
     assert "gelu" in info["activation"]

@@ -266,6 +266,9 @@ def test_cli_neuron_json_and_table(run_cli, tmp_path, cache, tiny_llama):
     (("--layer", "0", "--neuron", "128"), "neuron 128 out of range: layer 0 has neurons 0..127"),
     (("--layer", "0", "--neuron", "1", "--density", "0"), "density must be in (0, 1]"),
     (("--layer", "0", "--neuron", "1", "--contexts", "99"), "--contexts in 1..16"),
+    (("-l", "0", "-i", "128"), "neuron 128 out of range"),  # -i is the short form of --neuron
+    (("--layer", "0", "-n", "5"), "give the neuron as --neuron or -i"),  # -n is generate's --max-new-tokens
+    (("--layer", "0"), "missing --neuron (-i)"),
 ])
 def test_cli_neuron_checks_before_loading(run_cli, monkeypatch, args, message):
     import tda.cli.neuron_cmd as cmd

@@ -113,6 +113,7 @@ def test_eval_cli(run_cli, tmp_out):
     data = json.loads((out / "quality.json").read_text())
     assert [r["method"] for r in data["rows"]] == ["dense", "griffin"]
     assert (out / "quality.csv").exists() and (out / "quality-ppl.html").exists()
+    assert (out / "quality-ppl.html").stat().st_size < 200_000 and (out / "plotly.min.js").exists()
     assert "| griffin | 0.5 |" in stdout
 
 

@@ -49,13 +49,44 @@ def generate_pair(lm, prompt: str, method: str, *, density, cett: float, max_new
     return out
 
 
+def aligned_matches(a: list[int], b: list[int]) -> tuple[list[bool], list[bool]]:
+    """Which tokens of ``a`` and of ``b`` belong to one longest common subsequence of the two
+    (a token-level alignment: a continuation that only shifts by a token still matches)."""
+    n, m = len(a), len(b)
+    L = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        for j in range(m - 1, -1, -1):
+            L[i][j] = L[i + 1][j + 1] + 1 if a[i] == b[j] else max(L[i + 1][j], L[i][j + 1])
+    in_a, in_b = [False] * n, [False] * m
+    i = j = 0
+    while i < n and j < m:
+        if a[i] == b[j]:
+            in_a[i] = in_b[j] = True
+            i, j = i + 1, j + 1
+        elif L[i + 1][j] >= L[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    return in_a, in_b
+
+
 def divergence(a: list[int], b: list[int]) -> dict:
-    """Where token sequence ``b`` first leaves ``a`` (None when it never does, over the shorter
-    length) and the fraction of positions with the same token."""
+    """How token sequence ``b`` (sparse) agrees with ``a`` (dense).
+
+    - ``first``: the first position where they differ (None when they never do over the shorter length);
+      the ``first`` tokens before it are identical.
+    - ``aligned``: tokens in a longest common subsequence ÷ the longer length (an alignment: a later token
+      that only moved by one position still counts).
+    - ``positional``: the fraction of positions with the same token (after a divergence every shifted
+      token counts as different).
+    """
     n = min(len(a), len(b))
     first = next((i for i in range(n) if a[i] != b[i]), None)
     same = sum(a[i] == b[i] for i in range(n))
-    return {"first": first, "agreement": same / n if n else float("nan"), "n": n}
+    in_a, _ = aligned_matches(a, b)
+    longest = max(len(a), len(b))
+    return {"first": first, "positional": same / n if n else float("nan"), "n": n, "longest": longest,
+            "common": sum(in_a), "aligned": sum(in_a) / longest if longest else float("nan")}
 
 
 def paired_ratios(pair: dict, key: str) -> list[float]:
@@ -63,32 +94,52 @@ def paired_ratios(pair: dict, key: str) -> list[float]:
     return [d[key] / s[key] for d, s in zip(pair["runs"]["dense"], pair["runs"]["sparse"], strict=True) if s[key]]
 
 
+STRIP_WIDTH = 16  # tokens per row of the token strip (longer generations wrap, labels never overlap)
+STRIP_LABEL = 7  # characters of a token shown in its cell (the whole token in the hover)
+
+
 def agreement_figure(pair: dict, title: str = ""):
-    """Dense and sparse tokens in two rows; cells coloured by whether the position agrees, a line at
-    the first divergence."""
+    """Dense and sparse tokens in pairs of rows (``STRIP_WIDTH`` tokens per row, wrapped); a cell is blue
+    when its token is part of the aligned common subsequence with the other run, vermillion when not;
+    a dashed line before the first divergence."""
     import plotly.graph_objects as go
 
     from app.figures import BLUE, VERMILLION, tidy
 
+    da, sa = pair["dense"]["token_ids"], pair["sparse"]["token_ids"]
     d, s = pair["dense"]["tokens"], pair["sparse"]["tokens"]
-    dv = divergence(pair["dense"]["token_ids"], pair["sparse"]["token_ids"])
+    in_d, in_s = aligned_matches(da, sa)
+    dv = divergence(da, sa)
     n = max(len(d), len(s))
-    same = [1.0 if i < dv["n"] and pair["dense"]["token_ids"][i] == pair["sparse"]["token_ids"][i] else 0.0
-            for i in range(n)]
-    rows = [d + [""] * (n - len(d)), s + [""] * (n - len(s))]
+    w = min(STRIP_WIDTH, max(n, 1))
+    chunks = max(1, -(-n // w))
+
+    def cell(tokens, flags, k):
+        return (tokens[k] if k < len(tokens) else "", (1.0 if flags[k] else 0.0) if k < len(flags) else None)
+
+    z, text, hover, ylab = [], [], [], []
+    for c in range(chunks):
+        for name, tokens, flags in (("dense", d, in_d), ("sparse", s, in_s)):
+            row = [cell(tokens, flags, k) for k in range(c * w, c * w + w)]
+            z.append([v for _, v in row])
+            text.append([t if len(t) <= STRIP_LABEL else t[:STRIP_LABEL - 1] + "…" for t, _ in row])
+            hover.append([f"{name}, token {k}: {t}" for k, (t, _) in zip(range(c * w, c * w + w), row, strict=True)])
+            ylab.append(f"{name} {c * w}–{min(n, c * w + w) - 1}" if chunks > 1 else name)
     fig = go.Figure(go.Heatmap(
-        z=[same, same], x=list(range(n)), y=["dense", "sparse"], text=rows, texttemplate="%{text}",
+        z=z, x=list(range(w)), y=list(range(len(z))), text=text, customdata=hover, texttemplate="%{text}",
         textfont={"size": 10, "color": "white"}, zmin=0, zmax=1, showscale=False,
         colorscale=[[0, VERMILLION], [0.5, VERMILLION], [0.5, BLUE], [1, BLUE]],
-        hovertemplate="position %{x}: %{text}<extra></extra>", xgap=1, ygap=2,
+        hovertemplate="%{customdata}<extra></extra>", xgap=1, ygap=2,
     ))
     if dv["first"] is not None:
-        fig.add_vline(x=dv["first"] - 0.5, line={"color": "black", "width": 2, "dash": "dash"})
-        fig.add_annotation(x=dv["first"] - 0.5, y=1.0, yref="paper", yanchor="bottom", showarrow=False,
-                           text=f"first divergence: token {dv['first']}", font={"size": 11})
-    fig.update_xaxes(title="generated token position", dtick=1 if n <= 40 else None)
-    fig.update_yaxes(autorange="reversed")
-    return tidy(fig, title, height=230, legend=False)
+        c, k = divmod(dv["first"], w)
+        fig.add_shape(type="line", x0=k - 0.5, x1=k - 0.5, y0=2 * c - 0.5, y1=2 * c + 1.5,
+                      line={"color": "black", "width": 3, "dash": "dash"})
+    fig.update_xaxes(title=f"generated token position{' within the row' if chunks > 1 else ''}",
+                     range=[-0.5, w - 0.5], tickvals=list(range(w)), showgrid=False, zeroline=False)
+    fig.update_yaxes(autorange=False, range=[len(z) - 0.5, -0.5], tickvals=list(range(len(z))), ticktext=ylab,
+                     showgrid=False, zeroline=False)
+    return tidy(fig, title, height=110 + 46 * len(z), legend=False)
 
 
 def density_note(method: str, density, used: float, cett: float) -> str:

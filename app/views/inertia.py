@@ -145,6 +145,21 @@ def heatmap_figure(captures: dict, *, layer: int, neurons: tuple[int, int], max_
     return fig
 
 
+def verdict_sentence(verdict: dict, model_id: str, *, example: bool = False) -> str:
+    """One sentence saying what the verdict means for this prompt, with the layer counts behind it;
+    ``example``: the prompt is the paper's own example sentence (Study 1's XSum line)."""
+    a, b = verdict["parts"]["A"], verdict["parts"]["B"]
+    counts = "; ".join(f"{'prompt' if src == 'real' else 'random tokens'}: A in {a[src]['n']}/{a[src]['of']}, "
+                       f"B in {b[src]['n']}/{b[src]['of']} layers" for src in a)
+    meaning = {"holds": "this model shows the paper's flocking on it (both criteria pass)",
+               "partly holds": "this model shows only part of the paper's flocking on it (one criterion passes)",
+               "fails": "this model does not show the paper's flocking on it (neither criterion passes in enough "
+                        "layers for both token sources)"}[verdict["verdict"]]
+    head = ("This is the paper's own example sentence (Study 1's XSum line), and on " if example else "On ")
+    return (f"{head}{model_id} {meaning} — {counts}, a criterion needing ≥ {verdict['majority']:.0%} of the "
+            f"layers — a measured result about this model and prompt, not an error of the page.")
+
+
 def verdict_rows(verdict: dict) -> list[dict]:
     """Claim 4's criteria (:func:`analysis.inertia.claim4_verdict`) as table rows: one per criterion
     and token source, each pass/fail with its number."""

@@ -57,7 +57,7 @@ def prompt_figure(prof: dict) -> go.Figure:
             fig.add_scatter(x=[x[0], x[-1]], y=[sign * c, sign * c], mode="lines", name=f"±{label}",
                             line=dict(color=colour, dash=dash, width=1.5), legendgroup=m, showlegend=sign == 1,
                             hovertemplate=f"{label}: {sign * c:.4g}<extra></extra>")
-    fig.update_xaxes(tickangle=-45, categoryorder="array", categoryarray=x)
+    fig.update_xaxes(title="prompt token", tickangle=-45, categoryorder="array", categoryarray=x)
     fig.update_yaxes(title="a = act(gate)·up" if prof["gated"] else "a = act(in)", zeroline=True)
     return _layout(fig, f"Neuron {prof['neuron']} of layer {prof['layer']} on the prompt", 340, legend_rows=2,
                    barmode="overlay", bargap=0.15)

@@ -9,6 +9,10 @@ def layer_groups(n_layers: int) -> dict[str, list[int]]:
     return groups(n_layers)
 
 
+def _blank(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip())
+
+
 def samples_from_table(records: list[dict]) -> list[dict]:
     """Rows of the samples editor → samples for :func:`analysis.similarity.check_samples`.
 
@@ -16,9 +20,7 @@ def samples_from_table(records: list[dict]) -> list[dict]:
     """
     from analysis.similarity import check_samples
 
-    def blank(v) -> bool:
-        return v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip())
-
+    blank = _blank
     rows = [r for r in records if not all(blank(r.get(k)) for k in ("id", "text", "treatment"))]
     used = [int(r["id"]) for r in rows if not blank(r.get("id"))]
     nxt = max(used, default=0) + 1
@@ -30,6 +32,31 @@ def samples_from_table(records: list[dict]) -> list[dict]:
         out.append({"id": sid, "text": "" if blank(r.get("text")) else str(r["text"]),
                     "treatment": "" if blank(r.get("treatment")) else str(r["treatment"])})
     return check_samples(out)
+
+
+COLUMNS = ("id", "text", "treatment")
+
+
+def cleared_cells(before, after) -> list[tuple[object, str]]:
+    """``(row label, column)`` of the cells that had a value in ``before`` and are blank in ``after``
+    (two DataFrames of the samples editor, rows matched by index; deleted rows do not count): what a
+    Ctrl+A, Delete in the grid empties."""
+    out = []
+    for idx in after.index:
+        if idx not in before.index:
+            continue
+        for col in COLUMNS:
+            if col in before.columns and not _blank(before.at[idx, col]) and _blank(after.at[idx, col]):
+                out.append((idx, col))
+    return out
+
+
+def restore_cells(before, after, cells):
+    """``after`` with ``cells`` (from :func:`cleared_cells`) given their values in ``before`` again."""
+    out = after.copy()
+    for idx, col in cells:
+        out.at[idx, col] = before.at[idx, col]
+    return out
 
 
 def similarity_result(lm, samples: list[dict], cett_target: float) -> dict:

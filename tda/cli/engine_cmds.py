@@ -124,7 +124,9 @@ def summary_table(summary: list[dict], density: float) -> Table:
     from rich.table import Table
 
     table = Table(title=f"mean over layers and prompts at density ≈ {density:g} (tda: calibrated t_L, scale 1)")
-    for name in ("method", "point", "density", "recall TT", "mass recall", "precision TT", "recall top-p"):
+    n = max((s.get("n_prompts", 1) for s in summary), default=1)
+    recall_head = "recall TT ± std over prompts" if n > 1 else "recall TT"
+    for name in ("method", "point", "density", recall_head, "mass recall", "precision TT", "recall top-p"):
         table.add_column(name, no_wrap=True)
     by = {(s["truth"], s["method"]): s for s in summary}
     for (truth, method), s in by.items():
@@ -140,16 +142,23 @@ def summary_table(summary: list[dict], density: float) -> Table:
     return table
 
 
+PLOTLY_JS = "plotly.min.js"  # written once per output folder (as tda.evaluate.quality_plots); pages load it
+
+
 def write_figures(figs: dict[str, object], out_dir: Path, png: bool) -> list[str]:
-    """Write ``name.html`` always and ``name.png`` (kaleido + Chromium) when possible; returns notes."""
+    """Write ``name.html`` always (each a small page loading the folder's one ``plotly.min.js``) and
+    ``name.png`` (kaleido + Chromium) when possible; returns notes."""
     import contextlib
 
-    from tda.common.atomic import atomic_path
+    from tda.common.atomic import atomic_path, write_text_atomic
 
     notes = []
+    if figs:  # plotly.js once, beside the pages (offline); each page loads it with <script src>
+        from plotly.offline import get_plotlyjs
+
+        write_text_atomic(out_dir / PLOTLY_JS, get_plotlyjs())
     for name, fig in figs.items():
-        with atomic_path(out_dir / f"{name}.html") as tmp:
-            fig.write_html(str(tmp), include_plotlyjs=True)
+        write_text_atomic(out_dir / f"{name}.html", fig.to_html(include_plotlyjs=PLOTLY_JS, full_html=True))
     if png:
         try:
             import plotly.io as pio

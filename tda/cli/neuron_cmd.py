@@ -22,7 +22,11 @@ from tda.cli.app import (
 @app.command("neuron")
 def neuron_cmd(
     layer: int = typer.Option(..., "--layer", "-l", help="the neuron's layer, 0..n_layers-1 (negative counts from the end)"),
-    neuron: int = typer.Option(..., "--neuron", "-n", help="the neuron's index in its layer, 0..d_ff-1"),
+    neuron: int = typer.Option(None, "--neuron", "-i",
+                               help="the neuron's index in its layer, 0..d_ff-1 (required; no default)"),
+    old_n: str = typer.Option(None, "-n", hidden=True,
+                              help="not an option here: -n is --max-new-tokens in `tda generate`; refused "
+                                   "with a line naming --neuron/-i (default: not given)"),
     prompt: str = typer.Option(None, "--prompt", "-p", metavar="TEXT",
                                help="prompt text; - reads it from standard input (default: --prompt-file)"),
     prompt_file: Path = PromptFileOpt,
@@ -45,6 +49,11 @@ def neuron_cmd(
     from tda.masks.build import check_density
     from tda.masks.cett import check_target
 
+    if old_n is not None:
+        raise BadInput("-n is not an option of tda neuron (in tda generate it is --max-new-tokens): "
+                       "give the neuron as --neuron or -i")
+    if neuron is None:
+        raise BadInput("missing --neuron (-i): the neuron's index in its layer")
     text = checks.read_prompt(prompt, prompt_file)
     shape = checks.check_model_args(model, dtype, device)
     if shape is not None:

