@@ -53,7 +53,7 @@ def test_batched_equals_per_token_every_method(load_tiny, spec):
     for texts in (TEXTS, LONG):
         seqs = [lm.tokenizer(t).input_ids for t in texts]
         ks = [len(s) // 2 for s in seqs]
-        for m in method_names(combos=True):
+        for m in (*method_names(combos=True), "griffin+head0.5", "teal+head0.7"):
             try:
                 _session(lm, m, cal)
             except BadInput:  # a method this family cannot run (e.g. gated-only)
