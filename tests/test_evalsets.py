@@ -87,6 +87,58 @@ def test_tda_data_json(run_cli):
     assert len(d) == 1 and d[0]["kind"] == "text" and d[0]["items"] >= 200 and d[0]["tokens"] >= 50_000
     assert sets["pydoc-cloze"]["kind"] == "cloze" and sets["pydoc-cloze"]["items"] >= 500
     assert sets["mc-small"]["items"] == 40 and sets["heldout-small"]["items"] == 24
+    b = sets["bierce-text"]
+    assert b["items"] >= 200 and b["tokens"] >= 50_000 and sets["bierce-cloze"]["items"] >= 500
+    assert "dict-devil" in b["source"] and "public domain" in b["license"]
+
+
+# ----- the literary set (tda.common.literary) --------------------------------------------------------
+def test_bierce_set_sizes_determinism_and_licence():
+    """>= 200 passages, >= 50,000 tokens (words × 1.2 a safe lower bound), >= 500 cloze items; a
+    fresh extraction gives the same digest; the source names the Debian package and the licence
+    says public domain; the shipped file is the package's (hash checked on load)."""
+    from tda.common import literary as lit
+
+    text, cloze = es.get_set("bierce-text", "text"), es.get_set("bierce-cloze", "cloze")
+    passages = text.load()
+    assert len(passages) >= 200 and sum(len(p.split()) for p in passages) >= 50_000 / 1.2
+    assert len(set(passages)) == len(passages) and not text.default
+    items = cloze.load()
+    assert len(items) >= 500 and all(re.fullmatch(r"[A-Za-z]{3,}", it["target"]) for it in items)
+    assert all(re.search(rf"\b{it['target']}\b", it["context"], flags=re.IGNORECASE) for it in items)
+    before = es.digest(passages)
+    lit.bierce_passages.cache_clear()
+    assert es.digest(text.load()) == before and [it["id"] for it in cloze.load()] == [it["id"] for it in items]
+    for s in (text, cloze):
+        assert "dict-devil" in s.source and "Bierce" in s.source and "public domain" in s.license
+    assert passages[0].startswith("ABASEMENT, n.")
+
+
+def test_bierce_source_checked(tmp_path, monkeypatch):
+    """A changed source file is refused by its hash; the installed Debian file (when there) has the
+    same bytes as the shipped one."""
+    from tda.common import literary as lit
+
+    bad = tmp_path / "devil.dict.dz"
+    raw = lit.SOURCE_FILE.read_bytes()
+    bad.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
+    with monkeypatch.context() as m:
+        m.setattr(lit, "SOURCE_FILE", bad)
+        with pytest.raises(BadInput, match="SHA-256"):
+            lit.source_text()
+    if lit.DEBIAN_FILE.exists():
+        import hashlib
+
+        assert hashlib.sha256(lit.DEBIAN_FILE.read_bytes()).hexdigest() == lit.SOURCE_SHA256
+        assert lit.bierce_passages_from(lit.source_text(lit.DEBIAN_FILE)) == list(lit.bierce_passages())
+
+
+def test_bierce_disjoint_from_calibration():
+    from tda.common.data import CORPUS, HELDOUT, load_texts
+
+    cal = set().union(*(_shingles(t) for t in load_texts(CORPUS) + load_texts(HELDOUT)))
+    ev = set().union(*(_shingles(t) for t in es.get_set("bierce-text").load()))
+    assert cal and ev and not cal & ev
 
 
 def test_tda_data_never_loads_the_model(run_cli, monkeypatch, tmp_path):

@@ -58,7 +58,7 @@ def test_join_and_renderings_by_hand():
     table = list(csv.DictReader(io.StringIO(to_csv(rows))))
     assert table[1]["speedup_rounds"] == "1.05;1.15" and table[1]["mc_acc_lo"] == "0.45"
     md = to_markdown(rows)
-    assert "| griffin | 0.5 (0.49) |" in md and "80 [60, 100]" in md and "1.100x [1.05–1.15]" in md
+    assert "| griffin | 0.5 (0.49) |" in md and "80 [60, 100]" in md and "1.100x [n/a: 2 round(s), 1.05–1.15]" in md
     assert "90.0 (54.0)" in md
     assert json.loads(to_json({"x": float("nan")})) == {"x": None}
 

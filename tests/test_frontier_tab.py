@@ -51,3 +51,75 @@ def test_frontier_view_filter_deltas_and_verdicts():
     assert v["verdicts"][0]["verdict"] == "griffin beats tt"
     assert views.frontier_view(res)["figure"].layout.yaxis.type == "log"
     assert "500 cloze items" in v["caption"] and views.result_methods(res) == ["griffin", "tt"]
+
+
+# ----- issue 27: the selector names what is plotted, one chart per density, Pareto filter, n/a intervals --------
+def _three_density_result(model_id: str, rounds: int = 3) -> dict:
+    rows = [{"method": "dense", "density_target": None, "decode_speedup": 1.0, "ceiling": 1.0, "ppl": 20.0,
+             "speedup_rounds": [1.0] * rounds, "pareto": True}]
+    for m, sp, on in (("griffin", 1.1, True), ("tt", 0.9, False)):
+        for d in (0.3, 0.5, 0.7):
+            rows.append({"method": m, "density_target": d, "decode_speedup": sp + d / 10, "speedup_lo": sp,
+                         "speedup_hi": sp + 0.2, "speedup_rounds": [sp + d / 10] * rounds, "ceiling": 1.2,
+                         "ppl": 20 + 10 * (1 - d), "pareto": on})
+    return {"rows": rows, "verdicts": [], "meta": {"model": {"model_id": model_id, "dtype": "float32"},
+                                                   "rounds": rounds, "heldout_texts": 9, "timestamp": "2026-12-01T00:00:00"}}
+
+
+def test_view_density_pareto_and_na():
+    res = _three_density_result("m1", rounds=1)
+    assert views.pareto_methods(res) == ["griffin"] and views.result_densities(res) == [0.3, 0.5, 0.7]
+    v = views.frontier_view(res, density=0.5)
+    assert [(r["method"], r["density"]) for r in v["rows"]] == [("dense", 1.0), ("griffin", 0.5), ("tt", 0.5)]
+    assert "density 0.5" in v["figure"].layout.title.text
+    assert v["rows"][1]["speedup 95%"] == "n/a (1 round(s))" and "fewer than 3 timed rounds" in v["caption"]
+    v3 = views.frontier_view(_three_density_result("m1", rounds=3), density=0.5)
+    assert v3["rows"][1]["speedup 95%"] == "[1.1, 1.3]" and "n/a" not in v3["caption"]
+
+
+def test_view_cross_corpus_parts():
+    res = _three_density_result("m1")
+    other = [dict(r, ppl=r["ppl"] * 2) for r in res["rows"]]
+    res["corpora"] = {"a": {"rows": res["rows"], "verdicts": []}, "b": {"rows": other, "verdicts": []}}
+    res["cross_verdicts"] = [
+        {"density": 0.5, "a": "griffin", "b": "tt", "status": "corpus-dependent", "verdict": "corpus-dependent",
+         "pooled": "griffin beats tt", "text": "a: griffin beats tt (…); b: tt beats griffin (…)"},
+        {"density": 0.3, "a": "griffin", "b": "tt", "status": "holds", "verdict": "griffin beats tt",
+         "pooled": "griffin beats tt", "text": "a: …; b: …"}]
+    assert views.result_corpora(res) == ["pooled", "a", "b"]
+    assert [v["status"] for v in views.cross_verdict_rows(res)] == ["holds", "corpus-dependent"]
+    assert views.frontier_view(res, corpus="b")["rows"][0]["ppl"] == 40.0
+
+
+def test_tab_selector_names_the_plotted_run(monkeypatch, tmp_path):
+    """With a stored run of this model, "Run frontier" switches the selector to the new run (its
+    label and the caption both name it); choosing the stored run again plots the stored one."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_app_pages import APP, MODEL, TIMEOUT
+
+    (tmp_path / "frontier-tiny-llama").mkdir()
+    (tmp_path / "frontier-tiny-llama" / "frontier.json").write_text(json.dumps(_three_density_result(MODEL)))
+    monkeypatch.setenv("TDA_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setenv("TDA_APP_MODEL", MODEL)
+    monkeypatch.setattr("app.views.frontier.SMALL_FRONTIER", dict(
+        rounds=1, prompt_tokens=8, new_tokens=3, limit=2, mc_limit=0, bandwidth_mb=8, boot_iters=100))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.switch_page("page_generate.py").run()
+    sel = at.selectbox(key="fr_run_choice")
+    assert sel.value.endswith("frontier.json") and "frontier-tiny-llama" in sel.format_func(sel.value)
+    assert len(at.get("plotly_chart")) >= 3  # one chart per density (0.3, 0.5, 0.7)
+    assert list(at.multiselect(key=f"fr_plot_methods_{sel.value}").value) == ["griffin"]  # the Pareto set
+    at.multiselect(key="fr_methods").set_value(["griffin"]).run()
+    at.multiselect(key="fr_densities").set_value([0.5]).run()
+    at.button(key="fr_run").click().run()
+    assert not at.exception and not at.error
+    sel = at.selectbox(key="fr_run_choice")
+    assert sel.value == views.PAGE_RUN and sel.format_func(sel.value).startswith("run on this page")
+    cap = [c.value for c in at.caption if c.value.startswith("Shown: ")]
+    assert cap and cap[0].startswith("Shown: run on this page") and "2 held-out texts" in cap[0]
+    assert "n/a (1 round(s))" in list(at.dataframe[0].value["speedup 95%"])
+    assert any("frontier-tiny-llama" in o for o in sel.options)  # the stored run is still offered
+    sel.set_value(str(tmp_path / "frontier-tiny-llama" / "frontier.json")).run()
+    cap = [c.value for c in at.caption if c.value.startswith("Shown: ")]
+    assert "frontier-tiny-llama" in cap[0] and "9 held-out texts" in cap[0]

@@ -75,27 +75,86 @@ def small_frontier(lm, methods: list[str], densities: list[float], *, progress=N
                         calibration_texts=load_texts(limit=4) if lm.is_random else None, **kw)
 
 
+PAGE_RUN = "page"  # the choice id of the run made on the page
+
+
+def run_choices(here: dict | None, runs: list[tuple[str, dict]]) -> list[tuple[str, str, dict]]:
+    """``(id, label, result)`` of every run the tab can show: the one run on this page first (when
+    there is one), then the stored ones (:func:`stored_runs`). The ids are stable (the page run's,
+    each stored run's path), so the selector keeps naming the run that is plotted."""
+    out = []
+    if here is not None:
+        ts = here.get("meta", {}).get("timestamp", "")
+        out.append((PAGE_RUN, f"run on this page{' — ' + ts if ts else ''}", here))
+    out += [(path, run_label(path, res), res) for path, res in runs]
+    return out
+
+
 def result_methods(result: dict) -> list[str]:
     """The sparse methods of a result, in row order."""
     return list(dict.fromkeys(r["method"] for r in result["rows"] if r["method"] != "dense"))
 
 
-def frontier_view(result: dict, methods: list[str] | None = None, *, deltas: bool = False) -> dict:
+def pareto_methods(result: dict) -> list[str]:
+    """The sparse methods with at least one row on the Pareto set (the tab's default filter)."""
+    return [m for m in result_methods(result) if any(r["method"] == m and r.get("pareto") for r in result["rows"])]
+
+
+def result_densities(result: dict) -> list[float]:
+    """The target densities of a result's sparse rows, ascending."""
+    return sorted({float(r["density_target"]) for r in result["rows"]
+                   if r["method"] != "dense" and r.get("density_target") is not None})
+
+
+def result_corpora(result: dict) -> list[str]:
+    """``["pooled", <corpus>, ...]`` for a run on several corpora; ``[]`` for one corpus."""
+    return ["pooled", *result["corpora"]] if result.get("corpora") else []
+
+
+def _corpus_part(result: dict, corpus: str | None) -> tuple[list[dict], list[dict]]:
+    if corpus and corpus != "pooled" and corpus in (result.get("corpora") or {}):
+        c = result["corpora"][corpus]
+        return c["rows"], c.get("verdicts") or []
+    return result["rows"], result.get("verdicts") or []
+
+
+def cross_verdict_rows(result: dict, methods: list[str] | None = None) -> list[dict]:
+    """The verdicts across corpora of a run on several corpora (holding ones first), for a table."""
+    keep = set(methods) if methods is not None else None
+    order = {"holds": 0, "corpus-dependent": 1}
+    vs = [v for v in result.get("cross_verdicts") or [] if keep is None or (v["a"] in keep and v["b"] in keep)]
+    return [{"density": v["density"], "A": v["a"], "B": v["b"], "status": v["status"], "verdict": v["verdict"],
+             "pooled": v.get("pooled"), "per corpus": v["text"]}
+            for v in sorted(vs, key=lambda v: (order.get(v["status"], 2), v["density"]))]
+
+
+def frontier_view(result: dict, methods: list[str] | None = None, *, deltas: bool = False,
+                  density: float | None = None, corpus: str | None = None) -> dict:
     """The figure (:func:`tda.evaluate.frontier_plots.frontier_figure`; ``methods``: only these and
-    dense; ``deltas``: paired differences from dense), the table rows, the verdicts and a caption."""
+    dense; ``density``: only the rows at that density, and dense; ``deltas``: paired differences from
+    dense; ``corpus``: one corpus of a run on several, default the pooled rows), the table rows, the
+    verdicts and a caption."""
     from tda.evaluate.frontier_plots import frontier_figure, frontier_title
 
     meta = result.get("meta", {})
+    all_rows, all_verdicts = _corpus_part(result, corpus)
     keep = set(methods) | {"dense"} if methods is not None else None
-    shown = [r for r in result["rows"] if keep is None or r["method"] in keep]
-    fig = frontier_figure(shown, title=frontier_title(meta), deltas=deltas)
+    shown = [r for r in all_rows if (keep is None or r["method"] in keep)
+             and (density is None or r["method"] == "dense"
+                  or (r.get("density_target") is not None and abs(float(r["density_target"]) - density) < 1e-9))]
+    title = frontier_title(meta)
+    if density is not None:
+        title = title.replace("<br>", f" — density {density:g}<br>", 1)
+    if corpus and result.get("corpora"):
+        title = title.replace("<br>", f" — {corpus}<br>", 1)
+    fig = frontier_figure(shown, title=title, deltas=deltas)
     fig.update_layout(width=None)  # the page sets the width
     rows = []
     for r in shown:
         rows.append({
             "method": r["method"], "density": r.get("density_target") or 1.0,
             "density run": _round(r.get("density_run"), 3), "decode speedup": _round(r.get("decode_speedup"), 3),
-            "speedup 95%": _interval(r, "speedup", "speedup_lo", "speedup_hi"),
+            "speedup 95%": _speed_interval(r),
             "bytes ceiling": _round(r.get("ceiling"), 3), "% of roofline": _round(r.get("roofline_pct"), 1),
             "Pareto": r.get("pareto"),
             "ppl": _round(r.get("ppl"), 3), "ppl 95%": _interval(r, "ppl"),
@@ -109,8 +168,9 @@ def frontier_view(result: dict, methods: list[str] | None = None, *, deltas: boo
         })
     rows = [{k: v for k, v in row.items() if any(x.get(k) not in (None, "") for x in rows)} for row in rows]
     verdict_rows = [{"density": v["density"], "A": v["a"], "B": v["b"], "verdict": v["verdict"], "numbers": v["text"]}
-                    for v in result.get("verdicts", [])
-                    if keep is None or (v["a"] in keep and v["b"] in keep)]
+                    for v in all_verdicts
+                    if (keep is None or (v["a"] in keep and v["b"] in keep))
+                    and (density is None or abs(float(v["density"]) - density) < 1e-9)]
     m = meta.get("model", {})
     bw = meta.get("bandwidth_gbps")
     sets = meta.get("sets") or {}
@@ -121,12 +181,26 @@ def frontier_view(result: dict, methods: list[str] | None = None, *, deltas: boo
                + f", {meta.get('mc_items')} multiple-choice items"
                + (f", {meta['gen_prompts']} generations" if meta.get("gen_prompts") else "")
                + (f", streaming read {bw:.1f} GB/s" if isinstance(bw, (int, float)) else "")
-               + (f", {meta['timestamp']}" if meta.get("timestamp") else ""))
+               + (f", {meta['timestamp']}" if meta.get("timestamp") else "")
+               + ("; speed intervals n/a (fewer than 3 timed rounds)"
+                  if any(_speed_interval(r).startswith("n/a") for r in shown) else ""))
     return {"figure": fig, "rows": rows, "verdicts": verdict_rows, "caption": caption}
 
 
 def _round(x, nd):
     return None if not isinstance(x, (int, float)) or isinstance(x, bool) or x != x else round(float(x), nd)
+
+
+def _speed_interval(r: dict) -> str:
+    """The speed interval cell: "n/a (N round(s))" below 3 rounds (no interval), blank for dense."""
+    from tda.evaluate.verdicts import speed_interval
+
+    if r["method"] == "dense":
+        return ""
+    iv = speed_interval(r)
+    if iv is None:
+        return f"n/a ({len(r.get('speedup_rounds') or [])} round(s))"
+    return f"[{iv[0]:.4g}, {iv[1]:.4g}]"
 
 
 def _interval(r: dict, k: str, lo_key: str | None = None, hi_key: str | None = None) -> str:

@@ -35,9 +35,14 @@ def frontier_cmd(
     rounds: int = typer.Option(3, "--rounds", help="timed rounds (after one warm-up round)"),
     prompt_tokens: int = typer.Option(32, "--prompt-tokens", help="bench prompt length"),
     new_tokens: int = typer.Option(32, "--new-tokens", help="bench decode steps"),
-    text_set: str = typer.Option("pydoc-text", "--set", help="text set for perplexity/agreement/generation (`tda data`)"),
+    text_set: str = typer.Option("pydoc-text", "--set",
+                                 help="text set(s) for perplexity/agreement/generation (`tda data`); a comma list "
+                                      "(e.g. pydoc-text,bierce-text): quality per corpus and pooled, and the verdicts "
+                                      "that hold on every corpus"),
     limit: int = typer.Option(None, "--limit", help="held-out texts for perplexity/agreement (default: all)"),
-    cloze_set: str = typer.Option("pydoc-cloze", "--cloze-set", help="cloze set (`tda data`; 'none': skip)"),
+    cloze_set: str = typer.Option("auto", "--cloze-set",
+                                  help="cloze set(s), one per text set (`tda data`; 'auto': each text set's own, "
+                                       "e.g. pydoc-cloze; 'none': skip)"),
     cloze_limit: int = typer.Option(None, "--cloze-limit", help="cloze items (default: 2 × --limit, or all)"),
     gen_prompts: int = typer.Option(16, "--gen-prompts", help="free-running generations (first N texts; 0: skip)"),
     gen_tokens: int = typer.Option(64, "--gen-tokens", help="tokens per free-running generation"),
@@ -61,13 +66,13 @@ def frontier_cmd(
     from tda.common.atomic import atomic_path, write_text_atomic
     from tda.common.data import load_texts
     from tda.common.errors import BadInput
-    from tda.common.evalsets import get_set
+    from tda.common.evalsets import cloze_set_for, get_set
     from tda.evaluate.frontier import (
         check_frontier_args,
+        result_csv,
+        result_markdown,
         run_frontier,
-        to_csv,
         to_json,
-        to_markdown,
     )
     from tda.evaluate.frontier_plots import figure_html, figure_png, frontier_figure, frontier_title
 
@@ -88,8 +93,18 @@ def frontier_cmd(
         raise BadInput("--target-ci must be in (0, 1)")
     if max_rounds is not None and max_rounds < rounds:
         raise BadInput("--max-rounds must be >= --rounds")
-    tset = get_set(text_set, "text")
-    cset = None if cloze_set.lower() == "none" else get_set(cloze_set, "cloze")
+    tsets = [get_set(n, "text") for n in _names(text_set)]
+    if not tsets or len({t.name for t in tsets}) != len(tsets):
+        raise BadInput("--set: give one or more different text sets")
+    if cloze_set.lower() == "none":
+        csets = [None] * len(tsets)
+    elif cloze_set.lower() == "auto":
+        csets = [get_set(c, "cloze") if (c := cloze_set_for(t.name)) else None for t in tsets]
+    else:
+        csets = [get_set(n, "cloze") for n in _names(cloze_set)]
+        if len(csets) != len(tsets):
+            raise BadInput(f"--cloze-set: give one cloze set per text set ({len(tsets)}), 'auto' or 'none'")
+    tset, cset = tsets[0], csets[0]
     out_dir = check_out_dir(out if out is not None else default_out(model))
     lm = load(model, dtype, device)
     if prompt_tokens + new_tokens > lm.n_ctx:
@@ -97,27 +112,34 @@ def frontier_cmd(
     texts = tset.load()[:limit]
     n_cloze = cloze_limit if cloze_limit is not None else (2 * limit if limit is not None else None)
     cloze = cset.load()[:n_cloze] if cset is not None else []
+    corpora = None
+    if len(tsets) > 1:
+        corpora = [{"name": t.name, "texts": t.load()[:limit], "cloze": c.load()[:n_cloze] if c is not None else []}
+                   for t, c in zip(tsets, csets)]
+    set_names = ",".join(t.name for t in tsets)
+    cloze_names = ",".join(c.name for c in csets if c is not None) or None
     res = run_frontier(lm, ms, ds, rounds=rounds, prompt_tokens=prompt_tokens, new_tokens=new_tokens, heldout=texts,
                        mc_limit=mc_limit, cloze=cloze, gen_prompts=gen_prompts, gen_tokens=gen_tokens, cett=cett,
                        bandwidth_mb=bandwidth_mb or None, boot_iters=boot_iters, seed=seed, target_ci=target_ci,
-                       max_rounds=max_rounds, sets={"text": tset.name, "cloze": cset.name if cset else None},
+                       max_rounds=max_rounds, sets={"text": set_names, "cloze": cloze_names}, corpora=corpora,
                        calibration_texts=load_texts(limit=4) if lm.is_random else None,
                        progress=progress_printer)
     res["meta"]["command"] = {"model": model, "methods": ms, "densities": ds, "rounds": rounds,
-                              "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "set": tset.name,
-                              "limit": limit, "cloze_set": cset.name if cset else None, "cloze_limit": n_cloze,
+                              "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "set": set_names,
+                              "limit": limit, "cloze_set": cloze_names, "cloze_limit": n_cloze,
                               "gen_prompts": gen_prompts, "gen_tokens": gen_tokens, "mc_limit": mc_limit,
                               "target_ci": target_ci, "max_rounds": max_rounds, "dtype": dtype, "device": device}
     if lm.format_name != "fp32":  # the format's cost next to the sparsity's: pair every row with fp32 dense
         from tda.evaluate import format_cost
 
-        format_cost.pair_with_reference(res, load(model, "fp32", device), texts, boot_iters=boot_iters, seed=seed)
+        ref_texts = [t for c in (corpora or [{"texts": texts}]) for t in c["texts"] if t.strip()]  # pooled order
+        format_cost.pair_with_reference(res, load(model, "fp32", device), ref_texts, boot_iters=boot_iters, seed=seed)
     # everything is rendered in memory first, then written (each file atomically)
-    md = to_markdown(res["rows"], res["meta"], res["verdicts"])
+    md = result_markdown(res)
     if res["meta"].get("reference"):
         md = md.rstrip("\n") + "\n\n" + format_cost.to_markdown(res) + "\n"
     fig = frontier_figure(res["rows"], title=frontier_title(res["meta"]))
-    files: dict[str, str | bytes] = {"frontier.csv": to_csv(res["rows"]), "frontier.json": to_json(res),
+    files: dict[str, str | bytes] = {"frontier.csv": result_csv(res), "frontier.json": to_json(res),
                                      "frontier.md": md, "frontier.html": figure_html(fig)}
     if png:
         try:

@@ -10,6 +10,8 @@ one source joined into passages of :data:`MIN_WORDS`–:data:`MAX_WORDS` words, 
 the result. The exact text depends on the Python version (it is recorded with the hash).
 
 - ``pydoc-text``: the passages (perplexity, agreement, free-running generation) — the default.
+- ``bierce-text`` / ``bierce-cloze``: literary prose of another genre (:mod:`tda.common.literary`:
+  Ambrose Bierce's *The Devil's Dictionary*, public domain, from the Debian package dict-devil).
 - ``pydoc-cloze``: LAMBADA-style last-word prediction derived from the same passages: the context
   is a passage up to the last word of one of its sentences, the target that word (alphabetic,
   >= 4 letters, and used earlier in the context, so the broad context predicts it).
@@ -96,26 +98,29 @@ def _docstring_sources() -> list[tuple[str, str]]:
     return out
 
 
-def passages_of(sources: list[tuple[str, str]], *, min_words: int = MIN_WORDS,
-                max_words: int = MAX_WORDS) -> list[dict]:
-    """Consecutive prose paragraphs of each source joined into ``{"id", "source", "text"}`` passages
-    of ``min_words``–``max_words`` words (a longer paragraph stands alone, cut at ``max_words``
-    on a sentence end when one exists; a shorter remainder is dropped); repeats dropped."""
+def passages_of(sources: list[tuple[str, str | list[str]]], *, min_words: int = MIN_WORDS,
+                max_words: int = MAX_WORDS, split: Callable[[str], list[str]] | None = prose_paragraphs,
+                sep: str = " ") -> list[dict]:
+    """Consecutive prose paragraphs of each source joined (with ``sep``) into ``{"id", "source",
+    "text"}`` passages of ``min_words``–``max_words`` words (a longer paragraph stands alone, cut at
+    ``max_words`` on a sentence end when one exists; a shorter remainder is dropped); repeats
+    dropped. ``split``: how a source's text becomes paragraphs (None: each source already is a list
+    of paragraphs)."""
     out = []
     for src, text in sources:
         buf: list[str] = []
-        for p in prose_paragraphs(text):
-            if buf and len(" ".join(buf + [p]).split()) > max_words:
-                if len(" ".join(buf).split()) >= min_words:
-                    out.append({"source": src, "text": " ".join(buf)})
+        for p in (split(text) if split is not None else text):
+            if buf and len(sep.join(buf + [p]).split()) > max_words:
+                if len(sep.join(buf).split()) >= min_words:
+                    out.append({"source": src, "text": sep.join(buf)})
                 buf = []
             buf.append(p)
-            joined = " ".join(buf)
+            joined = sep.join(buf)
             if len(joined.split()) >= max_words:
                 out.append({"source": src, "text": _cut(joined, max_words)})
                 buf = []
-        if buf and len(" ".join(buf).split()) >= min_words:
-            out.append({"source": src, "text": " ".join(buf)})
+        if buf and len(sep.join(buf).split()) >= min_words:
+            out.append({"source": src, "text": sep.join(buf)})
     seen: set[str] = set()
     out = [r for r in out if not (r["text"] in seen or seen.add(r["text"]))]  # first copy of a repeated text
     for i, r in enumerate(out):
@@ -130,14 +135,19 @@ def _cut(text: str, max_words: int) -> str:
     return t[: end + 1] if end > len(t) // 2 else t
 
 
-def cloze_items(passages: list[dict], *, min_context_words: int = CLOZE_MIN_CONTEXT_WORDS) -> list[dict]:
+SENTENCE_END = r"\.(?=\s|$)"
+
+
+def cloze_items(passages: list[dict], *, min_context_words: int = CLOZE_MIN_CONTEXT_WORDS, min_letters: int = 4,
+                ends: str = SENTENCE_END) -> list[dict]:
     """LAMBADA-style items ``{"id", "passage", "context", "target"}`` from ``passages``: for every
-    sentence end ``<word>.`` with >= ``min_context_words`` words before it, where ``word`` is
-    alphabetic, >= 4 letters and occurs earlier in the context (case-insensitive)."""
+    ``<word><end>`` (``ends``: a regex after the word, by default a sentence's full stop) with >=
+    ``min_context_words`` words before it, where ``word`` is alphabetic, >= ``min_letters`` letters
+    and occurs earlier in the context (case-insensitive)."""
     out = []
     for p in passages:
         t = p["text"]
-        for m in re.finditer(r"(?<=\s)([A-Za-z]{4,})\.(?=\s|$)", t):
+        for m in re.finditer(rf"(?<=\s)([A-Za-z]{{{min_letters},}})(?:{ends})", t):
             ctx, word = t[: m.start()].rstrip(), m.group(1)
             if len(ctx.split()) < min_context_words:
                 continue
@@ -204,11 +214,18 @@ def _pydoc_source() -> str:
 
 def catalogue() -> dict[str, EvalSet]:
     """Every evaluation set by name (nothing is read until a set's ``load`` is called)."""
+    from tda.common.literary import BIERCE_LICENSE, BIERCE_SOURCE, bierce_cloze, bierce_passages
+
     sets = [
         EvalSet("pydoc-text", "text", "prose passages of the Python documentation (80-200 words each)",
                 _pydoc_source(), PYDOC_LICENSE, True, lambda: [p["text"] for p in pydoc_passages()]),
         EvalSet("pydoc-cloze", "cloze", "last-word prediction (LAMBADA style) on the pydoc-text passages",
                 _pydoc_source(), PYDOC_LICENSE, False, lambda: cloze_items(list(pydoc_passages()))),
+        EvalSet("bierce-text", "text", "literary prose: passages of Ambrose Bierce's The Devil's Dictionary "
+                "(1911; definitions, anecdotes and verse, 80-200 words each)", BIERCE_SOURCE, BIERCE_LICENSE, False,
+                lambda: [p["text"] for p in bierce_passages()]),
+        EvalSet("bierce-cloze", "cloze", "last-word prediction (clause, sentence and verse-line ends) on the "
+                "bierce-text passages", BIERCE_SOURCE, BIERCE_LICENSE, False, bierce_cloze),
         EvalSet("heldout-small", "text", "24 short hand-written texts (data/heldout.jsonl): tests and quick runs",
                 "data/heldout.jsonl", SHIPPED_LICENSE, False, _heldout),
         EvalSet("mc-small", "mc", "40 hand-written commonsense multiple-choice items (data/mc_task.jsonl, via lm-eval)",
@@ -219,6 +236,14 @@ def catalogue() -> dict[str, EvalSet]:
 
 DEFAULT_TEXT_SET = "pydoc-text"
 DEFAULT_CLOZE_SET = "pydoc-cloze"
+
+
+def cloze_set_for(text_set: str) -> str | None:
+    """The cloze set derived from the text set ``text_set`` (``pydoc-text`` → ``pydoc-cloze``), or None."""
+    if not text_set.endswith("-text"):
+        return None
+    name = text_set[: -len("-text")] + "-cloze"
+    return name if name in catalogue() else None
 
 
 def get_set(name: str, kind: str | None = None) -> EvalSet:

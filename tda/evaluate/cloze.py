@@ -10,9 +10,7 @@ directly would make every method score like dense).
 
 from __future__ import annotations
 
-from tda.common import distributed
-from tda.engine.generate import SparseSession
-from tda.evaluate.scoring import continuation_logits, split_point
+from tda.evaluate.scoring import split_point
 
 
 def item_ids(lm, item: dict) -> tuple[list[int], int]:
@@ -24,23 +22,28 @@ def item_ids(lm, item: dict) -> tuple[list[int], int]:
 
 
 def cloze_eval(lm, items: list[dict], vs, *, cett: float = 0.2, fast: bool | None = True,
-               thresholds: dict | None = None, calibration_texts=None, progress=None) -> dict[str, list[int]]:
-    """``{label: [1 if correct else 0 per item]}`` for every variant, in item order."""
-    thresholds = thresholds or {}
+               thresholds: dict | None = None, calibration_texts=None, progress=None,
+               batch_tokens: int | None = None) -> dict[str, list[int]]:
+    """``{label: [1 if correct else 0 per item]}`` for every variant, in item order. Items are scored
+    in batches (:func:`tda.evaluate.quality.score_units`: one shared prefill per batch, the lm_head on
+    the target positions only); ``batch_tokens=0``: one item at a time."""
+    from tda.evaluate.quality import CLOZE_BATCH_TOKENS, score_units
 
-    def one_item(i, item) -> dict[str, int]:
-        ids, nt = item_ids(lm, item)
-        k = split_point(len(ids) - nt, 0.5)
-        out = {}
-        for v in vs:
-            sess = SparseSession(lm, v.method, density=v.density, cett=cett, fast=fast,
-                                 thresholds=thresholds.get(v.method), calibration_texts=calibration_texts)
-            logits = continuation_logits(lm, ids, k, sess)
-            pred = logits[-nt:].argmax(-1).tolist()
-            out[v.label] = int(pred == ids[-nt:])
-        return out
+    if not items:
+        return {v.label: [] for v in vs}
+    enc = [item_ids(lm, it) for it in items]
+    seqs = [ids for ids, _ in enc]
+    splits = [split_point(len(ids) - nt, 0.5) for ids, nt in enc]
+    keep = max(nt for _, nt in enc)
 
-    per_item = distributed.map_sharded(one_item, items)
+    def reduce(i, logits):
+        ids, nt = enc[i]
+        return int(logits[-nt:].argmax(-1).tolist() == ids[-nt:])
+
+    bt = CLOZE_BATCH_TOKENS if batch_tokens is None else max(batch_tokens, 1)
+    per_item = score_units(lm, seqs, splits, list(vs), keep_last=keep, cett=cett, fast=fast, thresholds=thresholds,
+                           calibration_texts=calibration_texts, batch_tokens=bt, what="cloze", progress=progress,
+                           reduce=reduce)
     res = {v.label: [r[v.label] for r in per_item] for v in vs}
     if progress:
         for v in vs:

@@ -29,9 +29,12 @@ from collections.abc import Callable
 from tda.common.errors import BadInput
 from tda.evaluate.paired import METRICS, delta_columns, deltas_vs
 from tda.evaluate.verdicts import (
+    cross_verdicts,
+    cross_verdicts_markdown,
     pareto_flags,
     primary_metric,
     row_label,
+    speed_interval,
     verdicts,
     verdicts_markdown,
 )
@@ -106,9 +109,15 @@ def run_frontier(lm, methods: list[str], densities: list[float], *, rounds: int 
                  gen_prompts: int = 0, gen_tokens: int = 64, cett: float = 0.2,
                  calibration_texts: list[str] | None = None, bandwidth_mb: float | None = 256,
                  boot_iters: int = 1000, seed: int = 0, target_ci: float | None = None,
-                 max_rounds: int | None = None, sets: dict | None = None,
+                 max_rounds: int | None = None, sets: dict | None = None, corpora: list[dict] | None = None,
                  progress: Callable[[str], None] | None = None) -> dict:
     """Bench + quality for ``methods`` × ``densities``; ``{"rows", "verdicts", "meta", "bench", "quality"}``.
+
+    ``corpora``: several corpora ``[{"name", "texts", "cloze"}]`` (``heldout``/``cloze`` ignored;
+    ``limit``/``cloze_limit`` apply to each): one bench, quality on each corpus (multiple choice on
+    the first only), and the result also has ``"corpora": {name: {"rows", "verdicts", "quality",
+    "texts", "cloze_items"}}`` and ``"cross_verdicts"`` (:func:`tda.evaluate.verdicts.cross_verdicts`);
+    ``rows``/``verdicts``/``quality`` are then the pooled ones (every corpus's units together).
 
     ``heldout``: texts for perplexity and agreement (default: the default text set of
     :mod:`tda.common.evalsets`), the first ``limit``; ``mc_limit``: multiple-choice items (-1 or
@@ -123,24 +132,45 @@ def run_frontier(lm, methods: list[str], densities: list[float], *, rounds: int 
     ms, ds = check_frontier_args(methods, densities, dense_only=getattr(lm, "weight_format", None) == "gguf")
     if limit is not None and limit < 1:
         raise BadInput("the held-out text limit must be >= 1")
-    texts = list(heldout) if heldout is not None else get_set(DEFAULT_TEXT_SET).load()
-    texts = [t for t in texts if t.strip()][:limit]
-    if not texts:
-        raise BadInput("no held-out texts")
-    cloze_items = list(cloze or [])[:cloze_limit]
+    if not corpora:
+        corpora = [{"name": (sets or {}).get("text"),
+                    "texts": list(heldout) if heldout is not None else get_set(DEFAULT_TEXT_SET).load(),
+                    "cloze": cloze}]
+    corpora = [{"name": c.get("name") or f"corpus{j + 1}", "texts": [t for t in c["texts"] if t.strip()][:limit],
+                "cloze": list(c.get("cloze") or [])[:cloze_limit]} for j, c in enumerate(corpora)]
+    if len({c["name"] for c in corpora}) != len(corpora):
+        raise BadInput("give each corpus once")
+    for c in corpora:
+        if not c["texts"]:
+            raise BadInput(f"no held-out texts in {c['name']}")
+    texts = [t for c in corpora for t in c["texts"]]
+    cloze_items = [it for c in corpora for it in c["cloze"]]
     t0 = time.perf_counter()
     if progress:
         progress(f"bench: {len(ms)} methods × {len(ds)} densities, {rounds} round(s) + warm-up")
     bench = run_bench(lm, methods=tuple(ms), densities=ds, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
                       rounds=rounds, calibration_texts=calibration_texts, bandwidth_mb=bandwidth_mb,
                       target_ci=target_ci, max_rounds=max_rounds, progress=progress)
-    if progress:
-        progress(f"quality: {len(texts)} held-out texts, {len(cloze_items)} cloze items, {gen_prompts} generations"
-                 + ("" if mc_limit == 0 else f", multiple choice ({'all' if not mc_limit or mc_limit < 0 else mc_limit} items)"))
-    quality = run_eval(lm, ms, ds, heldout=texts, summaries=[],
-                       mc_limit=-1 if mc_limit is None else mc_limit, cett=cett, progress=progress,
-                       boot_iters=boot_iters, seed=seed, cloze=cloze_items,
-                       gen_texts=texts[:gen_prompts] if gen_prompts else [], gen_tokens=gen_tokens)
+    per_corpus: dict[str, dict] = {}
+    qs = []
+    for j, c in enumerate(corpora):
+        mc = (-1 if mc_limit is None else mc_limit) if j == 0 else 0
+        if progress:
+            progress(f"quality{' on ' + c['name'] if len(corpora) > 1 else ''}: {len(c['texts'])} held-out texts, "
+                     f"{len(c['cloze'])} cloze items, {min(gen_prompts, len(c['texts']))} generations"
+                     + ("" if mc == 0 else f", multiple choice ({'all' if mc < 0 else mc} items)"))
+        q = run_eval(lm, ms, ds, heldout=c["texts"], summaries=[], mc_limit=mc, cett=cett, progress=progress,
+                     boot_iters=boot_iters, seed=seed, cloze=c["cloze"],
+                     gen_texts=c["texts"][:gen_prompts] if gen_prompts else [], gen_tokens=gen_tokens)
+        qs.append(q)
+        if len(corpora) > 1:
+            crows = join_rows(bench, q, boot_iters=boot_iters, seed=seed)
+            for r in crows:
+                r["corpus"] = c["name"]
+            per_corpus[c["name"]] = {"rows": crows, "verdicts": verdicts(crows, q, iters=boot_iters, seed=seed),
+                                     "texts": len(c["texts"]), "cloze_items": len(c["cloze"]),
+                                     "quality": {k: q[k] for k in _KEEP if k in q}}
+    quality = qs[0] if len(qs) == 1 else pool_quality(qs, ms, ds, boot_iters=boot_iters, seed=seed)
     rows = join_rows(bench, quality, boot_iters=boot_iters, seed=seed)
     vrows = verdicts(rows, quality, iters=boot_iters, seed=seed)
     meta = {
@@ -162,9 +192,57 @@ def run_frontier(lm, methods: list[str], densities: list[float], *, rounds: int 
         "roofline": "bytes read per step ÷ streaming-read bandwidth of this run; roofline_pct = roofline ÷ measured",
         "seconds": round(time.perf_counter() - t0, 1), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    keep = ("rows", "per_text", "mc_per_item", "cloze_per_item", "gen_per_text", "gen_outputs", "meta")
-    return {"rows": rows, "verdicts": vrows, "meta": meta, "bench": bench,
-            "quality": {k: quality[k] for k in keep if k in quality}}
+    out = {"rows": rows, "verdicts": vrows, "meta": meta, "bench": bench,
+           "quality": {k: quality[k] for k in _KEEP if k in quality}}
+    if len(corpora) > 1:
+        for r in rows:
+            r["corpus"] = "pooled"
+        out["corpora"] = per_corpus
+        out["cross_verdicts"] = cross_verdicts({n: p["verdicts"] for n, p in per_corpus.items()}, vrows)
+        meta["corpora"] = [{"name": c["name"], "texts": len(c["texts"]), "cloze_items": len(c["cloze"])}
+                           for c in corpora]
+    return out
+
+
+_KEEP = ("rows", "per_text", "mc_per_item", "cloze_per_item", "gen_per_text", "gen_outputs", "meta")
+
+
+def pool_quality(qs: list[dict], methods: list[str], densities: list[float], *, boot_iters: int = 1000,
+                 seed: int = 0) -> dict:
+    """Several corpora's quality results as one: every per-unit list concatenated (corpus order;
+    a group only when every result that has it has it for the label), and rows recomputed from
+    the pooled units (the same 95% bootstrap)."""
+    from tda.evaluate.quality import Variant, unit_intervals
+
+    pooled: dict = {}
+    for g in ("per_text", "gen_per_text"):
+        have = [q[g] for q in qs if q.get(g)]
+        if not have:
+            continue
+        labels = [lab for lab in have[0] if all(lab in h for h in have)]
+        pooled[g] = {lab: {f: [x for h in have for x in h[lab][f]] for f in have[0][lab]
+                           if all(f in h[lab] for h in have)} for lab in labels}
+    for g in ("cloze_per_item", "mc_per_item"):
+        have = [q[g] for q in qs if q.get(g)]
+        if have:
+            labels = [lab for lab in have[0] if all(lab in h for h in have)]
+            pooled[g] = {lab: [x for h in have for x in h[lab]] for lab in labels}
+    rows = []
+    vs = [Variant("dense", None)] + [Variant(m, d) for m in methods if m != "dense" for d in densities]
+    for v in vs:
+        row = {"method": v.method, "density": 1.0 if v.density is None else v.density}
+        row.update(unit_intervals(pooled, v.label, METRICS, iters=boot_iters, seed=seed))
+        for k, g in (("cloze_items", "cloze_per_item"), ("mc_items", "mc_per_item")):
+            if v.label in pooled.get(g, {}):
+                row[k] = len(pooled[g][v.label])
+        if v.label in pooled.get("gen_per_text", {}):
+            row["gen_items"] = sum(q["rows"][0].get("gen_items", 0) for q in qs)
+        rows.append(row)
+    gen_outputs = {}
+    for q in qs:
+        for lab, texts in (q.get("gen_outputs") or {}).items():
+            gen_outputs.setdefault(lab, []).extend(texts)
+    return {"rows": rows, **pooled, "gen_outputs": gen_outputs}
 
 
 # ----- renderings (pure) -----------------------------------------------------------------------------
@@ -183,9 +261,16 @@ def _fmt(x) -> str:
 
 
 def to_csv(rows: list[dict]) -> str:
-    """Every column of :data:`COLUMNS` present in any row; ``speedup_rounds`` joined with ``;``."""
-    cols = [c for c in COLUMNS if any(c in r for r in rows)]
-    lines = [",".join(cols)] + [",".join(_fmt(r.get(c)) for c in cols) for r in rows]
+    """Every column of :data:`COLUMNS` present in any row (``corpus`` first when the rows carry it);
+    ``speedup_rounds`` joined with ``;``; a speed interval from fewer than 3 rounds written ``n/a``."""
+    cols = [c for c in ("corpus", *COLUMNS) if any(c in r for r in rows)]
+
+    def cell(r, c):
+        if c in ("speedup_lo", "speedup_hi") and r.get("method") != "dense" and speed_interval(r) is None:
+            return "n/a"
+        return _fmt(r.get(c))
+
+    lines = [",".join(cols)] + [",".join(cell(r, c) for c in cols) for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -231,9 +316,12 @@ def _speedup(r: dict) -> str:
     sp = r.get("decode_speedup")
     if sp is None:
         return ""
-    lo, hi = r.get("speedup_lo"), r.get("speedup_hi")
-    if lo is not None and hi is not None and r["method"] != "dense":
-        s = f"{sp:.3f}x [{lo:.3f}, {hi:.3f}]"
+    iv = speed_interval(r)
+    rs = r.get("speedup_rounds") or []
+    if r["method"] != "dense" and iv is None:
+        s = f"{sp:.3f}x [n/a: {len(rs)} round(s)" + (f", {min(rs):.2f}–{max(rs):.2f}]" if len(rs) > 1 else "]")
+    elif r["method"] != "dense":
+        s = f"{sp:.3f}x [{iv[0]:.3f}, {iv[1]:.3f}]"
     else:
         rs = r.get("speedup_rounds") or []
         s = f"{sp:.3f}x" + (f" [{min(rs):.2f}–{max(rs):.2f}]" if len(rs) > 1 else "")
@@ -304,3 +392,28 @@ def model_slug(spec: str) -> str:
     if "/" in s:
         s = s.rsplit("/", 1)[-1]
     return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-.") or "model"
+
+
+def result_markdown(result: dict) -> str:
+    """frontier.md of a run: :func:`to_markdown` of its rows; with several corpora the verdicts that
+    hold across them first, then the pooled table, then one table per corpus."""
+    meta = result.get("meta")
+    if not result.get("corpora"):
+        return to_markdown(result["rows"], meta, result.get("verdicts"))
+    names = ", ".join(f"{n} ({c['texts']} texts, {c['cloze_items']} cloze items)" for n, c in result["corpora"].items())
+    out = [f"# Frontier on {len(result['corpora'])} corpora: {names}", "",
+           cross_verdicts_markdown(result.get("cross_verdicts") or []),
+           "## Pooled (every corpus's texts and items together)", "",
+           to_markdown(result["rows"], meta, result.get("verdicts"))]
+    for name, c in result["corpora"].items():
+        out += [f"## {name}", "", to_markdown(c["rows"], None, c.get("verdicts"))]
+    return "\n".join(out)
+
+
+def result_csv(result: dict) -> str:
+    """frontier.csv of a run: its rows; with several corpora the pooled rows then each corpus's,
+    told apart by the ``corpus`` column."""
+    rows = list(result["rows"])
+    for c in (result.get("corpora") or {}).values():
+        rows += c["rows"]
+    return to_csv(rows)

@@ -15,14 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from tda.common import distributed
 from tda.common.errors import BadInput
 from tda.engine.generate import SparseSession, check_method, generate
 from tda.evaluate.bootstrap import ITERS, SEED, mean_interval, perplexity_interval, ratio_interval
 from tda.evaluate.paired import METRICS, delta_columns, deltas_vs, units
-from tda.evaluate.scoring import continuation_logits, split_point
+from tda.evaluate.scoring import continuation_logits, split_point  # noqa: F401 (continuation_logits: re-exported)
 from tda.masks.build import check_density
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
@@ -56,15 +54,80 @@ def variants(methods: list[str], densities: list[float]) -> list[Variant]:
     return out
 
 
+BATCH_TOKENS = 1024  # padded tokens per scoring batch (perplexity: the logits of half of them are kept)
+CLOZE_BATCH_TOKENS = 4096  # cloze keeps the logits of the target positions only
+
+
+def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list[Variant], *, keep_last=None,
+                cett: float = 0.2, fast: bool | None = True, thresholds: dict | None = None,
+                calibration_texts=None, batch_tokens: int = BATCH_TOKENS, what: str = "scoring",
+                progress=None, reduce=None) -> list[dict]:
+    """``[{label: reduce(i, logits)} per sequence]``, in order: every variant's teacher-forced logits
+    of ``seqs[i][splits[i]:]`` (the last ``keep_last`` of them, when given) from
+    :func:`tda.evaluate.scoring.batch_logits` — sequences of similar length batched (at most
+    ``batch_tokens`` padded tokens), one dense prefill per batch shared by every variant whose rule
+    allows batching (:func:`tda.evaluate.scoring.batchable`), the others one sequence at a time.
+    Progress (with an ETA) goes to ``progress``; batches are shared out over processes."""
+    from tda.common.progress import task
+    from tda.evaluate.scoring import batch_logits, batchable, batches_by_length
+
+    thresholds = thresholds or {}
+    together = [v for v in vs if batchable(v.method)]
+    alone = [v for v in vs if not batchable(v.method)]
+
+    def sessions(group):
+        return {v.label: SparseSession(lm, v.method, density=v.density, cett=cett, fast=fast,
+                                       thresholds=thresholds.get(v.method), calibration_texts=calibration_texts)
+                for v in group}
+
+    batches = batches_by_length([len(x) for x in seqs], batch_tokens)
+    total = sum(len(x) for x in seqs)
+    done = [0]
+    t = task(f"{what}: {len(seqs)} sequences × {len(vs)} variants, {len(batches)} batches", total,
+             sink=progress, unit="tokens") if progress is not None else None
+
+    def one_batch(_, idx: list[int]) -> list[dict]:
+        out: list[dict] = [{} for _ in idx]
+        if together:
+            got = batch_logits(lm, [seqs[i] for i in idx], [splits[i] for i in idx], sessions(together),
+                               keep_last=keep_last)
+            for label, rows in got.items():
+                for j, i in enumerate(idx):
+                    out[j][label] = reduce(i, rows[j])
+        for j, i in enumerate(idx):
+            if alone:
+                got = batch_logits(lm, [seqs[i]], [splits[i]], sessions(alone), keep_last=keep_last)
+                for label, rows in got.items():
+                    out[j][label] = reduce(i, rows[0])
+        if t is not None:
+            done[0] += sum(len(seqs[i]) for i in idx)
+            t.update(done[0])
+        return out
+
+    if t is not None:
+        t.start()
+    per_batch = distributed.map_sharded(one_batch, batches)
+    if t is not None:
+        t.done()
+    res: list[dict] = [{} for _ in seqs]
+    for idx, rows in zip(batches, per_batch):
+        for i, r in zip(idx, rows):
+            res[i] = r
+    return res
+
+
 def perplexity_eval(lm, texts: list[str], vs: list[Variant], *, prefix_frac: float = 0.5, cett: float = 0.2,
                     fast: bool | None = True, calibration_texts=None, progress=None, boot_iters: int = ITERS,
-                    seed: int = SEED) -> dict[str, dict]:
+                    seed: int = SEED, batch_tokens: int = BATCH_TOKENS) -> dict[str, dict]:
     """``{label: {"ppl", "ppl_lo", "ppl_hi", "nll", "tokens", "agreement", "agreement_lo", "agreement_hi",
     "per_text"}}`` for every variant (dense included).
 
     ``per_text`` keeps each text's NLL sum, token count and agreeing-token count; the ``_lo``/``_hi``
-    are the 95% percentile bootstrap over texts (:mod:`tda.evaluate.bootstrap`, seeded).
+    are the 95% percentile bootstrap over texts (:mod:`tda.evaluate.bootstrap`, seeded). Texts are
+    scored in batches (:func:`score_units`; ``batch_tokens=0``: one text at a time).
     """
+    from tda.evaluate.scoring import nll_and_top
+
     if not texts:
         raise BadInput("no held-out texts")
     enc = [lm.tokenizer(t, add_special_tokens=True).input_ids[: lm.n_ctx] for t in texts]
@@ -72,24 +135,18 @@ def perplexity_eval(lm, texts: list[str], vs: list[Variant], *, prefix_frac: flo
     if not enc:
         raise BadInput("every held-out text is too short")
     thr = _thresholds(lm, vs, cett, calibration_texts)
+    splits = [split_point(len(ids), prefix_frac) for ids in enc]
 
-    def one_text(i, ids) -> dict[str, tuple[float, int, int]]:  # every variant on one text
-        out, dense_top = {}, None
-        for v in vs:
-            sess = SparseSession(lm, v.method, density=v.density, cett=cett, fast=fast, thresholds=thr.get(v.method),
-                                 calibration_texts=calibration_texts)
-            k = split_point(len(ids), prefix_frac)
-            logits = continuation_logits(lm, ids, k, sess)
-            target = torch.tensor(ids[k:], device=logits.device)
-            lp = torch.log_softmax(logits, dim=-1).gather(1, target[:, None])[:, 0]
-            top = logits.argmax(-1)
-            if v.method == "dense":
-                dense_top = top
-            agree = int((top == dense_top).sum()) if dense_top is not None else -1
-            out[v.label] = (float(-lp.sum()), len(target), agree)
-        return out
+    def reduce(i, logits):
+        return nll_and_top(logits, enc[i][splits[i]:])
 
-    per_text = distributed.map_sharded(one_text, enc)  # texts shared out over processes, in order
+    scored = score_units(lm, enc, splits, vs, cett=cett, fast=fast, thresholds=thr, calibration_texts=calibration_texts,
+                         batch_tokens=max(batch_tokens, 1), what="perplexity", progress=progress, reduce=reduce)
+    per_text = []
+    for r in scored:
+        dense_top = r["dense"][1] if "dense" in r else None
+        per_text.append({label: (nll, len(top), sum(a == b for a, b in zip(top, dense_top))
+                                 if dense_top is not None else -1) for label, (nll, top) in r.items()})
     res: dict[str, dict] = {}
     for v in vs:
         nlls = [r[v.label][0] for r in per_text]  # in text order: the same floats as one process

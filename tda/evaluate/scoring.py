@@ -1,11 +1,39 @@
-"""Teacher-forced scoring of a continuation under a sparse session (quality and lm-eval share it)."""
+"""Teacher-forced scoring of a continuation under a sparse session (quality and lm-eval share it).
+
+Two ways, the same numbers (``tests/test_scoring.py``: equal to a token-by-token decode, per method):
+
+- :func:`continuation_logits`: one text, one session — a dense prefill on the prefix (the method
+  builds its mask from it), then the continuation teacher-forced through the KV cache in one
+  forward with the mask fixed (token-wise rules select per token inside that forward).
+- :func:`batch_logits`: several texts and several sessions at once — **one** dense prefill of the
+  left-padded prefixes feeds every session's statistics (the prefill is dense whatever the method,
+  so all variants share it), then per session one forward of the continuations (left-padded too,
+  so the pads sit between prefix and continuation and every row's last positions line up) on a copy
+  of the prefill's KV cache. A prompt-fixed method keeps one mask per row, a token-wise rule
+  selects per token and row (:mod:`tda.engine.tokenwise`: each row gets what it would get alone).
+"""
 
 from __future__ import annotations
+
+import copy
+from collections import defaultdict
 
 import torch
 
 from tda.common.errors import BadInput
 from tda.engine.generate import SparseSession
+
+# methods whose rule fits something on the whole prefill batch: tt with a density fits one scale
+# on every row's prefill tokens pooled, so rows of a batch would change each other's selection —
+# they are scored one passage at a time (still one shared prefill for all their densities)
+POOLED_FIT = ("tt",)
+
+
+def batchable(method: str) -> bool:
+    """Can passages of ``method`` (``+headD`` allowed) share a batch with unchanged results?"""
+    from tda.engine.config import split_head
+
+    return split_head(method)[0] not in POOLED_FIT
 
 
 def continuation_logits(lm, ids: list[int], n_prefix: int, session: SparseSession) -> torch.Tensor:
@@ -30,3 +58,146 @@ def continuation_logits(lm, ids: list[int], n_prefix: int, session: SparseSessio
 
 def split_point(n_tokens: int, frac: float = 0.5) -> int:
     return max(1, min(n_tokens - 1, int(round(n_tokens * frac))))
+
+
+def window(lm) -> int:
+    """The shortest attention window of the model's layers (a sliding window; else no limit). A
+    padded batch must fit in it: the window counts padded positions."""
+    c = lm.model.config
+    c = getattr(c, "text_config", c)
+    w = getattr(c, "sliding_window", None)
+    types = getattr(c, "layer_types", None)
+    if not w or (types is not None and "sliding_attention" not in types):
+        return 1 << 62
+    return int(w)
+
+
+def _fresh(s: SparseSession) -> SparseSession:
+    """A new session with the same configuration (a session holds one prefill's state)."""
+    return SparseSession(s.lm, s.cfg)
+
+
+def _pad_id(lm) -> int:
+    tok = lm.tokenizer
+    for t in (tok.pad_token_id, tok.eos_token_id, 0):
+        if t is not None:
+            return int(t)
+    return 0
+
+
+def _left_pad(rows: list[list[int]], pad: int, dev) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), pad, dtype=torch.long, device=dev)
+    am = torch.zeros((len(rows), n), dtype=torch.long, device=dev)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, n - len(r):] = torch.tensor(r, dtype=torch.long, device=dev)
+            am[i, n - len(r):] = 1
+    return ids, am
+
+
+def _shared_prefill_table(lm, sessions: list[SparseSession]) -> dict:
+    """One override table for the dense prefill that feeds every session's prefill hooks."""
+    from tda.engine import fastpath
+
+    table = dict(fastpath.dense_table(lm.model, fast=sessions[0].fast))
+    hooks: dict = defaultdict(list)
+    for s in sessions:
+        for part in s._parts():
+            for m, h in part.prefill_hooks().items():
+                hooks[m].append(h)
+    for m, hs in hooks.items():
+        dense = table.get(m) or fastpath.module_fn(m)
+        table[m] = _calls(hs, dense)
+    return table
+
+
+def _calls(hooks, dense):
+    def fn(x):
+        for h in hooks:
+            h(x)
+        return dense(x)
+
+    return fn
+
+
+def batch_logits(lm, seqs: list[list[int]], splits: list[int], sessions: dict[str, SparseSession], *,
+                 keep_last: int | None = None) -> dict[str, list[torch.Tensor]]:
+    """``{label: [logits[n_i, vocab] per row]}``: the logits predicting ``seqs[i][splits[i]:]`` (the
+    first from the shared dense prefill), or only its last ``keep_last`` (the lm_head then runs on
+    those positions only) — for every session in ``sessions`` (fresh :class:`SparseSession`\\ s).
+
+    One batch row per sequence; a single row runs exactly like :func:`continuation_logits`."""
+    from tda.models.dispatch import linear_overrides
+
+    if not seqs or len(seqs) != len(splits) or not sessions:
+        raise BadInput("batch_logits needs sequences, one split point each, and sessions")
+    for ids, k in zip(seqs, splits):
+        if not 0 < k < len(ids):
+            raise BadInput("the text is too short to split into a prompt and a continuation")
+    dev, pad, B = lm.device, _pad_id(lm), len(seqs)
+    prefix, pam = _left_pad([ids[:k] for ids, k in zip(seqs, splits)], pad, dev)
+    conts = [ids[k:-1] for ids, k in zip(seqs, splits)]
+    cont, cam = _left_pad(conts, pad, dev)
+    padded = B > 1 and not (bool(pam.all()) and bool(cam.all()))
+    if padded and prefix.shape[1] + cont.shape[1] > window(lm):  # pads would shift a sliding window
+        parts = [batch_logits(lm, [ids], [k], {lab: s if i == 0 else _fresh(s) for lab, s in sessions.items()},
+                              keep_last=keep_last) for i, (ids, k) in enumerate(zip(seqs, splits))]
+        return {lab: [p[lab][0] for p in parts] for lab in sessions}
+    kw: dict = {}
+    ckw: dict = {}
+    if padded:
+        pos = (pam.cumsum(1) - 1).clamp_min(0)
+        kw = {"attention_mask": pam, "position_ids": pos}
+        ks = torch.tensor(splits, device=dev)[:, None]
+        cpos = (ks + cam.cumsum(1) - 1).clamp_min(0)
+        ckw = {"attention_mask": torch.cat([pam, cam], 1), "position_ids": cpos}
+    ss = list(sessions.values())
+    with torch.inference_mode():
+        for s in ss:
+            s.begin(prefix, pam if padded else None)
+            if padded or B > 1:
+                s.lean = False  # the lean decode path assumes one unpadded row
+        cache = lm.new_cache()
+        with linear_overrides(_shared_prefill_table(lm, ss)):
+            out = lm.model(input_ids=prefix, use_cache=True, **lm.cache_kw(cache), logits_to_keep=1, **kw)
+        first = out.logits[:, -1].float()  # [B, vocab]: predicts each row's first continuation token
+        del out
+        for s in ss:
+            s.finish_prefill()
+        res: dict[str, list[torch.Tensor]] = {}
+        C = cont.shape[1]
+        for label, s in sessions.items():
+            rows = [first[i:i + 1] for i in range(B)]
+            if C:
+                c = copy.deepcopy(cache) if len(ss) > 1 else cache
+                keep = C if keep_last is None else min(C, keep_last)
+                with s.active():
+                    out2 = lm.model(input_ids=cont, use_cache=True, **lm.cache_kw(c), logits_to_keep=keep, **ckw)
+                lg = out2.logits.float()  # [B, keep, vocab]
+                del out2, c
+                rows = [torch.cat([rows[i], lg[i, keep - min(keep, len(conts[i])):]]) for i in range(B)]
+            if keep_last is not None:
+                rows = [r[-keep_last:] for r in rows]
+            res[label] = rows
+    return res
+
+
+def nll_and_top(logits: torch.Tensor, targets: list[int]) -> tuple[float, list[int]]:
+    """Summed negative log-likelihood of ``targets`` under ``logits[n, vocab]`` and the top-1 ids."""
+    t = torch.tensor(targets, device=logits.device)
+    lp = torch.log_softmax(logits, dim=-1).gather(1, t[:, None])[:, 0]
+    return float(-lp.sum()), logits.argmax(-1).tolist()
+
+
+def batches_by_length(lengths: list[int], max_tokens: int, max_rows: int = 16) -> list[list[int]]:
+    """Indices grouped into batches of similar length (sorted, longest first; stable), each with at
+    most ``max_rows`` rows and ``rows × longest <= max_tokens`` (a longer single row stands alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    out: list[list[int]] = []
+    for i in order:
+        if out and len(out[-1]) < max_rows and (len(out[-1]) + 1) * lengths[out[-1][0]] <= max_tokens:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out

@@ -34,11 +34,30 @@ def primary_metric(quality: dict) -> str | None:
     return next((m for m in PRIMARY_ORDER if units(quality, "dense", m) is not None), None)
 
 
+MIN_ROUNDS = 3  # a speed interval from fewer timed rounds is not an interval: shown "n/a", never separates
+
+
+def speed_interval(r: dict) -> tuple[float, float] | None:
+    """The row's 95% speedup interval, or None when it came from fewer than :data:`MIN_ROUNDS` rounds
+    (``speedup_rounds``; rows without that list keep their stored interval) or is missing. Dense is
+    the reference: its speedup is 1 exactly."""
+    if r.get("method") == "dense" and r.get("decode_speedup") is not None:
+        return float(r["decode_speedup"]), float(r["decode_speedup"])
+    lo, hi = r.get("speedup_lo"), r.get("speedup_hi")
+    rounds = r.get("speedup_rounds")
+    if lo is None or hi is None or (rounds is not None and len(rounds) < MIN_ROUNDS):
+        return None
+    return float(lo), float(hi)
+
+
 def _speed(r: dict) -> tuple[float, float, float]:
+    """(speedup, lo, hi); without an interval (:func:`speed_interval`) lo/hi are ∓inf: never separated."""
     s = r.get("decode_speedup")
     s = float("nan") if s is None else float(s)
-    lo, hi = r.get("speedup_lo"), r.get("speedup_hi")
-    return s, (s if lo is None else float(lo)), (s if hi is None else float(hi))
+    iv = speed_interval(r)
+    if iv is None:
+        return s, float("-inf"), float("inf")
+    return s, iv[0], iv[1]
 
 
 def speed_order(a: dict, b: dict) -> int:
@@ -87,7 +106,7 @@ def _fmt_delta(metric: str, c: tuple) -> str:
 
 def _fmt_speed(r: dict) -> str:
     s, lo, hi = _speed(r)
-    return f"{s:.3f}× [{lo:.3f}, {hi:.3f}]"
+    return f"{s:.3f}× " + ("[n/a]" if speed_interval(r) is None else f"[{lo:.3f}, {hi:.3f}]")
 
 
 def verdicts(rows: list[dict], quality: dict, metric: str | None = None, **kw) -> list[dict]:
@@ -134,4 +153,70 @@ def verdicts_markdown(vs: list[dict]) -> str:
            "and not separated-worse on the other.", "",
            "| density | A | B | verdict | numbers |", "|---|---|---|---|---|"]
     out += [f"| {v['density']:g} | {v['a']} | {v['b']} | {v['verdict']} | {v['text']} |" for v in vs]
+    return "\n".join(out) + "\n"
+
+
+# ----- across corpora ----------------------------------------------------------------------------------
+def _kind(v: dict) -> str:
+    return "open" if v["verdict"].startswith("not separated") else "decided"
+
+
+def cross_verdicts(per_corpus: dict[str, list[dict]], pooled: list[dict] | None = None) -> list[dict]:
+    """One verdict per pair and density over several corpora (each list from :func:`verdicts` on one
+    corpus; ``pooled``: the verdicts on all corpora's units together):
+
+    - ``holds``: the same decided verdict ("A beats B", or the same trade-off) on every corpus;
+    - ``not separated``: not separated on any corpus;
+    - ``corpus-dependent``: anything else — opposite winners, or decided on one corpus and not on
+      another — with every corpus's verdict and paired delta in ``text``.
+
+    ``{density, a, b, status, verdict, metric, per_corpus: {name: {verdict, delta, delta_lo, delta_hi}},
+    pooled, text}``, in the order of the first corpus."""
+    names = list(per_corpus)
+    if not names:
+        return []
+    index = {name: {(v["density"], v["a"], v["b"]): v for v in vs} for name, vs in per_corpus.items()}
+    pooled_ix = {(v["density"], v["a"], v["b"]): v for v in (pooled or [])}
+    out = []
+    for v0 in per_corpus[names[0]]:
+        key = (v0["density"], v0["a"], v0["b"])
+        vs = {n: index[n].get(key) for n in names}
+        if any(v is None for v in vs.values()):
+            continue
+        texts = {v["verdict"] for v in vs.values()}
+        kinds = {_kind(v) for v in vs.values()}
+        if kinds == {"open"}:
+            status, verdict = "not separated", "not separated on any corpus"
+        elif len(texts) == 1:
+            status, verdict = "holds", v0["verdict"]
+        else:
+            status, verdict = "corpus-dependent", "corpus-dependent"
+        m = v0["metric"]
+        parts = []
+        for n, v in vs.items():
+            d = "" if v.get("delta") is None else f" (Δ{m} {v['b']} vs {v['a']} {_fmt_delta(m, (v['delta'], v['delta_lo'], v['delta_hi']))})"
+            parts.append(f"{n}: {v['verdict']}{d}")
+        pv = pooled_ix.get(key)
+        out.append({"density": key[0], "a": key[1], "b": key[2], "status": status, "verdict": verdict, "metric": m,
+                    "per_corpus": {n: {k: v.get(k) for k in ("verdict", "delta", "delta_lo", "delta_hi")}
+                                   for n, v in vs.items()},
+                    "pooled": pv["verdict"] if pv else None, "text": "; ".join(parts)})
+    return out
+
+
+def cross_verdicts_markdown(cvs: list[dict]) -> str:
+    """The cross-corpus section of frontier.md: what holds on every corpus first."""
+    if not cvs:
+        return ""
+    order = {"holds": 0, "corpus-dependent": 1, "not separated": 2}
+    rows = sorted(cvs, key=lambda v: (order.get(v["status"], 3), v["density"]))
+    n_hold = sum(v["status"] == "holds" for v in cvs)
+    n_dep = sum(v["status"] == "corpus-dependent" for v in cvs)
+    out = ["## Verdicts across corpora", "",
+           f"{n_hold} of {len(cvs)} verdicts hold on every corpus, {n_dep} are corpus-dependent. A verdict "
+           "holds only when it is the same decided verdict on every corpus; otherwise each corpus's verdict "
+           "and paired difference are listed.", "",
+           "| density | A | B | status | verdict | pooled | per corpus |", "|---|---|---|---|---|---|---|"]
+    out += [f"| {v['density']:g} | {v['a']} | {v['b']} | **{v['status']}** | {v['verdict']} | {v['pooled'] or ''} "
+            f"| {v['text']} |" for v in rows]
     return "\n".join(out) + "\n"
