@@ -100,14 +100,34 @@ def test_damaged_kernel_library_is_removed_not_mapped(tmp_path, how, capsys):
     assert len(err) == 1 and str(lib) in err[0] and "rebuilding" in err[0]
 
 
-def test_unrecorded_kernel_library_is_not_trusted(tmp_path):
-    """A library without a recorded hash (planted, or from an older version) is rebuilt."""
+@pytest.mark.parametrize("how", DAMAGES)
+def test_unrecorded_damaged_kernel_library_is_probed_in_a_child_not_mapped(tmp_path, how, capsys):
+    """A library without a recorded hash (from an older version) is loaded in a child process
+    first: a damaged one crashes or fails there, and is removed for a rebuild."""
     from tda.engine import kernel_cache
 
     lib = tmp_path / "k" / "k.so"
     lib.parent.mkdir()
-    lib.write_bytes(b"\x7fELF planted")
+    lib.write_bytes(b"\x7fELF" + os.urandom(20000))
+    damage(lib, how)
     assert not kernel_cache.check_library(lib)
+    assert not lib.parent.exists()
+    err = capsys.readouterr().err
+    assert "unusable" in err and "rebuilding" in err
+
+
+def test_unrecorded_good_kernel_library_is_probed_and_recorded(tmp_path, capsys):
+    if not _cpp_available():
+        pytest.skip("C++ kernels unavailable")
+    from tda.engine import kernel_cache, kernels
+
+    good = Path(kernels.backend_info()["library"])
+    lib = tmp_path / "k" / good.name
+    lib.parent.mkdir()
+    lib.write_bytes(good.read_bytes())
+    assert kernel_cache.check_library(lib)  # loaded in a child, then recorded
+    assert integrity.check_sidecar(lib) is None
+    assert "checked the cached kernel library" in capsys.readouterr().err
 
 
 def test_kernel_cache_is_private_and_stale_builds_are_removed(tmp_path, capsys):

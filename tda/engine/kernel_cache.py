@@ -7,7 +7,9 @@ Used by :mod:`tda.engine.kernel_build`:
   folders of killed builds, with a line saying what was freed;
 - :func:`check_library` compares the library with the SHA-256 recorded beside it when it was
   built (a truncated, garbled or empty ``.so`` would crash the process that maps it: "Bus error",
-  a segfault); a damaged one is removed with a line, and the caller rebuilds it;
+  a segfault); a damaged one is removed with a line, and the caller rebuilds it. A library with
+  no recorded hash (built by an older version) is first mapped in a short-lived child process
+  (:func:`probe`): recorded when it loads there, rebuilt when it does not;
 - :func:`compile_in_child` compiles and loads the library in a short-lived child process (its
   own process group, ended with its parent: an interrupted or killed parent leaves no compiler
   behind). The child mapping the library is the probe: only a library that loaded there is
@@ -48,9 +50,35 @@ def check_library(lib: Path) -> bool:
     problem = integrity.check_sidecar(lib)
     if problem is None:
         return True
+    if problem == "has no recorded content hash":  # built by an older version: probe it once
+        problem = probe(lib)
+        if problem is None:
+            integrity.write_sidecar(lib)
+            report.note(f"checked the cached kernel library {lib} in a separate process (once)")
+            return True
     report.note(f"the cached kernel library {lib} is unusable ({problem}); rebuilding it")
     shutil.rmtree(lib.parent, ignore_errors=True)
     return False
+
+
+def probe(lib: Path, timeout: float = 300) -> str | None:
+    """Map ``lib`` in a short-lived child process first: None when it loads there, else why not
+    (a damaged library crashes the child — "Bus error", a segfault — never this process)."""
+    code = "import sys, torch; torch.ops.load_library(sys.argv[1])"
+    proc = signals.popen_group([sys.executable, "-c", code, str(lib)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "loading it in a separate process did not finish"
+    finally:
+        signals.end_group(proc)
+    if proc.returncode == 0:
+        return None
+    if proc.returncode < 0:
+        return f"loading it crashed a separate process (signal {-proc.returncode})"
+    last = (err or "").strip().splitlines()[-1:] or [""]
+    return f"it does not load: {last[0][:200]}"
 
 
 def record(lib: Path) -> None:
