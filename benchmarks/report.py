@@ -640,18 +640,11 @@ def readme_with_headline(text: str, block: str) -> str:
 def render(root: Path = ROOT) -> dict[str, str | bytes]:
     """Every generated file: repository-relative path -> content (README.md with its headline block)."""
     out: dict[str, str] = {}
-    page, files = frontier_page(root)
-    out["docs/results/frontier.md"] = page
-    out.update(files)
-    page, files = latency_page(root)
-    out["docs/results/latency.md"] = page
-    out.update(files)
-    page, files = recall_page(root)
-    out["docs/results/recall.md"] = page
-    out.update(files)
-    page, files = studies_page(root)
-    out["docs/results/studies.md"] = page
-    out.update(files)
+    for name, make in (("frontier", frontier_page), ("latency", latency_page), ("recall", recall_page),
+                       ("studies", studies_page)):  # pages with their plots
+        page, files = make(root)
+        out[f"docs/results/{name}.md"] = page
+        out.update(files)
     out["docs/results/contention.md"] = contention_page(root)
     out["docs/results/capture.md"] = capture_page(root)
     out["docs/results/quantized.md"] = quantized_page(root)

@@ -116,15 +116,21 @@ def ensure_embedded_cache(progress: Progress | None = None, *, force: bool = Fal
         if final.exists():
             progress(f"the converted model at {final} is damaged ({problem or 'rebuild asked'}); rebuilding it")
             shutil.rmtree(final, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}.", dir=final.parent))
-        try:
-            _convert(tmp, progress)
-            tmp.rename(final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        build_atomically(final, _convert, progress)
     finally:
         lock.release()
     return final
+
+
+def build_atomically(final: Path, build: Callable[[Path, Progress], None], progress: Progress) -> None:
+    """``build(tmp, progress)`` into a hidden temporary sibling of ``final``, renamed into place when
+    complete (removed whatever happens): a cache folder is either whole or absent."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        build(tmp, progress)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_tokenizer(path: Path):

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from tda.common.paths import cache_dir
-from tda.models.embedded import Progress, _stderr_progress, load_tokenizer
+from tda.models import embedded_verify
+from tda.models.embedded import Progress, _stderr_progress, build_atomically, load_tokenizer
 
 FOLDER = "gemma-3-270m-gguf"
 MANIFEST = "tda-cache.json"
@@ -66,13 +66,9 @@ def ensure_gguf_cache(progress: Progress | None = None) -> Path:
     with FileLock(str(final) + ".lock"):
         if cache_is_valid(final):
             return final
+        embedded_verify.sweep(final, FOLDER, progress)  # leftovers of killed setups
         shutil.rmtree(final, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{FOLDER}.", dir=final.parent))
-        try:
-            _build(tmp, progress)
-            tmp.rename(final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        build_atomically(final, _build, progress)
     return final
 
 
