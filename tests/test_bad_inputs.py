@@ -90,6 +90,6 @@ def test_malformed_data_file_is_one_line_naming_it(run_cli, tmp_path, text, wher
 
 
 def test_neuron_takes_negative_layers(run_cli):
-    code, out, err = run_cli("neuron", "-m", "tiny-llama", "-l", "-1", "-n", "3", "--prompt", "hello there")
+    code, out, err = run_cli("neuron", "-m", "tiny-llama", "-l", "-1", "-i", "3", "--prompt", "hello there")
     assert code == 0, err
     assert "of layer 2" in out
