@@ -54,4 +54,7 @@ except Exception as e:  # st.stop/st.rerun are BaseExceptions and pass through
     st.error(f"Unexpected error on this page: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
 finally:  # st.stop/st.rerun too: what this run freed goes back to the system (app.state.release_free_memory)
     state.release_free_memory()
-state.start_background_jobs()  # the embedded model's next one-time jobs, once its first page has shown
+    try:  # the embedded model's next one-time jobs, once its first page has shown (also on a stopped page)
+        state.start_background_jobs()
+    except Exception:  # noqa: BLE001 - never in the way of the page
+        pass

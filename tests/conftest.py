@@ -17,7 +17,16 @@ TINY = ("tiny-llama", "tiny-gemma3", "tiny-gpt2", "tiny-opt", "tiny-qwen3", "tin
 def _load(spec: str):
     from tda.models.load import load_model
 
-    return load_model(spec)
+    lm = load_model(spec)
+    _LOADED.append(lm)
+    return lm
+
+
+_LOADED: list = []  # the session's shared models (fixtures)
+
+
+def _loaded_models() -> list:
+    return list(_LOADED)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,6 +40,9 @@ def _release_memory_after_module():
     control = sys.modules.get("analysis.random_control")
     if control is not None:
         control._CACHE.clear()
+    for lm in _loaded_models():  # a TransformerLens bridge holds a deep copy of its model (1.1 GB for Gemma)
+        with lm._bridge_lock:
+            lm._bridge = None
     gc.collect()
     from tda.common.memory import release_free_memory
 
