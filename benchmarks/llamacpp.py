@@ -33,11 +33,23 @@ MISSING = ("llama-cpp-python is not installed; it is an optional extra: pip inst
            "(builds llama.cpp from source, 10-20 min on 2 cores)")
 
 
-def _cpu_has_amx() -> bool:
-    try:
-        return "amx_tile" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+PROBE = """
+import sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_threads=int(sys.argv[2]), n_ctx=64, n_batch=64, verbose=False)
+llm.eval(llm.tokenize(b"The history of the city begins in the early middle ages", add_bos=True))
+llm.eval([2])
+"""
+
+
+def extra_bufts_work(path: Path, threads: int) -> bool:
+    """Whether this llama.cpp build runs the file with its extra CPU buffer types (AMX, repacking),
+    tried in a child process: a native build's AMX matmul segfaults on some VMs' CPUs (seen here:
+    SIGSEGV in ``ggml_backend_amx_mul_mat``)."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", PROBE, str(path), str(threads)], capture_output=True, timeout=300)
+    return r.returncode == 0
 
 
 def llama_runner(path: Path, threads: int, n_ctx: int, extra_bufts: bool = True):
@@ -126,8 +138,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--prompt", default=PROMPT)
     ap.add_argument("--bandwidth-mb", type=float, default=256)
     ap.add_argument("--llama-extra-bufts", choices=("auto", "on", "off"), default="auto",
-                    help="llama.cpp's extra CPU buffer types (AMX, repacking); auto: off on CPUs with AMX tiles, "
-                         "whose native-build AMX matmul crashes on this VM")
+                    help="llama.cpp's extra CPU buffer types (AMX, repacking); auto: on when a child process "
+                         "runs the file with them (a native build's AMX matmul can crash), else off")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     try:
@@ -154,7 +166,12 @@ def main(argv=None) -> dict:
     models = {fmt: load_model(args.model, dtype=fmt) for fmt in dict.fromkeys(["fp32", *(v[0] for v in variants)])}
     ref = models["fp32"]
     prompt_ids = ref.tokenizer(args.prompt).input_ids
-    extra = {"on": True, "off": False, "auto": not _cpu_has_amx()}[args.llama_extra_bufts]
+    extra = {"on": True, "off": False}.get(args.llama_extra_bufts)
+    if extra is None:
+        extra = extra_bufts_work(path, args.threads)
+        if not extra:
+            print("llama.cpp crashed with its extra buffer types (AMX/repacking) on this CPU: running without them",
+                  file=sys.stderr)
     run_llama, llm = llama_runner(path, args.threads, n_ctx=len(prompt_ids) + args.new_tokens + 8, extra_bufts=extra)
     labels = {f"{fmt}:{m}" + (f"@{d:g}" if d is not None else ""): (fmt, m, d) for fmt, m, d in variants}
     tokens: dict[str, list[int]] = {}
