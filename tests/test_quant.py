@@ -361,3 +361,33 @@ def test_app_runs_the_generate_page_in_the_gguf_format(monkeypatch):
     assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
     table = at.dataframe[0].value
     assert list(table["method"]) == ["dense", "teal"] and at.session_state["dtype"] == "gguf"
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0"])
+def test_a_llama_gguf_file_loads_like_transformers_gguf_load(tmp_path, qtype):
+    """A tiny Llama GGUF laid out as llama.cpp's converter does (q/k rows permuted): ``--model
+    file.gguf`` keeps its blocks and computes transformers' own de-quantised GGUF model to fp32
+    rounding; ``--dtype fp32`` gives that model (the same weights; eager attention here, transformers'
+    default SDPA there)."""
+    from transformers import AutoModelForCausalLM
+
+    from tda.engine.generate import generate
+    from tda.models.load import load_model
+    from tests.gguf_writer import write_tiny_llama_gguf
+
+    lm = load_model("tiny-llama", dtype="fp32")
+    path = write_tiny_llama_gguf(lm, tmp_path / f"tiny-{qtype}.gguf", qtype)
+    ref = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32,
+                                               attn_implementation="eager")
+    lq = load_model(str(path))  # auto: the file's blocks
+    lf = load_model(str(path), dtype="fp32")
+    assert lq.weight_format == "gguf" and lf.weight_format is None
+    assert {m.qtype for m in quant.quant_modules(lq.model)} == {qtype}
+    ids = torch.tensor([[1, 17, 42, 8, 99, 300, 5]])
+    with torch.inference_mode():
+        want = ref(input_ids=ids).logits
+        assert all(torch.equal(a, b) for a, b in zip(lf.model.state_dict().values(), ref.state_dict().values()))
+        assert torch.allclose(lf.model(input_ids=ids).logits, want, atol=1e-6, rtol=1e-6)
+        assert torch.allclose(lq.model(input_ids=ids).logits, want, atol=1e-5, rtol=1e-5)
+    assert generate(lq, "the quick brown fox", max_new_tokens=8).token_ids == \
+        generate(lf, "the quick brown fox", max_new_tokens=8).token_ids

@@ -158,7 +158,7 @@ def load_gguf(path: str | Path, *, keep_blocks: bool = True, progress: Progress 
         w = dequantize(raw, GGMLQuantizationType[qtype]).reshape(tuple(reversed(t["shape"])))
         w = proc.process(weights=w, name=name,
                          tensor_key_mapping=key_map, parsed_parameters={}).weights
-        _set_tensor(model, hf, torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
+        _set_tensor(model, hf, torch.from_numpy(np.array(w, dtype=np.float32)))  # a copy: the map is read-only
     head = model.get_output_embeddings()
     for hf, qw in quant_weights.items():
         mod_name = hf.rpartition(".")[0]
