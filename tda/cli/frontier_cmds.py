@@ -54,6 +54,9 @@ def frontier_cmd(
     bandwidth_mb: float = typer.Option(256, "--bandwidth-mb", help="buffer of the streaming-read measurement (0: skip)"),
     boot_iters: int = typer.Option(1000, "--boot-iters", help="bootstrap resamples of the 95% intervals"),
     seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
+    batch_tokens: int = typer.Option(None, "--batch-tokens",
+                                     help="padded tokens per scoring batch (default 1024 for perplexity, 4096 for "
+                                          "cloze; 0: one text at a time, each variant still sharing its prefill)"),
     png: bool = typer.Option(True, "--png/--no-png", help="also export frontier.png (kaleido + Chromium)"),
     out: Path = typer.Option(None, "--out", "-o", help="output folder (default benchmarks/results/frontier-<model>)"),
     dtype: str = DtypeOpt,
@@ -85,6 +88,8 @@ def frontier_cmd(
         raise BadInput("--limit must be >= 1")
     if mc_limit < -1:
         raise BadInput("--mc-limit must be -1 (all), 0 (skip) or a number of items")
+    if batch_tokens is not None and batch_tokens < 0:
+        raise BadInput("--batch-tokens must be >= 0")
     if bandwidth_mb < 0 or boot_iters < 1:
         raise BadInput("need --bandwidth-mb >= 0 and --boot-iters >= 1")
     if gen_prompts < 0 or gen_tokens < 4 or (cloze_limit is not None and cloze_limit < 1):
@@ -122,13 +127,15 @@ def frontier_cmd(
                        mc_limit=mc_limit, cloze=cloze, gen_prompts=gen_prompts, gen_tokens=gen_tokens, cett=cett,
                        bandwidth_mb=bandwidth_mb or None, boot_iters=boot_iters, seed=seed, target_ci=target_ci,
                        max_rounds=max_rounds, sets={"text": set_names, "cloze": cloze_names}, corpora=corpora,
+                       batch_tokens=batch_tokens,
                        calibration_texts=load_texts(limit=4) if lm.is_random else None,
                        progress=progress_printer)
     res["meta"]["command"] = {"model": model, "methods": ms, "densities": ds, "rounds": rounds,
                               "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "set": set_names,
                               "limit": limit, "cloze_set": cloze_names, "cloze_limit": n_cloze,
                               "gen_prompts": gen_prompts, "gen_tokens": gen_tokens, "mc_limit": mc_limit,
-                              "target_ci": target_ci, "max_rounds": max_rounds, "dtype": dtype, "device": device}
+                              "target_ci": target_ci, "max_rounds": max_rounds, "batch_tokens": batch_tokens, "dtype": dtype,
+                              "device": device}
     if lm.format_name != "fp32":  # the format's cost next to the sparsity's: pair every row with fp32 dense
         from tda.evaluate import format_cost
 

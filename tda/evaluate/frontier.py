@@ -110,7 +110,7 @@ def run_frontier(lm, methods: list[str], densities: list[float], *, rounds: int 
                  calibration_texts: list[str] | None = None, bandwidth_mb: float | None = 256,
                  boot_iters: int = 1000, seed: int = 0, target_ci: float | None = None,
                  max_rounds: int | None = None, sets: dict | None = None, corpora: list[dict] | None = None,
-                 progress: Callable[[str], None] | None = None) -> dict:
+                 batch_tokens: int | None = None, progress: Callable[[str], None] | None = None) -> dict:
     """Bench + quality for ``methods`` × ``densities``; ``{"rows", "verdicts", "meta", "bench", "quality"}``.
 
     ``corpora``: several corpora ``[{"name", "texts", "cloze"}]`` (``heldout``/``cloze`` ignored;
@@ -161,7 +161,8 @@ def run_frontier(lm, methods: list[str], densities: list[float], *, rounds: int 
                      + ("" if mc == 0 else f", multiple choice ({'all' if mc < 0 else mc} items)"))
         q = run_eval(lm, ms, ds, heldout=c["texts"], summaries=[], mc_limit=mc, cett=cett, progress=progress,
                      boot_iters=boot_iters, seed=seed, cloze=c["cloze"],
-                     gen_texts=c["texts"][:gen_prompts] if gen_prompts else [], gen_tokens=gen_tokens)
+                     gen_texts=c["texts"][:gen_prompts] if gen_prompts else [], gen_tokens=gen_tokens,
+                     batch_tokens=batch_tokens)
         qs.append(q)
         if len(corpora) > 1:
             crows = join_rows(bench, q, boot_iters=boot_iters, seed=seed)
@@ -190,7 +191,7 @@ def run_frontier(lm, methods: list[str], densities: list[float], *, rounds: int 
                   "separated on one axis (speed intervals apart, or the paired quality interval excludes 0)",
         "ceiling": "dense bytes per decode step ÷ the bytes this method read (its read fractions, KV cache in full)",
         "roofline": "bytes read per step ÷ streaming-read bandwidth of this run; roofline_pct = roofline ÷ measured",
-        "seconds": round(time.perf_counter() - t0, 1), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "batch_tokens": batch_tokens, "seconds": round(time.perf_counter() - t0, 1), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     out = {"rows": rows, "verdicts": vrows, "meta": meta, "bench": bench,
            "quality": {k: quality[k] for k in _KEEP if k in quality}}

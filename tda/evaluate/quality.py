@@ -251,8 +251,10 @@ INTERVAL_KEYS = ("ppl", "ppl_lo", "ppl_hi", "agreement", "agreement_lo", "agreem
 def run_eval(lm, methods: list[str], densities: list[float], *, heldout: list[str], summaries: list[dict],
              mc_limit: int | None = None, max_new_tokens: int = 32, cett: float = 0.2, fast: bool | None = True,
              progress: Callable[[str], None] | None = None, boot_iters: int = ITERS, seed: int = SEED,
-             cloze: list[dict] | None = None, gen_texts: list[str] | None = None, gen_tokens: int = 64) -> dict:
-    """All metrics for all variants: ``{"rows": [...], "outputs": {...}, "per_text": {...},
+             cloze: list[dict] | None = None, gen_texts: list[str] | None = None, gen_tokens: int = 64,
+             batch_tokens: int | None = None) -> dict:
+    """All metrics for all variants (``batch_tokens``: padded tokens per scoring batch of perplexity
+    and cloze, default :data:`BATCH_TOKENS` / :data:`CLOZE_BATCH_TOKENS`; 0: one text at a time): ``{"rows": [...], "outputs": {...}, "per_text": {...},
     "mc_per_item": {...}, "cloze_per_item": {...}, "gen_per_text": {...}, "meta": {...}}``.
     Perplexity, agreement, multiple-choice and cloze accuracy and the generation metrics
     (:mod:`tda.evaluate.freegen`) come with 95% bootstrap intervals (``_lo``/``_hi``: over texts,
@@ -261,7 +263,7 @@ def run_eval(lm, methods: list[str], densities: list[float], *, heldout: list[st
     vs = variants(methods, densities)
     t0 = time.perf_counter()
     ppl = perplexity_eval(lm, heldout, vs, cett=cett, fast=fast, progress=progress, boot_iters=boot_iters,
-                          seed=seed) if heldout else {}
+                          seed=seed, batch_tokens=BATCH_TOKENS if batch_tokens is None else batch_tokens) if heldout else {}
     summ = summarization_eval(lm, summaries, vs, max_new_tokens=max_new_tokens, cett=cett, fast=fast,
                               progress=progress) if summaries else {}
     mc, mc_items = {}, {}
@@ -283,7 +285,8 @@ def run_eval(lm, methods: list[str], densities: list[float], *, heldout: list[st
     if cloze:
         from tda.evaluate.cloze import cloze_eval
 
-        cloze_res = cloze_eval(lm, cloze, vs, cett=cett, fast=fast, thresholds=thr, progress=progress)
+        cloze_res = cloze_eval(lm, cloze, vs, cett=cett, fast=fast, thresholds=thr, progress=progress,
+                               batch_tokens=batch_tokens)
     gen = {}
     if gen_texts:
         from tda.evaluate.freegen import generation_eval
