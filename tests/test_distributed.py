@@ -191,8 +191,8 @@ def test_capture_folder_cli_and_info(run_cli, tmp_path, data):
     code, out, err = run_cli("capture", "--model", "tiny-llama", "--data", data, "--limit", "3", "--layers", "1",
                              "--out", tmp_path / "caps")
     assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "caps").iterdir()) == [
-        "00000.safetensors", "00001.safetensors", "00002.safetensors", "index.json"]
+    assert sorted(p.name for p in (tmp_path / "caps").iterdir() if not p.name.startswith(".")) == [
+        "00000.safetensors", "00001.safetensors", "00002.safetensors", "index.json"]  # + the run's marker
     code, out, _ = run_cli("info", tmp_path / "caps")
     assert code == 0 and "capture set of 3 texts" in out and "layers [1]" in out
     code, _, err = run_cli("capture", "--model", "tiny-llama", "--data", data, "--prompt", "x", "--out", tmp_path / "c2")

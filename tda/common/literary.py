@@ -12,8 +12,8 @@ Extraction (deterministic, no randomness): the entries after the preface, in boo
 entry the prose paragraphs (underscores of the italics removed) and the verse blocks (indented
 lines, kept line by line); attribution lines (deeply indented) dropped. Consecutive paragraphs of
 one initial letter are joined into passages of 80–200 words by
-:func:`tda.common.evalsets.passages_of`; cloze items come from the same passages
-(:func:`tda.common.evalsets.cloze_items`).
+:func:`tda.common.passages.passages_of`; cloze items come from the same passages
+(:func:`tda.common.passages.cloze_items`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from tda.common.errors import BadInput
+from tda.common.passages import cloze_items, passages_of
 from tda.common.paths import DATA_DIR
 
 SOURCE_FILE = DATA_DIR / "devil.dict.dz"
@@ -98,8 +99,6 @@ def paragraphs(text: str) -> list[tuple[str, str]]:
 
 def bierce_passages_from(text: str) -> list[dict]:
     """Passages ``{"id", "source", "text"}`` of the dictionary text (see the module doc)."""
-    from tda.common.evalsets import passages_of
-
     by_letter: dict[str, list[str]] = {}
     for letter, p in paragraphs(text):
         by_letter.setdefault(letter, []).append(p)
@@ -122,7 +121,5 @@ def bierce_cloze(passages: list[dict] | None = None) -> list[dict]:
     """The ``bierce-cloze`` items: the last word of a clause, sentence or verse line (>= 3 letters,
     used earlier in the passage, >= 20 words of context) — Bierce's entries are short, so the
     pydoc rule (sentence ends, >= 4 letters, 30 words) would give too few items."""
-    from tda.common.evalsets import cloze_items
-
     return cloze_items(list(passages if passages is not None else bierce_passages()),
                        min_context_words=CLOZE_MIN_CONTEXT_WORDS, min_letters=CLOZE_MIN_LETTERS, ends=CLOZE_ENDS)

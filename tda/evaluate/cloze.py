@@ -25,9 +25,9 @@ def cloze_eval(lm, items: list[dict], vs, *, cett: float = 0.2, fast: bool | Non
                thresholds: dict | None = None, calibration_texts=None, progress=None,
                batch_tokens: int | None = None) -> dict[str, list[int]]:
     """``{label: [1 if correct else 0 per item]}`` for every variant, in item order. Items are scored
-    in batches (:func:`tda.evaluate.quality.score_units`: one shared prefill per batch, the lm_head on
+    in batches (:func:`tda.evaluate.scoring.score_units`: one shared prefill per batch, the lm_head on
     the target positions only); ``batch_tokens=0``: one item at a time."""
-    from tda.evaluate.quality import CLOZE_BATCH_TOKENS, score_units
+    from tda.evaluate.scoring import CLOZE_BATCH_TOKENS, score_units
 
     if not items:
         return {v.label: [] for v in vs}

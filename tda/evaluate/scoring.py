@@ -201,3 +201,65 @@ def batches_by_length(lengths: list[int], max_tokens: int, max_rows: int = 16) -
         else:
             out.append([i])
     return out
+
+
+BATCH_TOKENS = 1024  # padded tokens per scoring batch (perplexity: the logits of half of them are kept)
+CLOZE_BATCH_TOKENS = 4096  # cloze keeps the logits of the target positions only
+
+
+def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_last=None,
+                cett: float = 0.2, fast: bool | None = True, thresholds: dict | None = None,
+                calibration_texts=None, batch_tokens: int = BATCH_TOKENS, what: str = "scoring",
+                progress=None, reduce=None) -> list[dict]:
+    """``[{label: reduce(i, logits)} per sequence]``, in order: every variant's teacher-forced logits
+    of ``seqs[i][splits[i]:]`` (the last ``keep_last`` of them, when given) from
+    :func:`tda.evaluate.scoring.batch_logits` — sequences of similar length batched (at most
+    ``batch_tokens`` padded tokens), one dense prefill per batch shared by every variant whose rule
+    allows batching (:func:`tda.evaluate.scoring.batchable`), the others one sequence at a time.
+    Progress (with an ETA) goes to ``progress``; batches are shared out over processes."""
+    from tda.common import distributed
+    from tda.common.progress import task
+
+    thresholds = thresholds or {}
+    together = [v for v in vs if batchable(v.method)]
+    alone = [v for v in vs if not batchable(v.method)]
+
+    def sessions(group):
+        return {v.label: SparseSession(lm, v.method, density=v.density, cett=cett, fast=fast,
+                                       thresholds=thresholds.get(v.method), calibration_texts=calibration_texts)
+                for v in group}
+
+    batches = batches_by_length([len(x) for x in seqs], batch_tokens)
+    total = sum(len(x) for x in seqs)
+    done = [0]
+    t = task(f"{what}: {len(seqs)} sequences × {len(vs)} variants, {len(batches)} batches", total,
+             sink=progress, unit="tokens") if progress is not None else None
+
+    def one_batch(_, idx: list[int]) -> list[dict]:
+        out: list[dict] = [{} for _ in idx]
+        if together:
+            got = batch_logits(lm, [seqs[i] for i in idx], [splits[i] for i in idx], sessions(together),
+                               keep_last=keep_last)
+            for label, rows in got.items():
+                for j, i in enumerate(idx):
+                    out[j][label] = reduce(i, rows[j])
+        for j, i in enumerate(idx):
+            if alone:
+                got = batch_logits(lm, [seqs[i]], [splits[i]], sessions(alone), keep_last=keep_last)
+                for label, rows in got.items():
+                    out[j][label] = reduce(i, rows[0])
+        if t is not None:
+            done[0] += sum(len(seqs[i]) for i in idx)
+            t.update(done[0])
+        return out
+
+    if t is not None:
+        t.start()
+    per_batch = distributed.map_sharded(one_batch, batches)
+    if t is not None:
+        t.done()
+    res: list[dict] = [{} for _ in seqs]
+    for idx, rows in zip(batches, per_batch):
+        for i, r in zip(idx, rows):
+            res[i] = r
+    return res

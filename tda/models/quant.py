@@ -355,18 +355,3 @@ def set_input_embedding(model: nn.Module, emb: nn.Module, head: QuantLinear) -> 
     """Replace the input embedding ``emb`` by a :class:`QuantEmbedding` over ``head``'s weight."""
     new = QuantEmbedding(head, getattr(emb, "embed_scale", None), getattr(emb, "padding_idx", None))
     model.set_input_embeddings(new)
-
-
-def weight_bytes(model: nn.Module) -> dict:
-    """Bytes a dense decode step reads, by kind: quantized linears (and what they take in their
-    GGUF block types), full-precision linears, in total."""
-    from tda.models.dispatch import _linear_types
-
-    quant = quant_modules(model)
-    qbytes = sum(m.qweight.nbytes for m in quant)
-    qfile = sum(m.qweight.file_bytes for m in quant)
-    dense = 0
-    for m in model.modules():
-        if isinstance(m, _linear_types()) and not isinstance(m, QuantLinear):
-            dense += m.weight.numel() * m.weight.element_size()
-    return {"quantized": qbytes, "quantized_in_file": qfile, "full_precision": dense, "total": qbytes + dense}
