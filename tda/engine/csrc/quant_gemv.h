@@ -78,6 +78,10 @@ inline void dequant_group(const QW& W, int64_t j, int64_t g, float* w) {
                            // none 15.6 ms, 1 KiB 11.5, 4 KiB 10.0, 8 KiB 9.7, 16 KiB 10.4
 #endif
 
+#ifndef TDA_QUANT_SPARSE_PF
+#define TDA_QUANT_SPARSE_PF 256  // input-sparse: each active row's bytes this far ahead (64 outputs a pass)
+#endif
+
 #if TDA_QUANT_AVX512
 inline __m512 q16(const int8_t* q) {  // 16 int8 values as fp32 (exact)
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
@@ -409,6 +413,7 @@ inline void input_sparse_core(const QWT& W, const float* xp, int64_t N, const in
           __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
           for (int64_t a = a0; a < a1; ++a) {
             const int8_t* row = W.q + ix[a] * d_out + j;
+            _mm_prefetch(reinterpret_cast<const char*>(row + TDA_QUANT_SPARSE_PF), _MM_HINT_T0);  // this row, blocks ahead
             const __m512 xv = _mm512_set1_ps(xa(a));
             t0 = _mm512_fmadd_ps(q16(row), xv, t0);
             t1 = _mm512_fmadd_ps(q16(row + 16), xv, t1);
