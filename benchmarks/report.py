@@ -325,7 +325,7 @@ def _run_table(run: dict) -> str:
 def _run_line(name: str, run: dict) -> str:
     m, mach = run.get("model") or {}, run.get("machine") or {}
     model = m.get("model_id", m) if isinstance(m, dict) else m
-    dtype = m.get("dtype", "") if isinstance(m, dict) else ""
+    dtype = (m.get("format") or m.get("dtype", "")) if isinstance(m, dict) else ""  # the weight format when recorded
     return (f"`{name}`: {model} {dtype}, prompt {run.get('prompt_tokens')} + {run.get('new_tokens')} new "
             f"tokens, {run.get('rounds_run', run.get('rounds'))} rounds; {mach.get('cpu', '')} "
             f"{mach.get('cpu_count', '')} cores, torch {mach.get('torch', '')}")
