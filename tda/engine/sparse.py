@@ -73,13 +73,6 @@ class QuantLayerSlice:
     def k(self) -> int:
         return int(self.idx.numel())
 
-    @property
-    def down_w(self) -> torch.Tensor:  # what read_fraction counts: [d_model, k]
-        return self.down_qwt.qt.new_empty((self.down_qwt.shape[0], self.k))
-
-    def weight_bytes(self) -> int:
-        return sum(q.nbytes for q in self.in_qw) + self.k * self.down_qwt.qt.shape[1]
-
 
 def slice_layer_quant(ffn, layer: int, idx: torch.Tensor) -> QuantLayerSlice:
     """The kept neurons ``idx[k]`` (ascending) of a quantized ``layer``: gate/up rows copied from their
