@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 
 from tda.engine import kernels
+from tda.models.quant import QuantWeightT
 
 LinearFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -52,9 +53,11 @@ class Counter:
         return float(self.kept) / self.total if self.total else float("nan")
 
 
-def sparse_product(x: torch.Tensor, x2: torch.Tensor, keep: torch.Tensor, wt: torch.Tensor, bias, dense: LinearFn,
+def sparse_product(x: torch.Tensor, x2: torch.Tensor, keep: torch.Tensor, wt, bias, dense: LinearFn,
             counter: Counter | None) -> torch.Tensor:
-    """``keep[N, d_in]`` (bool) -> the sparse product of the kept entries, shaped like ``x``."""
+    """``keep[N, d_in]`` (bool) -> the sparse product of the kept entries, shaped like ``x``. ``wt``:
+    ``W_t[d_in, d_out]``, or a quantized weight's input-major repack
+    (:class:`~tda.models.quant.QuantWeightT`: :func:`tda.engine.quant_kernels.input_sparse`)."""
     d_in = x2.shape[1]
     idx = torch.nonzero(keep[0] if x2.shape[0] == 1 else keep.any(dim=0)).flatten()
     k = int(idx.numel())
@@ -62,7 +65,23 @@ def sparse_product(x: torch.Tensor, x2: torch.Tensor, keep: torch.Tensor, wt: to
         counter.add(k, d_in)
     if k == d_in and bool(keep.all()):
         return dense(x)
-    return kernels.input_sparse(x2 if x2.shape[0] == 1 else x2 * keep, idx, wt, bias).view(*x.shape[:-1], wt.shape[1])
+    xs = x2 if x2.shape[0] == 1 else x2 * keep
+    if isinstance(wt, QuantWeightT):
+        from tda.engine import quant_kernels
+
+        return quant_kernels.input_sparse(xs, wt, idx, bias).to(x.dtype).view(*x.shape[:-1], wt.shape[0])
+    return kernels.input_sparse(xs, idx, wt, bias).view(*x.shape[:-1], wt.shape[1])
+
+
+def _keep_all(d_in: int, dense: LinearFn, counter: Counter | None) -> LinearFn:
+    """Every input kept: the dense function, counted as read."""
+
+    def keep_all(x):
+        if counter is not None:
+            counter.add(d_in, d_in)
+        return dense(x)
+
+    return keep_all
 
 
 def threshold_linear(wt: torch.Tensor, bias, cut, dense: LinearFn, counter: Counter | None = None) -> LinearFn:
@@ -72,14 +91,7 @@ def threshold_linear(wt: torch.Tensor, bias, cut, dense: LinearFn, counter: Coun
     only the non-zero rows). ``cut=None`` keeps everything: the dense function, counted as read.
     """
     if cut is None:
-        d_in = wt.shape[0]
-
-        def keep_all(x):
-            if counter is not None:
-                counter.add(d_in, d_in)
-            return dense(x)
-
-        return keep_all
+        return _keep_all(wt.shape[0], dense, counter)
     tiny = torch.finfo(torch.float32).tiny
     if isinstance(cut, torch.Tensor):
         cut = cut.to(device=wt.device, dtype=torch.float32).clamp_min(tiny).contiguous()
@@ -125,12 +137,7 @@ def quant_threshold_linear(qwt, bias, cut, dense: LinearFn, counter: Counter | N
     tiny = torch.finfo(torch.float32).tiny
     b = None if bias is None else bias.detach()
     if cut is None:
-        def keep_all(x):
-            if counter is not None:
-                counter.add(d_in, d_in)
-            return dense(x)
-
-        return keep_all
+        return _keep_all(d_in, dense, counter)
     cut_t = cut.to(torch.float32).clamp_min(tiny).contiguous() if isinstance(cut, torch.Tensor) \
         else max(float(cut), tiny)
     ops = quant_kernels.quant_ops() if qwt.qt.device.type == "cpu" else None
@@ -145,12 +152,7 @@ def quant_threshold_linear(qwt, bias, cut, dense: LinearFn, counter: Counter | N
             return ops.quant_input_sparse_threshold(x32, qwt.qt, qwt.st, qwt.mt, b, t_scalar, t_vec, count).to(x.dtype)
         x2 = x.reshape(-1, d_in).to(torch.float32)
         keep = (x2.abs() >= (cut_t.to(x2.device) if isinstance(cut_t, torch.Tensor) else cut_t)) & (x2 != 0)
-        union = keep[0] if x2.shape[0] == 1 else keep.any(dim=0)
-        idx = torch.nonzero(union).flatten()
-        if counter is not None:
-            counter.add(int(idx.numel()), d_in)
-        xs = x2 if x2.shape[0] == 1 else x2 * keep
-        return quant_kernels.input_sparse(xs, qwt, idx, b).to(x.dtype).view(*x.shape[:-1], d_out)
+        return sparse_product(x, x2, keep, qwt, b, dense, counter)
 
     return fn
 
@@ -159,30 +161,20 @@ def quant_topk_linear(qwt, bias, col_scale: torch.Tensor, k: int, dense: LinearF
                       counter: Counter | None = None) -> LinearFn:
     """:func:`topk_linear` over the quantized format: per row the ``k`` inputs with the largest
     ``|x_i|·col_scale[i]`` (``torch.topk``; ties at the k-th score go to the lower index), the union
-    of the rows' sets with each row's own others zeroed, then the input-sparse quantized kernel."""
-    from tda.engine import quant_kernels
-
-    d_out, d_in = qwt.shape
+    of the rows' sets with each row's own others zeroed, then the input-sparse quantized kernel
+    (:func:`sparse_product`)."""
+    d_in = qwt.shape[1]
     b = None if bias is None else bias.detach()
     k = max(1, min(int(k), d_in))
+    if k >= d_in:
+        return _keep_all(d_in, dense, counter)
     scale = col_scale.to(torch.float32).contiguous()
 
     def fn(x):
-        if counter is not None:
-            counter.total += d_in
-        if k >= d_in:
-            if counter is not None:
-                counter.kept += d_in
-            return dense(x)
         x2 = x.reshape(-1, d_in).to(torch.float32)
         top = torch.topk(x2.abs() * scale, k, dim=-1, sorted=False).indices
         keep = torch.zeros_like(x2, dtype=torch.bool).scatter_(1, top, True)
-        union = keep[0] if x2.shape[0] == 1 else keep.any(dim=0)
-        idx = torch.nonzero(union).flatten()
-        if counter is not None:
-            counter.kept += int(idx.numel())
-        xs = x2 if x2.shape[0] == 1 else x2 * keep
-        return quant_kernels.input_sparse(xs, qwt, idx, b).to(x.dtype).view(*x.shape[:-1], d_out)
+        return sparse_product(x, x2, keep, qwt, b, dense, counter)
 
     return fn
 

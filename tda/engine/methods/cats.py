@@ -109,24 +109,9 @@ class CATS(TokenWise):
         return fn
 
     def _down_fn(self, down, state: dict):
-        dense, counter = self.dense_fn(down), self.counter(down)
-        if isinstance(down, QuantLinear):  # the quantized format: the active inputs of its input-major repack
-            from tda.engine import quant_kernels
-
-            qwt, qb, d_in = quant_input_major(down), down.bias, down.in_features
-
-            def qfn(a):
-                keep = state.pop("keep_down")
-                a2 = a.reshape(-1, d_in)
-                idx = torch.nonzero(keep[0] if a2.shape[0] == 1 else keep.any(dim=0)).flatten()
-                counter.add(int(idx.numel()), d_in)
-                if idx.numel() == d_in and bool(keep.all()):
-                    return dense(a)
-                xs = a2 if a2.shape[0] == 1 else a2 * keep
-                return quant_kernels.input_sparse(xs, qwt, idx, qb).view(*a.shape[:-1], qwt.shape[0])
-
-            return qfn
-        wt, b = input_major(down), getattr(down, "bias", None)
+        # the quantized format reads its input-major repack, full-precision weights their W_t
+        wt = quant_input_major(down) if isinstance(down, QuantLinear) else input_major(down)
+        b, dense, counter = getattr(down, "bias", None), self.dense_fn(down), self.counter(down)
 
         def fn(a):
             return sparse_product(a, a.reshape(-1, a.shape[-1]), state.pop("keep_down"), wt, b, dense, counter)

@@ -85,7 +85,7 @@ class RSparse(TokenWise):
             from tda.engine.tokenwise import quant_threshold_linear
 
             qwt = quant_input_major(module)
-            wt = qwt.row_major().dequantize().t()  # [d_in, d_out], a view: for norms and the SVD only
+            wt = module.qweight.dequantize().t()  # [d_in, d_out], a view: for norms and the SVD only
         else:
             wt = input_major(module)  # [d_in, d_out]
         d_in, d_out = wt.shape

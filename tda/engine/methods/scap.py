@@ -73,7 +73,7 @@ class SCAP(TokenWise):
             from tda.engine.tokenwise import quant_threshold_linear
 
             qwt = quant_input_major(module)
-            folded = qwt.row_major().dequantize().t().sum(dim=0, dtype=torch.float64) * float(c)
+            folded = module.qweight.dequantize().t().sum(dim=0, dtype=torch.float64) * float(c)
             if module.bias is not None:
                 folded = folded + module.bias.detach().double()
             inner = quant_threshold_linear(qwt, folded.to(torch.float32), cut, dense, counter)

@@ -39,7 +39,7 @@ class WINA(TokenWise):
             if isinstance(m, QuantLinear):  # the quantized format: norms of the exact values, its input-major repack
                 qwt = quant_input_major(m)
                 k = round(self.cfg.density * qwt.shape[1])
-                norms = column_norms(m, qwt.row_major().dequantize().t())
+                norms = column_norms(m, m.qweight.dequantize().t())
                 table[m] = quant_topk_linear(qwt, m.bias, norms, k, self.dense_fn(m), self.counter(m))
                 continue
             wt = input_major(m)
