@@ -34,10 +34,8 @@ def linear(x: torch.Tensor, qw: QuantWeight, bias: torch.Tensor | None = None, *
     cpp or torch — the torch path de-quantises the whole weight, for tests and fallbacks)."""
     if x.shape[-1] != qw.shape[1]:
         raise ValueError(f"x must have shape [..., {qw.shape[1]}], got {tuple(x.shape)}")
-    ops = quant_ops() if backend in ("auto", "cpp") else None
-    if backend == "cpp" and ops is None:
-        raise RuntimeError("the C++ quantized kernels are not available")
-    if ops is not None and x.device.type == "cpu" and qw.q.device.type == "cpu":
+    ops = _cpp(backend, x, qw.q)
+    if ops is not None:
         x32 = x if x.dtype == torch.float32 and x.is_contiguous() else x.to(torch.float32).contiguous()
         y = ops.quant_linear(x32, qw.q, qw.scale, qw.min, bias)
         return y if y.dtype == x.dtype else y.to(x.dtype)
