@@ -630,7 +630,17 @@ def quality_page(root: Path) -> str:
              "through the lm-evaluation-harness wrapper. `tda` at a density is the density-matched TDA mask. "
              "Small samples: ROUGE moves by several points between methods by chance. An earlier, unpaired "
              "evaluation; the paired one is [the frontier](frontier.md).")
-    return _page("Quality (the paper's Table 3 at this scale)", intro, f"```bash\n{cmd}\n```\n\n{body}")
+    dense = next((r for r in rows if r["method"] == "dense"), None)
+    reading = ""
+    if dense and dense.get("ppl"):
+        by_d: dict = {}
+        for r in rows:
+            if r["method"] != "dense" and r.get("ppl") and r.get("density") is not None:
+                by_d.setdefault(r["density"], []).append(f"{r['method']} {r['ppl'] / dense['ppl']:.2f}×")
+        reading = ("**Reading**: perplexity over dense's (" + _g(dense["ppl"], 4) + ") — "
+                   + "; ".join(f"at density {_g(dn)}: {', '.join(v)}" for dn, v in sorted(by_d.items()))
+                   + ".\n\n")
+    return _page("Quality (the paper's Table 3 at this scale)", intro, f"```bash\n{cmd}\n```\n\n{reading}{body}")
 
 
 def _recall_reading(root: Path) -> str:
