@@ -80,7 +80,7 @@ def load(progress: Progress | None = None):
     path = gguf_file(ensure_gguf_cache(progress))
     if not gguf_index.index_dir(path).is_dir():
         progress = progress or _stderr_progress
-        progress("indexing the GGUF's metadata and tokenizer (one time, about 30 s)...")
+        progress("indexing the GGUF's metadata and tokenizer (one time, seconds)...")
     model, _notes = load_gguf(path, progress=progress)
     folder = gguf_index.index_dir(path)
     return model, load_tokenizer(folder), folder

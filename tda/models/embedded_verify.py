@@ -78,11 +78,6 @@ def nonfinite_parameters(model) -> list[str]:
     return [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
 
 
-def temp_dir(prefix: str) -> tempfile.TemporaryDirectory:
-    """A system temporary folder whose name carries this process id (so leftovers are found)."""
-    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
-
-
 def sweep(final: Path, name: str, progress=None) -> None:
     """Under the conversion lock: remove temporary conversion folders of killed runs (hidden
     siblings of the cache, and ``tda-gguf-PID-*`` in the system temporary folder)."""

@@ -1,9 +1,10 @@
 """A GGUF file's metadata, read once and cached: its config, tokenizer and tensor table.
 
 ``gguf.GGUFReader`` parses every metadata field into numpy views — the 262,144-token vocabulary of
-Gemma 3 takes ~10 s and ~1.5 GB per reader — and transformers reads a file that way once for its
-config, once for the tokenizer and once for the tensors. :func:`index` does it once per file
-(keyed by its path, size and modification time) and keeps, under
+Gemma 3 takes 8–16 s and ~1.5 GB per reader — and transformers reads a file that way once for its
+config, once for the tokenizer and once for the tensors. :func:`index` reads the header once, in
+one pass (:mod:`tda.models.gguf_header`, well under a second), per file (keyed by its path, size
+and modification time) and keeps, under
 ``$TDA_CACHE_DIR/gguf-index/<key>/``: ``index.json`` (the architecture, the config dict as
 transformers parses it, and per tensor its name, block type, shape and byte range),
 ``config.json`` and the tokenizer files. Later loads memory-map the tensors straight from the file
@@ -33,20 +34,74 @@ def index_dir(path: str | Path) -> Path:
     return cache_dir() / "gguf-index" / _key(Path(path))
 
 
-def _build(path: Path, dest: Path) -> None:
-    from gguf import GGUFReader
-    from transformers import AutoConfig, AutoTokenizer
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint, read_field
+# architectures whose config transformers derives with more than renames (tensor probes, name
+# patches): their config comes from transformers' own full parse (slow, exact)
+_SPECIAL_ARCHS = ("mistral", "t5", "qwen2moe", "gpt_oss", "gpt-oss", "qwen3moe", "minimax", "stablelm", "lfm2",
+                  "gemma4")
+_TOKENIZER_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges")
 
-    parsed = load_gguf_checkpoint(str(path), return_tensors=False)
-    reader = GGUFReader(str(path))
-    tensors = [{"name": t.name, "type": t.tensor_type.name, "shape": [int(s) for s in t.shape],
-                "offset": int(t.data_offset), "nbytes": int(t.n_bytes)} for t in reader.tensors]
-    info = {"format": FORMAT, "arch": read_field(reader, "general.architecture")[0],
-            "config": parsed["config"], "tensors": tensors}
-    del reader
-    AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(dest)
-    AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(dest)
+
+def config_from_metadata(meta: dict, names: list[str], path: Path) -> dict:
+    """The config dict transformers' ``load_gguf_checkpoint`` derives from the file's metadata,
+    computed from :func:`tda.models.gguf_header.read_header`'s metadata by the same renames and
+    defaults (the architectures that need more go through transformers' own parse)."""
+    from transformers.integrations import GGUF_CONFIG_DEFAULTS_MAPPING
+    from transformers.integrations.gguf import GGUF_CONFIG_ARCHS, get_gguf_config
+    from transformers.modeling_gguf_pytorch_utils import (
+        GGUF_TO_TRANSFORMERS_MAPPING,
+        load_gguf_checkpoint,
+    )
+
+    arch = meta["general.architecture"]
+    if arch in GGUF_CONFIG_ARCHS:
+        return get_gguf_config(meta, tuple(names))
+    if any(s in arch for s in _SPECIAL_ARCHS) or "mistral" in str(meta.get("general.name", "")).lower():
+        return load_gguf_checkpoint(str(path), return_tensors=False)["config"]
+    renames = GGUF_TO_TRANSFORMERS_MAPPING["config"]
+    if arch not in renames:
+        raise ValueError(f"GGUF model with architecture {arch} is not supported yet")
+    config = {"tie_word_embeddings": "output.weight" not in names}
+    for key, value in (GGUF_CONFIG_DEFAULTS_MAPPING.get(arch) or {}).items():
+        config.setdefault(key, value)
+    for key, value in meta.items():
+        prefix, _, sub = key.partition(".")
+        new = renames.get(prefix, {}).get(sub, -1)
+        if new is None or new == -1:
+            continue
+        config[new] = value[0] if isinstance(value, list) and len(value) == 1 else value
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if "vocab_size" not in config and tokens is not None:  # as transformers: the vocabulary's length
+        config["vocab_size"] = tokens if isinstance(tokens, int) else len(tokens)
+    if config.get("model_type") == "gemma3":  # a Gemma 3 GGUF holds the text backbone only
+        config["model_type"] = "gemma3_text"
+    return config
+
+
+def _tokenizer(path: Path, model_type: str):
+    """The file's tokenizer, converted by transformers from the metadata's vocabulary (its fast
+    metadata reader; ``AutoTokenizer`` would re-parse the file for the config first)."""
+    from transformers import AutoTokenizer
+    from transformers.models.auto.tokenization_auto import (
+        TOKENIZER_MAPPING_NAMES,
+        tokenizer_class_from_name,
+    )
+
+    name = TOKENIZER_MAPPING_NAMES.get(model_type)
+    cls = tokenizer_class_from_name(name) if isinstance(name, str) else None
+    return (cls or AutoTokenizer).from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+def _build(path: Path, dest: Path) -> None:
+    from transformers import AutoConfig
+
+    from tda.models.gguf_header import read_header
+
+    meta, tensors = read_header(path)
+    names = [t["name"] for t in tensors]
+    config = config_from_metadata(meta, names, path)
+    info = {"format": FORMAT, "arch": meta["general.architecture"], "config": config, "tensors": tensors}
+    AutoConfig.for_model(**config).save_pretrained(dest)
+    _tokenizer(path, config["model_type"]).save_pretrained(dest)
     (dest / "index.json").write_text(json.dumps(info))
 
 

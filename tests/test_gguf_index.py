@@ -1,0 +1,80 @@
+"""The one-pass GGUF header reader and the index built from it equal gguf-py's reader and
+transformers' own full parse (config, tokenizer, tensor table), on a tiny Llama GGUF and, slow, on
+the embedded Gemma 3 file; damaged headers are refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tda.common.errors import ModelLoadError
+
+
+def _reader_table(path):
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(path))
+    return [{"name": t.name, "type": t.tensor_type.name, "shape": [int(s) for s in t.shape],
+             "offset": int(t.data_offset), "nbytes": int(t.n_bytes)} for t in r.tensors]
+
+
+def _check_index_equals_transformers(path, tmp_path):
+    from transformers import AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from tda.models import gguf_index
+    from tda.models.gguf_header import read_header
+
+    _, tensors = read_header(path)
+    assert tensors == _reader_table(path)
+    info, folder = gguf_index.index(path)
+    assert info["config"] == load_gguf_checkpoint(str(path), return_tensors=False)["config"]
+    assert info["tensors"] == tensors
+    ref = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    got = AutoTokenizer.from_pretrained(str(folder))
+    text = "The quick brown fox, 1912: naïve café — ünïcödé <bos>"
+    assert got(text).input_ids == ref(text).input_ids
+    assert (got.bos_token, got.eos_token, got.pad_token) == (ref.bos_token, ref.eos_token, ref.pad_token)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0"])
+def test_index_of_a_llama_gguf_equals_transformers_parse(tmp_path, monkeypatch, qtype):
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path / "cache"))
+    from tda.models.load import load_model
+    from tests.gguf_writer import write_tiny_llama_gguf
+
+    path = write_tiny_llama_gguf(load_model("tiny-llama", dtype="fp32"), tmp_path / f"t-{qtype}.gguf", qtype)
+    _check_index_equals_transformers(path, tmp_path)
+
+
+@pytest.mark.slow
+def test_index_of_the_embedded_gguf_equals_transformers_parse(tmp_path, monkeypatch):
+    from tda.models import embedded_gguf
+
+    path = embedded_gguf.gguf_file(embedded_gguf.ensure_gguf_cache())
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path / "cache"))  # a fresh index, the shared file
+    _check_index_equals_transformers(path, tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["magic", "truncated-header", "truncated-data"])
+def test_damaged_gguf_headers_are_refused_in_one_line(tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path / "cache"))
+    from tda.models import gguf_index
+    from tda.models.load import load_model
+    from tests.gguf_writer import write_tiny_llama_gguf
+
+    path = write_tiny_llama_gguf(load_model("tiny-llama", dtype="fp32"), tmp_path / "t.gguf", "Q8_0")
+    data = path.read_bytes()
+    if damage == "magic":
+        data = b"GGUX" + data[4:]
+    elif damage == "truncated-header":
+        data = data[:200]
+    else:
+        data = data[:-1000]
+    path.write_bytes(data)
+    with pytest.raises(ModelLoadError) as e:
+        gguf_index.index(path)
+    assert "t.gguf" in str(e.value) and "\n" not in str(e.value)
+    assert not list((tmp_path / "cache" / "gguf-index").glob("*/index.json"))
+    json.dumps(str(e.value))  # printable
