@@ -549,6 +549,15 @@ def quantized_page(root: Path) -> str:
             body.append(_table(["prompt", "split at token", "fp32 logit gap (relative)"],
                                [[_esc(r["prompt"][:50]), str(r["split_at"]),
                                  f"{r['fp32_logit_gap']:.3g} ({r['relative_gap']:.2g})"] for r in splits]))
+    for p in sorted((root / RESULTS).glob("format-memory-*.json")):
+        d = json.loads(p.read_text())
+        ratio = d.get("vs_fp32") or {}
+        body.append(f"## `{p.name}`\n\nPeak resident memory of one `tda generate` process per weight format "
+                    f"({d['model']}, {d['new_tokens']} new tokens, the highest of {d['rounds']} alternating rounds, "
+                    f"{d['timestamp']}; command: `{d['command']}`).\n")
+        body.append(_table(["format", "peak RSS (MB)", "vs fp32"],
+                           [[f, _f(v, 0), f"{ratio[f]:.1%}" if f in ratio else ""]
+                            for f, v in d["peak_rss_mb"].items()]))
     intro = ("The engine's quantized format keeps the GGUF's own blocks (an exact int8 repack) and computes "
              "with fp32 activations; llama.cpp runs the same file with 8-bit activations in its dot products. "
              "See the [guide](../guides/quantized.md).")

@@ -50,6 +50,10 @@ def test_repack_is_bit_exact_to_gguf_dequantize(qtype):
     # rows gathered (the embedding) are the same values
     idx = torch.tensor([36, 0, 5, 5])
     assert torch.equal(qw.rows(idx), ref[idx])
+    buf = torch.full((10, ref.shape[1]), float("nan"))  # tiles into one buffer: the same bits
+    for r0 in range(0, 37, 10):
+        tile = qw.dequantize(r0, min(r0 + 10, 37), out=buf)
+        assert torch.equal(tile.view(torch.int32), ref[r0:r0 + 10].view(torch.int32))
     assert qw.nbytes == qw.q.numel() + 4 * qw.scale.numel() * (2 if qw.min is not None else 1)
 
 

@@ -81,6 +81,7 @@ def load(progress: Progress | None = None):
     if not gguf_index.index_dir(path).is_dir():
         progress = progress or _stderr_progress
         progress("indexing the GGUF's metadata and tokenizer (one time, seconds)...")
+    _, folder = gguf_index.index(path)
+    tokenizer = load_tokenizer(folder)  # first: its parse's transient heap is handed back before the weights
     model, _notes = load_gguf(path, progress=progress)
-    folder = gguf_index.index_dir(path)
-    return model, load_tokenizer(folder), folder
+    return model, tokenizer, folder

@@ -445,9 +445,9 @@ def _load_embedded(dtype, device, progress, **place) -> LoadedModel:
     for attempt in (1, 2):
         path = embedded.ensure_embedded_cache(progress, force=attempt == 2)
         try:
+            tokenizer = embedded.load_tokenizer(path)  # first: its parse's transient heap is handed back
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager",
                                                          **placement.pretrained_kwargs(**place))
-            tokenizer = embedded.load_tokenizer(path)
             break
         except Exception:  # corrupt cache content with the right sizes: rebuild once
             if attempt == 2:

@@ -75,17 +75,22 @@ class QuantWeight:
         """Bytes of the same weight in the GGUF block type it came from."""
         return file_bytes(self.qtype, self.q.numel())
 
-    def dequantize(self, r0: int = 0, r1: int | None = None) -> torch.Tensor:
-        """The exact fp32 values of rows ``[r0, r1)``: ``W[r1 - r0, d_in]``."""
+    def dequantize(self, r0: int = 0, r1: int | None = None, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The exact fp32 values of rows ``[r0, r1)``: ``W[r1 - r0, d_in]`` (written into ``out``'s
+        first ``(r1 - r0) * d_in`` values when given: one buffer for every tile of a loop)."""
         r1 = self.q.shape[0] if r1 is None else r1
         q = self.q[r0:r1]
         n, d = q.shape
         g = self.group
-        w = q.to(torch.float32).view(n, d // g, g)
+        if out is None:
+            w = q.to(torch.float32).view(n, d // g, g)
+        else:
+            w = out.view(-1)[:n * d].view(n, d // g, g)
+            w.copy_(q.view(n, d // g, g))
         if self.min is None:
             w.mul_(self.scale[r0:r1].unsqueeze(-1))
         else:  # one rounding, as gguf: fl(fl(d*sc) * q - fl(dmin*m)), the product being exact
-            w = torch.addcmul(-self.min[r0:r1].unsqueeze(-1), w, self.scale[r0:r1].unsqueeze(-1))
+            w.mul_(self.scale[r0:r1].unsqueeze(-1)).sub_(self.min[r0:r1].unsqueeze(-1))
         return w.view(n, d)
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
@@ -272,9 +277,12 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qw = self.qweight
         x2 = x.reshape(-1, self.in_features).to(torch.float32)
-        tile = max(1, TILE_BYTES // (4 * self.in_features))
-        y = torch.cat([x2 @ qw.dequantize(r0, min(r0 + tile, self.out_features)).T
-                       for r0 in range(0, self.out_features, tile)], dim=-1)
+        tile = min(self.out_features, max(1, TILE_BYTES // (4 * self.in_features)))
+        buf = torch.empty(tile, self.in_features, dtype=torch.float32, device=x2.device)  # one tile buffer
+        y = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32, device=x2.device)
+        for r0 in range(0, self.out_features, tile):
+            r1 = min(r0 + tile, self.out_features)
+            y[:, r0:r1] = x2 @ qw.dequantize(r0, r1, out=buf).T
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
