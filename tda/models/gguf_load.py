@@ -155,7 +155,11 @@ def load_gguf(path: str | Path, *, keep_blocks: bool = True, progress: Progress 
                 continue
         if keep_blocks and linear_like and qtype not in ("F32", "F16", "BF16"):
             notes.append(f"{name} ({qtype}): no kernel for this block type, de-quantised to fp32")
-        w = dequantize(raw, GGMLQuantizationType[qtype]).reshape(tuple(reversed(t["shape"])))
+        shape = tuple(int(s) for s in reversed(t["shape"]))
+        if qtype in quant.BLOCKS and len(shape) == 2:  # the repack's exact values (bit-equal), vectorised
+            w = _unpack_chunked(path, t, qtype, shape).dequantize().numpy()
+        else:
+            w = dequantize(raw, GGMLQuantizationType[qtype]).reshape(shape)
         w = proc.process(weights=w, name=name,
                          tensor_key_mapping=key_map, parsed_parameters={}).weights
         _set_tensor(model, hf, torch.from_numpy(np.array(w, dtype=np.float32)))  # a copy: the map is read-only
