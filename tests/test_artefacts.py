@@ -608,3 +608,84 @@ def test_method_calibration_with_nan_is_refused_at_write_and_read(tmp_path, monk
         load(tiny_llama, NEURON_TEXTS)
     assert not path.exists()
     _clear_memos()
+
+
+# ------------------------------------------------------- the embedded GGUF and GGUF indexes
+@pytest.fixture
+def fake_gguf_setup(tmp_path, monkeypatch):
+    """The embedded GGUF folder in a temporary TDA_CACHE_DIR, assembled by a fake, fast build."""
+    from tda.models import embedded_gguf, embedded_verify
+
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+
+    def build(dest, progress):
+        calls.append(dest)
+        embedded_gguf.gguf_file(dest).write_bytes(os.urandom(1 << 16))
+        (dest / "tokenizer.json").write_bytes(os.urandom(5000))
+        files = {p.name: p.stat().st_size for p in dest.iterdir() if p.is_file()}
+        embedded_verify.record(dest, {"format": embedded_gguf.FORMAT, "source": "fake", "files": files})
+
+    monkeypatch.setattr(embedded_gguf, "_build", build)
+    return embedded_gguf, calls
+
+
+@pytest.mark.parametrize("name", ["gguf", "tokenizer.json", "tda-cache.json"])
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_embedded_gguf_is_rebuilt_with_one_line(fake_gguf_setup, name, how):
+    eg, calls = fake_gguf_setup
+    lines = []
+    path = eg.ensure_gguf_cache(lines.append)
+    assert eg.ensure_gguf_cache(lines.append) == path and len(calls) == 1  # intact: reused
+    target = eg.gguf_file(path) if name == "gguf" else path / name
+    damage(target, how)  # same-size damage too: the manifest used to hold sizes only
+    assert not eg.cache_is_valid(path)
+    lines.clear()
+    eg.ensure_gguf_cache(lines.append)
+    assert len(calls) == 2 and eg.cache_is_valid(path)
+    said = [ln for ln in lines if "damaged" in ln]
+    assert len(said) == 1 and "rebuilding" in said[0] and str(path) in said[0], lines
+
+
+@pytest.fixture
+def fake_index(tmp_path, monkeypatch):
+    """A GGUF index in a temporary TDA_CACHE_DIR, built by a fake, fast indexer."""
+    from tda.models import gguf_index
+
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(os.urandom(4096))
+    calls = []
+
+    def build(path, dest):
+        calls.append(dest)
+        (dest / "index.json").write_text(json.dumps({"format": 1, "arch": "llama", "config": {"a": 1},
+                                                     "tensors": [{"name": "t", "offset": 0, "nbytes": 8}] * 40}))
+        (dest / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+        (dest / "tokenizer.json").write_bytes(os.urandom(3000))
+
+    monkeypatch.setattr(gguf_index, "_build", build)
+    return gguf_index, gguf, calls
+
+
+@pytest.mark.parametrize("name", ["index.json", "config.json", "tokenizer.json", "tda-hashes.json"])
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_gguf_index_is_rebuilt_with_one_line(fake_index, name, how, capsys):
+    gi, gguf, calls = fake_index
+    info, folder = gi.index(gguf)
+    assert gi.index(gguf) == (info, folder) and len(calls) == 1  # intact: reused
+    damage(folder / name, how)
+    capsys.readouterr()
+    assert gi.index(gguf) == (info, folder)
+    err = capsys.readouterr().err.splitlines()
+    assert len(calls) == 2
+    said = [ln for ln in err if "damaged" in ln]
+    assert len(said) == 1 and str(folder) in said[0], err
+
+
+def test_gguf_index_of_an_older_version_gets_hashes_once(fake_index):
+    gi, gguf, calls = fake_index
+    _, folder = gi.index(gguf)
+    (folder / gi.HASHES).unlink()
+    gi.index(gguf)
+    assert len(calls) == 1 and (folder / gi.HASHES).is_file()
