@@ -477,7 +477,7 @@ def test_damaged_cached_predictor_is_retrained_with_one_line(tmp_path, monkeypat
     P._MEMO.clear()
 
 
-# ------------------------------------------------- R-Sparse, SCAP and CHESS calibration caches
+# ------------------------------- input thresholds, R-Sparse, SCAP and CHESS calibration caches
 def _rsparse(lm, texts):
     from tda.engine.methods.teal import block_linears
     from tda.masks import lowrank
@@ -500,7 +500,14 @@ def _chess(lm, texts):
     return load_or_calibrate_channels(lm, texts)
 
 
+def _inputs(lm, texts):
+    from tda.masks.input_thresholds import load_or_calibrate_inputs
+
+    return load_or_calibrate_inputs(lm, texts)
+
+
 _CAL_KINDS = {  # kind: (load or compute, module computing it, its function, cache file suffix)
+    "inputs": (_inputs, "tda.masks.input_thresholds", "calibrate_inputs", "-inputs.json"),
     "rsparse": (_rsparse, "tda.masks.lowrank", "calibrate_rsparse", "-rsparse-d0.5.json"),
     "scap": (_scap, "tda.masks.scap_calibration", "calibrate_scap", "-scap0.5000.json"),
     "chess": (_chess, "tda.masks.channel_thresholds", "calibrate_channels", "-chess.json"),
@@ -508,10 +515,11 @@ _CAL_KINDS = {  # kind: (load or compute, module computing it, its function, cac
 
 
 def _clear_memos():
-    from tda.masks import channel_thresholds, lowrank
+    from tda.masks import channel_thresholds, input_thresholds, lowrank
 
     lowrank._MEMO.clear()
     channel_thresholds._MEMO.clear()
+    input_thresholds._MEMO.clear()
 
 
 def _counting(monkeypatch, kind):
@@ -570,6 +578,9 @@ def _poison(cal, kind):
     if kind == "rsparse":
         site = next(iter(cal.sites))
         return dataclasses.replace(cal, sites={**cal.sites, site: {**cal.sites[site], "tau": float("nan")}})
+    if kind == "inputs":
+        site = next(iter(cal.quantiles))
+        return dataclasses.replace(cal, quantiles={**cal.quantiles, site: [float("nan")] * len(cal.quantiles[site])})
     if kind == "scap":
         site = next(iter(cal.thresholds))
         return dataclasses.replace(cal, thresholds={**cal.thresholds, site: float("inf")})
