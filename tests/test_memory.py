@@ -240,3 +240,9 @@ def test_eval_refused_before_the_model_loads(run_cli, no_model_load, tmp_path):
     assert code == 2 and _one_line(err), err
     assert "scoring texts with gemma-3-270m (fp32 weights: 1022.7 MB) needs at least" in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_recall_refusal_names_recall(run_cli, no_model_load, tmp_path):
+    code, _, err = run_cli("--memory-budget", "1G", "recall", "-p", "hi", "--out", tmp_path / "o")
+    assert code == 2 and _one_line(err), err
+    assert "recall (64 new tokens, every layer recorded) with gemma-3-270m (fp32 weights: 1022.7 MB)" in err, err

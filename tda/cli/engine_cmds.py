@@ -242,7 +242,8 @@ def recall(
     cal = Calibration.load(thresholds) if thresholds is not None else None
     from tda.activations.budget import check_before_load, prefill_plan
 
-    check_before_load(model, dtype, new_tokens=new_tokens, capture_all=True)  # before the model loads
+    check_before_load(model, dtype, new_tokens=new_tokens, capture_all=True,  # before the model loads
+                      doing=f"recall ({new_tokens} new tokens, every layer recorded)")
     lm = load(model, dtype, device)
     if cal is not None:
         cal.check_model(lm)
