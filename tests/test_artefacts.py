@@ -475,3 +475,228 @@ def test_damaged_cached_predictor_is_retrained_with_one_line(tmp_path, monkeypat
     assert not cached and torch.equal(again.A[0], first.A[0])
     assert len([ln for ln in err if "damaged" in ln and str(path) in ln]) == 1, err
     P._MEMO.clear()
+
+
+# ------------------------------- input thresholds, R-Sparse, SCAP and CHESS calibration caches
+def _rsparse(lm, texts):
+    from tda.engine.methods.teal import block_linears
+    from tda.masks import lowrank
+    from tda.masks.input_thresholds import module_names
+
+    mods = block_linears(lm)
+    names = module_names(lm.model)
+    return lowrank.load_or_calibrate_rsparse(lm, 0.5, mods, [names[id(m)] for m in mods], texts)
+
+
+def _scap(lm, texts):
+    from tda.masks.scap_calibration import load_or_calibrate_scap
+
+    return load_or_calibrate_scap(lm, 0.5, texts)
+
+
+def _chess(lm, texts):
+    from tda.masks.channel_thresholds import load_or_calibrate_channels
+
+    return load_or_calibrate_channels(lm, texts)
+
+
+def _inputs(lm, texts):
+    from tda.masks.input_thresholds import load_or_calibrate_inputs
+
+    return load_or_calibrate_inputs(lm, texts)
+
+
+_CAL_KINDS = {  # kind: (load or compute, module computing it, its function, cache file suffix)
+    "inputs": (_inputs, "tda.masks.input_thresholds", "calibrate_inputs", "-inputs.json"),
+    "rsparse": (_rsparse, "tda.masks.lowrank", "calibrate_rsparse", "-rsparse-d0.5.json"),
+    "scap": (_scap, "tda.masks.scap_calibration", "calibrate_scap", "-scap0.5000.json"),
+    "chess": (_chess, "tda.masks.channel_thresholds", "calibrate_channels", "-chess.json"),
+}
+
+
+def _clear_memos():
+    from tda.masks import channel_thresholds, input_thresholds, lowrank
+
+    lowrank._MEMO.clear()
+    channel_thresholds._MEMO.clear()
+    input_thresholds._MEMO.clear()
+
+
+def _counting(monkeypatch, kind):
+    import importlib
+
+    _, mod, fn, _ = _CAL_KINDS[kind]
+    m = importlib.import_module(mod)
+    calls = []
+    real = getattr(m, fn)
+    monkeypatch.setattr(m, fn, lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def _cal_file(tmp_path, kind) -> Path:
+    (path,) = [p for p in (tmp_path / "calibration").glob("*.json") if p.name.endswith(_CAL_KINDS[kind][3])]
+    return path
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+@pytest.mark.parametrize("kind", _CAL_KINDS)
+def test_damaged_cached_method_calibration_is_recomputed_with_one_line(tmp_path, monkeypatch, tiny_llama,
+                                                                      kind, how, capsys):
+    from dataclasses import asdict
+
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path))
+    _clear_memos()
+    calls = _counting(monkeypatch, kind)
+    load = _CAL_KINDS[kind][0]
+    first = load(tiny_llama, NEURON_TEXTS)
+    path = _cal_file(tmp_path, kind)
+    assert integrity.check_sidecar(path) is None  # its hash was recorded
+    _clear_memos()
+    load(tiny_llama, NEURON_TEXTS)
+    assert len(calls) == 1  # intact: read back
+    if how == "garbled":  # same size, still valid JSON: only the content hash can tell
+        text = path.read_text()
+        i = next(j for j in range(len(text) // 2, len(text)) if text[j] in "123456789")
+        path.write_text(text[:i] + str(int(text[i]) % 9 + 1) + text[i + 1:])
+        json.loads(path.read_text())
+    else:
+        damage(path, how)
+    _clear_memos()
+    capsys.readouterr()
+    again = load(tiny_llama, NEURON_TEXTS)
+    err = capsys.readouterr().err.splitlines()
+    assert len(calls) == 2 and asdict(again) == asdict(first)
+    assert len([ln for ln in err if "damaged" in ln and str(path) in ln]) == 1, err
+    assert integrity.check_sidecar(path) is None
+    _clear_memos()
+
+
+def _poison(cal, kind):
+    """``cal`` with one NaN where a value is read."""
+    import dataclasses
+
+    if kind == "rsparse":
+        site = next(iter(cal.sites))
+        return dataclasses.replace(cal, sites={**cal.sites, site: {**cal.sites[site], "tau": float("nan")}})
+    if kind == "inputs":
+        site = next(iter(cal.quantiles))
+        return dataclasses.replace(cal, quantiles={**cal.quantiles, site: [float("nan")] * len(cal.quantiles[site])})
+    if kind == "scap":
+        site = next(iter(cal.thresholds))
+        return dataclasses.replace(cal, thresholds={**cal.thresholds, site: float("inf")})
+    site = next(iter(cal.scales))
+    return dataclasses.replace(cal, scales={**cal.scales, site: [float("nan")] + cal.scales[site][1:]})
+
+
+@pytest.mark.parametrize("kind", _CAL_KINDS)
+def test_method_calibration_with_nan_is_refused_at_write_and_read(tmp_path, monkeypatch, tiny_llama, kind,
+                                                                  capsys):
+    import importlib
+
+    from tda.common.errors import BadInput
+
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path))
+    _clear_memos()
+    load, mod, fn, _ = _CAL_KINDS[kind]
+    good = load(tiny_llama, NEURON_TEXTS)
+    path = _cal_file(tmp_path, kind)
+    bad = _poison(good, kind)
+    # written with a NaN (and a matching hash, as by another tool): dropped with one line on read
+    path.write_text(bad.to_json())
+    integrity.write_sidecar(path)
+    _clear_memos()
+    capsys.readouterr()
+    assert load(tiny_llama, NEURON_TEXTS) == good
+    err = capsys.readouterr().err.splitlines()
+    said = [ln for ln in err if str(path) in ln]
+    assert len(said) == 1 and "cannot be right" in said[0], err
+    # computed with a NaN: refused in one line naming the file, nothing written
+    path.unlink()
+    integrity.sidecar(path).unlink()
+    _clear_memos()
+    monkeypatch.setattr(importlib.import_module(mod), fn, lambda *a, **k: bad)
+    with pytest.raises(BadInput, match=f"{path.name}.*cannot be right"):
+        load(tiny_llama, NEURON_TEXTS)
+    assert not path.exists()
+    _clear_memos()
+
+
+# ------------------------------------------------------- the embedded GGUF and GGUF indexes
+@pytest.fixture
+def fake_gguf_setup(tmp_path, monkeypatch):
+    """The embedded GGUF folder in a temporary TDA_CACHE_DIR, assembled by a fake, fast build."""
+    from tda.models import embedded_gguf, embedded_verify
+
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+
+    def build(dest, progress):
+        calls.append(dest)
+        embedded_gguf.gguf_file(dest).write_bytes(os.urandom(1 << 16))
+        (dest / "tokenizer.json").write_bytes(os.urandom(5000))
+        files = {p.name: p.stat().st_size for p in dest.iterdir() if p.is_file()}
+        embedded_verify.record(dest, {"format": embedded_gguf.FORMAT, "source": "fake", "files": files})
+
+    monkeypatch.setattr(embedded_gguf, "_build", build)
+    return embedded_gguf, calls
+
+
+@pytest.mark.parametrize("name", ["gguf", "tokenizer.json", "tda-cache.json"])
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_embedded_gguf_is_rebuilt_with_one_line(fake_gguf_setup, name, how):
+    eg, calls = fake_gguf_setup
+    lines = []
+    path = eg.ensure_gguf_cache(lines.append)
+    assert eg.ensure_gguf_cache(lines.append) == path and len(calls) == 1  # intact: reused
+    target = eg.gguf_file(path) if name == "gguf" else path / name
+    damage(target, how)  # same-size damage too: the manifest used to hold sizes only
+    assert not eg.cache_is_valid(path)
+    lines.clear()
+    eg.ensure_gguf_cache(lines.append)
+    assert len(calls) == 2 and eg.cache_is_valid(path)
+    said = [ln for ln in lines if "damaged" in ln]
+    assert len(said) == 1 and "rebuilding" in said[0] and str(path) in said[0], lines
+
+
+@pytest.fixture
+def fake_index(tmp_path, monkeypatch):
+    """A GGUF index in a temporary TDA_CACHE_DIR, built by a fake, fast indexer."""
+    from tda.models import gguf_index
+
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(os.urandom(4096))
+    calls = []
+
+    def build(path, dest):
+        calls.append(dest)
+        (dest / "index.json").write_text(json.dumps({"format": 1, "arch": "llama", "config": {"a": 1},
+                                                     "tensors": [{"name": "t", "offset": 0, "nbytes": 8}] * 40}))
+        (dest / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+        (dest / "tokenizer.json").write_bytes(os.urandom(3000))
+
+    monkeypatch.setattr(gguf_index, "_build", build)
+    return gguf_index, gguf, calls
+
+
+@pytest.mark.parametrize("name", ["index.json", "config.json", "tokenizer.json", "tda-hashes.json"])
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_gguf_index_is_rebuilt_with_one_line(fake_index, name, how, capsys):
+    gi, gguf, calls = fake_index
+    info, folder = gi.index(gguf)
+    assert gi.index(gguf) == (info, folder) and len(calls) == 1  # intact: reused
+    damage(folder / name, how)
+    capsys.readouterr()
+    assert gi.index(gguf) == (info, folder)
+    err = capsys.readouterr().err.splitlines()
+    assert len(calls) == 2
+    said = [ln for ln in err if "damaged" in ln]
+    assert len(said) == 1 and str(folder) in said[0], err
+
+
+def test_gguf_index_of_an_older_version_gets_hashes_once(fake_index):
+    gi, gguf, calls = fake_index
+    _, folder = gi.index(gguf)
+    (folder / gi.HASHES).unlink()
+    gi.index(gguf)
+    assert len(calls) == 1 and (folder / gi.HASHES).is_file()

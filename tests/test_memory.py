@@ -139,3 +139,110 @@ def test_library_refuses_too(tiny_llama):
         generate(tiny_llama, LONG, max_new_tokens=4)
     with pytest.raises(BadInput, match="over the budget"):
         generate_with_capture(tiny_llama, LONG, 4)
+
+
+# ----- refused before the model loads (issue #28: a refusal under --memory-budget 1G peaked at 2.0 GB) ----
+@pytest.fixture
+def no_model_load(monkeypatch, tmp_path):
+    """Any model load (or conversion of the embedded model) fails the test; an empty cache folder."""
+    from tda.models import embedded, load
+
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(load, "load_model", boom)
+    monkeypatch.setattr(embedded, "ensure_embedded_cache", boom)
+
+
+@pytest.mark.parametrize("args", [
+    ["generate", "-m", "tiny-llama", "-p", "hi"],
+    ["capture", "-m", "tiny-llama", "-p", "hi", "--out", "OUT/c.st"],
+    ["recall", "-m", "tiny-llama", "-p", "hi", "--out", "OUT"],
+    ["generate", "-m", "tiny-gpt2+randinit3", "-p", "hi", "--dtype", "bf16"],
+])
+def test_refused_before_the_model_loads(run_cli, no_model_load, tmp_path, args):
+    args = [a.replace("OUT", str(tmp_path / "o")) for a in args]
+    code, _, err = run_cli("--memory-budget", "300K", *args)
+    assert code == 2 and _one_line(err), err
+    assert "needs at least" in err and "over the budget of 300.0 KB (--memory-budget 300.0 KB)" in err
+    assert "TDA_MAX_MEMORY" in err and ("fp32 weights" in err or "bf16 weights" in err)
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype, budget, words", [
+    ("auto", "1G", "generating 32 tokens with gemma-3-270m (fp32 weights: 1022.7 MB)"),  # the issue's case
+    ("fp32", "900M", "generating 32 tokens with gemma-3-270m (fp32 weights"),
+    ("bf16", "500M", "bf16 weights: 511.4 MB"),
+    ("gguf", "200M", "the GGUF's quantized blocks: 241.4 MB"),
+])
+def test_embedded_model_refused_before_converting_or_loading(run_cli, no_model_load, dtype, budget, words):
+    """The embedded model's size is known before its first conversion (empty cache here)."""
+    code, _, err = run_cli("--memory-budget", budget, "generate", "-p", "hi", "--dtype", dtype)
+    assert code == 2 and _one_line(err), err
+    assert words in err and f"(--memory-budget {memory.format_bytes(memory.parse_size(budget))})" in err, err
+
+
+def test_embedded_model_estimate_needs_no_cache(no_model_load):
+    from tda.activations.budget import check_before_load
+
+    memory.set_budget_override(2 * 2**30)
+    assert check_before_load("gemma-3-270m", "auto") == 268_098_176 * 4
+    assert check_before_load("gemma-3-270m", "bf16", new_tokens=32) > 268_098_176 * 2
+
+
+def test_embedded_shape_and_count_match_the_converted_model():
+    from tda.models import embedded, specs
+
+    if not embedded.cache_is_valid():
+        pytest.skip("the embedded model is not cached here")
+    assert specs.shape_from_config(specs.EMBEDDED_SHAPE_CONFIG) == specs.shape_of("gemma-3-270m")
+    assert specs._safetensors_params(embedded.embedded_cache_path()) == embedded.N_PARAMS
+
+
+@pytest.mark.parametrize("spec", TINY)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_estimates_before_loading_never_exceed_those_after(spec, dtype, monkeypatch):
+    """What is refused before the load would be refused after it: the estimates are lower bounds."""
+    from tda.activations import budget
+    from tda.models.load import load_model
+
+    lm = load_model(spec, dtype=dtype)
+    memory.set_budget_override(2**40)
+    weights = budget.check_before_load(spec, dtype)
+    assert 0.9 * budget.weights_bytes(lm) <= weights <= budget.weights_bytes(lm)
+    for n in (0, 1, 32):
+        assert budget.check_before_load(spec, dtype, new_tokens=n) <= budget.generation_bytes(lm, 1, n)
+        assert budget.check_before_load(spec, dtype, new_tokens=n, capture_all=True) <= \
+            budget.generation_bytes(lm, 1, n, capture_layers=lm.ffn.n_layers)
+
+
+def test_local_folder_and_gguf_file_estimates(tmp_path, tiny_llama):
+    from tda.models import specs
+
+    folder = tmp_path / "m"
+    tiny_llama.model.save_pretrained(folder)
+    exact = sum(p.numel() for p in tiny_llama.model.parameters())
+    assert specs.weights_estimate(str(folder), "fp32") == (specs.shape_of("tiny-llama").n_params * 4, "fp32 weights")
+    assert specs._safetensors_params(folder) == exact  # the headers, when the config cannot be read
+    (folder / "config.json").write_text("{}")
+    assert specs.weights_estimate(str(folder), "bf16") == (exact * 2, "bf16 weights")
+    g = tmp_path / "x.gguf"
+    g.write_bytes(b"\0" * 5000)
+    assert specs.weights_estimate(str(g), "auto") == (5000, "the GGUF's quantized blocks")
+    assert specs.weights_estimate(str(g), "fp32") is None  # not indexed yet: the check after the load stays
+    assert specs.weights_estimate("owner/hub-name", "fp32") is None
+
+
+def test_eval_refused_before_the_model_loads(run_cli, no_model_load, tmp_path):
+    code, _, err = run_cli("--memory-budget", "1G", "eval", "--methods", "dense", "--densities", "0.5",
+                           "--limit", "1", "--out", tmp_path / "o")
+    assert code == 2 and _one_line(err), err
+    assert "scoring texts with gemma-3-270m (fp32 weights: 1022.7 MB) needs at least" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_recall_refusal_names_recall(run_cli, no_model_load, tmp_path):
+    code, _, err = run_cli("--memory-budget", "1G", "recall", "-p", "hi", "--out", tmp_path / "o")
+    assert code == 2 and _one_line(err), err
+    assert "recall (64 new tokens, every layer recorded) with gemma-3-270m (fp32 weights: 1022.7 MB)" in err, err

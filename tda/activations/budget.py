@@ -124,9 +124,15 @@ def generation_bytes(lm, prompt_tokens: int, new_tokens: int, *, batch: int = 1,
     set, ``logits_rows`` rows of logits per sequence, and (``capture_layers``) the recorded
     activations of the prompt and decode steps."""
     shape, width = shape_and_width(lm)
+    return _generation_bytes(shape, width, weights_bytes(lm), prompt_tokens, new_tokens, batch=batch,
+                             capture_layers=capture_layers, logits_rows=logits_rows, chunk=chunk)
+
+
+def _generation_bytes(shape: ModelShape, width: int, weights: int, prompt_tokens: int, new_tokens: int, *,
+                      batch: int = 1, capture_layers: int = 0, logits_rows: int = 1, chunk: int | None = None) -> int:
     T = prompt_tokens + new_tokens
     q = min(chunk or prompt_tokens, prompt_tokens)
-    need = weights_bytes(lm) + kv_cache_bytes(shape, T, shape.n_layers, width, batch) * 2
+    need = weights + kv_cache_bytes(shape, T, shape.n_layers, width, batch) * 2
     need += forward_bytes(shape, q=q, kv=prompt_tokens, layers_run=shape.n_layers, width=width, batch=batch)
     need += batch * logits_rows * shape.vocab * FLOAT * 3  # logits, (log-)softmax, a copy
     need += capture_layers * T * shape.d_ff * FLOAT * 2  # per-call records and the stacked result
@@ -167,4 +173,33 @@ def check_batch(lm, rows: int, width_tokens: int, n_layers_out: int) -> int:
     need += n_layers_out * rows * width_tokens * shape.d_ff * (width + FLOAT)
     memory.check(need, f"capturing a batch of {rows} texts of up to {width_tokens} tokens "
                        "(use a smaller batch size or shorter texts)")
+    return need
+
+
+def check_before_load(spec: str, dtype: str = "auto", *, new_tokens: int | None = None, batch: int = 1,
+                      capture_all: bool = False, doing: str | None = None) -> int | None:
+    """Refuse, before the model is loaded, work that cannot fit the budget whatever the input: the
+    model's weights (:func:`tda.models.specs.weights_estimate`: the parameter count times the dtype's
+    width, or a GGUF's size) and, for a generation of ``new_tokens`` (``batch`` prompts), its
+    :func:`generation_bytes` after a one-token prompt (``capture_all``: recording every layer's
+    activations, as recall does) — a lower bound of what the checks after the
+    load count, so nothing they accept is refused here. A one-line BadInput in the same words as
+    theirs (``doing`` names the work: default "generating N tokens"); returns the bytes estimated (None when the model's size cannot be known before loading:
+    the checks after the load still run)."""
+    from tda.models.specs import DTYPE_BYTES, known_shape, weights_estimate
+
+    est = weights_estimate(spec, dtype)
+    if est is None:
+        return None
+    weights, kind = est
+    shape = known_shape(spec) if new_tokens is not None else None
+    if shape is None:
+        memory.check(weights, f"loading {spec} ({kind})", at_least=True, hint=memory.SMALLER)
+        return weights
+    width = 4 if str(dtype).startswith("gguf") else DTYPE_BYTES.get(str(dtype), 4)
+    need = _generation_bytes(shape, width, weights, 1, new_tokens, batch=batch,
+                             capture_layers=shape.n_layers if capture_all else 0)
+    doing = doing or f"generating {new_tokens} tokens"
+    memory.check(need, f"{doing} with {spec} ({kind}: {memory.format_bytes(weights)})",
+                 at_least=True, hint=memory.SMALLER + (", fewer new tokens" if new_tokens else ""))
     return need

@@ -92,6 +92,9 @@ def load(spec: str, dtype: str = "fp32", device: str = "cpu"):
     from tda.cli.placement_opts import PLACEMENT
 
     check_model_args(spec, dtype, device)
+    from tda.activations.budget import check_before_load
+
+    check_before_load(spec, dtype)  # weights over the budget: refused before they are read
     from tda.models.load import load_model
 
     return load_model(spec, dtype=dtype, device=device, progress=progress_printer, **PLACEMENT)

@@ -240,10 +240,13 @@ def recall(
         if not texts:
             raise BadInput(f"{data} holds no prompts")
     cal = Calibration.load(thresholds) if thresholds is not None else None
+    from tda.activations.budget import check_before_load, prefill_plan
+
+    check_before_load(model, dtype, new_tokens=new_tokens, capture_all=True,  # before the model loads
+                      doing=f"recall ({new_tokens} new tokens, every layer recorded)")
     lm = load(model, dtype, device)
     if cal is not None:
         cal.check_model(lm)
-    from tda.activations.budget import prefill_plan
 
     for i, t in enumerate(texts):  # every prompt fits the context and the memory budget, before any work
         n = len(tokenize(lm, t, max_tokens=lm.n_ctx - new_tokens))

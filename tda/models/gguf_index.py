@@ -7,7 +7,8 @@ one pass (:mod:`tda.models.gguf_header`, well under a second), per file (keyed b
 and modification time) and keeps, under
 ``$TDA_CACHE_DIR/gguf-index/<key>/``: ``index.json`` (the architecture, the config dict as
 transformers parses it, and per tensor its name, block type, shape and byte range),
-``config.json`` and the tokenizer files. Later loads memory-map the tensors straight from the file
+``config.json``, the tokenizer files and ``tda-hashes.json`` (each file's content hash, checked
+before use: a damaged index is built again with one line). Later loads memory-map the tensors straight from the file
 (:func:`tensor_bytes`) and read the rest from the index (well under a second).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +25,7 @@ from tda.common.errors import ModelLoadError
 from tda.common.paths import cache_dir
 
 FORMAT = 1
+HASHES = "tda-hashes.json"  # each file's size, SHA-256 and stamp (tda.common.integrity's manifest)
 
 
 def _key(path: Path) -> str:
@@ -105,32 +108,81 @@ def _build(path: Path, dest: Path) -> None:
     (dest / "index.json").write_text(json.dumps(info))
 
 
+def _write_hashes(folder: Path, hashes: dict) -> None:
+    tmp = folder / f".{HASHES}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(hashes, indent=1))
+    os.replace(tmp, folder / HASHES)
+
+
+def _read(final: Path) -> tuple[dict | None, str | None]:
+    """``(index, None)`` when the cached index at ``final`` is intact (every file matches the hash
+    recorded in :data:`HASHES`, :mod:`tda.common.integrity`), else ``(None, why)`` ("missing" when
+    there is none)."""
+    from tda.common import integrity
+
+    if not (final / "index.json").is_file():
+        return None, "missing"
+    try:
+        hashes = json.loads((final / HASHES).read_text())
+        problem, restamped = integrity.check_manifest(final, hashes)
+    except FileNotFoundError:  # indexed by an older version: its hashes are recorded once
+        names = [p.name for p in final.iterdir() if p.is_file() and not p.name.startswith(".")]
+        hashes, problem, restamped = integrity.manifest_entries(final, names), None, True
+    except (OSError, ValueError) as e:
+        return None, f"{HASHES} unreadable ({type(e).__name__})"
+    if problem is not None:
+        return None, problem
+    try:
+        info = json.loads((final / "index.json").read_text())
+        if not isinstance(info, dict) or not isinstance(info.get("tensors"), list):
+            raise ValueError("no tensor table")
+    except (OSError, ValueError) as e:
+        return None, f"index.json: {str(e)[:80] or type(e).__name__}"
+    if restamped:
+        try:
+            _write_hashes(final, hashes)
+        except OSError:
+            pass
+    return info, None
+
+
 def index(path: str | Path) -> tuple[dict, Path]:
     """``(index, folder)`` for the GGUF at ``path``: built on first use (seconds to a minute),
-    then read from the cache. Raises ModelLoadError for a file transformers cannot read."""
+    then read from the cache (its files' content hashes checked: a damaged index is built again
+    with one line). Raises ModelLoadError for a file transformers cannot read."""
     from filelock import FileLock
+
+    from tda.common import integrity
+    from tda.common import progress as report
 
     path = Path(path)
     final = index_dir(path)
-    try:
-        return json.loads((final / "index.json").read_text()), final
-    except (OSError, ValueError):
-        pass
+    info, _ = _read(final)
+    if info is not None:
+        return info, final
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final) + ".lock"):
-        if (final / "index.json").is_file():
-            return json.loads((final / "index.json").read_text()), final
+        info, problem = _read(final)
+        if info is not None:
+            return info, final
+        if final.exists():
+            report.note(f"the cached GGUF index {final} is damaged ({problem}); indexing the GGUF again")
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
             try:
                 _build(path, tmp)
             except (OSError, ValueError, KeyError) as e:
                 raise ModelLoadError(f"could not read GGUF '{path}': {str(e).splitlines()[0][:200]}") from None
+            names = [p.name for p in tmp.iterdir() if p.is_file()]
+            _write_hashes(tmp, integrity.manifest_entries(tmp, names))
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return json.loads((final / "index.json").read_text()), final
+    info, problem = _read(final)
+    if info is None:
+        raise ModelLoadError(f"the GGUF index {final} could not be read back ({problem})")
+    return info, final
 
 
 def tensor_bytes(path: str | Path, t: dict):

