@@ -41,7 +41,6 @@ def index_dir(path: str | Path) -> Path:
 # patches): their config comes from transformers' own full parse (slow, exact)
 _SPECIAL_ARCHS = ("mistral", "t5", "qwen2moe", "gpt_oss", "gpt-oss", "qwen3moe", "minimax", "stablelm", "lfm2",
                   "gemma4")
-_TOKENIZER_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges")
 
 
 def config_from_metadata(meta: dict, names: list[str], path: Path) -> dict:
