@@ -78,3 +78,21 @@ def test_damaged_gguf_headers_are_refused_in_one_line(tmp_path, monkeypatch, dam
     assert "t.gguf" in str(e.value) and "\n" not in str(e.value)
     assert not list((tmp_path / "cache" / "gguf-index").glob("*/index.json"))
     json.dumps(str(e.value))  # printable
+
+
+def test_indexes_of_gone_or_changed_files_are_swept_when_another_is_built(tmp_path, monkeypatch):
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path / "cache"))
+    from tda.models import gguf_index
+    from tda.models.load import load_model
+    from tests.gguf_writer import write_tiny_llama_gguf
+
+    lm = load_model("tiny-llama", dtype="fp32")
+    gone, changed, kept = (write_tiny_llama_gguf(lm, tmp_path / f"{n}.gguf", "Q8_0") for n in ("gone", "changed", "kept"))
+    dirs = {p.stem: gguf_index.index(p)[1] for p in (gone, changed, kept)}
+    assert all(d.is_dir() for d in dirs.values())
+    gone.unlink()
+    changed.write_bytes(changed.read_bytes() + b"\0" * 64)  # another size: another key
+    fresh = write_tiny_llama_gguf(lm, tmp_path / "fresh.gguf", "Q4_0")
+    gguf_index.index(fresh)  # building an index sweeps the stale ones
+    assert not dirs["gone"].exists() and not dirs["changed"].exists() and dirs["kept"].is_dir()
+    assert gguf_index.index(kept)[1] == dirs["kept"]

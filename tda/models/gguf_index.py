@@ -101,7 +101,8 @@ def _build(path: Path, dest: Path) -> None:
     meta, tensors = read_header(path)
     names = [t["name"] for t in tensors]
     config = config_from_metadata(meta, names, path)
-    info = {"format": FORMAT, "arch": meta["general.architecture"], "config": config, "tensors": tensors}
+    info = {"format": FORMAT, "arch": meta["general.architecture"], "config": config, "tensors": tensors,
+            "source": str(path.resolve())}
     AutoConfig.for_model(**config).save_pretrained(dest)
     _tokenizer(path, config["model_type"]).save_pretrained(dest)
     (dest / "index.json").write_text(json.dumps(info))
@@ -145,6 +146,31 @@ def _read(final: Path) -> tuple[dict | None, str | None]:
     return info, None
 
 
+def sweep_stale(keep: Path) -> int:
+    """Remove the cached indexes (beside ``keep``) whose GGUF file is gone or has changed since it
+    was indexed (its key no longer matches): nothing can load them again. One line each; returns
+    how many were removed. Indexes written before the source was recorded are left alone."""
+    from tda.common import stale
+
+    removed = 0
+    for folder in keep.parent.iterdir():
+        if folder == keep or folder.name.startswith(".") or not folder.is_dir():
+            continue
+        try:
+            source = json.loads((folder / "index.json").read_text()).get("source")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if not isinstance(source, str):
+            continue
+        src = Path(source)
+        if src.is_file() and _key(src) == folder.name:
+            continue
+        stale.remove(folder, "an index of a GGUF file that is gone or has changed")
+        Path(str(folder) + ".lock").unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def index(path: str | Path) -> tuple[dict, Path]:
     """``(index, folder)`` for the GGUF at ``path``: built on first use (seconds to a minute),
     then read from the cache (its files' content hashes checked: a damaged index is built again
@@ -178,6 +204,7 @@ def index(path: str | Path) -> tuple[dict, Path]:
             tmp.rename(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        sweep_stale(final)
     info, problem = _read(final)
     if info is None:
         raise ModelLoadError(f"the GGUF index {final} could not be read back ({problem})")
