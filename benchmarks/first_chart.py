@@ -44,6 +44,9 @@ def main() -> None:
     ap.add_argument("--walk", action="store_true", help="then open every page, pressing its run button")
     ap.add_argument("--json", type=Path, help="write the numbers here")
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--store", metavar="LABEL",
+                    help="add this run to benchmarks/results/first-chart.json under LABEL (e.g. quiet, busy: "
+                         "say what else ran on the cores); rendered by benchmarks/report.py")
     a = ap.parse_args()
 
     cache = a.cache or Path(tempfile.mkdtemp(prefix="tda-first-chart-"))
@@ -116,6 +119,15 @@ def main() -> None:
     print(json.dumps(out, indent=1))
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
+    if a.store:
+        store = ROOT / "benchmarks" / "results" / "first-chart.json"
+        runs = json.loads(store.read_text()) if store.exists() else {}
+        runs[a.store] = {k: v for k, v in out.items() if k not in ("cache", "log_tail")} | {
+            "timestamp": time.strftime("%Y-%m-%d %H:%M"), "model": a.model or "the embedded Gemma 3 270M",
+            "command": "python benchmarks/first_chart.py" + (" --cache DIR" if a.cache else "")
+            + (" --walk" if a.walk else "") + f" --store {a.store}"}
+        store.write_text(json.dumps(runs, indent=1) + "\n")
+        print(f"stored under {a.store!r} in {store}")
 
 
 if __name__ == "__main__":

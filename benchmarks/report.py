@@ -564,6 +564,25 @@ def quantized_page(root: Path) -> str:
     return _page("Quantized decode and llama.cpp", intro, "\n".join(body) or "No stored run yet.")
 
 
+def first_hour_page(root: Path) -> str:
+    """A newcomer's first minutes (``benchmarks/first_chart.py --store LABEL``): seconds from
+    ``streamlit run`` to the first chart on an empty or warm cache, and the server's memory."""
+    p = root / RESULTS / "first-chart.json"
+    runs = json.loads(p.read_text()) if p.exists() else {}
+    rows = [[f"`{label}`", "empty (first run)" if r.get("fresh") else "warm", _f(r.get("server_up_s"), 1),
+             _f(r.get("first_chart_s"), 1), _f((r.get("rss_mb") or {}).get("first page"), 0),
+             _f(max((r.get("rss_mb") or {}).values(), default=None), 0) if len(r.get("rss_mb") or {}) > 1 else "",
+             _f(r.get("peak_rss_mb"), 0), r.get("timestamp", ""), f"`{r.get('command', '')}`"]
+            for label, r in runs.items()]
+    body = _table(["run", "model cache", "server up (s)", "first chart (s)", "server RSS after it (MB)",
+                   "highest RSS after a page of the walk (MB)", "peak RSS (MB)", "when", "command"], rows) \
+        if rows else "No stored run yet."
+    intro = ("Seconds from `streamlit run app/main.py` to the first chart in Chromium, measured by "
+             "`benchmarks/first_chart.py` (an empty `TDA_CACHE_DIR` unless `--cache`; `--walk` then opens every "
+             "page and presses its run button). The label says what else ran on the 2 cores.")
+    return _page("First chart and app memory", intro, body)
+
+
 def capture_page(root: Path) -> str:
     d = _load(root, "capture.json")
     rows = [[r["tokens"], f"{1000 * r['forward_s']:.0f} ms", f"{1000 * r['capture_hooks_s']:.0f} ms "
@@ -783,6 +802,7 @@ def render(root: Path = ROOT) -> dict[str, str | bytes]:
         out.update(files)
     out["docs/results/contention.md"] = contention_page(root)
     out["docs/results/capture.md"] = capture_page(root)
+    out["docs/results/first-chart.md"] = first_hour_page(root)
     out["docs/results/quantized.md"] = quantized_page(root)
     out["docs/results/breakdown.md"] = breakdown_page(root)
     out["docs/results/kernels.md"] = kernels_page(root)
