@@ -43,7 +43,9 @@ def _release_memory_after_module():
     for lm in _loaded_models():  # a TransformerLens bridge holds its own modules and tokenizer (~0.3 GB for Gemma)
         with lm._bridge_lock:
             lm._bridge = None
-    gc.collect()
+    for _ in range(4):  # a model dropped from the engine's WeakKeyDictionary caches (fast tables, plans) leaves
+        if not gc.collect():  # its modules' cycles to the next pass: collect until nothing is found
+            break
     from tda.common.memory import release_free_memory
 
     release_free_memory()
