@@ -40,10 +40,12 @@ def _release_memory_after_module():
     control = sys.modules.get("analysis.random_control")
     if control is not None:
         control._CACHE.clear()
-    for lm in _loaded_models():  # a TransformerLens bridge holds a deep copy of its model (1.1 GB for Gemma)
+    for lm in _loaded_models():  # a TransformerLens bridge holds its own modules and tokenizer (~0.3 GB for Gemma)
         with lm._bridge_lock:
             lm._bridge = None
-    gc.collect()
+    for _ in range(4):  # a model dropped from the engine's WeakKeyDictionary caches (fast tables, plans) leaves
+        if not gc.collect():  # its modules' cycles to the next pass: collect until nothing is found
+            break
     from tda.common.memory import release_free_memory
 
     release_free_memory()
@@ -82,3 +84,42 @@ def run_cli(capsys):
 @pytest.fixture
 def tmp_out(tmp_path: Path) -> Path:
     return tmp_path
+
+
+# --- opt-in memory profile of the suite: TDA_TEST_RSS=path.tsv records, per test (setup, call and
+# teardown; module fixtures included for a module's last test), in MiB: the process's RSS after it, the
+# highest RSS sampled during it (every 10 ms), the process's peak so far and its largest finished
+# child's peak (``/usr/bin/time -v`` reports the largest of the two); then the test's seconds.
+_RSS_LOG = os.environ.get("TDA_TEST_RSS")
+
+if _RSS_LOG:
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        import resource
+        import threading
+        import time
+
+        import psutil
+
+        proc, top, done = psutil.Process(), [0], threading.Event()
+
+        def sample():
+            while True:
+                top[0] = max(top[0], proc.memory_info().rss)
+                if done.wait(0.01):
+                    return
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        t0 = time.perf_counter()
+        sampler.start()
+        yield
+        done.set()
+        sampler.join()
+        rss = proc.memory_info().rss
+        top[0] = max(top[0], rss)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        mib = [f"{v / 2**20:.0f}" for v in (rss, top[0], peak, children)]
+        with open(_RSS_LOG, "a") as f:
+            f.write("\t".join([item.nodeid, *mib, f"{time.perf_counter() - t0:.2f}"]) + "\n")

@@ -33,6 +33,22 @@ def test_transformerlens_equals_hooks(load_tiny, spec, mode):
     assert (a.acts - b.acts).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("spec", TINY)
+def test_bridge_wraps_its_own_modules_over_the_shared_weights(load_tiny, spec):
+    """The TransformerLens bridge runs a copy of the model's modules (the shared model keeps its own,
+    unhooked, and computes as before) over the same weight tensors: no second set of weights."""
+    lm = load_tiny(spec)
+    before = capture(lm, TEXT, backend="hooks")
+    copy = lm.bridge().original_model
+    capture(lm, TEXT, backend="tl")
+    assert not {id(m) for m in copy.modules()} & {id(m) for m in lm.model.modules()}
+    assert not any(p is q for p in copy.parameters() for q in lm.model.parameters())
+    # every weight of the model is the copy's too (GPT-2's adapter adds split q/k/v of its own)
+    assert {p.data_ptr() for p in lm.model.parameters()} <= {p.data_ptr() for p in copy.parameters()}
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in lm.model.modules())
+    assert torch.equal(capture(lm, TEXT, backend="hooks").acts, before.acts)
+
+
 def test_modes_shapes_and_bos(tiny_llama):
     seq = capture(tiny_llama, TEXT)
     iso = capture(tiny_llama, TEXT, mode="isolated")

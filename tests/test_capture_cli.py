@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from tda.activations.capture import Capture
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _no_files(folder):
@@ -104,10 +110,13 @@ def test_hub_name_offline_cli(run_cli, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_capture_on_gemma_cli(run_cli, tmp_path, gemma):
+def test_capture_on_gemma_cli(tmp_path, gemma):
+    """In a child process: the CLI loads its own Gemma, which beside the session's copy (``gemma``, which
+    converted the cache) would put two 1.1 GB models in the suite's process."""
     out_file = tmp_path / "g.safetensors"
-    code, out, err = run_cli("capture", "--model", "gemma-3-270m", "--prompt",
-                             "Almost one million people visited the city", "--layers", "0,3,17", "--out", out_file)
-    assert code == 0, err
+    r = subprocess.run([sys.executable, "-m", "tda", "capture", "--model", "gemma-3-270m", "--prompt",
+                        "Almost one million people visited the city", "--layers", "0,3,17", "--out", str(out_file)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
     cap = Capture.load(out_file)
     assert cap.acts.shape == (3, 7, 2048) and cap.model_id == "gemma-3-270m"

@@ -213,7 +213,7 @@ def test_cli_generate_in_the_quantized_format(tmp_path):
 
 
 @pytest.mark.slow
-def test_embedded_gemma_on_its_own_blocks_matches_the_fp32_model():
+def test_embedded_gemma_on_its_own_blocks_matches_the_fp32_model(gemma):
     """The embedded model in the gguf format: no fp32 copy of a quantized weight, the file's blocks
     (token_embd Q8_0 as lm_head and embedding, Q5_0/Q8_0/Q4_K/Q6_K in the layers), and the same
     greedy tokens and logits (to fp32 rounding) as the de-quantised fp32 model."""
@@ -225,7 +225,8 @@ def test_embedded_gemma_on_its_own_blocks_matches_the_fp32_model():
     assert types == {"Q8_0", "Q5_0", "Q4_K", "Q6_K"}
     assert isinstance(lm_q.model.get_input_embeddings(), quant.QuantEmbedding)
     assert not any(p.numel() > 1_000_000 for p in lm_q.model.parameters())  # only norms stay fp32
-    lm_f = load_model("gemma-3-270m", dtype="fp32")
+    lm_f = gemma  # the session's fp32 model (load_model("gemma-3-270m", dtype="fp32")): no second 1.1 GB copy
+    assert lm_f.format_name == "fp32"
     ids = lm_f.tokenizer("The history of the city begins in the early middle ages", return_tensors="pt").input_ids
     with torch.inference_mode():
         la, lb = lm_q.model(input_ids=ids).logits, lm_f.model(input_ids=ids).logits

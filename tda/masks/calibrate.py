@@ -86,12 +86,23 @@ def calibrate(lm, texts: list[str], target: float = DEFAULT_CETT, *, batch_size:
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
     if not texts:
         raise BadInput("the calibration data is empty")
-    per_layer: list[list[torch.Tensor]] = [[] for _ in range(lm.ffn.n_layers)]
+    from tda.activations.capture import has_bos, iter_batch_captures, tokenize
+
+    # Each text's calibration tokens (as the capture yields them: BOS left out) are known before
+    # capturing, so the seeded subsample is drawn first and every batch keeps only its sampled rows:
+    # the corpus's activations are never held whole (1.3 GB for the embedded model on its corpus).
+    skip = 1 if has_bos(lm) else 0
+    n_text = [max(len(tokenize(lm, t)) - skip, 0) for t in texts]
+    total = sum(n_text)
     mine = dist.shard_range(len(texts), unit=batch_size)
+    offset, n_mine = sum(n_text[:mine.start]), sum(n_text[mine.start:mine.stop])
+    pick = None  # the same seeded subsample of all tokens as one process draws
+    if total > max_tokens:
+        pick = torch.randperm(total, generator=torch.Generator().manual_seed(0))[:max_tokens].sort().values
+    local = None if pick is None else pick[(pick >= offset) & (pick < offset + n_mine)] - offset
+    kept: list[torch.Tensor] = []  # this rank's sampled tokens per layer, rows in text order
 
     def capture_shard() -> int:
-        from tda.activations.capture import iter_batch_captures
-
         if not len(mine):
             return 0
         it = iter_batch_captures(lm, texts[mine.start:mine.stop], None, batch_size=batch_size)
@@ -99,30 +110,27 @@ def calibrate(lm, texts: list[str], target: float = DEFAULT_CETT, *, batch_size:
             it = progress(it, total=len(mine))
         elif dist.is_main():
             it = report.iterate(it, "CETT calibration: capturing the corpus", total=len(mine), unit="texts")
-        for cap in it:
+        n_rows = n_mine if local is None else len(local)
+        at = row = 0  # the text's first token among this rank's tokens; the next row of ``kept`` to fill
+        for k, cap in enumerate(it):
+            n = cap.acts.shape[1]
+            if n != n_text[mine.start + k]:  # pragma: no cover - the capture and tokenize() disagree
+                raise RuntimeError(f"calibration text {mine.start + k}: captured {n} tokens, expected "
+                                   f"{n_text[mine.start + k]}")
+            if not kept:
+                kept.extend(cap.acts.new_empty((n_rows, cap.acts.shape[2])) for _ in cap.layers)
+            rows = None if local is None else local[(local >= at) & (local < at + n)] - at
+            m = n if rows is None else len(rows)
             for i in range(len(cap.layers)):
-                per_layer[i].append(cap.acts[i])
-        return sum(a.shape[0] for a in per_layer[0])
+                kept[i][row:row + m] = cap.acts[i] if rows is None else cap.acts[i, rows]
+            at, row = at + n, row + m
+        return at
 
-    counts = dist.collect(capture_shard)  # calibration tokens per rank, in text order
-    total = sum(counts)
-    me = dist.rank() if dist.active() else 0
-    offset, n_mine = sum(counts[:me]), counts[me]
-    pick = None  # the same seeded subsample of all tokens as one process draws
-    if total > max_tokens:
-        pick = torch.randperm(total, generator=torch.Generator().manual_seed(0))[:max_tokens].sort().values
+    dist.collect(capture_shard)
 
     def select() -> list[torch.Tensor]:
-        """This rank's sampled tokens per layer (rows in text order), releasing the rest."""
-        if not n_mine:
-            return []
-        local = None if pick is None else pick[(pick >= offset) & (pick < offset + n_mine)] - offset
-        out = []
-        for L in range(lm.ffn.n_layers):
-            acts = torch.cat(per_layer[L])
-            per_layer[L] = []
-            out.append(acts if local is None else acts[local])
-        return out
+        """This rank's sampled tokens per layer (rows in text order)."""
+        return kept if n_mine else []
 
     parts = dist.collect(select, to="main")
 

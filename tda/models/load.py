@@ -147,7 +147,9 @@ class LoadedModel:
     def bridge(self):
         """A TransformerLens ``TransformerBridge`` over this model (built once, lazily).
 
-        The bridge wraps a *copy* of the HF model so that the shared model is never touched.
+        The bridge wraps a *copy* of the HF model's modules so that the shared model is never touched;
+        the copy's parameters share the shared model's weight tensors (the bridge only reads them), so
+        the bridge costs no second set of weights (1.1 GB for the embedded Gemma in fp32).
         """
         with self._bridge_lock:
             if self._bridge is None:
@@ -163,7 +165,9 @@ class LoadedModel:
                 from transformers import AutoTokenizer
 
                 tok = AutoTokenizer.from_pretrained(self.tokenizer_dir)
-                hf_copy = copy.deepcopy(self.model)
+                shared = {id(p): torch.nn.Parameter(p.detach(), requires_grad=p.requires_grad)
+                          for p in self.model.parameters()}  # new Parameter objects, the same storage
+                hf_copy = copy.deepcopy(self.model, memo=shared)
                 logging.getLogger("transformer_lens").setLevel(logging.ERROR)
                 self._bridge = TransformerBridge.boot_transformers(
                     self.hf_name, hf_model=hf_copy, tokenizer=tok, device=str(self.device),
