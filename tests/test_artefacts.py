@@ -700,3 +700,26 @@ def test_gguf_index_of_an_older_version_gets_hashes_once(fake_index):
     (folder / gi.HASHES).unlink()
     gi.index(gguf)
     assert len(calls) == 1 and (folder / gi.HASHES).is_file()
+
+
+def test_a_conversion_hands_its_model_to_the_loader_once(fake_conversion, monkeypatch):
+    """The loader asks for the model a conversion just made (``handoff``) and takes it once; other
+    callers leave nothing held."""
+    embedded, calls = fake_conversion
+    made = []
+    convert = embedded._convert
+
+    def convert_returning(dest, progress):
+        convert(dest, progress)
+        made.append(object())
+        return made[-1]
+
+    monkeypatch.setattr(embedded, "_convert", convert_returning)
+    path = embedded.ensure_embedded_cache(lambda _m: None)  # no handoff asked
+    assert embedded.take_converted(path) is None
+    embedded.invalidate_cache()
+    path = embedded.ensure_embedded_cache(lambda _m: None, handoff=True)
+    assert len(made) == 2 and embedded.take_converted(path) is made[-1]
+    assert embedded.take_converted(path) is None  # once
+    embedded.ensure_embedded_cache(lambda _m: None, handoff=True)  # valid cache: no conversion, nothing held
+    assert len(made) == 2 and embedded.take_converted(path) is None

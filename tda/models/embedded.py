@@ -50,7 +50,16 @@ def cache_is_valid(path: Path | None = None) -> bool:
     return cache_problem(path) is None
 
 
-def _convert(dest: Path, progress: Progress) -> None:
+_HANDOFF: dict[str, object] = {}  # cache folder -> the fp32 model its conversion just wrote (taken once)
+
+
+def take_converted(path: Path):
+    """The fp32 model that this process's conversion into ``path`` just saved, once (the caller
+    then need not read the 1.1 GB back from disk), else None."""
+    return _HANDOFF.pop(str(path), None)
+
+
+def _convert(dest: Path, progress: Progress):
     """De-quantise the embedded GGUF (assembled once, :mod:`tda.models.embedded_gguf`) and write an
     HF folder (model + tokenizer) to dest. The config, tokenizer and tensor table come from the
     file's one-pass index (:mod:`tda.models.gguf_index`), the weights from each tensor's blocks
@@ -91,10 +100,12 @@ def _convert(dest: Path, progress: Progress) -> None:
     files = {p.name: p.stat().st_size for p in dest.iterdir() if p.is_file()}
     embedded_verify.record(dest, {"format": CACHE_FORMAT, "source": pkg.MODEL_NAME, "files": files})
     progress(f"conversion done in {time.perf_counter() - t0:.0f} s")
+    return model
 
 
-def ensure_embedded_cache(progress: Progress | None = None, *, force: bool = False) -> Path:
-    """Return the folder of the converted model, converting it first if needed."""
+def ensure_embedded_cache(progress: Progress | None = None, *, force: bool = False, handoff: bool = False) -> Path:
+    """Return the folder of the converted model, converting it first if needed (``handoff``: keep
+    the model a conversion made for :func:`take_converted`, which the caller then calls at once)."""
     from filelock import FileLock
 
     progress = progress or _stderr_progress
@@ -119,19 +130,25 @@ def ensure_embedded_cache(progress: Progress | None = None, *, force: bool = Fal
         if final.exists():
             progress(f"the converted model at {final} is damaged ({problem or 'rebuild asked'}); rebuilding it")
             shutil.rmtree(final, ignore_errors=True)
-        build_atomically(final, _convert, progress)
+        _HANDOFF.clear()
+        model = build_atomically(final, _convert, progress)
+        if handoff:
+            _HANDOFF[str(final)] = model
+        del model
     finally:
         lock.release()
     return final
 
 
-def build_atomically(final: Path, build: Callable[[Path, Progress], None], progress: Progress) -> None:
+def build_atomically(final: Path, build: Callable[[Path, Progress], object], progress: Progress):
     """``build(tmp, progress)`` into a hidden temporary sibling of ``final``, renamed into place when
-    complete (removed whatever happens): a cache folder is either whole or absent."""
+    complete (removed whatever happens): a cache folder is either whole or absent. Returns what
+    ``build`` returns."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        build(tmp, progress)
+        out = build(tmp, progress)
         tmp.rename(final)
+        return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -447,11 +447,17 @@ def _load_embedded(dtype, device, progress, **place) -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
     for attempt in (1, 2):
-        path = embedded.ensure_embedded_cache(progress, force=attempt == 2)
+        path = embedded.ensure_embedded_cache(progress, force=attempt == 2, handoff=True)
         try:
             tokenizer = embedded.load_tokenizer(path)  # first: its parse's transient heap is handed back
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager",
-                                                         **placement.pretrained_kwargs(**place))
+            fresh = embedded.take_converted(path)  # just converted here: the same tensors, not read back
+            if fresh is not None and dtype == torch.float32 and not any(v is not None for v in place.values()):
+                model = fresh
+                model.config._name_or_path = str(path)  # as from_pretrained(path) names it
+            else:
+                del fresh
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager",
+                                                             **placement.pretrained_kwargs(**place))
             break
         except Exception:  # corrupt cache content with the right sizes: rebuild once
             if attempt == 2:
