@@ -25,7 +25,7 @@ OUT = ROOT / "benchmarks" / "results" / "suite-cost.json"
 
 
 def main(argv: list[str]) -> int:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *argv]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *argv]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -36,6 +36,9 @@ def main(argv: list[str]) -> int:
     out = {"command": "python -m pytest -q" + (" " + " ".join(argv) if argv else ""), "returncode": proc.returncode,
            "wall_s": round(wall, 1), "peak_rss_mb": round(peak_mb), "counts": counts, "summary": tail[0],
            "cores": os.cpu_count(), "memory_gb": round(mem_gb, 1), "timestamp": time.strftime("%Y-%m-%d %H:%M")}
+    failed = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith(("FAILED", "ERROR"))]
+    if failed:
+        out["failed"] = failed
     print(json.dumps(out, indent=1))
     if proc.returncode == 0 and not argv:  # only a whole, green run is stored
         OUT.write_text(json.dumps(out, indent=1) + "\n")

@@ -748,3 +748,39 @@ def test_a_handed_off_conversion_whose_save_fails_says_so_in_one_line(fake_conve
     assert not path.exists() and not list(path.parent.glob(f".{path.name}.*"))
     said = [ln for ln in lines if "could not save" in ln]
     assert len(said) == 1 and "No space left" in said[0] and "\n" not in said[0]
+
+
+def test_ctrl_c_during_a_handed_off_conversion_saves_nothing(tmp_path):
+    """SIGINT while the loader waits for a conversion's weights: the worker stops before saving (no
+    cache folder, no temporary folder) and the process ends without waiting for a save."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    script = textwrap.dedent('''
+        import os, sys, time
+        from tda.models import embedded
+        def slow_convert(dest, progress, on_model=None):
+            (dest / "partial").write_text("x")
+            print("converting", flush=True)
+            time.sleep(3)
+            on_model(object(), dest)
+            time.sleep(30)  # a save that must not happen
+        embedded._convert = slow_convert
+        try:
+            embedded.ensure_embedded_cache(lambda m: None, handoff=True)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            sys.exit(130)
+    ''')
+    env = {**os.environ, "TDA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": os.getcwd()}
+    p = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "converting"
+    p.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    out, _ = p.communicate(timeout=25)
+    assert p.returncode == 130 and "interrupted" in out and time.monotonic() - t0 < 15
+    root = tmp_path / "cache"
+    assert not (root / "gemma-3-270m").exists() and not list(root.glob(".gemma-3-270m.*"))

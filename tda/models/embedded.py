@@ -54,6 +54,10 @@ def cache_is_valid(path: Path | None = None) -> bool:
 _HANDOFF: dict[str, tuple] = {}  # cache folder -> (model, index folder) its conversion just made (taken once)
 
 
+class _Cancelled(BaseException):
+    """A handed-off conversion whose caller was interrupted: nothing is saved."""
+
+
 _SAVER: threading.Thread | None = None  # the thread saving a handed-off conversion, if any
 
 
@@ -134,12 +138,16 @@ def ensure_embedded_cache(progress: Progress | None = None, *, force: bool = Fal
     ready, box = threading.Event(), {}
 
     def on_model(model, folder) -> None:
+        if box.get("cancelled"):  # the caller was interrupted: abandon (the temporary folder is removed)
+            raise _Cancelled()
         box["model"], box["handed"] = (model, folder), True
         ready.set()
 
     def work() -> None:
         try:
             _convert_locked(final, progress, force, on_model)
+        except _Cancelled:
+            pass
         except BaseException as e:  # noqa: BLE001 - handed to the caller, or said in one line
             if box.get("handed"):
                 progress(f"could not save the converted model into {final} ({type(e).__name__}: "
@@ -152,7 +160,11 @@ def ensure_embedded_cache(progress: Progress | None = None, *, force: bool = Fal
     global _SAVER
     _SAVER = threading.Thread(target=work, name="tda-convert-save", daemon=False)
     _SAVER.start()
-    ready.wait()
+    try:
+        ready.wait()
+    except BaseException:  # Ctrl-C / SIGTERM while converting: the worker stops before saving
+        box["cancelled"] = True
+        raise
     if "error" in box:
         raise box["error"]
     if "model" in box:

@@ -175,10 +175,12 @@ def offload_folder() -> str:
     import shutil
     import tempfile
 
+    from tda.common import stale
     from tda.common.paths import cache_dir
 
     root = cache_dir() / "offload"
     root.mkdir(parents=True, exist_ok=True)
+    stale.sweep(root, "p*-*", r"^p(\d+)-", "left by a run that was killed")  # atexit never ran for them
     path = tempfile.mkdtemp(prefix=f"p{os.getpid()}-", dir=root)
     atexit.register(shutil.rmtree, path, True)
     return path
