@@ -86,6 +86,9 @@ def test_killed_atomic_write_leftover_is_removed(tmp_path, capsys):
 
 # Capture --data with every capture's save stopped after the third (READY on stderr).
 _DRIVER = r"""
+import signal  # as a terminal starts it: the suite may hand its children an ignored or blocked SIGINT
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 import sys, time
 import tda.activations.capture as C
 orig = C.Capture.save

@@ -16,6 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Runs `tda ARGS` with every atomic write stopped (READY on stderr) after its temporary file is
 # written and before the rename: the moment where a signal could leave a half-written output.
 _DRIVER = r"""
+import signal  # as a terminal starts it: the suite may hand its children an ignored or blocked SIGINT
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 import contextlib, sys, time
 import tda.common.atomic as A
 orig = A.atomic_path

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tda.common.paths import cache_dir
 from tda.models import embedded_verify
-from tda.models.embedded import Progress, _stderr_progress, build_atomically, load_tokenizer
+from tda.models.cache_folder import Progress, _stderr_progress, build_atomically, load_tokenizer
 
 FOLDER = "gemma-3-270m-gguf"
 MANIFEST = "tda-cache.json"
