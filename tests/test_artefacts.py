@@ -760,7 +760,9 @@ def test_ctrl_c_during_a_handed_off_conversion_saves_nothing(tmp_path):
     import time
 
     script = textwrap.dedent('''
-        import os, sys, time
+        import os, signal, sys, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal starts it (see test_signals)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         from tda.models import embedded
         def slow_convert(dest, progress, on_model=None):
             (dest / "partial").write_text("x")
