@@ -67,9 +67,12 @@ def _prose(p: Path) -> str:
     """The page's prose: without code (commands name sizes and flags), the README's generated block and
     the allowed phrases."""
     text = p.read_text()
-    if p.name == "README.md":  # its headline table is generated
-        i, j = text.find("<!-- headline:start"), text.find("<!-- headline:end -->")
-        text = text[:i] + text[j:]
+    if p.name == "README.md":  # its headline table and the suite's cost are generated
+        for start, end in (("<!-- headline:start", "<!-- headline:end -->"),
+                           ("<!-- suite-cost:start", "<!-- suite-cost:end -->")):
+            i, j = text.find(start), text.find(end)
+            assert 0 <= i < j, f"README.md lacks its generated block {start}"
+            text = text[:i] + text[j:]
     text = re.sub(r"```.*?```", "", text, flags=re.S)
     text = re.sub(r"`[^`\n]*`", "", text)
     for allowed in ALLOWED:
