@@ -757,7 +757,6 @@ def test_ctrl_c_during_a_handed_off_conversion_saves_nothing(tmp_path):
     import subprocess
     import sys
     import textwrap
-    import time
 
     script = textwrap.dedent('''
         import os, signal, sys, time
@@ -781,8 +780,7 @@ def test_ctrl_c_during_a_handed_off_conversion_saves_nothing(tmp_path):
     p = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "converting"
     p.send_signal(signal.SIGINT)
-    t0 = time.monotonic()
-    out, _ = p.communicate(timeout=25)
-    assert p.returncode == 130 and "interrupted" in out and time.monotonic() - t0 < 15
+    out, _ = p.communicate(timeout=25)  # a hang, not a timing: the save it would wait for sleeps 30 s
+    assert p.returncode == 130 and "interrupted" in out
     root = tmp_path / "cache"
     assert not (root / "gemma-3-270m").exists() and not list(root.glob(".gemma-3-270m.*"))
