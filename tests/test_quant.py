@@ -238,7 +238,9 @@ def test_embedded_gemma_on_its_own_blocks_matches_the_fp32_model(gemma):
     for method in ("tt", "teal"):  # a method on the blocks: the same tokens as on the fp32 model
         a = generate(lm_q, "Almost one million people visited the city", method, density=0.5, max_new_tokens=12)
         b = generate(lm_f, "Almost one million people visited the city", method, density=0.5, max_new_tokens=12)
-        assert a.token_ids == b.token_ids and a.density == pytest.approx(b.density), method
+        # the same tokens; the density to a few threshold decisions (an |x| within fp32 rounding of
+        # TEAL's threshold may fall either side when the projections sum in another order)
+        assert a.token_ids == b.token_ids and a.density == pytest.approx(b.density, abs=1e-3), method
 
 
 def test_frontier_in_the_gguf_format_pairs_with_fp32_dense():

@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 import torch
 
-from tda.models.quant import QuantLinear, QuantWeight, QuantWeightT
+from tda.models import quant
+from tda.models.quant import BlockWeight, QuantLinear, QuantWeight, QuantWeightT
 
 LinearFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -26,7 +27,11 @@ def quant_ops():
     from tda.engine import kernels
 
     ops = kernels.cpp_ops()
-    return ops if ops is not None and hasattr(ops, "quant_linear") else None
+    if ops is None or not hasattr(ops, "quant_linear"):
+        return None
+    if hasattr(ops, "quant_blocks_unpack") and quant._UNPACKER[0] is None:
+        quant.register_unpacker(lambda blocks, qtype: ops.quant_blocks_unpack(blocks, qtype, 0, blocks.shape[0]))
+    return ops
 
 
 def linear(x: torch.Tensor, qw: QuantWeight, bias: torch.Tensor | None = None, *, backend: str = "auto") -> torch.Tensor:
@@ -104,16 +109,41 @@ def input_sparse(x: torch.Tensor, qwt: QuantWeightT, idx: torch.Tensor, bias: to
     return torch.nn.functional.linear(x32 * mask, w, bias).to(x.dtype)
 
 
+def blocks_linear(x: torch.Tensor, bw: BlockWeight, bias: torch.Tensor | None = None, *,
+                  backend: str = "auto") -> torch.Tensor:
+    """``x @ W.T + bias`` straight from a weight's GGUF blocks (``backend``: auto, cpp or torch —
+    the torch path unpacks and de-quantises the whole weight, for tests and fallbacks)."""
+    if x.shape[-1] != bw.shape[1]:
+        raise ValueError(f"x must have shape [..., {bw.shape[1]}], got {tuple(x.shape)}")
+    ops = _cpp(backend, x, bw.blocks)
+    if ops is not None:
+        x32 = x if x.dtype == torch.float32 and x.is_contiguous() else x.to(torch.float32).contiguous()
+        y = ops.quant_blocks_linear(x32, bw.blocks, bw.qtype, bias)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
+    return torch.nn.functional.linear(x.to(torch.float32), bw.dequantize().to(x.device), bias).to(x.dtype)
+
+
 def linear_fn(mod: QuantLinear) -> LinearFn:
     """The fast dense ``fn(x)`` of a :class:`~tda.models.quant.QuantLinear` (its own forward
-    where the C++ kernels or a CPU weight are missing)."""
+    where the C++ kernels or a CPU weight are missing): on the file's blocks when the module holds
+    them, else on the int8 repack."""
     ops = quant_ops()
-    if ops is None or mod.q.device.type != "cpu":
+    if ops is None or mod.storage.device.type != "cpu":
         from tda.models.dispatch import original_forward
 
         return original_forward(mod)
-    q, scale, qmin, bias = mod.q, mod.scale, mod.qmin, mod.bias
-    bias = None if bias is None else bias.detach()
+    bias = None if mod.bias is None else mod.bias.detach()
+    bw = mod.block_weight
+    if bw is not None:
+        blocks, qtype, bkernel = bw.blocks, bw.qtype, ops.quant_blocks_linear
+
+        def fn_blocks(x: torch.Tensor) -> torch.Tensor:
+            if x.dtype is torch.float32 and x.is_contiguous():
+                return bkernel(x, blocks, qtype, bias)
+            return bkernel(x.to(torch.float32).contiguous(), blocks, qtype, bias).to(x.dtype)
+
+        return fn_blocks
+    q, scale, qmin = mod.q, mod.scale, mod.qmin
     kernel = ops.quant_linear
 
     def fn(x: torch.Tensor) -> torch.Tensor:

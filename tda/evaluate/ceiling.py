@@ -32,8 +32,8 @@ def weight_bytes(lm) -> dict[str, int]:
     out = {"ffn": 0, "lm_head": 0, "other": 0}
     seen: set[int] = set()
     for m in linear_modules(lm.model):
-        if isinstance(m, QuantLinear):  # the quantized format: its int8 values, scales and minimums
-            key, n = (m.q.data_ptr(), tuple(m.q.shape)), m.qweight.nbytes
+        if isinstance(m, QuantLinear):  # the quantized format: its file blocks (or int8 repack)
+            key, n = (m.storage.data_ptr(), tuple(m.storage.shape)), m.decode_nbytes
         else:
             w = module_weight(m)
             key, n = (w.data_ptr(), tuple(w.shape)), _nbytes(w)

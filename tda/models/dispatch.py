@@ -213,7 +213,7 @@ def weight_numel(mod: nn.Module) -> int:
     from tda.models.quant import QuantLinear
 
     if isinstance(mod, QuantLinear):
-        return mod.q.numel()
+        return mod.out_features * mod.in_features
     return module_weight(mod).numel()
 
 

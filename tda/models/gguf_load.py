@@ -5,8 +5,8 @@ gguf_file=...)``). :func:`load_gguf` uses transformers' own pieces for everythin
 values — the config parsed from the file's metadata, the architecture's model class, the GGUF →
 Hugging Face tensor-name map and the architecture's tensor processor — and builds the model with
 empty weights (accelerate's ``init_empty_weights``): then each quantized tensor of a block type
-in :data:`tda.models.quant.BLOCKS` becomes a :class:`~tda.models.quant.QuantLinear` (exact int8
-repack, no fp32 copy) and everything else (norms, biases, other block types) is de-quantised as
+in :data:`tda.models.quant.BLOCKS` becomes a :class:`~tda.models.quant.QuantLinear` holding the
+file's own blocks (:class:`~tda.models.quant.BlockWeight`: the bytes of the file, no fp32 copy) and everything else (norms, biases, other block types) is de-quantised as
 transformers does it. A processor that re-orders rows (Llama's q/k rotary permutation) is applied
 to the repacked rows — it is run on the row indices, so any processor that only permutes rows is
 honoured, and one that changes values makes that tensor fall back to de-quantisation (with a line).
@@ -73,6 +73,20 @@ def _unpack_chunked(path: Path, t: dict, qtype: str, shape: tuple[int, int], chu
     return quant.QuantWeight(parts[0], parts[1], parts[2], qtype)
 
 
+def _file_blocks(raw: np.ndarray, qtype: str, shape: tuple[int, int]) -> quant.BlockWeight:
+    """A tensor's blocks as the file stores them, copied out of the file's map: ``[d_out, row_bytes]``."""
+    d_out, d_in = shape
+    per, size, _ = quant.BLOCKS[qtype]
+    if d_in % per:
+        raise ModelLoadError(f"{qtype}: rows of {d_in} values are not whole blocks of {per}")
+    flat = np.asarray(raw).view(np.uint8).reshape(-1)
+    if flat.size != d_out * (d_in // per) * size:
+        raise ModelLoadError(f"{qtype}: {flat.size} bytes for a [{d_out}, {d_in}] weight")
+    blocks = torch.empty((d_out, d_in // per * size), dtype=torch.uint8)
+    blocks.view(-1).numpy()[:] = flat
+    return quant.BlockWeight(blocks, qtype, d_in)
+
+
 def _name_map(model: nn.Module, arch: str, proc) -> dict[str, str] | None:
     """GGUF tensor name -> HF parameter name from one tensor-name map (transformers'
     ``get_gguf_hf_weights_map`` builds one per submodule, ~4 s for Gemma 3); None when a parameter
@@ -133,7 +147,7 @@ def load_gguf(path: str | Path, *, keep_blocks: bool = True, progress: Progress 
     emb = model.get_input_embeddings()
     tied = bool(getattr(config, "tie_word_embeddings", False))
     notes: list[str] = []
-    quant_weights: dict[str, quant.QuantWeight] = {}
+    quant_weights: dict[str, quant.BlockWeight] = {}
     for t in info["tensors"]:
         hf = key_map.get(t["name"])
         if hf is None:
@@ -150,8 +164,8 @@ def load_gguf(path: str | Path, *, keep_blocks: bool = True, progress: Progress 
             except ValueError:
                 order = False
             if order is not False:
-                qw = _unpack_chunked(path, t, qtype, shape)
-                quant_weights[hf] = qw if order is None else qw.permute_rows(torch.from_numpy(order))
+                bw = _file_blocks(raw, qtype, shape)
+                quant_weights[hf] = bw if order is None else bw.permute_rows(torch.from_numpy(order))
                 continue
         if keep_blocks and linear_like and qtype not in ("F32", "F16", "BF16"):
             notes.append(f"{name} ({qtype}): no kernel for this block type, de-quantised to fp32")

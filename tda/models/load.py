@@ -439,7 +439,7 @@ def _load_quantized(s, qtype: str, device, progress) -> LoadedModel:
         lm.description += f" — linears quantized to {qtype}"
     lm.weight_format = "gguf"
     for m in quant.quant_modules(lm.model):
-        hugepages.advise([t for t in (m.q, m.scale) if t.device.type == "cpu"])
+        hugepages.advise([m.storage] if m.storage.device.type == "cpu" else [])
     return lm
 
 

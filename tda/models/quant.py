@@ -135,6 +135,74 @@ class QuantWeightT:
                            None if self.mt is None else self.mt.t().contiguous(), self.qtype)
 
 
+_UNPACKER: list = [None]  # fn(blocks, qtype) -> [q, scale, min?]: set by the engine when its kernels load
+
+
+def register_unpacker(fn) -> None:
+    """Let :meth:`BlockWeight.unpack` use a faster exact unpacker (the engine's C++ one) than numpy's."""
+    _UNPACKER[0] = fn
+
+
+@dataclass
+class BlockWeight:
+    """A weight in its GGUF file's own blocks: ``blocks[d_out, row_bytes]`` uint8, each row
+    ``d_in / per`` whole blocks of ``qtype`` (the bytes as the file stores them, rows in the model's
+    order). The dense kernels (``csrc/quant_blocks.h``) read these bytes and nothing else; the
+    :class:`QuantWeight` repack is made from them on demand (:meth:`unpack`: for the sparse methods'
+    layouts, the torch fallback's tiles and the embedding's gathered rows)."""
+
+    blocks: torch.Tensor  # uint8 [d_out, row_bytes]
+    qtype: str
+    d_in: int
+
+    def __post_init__(self):
+        if self.qtype not in BLOCKS:
+            raise ValueError(f"no kernels for block type {self.qtype}; known: {', '.join(BLOCKS)}")
+        per, size, _ = BLOCKS[self.qtype]
+        if self.blocks.dtype != torch.uint8 or self.blocks.dim() != 2:
+            raise ValueError(f"blocks must be a 2-D uint8 tensor, got {self.blocks.dtype} {tuple(self.blocks.shape)}")
+        if self.d_in % per or self.blocks.shape[1] != self.d_in // per * size:
+            raise ValueError(f"{self.qtype}: rows of {self.blocks.shape[1]} bytes do not hold {self.d_in} values")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.blocks.shape[0], self.d_in
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes a dense product reads: the file's own."""
+        return self.blocks.numel()
+
+    @property
+    def file_bytes(self) -> int:
+        return self.nbytes
+
+    def unpack(self, r0: int = 0, r1: int | None = None) -> QuantWeight:
+        """Rows ``[r0, r1)`` as the exact int8 repack (the C++ unpacker when built, else numpy's)."""
+        r1 = self.shape[0] if r1 is None else r1
+        sub = self.blocks[r0:r1]
+        if sub.device.type == "cpu" and _UNPACKER[0] is not None:  # the engine's C++ unpacker
+            parts = _UNPACKER[0](sub.contiguous(), self.qtype)
+            return QuantWeight(parts[0], parts[1], parts[2] if len(parts) > 2 else None, self.qtype)
+        qw = unpack(sub.cpu().numpy(), self.qtype, (r1 - r0, self.d_in))
+        if sub.device.type == "cpu":
+            return qw
+        return QuantWeight(qw.q.to(sub.device), qw.scale.to(sub.device),
+                           None if qw.min is None else qw.min.to(sub.device), self.qtype)
+
+    def dequantize(self, r0: int = 0, r1: int | None = None, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The exact fp32 values of rows ``[r0, r1)`` (see :meth:`QuantWeight.dequantize`)."""
+        return self.unpack(r0, r1).dequantize(out=out)
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """The exact fp32 values of rows ``idx[n]`` (an embedding gather): only those rows unpacked."""
+        sub = BlockWeight(self.blocks.index_select(0, idx.to(self.blocks.device)), self.qtype, self.d_in)
+        return sub.dequantize()
+
+    def permute_rows(self, order: torch.Tensor) -> BlockWeight:
+        return BlockWeight(self.blocks[order].contiguous(), self.qtype, self.d_in)
+
+
 # ---------------------------------------------------------------------------------------------
 # GGUF blocks -> QuantWeight
 # ---------------------------------------------------------------------------------------------
@@ -250,32 +318,69 @@ def quantize(w: torch.Tensor, qtype: str = "Q8_0") -> QuantWeight:
 
 
 class QuantLinear(nn.Module):
-    """``y = x @ W.T + bias`` over a :class:`QuantWeight` (buffers ``q``, ``scale``, ``qmin``).
+    """``y = x @ W.T + bias`` over a GGUF file's own blocks (a :class:`BlockWeight`, buffer
+    ``blocks``) or a :class:`QuantWeight` (buffers ``q``, ``scale``, ``qmin``; for a module on
+    blocks, unpacked from them the first time they are asked for).
 
     ``forward`` is the pure-torch fallback (dequantised tiles of :data:`TILE_BYTES`); on CPU the
-    engine's fast path routes the module to ``torch.ops.tda_kernels.quant_linear``. ``weight``
+    engine's fast path routes the module to ``torch.ops.tda_kernels.quant_blocks_linear`` (or
+    ``quant_linear`` on the repack). ``weight``
     dequantises the whole matrix on every access (a full-precision copy only while the caller holds it).
     """
 
-    def __init__(self, qw: QuantWeight, bias: torch.Tensor | None = None):
+    def __init__(self, qw: QuantWeight | BlockWeight, bias: torch.Tensor | None = None):
         super().__init__()
         self.out_features, self.in_features = qw.shape
         self.qtype = qw.qtype
-        self.register_buffer("q", qw.q)
-        self.register_buffer("scale", qw.scale)
-        self.register_buffer("qmin", qw.min)
+        if isinstance(qw, BlockWeight):  # the file's blocks; the int8 repack made when first asked for
+            self.register_buffer("blocks", qw.blocks)
+        else:
+            self._set_repack(qw)
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32), requires_grad=False)
+
+    def _set_repack(self, qw: QuantWeight) -> None:
+        self._buffers.update(q=qw.q, scale=qw.scale, qmin=qw.min)  # register_buffer's checks would recurse
+
+    def __getattr__(self, name: str):
+        # q / scale / qmin of a module holding file blocks: the repack, unpacked on first use (a
+        # sparse method's layout, the torch fallback); the dense kernels read the blocks only
+        if name in ("q", "scale", "qmin"):
+            buffers = self.__dict__.get("_buffers", {})
+            if "blocks" in buffers and "q" not in buffers:
+                self._set_repack(self.block_weight.unpack())
+                return buffers[name]
+        return super().__getattr__(name)
+
+    @property
+    def block_weight(self) -> BlockWeight | None:
+        """The file's own blocks, or None for a weight held in the int8 repack only."""
+        b = self._buffers.get("blocks")
+        return None if b is None else BlockWeight(b, self.qtype, self.in_features)
 
     @property
     def qweight(self) -> QuantWeight:
+        """The int8 repack (unpacked from the blocks and kept, the first time a caller asks)."""
         return QuantWeight(self.q, self.scale, self.qmin, self.qtype)
 
     @property
+    def storage(self) -> torch.Tensor:
+        """The tensor a dense product streams: the blocks when held, else the int8 values."""
+        b = self._buffers.get("blocks")
+        return b if b is not None else self.q
+
+    @property
+    def decode_nbytes(self) -> int:
+        """Bytes a dense product reads per call: the file's blocks, or the repack's values and scales."""
+        bw = self.block_weight
+        return bw.nbytes if bw is not None else self.qweight.nbytes
+
+    @property
     def weight(self) -> torch.Tensor:
-        return self.qweight.dequantize()
+        bw = self.block_weight
+        return bw.dequantize() if bw is not None and "q" not in self._buffers else self.qweight.dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qw = self.qweight
+        qw = self.qweight  # a module on file blocks unpacks its repack once (no C++ kernels, or on GPU)
         x2 = x.reshape(-1, self.in_features).to(torch.float32)
         tile = min(self.out_features, max(1, TILE_BYTES // (4 * self.in_features)))
         buf = torch.empty(tile, self.in_features, dtype=torch.float32, device=x2.device)  # one tile buffer
@@ -311,7 +416,10 @@ class QuantEmbedding(nn.Module):
         return self.source[0].weight
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        rows = self.source[0].qweight.rows(input_ids.reshape(-1)).view(*input_ids.shape, self.embedding_dim)
+        src = self.source[0]
+        bw = src.block_weight  # file blocks: only the gathered rows unpacked
+        w = bw if bw is not None and "q" not in src._buffers else src.qweight
+        rows = w.rows(input_ids.reshape(-1)).view(*input_ids.shape, self.embedding_dim)
         return rows if self.embed_scale is None else rows * self.embed_scale.to(rows.dtype)
 
 

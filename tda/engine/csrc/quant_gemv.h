@@ -54,6 +54,7 @@ struct QW {  // one quantized weight, as raw pointers
   int64_t d_out, d_in, G, ng;
   const int64_t* idx = nullptr;  // output j is weight row idx[j] (nullptr: row j)
   int64_t ldy = 0;               // y's row stride (outputs per row of x)
+  bool prefetch = true;          // rows stream from memory: prefetch TDA_QUANT_PF ahead (false: an L1 buffer)
   int64_t row(int64_t j) const { return idx ? idx[j] : j; }
 };
 
@@ -124,7 +125,7 @@ void gemv_rowsR_b1(const QW& W, const float* x, const float* xsum, int64_t j0, i
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
       const int64_t c = g * 16 * P;
-      if (!W.idx && (c & 63) == 0)  // rows are consecutive: fetch the stream TDA_QUANT_PF bytes ahead
+      if (W.prefetch && !W.idx && (c & 63) == 0)  // rows are consecutive: fetch the stream TDA_QUANT_PF bytes ahead
         for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(q[r] + c + TDA_QUANT_PF), _MM_HINT_T0);
       const __m512 xa = _mm512_loadu_ps(x + c);
       __m512 t[R];

@@ -528,3 +528,4 @@ TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
 #include "argmax.h"  // torch.ops.tda_kernels.argmax_rows
 #include "kv_cache.h"  // torch.ops.tda_kernels.kv_write
 #include "quant_gemv.h"  // torch.ops.tda_kernels.quant_linear, quant_dequant
+#include "quant_blocks.h"  // torch.ops.tda_kernels.quant_blocks_linear, quant_blocks_unpack

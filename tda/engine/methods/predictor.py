@@ -56,7 +56,7 @@ class Predictor(TokenWise):
         table = {}
         for L in range(ffn.n_layers):
             ins, down = ffn.in_modules(L), ffn.out_module(L)
-            dev, dt = (ins[0].q.device, torch.float32) if isinstance(ins[0], QuantLinear) else \
+            dev, dt = (ins[0].storage.device, torch.float32) if isinstance(ins[0], QuantLinear) else \
                 (module_weight(ins[0]).device, module_weight(ins[0]).dtype)
             a = pred.A[L].to(device=dev, dtype=dt).contiguous()
             b = pred.B[L].to(device=dev, dtype=dt).contiguous()
