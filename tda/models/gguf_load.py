@@ -164,8 +164,11 @@ def load_gguf(path: str | Path, *, keep_blocks: bool = True, progress: Progress 
             except ValueError:
                 order = False
             if order is not False:
-                bw = _file_blocks(raw, qtype, shape)
-                quant_weights[hf] = bw if order is None else bw.permute_rows(torch.from_numpy(order))
+                if qtype in quant.REPACKED:  # faster from the aligned int8 repack (see quant.REPACKED)
+                    w = _unpack_chunked(path, t, qtype, shape)
+                else:
+                    w = _file_blocks(raw, qtype, shape)
+                quant_weights[hf] = w if order is None else w.permute_rows(torch.from_numpy(order))
                 continue
         if keep_blocks and linear_like and qtype not in ("F32", "F16", "BF16"):
             notes.append(f"{name} ({qtype}): no kernel for this block type, de-quantised to fp32")

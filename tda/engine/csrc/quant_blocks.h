@@ -33,6 +33,10 @@
 
 namespace tda_quant {
 
+#ifndef TDA_QBLK_R
+#define TDA_QBLK_R 2  // weight rows per pass of the fused batch-1 GEMV
+#endif
+
 #ifndef TDA_QBLK_ROWS
 #define TDA_QBLK_ROWS 4  // weight rows unpacked per pass (their int8 values stay in L1 for the GEMV)
 #endif
@@ -263,7 +267,11 @@ void gemv_blocks(const QB& W, const float* x, const float* xsum, int64_t j0, int
   int64_t j = j0;
   for (; j + R <= j1; j += R) {
     const uint8_t* src[R];
-    for (int r = 0; r < R; ++r) src[r] = W.b + (j + r) * W.row_bytes;
+    uintptr_t last[R];
+    for (int r = 0; r < R; ++r) {
+      src[r] = W.b + (j + r) * W.row_bytes;
+      last[r] = ((reinterpret_cast<uintptr_t>(src[r]) + TDA_QUANT_PF) >> 6) - 1;
+    }
     __m512 acc[R][B];
     float macc[R][B];
     for (int r = 0; r < R; ++r)
@@ -271,11 +279,11 @@ void gemv_blocks(const QB& W, const float* x, const float* xsum, int64_t j0, int
     for (int64_t k = 0; k < nb; ++k) {
       for (int r = 0; r < R; ++r) {
         const uint8_t* blk = src[r] + k * size;
-        if constexpr (size > 64) {
-          for (int64_t o = 0; o < size; o += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + o + TDA_QUANT_PF), _MM_HINT_T0);
-        } else if ((k * size) / 64 != (k * size + size) / 64) {  // once per 64-byte line of the row's stream
-          _mm_prefetch(reinterpret_cast<const char*>(blk + size + TDA_QUANT_PF), _MM_HINT_T0);
-        }
+        // every 64-byte line of the row's stream once, TDA_QUANT_PF bytes ahead (rows and blocks
+        // are not line-aligned: track the last line fetched)
+        const uintptr_t end = (reinterpret_cast<uintptr_t>(blk) + size - 1 + TDA_QUANT_PF) >> 6;
+        for (uintptr_t l = last[r] + 1; l <= end; ++l) _mm_prefetch(reinterpret_cast<const char*>(l << 6), _MM_HINT_T0);
+        last[r] = end;
         float s[NG], m[NG];
         __m512 t[B];
         decode_block<K>(blk, s, m, [&](int g, int half, __m512 w) {
@@ -310,7 +318,7 @@ using BlkRowsFn = void (*)(const QB&, const float*, const float*, int64_t, int64
 
 template <Blk K>
 inline BlkRowsFn blk_fn_t(int64_t B) {
-  static const BlkRowsFn table[kQuantMaxRows] = {gemv_blocks<K, 2, 1>, gemv_blocks<K, 1, 2>, gemv_blocks<K, 1, 3>,
+  static const BlkRowsFn table[kQuantMaxRows] = {gemv_blocks<K, TDA_QBLK_R, 1>, gemv_blocks<K, 1, 2>, gemv_blocks<K, 1, 3>,
                                                  gemv_blocks<K, 1, 4>, gemv_blocks<K, 1, 5>, gemv_blocks<K, 1, 6>,
                                                  gemv_blocks<K, 1, 7>, gemv_blocks<K, 1, 8>};
   return table[B - 1];
