@@ -558,8 +558,20 @@ def quantized_page(root: Path) -> str:
         body.append(_table(["format", "peak RSS (MB)", "vs fp32"],
                            [[f, _f(v, 0), f"{ratio[f]:.1%}" if f in ratio else ""]
                             for f, v in d["peak_rss_mb"].items()]))
-    intro = ("The engine's quantized format keeps the GGUF's own blocks (an exact int8 repack) and computes "
-             "with fp32 activations; llama.cpp runs the same file with 8-bit activations in its dot products. "
+    for p in sorted((root / RESULTS).glob("quant-layers-*.json")):
+        d = json.loads(p.read_text())
+        lay = d["layouts"]
+        names = list(lay)
+        kinds = sorted({k for v in lay.values() for k in v}, key=lambda k: (k == "every linear", k))
+        body.append(f"## `{p.name}`\n\nEvery quantized linear of {d['model']} once per decode step (batch 1, "
+                    f"{d['threads']} threads), per layout of the same GGUF: ms per step, MB read, GB/s; median of "
+                    f"{d['rounds']} alternating rounds ({d['timestamp']}; command: `{d['command']}`).\n")
+        body.append(_table(["linear", *[f"{n}: ms · MB · GB/s" for n in names]],
+                           [[k, *[f"{lay[n][k]['ms']:.2f} · {lay[n][k]['mb']:.0f} · {lay[n][k]['gbps']:.1f}"
+                                  if k in lay[n] else "" for n in names]] for k in kinds]))
+    intro = ("The engine's quantized format keeps the GGUF's own blocks and computes "
+             "with fp32 activations (the sparse methods read an exact int8 repack made from them); llama.cpp runs the "
+             "same file with 8-bit activations in its dot products. "
              "See the [guide](../guides/quantized.md).")
     return _page("Quantized decode and llama.cpp", intro, "\n".join(body) or "No stored run yet.")
 

@@ -100,7 +100,15 @@ def test_a_module_on_blocks_keeps_no_repack_until_asked():
     fn = quant_kernels.linear_fn(mod)
     x = torch.randn(3, 512)
     _close(fn(x), x, ref, None)
-    assert "q" not in mod._buffers  # the dense path read the blocks only
+    x20 = torch.randn(20, 512)
+    _close(mod(x20), x20, ref, None)  # the module's own forward (a prefill through HF's forward)
+    assert "q" not in mod._buffers  # both read the blocks only
+    quant._BLOCKS_LINEAR[0], saved = None, quant._BLOCKS_LINEAR[0]
+    try:  # without the engine's kernels: tiles unpacked per call, still no repack kept
+        _close(mod(x20), x20, ref, None)
+        assert "q" not in mod._buffers
+    finally:
+        quant._BLOCKS_LINEAR[0] = saved
     assert mod.qweight.q.shape == (24, 512) and "q" in mod._buffers  # a layout asked: unpacked once, kept
     assert torch.equal(mod.qweight.dequantize(), ref)
     _close(mod(x), x, ref, None)  # the torch fallback forward on the repack

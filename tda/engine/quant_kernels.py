@@ -30,7 +30,8 @@ def quant_ops():
     if ops is None or not hasattr(ops, "quant_linear"):
         return None
     if hasattr(ops, "quant_blocks_unpack") and quant._UNPACKER[0] is None:
-        quant.register_unpacker(lambda blocks, qtype: ops.quant_blocks_unpack(blocks, qtype, 0, blocks.shape[0]))
+        quant.register_unpacker(lambda blocks, qtype: ops.quant_blocks_unpack(blocks, qtype, 0, blocks.shape[0]),
+                                ops.quant_blocks_linear)
     return ops
 
 

@@ -164,7 +164,7 @@ def load_gguf(path: str | Path, *, keep_blocks: bool = True, progress: Progress 
             except ValueError:
                 order = False
             if order is not False:
-                if qtype in quant.REPACKED:  # faster from the aligned int8 repack (see quant.REPACKED)
+                if qtype in quant.REPACKED:  # kept in the int8 repack (see quant.REPACKED)
                     w = _unpack_chunked(path, t, qtype, shape)
                 else:
                     w = _file_blocks(raw, qtype, shape)

@@ -135,19 +135,22 @@ class QuantWeightT:
                            None if self.mt is None else self.mt.t().contiguous(), self.qtype)
 
 
-# Block types a GGUF load keeps in the int8 group repack rather than in the file's blocks. Q8_0
-# (Gemma's 178 MB lm_head): its 34-byte blocks put the int8 values off 16-byte alignment, and the
-# GEMV on the file's bytes took 8.6-8.8 ms a step where the aligned repack (6% more bytes) took
-# 7.9-8.3 (2 threads, quiet, alternating). The other types decode as fast from their blocks as
-# from the repack (7.3 vs 7.6 ms a step for every layer linear), with 42% fewer bytes held.
-REPACKED = ("Q8_0",)
+# Block types a GGUF load keeps in the int8 group repack rather than in the file's blocks. Q8_0:
+# its 34-byte blocks leave the int8 values unaligned, and its GEMV (Gemma's lm_head) ran a few
+# percent faster on the repack (6% more bytes) in most alternating runs of benchmarks/quant_layers.py,
+# which times the layouts side by side. The other types decode faster from their blocks.
+REPACKED: tuple[str, ...] = ("Q8_0",)
 
 _UNPACKER: list = [None]  # fn(blocks, qtype) -> [q, scale, min?]: set by the engine when its kernels load
+_BLOCKS_LINEAR: list = [None]  # fn(x2[n, d_in] fp32, blocks, qtype, bias) -> y[n, d_out]: likewise
 
 
-def register_unpacker(fn) -> None:
-    """Let :meth:`BlockWeight.unpack` use a faster exact unpacker (the engine's C++ one) than numpy's."""
+def register_unpacker(fn, blocks_linear=None) -> None:
+    """Let :meth:`BlockWeight.unpack` use a faster exact unpacker (the engine's C++ one) than numpy's,
+    and :meth:`QuantLinear.forward` the engine's product on blocks (``blocks_linear``)."""
     _UNPACKER[0] = fn
+    if blocks_linear is not None:
+        _BLOCKS_LINEAR[0] = blocks_linear
 
 
 @dataclass
@@ -387,8 +390,15 @@ class QuantLinear(nn.Module):
         return bw.dequantize() if bw is not None and "q" not in self._buffers else self.qweight.dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qw = self.qweight  # a module on file blocks unpacks its repack once (no C++ kernels, or on GPU)
+        bw = self.block_weight
         x2 = x.reshape(-1, self.in_features).to(torch.float32)
+        if bw is not None and "q" not in self._buffers and bw.blocks.device.type == "cpu":
+            if _BLOCKS_LINEAR[0] is not None:  # the engine's kernels on the blocks (prefill included)
+                y = _BLOCKS_LINEAR[0](x2.contiguous(), bw.blocks, self.qtype, None if self.bias is None else self.bias.detach())
+                return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+            qw = bw  # tiles unpacked and de-quantised per call: no repack kept
+        else:
+            qw = self.qweight  # on a GPU: the repack, unpacked once and kept
         tile = min(self.out_features, max(1, TILE_BYTES // (4 * self.in_features)))
         buf = torch.empty(tile, self.in_features, dtype=torch.float32, device=x2.device)  # one tile buffer
         y = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32, device=x2.device)
