@@ -25,7 +25,7 @@ def models() -> None:
         b = step_bytes(row["spec"]) if row["kind"] not in ("control", "local", "hub") else {}
         fmt = " · ".join(f"{k} {_mb(v)}" for k, v in b.items() if k != "gguf_file")
         if "gguf_file" in b:
-            fmt += f" (file blocks {_mb(b['gguf_file'])})"
+            fmt += f" (the file's {_mb(b['gguf_file'])})"
         elif row["kind"].startswith("embedded"):
             fmt += " · gguf: after a first --dtype gguf load"
         table.add_row(row["spec"], row["kind"], fmt, row["note"])

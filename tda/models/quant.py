@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tda.models.quant_types import BLOCKS, QUANTIZABLE, file_bytes  # noqa: F401 (re-exported)
+from tda.models.quant_types import BLOCKS, QUANTIZABLE, REPACKED, file_bytes  # noqa: F401 (re-exported)
 
 TILE_BYTES = 8 << 20  # the torch fallback dequantises this much fp32 at a time
 
@@ -135,11 +135,7 @@ class QuantWeightT:
                            None if self.mt is None else self.mt.t().contiguous(), self.qtype)
 
 
-# Block types a GGUF load keeps in the int8 group repack rather than in the file's blocks. Q8_0:
-# its 34-byte blocks leave the int8 values unaligned, and its GEMV (Gemma's lm_head) ran a few
-# percent faster on the repack (6% more bytes) in most alternating runs of benchmarks/quant_layers.py,
-# which times the layouts side by side. The other types decode faster from their blocks.
-REPACKED: tuple[str, ...] = ("Q8_0",)
+
 
 _UNPACKER: list = [None]  # fn(blocks, qtype) -> [q, scale, min?]: set by the engine when its kernels load
 _BLOCKS_LINEAR: list = [None]  # fn(x2[n, d_in] fp32, blocks, qtype, bias) -> y[n, d_out]: likewise

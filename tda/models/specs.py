@@ -293,7 +293,7 @@ def _gguf_index(s: Spec) -> tuple[dict, Path] | None:
 def step_bytes(spec: str) -> dict[str, int]:
     """Bytes of weights a dense decode step reads, per weight format, as far as is known without
     loading: ``fp32`` and ``bf16`` from the config's shapes (every linear and the lm_head), and
-    ``gguf`` (the quantized format's repack) with ``gguf_file`` (the same tensors' bytes in the file)
+    ``gguf`` (the quantized format: the file's blocks, the repack for ``quant_types.REPACKED``) with ``gguf_file`` (the same tensors' bytes in the file)
     once the GGUF has been indexed (a first ``--dtype gguf`` load)."""
     try:
         s = resolve(spec)
@@ -308,7 +308,7 @@ def step_bytes(spec: str) -> dict[str, int]:
         out.update(fp32=4 * params, bf16=2 * params)
     idx = _gguf_index(s)
     if idx is not None:
-        from tda.models.quant_types import BLOCKS, file_bytes, repack_bytes
+        from tda.models.quant_types import BLOCKS, file_bytes, format_bytes
 
         info, tied = idx[0], "output.weight" not in {t["name"] for t in idx[0]["tensors"]}
         rep = fil = 0
@@ -319,7 +319,7 @@ def step_bytes(spec: str) -> dict[str, int]:
             if len(t["shape"]) != 2 or (t["name"] == "token_embd.weight" and not tied):
                 continue  # norms, biases; an untied input embedding is a gather
             if t["type"] in BLOCKS:
-                rep, fil = rep + repack_bytes(t["type"], n), fil + file_bytes(t["type"], n)
+                rep, fil = rep + format_bytes(t["type"], n), fil + file_bytes(t["type"], n)
             else:  # de-quantised at load
                 rep, fil = rep + 4 * n, fil + int(t["nbytes"])
         out.update(gguf=rep, gguf_file=fil)
