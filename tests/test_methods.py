@@ -137,7 +137,8 @@ def test_tt_equals_masked_dense(load_tiny, spec):
 @pytest.mark.parametrize("spec,up_layout", [("tiny-llama", "row"), ("tiny-gemma3", "row"), ("tiny-qwen3", "row"),
                                             ("tiny-mistral", "row"), ("tiny-llama", "input-major")])
 def test_cats_equals_masked_dense_ffn(load_tiny, spec, up_layout):
-    """Also when TEAL/WINA made ``W_up`` input-major first (then up runs dense, counted in full)."""
+    """Also when TEAL/WINA made ``W_up`` input-major first: CATS takes its row-major layout back
+    (its own layout, whatever ran before) and reads only the kept rows, counted as such."""
     from tda.engine.layouts import input_major
     from tda.engine.sparse import ffn_apply
     from tda.masks.input_thresholds import load_or_calibrate_inputs
@@ -149,8 +150,10 @@ def test_cats_equals_masked_dense_ffn(load_tiny, spec, up_layout):
         for L in range(ffn.n_layers):
             input_major(ffn.in_modules(L)[1])
     sess, table = _decode_table(lm, SparsityConfig("cats", density=0.4, fast=False))
-    if up_layout == "input-major":
-        assert ffn.in_modules(0)[1] not in {m for m, _ in sess.impl.counters.values()}
+    from tda.engine.layouts import is_input_major
+
+    assert not any(is_input_major(ffn.in_modules(L)[1]) for L in range(ffn.n_layers))  # row-major again
+    assert ffn.in_modules(0)[1] in {m for m, _ in sess.impl.counters.values()}  # counted as sparse rows
     cal = load_or_calibrate_inputs(lm)
     for L in range(ffn.n_layers):
         x = _x(3, ffn.d_model, L)

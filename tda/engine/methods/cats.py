@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from tda.engine import kernels
-from tda.engine.layouts import input_major, quant_input_major
+from tda.engine.layouts import input_major, quant_input_major, row_major
 from tda.engine.methods.thresholds import input_thresholds
 from tda.engine.methods.token import TokenWise
 from tda.engine.tokenwise import sparse_product
@@ -51,8 +51,7 @@ class CATS(TokenWise):
             table[gate] = self._gate_fn(L, gate, tau, state)
             table[up] = self._up_fn(up, state)
             table[down] = self._down_fn(down, state)
-            if isinstance(up, QuantLinear) or up.weight.is_contiguous():  # up reads the same rows as down
-                self.counters[id(up)] = (up, self.counters[id(down)][1])
+            self.counters[id(up)] = (up, self.counters[id(down)][1])  # up reads the same rows as down
         return table
 
     def gate_cut(self, L: int, density: float):
@@ -74,19 +73,20 @@ class CATS(TokenWise):
     def _up_fn(self, up, state: dict):
         if isinstance(up, QuantLinear):  # the quantized format: the active rows of its blocks
             return self._quant_up_fn(up, state)
-        w = up.weight.detach()  # [d_ff, d_model], row-major: active rows are contiguous
+        # [d_ff, d_model] row-major, the layout this method reads: the active outputs' rows are
+        # contiguous. When an input-sparse method (TEAL, WINA, ...) made W_up input-major earlier in
+        # this process, it is converted back here (tda.engine.layouts.row_major): each method reads
+        # its own layout, and one that ran before cannot change how this one is timed (sessions
+        # still holding the input-major copy keep it alive for as long as they live).
+        w = row_major(up)
         b = getattr(up, "bias", None)
-        # Input-major W_up (TEAL or WINA converted it earlier in this process): the active outputs'
-        # columns are strided, and at CATS densities they touch every cache line, so the dense
-        # product (C++ input-major GEMV) is the cheapest; its bytes are then counted in full.
-        dense = None if w.is_contiguous() else self.dense_fn(up)
 
         def fn(x):
             keep = state.pop("keep")
             x2 = x.reshape(-1, x.shape[-1])
             idx = torch.nonzero(keep.any(dim=0) if keep.shape[0] > 1 else keep[0]).flatten()
             out = torch.zeros(x2.shape[0], w.shape[0], dtype=x.dtype, device=x.device)
-            vals = kernels.output_sparse(x2, idx, w, b) if dense is None else dense(x2)[:, idx]
+            vals = kernels.output_sparse(x2, idx, w, b)
             out[:, idx] = vals * keep[:, idx] if keep.shape[0] > 1 else vals
             return out.view(*x.shape[:-1], w.shape[0])
 
