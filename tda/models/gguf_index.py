@@ -93,19 +93,74 @@ def _tokenizer(path: Path, model_type: str):
     return (cls or AutoTokenizer).from_pretrained(str(path.parent), gguf_file=path.name)
 
 
+def header_info(path: str | Path) -> dict:
+    """What ``index.json`` holds (architecture, config dict, tensor table), read from the file's
+    header alone: no tokenizer, nothing written (well under a second). ModelLoadError for a file
+    transformers cannot read."""
+    from tda.models.gguf_header import read_header
+
+    path = Path(path)
+    try:
+        meta, tensors = read_header(path)
+        config = config_from_metadata(meta, [t["name"] for t in tensors], path)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"could not read GGUF '{path}': {str(e).splitlines()[0][:200]}") from None
+    return {"format": FORMAT, "arch": meta["general.architecture"], "config": config, "tensors": tensors,
+            "source": str(path.resolve())}
+
+
 def _build(path: Path, dest: Path) -> None:
     from transformers import AutoConfig
 
-    from tda.models.gguf_header import read_header
-
-    meta, tensors = read_header(path)
-    names = [t["name"] for t in tensors]
-    config = config_from_metadata(meta, names, path)
-    info = {"format": FORMAT, "arch": meta["general.architecture"], "config": config, "tensors": tensors,
-            "source": str(path.resolve())}
+    info = header_info(path)
+    config = info["config"]
     AutoConfig.for_model(**config).save_pretrained(dest)
     _tokenizer(path, config["model_type"]).save_pretrained(dest)
     (dest / "index.json").write_text(json.dumps(info))
+
+
+def is_indexed(path: str | Path) -> bool:
+    """Whether an intact index of ``path`` is cached (its hashes checked)."""
+    return _read(index_dir(path))[0] is not None
+
+
+class ChildIndex:
+    """:func:`index` of a GGUF in a child process, while this one goes on (the tokenizer's conversion
+    takes seconds of one core): ``result()`` waits for it and returns the index folder; if the child
+    fails, the index is built here instead. Used as a context manager, an unfinished child is killed."""
+
+    def __init__(self, path: str | Path):
+        import subprocess
+        import sys
+
+        self.path = Path(path)
+        code = "import sys; from tda.models import gguf_index; gguf_index.index(sys.argv[1])"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.path)], env=env,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        except OSError:
+            self.proc = None
+
+    def result(self) -> Path:
+        if self.proc is not None:
+            _, err = self.proc.communicate()
+            self.proc = None
+            if err.strip():
+                from tda.common import progress as report
+
+                report.note(f"indexing {self.path.name} in a child process: {err.strip().splitlines()[-1][:200]}")
+        return index(self.path)[1]  # the child's index (hashes checked), or built here if it failed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        return False
 
 
 def _write_hashes(folder: Path, hashes: dict) -> None:

@@ -121,10 +121,12 @@ def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
         mod._buffers[attr] = value
 
 
-def load_gguf(path: str | Path, *, keep_blocks: bool = True, progress: Progress | None = None):
+def load_gguf(path: str | Path, *, keep_blocks: bool = True, progress: Progress | None = None,
+              info: dict | None = None):
     """``(model, notes)``: the causal LM of the GGUF file at ``path`` (fp32 activations; quantized
     linears as :class:`~tda.models.quant.QuantLinear` when ``keep_blocks``), and one line per
-    tensor that was de-quantised although quantized (a block type without kernels)."""
+    tensor that was de-quantised although quantized (a block type without kernels). ``info``: the
+    file's :func:`~tda.models.gguf_index.header_info` (then the cached index is not needed)."""
     from accelerate import init_empty_weights
     from gguf import GGMLQuantizationType, dequantize
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -134,8 +136,11 @@ def load_gguf(path: str | Path, *, keep_blocks: bool = True, progress: Progress 
 
     path = Path(path)
     say = progress or (lambda _m: None)
-    info, folder = gguf_index.index(path)
-    config = AutoConfig.from_pretrained(str(folder))
+    if info is None:
+        info, folder = gguf_index.index(path)
+        config = AutoConfig.from_pretrained(str(folder))
+    else:  # the config the index would save and read back
+        config = AutoConfig.for_model(**info["config"])
     proc = _processor(info["arch"], info["config"])
     from tda.models.ffn import family_for
 
