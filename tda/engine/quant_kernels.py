@@ -27,12 +27,23 @@ def quant_ops():
     from tda.engine import kernels
 
     ops = kernels.cpp_ops()
-    if ops is None or not hasattr(ops, "quant_linear"):
-        return None
-    if hasattr(ops, "quant_blocks_unpack") and quant._UNPACKER[0] is None:
-        quant.register_unpacker(lambda blocks, qtype: ops.quant_blocks_unpack(blocks, qtype, 0, blocks.shape[0]),
-                                ops.quant_blocks_linear)
-    return ops
+    return ops if ops is not None and hasattr(ops, "quant_linear") else None
+
+
+def _blocks_unpack(blocks: torch.Tensor, qtype: str):
+    ops = quant_ops()
+    return None if ops is None or not hasattr(ops, "quant_blocks_unpack") else \
+        ops.quant_blocks_unpack(blocks, qtype, 0, blocks.shape[0])
+
+
+def _blocks_linear(x2: torch.Tensor, blocks: torch.Tensor, qtype: str, bias):
+    ops = quant_ops()
+    return None if ops is None or not hasattr(ops, "quant_blocks_linear") else ops.quant_blocks_linear(x2, blocks, qtype, bias)
+
+
+# QuantLinear's own forward (a prefill through Hugging Face's forward) and the repack's unpacking use
+# the C++ kernels from the moment the engine is imported (the models stage cannot import it)
+quant.register_unpacker(_blocks_unpack, _blocks_linear)
 
 
 def linear(x: torch.Tensor, qw: QuantWeight, bias: torch.Tensor | None = None, *, backend: str = "auto") -> torch.Tensor:

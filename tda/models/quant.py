@@ -137,13 +137,14 @@ class QuantWeightT:
 
 
 
-_UNPACKER: list = [None]  # fn(blocks, qtype) -> [q, scale, min?]: set by the engine when its kernels load
-_BLOCKS_LINEAR: list = [None]  # fn(x2[n, d_in] fp32, blocks, qtype, bias) -> y[n, d_out]: likewise
+_UNPACKER: list = [None]  # fn(blocks, qtype) -> [q, scale, min?] or None: set by the engine (its C++ kernels)
+_BLOCKS_LINEAR: list = [None]  # fn(x2[n, d_in] fp32, blocks, qtype, bias) -> y[n, d_out] or None: likewise
 
 
 def register_unpacker(fn, blocks_linear=None) -> None:
     """Let :meth:`BlockWeight.unpack` use a faster exact unpacker (the engine's C++ one) than numpy's,
-    and :meth:`QuantLinear.forward` the engine's product on blocks (``blocks_linear``)."""
+    and :meth:`QuantLinear.forward` the engine's product on blocks (``blocks_linear``); either may
+    return None (kernels unavailable), and then the pure-torch/numpy path runs."""
     _UNPACKER[0] = fn
     if blocks_linear is not None:
         _BLOCKS_LINEAR[0] = blocks_linear
@@ -187,8 +188,8 @@ class BlockWeight:
         """Rows ``[r0, r1)`` as the exact int8 repack (the C++ unpacker when built, else numpy's)."""
         r1 = self.shape[0] if r1 is None else r1
         sub = self.blocks[r0:r1]
-        if sub.device.type == "cpu" and _UNPACKER[0] is not None:  # the engine's C++ unpacker
-            parts = _UNPACKER[0](sub.contiguous(), self.qtype)
+        parts = _UNPACKER[0](sub.contiguous(), self.qtype) if sub.device.type == "cpu" and _UNPACKER[0] else None
+        if parts is not None:  # the engine's C++ unpacker
             return QuantWeight(parts[0], parts[1], parts[2] if len(parts) > 2 else None, self.qtype)
         qw = unpack(sub.cpu().numpy(), self.qtype, (r1 - r0, self.d_in))
         if sub.device.type == "cpu":
@@ -389,8 +390,10 @@ class QuantLinear(nn.Module):
         bw = self.block_weight
         x2 = x.reshape(-1, self.in_features).to(torch.float32)
         if bw is not None and "q" not in self._buffers and bw.blocks.device.type == "cpu":
+            y = None
             if _BLOCKS_LINEAR[0] is not None:  # the engine's kernels on the blocks (prefill included)
                 y = _BLOCKS_LINEAR[0](x2.contiguous(), bw.blocks, self.qtype, None if self.bias is None else self.bias.detach())
+            if y is not None:
                 return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
             qw = bw  # tiles unpacked and de-quantised per call: no repack kept
         else:
