@@ -3,13 +3,15 @@
 //
 // A weight W[d_out, d_in] is held as the file holds it: blocks[d_out, row_bytes] uint8, each row
 // d_in / per whole blocks of one type (Q8_0, Q5_0, Q4_0: 32 values per block; Q4_K, Q6_K: 256).
-// A decode step reads these bytes and nothing else (247 MB for the embedded Gemma 3 270M, against
-// 306 MB for the int8 group repack and 1,074 MB for fp32). Each pass unpacks a few rows' blocks
-// into the group repack's form (int8 values with offsets applied, fp32 group scales and Q4_K's
-// minimums, computed exactly as gguf's dequantiser computes them) in an L1-resident buffer, then
-// runs quant_gemv.h's GEMV over that buffer: so the products equal F.linear on the file's
-// dequantised weights to fp32 rounding, with fp32 activations and accumulation, and the unpacking
-// costs a few vector byte operations per 64 weights.
+// A decode step reads these bytes and nothing else (the embedded Gemma 3 270M's layers: 68 MB, against
+// 117 MB in the int8 group repack and 401 MB in fp32). With AVX-512, each block is decoded into fp32
+// vectors in registers (nibbles through a 16-entry vpermps table, Q5_0's fifth bits as masked adds,
+// Q6_K through 512-bit byte operations into an L1 buffer), q * x summed per group in fp32 and each
+// group's sum scaled once (Q4_K's minimums subtracted through the groups' sums of x). Elsewhere a few
+// rows at a time are unpacked into the group repack's form (int8 values with offsets applied, fp32
+// group scales and minimums, computed exactly as gguf's dequantiser computes them) in an L1-resident
+// buffer and run through quant_gemv.h's GEMV. Either way the products equal F.linear on the file's
+// dequantised weights to fp32 rounding, with fp32 activations and accumulation.
 //
 //   quant_blocks_linear(x[..., d_in] fp32, blocks, qtype, bias?) -> y[..., d_out] fp32
 //       up to kQuantMaxRows rows of x: the GEMV above; more (prefill): tiles of rows unpacked,
@@ -109,15 +111,21 @@ inline void unpack_q5_0(const uint8_t* b, int8_t* q, float* s) {  // value i's 5
 #endif
 }
 
-inline void unpack_q4_k(const uint8_t* b, int8_t* q, float* s, float* m) {  // 8 sub-blocks of 32
+// Q4_K's 8 sub-block scales s = d * sc and minimums m = dmin * mn (6-bit sc, mn packed in 12 bytes:
+// [0..4) low, [4..8) mid, [8..12) high), each product in fp32 as gguf's dequantiser forms it.
+inline void q4k_scales(const uint8_t* b, float* s, float* m) {
   const float d = h2f(b), dmin = h2f(b + 2);
-  const uint8_t* sc = b + 4;  // 6-bit scales and minimums: [0..4) low, [4..8) mid, [8..12) high bytes
+  const uint8_t* sc = b + 4;
   for (int j = 0; j < 4; ++j) {
     s[j] = d * static_cast<float>(sc[j] & 0x3F);
     m[j] = dmin * static_cast<float>(sc[j + 4] & 0x3F);
     s[j + 4] = d * static_cast<float>((sc[j + 8] & 0x0F) | ((sc[j] >> 2) & 0x30));
     m[j + 4] = dmin * static_cast<float>((sc[j + 8] >> 4) | ((sc[j + 4] >> 2) & 0x30));
   }
+}
+
+inline void unpack_q4_k(const uint8_t* b, int8_t* q, float* s, float* m) {  // 8 sub-blocks of 32
+  q4k_scales(b, s, m);
   const uint8_t* qs = b + 16;
   for (int c = 0; c < 4; ++c) {  // 32 bytes: sub-block 2c in the low nibbles, 2c + 1 in the high ones
 #if TDA_QUANT_AVX512 && defined(__AVX512VL__)
@@ -229,14 +237,7 @@ inline void decode_block(const uint8_t* b, float* s, float* m, F&& f) {
     f(0, 0, lo);
     f(0, 1, hi);
   } else if constexpr (K == Blk::Q4_K) {
-    const float d = h2f(b), dmin = h2f(b + 2);
-    const uint8_t* sc = b + 4;
-    for (int j = 0; j < 4; ++j) {
-      s[j] = d * static_cast<float>(sc[j] & 0x3F);
-      m[j] = dmin * static_cast<float>(sc[j + 4] & 0x3F);
-      s[j + 4] = d * static_cast<float>((sc[j + 8] & 0x0F) | ((sc[j] >> 2) & 0x30));
-      m[j + 4] = dmin * static_cast<float>((sc[j + 8] >> 4) | ((sc[j + 4] >> 2) & 0x30));
-    }
+    q4k_scales(b, s, m);
     const uint8_t* qs = b + 16;
     const __m512 lut = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);  // nibble -> fp32
     for (int c = 0; c < 4; ++c) {  // 32 bytes: sub-block 2c (low nibbles), 2c + 1 (high nibbles)
