@@ -517,37 +517,50 @@ def contention_page(root: Path) -> str:
     return _page("Contention: a busy neighbour", intro, "\n".join(body))
 
 
+def llamacpp_rows(d: dict) -> list[list[str]]:
+    """The rows of a stored ``benchmarks/llamacpp.py`` run: llama.cpp first, then each of our variants
+    (ms/token, tokens/s, ratio with its 95% interval, MB read per step, roofline, first divergence)."""
+    rows = []
+    for label, r in d["results"].items():
+        if label == "llamacpp":
+            rows.append(["llama.cpp, the file as shipped", _f(r["decode_ms_per_token"], 1), _f(r["tokens_per_s"], 1),
+                         "1.000×", _f(d["file_bytes"] / 1e6, 0), "", ""])
+            continue
+        dv = r.get("divergence_from_llamacpp")
+        div = "none" if dv is None else (f"token {dv['index']}: ours {dv['ours_text']!r}, llama.cpp "
+                                         f"{dv['llamacpp_text']!r}; our logits {dv['gap']:.3f} apart")
+        roof = _f(r.get("roofline_pct_median"), 0) + ("%" if r.get("roofline_pct_median") is not None else "")
+        if r.get("roofline_rounds_above_100"):
+            roof += f" ({r['roofline_rounds_above_100']} round(s) above 100% flagged)"
+        rows.append([f"ours, {label}", _f(r["decode_ms_per_token"], 1), _f(r["tokens_per_s"], 1),
+                     _x(r["vs_llamacpp"], r["vs_llamacpp_lo"], r["vs_llamacpp_hi"]) if d["rounds"] >= 3
+                     else _x(r["vs_llamacpp"]) + " [n/a: < 3 rounds]",
+                     _f(r["weight_bytes_per_step"] / 1e6, 0), roof, div])
+    return rows
+
+
+LLAMACPP_HEAD = ["runtime / format", "decode ms/token (median)", "tokens/s", "tokens/s vs llama.cpp [95%]",
+                 "MB of weights read per step", "% of roofline (per round, median)", "first token differing from llama.cpp"]
+
+
+def llamacpp_command(d: dict) -> str:
+    variants = ",".join(k for k in d["results"] if k != "llamacpp")
+    return (f"python benchmarks/llamacpp.py --threads {d['threads']} --rounds {d['rounds']} "
+            f"--new-tokens {d['new_tokens']} --variants {variants}")
+
+
 def quantized_page(root: Path) -> str:
     """The quantized format (``--dtype gguf``): llama.cpp side by side (``benchmarks/llamacpp.py``) and
     the format's greedy tokens against fp32 (``benchmarks/gguf_tokens.py``)."""
     body = []
     for p in sorted((root / RESULTS).glob("llamacpp-*.json")):
         d = json.loads(p.read_text())
-        rows = []
-        for label, r in d["results"].items():
-            if label == "llamacpp":
-                rows.append(["llama.cpp, the file as shipped", _f(r["decode_ms_per_token"], 1), _f(r["tokens_per_s"], 1),
-                             "1.000×", _f(d["file_bytes"] / 1e6, 0), "", ""])
-                continue
-            dv = r.get("divergence_from_llamacpp")
-            div = "none" if dv is None else (f"token {dv['index']}: ours {dv['ours_text']!r}, llama.cpp "
-                                             f"{dv['llamacpp_text']!r}; our logits {dv['gap']:.3f} apart")
-            roof = _f(r.get("roofline_pct_median"), 0) + ("%" if r.get("roofline_pct_median") is not None else "")
-            if r.get("roofline_rounds_above_100"):
-                roof += f" ({r['roofline_rounds_above_100']} round(s) above 100% flagged)"
-            rows.append([f"ours, {label}", _f(r["decode_ms_per_token"], 1), _f(r["tokens_per_s"], 1),
-                         _x(r["vs_llamacpp"], r["vs_llamacpp_lo"], r["vs_llamacpp_hi"]) if d["rounds"] >= 3
-                         else _x(r["vs_llamacpp"]) + " [n/a: < 3 rounds]",
-                         _f(r["weight_bytes_per_step"] / 1e6, 0), roof, div])
+        rows = llamacpp_rows(d)
         eff = d.get("llamacpp_effective_gbps") or []
         body.append(
             f"## `{p.name}`\n\n{d['model']}: prompt {d['prompt_tokens']} tokens, {d['new_tokens']} new tokens greedy, "
             f"{d['threads']} threads, {d['rounds']} paired rounds (llama-cpp-python {d['llama_cpp_python']}), "
-            f"{d['timestamp']}. Command: `python benchmarks/llamacpp.py --threads {d['threads']} --rounds {d['rounds']} "
-            f"--new-tokens {d['new_tokens']}`.\n\n" + _table(
-                ["runtime / format", "decode ms/token (median)", "tokens/s", "tokens/s vs llama.cpp [95%]",
-                 "MB of weights read per step", "% of roofline (per round, median)", "first token differing from llama.cpp"],
-                rows)
+            f"{d['timestamp']}. Command: `{llamacpp_command(d)}`.\n\n" + _table(LLAMACPP_HEAD, rows)
             + (f"\nllama.cpp streamed its file at {min(eff):.1f}–{max(eff):.1f} GB/s over the rounds; the per-round "
                f"bandwidth probe read {min(d['bandwidth_rounds_gbps']):.1f}–{max(d['bandwidth_rounds_gbps']):.1f} GB/s.\n"
                if eff and d.get("bandwidth_rounds_gbps") else ""))
@@ -798,6 +811,21 @@ def readme_with_headline(text: str, block: str, start: str = README_START, end: 
     return text[:i] + block + text[j + len(end):]
 
 
+LLAMACPP_START = "<!-- llamacpp:start (generated by benchmarks/report.py) -->"
+LLAMACPP_END = "<!-- llamacpp:end -->"
+
+
+def readme_llamacpp(root: Path) -> str:
+    """The README's llama.cpp table: the stored run of the embedded model's file."""
+    p = root / RESULTS / "llamacpp-gemma-3-270m-q4_k_m.json"
+    if not p.exists():
+        return "No run of `python benchmarks/llamacpp.py` is stored yet."
+    d = json.loads(p.read_text())
+    return (f"`{llamacpp_command(d)}` ({d['timestamp'][:16].replace('T', ' ')}, {d['threads']} threads, "
+            f"{d['new_tokens']} greedy tokens after a {d['prompt_tokens']}-token prompt):\n\n"
+            + _table(LLAMACPP_HEAD[:5] + LLAMACPP_HEAD[6:], [r[:5] + r[6:] for r in llamacpp_rows(d)]))
+
+
 SUITE_START = "<!-- suite-cost:start (generated by benchmarks/report.py) -->"
 SUITE_END = "<!-- suite-cost:end -->"
 
@@ -836,8 +864,10 @@ def render(root: Path = ROOT) -> dict[str, str | bytes]:
     out["docs/_generated/targets-issue17.md"] = targets_table(root)
     out["docs/_generated/suite-cost.md"] = suite_cost(root) + "\n"
     readme = readme_with_headline((root / "README.md").read_text(), headline(root))
-    out["README.md"] = readme_with_headline(readme, f"{SUITE_START}\n  {suite_cost(root)}\n  {SUITE_END}",
-                                            SUITE_START, SUITE_END)
+    readme = readme_with_headline(readme, f"{SUITE_START}\n  {suite_cost(root)}\n  {SUITE_END}",
+                                  SUITE_START, SUITE_END)
+    out["README.md"] = readme_with_headline(readme, f"{LLAMACPP_START}\n{readme_llamacpp(root)}\n{LLAMACPP_END}",
+                                            LLAMACPP_START, LLAMACPP_END)
     return out
 
 

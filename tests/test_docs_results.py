@@ -67,8 +67,9 @@ def _prose(p: Path) -> str:
     """The page's prose: without code (commands name sizes and flags), the README's generated block and
     the allowed phrases."""
     text = p.read_text()
-    if p.name == "README.md":  # its headline table and the suite's cost are generated
+    if p.name == "README.md":  # its headline table, the llama.cpp table and the suite's cost are generated
         for start, end in (("<!-- headline:start", "<!-- headline:end -->"),
+                           ("<!-- llamacpp:start", "<!-- llamacpp:end -->"),
                            ("<!-- suite-cost:start", "<!-- suite-cost:end -->")):
             i, j = text.find(start), text.find(end)
             assert 0 <= i < j, f"README.md lacks its generated block {start}"
