@@ -135,8 +135,6 @@ class QuantWeightT:
                            None if self.mt is None else self.mt.t().contiguous(), self.qtype)
 
 
-
-
 _UNPACKER: list = [None]  # fn(blocks, qtype) -> [q, scale, min?] or None: set by the engine (its C++ kernels)
 _BLOCKS_LINEAR: list = [None]  # fn(x2[n, d_in] fp32, blocks, qtype, bias) -> y[n, d_out] or None: likewise
 
