@@ -144,3 +144,37 @@ def test_batched_scoring_is_per_passage_scoring_bit_for_bit(load_tiny, spec):
             assert a["nll"] == b["nll"] and a["agree"] == b["agree"], v.label
             token_wise += 1
     assert token_wise >= 4
+
+
+
+def test_layouts_in_place_before_the_first_passage(monkeypatch):
+    """A fresh model's linears are converted to the input-major layout by the first token-wise
+    build, and the dense path then rounds differently (``mm`` instead of oneDNN; on Gemma a token-
+    wise rule turns those last bits into other per-text NLLs). score_units builds every session
+    first, so every passage is scored with the layouts that the later ones see; a second run of the
+    same evaluation in the same process gives the very same numbers."""
+    from tda.common.data import load_texts
+    from tda.engine.layouts import is_input_major
+    from tda.evaluate import scoring
+    from tda.evaluate.quality import perplexity_eval, variants
+    from tda.models.dispatch import linear_modules
+    from tda.models.load import load_model
+
+    lm = load_model("tiny-llama")  # its own copy: the shared fixtures' layouts are converted already
+    assert not any(is_input_major(m) for m in linear_modules(lm.model))
+    texts = load_texts(limit=6)
+    vs = variants(["dense", "teal", "griffin"], [0.5])
+    seen = []
+    real = scoring.batch_logits
+
+    def spy(lm_, seqs, splits, sessions, **kw):
+        seen.append(sum(is_input_major(m) for m in linear_modules(lm_.model)))
+        return real(lm_, seqs, splits, sessions, **kw)
+
+    monkeypatch.setattr(scoring, "batch_logits", spy)
+    first = perplexity_eval(lm, texts, vs, boot_iters=10, batch_tokens=0)
+    n = sum(is_input_major(m) for m in linear_modules(lm.model))
+    assert n > 0 and seen[0] == 0 and seen[1:] == [n] * (len(seen) - 1)  # the build first, then every passage
+    again = perplexity_eval(lm, texts, vs, boot_iters=10, batch_tokens=0)
+    for v in vs:
+        assert first[v.label]["per_text"]["nll"] == again[v.label]["per_text"]["nll"], v.label

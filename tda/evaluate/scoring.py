@@ -224,6 +224,20 @@ BATCH_TOKENS = 1024  # padded tokens per scoring batch (perplexity: the logits o
 CLOZE_BATCH_TOKENS = 4096  # cloze keeps the logits of the target positions only
 
 
+def prepare_layouts(lm, seqs: list[list[int]], sessions: dict[str, SparseSession]) -> None:
+    """Build every session once on a few tokens of the shortest sequence, before anything is scored.
+
+    A method converts the weights it reads to its layout when it is first built
+    (:func:`tda.engine.layouts.input_major`, in place), and the dense path then multiplies with the
+    other layout (``mm`` instead of oneDNN): the same values, other rounding in the last bits. A
+    token-wise rule amplifies those bits (a flipped near-threshold entry spreads through the KV
+    cache), so without this the passages scored before the first build would get other numbers
+    than the same passages scored later in the same process."""
+    ids = min(seqs, key=len)[:8]
+    if len(ids) >= 2 and sessions:
+        batch_logits(lm, [ids], [len(ids) // 2], sessions, keep_last=1)
+
+
 def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_last=None,
                 cett: float = 0.2, fast: bool | None = True, thresholds: dict | None = None,
                 calibration_texts=None, batch_tokens: int = BATCH_TOKENS, what: str = "scoring",
@@ -248,6 +262,7 @@ def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_
 
     batches = batches_by_length([len(x) for x in seqs], batch_tokens)
     total = sum(len(x) for x in seqs)
+    prepare_layouts(lm, seqs, sessions(vs))
     done = [0]
     t = task(f"{what}: {len(seqs)} sequences × {len(vs)} variants, {len(batches)} batches", total,
              sink=progress, unit="tokens") if progress is not None else None
