@@ -55,8 +55,10 @@ def frontier_cmd(
     boot_iters: int = typer.Option(1000, "--boot-iters", help="bootstrap resamples of the 95% intervals"),
     seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
     batch_tokens: int = typer.Option(None, "--batch-tokens",
-                                     help="padded tokens per scoring batch (default 1024 for perplexity, 4096 for "
-                                          "cloze; 0: one text at a time, each variant still sharing its prefill)"),
+                                     help="padded tokens per scoring batch of dense and the prompt-fixed methods (default "
+                                          "1024 for perplexity, 4096 for cloze; 0: one text at a time); token-wise "
+                                          "methods are always scored one text at a time (exact), every variant "
+                                          "sharing the text's dense prefill"),
     png: bool = typer.Option(True, "--png/--no-png", help="also export frontier.png (kaleido + Chromium)"),
     out: Path = typer.Option(None, "--out", "-o", help="output folder (default benchmarks/results/frontier-<model>)"),
     dtype: str = DtypeOpt,

@@ -27,13 +27,30 @@ from tda.engine.generate import SparseSession
 # on every row's prefill tokens pooled, so rows of a batch would change each other's selection —
 # they are scored one passage at a time (still one shared prefill for all their densities)
 POOLED_FIT = ("tt",)
+# method kinds whose continuation forward is a fixed function of the prefill: a batch changes their
+# logits by float rounding only (another matmul shape, padded attention), ~1e-7 of a text's NLL
+BATCHABLE_KINDS = ("dense", "prompt")
 
 
 def batchable(method: str) -> bool:
-    """Can passages of ``method`` (``+headD`` allowed) share a batch with unchanged results?"""
-    from tda.engine.config import split_head
+    """Can passages of ``method`` share a batch with unchanged results?
 
-    return split_head(method)[0] not in POOLED_FIT
+    Only dense and the prompt-fixed methods. A token-wise rule (a threshold or top-k on each
+    token's activations: ``tt``, ``cats``, ``teal``, ``wina``, ``chess``, ``scap``, ``rsparse``,
+    ``predictor``, the ``PROMPT+tt`` combinations, any ``+headD``) is discontinuous: the rounding
+    difference of another batch shape flips a near-threshold entry, and through the KV cache the
+    flip spreads to the later tokens — on Gemma 3 270M, 16 pydoc-text passages, padded batches of
+    1024 tokens changed per-text NLL by up to 2.7% (teal@0.5; cats, wina, chess, scap 0.6–2%) and
+    perplexity by up to 0.85%, with no speedup over one passage at a time. Those methods are scored
+    one passage at a time: the same numbers, bit for bit, as :func:`continuation_logits` with the
+    method's own prefill (``tests/test_scoring.py``)."""
+    from tda.engine.config import split_head
+    from tda.engine.methods.registry import get_method
+
+    base, head = split_head(method)
+    if head is not None or base in POOLED_FIT:
+        return False
+    return get_method(base).kind in BATCHABLE_KINDS
 
 
 def continuation_logits(lm, ids: list[int], n_prefix: int, session: SparseSession) -> torch.Tensor:
@@ -207,6 +224,20 @@ BATCH_TOKENS = 1024  # padded tokens per scoring batch (perplexity: the logits o
 CLOZE_BATCH_TOKENS = 4096  # cloze keeps the logits of the target positions only
 
 
+def prepare_layouts(lm, seqs: list[list[int]], sessions: dict[str, SparseSession]) -> None:
+    """Build every session once on a few tokens of the shortest sequence, before anything is scored.
+
+    A method converts the weights it reads to its layout when it is first built
+    (:func:`tda.engine.layouts.input_major`, in place), and the dense path then multiplies with the
+    other layout (``mm`` instead of oneDNN): the same values, other rounding in the last bits. A
+    token-wise rule amplifies those bits (a flipped near-threshold entry spreads through the KV
+    cache), so without this the passages scored before the first build would get other numbers
+    than the same passages scored later in the same process."""
+    ids = min(seqs, key=len)[:8]
+    if len(ids) >= 2 and sessions:
+        batch_logits(lm, [ids], [len(ids) // 2], sessions, keep_last=1)
+
+
 def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_last=None,
                 cett: float = 0.2, fast: bool | None = True, thresholds: dict | None = None,
                 calibration_texts=None, batch_tokens: int = BATCH_TOKENS, what: str = "scoring",
@@ -231,6 +262,7 @@ def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_
 
     batches = batches_by_length([len(x) for x in seqs], batch_tokens)
     total = sum(len(x) for x in seqs)
+    prepare_layouts(lm, seqs, sessions(vs))
     done = [0]
     t = task(f"{what}: {len(seqs)} sequences × {len(vs)} variants, {len(batches)} batches", total,
              sink=progress, unit="tokens") if progress is not None else None
