@@ -5,7 +5,7 @@ three layouts of the same GGUF, rounds alternating.
 
 - ``all blocks`` every quantized linear on the file's blocks (the format as `--dtype gguf` loads it);
 - ``all repack`` every quantized linear on the int8 group repack;
-- ``as loaded``  only when ``tda.models.quant.REPACKED`` keeps some block types in the repack.
+- ``as loaded``  only when ``tda.models.quant_types.REPACKED`` keeps some block types in the repack.
 
 For each layout and kind of linear (``q_proj:Q5_0``, ``lm_head``, ...): ms per decode step (every
 layer's linear of that kind, the C++ kernel called as the engine calls it), MB read and GB/s;
@@ -43,15 +43,15 @@ def _calls(lm):
 
 
 def _load(model: str, repacked: tuple[str, ...], unpack_all: bool):
-    from tda.models import quant
+    from tda.models import quant, quant_types
     from tda.models.load import load_model
 
-    saved = quant.REPACKED
-    quant.REPACKED = repacked
+    saved = quant_types.REPACKED
+    quant_types.REPACKED = repacked
     try:
         lm = load_model(model, dtype="gguf")
     finally:
-        quant.REPACKED = saved
+        quant_types.REPACKED = saved
     if unpack_all:  # every module on its int8 repack, the blocks dropped
         for m in quant.quant_modules(lm.model):
             if m.block_weight is not None:
@@ -71,11 +71,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from tda.models import quant
+    from tda.models import quant_types
 
     layouts = {"all blocks": _load(a.model, (), False), "all repack": _load(a.model, (), True)}
-    if quant.REPACKED:  # the format mixes the two: time it as loaded too
-        layouts["as loaded"] = _load(a.model, quant.REPACKED, False)
+    if quant_types.REPACKED:  # the format mixes the two: time it as loaded too
+        layouts["as loaded"] = _load(a.model, quant_types.REPACKED, False)
     calls = {k: _calls(lm) for k, lm in layouts.items()}
     times = {k: defaultdict(list) for k in layouts}
     for r in range(a.rounds + 2):
@@ -100,7 +100,7 @@ def main(argv=None) -> dict:
                           "gbps": nbytes[kind] / statistics.median(v) / 1e9} for kind, v in sorted(times[k].items())}
         for kind, d in rows[k].items():
             print(f"{k:10s} {kind:20s} {d['ms']:7.3f} ms {d['mb']:7.1f} MB {d['gbps']:5.1f} GB/s")
-    out = {"model": a.model, "threads": a.threads, "rounds": a.rounds, "repacked": list(quant.REPACKED),
+    out = {"model": a.model, "threads": a.threads, "rounds": a.rounds, "repacked": list(quant_types.REPACKED),
            "timestamp": time.strftime("%Y-%m-%d %H:%M"),
            "command": "python benchmarks/quant_layers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "layouts": rows}

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from tda.common.errors import ModelLoadError
-from tda.models import quant
+from tda.models import quant, quant_types
 
 Progress = Callable[[str], None]
 
@@ -169,7 +169,7 @@ def load_gguf(path: str | Path, *, keep_blocks: bool = True, progress: Progress 
             except ValueError:
                 order = False
             if order is not False:
-                if qtype in quant.REPACKED:  # kept in the int8 repack (see quant.REPACKED)
+                if qtype in quant_types.REPACKED:  # kept in the int8 repack (see quant_types.REPACKED)
                     w = _unpack_chunked(path, t, qtype, shape)
                 else:
                     w = _file_blocks(raw, qtype, shape)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tda.models.quant_types import BLOCKS, QUANTIZABLE, REPACKED, file_bytes  # noqa: F401 (re-exported)
+from tda.models.quant_types import BLOCKS, QUANTIZABLE, file_bytes  # noqa: F401 (re-exported)
 
 TILE_BYTES = 8 << 20  # the torch fallback dequantises this much fp32 at a time
 
@@ -363,6 +363,11 @@ class QuantLinear(nn.Module):
         return None if b is None else BlockWeight(b, self.qtype, self.in_features)
 
     @property
+    def blocks_only(self) -> BlockWeight | None:
+        """The blocks while no repack has been unpacked from them (then a product reads them), else None."""
+        return None if "q" in self._buffers else self.block_weight
+
+    @property
     def qweight(self) -> QuantWeight:
         """The int8 repack (unpacked from the blocks and kept, the first time a caller asks)."""
         return QuantWeight(self.q, self.scale, self.qmin, self.qtype)
@@ -381,13 +386,13 @@ class QuantLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        bw = self.block_weight
-        return bw.dequantize() if bw is not None and "q" not in self._buffers else self.qweight.dequantize()
+        bw = self.blocks_only
+        return bw.dequantize() if bw is not None else self.qweight.dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bw = self.block_weight
+        bw = self.blocks_only
         x2 = x.reshape(-1, self.in_features).to(torch.float32)
-        if bw is not None and "q" not in self._buffers and bw.blocks.device.type == "cpu":
+        if bw is not None and bw.blocks.device.type == "cpu":
             y = None
             if _BLOCKS_LINEAR[0] is not None:  # the engine's kernels on the blocks (prefill included)
                 y = _BLOCKS_LINEAR[0](x2.contiguous(), bw.blocks, self.qtype, None if self.bias is None else self.bias.detach())
@@ -431,8 +436,7 @@ class QuantEmbedding(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         src = self.source[0]
-        bw = src.block_weight  # file blocks: only the gathered rows unpacked
-        w = bw if bw is not None and "q" not in src._buffers else src.qweight
+        w = src.blocks_only or src.qweight  # file blocks: only the gathered rows unpacked
         rows = w.rows(input_ids.reshape(-1)).view(*input_ids.shape, self.embedding_dim)
         return rows if self.embed_scale is None else rows * self.embed_scale.to(rows.dtype)
 
