@@ -14,12 +14,19 @@ decode step; a second, instrumented run times the parts of each decode step with
 
 The hooks add a few microseconds per call, so the parts are read from the instrumented run and the
 total from the clean one ("rest" rows absorb the difference; the hook overhead is printed).
+
+A third view needs no hooks: **in place**, each round also decodes with the layers' linears, then
+every linear, replaced by stubs that return zeros (same shapes, no weight read). The drops are what
+the lm_head and the block linears cost inside a real step — where they share caches and memory
+with each other (a linear timed alone in a loop runs from a warmer cache) — and the last run is
+everything else. The stubbed runs' tokens are meaningless; only their time is read.
 Run on a quiet machine; both runs alternate for ``--rounds`` rounds, medians are printed.
 
 Usage:
     python benchmarks/breakdown.py                        # gemma-3-270m and random:llama-1b, fp32 and bf16
     python benchmarks/breakdown.py --models gemma-3-270m --dtypes bf16 --new-tokens 32 --rounds 3
-    python benchmarks/breakdown.py --models tiny-llama --new-tokens 4 --rounds 1   # smoke test
+    python benchmarks/breakdown.py --models gemma-3-270m --dtypes gguf   # replaces that column only
+    python benchmarks/breakdown.py --models tiny-llama --new-tokens 4 --rounds 1 --out /tmp/b.json  # smoke test
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's tda
@@ -92,6 +101,41 @@ class Timer:
             h.remove()
 
 
+def _stubbed(lm, which: str):
+    """The fast dense table's functions for ``which`` linears (``layers``: all but the lm_head;
+    ``all``) replaced by zero stubs; returns a function that restores them."""
+    from tda.engine import fastpath
+    from tda.models.dispatch import linear_modules
+
+    table = fastpath.dense_table(lm.model, fast=True)
+    head = lm.model.get_output_embeddings()
+    saved = dict(table)
+    for m in linear_modules(lm.model):
+        if m in table and (which == "all" or m is not head):
+            d_out = int(getattr(m, "out_features", None) or m.nf)  # GPT-2's Conv1D: nf
+            table[m] = lambda x, d=d_out: torch.zeros(*x.shape[:-1], d, dtype=x.dtype, device=x.device)
+
+    def restore():
+        table.update(saved)
+
+    return restore
+
+
+def in_place(lm, prompt: str, kw: dict) -> dict[str, float]:
+    """One decode of each: every linear, the layers' linears stubbed, every linear stubbed (ms/step)."""
+    from tda.engine.generate import generate
+
+    out = {"all": generate(lm, prompt, **kw).timings["decode_ms_per_token"]}
+    for which in ("layers", "all"):
+        restore = _stubbed(lm, which)
+        try:
+            out["no_layer_linears" if which == "layers" else "no_linears"] = generate(
+                lm, prompt, **kw).timings["decode_ms_per_token"]
+        finally:
+            restore()
+    return out
+
+
 def one(spec: str, dtype: str, args) -> dict:
     from tda.engine.generate import generate
     from tda.evaluate.bench import bench_prompt
@@ -101,8 +145,10 @@ def one(spec: str, dtype: str, args) -> dict:
     prompt = bench_prompt(lm, args.prompt_tokens)
     kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
     generate(lm, prompt, **kw)  # warm-up (kernel build, fast-path probe)
-    clean, parts, hook_cost = [], {p: [] for p in PARTS}, []
+    clean, parts, hook_cost, place = [], {p: [] for p in PARTS}, [], []
     for _ in range(args.rounds):
+        if r_fast(lm):
+            place.append(in_place(lm, prompt, kw))
         r = generate(lm, prompt, **kw)
         step = r.timings["decode_ms_per_token"]
         clean.append(step)
@@ -120,9 +166,21 @@ def one(spec: str, dtype: str, args) -> dict:
             parts[p].append(ms[p])
         hook_cost.append(r2.timings["decode_ms_per_token"] - step)
     med = {p: statistics.median(v) for p, v in parts.items()}
-    return {"model": spec, "dtype": dtype, "step_ms": statistics.median(clean), "parts_ms": med,
+    inplace = None
+    if place:
+        m = {k: statistics.median(p[k] for p in place) for k in place[0]}
+        inplace = {"lm_head": m["no_layer_linears"] - m["no_linears"], "block linears": m["all"] - m["no_layer_linears"],
+                   "everything else": m["no_linears"], "step": m["all"], "runs_ms": place}
+    return {"model": spec, "dtype": dtype, "step_ms": statistics.median(clean), "parts_ms": med, "in_place_ms": inplace,
             "hook_overhead_ms": statistics.median(hook_cost), "rounds": args.rounds,
             "fast": bool(r.params["fast"]), "new_tokens": args.new_tokens}
+
+
+def r_fast(lm) -> bool:
+    """The stubs replace the fast dense table's functions: only where the engine uses that table."""
+    from tda.engine import fastpath
+
+    return fastpath.use_fast(lm)
 
 
 def table(res: list[dict]) -> str:
@@ -133,6 +191,10 @@ def table(res: list[dict]) -> str:
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
     lines.append("| **decode step** | " + " | ".join(f"**{r['step_ms']:.1f} ms**" for r in res) + " |")
     lines.append("| (hook overhead, not in the step) | " + " | ".join(f"{r['hook_overhead_ms']:.1f} ms" for r in res) + " |")
+    if any(r.get("in_place_ms") for r in res):
+        for p in ("lm_head", "block linears", "everything else"):
+            cells = [f"{r['in_place_ms'][p]:.1f} ms" if r.get("in_place_ms") else "n/a" for r in res]
+            lines.append(f"| in place (stubs): {p} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -150,8 +212,12 @@ def main(argv=None) -> None:
         for dtype in args.dtypes.split(","):
             print(f"{spec} {dtype} ...", file=sys.stderr, flush=True)
             res.append(one(spec, dtype, args))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=1))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    new = {(r["model"], r["dtype"]) for r in res}  # columns of an earlier run that this one did not redo stay
+    old = [r for r in json.loads(out.read_text()) if (r["model"], r["dtype"]) not in new] if out.exists() else []
+    res = old + res
+    out.write_text(json.dumps(res, indent=1))
     print(f"dense decode step, batch 1, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, "
           f"median of {args.rounds} rounds")
     print(table(res))

@@ -50,6 +50,7 @@ def old_cloze(lm, items, vs, thr):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="gemma-3-270m")
+    ap.add_argument("--dtype", default="fp32", help="the weight format (fp32, bf16, gguf)")
     ap.add_argument("--methods", default="dense,tt,griffin,teal,cats,scap")
     ap.add_argument("--density", type=float, default=0.5)
     ap.add_argument("--texts", type=int, default=8, help="passages of each text set")
@@ -63,7 +64,7 @@ def main() -> None:
     from tda.evaluate.quality import _thresholds, perplexity_eval, variants
     from tda.models.load import load_model
 
-    lm = load_model(a.model)
+    lm = load_model(a.model, dtype=a.dtype)
     vs = variants(a.methods.split(","), [a.density])
     thr = _thresholds(lm, vs, 0.2, None)
     res: dict = {"model": a.model, "variants": [v.label for v in vs], "sets": {}}

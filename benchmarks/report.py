@@ -34,6 +34,8 @@ PALETTE = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D
 FRONTIERS = (
     ("frontier-gemma-3-270m", "Gemma 3 270M, fp32: every method at three densities"),
     ("frontier-gemma-3-270m-bf16", "Gemma 3 270M, bf16"),
+    ("frontier-gemma-3-270m-gguf", "Gemma 3 270M, gguf (the file's own blocks): every method at 0.5 on two corpora, "
+     "paired with fp32 dense"),
     ("frontier-gemma-3-270m-head", "Gemma 3 270M, the lm_head option (`+headD`), an earlier run"),
 )
 
@@ -253,9 +255,13 @@ def frontier_page(root: Path) -> tuple[str, dict[str, str]]:
         d = _load(root, f"{folder}/frontier.json")
         meta, rows = d["meta"], d["rows"]
         img = f"img/{folder}.svg"
-        files[f"docs/results/{img}"] = _frontier_plot(rows, f"{meta['model']['model_id']} "
-                                                            f"({meta['model']['dtype']}): quality vs speed")
+        fmt = meta["model"].get("format") or meta["model"]["dtype"]
+        files[f"docs/results/{img}"] = _frontier_plot(rows, f"{meta['model']['model_id']} ({fmt}): quality vs speed")
         full = to_markdown(rows, meta, d.get("verdicts")).replace("\n## ", "\n#### ")
+        if meta.get("reference"):  # a run in another format: every row against fp32 dense too
+            from tda.evaluate import format_cost
+
+            full = full.rstrip("\n") + "\n\n" + format_cost.to_markdown(d).replace("### ", "#### ") + "\n"
         full = full.replace("## Verdicts", "#### Verdicts") if full.startswith("## ") else full
         parts.append(
             f"## {title}\n\n```bash\n{_cmd(meta.get('command'))}\n```\n\n"
@@ -642,10 +648,16 @@ def breakdown_page(root: Path) -> str:
             for p in parts]
     rows.append(["**decode step**"] + [f"**{r['step_ms']:.1f} ms**" for r in d])
     rows.append(["(hook overhead, not in the step)"] + [f"{r['hook_overhead_ms']:.1f} ms" for r in d])
+    for p in ("lm_head", "block linears", "everything else"):
+        rows.append([f"in place (stubs): {p}"] + [f"{r['in_place_ms'][p]:.1f} ms" if r.get("in_place_ms") else "n/a"
+                                                  for r in d])
     intro = ("`python benchmarks/breakdown.py --models gemma-3-270m,random:llama-1b --dtypes fp32,bf16 "
-             "--rounds 3`: the dense decode step (batch 1, median of rounds) and its parts, timed with forward "
+             "--rounds 3` (a later `--models gemma-3-270m --dtypes gguf` replaced or added that column): the dense "
+             "decode step (batch 1, median of rounds) and its parts, timed with forward "
              "hooks in a second run; the hooks' own cost is printed and left out, so the \"generate loop\" row "
-             "absorbs the difference to the clean step (noise around zero). What each part is: "
+             "absorbs the difference to the clean step (noise around zero). The \"in place\" rows need no hooks: "
+             "the step's drop when the layers' linears, then every linear, return zeros without reading a weight "
+             "(n/a: a column from before they were measured). What each part is: "
              "[Where the time goes](../guides/benchmarking.md#where-the-time-goes).")
     weights = [100 * (r["parts_ms"].get("lm_head", 0) + r["parts_ms"].get("block linears", 0)) / r["step_ms"]
                for r in d]

@@ -276,6 +276,13 @@ def test_bench_reports_the_formats_bytes_and_flags_rounds_above_the_roofline():
     row = res["results"]["dense"]
     assert row["roofline_rounds_above_100"] == sum(p > 100 for p in row["roofline_pct_each_round"])
     assert "gguf" in format_table(res)
+    # the lm_head option runs on the blocks too (its input-major head repack): bench takes it
+    from tda.common.data import load_texts
+
+    res = run_bench(lm_q, methods=("dense", "tt+head0.5"), prompt_tokens=8, new_tokens=4, rounds=1,
+                    bandwidth_mb=None, calibration_texts=load_texts(limit=4))
+    (label,) = [k for k in res["results"] if k.startswith("tt+head0.5")]
+    assert res["results"][label]["read_fraction"]["lm_head"] < 1.0
 
 
 @pytest.mark.parametrize("qtype", list(quant.BLOCKS))

@@ -149,9 +149,11 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
     dens_list = [density] if densities is None else list(densities)
     vs = bench_variants(methods, dens_list)
     if getattr(lm, "weight_format", None) == "gguf":  # before any timing: what runs on quantized blocks
+        from tda.engine.config import split_head
         from tda.engine.session import QUANT_METHODS
 
-        bad = sorted({v.method for v in vs if v.method not in (*QUANT_METHODS, "stock")})
+        bad = sorted({v.method for v in vs if not all(
+            m in (*QUANT_METHODS, "stock") for m in split_head(v.method)[0].split("+"))})
         if bad:
             raise BadInput(f"{', '.join(bad)} do not run on the gguf format yet (these do: "
                            f"{', '.join(QUANT_METHODS)}); leave them out or use --dtype fp32/bf16")

@@ -353,7 +353,7 @@ def to_markdown(rows: list[dict], meta: dict | None = None, verdict_rows: list[d
         m = meta.get("model", {})
         bw = meta.get("bandwidth_gbps")
         sets = meta.get("sets") or {}
-        out += [f"model {m.get('model_id', '?')} ({m.get('dtype', '')}, {m.get('device', '')}); "
+        out += [f"model {m.get('model_id', '?')} ({m.get('format') or m.get('dtype', '')}, {m.get('device', '')}); "
                 f"{meta.get('rounds')} round(s), prompt {meta.get('prompt_tokens')} + {meta.get('new_tokens')} "
                 f"new tokens; {meta.get('heldout_texts')} held-out texts"
                 + (f" ({sets['text']})" if sets.get("text") else "")
