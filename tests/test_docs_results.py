@@ -70,6 +70,7 @@ def _prose(p: Path) -> str:
     if p.name == "README.md":  # its headline table, the llama.cpp table and the suite's cost are generated
         for start, end in (("<!-- headline:start", "<!-- headline:end -->"),
                            ("<!-- llamacpp:start", "<!-- llamacpp:end -->"),
+                           ("<!-- corpora:start", "<!-- corpora:end -->"),
                            ("<!-- suite-cost:start", "<!-- suite-cost:end -->")):
             i, j = text.find(start), text.find(end)
             assert 0 <= i < j, f"README.md lacks its generated block {start}"
