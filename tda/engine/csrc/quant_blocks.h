@@ -268,11 +268,7 @@ void gemv_blocks(const QB& W, const float* x, const float* xsum, int64_t j0, int
   int64_t j = j0;
   for (; j + R <= j1; j += R) {
     const uint8_t* src[R];
-    uintptr_t last[R];
-    for (int r = 0; r < R; ++r) {
-      src[r] = W.b + (j + r) * W.row_bytes;
-      last[r] = ((reinterpret_cast<uintptr_t>(src[r]) + TDA_QUANT_PF) >> 6) - 1;
-    }
+    for (int r = 0; r < R; ++r) src[r] = W.b + (j + r) * W.row_bytes;
     __m512 acc[R][B];
     float macc[R][B];
     for (int r = 0; r < R; ++r)
@@ -280,11 +276,9 @@ void gemv_blocks(const QB& W, const float* x, const float* xsum, int64_t j0, int
     for (int64_t k = 0; k < nb; ++k) {
       for (int r = 0; r < R; ++r) {
         const uint8_t* blk = src[r] + k * size;
-        // every 64-byte line of the row's stream once, TDA_QUANT_PF bytes ahead (rows and blocks
-        // are not line-aligned: track the last line fetched)
-        const uintptr_t end = (reinterpret_cast<uintptr_t>(blk) + size - 1 + TDA_QUANT_PF) >> 6;
-        for (uintptr_t l = last[r] + 1; l <= end; ++l) _mm_prefetch(reinterpret_cast<const char*>(l << 6), _MM_HINT_T0);
-        last[r] = end;
+        // the row's stream TDA_QUANT_PF bytes ahead: one prefetch per 64 bytes of the block (a line
+        // may be asked for twice; cheaper than tracking the last line fetched)
+        for (int64_t o = 0; o < size; o += 64) _mm_prefetch(reinterpret_cast<const char*>(blk + TDA_QUANT_PF + o), _MM_HINT_T0);
         float s[NG], m[NG];
         __m512 t[B];
         decode_block<K>(blk, s, m, [&](int g, int half, __m512 w) {
