@@ -10,7 +10,8 @@ variants (:func:`tda.evaluate.paired_timing.paired_rounds`, llama.cpp as the bas
 pairs a variant with its llama.cpp neighbours: ``ratio = llama.cpp ms/token ÷ ours`` = our tokens/s
 ÷ llama.cpp's, median over rounds with a 95% t-interval. Each round also measures the streaming
 read with the decode's thread count and access pattern (:func:`tda.evaluate.bandwidth.measure_bandwidth`):
-the quantized format's roofline share is per round, rounds above 100% flagged.
+the roofline share (the bytes each variant reads: its weight groups times its read fractions) is per
+round, rounds above 100% flagged.
 
 Both runtimes get the same prompt token ids (ours, BOS included) and pick the argmax at every
 step. Where llama.cpp's greedy tokens first differ from ours, our fp32 logits (teacher-forced on our
@@ -155,7 +156,7 @@ def main(argv=None) -> dict:
     from tda.engine.generate import generate
     from tda.evaluate.bandwidth import measure_bandwidth, roofline_ms, roofline_pct
     from tda.evaluate.bench import machine_info
-    from tda.evaluate.ceiling import weight_bytes
+    from tda.evaluate.ceiling import mean_read_fraction, read_fraction_of, weight_bytes
     from tda.evaluate.paired_timing import paired_rounds, speedup_interval
     from tda.models import embedded_gguf
     from tda.models.load import load_model
@@ -184,7 +185,7 @@ def main(argv=None) -> dict:
             kw = {} if d is None else {"density": d}
             r = generate(models[fmt], args.prompt, m, max_new_tokens=args.new_tokens,
                          min_new_tokens=args.new_tokens, threads=args.threads, **kw)
-            t = dict(r.timings, token_ids=r.token_ids[0])
+            t = dict(r.timings, token_ids=r.token_ids[0], read_fraction=r.params.get("read_fraction"))
         tokens.setdefault(label, t["token_ids"])
         return t
 
@@ -206,8 +207,12 @@ def main(argv=None) -> dict:
         if label != "llamacpp":
             ratios = pr["ratios"][label]["decode_ms_per_token"]
             sp, lo, hi = speedup_interval(ratios)
-            fmt = labels[label][0]
-            nbytes = sum(weight_bytes(models[fmt]).values())
+            fmt, m, d = labels[label]
+            # bytes read per step: each weight group's bytes in this format times the fraction of it the
+            # variant read (the engine's read fractions, mean over rounds): what bench's ceiling counts
+            w = weight_bytes(models[fmt])
+            rf = mean_read_fraction([read_fraction_of(m, d, t) for t in pr["timings"][label]])
+            nbytes = sum(w[g] * rf[g] for g in w)
             pct = [roofline_pct(roofline_ms(nbytes, g), d) for g, d in zip(bw_rounds, dec)]
             ok = sorted(p for p in pct if p <= 100.0)
             row.update(vs_llamacpp=sp, vs_llamacpp_lo=lo, vs_llamacpp_hi=hi, ratios=ratios,
