@@ -67,7 +67,7 @@ def _prose(p: Path) -> str:
     """The page's prose: without code (commands name sizes and flags), the README's generated block and
     the allowed phrases."""
     text = p.read_text()
-    if p.name == "README.md":  # its headline table, the llama.cpp table and the suite's cost are generated
+    if p.name == "README.md":  # its headline table, the llama.cpp table, the verdicts across corpora and the suite's cost are generated
         for start, end in (("<!-- headline:start", "<!-- headline:end -->"),
                            ("<!-- llamacpp:start", "<!-- llamacpp:end -->"),
                            ("<!-- corpora:start", "<!-- corpora:end -->"),
