@@ -137,6 +137,7 @@ def in_place(lm, prompt: str, kw: dict) -> dict[str, float]:
 
 
 def one(spec: str, dtype: str, args) -> dict:
+    from tda.engine import fastpath
     from tda.engine.generate import generate
     from tda.evaluate.bench import bench_prompt
     from tda.models.load import load_model
@@ -147,7 +148,7 @@ def one(spec: str, dtype: str, args) -> dict:
     generate(lm, prompt, **kw)  # warm-up (kernel build, fast-path probe)
     clean, parts, hook_cost, place = [], {p: [] for p in PARTS}, [], []
     for _ in range(args.rounds):
-        if r_fast(lm):
+        if fastpath.use_fast(lm):  # the stubs replace the fast dense table's functions
             place.append(in_place(lm, prompt, kw))
         r = generate(lm, prompt, **kw)
         step = r.timings["decode_ms_per_token"]
@@ -176,13 +177,6 @@ def one(spec: str, dtype: str, args) -> dict:
             "fast": bool(r.params["fast"]), "new_tokens": args.new_tokens}
 
 
-def r_fast(lm) -> bool:
-    """The stubs replace the fast dense table's functions: only where the engine uses that table."""
-    from tda.engine import fastpath
-
-    return fastpath.use_fast(lm)
-
-
 def table(res: list[dict]) -> str:
     head = "| part | " + " | ".join(f"{r['model']} {r['dtype']}" for r in res) + " |"
     lines = [head, "|---|" + "---|" * len(res)]
@@ -207,16 +201,18 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(RESULTS / "breakdown.json"))
     args = ap.parse_args(argv)
+    out = Path(args.out)  # checked before any work: columns of an earlier run that this one does not redo stay
+    prev = json.loads(out.read_text()) if out.exists() else []
+    if not (isinstance(prev, list) and all(isinstance(r, dict) and {"model", "dtype"} <= r.keys() for r in prev)):
+        raise SystemExit(f"{out} holds something other than a breakdown run; give another --out")
     res = []
     for spec in args.models.split(","):
         for dtype in args.dtypes.split(","):
             print(f"{spec} {dtype} ...", file=sys.stderr, flush=True)
             res.append(one(spec, dtype, args))
-    out = Path(args.out)
+    new = {(r["model"], r["dtype"]) for r in res}
+    res = [r for r in prev if (r["model"], r["dtype"]) not in new] + res
     out.parent.mkdir(parents=True, exist_ok=True)
-    new = {(r["model"], r["dtype"]) for r in res}  # columns of an earlier run that this one did not redo stay
-    old = [r for r in json.loads(out.read_text()) if (r["model"], r["dtype"]) not in new] if out.exists() else []
-    res = old + res
     out.write_text(json.dumps(res, indent=1))
     print(f"dense decode step, batch 1, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, "
           f"median of {args.rounds} rounds")

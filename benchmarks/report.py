@@ -45,6 +45,12 @@ def _load(root: Path, name: str):
     return json.loads((root / RESULTS / name).read_text())
 
 
+def _stored(root: Path, name: str) -> dict | None:
+    """A stored result, or None when that benchmark has not been run and stored yet."""
+    p = root / RESULTS / name
+    return json.loads(p.read_text()) if p.exists() else None
+
+
 def _table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -344,10 +350,10 @@ def _series_table(root: Path, names: list[str], methods: list[str]) -> str:
         f"{m} speedup [95%]" for m in methods]
     out = []
     for name in names:
-        p = root / RESULTS / name
-        if not p.exists():
+        d = _stored(root, name)
+        if d is None:
             continue
-        res = json.loads(p.read_text()).get("results") or {}
+        res = d.get("results") or {}
         dn = res.get("dense", {})
         rp = dn.get("roofline_pct_rounds", dn.get("roofline_pct"))
         cells = [f"`{name}`", _f(dn.get("decode_ms_per_token"), 1), "" if rp is None else f"{rp:.0f}%"]
@@ -829,10 +835,9 @@ LLAMACPP_END = "<!-- llamacpp:end -->"
 
 def readme_llamacpp(root: Path) -> str:
     """The README's llama.cpp table: the stored run of the embedded model's file."""
-    p = root / RESULTS / "llamacpp-gemma-3-270m-q4_k_m.json"
-    if not p.exists():
+    d = _stored(root, "llamacpp-gemma-3-270m-q4_k_m.json")
+    if d is None:
         return "No run of `python benchmarks/llamacpp.py` is stored yet."
-    d = json.loads(p.read_text())
     return (f"`{llamacpp_command(d)}` ({d['timestamp'][:16].replace('T', ' ')}, {d['threads']} threads, "
             f"{d['new_tokens']} greedy tokens after a {d['prompt_tokens']}-token prompt):\n\n"
             + _table(LLAMACPP_HEAD[:5] + LLAMACPP_HEAD[6:], [r[:5] + r[6:] for r in llamacpp_rows(d)]))
@@ -869,10 +874,9 @@ SUITE_END = "<!-- suite-cost:end -->"
 
 def suite_cost(root: Path) -> str:
     """One sentence on the test suite's last stored cost (``benchmarks/suite_cost.py``)."""
-    p = root / RESULTS / "suite-cost.json"
-    if not p.exists():
+    d = _stored(root, "suite-cost.json")
+    if d is None:
         return "No run of `python benchmarks/suite_cost.py` is stored yet."
-    d = json.loads(p.read_text())
     c = d["counts"]
     return (f"The last stored run (`python benchmarks/suite_cost.py`, {d['timestamp']}, {d['cores']} cores, "
             f"{d['memory_gb']:.0f} GB): {c.get('passed', 0)} passed, {c.get('skipped', 0)} skipped in "

@@ -30,6 +30,14 @@ QUANT_METHODS = ("dense", "tt", "cats", "chess", "scap", "rsparse", "predictor",
                  "random")
 
 
+def runs_on_quant(method: str) -> bool:
+    """Does ``method`` (a name, a ``PROMPT+tt`` combination, with or without ``+headD``) run on the
+    quantized format: every part of it in :data:`QUANT_METHODS`."""
+    from tda.engine.config import split_head
+
+    return all(m in QUANT_METHODS for m in split_head(method)[0].split("+"))
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -45,8 +53,7 @@ class SparseSession:
 
     def __init__(self, lm, method: str | SparsityConfig = "dense", **fields):
         self.cfg = as_config(method, **fields)
-        if getattr(lm, "weight_format", None) == "gguf" and not all(
-                m in QUANT_METHODS for m in self.cfg.method.split("+")):
+        if getattr(lm, "weight_format", None) == "gguf" and not runs_on_quant(self.cfg.method):
             raise BadInput(f"method '{self.cfg.method}' does not run on the gguf format yet (these do: "
                            f"{', '.join(QUANT_METHODS)}); use --dtype fp32 or bf16 for the others")
         self.lm = lm

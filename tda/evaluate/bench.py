@@ -149,11 +149,9 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
     dens_list = [density] if densities is None else list(densities)
     vs = bench_variants(methods, dens_list)
     if getattr(lm, "weight_format", None) == "gguf":  # before any timing: what runs on quantized blocks
-        from tda.engine.config import split_head
-        from tda.engine.session import QUANT_METHODS
+        from tda.engine.session import QUANT_METHODS, runs_on_quant
 
-        bad = sorted({v.method for v in vs if not all(
-            m in (*QUANT_METHODS, "stock") for m in split_head(v.method)[0].split("+"))})
+        bad = sorted({v.method for v in vs if v.method != "stock" and not runs_on_quant(v.method)})
         if bad:
             raise BadInput(f"{', '.join(bad)} do not run on the gguf format yet (these do: "
                            f"{', '.join(QUANT_METHODS)}); leave them out or use --dtype fp32/bf16")

@@ -387,12 +387,6 @@ inline const float* check_bias_t(const c10::optional<at::Tensor>& bias, int64_t 
 inline void input_sparse_core(const QWT& W, const float* xp, int64_t N, const int64_t* ix, int64_t k,
                               const float* bp, float* yp, bool compact = false) {
   const int64_t d_out = W.d_out, ng = W.ng, G = W.G;
-  // rows of at most kSparseNextMax outputs: also fetch, line by line, the active rows of the groups
-  // that follow (in decode their bytes come from memory, and a group's few short rows give the
-  // prefetchers no stream to follow; Gemma 3 270M gguf, teal@0.5: ~4% off a step). Longer rows
-  // (the lm_head's 262k outputs) are streams themselves: the in-row prefetch serves them.
-  const bool pf_next = d_out <= kSparseNextMax;
-  (void)pf_next;
   const int64_t ldx = compact ? k : W.d_in;
   // the runs of active inputs per group: [starts[g], starts[g + 1]) in ix
   std::vector<int64_t> starts(static_cast<size_t>(ng + 1), k);
@@ -416,7 +410,12 @@ inline void input_sparse_core(const QWT& W, const float* xp, int64_t N, const in
         const float* mg = W.m ? W.m + g * d_out : nullptr;
         int64_t j = c0;
 #if TDA_QUANT_AVX512
-        // 64 outputs at a time: the group's active inputs summed in four registers, scaled once
+        // 64 outputs at a time: the group's active inputs summed in four registers, scaled once.
+        // Rows of at most kSparseNextMax outputs also fetch, line by line, the active rows of the
+        // groups that follow (in decode their bytes come from memory, and a group's few short rows
+        // give the prefetchers no stream to follow; Gemma 3 270M gguf, teal@0.5: ~4% off a step).
+        // Longer rows (the lm_head's 262k outputs) are streams themselves: the in-row prefetch serves them.
+        const bool pf_next = d_out <= kSparseNextMax;
         const int64_t na = a1 - a0;
         for (; j + 64 <= c1; j += 64) {
           __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
