@@ -319,6 +319,59 @@ def test_sparse_kernels_equal_the_masked_dense_product(qtype, rows_x):
         quant_kernels.rows(x, qw, torch.tensor([41]))
 
 
+@pytest.mark.parametrize("rows_x", [1, 3, 8])
+def test_packed_q4k_layout_gives_the_int8_layouts_results_bit_for_bit(rows_x):
+    """Q4_K input-major, packed (4-bit values two a byte, uint8 sub-scales, fp16 super-block factors):
+    the same scales and values as the int8 layout, so the same products bit for bit, and each
+    equal to its masked dense product on the de-quantised weights (empty, full and odd sets)."""
+    qw, ref = _weight("Q4_K", 192, 2, seed=11 + rows_x)
+    packed, plain = qw.input_major(), qw.input_major(packed=False)
+    assert packed.packed and not plain.packed
+    assert packed.nbytes < 0.5 * plain.nbytes
+    assert torch.equal(packed.row_major().dequantize(), ref)
+    g = torch.Generator().manual_seed(rows_x)
+    x = torch.randn(rows_x, qw.shape[1], generator=g)
+    bias = torch.randn(192, generator=g)
+    scale = float((x.abs() @ ref.abs().T).max())
+    d_in = qw.shape[1]
+    for idx in (torch.randperm(d_in, generator=g)[: d_in // 3], torch.arange(d_in), torch.tensor([], dtype=torch.long),
+                torch.tensor([d_in - 1])):
+        got = quant_kernels.input_sparse(x, packed, idx, bias)
+        assert torch.equal(got, quant_kernels.input_sparse(x, plain, idx, bias))
+        mask = torch.zeros(d_in, dtype=torch.float64)
+        mask[idx] = 1
+        want = F.linear(x.double() * mask, ref.double(), bias.double())
+        assert float((got.double() - want).abs().max()) <= 2e-6 * scale
+        assert torch.equal(quant_kernels.input_sparse(x, packed, idx, bias, backend="torch"),
+                           quant_kernels.input_sparse(x, plain, idx, bias, backend="torch"))
+    ops = quant_kernels.quant_ops()
+    if ops is not None:
+        for t in (0.0, 0.6, 1e9):
+            args = (None, t, None, None)
+            assert torch.equal(ops.quant_input_sparse_threshold(x, packed.qt, packed.st, packed.mt, *args, packed.sd, packed.md),
+                               ops.quant_input_sparse_threshold(x, plain.qt, plain.st, plain.mt, *args))
+        with pytest.raises(ValueError, match="md needs sd"):
+            ops.quant_input_sparse(x, plain.qt, plain.st, plain.mt, torch.arange(3), None, False, None, packed.md)
+        with pytest.raises(ValueError, match="packed"):
+            ops.quant_input_sparse(x, packed.qt, packed.st, None, torch.arange(3), None, False, packed.sd, packed.md)
+
+
+def test_packing_applies_only_where_it_is_exact():
+    """Another block type, outputs not whole 64s, or Q4_K scales that no fp16 d times 6-bit factors
+    make: the int8 layout (the packed one must hold the same values)."""
+    assert quant.pack_q4k(_weight("Q8_0", 64, 2)[0]) is None
+    assert quant.pack_q4k(_weight("Q4_K", 40, 1)[0]) is None
+    qw = _weight("Q4_K", 64, 1)[0]
+    assert quant.pack_q4k(qw) is not None
+    odd = quant.QuantWeight(qw.q, qw.scale.clone(), qw.min, "Q4_K")
+    odd.scale[3, 2] = odd.scale[3, 2] * (1 + 2 ** -20)  # no longer fp16 d times an integer
+    assert quant.pack_q4k(odd) is None
+    assert not odd.input_major().packed
+    neg = quant.QuantWeight(qw.q, -qw.scale.abs(), qw.min, "Q4_K")  # a negative d: factors keep d's sign
+    p = quant.pack_q4k(neg)
+    assert p is not None and torch.equal(p.row_major().scale, neg.scale)
+
+
 @pytest.mark.skipif(quant_kernels.quant_ops() is None, reason="C++ kernels unavailable")
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K", "Q6_K"])
 @pytest.mark.parametrize("rows_x", [1, 3, 8])
@@ -334,7 +387,7 @@ def test_fused_threshold_kernel_equals_each_rows_masked_product(qtype, rows_x):
     scale = float((x.abs() @ ref.abs().T).max())
     for t, tvec in ((0.7, None), (0.0, torch.rand(qw.shape[1], generator=g) * 1.5), (0.0, None), (1e9, None)):
         count = torch.zeros(1, dtype=torch.long)
-        got = ops.quant_input_sparse_threshold(x, qwt.qt, qwt.st, qwt.mt, None, t, tvec, count)
+        got = ops.quant_input_sparse_threshold(x, qwt.qt, qwt.st, qwt.mt, None, t, tvec, count, qwt.sd, qwt.md)
         cut = tvec if tvec is not None else torch.full((qw.shape[1],), t)
         keep = (x.abs() >= cut) & (x != 0)
         want = F.linear((x * keep).double(), ref.double())

@@ -114,7 +114,7 @@ def input_sparse(x: torch.Tensor, qwt: QuantWeightT, idx: torch.Tensor, bias: to
     ops = _cpp(backend, x, qwt.qt)
     x32 = x.to(torch.float32).contiguous()
     if ops is not None:
-        return ops.quant_input_sparse(x32, qwt.qt, qwt.st, qwt.mt, idx, bias, compact).to(x.dtype)
+        return ops.quant_input_sparse(x32, qwt.qt, qwt.st, qwt.mt, idx, bias, compact, qwt.sd, qwt.md).to(x.dtype)
     mask = torch.zeros(d_in, dtype=torch.float32, device=x.device)
     mask[idx] = 1.0
     w = qwt.row_major().dequantize()

@@ -99,9 +99,12 @@ class QuantWeight:
                           None if self.min is None else self.min.index_select(0, idx), self.qtype)
         return sub.dequantize()
 
-    def input_major(self) -> QuantWeightT:
+    def input_major(self, *, packed: bool = True) -> QuantWeightT:
         """The same weight input-major (for input-sparse products): ``qt[d_in, d_out]`` and the
-        group scales/minimums as ``[d_in / G, d_out]``."""
+        group scales/minimums as ``[d_in / G, d_out]``. ``packed``: a Q4_K weight whose outputs are
+        whole 64s gets the compact layout (:func:`pack_q4k`) where its scales factor exactly."""
+        if packed and (p := pack_q4k(self)) is not None:
+            return p
         return QuantWeightT(self.q.t().contiguous(), self.scale.t().contiguous(),
                             None if self.min is None else self.min.t().contiguous(), self.qtype)
 
@@ -114,25 +117,92 @@ class QuantWeight:
 @dataclass
 class QuantWeightT:
     """A :class:`QuantWeight` input-major: ``W[j, i] = st[i // G, j] * qt[i, j] - mt[i // G, j]``,
-    so that an active input ``i`` reads one contiguous row ``qt[i, :]`` (input-sparse methods)."""
+    so that an active input ``i`` reads one contiguous row ``qt[i, :]`` (input-sparse methods).
 
-    qt: torch.Tensor  # int8 [d_in, d_out]
-    st: torch.Tensor  # fp32 [d_in / G, d_out]
+    Packed (Q4_K, ``sd`` given; :func:`pack_q4k`): ``qt[d_in, d_out / 2]`` uint8 holds the 4-bit
+    values two a byte (per 64 outputs of an input, 32 bytes: low nibbles the first 32 outputs, high
+    nibbles the next 32), ``st``/``mt`` ``[d_in / G, d_out]`` uint8 the sub-block scales and minimums
+    and ``sd``/``md`` ``[d_in / G / R, d_out]`` fp16 the super-block factors: the scale is
+    ``sd * st`` and the minimum ``md * mt``, exact in fp32 — the same values in fewer bytes."""
+
+    qt: torch.Tensor  # int8 [d_in, d_out]; packed: uint8 [d_in, d_out / 2]
+    st: torch.Tensor  # fp32 [d_in / G, d_out]; packed: uint8
     mt: torch.Tensor | None
     qtype: str
+    sd: torch.Tensor | None = None  # packed: fp16 [d_in / G / R, d_out]
+    md: torch.Tensor | None = None
+
+    @property
+    def packed(self) -> bool:
+        return self.sd is not None
 
     @property
     def shape(self) -> tuple[int, int]:
         """``(d_out, d_in)``, as the row-major weight's."""
-        return self.qt.shape[1], self.qt.shape[0]
+        return self.st.shape[1], self.qt.shape[0]
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.qt, self.st, self.mt) if t is not None)
+        return sum(t.numel() * t.element_size() for t in (self.qt, self.st, self.mt, self.sd, self.md) if t is not None)
 
     def row_major(self) -> QuantWeight:
+        if self.packed:
+            d_out, d_in = self.shape
+            b = self.qt.view(d_in, d_out // 64, 1, 32)
+            q = torch.cat([b & 0x0F, b >> 4], dim=2).reshape(d_in, d_out).to(torch.int8)
+            rep = self.st.shape[0] // self.sd.shape[0]
+            two = lambda f, v: (f.to(torch.float32).repeat_interleave(rep, 0) * v.to(torch.float32))  # noqa: E731
+            mins = None if self.mt is None else two(self.md, self.mt)
+            return QuantWeightT(q, two(self.sd, self.st), mins, self.qtype).row_major()
         return QuantWeight(self.qt.t().contiguous(), self.st.t().contiguous(),
                            None if self.mt is None else self.mt.t().contiguous(), self.qtype)
+
+
+def _factor(vals: torch.Tensor, per: int, kmax: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``vals[n, ng] = d[n, ng / per] * k[n, ng]`` exactly, ``d`` fp16, ``k`` integers in [0, kmax]
+    (Q4_K's scales: the super-block's fp16 ``d`` times 6-bit sub-block factors), or None."""
+    n, ng = vals.shape
+    if ng % per or not bool(torch.isfinite(vals).all()):
+        return None
+    v = vals.view(n, ng // per, per)
+    neg = (v < 0).any(-1)  # a super-block with a negative d: every factor's sign is d's
+    if bool((neg & (v > 0).any(-1)).any()):
+        return None
+    v = v.abs()
+    top = v.amax(-1)
+    d = torch.zeros_like(top)
+    k = torch.zeros_like(v)
+    todo = top > 0
+    for kk in range(kmax, 0, -1):  # the largest factor is kmax for blocks made the usual way: one pass
+        if not bool(todo.any()):
+            break
+        cand = top / kk  # exact when top = d * kk
+        kq = (v / cand.clamp_min(torch.finfo(torch.float32).tiny)[..., None]).round()
+        ok = todo & (cand.half().float() == cand) & (kq * cand[..., None] == v).all(-1) & (kq <= kmax).all(-1)
+        d = torch.where(ok, cand, d)
+        k = torch.where(ok[..., None], kq, k)
+        todo &= ~ok
+    if bool(todo.any()):
+        return None
+    return k.to(torch.uint8).view(n, ng), torch.where(neg, -d, d).half()
+
+
+def pack_q4k(qw: QuantWeight) -> QuantWeightT | None:
+    """The packed input-major layout of a Q4_K weight (see :class:`QuantWeightT`), or None where it
+    does not apply: another block type, outputs not whole 64s, or scales that do not factor exactly."""
+    d_out, d_in = qw.shape
+    if qw.qtype != "Q4_K" or d_out % 64 or qw.group != 32 or qw.q.device.type != "cpu" \
+            or int(qw.q.min()) < 0 or int(qw.q.max()) > 15:
+        return None
+    sc = _factor(qw.scale, 8, 63)
+    mn = None if qw.min is None else _factor(qw.min, 8, 63)
+    if sc is None or (qw.min is not None and mn is None):
+        return None
+    v = qw.q.t().contiguous().view(d_in, d_out // 64, 2, 32).to(torch.uint8)
+    q4 = (v[:, :, 0] | (v[:, :, 1] << 4)).reshape(d_in, d_out // 2).contiguous()
+    tr = lambda t: t.t().contiguous()  # noqa: E731
+    return QuantWeightT(q4, tr(sc[0]), None if mn is None else tr(mn[0]), qw.qtype, tr(sc[1]),
+                        None if mn is None else tr(mn[1]))
 
 
 _UNPACKER: list = [None]  # fn(blocks, qtype) -> [q, scale, min?] or None: set by the engine (its C++ kernels)

@@ -23,6 +23,9 @@
 //       input-major repack (QuantWeight.input_major), the active inputs idx only (compact: x holds
 //       just those inputs, in idx's order: a prompt-fixed slice's activations).
 //   quant_input_sparse_threshold(x, qt, st, mt?, bias?, t, tvec?, count?): TEAL's rule and product.
+//   Both input-sparse ops also take Q4_K packed (sd, md given: QWT4 below): 4-bit values two a byte,
+//   uint8 sub-block scales and minimums, fp16 super-block factors: half the int8 layout's bytes for
+//   the values, under a third for the scales, the same results bit for bit.
 #pragma once
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -354,6 +357,68 @@ struct QWT {  // an input-major quantized weight, as raw pointers
   const float* s;   // [ng, d_out]
   const float* m;   // [ng, d_out] or nullptr
   int64_t d_in, d_out, ng, G;
+  static constexpr int64_t kAlign = 16;  // thread chunks of outputs start at multiples of this
+  const void* line(int64_t i, int64_t j) const { return q + i * d_out + j; }
+  float value(int64_t i, int64_t j) const { return static_cast<float>(q[i * d_out + j]); }
+  float scale(int64_t g, int64_t j) const { return s[g * d_out + j]; }
+  float minimum(int64_t g, int64_t j) const { return m ? m[g * d_out + j] : 0.0f; }
+  bool has_min() const { return m != nullptr; }
+#if TDA_QUANT_AVX512
+  static constexpr int64_t kLineAhead = TDA_QUANT_SPARSE_PF;  // bytes of a row prefetched ahead
+  // t[0..3] += input i's values at outputs [j, j + 64) times x
+  void acc64(int64_t i, int64_t j, __m512 xv, __m512* t) const {
+    const int8_t* row = q + i * d_out + j;
+    for (int u = 0; u < 4; ++u) t[u] = _mm512_fmadd_ps(q16(row + 16 * u), xv, t[u]);
+  }
+  __m512 scale16(int64_t g, int64_t j) const { return _mm512_loadu_ps(s + g * d_out + j); }
+  __m512 min16(int64_t g, int64_t j) const { return _mm512_loadu_ps(m + g * d_out + j); }
+#endif
+};
+
+// Q4_K input-major and compact: 4-bit values, two per byte, and the scales as the blocks hold them.
+//   q4[d_in, d_out / 2] uint8: for each 64 outputs c*64 .. c*64+63 of input i, 32 bytes whose low
+//       nibbles are outputs c*64 + b and high nibbles c*64 + 32 + b (b = 0..31);
+//   sc, mq[ng, d_out] uint8: the 6-bit sub-block scales and minimums;
+//   sd, md[ng / R, d_out] fp16: the super-block's d and dmin (R groups a super-block);
+// scale = fp32(sd) * sc and min = fp32(md) * mq are exact in fp32: the same values as QWT's s and m.
+struct QWT4 {
+  const uint8_t* q;
+  const uint8_t* sc;
+  const uint8_t* mq;  // nullptr: no minimums
+  const at::Half* sd;
+  const at::Half* md;
+  int64_t d_in, d_out, ng, G, R;
+  static constexpr int64_t kAlign = 64;
+  const void* line(int64_t i, int64_t j) const { return q + i * (d_out / 2) + j / 2; }
+  float value(int64_t i, int64_t j) const {
+    const uint8_t b = q[i * (d_out / 2) + j / 64 * 32 + j % 32];
+    return static_cast<float>(j % 64 < 32 ? b & 0x0F : b >> 4);
+  }
+  float scale(int64_t g, int64_t j) const {
+    return static_cast<float>(sd[g / R * d_out + j]) * static_cast<float>(sc[g * d_out + j]);
+  }
+  float minimum(int64_t g, int64_t j) const {
+    return mq ? static_cast<float>(md[g / R * d_out + j]) * static_cast<float>(mq[g * d_out + j]) : 0.0f;
+  }
+#if TDA_QUANT_AVX512
+  static constexpr int64_t kLineAhead = TDA_QUANT_SPARSE_PF / 2;
+  void acc64(int64_t i, int64_t j, __m512 xv, __m512* t) const {
+    const uint8_t* row = q + i * (d_out / 2) + j / 2;
+    const __m128i lo4 = _mm_set1_epi8(0x0F);
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16));
+    const __m128i v[4] = {_mm_and_si128(a, lo4), _mm_and_si128(b, lo4), _mm_and_si128(_mm_srli_epi16(a, 4), lo4),
+                          _mm_and_si128(_mm_srli_epi16(b, 4), lo4)};
+    for (int u = 0; u < 4; ++u) t[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v[u])), xv, t[u]);
+  }
+  static __m512 u8x16(const uint8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static __m512 h16(const at::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  __m512 scale16(int64_t g, int64_t j) const { return _mm512_mul_ps(h16(sd + g / R * d_out + j), u8x16(sc + g * d_out + j)); }
+  __m512 min16(int64_t g, int64_t j) const { return _mm512_mul_ps(h16(md + g / R * d_out + j), u8x16(mq + g * d_out + j)); }
+#endif
+  bool has_min() const { return mq != nullptr; }
 };
 
 inline QWT check_weight_t(const at::Tensor& qt, const at::Tensor& st, const c10::optional<at::Tensor>& mt) {
@@ -373,6 +438,34 @@ inline QWT check_weight_t(const at::Tensor& qt, const at::Tensor& st, const c10:
   return QWT{qt.const_data_ptr<int8_t>(), st.const_data_ptr<float>(), mp, d_in, d_out, ng, d_in / ng};
 }
 
+// The packed layout (QWT4): qt uint8 [d_in, d_out / 2], st (and mt) uint8 [ng, d_out], sd (and md) fp16 [ng / R, d_out].
+inline QWT4 check_weight_t4(const at::Tensor& qt, const at::Tensor& st, const c10::optional<at::Tensor>& mt,
+                            const at::Tensor& sd, const c10::optional<at::Tensor>& md) {
+  TORCH_CHECK_VALUE(qt.dim() == 2 && st.dim() == 2 && sd.dim() == 2 && qt.is_contiguous() && st.is_contiguous() &&
+                        sd.is_contiguous(), "quant_input_sparse (packed): qt, st and sd must be contiguous 2-D tensors");
+  TORCH_CHECK_TYPE(qt.scalar_type() == at::kByte && st.scalar_type() == at::kByte && sd.scalar_type() == at::kHalf,
+                   "quant_input_sparse (packed): qt and st must be uint8, sd fp16");
+  TORCH_CHECK_VALUE(qt.device().is_cpu() && st.device().is_cpu() && sd.device().is_cpu(),
+                    "quant_input_sparse: CPU tensors only");
+  const int64_t d_in = qt.size(0), d_out = st.size(1), ng = st.size(0), ns = sd.size(0);
+  TORCH_CHECK_VALUE(d_out % 64 == 0 && qt.size(1) * 2 == d_out, "quant_input_sparse (packed): qt must be [d_in, d_out / 2], d_out a multiple of 64");
+  TORCH_CHECK_VALUE(ng > 0 && d_in % ng == 0 && ns > 0 && ng % ns == 0 && sd.size(1) == d_out,
+                    "quant_input_sparse (packed): st must be [d_in/G, d_out] and sd [d_in/G/R, d_out]");
+  const uint8_t* mp = nullptr;
+  const at::Half* mdp = nullptr;
+  const bool has_mt = mt.has_value() && mt->defined(), has_md = md.has_value() && md->defined();
+  TORCH_CHECK_VALUE(has_mt == has_md, "quant_input_sparse (packed): mt and md go together");
+  if (has_mt) {
+    TORCH_CHECK_VALUE(mt->sizes() == st.sizes() && mt->is_contiguous() && mt->scalar_type() == at::kByte &&
+                          md->sizes() == sd.sizes() && md->is_contiguous() && md->scalar_type() == at::kHalf,
+                      "quant_input_sparse (packed): mt must be uint8 like st, md fp16 like sd");
+    mp = mt->const_data_ptr<uint8_t>();
+    mdp = md->const_data_ptr<at::Half>();
+  }
+  return QWT4{qt.const_data_ptr<uint8_t>(), st.const_data_ptr<uint8_t>(), mp, sd.const_data_ptr<at::Half>(), mdp,
+              d_in, d_out, ng, d_in / ng, ng / ns};
+}
+
 inline const float* check_bias_t(const c10::optional<at::Tensor>& bias, int64_t d_out) {
   if (!bias.has_value() || !bias->defined()) return nullptr;
   TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == d_out && bias->scalar_type() == at::kFloat &&
@@ -381,12 +474,13 @@ inline const float* check_bias_t(const c10::optional<at::Tensor>& bias, int64_t 
 }
 
 // y[N, d_out] (zeroed by the caller) += the product of x's inputs ix[0..k) (ascending, unique)
-// with W, columns split over threads; per group the active inputs' x * q summed, then scaled once.
-// ``compact``: x's rows hold only the active inputs, x[b, a] for input ix[a] (row stride k) -- a
-// prompt-fixed slice's activations; else x[b, i] for every input i (row stride d_in).
-inline void input_sparse_core(const QWT& W, const float* xp, int64_t N, const int64_t* ix, int64_t k,
+// with W (a QWT or a QWT4), columns split over threads; per group the active inputs' x * q summed,
+// then scaled once. ``compact``: x's rows hold only the active inputs, x[b, a] for input ix[a] (row
+// stride k) -- a prompt-fixed slice's activations; else x[b, i] for every input i (row stride d_in).
+template <typename WT>
+inline void input_sparse_core(const WT& W, const float* xp, int64_t N, const int64_t* ix, int64_t k,
                               const float* bp, float* yp, bool compact = false) {
-  const int64_t d_out = W.d_out, ng = W.ng, G = W.G;
+  const int64_t d_out = W.d_out, ng = W.ng, G = W.G, A = WT::kAlign;
   const int64_t ldx = compact ? k : W.d_in;
   // the runs of active inputs per group: [starts[g], starts[g + 1]) in ix
   std::vector<int64_t> starts(static_cast<size_t>(ng + 1), k);
@@ -396,7 +490,7 @@ inline void input_sparse_core(const QWT& W, const float* xp, int64_t N, const in
   const int64_t nc = std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(at::get_num_threads()),
                                                              work / (int64_t{1} << 15) + 1, (d_out + 63) / 64}));
   for_chunks_q(nc, [&](int64_t c) {
-    const int64_t c0 = d_out * c / nc / 16 * 16, c1 = c + 1 == nc ? d_out : d_out * (c + 1) / nc / 16 * 16;
+    const int64_t c0 = d_out * c / nc / A * A, c1 = c + 1 == nc ? d_out : d_out * (c + 1) / nc / A * A;
     for (int64_t b = 0; b < N; ++b) {
       const float* xb = xp + b * ldx;
       float* yb = yp + b * d_out;
@@ -406,8 +500,7 @@ inline void input_sparse_core(const QWT& W, const float* xp, int64_t N, const in
         if (a0 == a1) continue;
         float xs = 0.0f;
         for (int64_t a = a0; a < a1; ++a) xs += xa(a);
-        const float* sg = W.s + g * d_out;
-        const float* mg = W.m ? W.m + g * d_out : nullptr;
+        const bool mins = W.has_min();
         int64_t j = c0;
 #if TDA_QUANT_AVX512
         // 64 outputs at a time: the group's active inputs summed in four registers, scaled once.
@@ -418,31 +511,26 @@ inline void input_sparse_core(const QWT& W, const float* xp, int64_t N, const in
         const bool pf_next = d_out <= kSparseNextMax;
         const int64_t na = a1 - a0;
         for (; j + 64 <= c1; j += 64) {
-          __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
+          __m512 t[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
           for (int64_t a = a0; a < a1; ++a) {
-            const int8_t* row = W.q + ix[a] * d_out + j;
-            _mm_prefetch(reinterpret_cast<const char*>(row + TDA_QUANT_SPARSE_PF), _MM_HINT_T0);  // this row, blocks ahead
+            _mm_prefetch(static_cast<const char*>(W.line(ix[a], j)) + WT::kLineAhead, _MM_HINT_T0);  // this row, blocks ahead
             if (pf_next && a + na < k)  // the same line of an active row of the groups that follow
-              _mm_prefetch(reinterpret_cast<const char*>(W.q + ix[a + na] * d_out + j), _MM_HINT_T0);
-            const __m512 xv = _mm512_set1_ps(xa(a));
-            t0 = _mm512_fmadd_ps(q16(row), xv, t0);
-            t1 = _mm512_fmadd_ps(q16(row + 16), xv, t1);
-            t2 = _mm512_fmadd_ps(q16(row + 32), xv, t2);
-            t3 = _mm512_fmadd_ps(q16(row + 48), xv, t3);
+              _mm_prefetch(static_cast<const char*>(W.line(ix[a + na], j)), _MM_HINT_T0);
+            W.acc64(ix[a], j, _mm512_set1_ps(xa(a)), t);
           }
           const __m512 xsv = _mm512_set1_ps(xs);
-          __m512* tv[4] = {&t0, &t1, &t2, &t3};
           for (int u = 0; u < 4; ++u) {
-            __m512 y = _mm512_fmadd_ps(_mm512_loadu_ps(sg + j + 16 * u), *tv[u], _mm512_loadu_ps(yb + j + 16 * u));
-            if (mg) y = _mm512_fnmadd_ps(_mm512_loadu_ps(mg + j + 16 * u), xsv, y);
+            __m512 y = _mm512_fmadd_ps(W.scale16(g, j + 16 * u), t[u], _mm512_loadu_ps(yb + j + 16 * u));
+            if (mins) y = _mm512_fnmadd_ps(W.min16(g, j + 16 * u), xsv, y);
             _mm512_storeu_ps(yb + j + 16 * u, y);
           }
         }
 #endif
-        for (; j < c1; ++j) {
+        for (; j < c1; ++j) {  // the vector loop's operations, one output at a time (the same bits)
           float t = 0.0f;
-          for (int64_t a = a0; a < a1; ++a) t += static_cast<float>(W.q[ix[a] * d_out + j]) * xa(a);
-          yb[j] += sg[j] * t - (mg ? mg[j] * xs : 0.0f);
+          for (int64_t a = a0; a < a1; ++a) t = std::fma(W.value(ix[a], j), xa(a), t);
+          const float y = std::fma(W.scale(g, j), t, yb[j]);
+          yb[j] = mins ? std::fma(-W.minimum(g, j), xs, y) : y;
         }
       }
       if (bp)
@@ -451,10 +539,18 @@ inline void input_sparse_core(const QWT& W, const float* xp, int64_t N, const in
   });
 }
 
-at::Tensor quant_input_sparse_rows(const at::Tensor& x, const at::Tensor& qt, const at::Tensor& st,
-                                   const c10::optional<at::Tensor>& mt, const at::Tensor& idx,
+// f(W) with the weight's layout: QWT (int8 values, fp32 scales) or, with sd given, QWT4 (packed Q4_K)
+template <typename F>
+auto with_weight_t(const at::Tensor& qt, const at::Tensor& st, const c10::optional<at::Tensor>& mt,
+                   const c10::optional<at::Tensor>& sd, const c10::optional<at::Tensor>& md, const F& f) {
+  if (sd.has_value() && sd->defined()) return f(check_weight_t4(qt, st, mt, *sd, md));
+  TORCH_CHECK_VALUE(!(md.has_value() && md->defined()), "quant_input_sparse: md needs sd");
+  return f(check_weight_t(qt, st, mt));
+}
+
+template <typename WT>
+at::Tensor quant_input_sparse_rows(const at::Tensor& x, const WT& W, const at::Tensor& idx,
                                    const c10::optional<at::Tensor>& bias, bool compact) {
-  const QWT W = check_weight_t(qt, st, mt);
   TORCH_CHECK_VALUE(idx.dim() == 1 && idx.is_contiguous() && idx.scalar_type() == at::kLong,
                     "quant_input_sparse: idx must be a 1-D int64 tensor");
   const float* xp = check_x(x, compact ? idx.size(0) : W.d_in, "quant_input_sparse");
@@ -472,11 +568,10 @@ at::Tensor quant_input_sparse_rows(const at::Tensor& x, const at::Tensor& qt, co
 // TEAL's rule in one call: the inputs with |x| >= t (t, or tvec[i] per input; exact zeros never),
 // the union over the rows (each row's own others zeroed), then input_sparse_core. ``count`` (int64
 // [1], optional) accumulates the union's size; with every input kept, the same kernel over all.
-at::Tensor quant_input_sparse_threshold_rows(const at::Tensor& x, const at::Tensor& qt, const at::Tensor& st,
-                                             const c10::optional<at::Tensor>& mt, const c10::optional<at::Tensor>& bias,
+template <typename WT>
+at::Tensor quant_input_sparse_threshold_rows(const at::Tensor& x, const WT& W, const c10::optional<at::Tensor>& bias,
                                              double t, const c10::optional<at::Tensor>& tvec,
                                              const c10::optional<at::Tensor>& count) {
-  const QWT W = check_weight_t(qt, st, mt);
   const float* xp = check_x(x, W.d_in, "quant_input_sparse_threshold");
   const int64_t N = x.size(0), d_in = W.d_in;
   const float* tv = nullptr;
@@ -521,17 +616,23 @@ at::Tensor quant_input_sparse_threshold_rows(const at::Tensor& x, const at::Tens
 at::Tensor quant_input_sparse_threshold(const at::Tensor& x, const at::Tensor& qt, const at::Tensor& st,
                                         const c10::optional<at::Tensor>& mt, const c10::optional<at::Tensor>& bias,
                                         double t, const c10::optional<at::Tensor>& tvec,
-                                        const c10::optional<at::Tensor>& count) {
-  return on_rows_q(x, qt.size(1), [&](const at::Tensor& x2) {
-    return quant_input_sparse_threshold_rows(x2, qt, st, mt, bias, t, tvec, count);
+                                        const c10::optional<at::Tensor>& count, const c10::optional<at::Tensor>& sd,
+                                        const c10::optional<at::Tensor>& md) {
+  return with_weight_t(qt, st, mt, sd, md, [&](const auto& W) {
+    return on_rows_q(x, W.d_out, [&](const at::Tensor& x2) {
+      return quant_input_sparse_threshold_rows(x2, W, bias, t, tvec, count);
+    });
   });
 }
 
 at::Tensor quant_input_sparse(const at::Tensor& x, const at::Tensor& qt, const at::Tensor& st,
                               const c10::optional<at::Tensor>& mt, const at::Tensor& idx,
-                              const c10::optional<at::Tensor>& bias, bool compact) {
-  return on_rows_q(x, qt.size(1), [&](const at::Tensor& x2) {
-    return quant_input_sparse_rows(x2, qt, st, mt, idx, bias, compact);
+                              const c10::optional<at::Tensor>& bias, bool compact, const c10::optional<at::Tensor>& sd,
+                              const c10::optional<at::Tensor>& md) {
+  return with_weight_t(qt, st, mt, sd, md, [&](const auto& W) {
+    return on_rows_q(x, W.d_out, [&](const at::Tensor& x2) {
+      return quant_input_sparse_rows(x2, W, idx, bias, compact);
+    });
   });
 }
 
@@ -542,9 +643,9 @@ TORCH_LIBRARY_FRAGMENT(tda_kernels, m) {
   m.def("quant_dequant(Tensor q, Tensor scale, Tensor? min, int r0, int r1) -> Tensor");
   m.def("quant_rows(Tensor x, Tensor q, Tensor scale, Tensor? min, Tensor idx, Tensor? bias) -> Tensor");
   m.def("quant_input_sparse(Tensor x, Tensor qt, Tensor st, Tensor? mt, Tensor idx, Tensor? bias, "
-        "bool compact=False) -> Tensor");
+        "bool compact=False, Tensor? sd=None, Tensor? md=None) -> Tensor");
   m.def("quant_input_sparse_threshold(Tensor x, Tensor qt, Tensor st, Tensor? mt, Tensor? bias, float t, "
-        "Tensor? tvec, Tensor(a!)? count=None) -> Tensor");
+        "Tensor? tvec, Tensor(a!)? count=None, Tensor? sd=None, Tensor? md=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
