@@ -270,7 +270,9 @@ def test_bench_reports_the_formats_bytes_and_flags_rounds_above_the_roofline():
 
     lm_q = load_model("tiny-llama", dtype="gguf:Q8_0")
     wb = sum(weight_bytes(lm_q).values())
-    assert wb == sum(m.qweight.nbytes for m in quant.quant_modules(lm_q.model)) + sum(
+    head = lm_q.model.get_output_embeddings()
+    assert all(m.blocks_only is not None for m in quant.quant_modules(lm_q.model) if m is not head)  # as a file holds them
+    assert wb == sum(m.decode_nbytes for m in quant.quant_modules(lm_q.model)) + sum(
         m.weight.numel() * 4 for m in lm_q.model.modules() if type(m) is torch.nn.Linear)
     res = run_bench(lm_q, methods=("dense",), prompt_tokens=8, new_tokens=4, rounds=2, bandwidth_mb=8)
     row = res["results"]["dense"]
@@ -354,6 +356,21 @@ def test_packed_q4k_layout_gives_the_int8_layouts_results_bit_for_bit(rows_x):
             ops.quant_input_sparse(x, plain.qt, plain.st, plain.mt, torch.arange(3), None, False, None, packed.md)
         with pytest.raises(ValueError, match="packed"):
             ops.quant_input_sparse(x, packed.qt, packed.st, None, torch.arange(3), None, False, packed.sd, packed.md)
+
+
+@pytest.mark.parametrize("qtype", list(quant.QUANTIZABLE))
+def test_quantized_weights_become_gguf_blocks_that_gguf_reads_back(qtype):
+    """``to_blocks``: the file blocks of a quantized fp32 weight, read back by gguf's own
+    de-quantiser to exactly the repack's values (random:* models then hold blocks, as a file does)."""
+    qw = quant.quantize(torch.randn(80, 512, generator=torch.Generator().manual_seed(5)) * 0.03, qtype)
+    bw = quant.to_blocks(qw)
+    assert bw is not None and bw.qtype == qtype and bw.nbytes == quant.file_bytes(qtype, qw.q.numel())
+    ref = gguf.dequantize(bw.blocks.numpy(), gguf.GGMLQuantizationType[qtype]).reshape(80, 512)
+    assert np.array_equal(ref, qw.dequantize().numpy())
+    back = bw.unpack()
+    assert torch.equal(back.q, qw.q) and torch.equal(back.scale, qw.scale)
+    bad = quant.QuantWeight(qw.q, qw.scale * (1 + 2 ** -20), qw.min, qtype)  # scales no block can hold
+    assert quant.to_blocks(bad) is None
 
 
 def test_packing_applies_only_where_it_is_exact():

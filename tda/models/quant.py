@@ -387,6 +387,48 @@ def quantize(w: torch.Tensor, qtype: str = "Q8_0") -> QuantWeight:
     return QuantWeight(q.to(torch.int8).reshape(d_out, d_in), scale.contiguous(), mins.contiguous(), qtype)
 
 
+def _f16_bytes(t: torch.Tensor) -> torch.Tensor:
+    """fp16 values ``[...]`` -> their little-endian bytes ``[..., 2]`` uint8."""
+    return t.to(torch.float16).contiguous().view(torch.uint8).view(*t.shape, 2)
+
+
+def to_blocks(qw: QuantWeight) -> BlockWeight | None:
+    """The GGUF blocks that de-quantise to exactly ``qw``'s values (Q8_0, Q4_0, Q4_K: what
+    :func:`quantize` makes), or None when they cannot hold them (another type, a scale that is no
+    fp16 value, Q4_K scales that no fp16 ``d`` times 6-bit factors make)."""
+    d_out, d_in = qw.shape
+    per, size, _ = BLOCKS.get(qw.qtype, (0, 0, 0))
+    if qw.qtype not in QUANTIZABLE or qw.q.device.type != "cpu" or d_in % per:
+        return None
+    nb = d_in // per
+    if qw.qtype in ("Q8_0", "Q4_0"):
+        d = qw.scale  # [d_out, nb]: the block's fp16 d
+        if not torch.equal(d.half().float(), d):
+            return None
+        if qw.qtype == "Q8_0":
+            vals = qw.q.view(d_out, nb, 32).view(torch.uint8)
+        else:
+            if int(qw.q.min()) < -8 or int(qw.q.max()) > 7:
+                return None
+            n = (qw.q.view(d_out, nb, 2, 16) + 8).to(torch.uint8)  # values 0..15, then 16..31
+            vals = n[:, :, 0] | (n[:, :, 1] << 4)
+        blocks = torch.cat([_f16_bytes(d), vals], dim=-1)
+    else:  # Q4_K
+        if qw.min is None or int(qw.q.min()) < 0 or int(qw.q.max()) > 15:
+            return None
+        sc, m = _factor(qw.scale, 8, 63), _factor(qw.min, 8, 63)
+        if sc is None or m is None:
+            return None
+        k = sc[0].view(d_out, nb, 8)
+        mk = m[0].view(d_out, nb, 8)
+        packed_scales = torch.cat([k[..., :4] | ((k[..., 4:] >> 4) << 6), mk[..., :4] | ((mk[..., 4:] >> 4) << 6),
+                                   (k[..., 4:] & 15) | ((mk[..., 4:] & 15) << 4)], dim=-1)  # the 12 bytes
+        n = qw.q.view(d_out, nb, 4, 2, 32).to(torch.uint8)  # per 64 values: low nibbles, then high
+        vals = (n[..., 0, :] | (n[..., 1, :] << 4)).reshape(d_out, nb, 128)
+        blocks = torch.cat([_f16_bytes(sc[1].view(d_out, nb)), _f16_bytes(m[1].view(d_out, nb)), packed_scales, vals], -1)
+    return BlockWeight(blocks.reshape(d_out, nb * size).contiguous(), qw.qtype, d_in)
+
+
 # ---------------------------------------------------------------------------------------------
 # Modules
 # ---------------------------------------------------------------------------------------------
@@ -519,7 +561,7 @@ def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, QuantLinear) for m in model.modules())
 
 
-def replace_linear(model: nn.Module, name: str, qw: QuantWeight, bias: torch.Tensor | None = None) -> QuantLinear:
+def replace_linear(model: nn.Module, name: str, qw: QuantWeight | BlockWeight, bias: torch.Tensor | None = None) -> QuantLinear:
     """Put a :class:`QuantLinear` of ``qw`` at the dotted ``name`` of ``model``."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -547,7 +589,10 @@ def quantize_model(model: nn.Module, qtype: str = "Q4_K", fallback: str | None =
     new_head = None
     for n, t in names:
         mod = model.get_submodule(n)
-        q = replace_linear(model, n, quantize(mod.weight, t), mod.bias)
+        qw = quantize(mod.weight, t)
+        if not (tied and mod is head):  # as a GGUF file holds them (a tied head: the repack its embedding gathers)
+            qw = to_blocks(qw) or qw
+        q = replace_linear(model, n, qw, mod.bias)
         if mod is head:
             new_head = q
     if tied and new_head is not None:
