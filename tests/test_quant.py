@@ -373,6 +373,20 @@ def test_quantized_weights_become_gguf_blocks_that_gguf_reads_back(qtype):
     assert quant.to_blocks(bad) is None
 
 
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q5_0", "Q4_0", "Q6_K"])
+def test_fp16_scales_where_they_are_fp16_values(qtype):
+    """The input-major layout keeps Q8_0/Q5_0/Q4_0 scales (the blocks' fp16 d) as fp16: half the
+    scale bytes, the same products bit for bit; Q6_K's d * sc stays fp32."""
+    qw, ref = _weight(qtype, 48, 2, seed=2)
+    compact, plain = qw.input_major(), qw.input_major(packed=False)
+    assert compact.st.dtype == (torch.float32 if qtype == "Q6_K" else torch.float16)
+    assert plain.st.dtype == torch.float32
+    assert torch.equal(compact.row_major().dequantize(), ref)
+    x = torch.randn(3, qw.shape[1], generator=torch.Generator().manual_seed(4))
+    for idx in (torch.arange(0, qw.shape[1], 3), torch.arange(qw.shape[1])):
+        assert torch.equal(quant_kernels.input_sparse(x, compact, idx), quant_kernels.input_sparse(x, plain, idx))
+
+
 def test_packing_applies_only_where_it_is_exact():
     """Another block type, outputs not whole 64s, or Q4_K scales that no fp16 d times 6-bit factors
     make: the int8 layout (the packed one must hold the same values)."""

@@ -102,11 +102,14 @@ class QuantWeight:
     def input_major(self, *, packed: bool = True) -> QuantWeightT:
         """The same weight input-major (for input-sparse products): ``qt[d_in, d_out]`` and the
         group scales/minimums as ``[d_in / G, d_out]``. ``packed``: a Q4_K weight whose outputs are
-        whole 64s gets the compact layout (:func:`pack_q4k`) where its scales factor exactly."""
+        whole 64s gets the compact layout (:func:`pack_q4k`) where its scales factor exactly, and
+        scales that are fp16 values (Q8_0, Q5_0, Q4_0: the blocks' d) are kept as fp16."""
         if packed and (p := pack_q4k(self)) is not None:
             return p
-        return QuantWeightT(self.q.t().contiguous(), self.scale.t().contiguous(),
-                            None if self.min is None else self.min.t().contiguous(), self.qtype)
+        st = self.scale.t().contiguous()
+        if packed and self.min is None and torch.equal(st.half().float(), st):  # Q8_0/Q5_0/Q4_0: the blocks' fp16 d
+            st = st.half()
+        return QuantWeightT(self.q.t().contiguous(), st, None if self.min is None else self.min.t().contiguous(), self.qtype)
 
     def permute_rows(self, order: torch.Tensor) -> QuantWeight:
         """The same weight with its rows in ``order`` (blocks run along a row, so they stay whole)."""
@@ -118,6 +121,7 @@ class QuantWeight:
 class QuantWeightT:
     """A :class:`QuantWeight` input-major: ``W[j, i] = st[i // G, j] * qt[i, j] - mt[i // G, j]``,
     so that an active input ``i`` reads one contiguous row ``qt[i, :]`` (input-sparse methods).
+    ``st`` is fp16 where the scales are fp16 values (Q8_0, Q5_0, Q4_0), else fp32.
 
     Packed (Q4_K, ``sd`` given; :func:`pack_q4k`): ``qt[d_in, d_out / 2]`` uint8 holds the 4-bit
     values two a byte (per 64 outputs of an input, 32 bytes: low nibbles the first 32 outputs, high
@@ -126,7 +130,7 @@ class QuantWeightT:
     ``sd * st`` and the minimum ``md * mt``, exact in fp32 — the same values in fewer bytes."""
 
     qt: torch.Tensor  # int8 [d_in, d_out]; packed: uint8 [d_in, d_out / 2]
-    st: torch.Tensor  # fp32 [d_in / G, d_out]; packed: uint8
+    st: torch.Tensor  # fp32 or fp16 [d_in / G, d_out]; packed: uint8
     mt: torch.Tensor | None
     qtype: str
     sd: torch.Tensor | None = None  # packed: fp16 [d_in / G / R, d_out]
@@ -154,7 +158,7 @@ class QuantWeightT:
             two = lambda f, v: (f.to(torch.float32).repeat_interleave(rep, 0) * v.to(torch.float32))  # noqa: E731
             mins = None if self.mt is None else two(self.md, self.mt)
             return QuantWeightT(q, two(self.sd, self.st), mins, self.qtype).row_major()
-        return QuantWeight(self.qt.t().contiguous(), self.st.t().contiguous(),
+        return QuantWeight(self.qt.t().contiguous(), self.st.t().to(torch.float32).contiguous(),
                            None if self.mt is None else self.mt.t().contiguous(), self.qtype)
 
 

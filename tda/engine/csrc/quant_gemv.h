@@ -35,6 +35,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -85,7 +86,7 @@ inline void dequant_group(const QW& W, int64_t j, int64_t g, float* w) {
 #ifndef TDA_QUANT_SPARSE_PF
 #define TDA_QUANT_SPARSE_PF 256  // input-sparse: each active row's bytes this far ahead (64 outputs a pass)
 #endif
-constexpr int64_t kSparseNextMax = 4096;  // input-sparse: rows up to this many outputs prefetch the next groups' rows
+constexpr int64_t kSparseNextMax = 8192;  // input-sparse: rows up to this many outputs prefetch the next groups' rows
 
 #if TDA_QUANT_AVX512
 inline __m512 q16(const int8_t* q) {  // 16 int8 values as fp32 (exact)
@@ -352,15 +353,18 @@ at::Tensor quant_rows(const at::Tensor& x, const at::Tensor& q, const at::Tensor
 // = x_masked @ W.T with W's exact values: the rows of the inputs a method keeps, and nothing else, read
 // (TEAL/WINA, TT's and CATS's down projection, R-Sparse's sparse part). Columns split over threads.
 // ---------------------------------------------------------------------------------------------
-struct QWT {  // an input-major quantized weight, as raw pointers
+// An input-major quantized weight, as raw pointers; scales fp32 (QWT) or fp16 (QWTH: Q8_0, Q5_0 and
+// Q4_0 scales are the blocks' fp16 d, exact in half the bytes; no minimums).
+template <typename S>
+struct QWTT {
   const int8_t* q;  // [d_in, d_out]
-  const float* s;   // [ng, d_out]
+  const S* s;       // [ng, d_out]
   const float* m;   // [ng, d_out] or nullptr
   int64_t d_in, d_out, ng, G;
   static constexpr int64_t kAlign = 16;  // thread chunks of outputs start at multiples of this
   const void* line(int64_t i, int64_t j) const { return q + i * d_out + j; }
   float value(int64_t i, int64_t j) const { return static_cast<float>(q[i * d_out + j]); }
-  float scale(int64_t g, int64_t j) const { return s[g * d_out + j]; }
+  float scale(int64_t g, int64_t j) const { return static_cast<float>(s[g * d_out + j]); }
   float minimum(int64_t g, int64_t j) const { return m ? m[g * d_out + j] : 0.0f; }
   bool has_min() const { return m != nullptr; }
 #if TDA_QUANT_AVX512
@@ -370,10 +374,15 @@ struct QWT {  // an input-major quantized weight, as raw pointers
     const int8_t* row = q + i * d_out + j;
     for (int u = 0; u < 4; ++u) t[u] = _mm512_fmadd_ps(q16(row + 16 * u), xv, t[u]);
   }
-  __m512 scale16(int64_t g, int64_t j) const { return _mm512_loadu_ps(s + g * d_out + j); }
+  __m512 scale16(int64_t g, int64_t j) const {
+    if constexpr (std::is_same<S, float>::value) return _mm512_loadu_ps(s + g * d_out + j);
+    else return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + g * d_out + j)));
+  }
   __m512 min16(int64_t g, int64_t j) const { return _mm512_loadu_ps(m + g * d_out + j); }
 #endif
 };
+using QWT = QWTT<float>;
+using QWTH = QWTT<at::Half>;
 
 // Q4_K input-major and compact: 4-bit values, two per byte, and the scales as the blocks hold them.
 //   q4[d_in, d_out / 2] uint8: for each 64 outputs c*64 .. c*64+63 of input i, 32 bytes whose low
@@ -421,21 +430,23 @@ struct QWT4 {
   bool has_min() const { return mq != nullptr; }
 };
 
-inline QWT check_weight_t(const at::Tensor& qt, const at::Tensor& st, const c10::optional<at::Tensor>& mt) {
+template <typename S>
+inline QWTT<S> check_weight_t(const at::Tensor& qt, const at::Tensor& st, const c10::optional<at::Tensor>& mt) {
   TORCH_CHECK_VALUE(qt.dim() == 2 && st.dim() == 2 && qt.is_contiguous() && st.is_contiguous(),
                     "quant_input_sparse: qt and st must be contiguous 2-D tensors");
-  TORCH_CHECK_TYPE(qt.scalar_type() == at::kChar && st.scalar_type() == at::kFloat,
-                   "quant_input_sparse: qt must be int8 and st fp32");
+  TORCH_CHECK_TYPE(qt.scalar_type() == at::kChar && st.scalar_type() == c10::CppTypeToScalarType<S>::value,
+                   "quant_input_sparse: qt must be int8 and st fp32 (or fp16)");
   TORCH_CHECK_VALUE(qt.device().is_cpu() && st.device().is_cpu(), "quant_input_sparse: CPU tensors only");
   const int64_t d_in = qt.size(0), d_out = qt.size(1), ng = st.size(0);
   TORCH_CHECK_VALUE(st.size(1) == d_out && ng > 0 && d_in % ng == 0, "quant_input_sparse: st must be [d_in/G, d_out]");
   const float* mp = nullptr;
   if (mt.has_value() && mt->defined()) {
+    TORCH_CHECK_VALUE((std::is_same<S, float>::value), "quant_input_sparse: fp16 scales come without minimums");
     TORCH_CHECK_VALUE(mt->sizes() == st.sizes() && mt->is_contiguous() && mt->scalar_type() == at::kFloat,
                       "quant_input_sparse: mt must be fp32 and shaped like st");
     mp = mt->const_data_ptr<float>();
   }
-  return QWT{qt.const_data_ptr<int8_t>(), st.const_data_ptr<float>(), mp, d_in, d_out, ng, d_in / ng};
+  return QWTT<S>{qt.const_data_ptr<int8_t>(), st.const_data_ptr<S>(), mp, d_in, d_out, ng, d_in / ng};
 }
 
 // The packed layout (QWT4): qt uint8 [d_in, d_out / 2], st (and mt) uint8 [ng, d_out], sd (and md) fp16 [ng / R, d_out].
@@ -545,7 +556,8 @@ auto with_weight_t(const at::Tensor& qt, const at::Tensor& st, const c10::option
                    const c10::optional<at::Tensor>& sd, const c10::optional<at::Tensor>& md, const F& f) {
   if (sd.has_value() && sd->defined()) return f(check_weight_t4(qt, st, mt, *sd, md));
   TORCH_CHECK_VALUE(!(md.has_value() && md->defined()), "quant_input_sparse: md needs sd");
-  return f(check_weight_t(qt, st, mt));
+  if (st.scalar_type() == at::kHalf) return f(check_weight_t<at::Half>(qt, st, mt));
+  return f(check_weight_t<float>(qt, st, mt));
 }
 
 template <typename WT>
