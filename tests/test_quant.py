@@ -374,17 +374,23 @@ def test_quantized_weights_become_gguf_blocks_that_gguf_reads_back(qtype):
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q5_0", "Q4_0", "Q6_K"])
-def test_fp16_scales_where_they_are_fp16_values(qtype):
-    """The input-major layout keeps Q8_0/Q5_0/Q4_0 scales (the blocks' fp16 d) as fp16: half the
-    scale bytes, the same products bit for bit; Q6_K's d * sc stays fp32."""
+def test_compact_scales_give_the_same_products(qtype):
+    """The input-major layout keeps Q8_0/Q5_0/Q4_0 scales (the blocks' fp16 d) as fp16 and Q6_K's as
+    its blocks do (int8 factors times an fp16 d): fewer scale bytes, the same products bit for bit."""
     qw, ref = _weight(qtype, 48, 2, seed=2)
     compact, plain = qw.input_major(), qw.input_major(packed=False)
-    assert compact.st.dtype == (torch.float32 if qtype == "Q6_K" else torch.float16)
-    assert plain.st.dtype == torch.float32
+    want = {"Q6_K": torch.int8}.get(qtype, torch.float16)
+    assert compact.st.dtype == want and plain.st.dtype == torch.float32
+    assert compact.nbytes < plain.nbytes
     assert torch.equal(compact.row_major().dequantize(), ref)
     x = torch.randn(3, qw.shape[1], generator=torch.Generator().manual_seed(4))
     for idx in (torch.arange(0, qw.shape[1], 3), torch.arange(qw.shape[1])):
         assert torch.equal(quant_kernels.input_sparse(x, compact, idx), quant_kernels.input_sparse(x, plain, idx))
+    ops = quant_kernels.quant_ops()
+    if ops is not None:
+        assert torch.equal(ops.quant_input_sparse_threshold(x, compact.qt, compact.st, compact.mt, None, 0.5, None, None,
+                                                            compact.sd, compact.md),
+                           ops.quant_input_sparse_threshold(x, plain.qt, plain.st, plain.mt, None, 0.5, None, None))
 
 
 def test_packing_applies_only_where_it_is_exact():

@@ -104,7 +104,7 @@ class QuantWeight:
         group scales/minimums as ``[d_in / G, d_out]``. ``packed``: a Q4_K weight whose outputs are
         whole 64s gets the compact layout (:func:`pack_q4k`) where its scales factor exactly, and
         scales that are fp16 values (Q8_0, Q5_0, Q4_0: the blocks' d) are kept as fp16."""
-        if packed and (p := pack_q4k(self)) is not None:
+        if packed and (p := pack_q4k(self) or factor_q6k(self)) is not None:
             return p
         st = self.scale.t().contiguous()
         if packed and self.min is None and torch.equal(st.half().float(), st):  # Q8_0/Q5_0/Q4_0: the blocks' fp16 d
@@ -152,8 +152,11 @@ class QuantWeightT:
     def row_major(self) -> QuantWeight:
         if self.packed:
             d_out, d_in = self.shape
-            b = self.qt.view(d_in, d_out // 64, 1, 32)
-            q = torch.cat([b & 0x0F, b >> 4], dim=2).reshape(d_in, d_out).to(torch.int8)
+            if self.qt.dtype == torch.uint8:  # 4-bit values two a byte
+                b = self.qt.view(d_in, d_out // 64, 1, 32)
+                q = torch.cat([b & 0x0F, b >> 4], dim=2).reshape(d_in, d_out).to(torch.int8)
+            else:
+                q = self.qt
             rep = self.st.shape[0] // self.sd.shape[0]
             two = lambda f, v: (f.to(torch.float32).repeat_interleave(rep, 0) * v.to(torch.float32))  # noqa: E731
             mins = None if self.mt is None else two(self.md, self.mt)
@@ -162,18 +165,22 @@ class QuantWeightT:
                            None if self.mt is None else self.mt.t().contiguous(), self.qtype)
 
 
-def _factor(vals: torch.Tensor, per: int, kmax: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``vals[n, ng] = d[n, ng / per] * k[n, ng]`` exactly, ``d`` fp16, ``k`` integers in [0, kmax]
-    (Q4_K's scales: the super-block's fp16 ``d`` times 6-bit sub-block factors), or None."""
+def _factor(vals: torch.Tensor, per: int, kmax: int, *, signed: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``vals[n, ng] = d[n, ng / per] * k[n, ng]`` exactly, ``d`` fp16 and ``k`` integers: in [0, kmax]
+    (Q4_K's scales: the super-block's fp16 ``d`` times 6-bit sub-block factors; a negative ``d``
+    gives every factor its sign), or with ``signed`` in [-kmax, kmax - 1] and ``d`` of either sign
+    (Q6_K's int8 factors: llama.cpp maps the largest to -128, so ``d`` has the opposite sign to it). ``k`` uint8, or int8 when ``signed``; or None."""
     n, ng = vals.shape
     if ng % per or not bool(torch.isfinite(vals).all()):
         return None
     v = vals.view(n, ng // per, per)
-    neg = (v < 0).any(-1)  # a super-block with a negative d: every factor's sign is d's
-    if bool((neg & (v > 0).any(-1)).any()):
-        return None
-    v = v.abs()
-    top = v.amax(-1)
+    neg = torch.zeros(v.shape[:2], dtype=torch.bool) if signed else (v < 0).any(-1)
+    if not signed:
+        if bool((neg & (v > 0).any(-1)).any()):
+            return None
+        v = v.abs()
+    top = v.abs().amax(-1)
+    lo, hi = (-kmax, kmax - 1) if signed else (0, kmax)
     d = torch.zeros_like(top)
     k = torch.zeros_like(v)
     todo = top > 0
@@ -182,13 +189,26 @@ def _factor(vals: torch.Tensor, per: int, kmax: int) -> tuple[torch.Tensor, torc
             break
         cand = top / kk  # exact when top = d * kk
         kq = (v / cand.clamp_min(torch.finfo(torch.float32).tiny)[..., None]).round()
-        ok = todo & (cand.half().float() == cand) & (kq * cand[..., None] == v).all(-1) & (kq <= kmax).all(-1)
-        d = torch.where(ok, cand, d)
-        k = torch.where(ok[..., None], kq, k)
-        todo &= ~ok
+        exact = todo & (cand.half().float() == cand) & (kq * cand[..., None] == v).all(-1)
+        ok = exact & ((kq >= lo) & (kq <= hi)).all(-1)
+        flip = exact & ~ok & ((-kq >= lo) & (-kq <= hi)).all(-1) if signed else ok & False  # d < 0: factors negated
+        d = torch.where(ok, cand, torch.where(flip, -cand, d))
+        k = torch.where(ok[..., None], kq, torch.where(flip[..., None], -kq, k))
+        todo &= ~(ok | flip)
     if bool(todo.any()):
         return None
-    return k.to(torch.uint8).view(n, ng), torch.where(neg, -d, d).half()
+    return k.to(torch.int8 if signed else torch.uint8).view(n, ng), torch.where(neg, -d, d).half()
+
+
+def factor_q6k(qw: QuantWeight) -> QuantWeightT | None:
+    """Q6_K input-major with its scales factored as the blocks hold them (int8 sub-block factors,
+    fp16 super-block d: 1.1 bytes per 16 weights instead of 4), or None where they do not factor."""
+    if qw.qtype != "Q6_K" or qw.min is not None or qw.q.device.type != "cpu" or qw.group != 16:
+        return None
+    f = _factor(qw.scale, 16, 128, signed=True)
+    if f is None:
+        return None
+    return QuantWeightT(qw.q.t().contiguous(), f[0].t().contiguous(), None, qw.qtype, f[1].t().contiguous())
 
 
 def pack_q4k(qw: QuantWeight) -> QuantWeightT | None:

@@ -430,6 +430,51 @@ struct QWT4 {
   bool has_min() const { return mq != nullptr; }
 };
 
+// Q6_K input-major and compact: int8 values as QWT's, the scales as the blocks hold them -- sc[ng, d_out]
+// int8 sub-block factors and sd[ng / R, d_out] fp16 super-block d: scale = fp32(sd) * sc, exact in fp32.
+struct QWTK {
+  const int8_t* q;
+  const int8_t* sc;
+  const at::Half* sd;
+  int64_t d_in, d_out, ng, G, R;
+  static constexpr int64_t kAlign = 16;
+  const void* line(int64_t i, int64_t j) const { return q + i * d_out + j; }
+  float value(int64_t i, int64_t j) const { return static_cast<float>(q[i * d_out + j]); }
+  float scale(int64_t g, int64_t j) const {
+    return static_cast<float>(sd[g / R * d_out + j]) * static_cast<float>(sc[g * d_out + j]);
+  }
+  float minimum(int64_t, int64_t) const { return 0.0f; }
+  bool has_min() const { return false; }
+#if TDA_QUANT_AVX512
+  static constexpr int64_t kLineAhead = TDA_QUANT_SPARSE_PF;
+  void acc64(int64_t i, int64_t j, __m512 xv, __m512* t) const {
+    const int8_t* row = q + i * d_out + j;
+    for (int u = 0; u < 4; ++u) t[u] = _mm512_fmadd_ps(q16(row + 16 * u), xv, t[u]);
+  }
+  __m512 scale16(int64_t g, int64_t j) const {
+    return _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sd + g / R * d_out + j))),
+                         q16(sc + g * d_out + j));
+  }
+  __m512 min16(int64_t, int64_t) const { return _mm512_setzero_ps(); }
+#endif
+};
+
+inline QWTK check_weight_tk(const at::Tensor& qt, const at::Tensor& st, const c10::optional<at::Tensor>& mt,
+                            const at::Tensor& sd, const c10::optional<at::Tensor>& md) {
+  TORCH_CHECK_VALUE(qt.dim() == 2 && st.dim() == 2 && sd.dim() == 2 && qt.is_contiguous() && st.is_contiguous() &&
+                        sd.is_contiguous(), "quant_input_sparse (factored scales): qt, st and sd must be contiguous 2-D tensors");
+  TORCH_CHECK_TYPE(st.scalar_type() == at::kChar && sd.scalar_type() == at::kHalf,
+                   "quant_input_sparse (factored scales): st must be int8 and sd fp16");
+  TORCH_CHECK_VALUE(!(mt.has_value() && mt->defined()) && !(md.has_value() && md->defined()),
+                    "quant_input_sparse (factored scales): no minimums");
+  TORCH_CHECK_VALUE(qt.device().is_cpu() && st.device().is_cpu() && sd.device().is_cpu(), "quant_input_sparse: CPU tensors only");
+  const int64_t d_in = qt.size(0), d_out = qt.size(1), ng = st.size(0), ns = sd.size(0);
+  TORCH_CHECK_VALUE(st.size(1) == d_out && ng > 0 && d_in % ng == 0 && ns > 0 && ng % ns == 0 && sd.size(1) == d_out,
+                    "quant_input_sparse (factored scales): st must be [d_in/G, d_out] and sd [d_in/G/R, d_out]");
+  return QWTK{qt.const_data_ptr<int8_t>(), st.const_data_ptr<int8_t>(), sd.const_data_ptr<at::Half>(), d_in, d_out, ng,
+              d_in / ng, ng / ns};
+}
+
 template <typename S>
 inline QWTT<S> check_weight_t(const at::Tensor& qt, const at::Tensor& st, const c10::optional<at::Tensor>& mt) {
   TORCH_CHECK_VALUE(qt.dim() == 2 && st.dim() == 2 && qt.is_contiguous() && st.is_contiguous(),
@@ -554,7 +599,8 @@ inline void input_sparse_core(const WT& W, const float* xp, int64_t N, const int
 template <typename F>
 auto with_weight_t(const at::Tensor& qt, const at::Tensor& st, const c10::optional<at::Tensor>& mt,
                    const c10::optional<at::Tensor>& sd, const c10::optional<at::Tensor>& md, const F& f) {
-  if (sd.has_value() && sd->defined()) return f(check_weight_t4(qt, st, mt, *sd, md));
+  if (sd.has_value() && sd->defined())  // factored scales: 4-bit values two a byte (Q4_K) or int8 ones (Q6_K)
+    return qt.scalar_type() == at::kByte ? f(check_weight_t4(qt, st, mt, *sd, md)) : f(check_weight_tk(qt, st, mt, *sd, md));
   TORCH_CHECK_VALUE(!(md.has_value() && md->defined()), "quant_input_sparse: md needs sd");
   if (st.scalar_type() == at::kHalf) return f(check_weight_t<at::Half>(qt, st, mt));
   return f(check_weight_t<float>(qt, st, mt));
