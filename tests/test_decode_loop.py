@@ -130,3 +130,25 @@ def test_argmax_equals_torch(B, V):
         assert torch.equal(kernels.argmax_last(c), torch.argmax(c, dim=-1)), c
     if kernels.cpp_ops() is not None:
         assert torch.equal(kernels.cpp_ops().argmax_rows(x), torch.argmax(x, dim=-1))
+
+
+@pytest.mark.parametrize("B,n,k", [(1, 5632, 2816), (3, 100, 7), (2, 17, 17), (1, 9, 0), (2, 64, 1)])
+def test_topk_sorted_keeps_the_k_largest_in_index_order(B, n, k):
+    """The predictor's selection: each row's k largest scores' indices, ascending; ties at the k-th
+    value keep the lower indices, NaN ranks first (as torch.topk); bad k fails loud."""
+    g = torch.Generator().manual_seed(n + k)
+    x = torch.randn(B, n, generator=g)
+    got = kernels.topk_sorted(x, k)
+    assert got.shape == (B, k) and got.dtype == torch.int64
+    assert torch.equal(got, torch.topk(x, k, dim=1).indices.sort(dim=1).values)
+    ties = x.round(decimals=0)  # many equal values: the chosen set is the k largest, lower indices on ties
+    got = kernels.topk_sorted(ties, k)
+    for r in range(B):
+        order = sorted(range(n), key=lambda i: (-float(ties[r, i]), i))[:k]
+        assert got[r].tolist() == sorted(order)
+    if n > 3 and k > 0:
+        y = x.clone()
+        y[0, 3] = float("nan")
+        assert 3 in kernels.topk_sorted(y, k)[0].tolist()
+    with pytest.raises(ValueError, match="k in"):
+        kernels.topk_sorted(x, n + 1)

@@ -46,6 +46,7 @@ __all__ = [
     "SparseLinear",
     "active_indices",
     "argmax_last",
+    "topk_sorted",
     "backend",
     "backend_info",
     "build",
@@ -447,6 +448,19 @@ def argmax_last(scores: torch.Tensor) -> torch.Tensor:
             and scores.shape[1] > 0 and hasattr(ops, "argmax_rows") and not scores.requires_grad):
         return ops.argmax_rows(scores)
     return torch.argmax(scores, dim=-1)
+
+
+def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """``idx[B, k]``: each row's ``k`` largest scores' indices, ascending (``scores[B, n]``). The
+    C++ ``topk_rows_sorted`` for contiguous fp32 CPU rows (ties at the k-th value keep the lower
+    indices; NaN ranks first, as in ``torch.topk``), else ``torch.topk`` and a sort."""
+    if scores.dim() != 2 or not 0 <= k <= scores.shape[1]:
+        raise ValueError(f"topk_sorted: scores must be [rows, n] and k in [0, n]; got {tuple(scores.shape)}, k={k}")
+    ops = _ops() if scores.device.type == "cpu" else None
+    if (ops is not None and scores.dtype == torch.float32 and scores.is_contiguous() and not scores.requires_grad
+            and hasattr(ops, "topk_rows_sorted")):
+        return ops.topk_rows_sorted(scores, k)
+    return torch.topk(scores, k, dim=1, sorted=False).indices.sort(dim=1).values
 
 
 def output_sparse(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor,

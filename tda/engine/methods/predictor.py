@@ -94,9 +94,9 @@ class Predictor(TokenWise):
             if select is not None:
                 a, b, k = select
                 scores = kernels.input_dense(kernels.input_dense(x2, a), b)  # [N, d_ff]
-                top = torch.topk(scores, k, dim=1, sorted=False).indices
+                top = kernels.topk_sorted(scores, k)  # [N, k], ascending
                 if x2.shape[0] == 1:
-                    state["idx"], state["keep"] = top[0].sort().values, None
+                    state["idx"], state["keep"] = top[0], None
                 else:
                     keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)
                     state["idx"], state["keep"] = keep.any(dim=0).nonzero().flatten(), keep
