@@ -67,10 +67,11 @@ def _prose(p: Path) -> str:
     """The page's prose: without code (commands name sizes and flags), the README's generated block and
     the allowed phrases."""
     text = p.read_text()
-    if p.name == "README.md":  # its headline table, the llama.cpp table, the verdicts across corpora and the suite's cost are generated
+    if p.name == "README.md":  # its headline table, the llama.cpp table, the verdicts across corpora, the ceiling gaps and the suite's cost are generated
         for start, end in (("<!-- headline:start", "<!-- headline:end -->"),
                            ("<!-- llamacpp:start", "<!-- llamacpp:end -->"),
                            ("<!-- corpora:start", "<!-- corpora:end -->"),
+                           ("<!-- ceiling-gaps:start", "<!-- ceiling-gaps:end -->"),
                            ("<!-- suite-cost:start", "<!-- suite-cost:end -->")):
             i, j = text.find(start), text.find(end)
             assert 0 <= i < j, f"README.md lacks its generated block {start}"
@@ -99,3 +100,26 @@ def test_hand_written_pages_type_no_result_numbers():
     for p in HAND_WRITTEN + [ROOT / "README.md"]:
         bad += [f"{p.relative_to(ROOT)}: {m.group(0)!r}" for m in RESULT_NUMBER.finditer(_prose(p))]
     assert not bad, "results typed by hand (generate them with benchmarks/report.py): " + "; ".join(bad)
+
+
+def test_ceiling_gaps_take_each_methods_newest_run_per_format(tmp_path):
+    """The README's ceiling-gap lines: per method and format the newest stored bench, its share of
+    the bytes ceiling's gain; dense and ceilings of 1 are left out."""
+    import json
+
+    report = _report()
+    res = tmp_path / "benchmarks/results"
+    res.mkdir(parents=True)
+
+    def run(name, ts, fmt, rows):
+        model = {"dtype": "float32", "format": "gguf"} if fmt == "gguf" else {"dtype": "float32"}
+        results = {m: {"method": m.split("@")[0], "decode_speedup_vs_dense": s, "ceiling_speedup": c} for m, s, c in rows}
+        (res / name).write_text(json.dumps({"model": model, "timestamp": ts, "results": results}))
+
+    run("latency-llama-1b-a.json", "2026-01-01", "fp32", [("dense", 1.0, None), ("teal", 1.2, 1.8), ("tt", 1.0, 1.0)])
+    run("latency-llama-1b-b.json", "2026-02-01", "fp32", [("teal", 1.6, 1.8)])
+    run("latency-llama-1b-c.json", "2026-03-01", "gguf", [("teal", 1.45, 1.9)])
+    gaps = report.ceiling_gaps(tmp_path)
+    assert [r["method"] for r in gaps["fp32"]] == ["teal"] and gaps["fp32"][0]["file"] == "latency-llama-1b-b.json"
+    assert abs(gaps["fp32"][0]["share"] - 0.75) < 1e-9 and abs(gaps["gguf"][0]["share"] - 0.5) < 1e-9
+    assert "teal 75% (1.60× of 1.80×)" in report.readme_ceiling_gaps(tmp_path)
