@@ -287,14 +287,21 @@ def _mkldnn_ok() -> bool:
 def active_indices(x: torch.Tensor, threshold) -> torch.Tensor:
     """Sorted int64 indices ``i`` with ``|x[..., i]| >= threshold`` in ANY row (the union).
 
-    ``threshold`` is a non-negative float or a tensor ``[d_in]`` of per-input thresholds.
-    """
+    ``threshold`` is a non-negative float or a tensor ``[d_in]`` of per-input thresholds. Contiguous
+    fp32 CPU input: one C++ pass (``threshold_indices``)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 1:
         raise ValueError("x must have at least one dimension")
     d_in = x.shape[-1]
     t = _check_threshold(threshold, x, d_in)
+    ops = _ops() if x.device.type == "cpu" else None
+    if ops is not None and x.dtype == torch.float32 and x.is_contiguous() and hasattr(ops, "threshold_indices"):
+        if isinstance(t, torch.Tensor):
+            if t.dtype == torch.float32 and t.device.type == "cpu":
+                return ops.threshold_indices(x.reshape(-1, d_in), 0.0, t.contiguous())
+        else:
+            return ops.threshold_indices(x.reshape(-1, d_in), float(t), None)
     mask = _threshold_mask(x.reshape(-1, d_in), t)
     act = mask[0] if mask.shape[0] == 1 else mask.any(0)
     return act.nonzero().squeeze(1)

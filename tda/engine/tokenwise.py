@@ -53,17 +53,21 @@ class Counter:
         return float(self.kept) / self.total if self.total else float("nan")
 
 
-def sparse_product(x: torch.Tensor, x2: torch.Tensor, keep: torch.Tensor, wt, bias, dense: LinearFn,
-            counter: Counter | None) -> torch.Tensor:
+def sparse_product(x: torch.Tensor, x2: torch.Tensor, keep: torch.Tensor | None, wt, bias, dense: LinearFn,
+                   counter: Counter | None, *, idx: torch.Tensor | None = None) -> torch.Tensor:
     """``keep[N, d_in]`` (bool) -> the sparse product of the kept entries, shaped like ``x``. ``wt``:
     ``W_t[d_in, d_out]``, or a quantized weight's input-major repack
-    (:class:`~tda.models.quant.QuantWeightT`: :func:`tda.engine.quant_kernels.input_sparse`)."""
+    (:class:`~tda.models.quant.QuantWeightT`: :func:`tda.engine.quant_kernels.input_sparse`). One row
+    may come as its kept indices ``idx`` (ascending) instead of ``keep``."""
     d_in = x2.shape[1]
-    idx = torch.nonzero(keep[0] if x2.shape[0] == 1 else keep.any(dim=0)).flatten()
+    if idx is None:
+        idx = torch.nonzero(keep[0] if x2.shape[0] == 1 else keep.any(dim=0)).flatten()
+    elif x2.shape[0] != 1:
+        raise ValueError("sparse_product: kept indices stand for one row's mask only")
     k = int(idx.numel())
     if counter is not None:
         counter.add(k, d_in)
-    if k == d_in and bool(keep.all()):
+    if k == d_in and (keep is None or bool(keep.all())):
         return dense(x)
     xs = x2 if x2.shape[0] == 1 else x2 * keep
     if isinstance(wt, QuantWeightT):

@@ -63,9 +63,15 @@ class CATS(TokenWise):
 
         def fn(x):
             g = dense(x)
-            a = act(g).abs()
+            a = act(g)
+            if a.dtype == torch.float32 and a.numel() == a.shape[-1]:  # one row: the kept channels' indices, one C++ pass
+                state["idx"] = state["idx_down"] = kernels.active_indices(a, tau)
+                state["keep"] = state["keep_down"] = None
+                return g
+            a = a.abs()
             keep = (a if a.dtype in (torch.float32, torch.float64) else a.float()) >= tau  # [..., d_ff]; tau never rounded to bf16
             state["keep"] = state["keep_down"] = keep.reshape(-1, keep.shape[-1])
+            state["idx"] = state["idx_down"] = None
             return g
 
         return fn
@@ -82,12 +88,13 @@ class CATS(TokenWise):
         b = getattr(up, "bias", None)
 
         def fn(x):
-            keep = state.pop("keep")
+            keep, idx = state.pop("keep"), state.pop("idx")
             x2 = x.reshape(-1, x.shape[-1])
-            idx = torch.nonzero(keep.any(dim=0) if keep.shape[0] > 1 else keep[0]).flatten()
+            if idx is None:
+                idx = torch.nonzero(keep.any(dim=0) if keep.shape[0] > 1 else keep[0]).flatten()
             out = torch.zeros(x2.shape[0], w.shape[0], dtype=x.dtype, device=x.device)
             vals = kernels.output_sparse(x2, idx, w, b)
-            out[:, idx] = vals * keep[:, idx] if keep.shape[0] > 1 else vals
+            out[:, idx] = vals * keep[:, idx] if keep is not None and keep.shape[0] > 1 else vals
             return out.view(*x.shape[:-1], w.shape[0])
 
         return fn
@@ -98,12 +105,13 @@ class CATS(TokenWise):
         qw, b, d_out = up.qweight, up.bias, up.out_features
 
         def fn(x):
-            keep = state.pop("keep")
+            keep, idx = state.pop("keep"), state.pop("idx")
             x2 = x.reshape(-1, x.shape[-1])
-            idx = torch.nonzero(keep.any(dim=0) if keep.shape[0] > 1 else keep[0]).flatten()
+            if idx is None:
+                idx = torch.nonzero(keep.any(dim=0) if keep.shape[0] > 1 else keep[0]).flatten()
             out = torch.zeros(x2.shape[0], d_out, dtype=x.dtype, device=x.device)
             vals = quant_kernels.rows(x2, qw, idx, b)
-            out[:, idx] = vals * keep[:, idx] if keep.shape[0] > 1 else vals
+            out[:, idx] = vals * keep[:, idx] if keep is not None and keep.shape[0] > 1 else vals
             return out.view(*x.shape[:-1], d_out)
 
         return fn
@@ -114,6 +122,7 @@ class CATS(TokenWise):
         b, dense, counter = getattr(down, "bias", None), self.dense_fn(down), self.counter(down)
 
         def fn(a):
-            return sparse_product(a, a.reshape(-1, a.shape[-1]), state.pop("keep_down"), wt, b, dense, counter)
+            return sparse_product(a, a.reshape(-1, a.shape[-1]), state.pop("keep_down"), wt, b, dense, counter,
+                                  idx=state.pop("idx_down"))
 
         return fn
