@@ -164,7 +164,7 @@ def quant_threshold_linear(qwt, bias, cut, dense: LinearFn, counter: Counter | N
 def quant_topk_linear(qwt, bias, col_scale: torch.Tensor, k: int, dense: LinearFn,
                       counter: Counter | None = None) -> LinearFn:
     """:func:`topk_linear` over the quantized format: per row the ``k`` inputs with the largest
-    ``|x_i|·col_scale[i]`` (``torch.topk``; ties at the k-th score go to the lower index), the union
+    ``|x_i|·col_scale[i]`` (:func:`tda.engine.kernels.topk_sorted`; ties at the k-th score go to the lower index), the union
     of the rows' sets with each row's own others zeroed, then the input-sparse quantized kernel
     (:func:`sparse_product`)."""
     d_in = qwt.shape[1]
@@ -176,7 +176,9 @@ def quant_topk_linear(qwt, bias, col_scale: torch.Tensor, k: int, dense: LinearF
 
     def fn(x):
         x2 = x.reshape(-1, d_in).to(torch.float32)
-        top = torch.topk(x2.abs() * scale, k, dim=-1, sorted=False).indices
+        top = kernels.topk_sorted((x2.abs() * scale).contiguous(), k)  # [N, k], ascending
+        if x2.shape[0] == 1:
+            return sparse_product(x, x2, None, qwt, b, dense, counter, idx=top[0])
         keep = torch.zeros_like(x2, dtype=torch.bool).scatter_(1, top, True)
         return sparse_product(x, x2, keep, qwt, b, dense, counter)
 
