@@ -327,7 +327,7 @@ def test_packed_q4k_layout_gives_the_int8_layouts_results_bit_for_bit(rows_x):
     the same scales and values as the int8 layout, so the same products bit for bit, and each
     equal to its masked dense product on the de-quantised weights (empty, full and odd sets)."""
     qw, ref = _weight("Q4_K", 192, 2, seed=11 + rows_x)
-    packed, plain = qw.input_major(), qw.input_major(packed=False)
+    packed, plain = qw.input_major(), qw.input_major(compact=False)
     assert packed.packed and not plain.packed
     assert packed.nbytes < 0.5 * plain.nbytes
     assert torch.equal(packed.row_major().dequantize(), ref)
@@ -378,7 +378,7 @@ def test_compact_scales_give_the_same_products(qtype):
     """The input-major layout keeps Q8_0/Q5_0/Q4_0 scales (the blocks' fp16 d) as fp16 and Q6_K's as
     its blocks do (int8 factors times an fp16 d): fewer scale bytes, the same products bit for bit."""
     qw, ref = _weight(qtype, 48, 2, seed=2)
-    compact, plain = qw.input_major(), qw.input_major(packed=False)
+    compact, plain = qw.input_major(), qw.input_major(compact=False)
     want = {"Q6_K": torch.int8}.get(qtype, torch.float16)
     assert compact.st.dtype == want and plain.st.dtype == torch.float32
     assert compact.nbytes < plain.nbytes

@@ -99,15 +99,16 @@ class QuantWeight:
                           None if self.min is None else self.min.index_select(0, idx), self.qtype)
         return sub.dequantize()
 
-    def input_major(self, *, packed: bool = True) -> QuantWeightT:
+    def input_major(self, *, compact: bool = True) -> QuantWeightT:
         """The same weight input-major (for input-sparse products): ``qt[d_in, d_out]`` and the
-        group scales/minimums as ``[d_in / G, d_out]``. ``packed``: a Q4_K weight whose outputs are
-        whole 64s gets the compact layout (:func:`pack_q4k`) where its scales factor exactly, and
-        scales that are fp16 values (Q8_0, Q5_0, Q4_0: the blocks' d) are kept as fp16."""
-        if packed and (p := pack_q4k(self) or factor_q6k(self)) is not None:
+        group scales/minimums as ``[d_in / G, d_out]``. ``compact`` (default): the scales as
+        compact as the blocks hold them, where they factor exactly — Q4_K packed (:func:`pack_q4k`),
+        Q6_K's int8 factors times an fp16 ``d`` (:func:`factor_q6k`), fp16 scales for Q8_0, Q5_0 and
+        Q4_0 (the blocks' ``d``); else (or with ``compact=False``) int8 values and fp32 scales."""
+        if compact and (p := pack_q4k(self) or factor_q6k(self)) is not None:
             return p
         st = self.scale.t().contiguous()
-        if packed and self.min is None and torch.equal(st.half().float(), st):  # Q8_0/Q5_0/Q4_0: the blocks' fp16 d
+        if compact and self.min is None and torch.equal(st.half().float(), st):  # Q8_0/Q5_0/Q4_0: the blocks' fp16 d
             st = st.half()
         return QuantWeightT(self.q.t().contiguous(), st, None if self.min is None else self.min.t().contiguous(), self.qtype)
 
@@ -123,7 +124,8 @@ class QuantWeightT:
     so that an active input ``i`` reads one contiguous row ``qt[i, :]`` (input-sparse methods).
     ``st`` is fp16 where the scales are fp16 values (Q8_0, Q5_0, Q4_0), else fp32.
 
-    Packed (Q4_K, ``sd`` given; :func:`pack_q4k`): ``qt[d_in, d_out / 2]`` uint8 holds the 4-bit
+    Factored scales (``sd`` given): Q6_K (:func:`factor_q6k`) keeps int8 values and ``st`` as int8
+    factors of the fp16 ``sd``. Packed (Q4_K; :func:`pack_q4k`): ``qt[d_in, d_out / 2]`` uint8 holds the 4-bit
     values two a byte (per 64 outputs of an input, 32 bytes: low nibbles the first 32 outputs, high
     nibbles the next 32), ``st``/``mt`` ``[d_in / G, d_out]`` uint8 the sub-block scales and minimums
     and ``sd``/``md`` ``[d_in / G / R, d_out]`` fp16 the super-block factors: the scale is
@@ -133,11 +135,12 @@ class QuantWeightT:
     st: torch.Tensor  # fp32 or fp16 [d_in / G, d_out]; packed: uint8
     mt: torch.Tensor | None
     qtype: str
-    sd: torch.Tensor | None = None  # packed: fp16 [d_in / G / R, d_out]
+    sd: torch.Tensor | None = None  # factored scales: fp16 [d_in / G / R, d_out]
     md: torch.Tensor | None = None
 
     @property
     def packed(self) -> bool:
+        """Scales factored as the blocks hold them (``sd`` given; Q4_K's values also two a byte)."""
         return self.sd is not None
 
     @property
@@ -169,7 +172,8 @@ def _factor(vals: torch.Tensor, per: int, kmax: int, *, signed: bool = False) ->
     """``vals[n, ng] = d[n, ng / per] * k[n, ng]`` exactly, ``d`` fp16 and ``k`` integers: in [0, kmax]
     (Q4_K's scales: the super-block's fp16 ``d`` times 6-bit sub-block factors; a negative ``d``
     gives every factor its sign), or with ``signed`` in [-kmax, kmax - 1] and ``d`` of either sign
-    (Q6_K's int8 factors: llama.cpp maps the largest to -128, so ``d`` has the opposite sign to it). ``k`` uint8, or int8 when ``signed``; or None."""
+    (Q6_K's int8 factors: llama.cpp maps the largest to -128, so ``d`` has the opposite sign to it).
+    ``k`` is uint8, or int8 when ``signed``; None when no such factoring exists."""
     n, ng = vals.shape
     if ng % per or not bool(torch.isfinite(vals).all()):
         return None
@@ -191,7 +195,7 @@ def _factor(vals: torch.Tensor, per: int, kmax: int, *, signed: bool = False) ->
         kq = (v / cand.clamp_min(torch.finfo(torch.float32).tiny)[..., None]).round()
         exact = todo & (cand.half().float() == cand) & (kq * cand[..., None] == v).all(-1)
         ok = exact & ((kq >= lo) & (kq <= hi)).all(-1)
-        flip = exact & ~ok & ((-kq >= lo) & (-kq <= hi)).all(-1) if signed else ok & False  # d < 0: factors negated
+        flip = exact & ~ok & ((-kq >= lo) & (-kq <= hi)).all(-1) if signed else torch.zeros_like(ok)  # d < 0
         d = torch.where(ok, cand, torch.where(flip, -cand, d))
         k = torch.where(ok[..., None], kq, torch.where(flip[..., None], -kq, k))
         todo &= ~(ok | flip)

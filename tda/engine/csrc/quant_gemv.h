@@ -23,9 +23,9 @@
 //       input-major repack (QuantWeight.input_major), the active inputs idx only (compact: x holds
 //       just those inputs, in idx's order: a prompt-fixed slice's activations).
 //   quant_input_sparse_threshold(x, qt, st, mt?, bias?, t, tvec?, count?): TEAL's rule and product.
-//   Both input-sparse ops also take Q4_K packed (sd, md given: QWT4 below): 4-bit values two a byte,
-//   uint8 sub-block scales and minimums, fp16 super-block factors: half the int8 layout's bytes for
-//   the values, under a third for the scales, the same results bit for bit.
+//   Both input-sparse ops also take the scales as compact as the blocks hold them, the same results
+//   bit for bit: st fp16 (Q8_0/Q5_0/Q4_0: QWTH), st int8 factors of an fp16 sd (Q6_K: QWTK), or Q4_K
+//   packed (qt uint8 with 4-bit values two a byte, st/mt uint8, sd/md fp16: QWT4).
 #pragma once
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -595,7 +595,7 @@ inline void input_sparse_core(const WT& W, const float* xp, int64_t N, const int
   });
 }
 
-// f(W) with the weight's layout: QWT (int8 values, fp32 scales) or, with sd given, QWT4 (packed Q4_K)
+// f(W) with the weight's layout: QWT (fp32 scales), QWTH (fp16 scales), or with sd given QWT4 (packed Q4_K) / QWTK (Q6_K)
 template <typename F>
 auto with_weight_t(const at::Tensor& qt, const at::Tensor& st, const c10::optional<at::Tensor>& mt,
                    const c10::optional<at::Tensor>& sd, const c10::optional<at::Tensor>& md, const F& f) {
