@@ -297,11 +297,8 @@ def active_indices(x: torch.Tensor, threshold) -> torch.Tensor:
     t = _check_threshold(threshold, x, d_in)
     ops = _ops() if x.device.type == "cpu" else None
     if ops is not None and x.dtype == torch.float32 and x.is_contiguous() and hasattr(ops, "threshold_indices"):
-        if isinstance(t, torch.Tensor):
-            if t.dtype == torch.float32 and t.device.type == "cpu":
-                return ops.threshold_indices(x.reshape(-1, d_in), 0.0, t.contiguous())
-        else:
-            return ops.threshold_indices(x.reshape(-1, d_in), float(t), None)
+        tensor = isinstance(t, torch.Tensor)  # _check_threshold made it fp32 on x's device
+        return ops.threshold_indices(x.reshape(-1, d_in), 0.0 if tensor else t, t if tensor else None)
     mask = _threshold_mask(x.reshape(-1, d_in), t)
     act = mask[0] if mask.shape[0] == 1 else mask.any(0)
     return act.nonzero().squeeze(1)

@@ -176,7 +176,7 @@ def quant_topk_linear(qwt, bias, col_scale: torch.Tensor, k: int, dense: LinearF
 
     def fn(x):
         x2 = x.reshape(-1, d_in).to(torch.float32)
-        top = kernels.topk_sorted((x2.abs() * scale).contiguous(), k)  # [N, k], ascending
+        top = kernels.topk_sorted(x2.abs() * scale, k)  # [N, k], ascending
         if x2.shape[0] == 1:
             return sparse_product(x, x2, None, qwt, b, dense, counter, idx=top[0])
         keep = torch.zeros_like(x2, dtype=torch.bool).scatter_(1, top, True)

@@ -116,6 +116,20 @@ inline bool ranks_above(float a, float b) {  // a before b: NaN first, then larg
   return na ? !nb : (!nb && a > b);
 }
 
+// One row's k (>= 1) top indices into o, ascending, for a strict order "above" (ties at the k-th: lower indices).
+template <typename Above>
+inline void topk_row(const float* row, int64_t n, int64_t k, std::vector<float>& v, int64_t* o, Above above) {
+  std::copy(row, row + n, v.begin());
+  std::nth_element(v.begin(), v.begin() + (k - 1), v.end(), above);
+  const float kth = v[static_cast<size_t>(k - 1)];
+  int64_t ties = k;  // how many of the values tied with the k-th are kept
+  for (int64_t i = 0; i < n; ++i) ties -= above(row[i], kth);
+  for (int64_t i = 0, m = 0; i < n && m < k; ++i) {
+    if (above(row[i], kth)) o[m++] = i;
+    else if (ties > 0 && !above(kth, row[i])) o[m++] = i, --ties;
+  }
+}
+
 inline at::Tensor topk_rows_sorted(const at::Tensor& x, int64_t k) {
   TORCH_CHECK_VALUE(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
                     "topk_rows_sorted: x must be a contiguous fp32 CPU tensor [rows, n]");
@@ -128,33 +142,10 @@ inline at::Tensor topk_rows_sorted(const at::Tensor& x, int64_t k) {
   std::vector<float> v(static_cast<size_t>(n));
   for (int64_t r = 0; r < B; ++r) {
     const float* row = xp + r * n;
-    bool nan = false;
-    for (int64_t i = 0; i < n; ++i) nan |= std::isnan(v[i] = row[i]);
-    int64_t* orow = o + r * k;
-    int64_t m = 0;
-    if (!nan) {  // the common case: plain comparisons
-      std::nth_element(v.begin(), v.begin() + (k - 1), v.end(), std::greater<float>());
-      const float kth = v[static_cast<size_t>(k - 1)];
-      int64_t above = 0;  // values strictly above the k-th
-      for (int64_t i = 0; i < n; ++i) above += row[i] > kth;
-      int64_t ties = k - above;
-      for (int64_t i = 0; i < n && m < k; ++i) {
-        const float a = row[i];
-        if (a > kth) orow[m++] = i;
-        else if (a == kth && ties > 0) orow[m++] = i, --ties;
-      }
-      continue;
-    }
-    std::nth_element(v.begin(), v.begin() + (k - 1), v.end(), ranks_above);
-    const float kth = v[static_cast<size_t>(k - 1)];
-    int64_t above = 0;
-    for (int64_t i = 0; i < n; ++i) above += ranks_above(row[i], kth);
-    int64_t ties = k - above;
-    for (int64_t i = 0; i < n && m < k; ++i) {
-      const float a = row[i];
-      if (ranks_above(a, kth)) orow[m++] = i;
-      else if (ties > 0 && !ranks_above(kth, a)) orow[m++] = i, --ties;
-    }
+    if (std::none_of(row, row + n, [](float a) { return std::isnan(a); }))
+      topk_row(row, n, k, v, o + r * k, std::greater<float>());  // the common case: plain comparisons
+    else
+      topk_row(row, n, k, v, o + r * k, ranks_above);
   }
   return out;
 }

@@ -353,20 +353,22 @@ at::Tensor quant_rows(const at::Tensor& x, const at::Tensor& q, const at::Tensor
 // = x_masked @ W.T with W's exact values: the rows of the inputs a method keeps, and nothing else, read
 // (TEAL/WINA, TT's and CATS's down projection, R-Sparse's sparse part). Columns split over threads.
 // ---------------------------------------------------------------------------------------------
-// An input-major quantized weight, as raw pointers; scales fp32 (QWT) or fp16 (QWTH: Q8_0, Q5_0 and
-// Q4_0 scales are the blocks' fp16 d, exact in half the bytes; no minimums).
-template <typename S>
-struct QWTT {
-  const int8_t* q;  // [d_in, d_out]
-  const S* s;       // [ng, d_out]
-  const float* m;   // [ng, d_out] or nullptr
-  int64_t d_in, d_out, ng, G;
+#if TDA_QUANT_AVX512
+inline __m512 half16_ps(const at::Half* p) {  // 16 fp16 values as fp32 (exact)
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 u8_16_ps(const uint8_t* p) {  // 16 uint8 values as fp32 (exact)
+  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+#endif
+
+// The int8 values of an input-major weight, qt[d_in, d_out]: what QWTT and QWTK read the same way.
+struct I8Rows {
+  const int8_t* q;
+  int64_t d_in, d_out;
   static constexpr int64_t kAlign = 16;  // thread chunks of outputs start at multiples of this
   const void* line(int64_t i, int64_t j) const { return q + i * d_out + j; }
   float value(int64_t i, int64_t j) const { return static_cast<float>(q[i * d_out + j]); }
-  float scale(int64_t g, int64_t j) const { return static_cast<float>(s[g * d_out + j]); }
-  float minimum(int64_t g, int64_t j) const { return m ? m[g * d_out + j] : 0.0f; }
-  bool has_min() const { return m != nullptr; }
 #if TDA_QUANT_AVX512
   static constexpr int64_t kLineAhead = TDA_QUANT_SPARSE_PF;  // bytes of a row prefetched ahead
   // t[0..3] += input i's values at outputs [j, j + 64) times x
@@ -374,9 +376,23 @@ struct QWTT {
     const int8_t* row = q + i * d_out + j;
     for (int u = 0; u < 4; ++u) t[u] = _mm512_fmadd_ps(q16(row + 16 * u), xv, t[u]);
   }
+#endif
+};
+
+// An input-major quantized weight, as raw pointers; scales fp32 (QWT) or fp16 (QWTH: Q8_0, Q5_0 and
+// Q4_0 scales are the blocks' fp16 d, exact in half the bytes; no minimums).
+template <typename S>
+struct QWTT : I8Rows {
+  const S* s;       // [ng, d_out]
+  const float* m;   // [ng, d_out] or nullptr
+  int64_t ng, G;
+  float scale(int64_t g, int64_t j) const { return static_cast<float>(s[g * d_out + j]); }
+  float minimum(int64_t g, int64_t j) const { return m ? m[g * d_out + j] : 0.0f; }
+  bool has_min() const { return m != nullptr; }
+#if TDA_QUANT_AVX512
   __m512 scale16(int64_t g, int64_t j) const {
     if constexpr (std::is_same<S, float>::value) return _mm512_loadu_ps(s + g * d_out + j);
-    else return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + g * d_out + j)));
+    else return half16_ps(s + g * d_out + j);
   }
   __m512 min16(int64_t g, int64_t j) const { return _mm512_loadu_ps(m + g * d_out + j); }
 #endif
@@ -420,41 +436,25 @@ struct QWT4 {
                           _mm_and_si128(_mm_srli_epi16(b, 4), lo4)};
     for (int u = 0; u < 4; ++u) t[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v[u])), xv, t[u]);
   }
-  static __m512 u8x16(const uint8_t* p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-  }
-  static __m512 h16(const at::Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
-  __m512 scale16(int64_t g, int64_t j) const { return _mm512_mul_ps(h16(sd + g / R * d_out + j), u8x16(sc + g * d_out + j)); }
-  __m512 min16(int64_t g, int64_t j) const { return _mm512_mul_ps(h16(md + g / R * d_out + j), u8x16(mq + g * d_out + j)); }
+  __m512 scale16(int64_t g, int64_t j) const { return _mm512_mul_ps(half16_ps(sd + g / R * d_out + j), u8_16_ps(sc + g * d_out + j)); }
+  __m512 min16(int64_t g, int64_t j) const { return _mm512_mul_ps(half16_ps(md + g / R * d_out + j), u8_16_ps(mq + g * d_out + j)); }
 #endif
   bool has_min() const { return mq != nullptr; }
 };
 
 // Q6_K input-major and compact: int8 values as QWT's, the scales as the blocks hold them -- sc[ng, d_out]
 // int8 sub-block factors and sd[ng / R, d_out] fp16 super-block d: scale = fp32(sd) * sc, exact in fp32.
-struct QWTK {
-  const int8_t* q;
+struct QWTK : I8Rows {
   const int8_t* sc;
   const at::Half* sd;
-  int64_t d_in, d_out, ng, G, R;
-  static constexpr int64_t kAlign = 16;
-  const void* line(int64_t i, int64_t j) const { return q + i * d_out + j; }
-  float value(int64_t i, int64_t j) const { return static_cast<float>(q[i * d_out + j]); }
+  int64_t ng, G, R;
   float scale(int64_t g, int64_t j) const {
     return static_cast<float>(sd[g / R * d_out + j]) * static_cast<float>(sc[g * d_out + j]);
   }
   float minimum(int64_t, int64_t) const { return 0.0f; }
   bool has_min() const { return false; }
 #if TDA_QUANT_AVX512
-  static constexpr int64_t kLineAhead = TDA_QUANT_SPARSE_PF;
-  void acc64(int64_t i, int64_t j, __m512 xv, __m512* t) const {
-    const int8_t* row = q + i * d_out + j;
-    for (int u = 0; u < 4; ++u) t[u] = _mm512_fmadd_ps(q16(row + 16 * u), xv, t[u]);
-  }
-  __m512 scale16(int64_t g, int64_t j) const {
-    return _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sd + g / R * d_out + j))),
-                         q16(sc + g * d_out + j));
-  }
+  __m512 scale16(int64_t g, int64_t j) const { return _mm512_mul_ps(half16_ps(sd + g / R * d_out + j), q16(sc + g * d_out + j)); }
   __m512 min16(int64_t, int64_t) const { return _mm512_setzero_ps(); }
 #endif
 };
@@ -463,15 +463,15 @@ inline QWTK check_weight_tk(const at::Tensor& qt, const at::Tensor& st, const c1
                             const at::Tensor& sd, const c10::optional<at::Tensor>& md) {
   TORCH_CHECK_VALUE(qt.dim() == 2 && st.dim() == 2 && sd.dim() == 2 && qt.is_contiguous() && st.is_contiguous() &&
                         sd.is_contiguous(), "quant_input_sparse (factored scales): qt, st and sd must be contiguous 2-D tensors");
-  TORCH_CHECK_TYPE(st.scalar_type() == at::kChar && sd.scalar_type() == at::kHalf,
-                   "quant_input_sparse (factored scales): st must be int8 and sd fp16");
+  TORCH_CHECK_TYPE(qt.scalar_type() == at::kChar && st.scalar_type() == at::kChar && sd.scalar_type() == at::kHalf,
+                   "quant_input_sparse (factored scales): qt and st must be int8 and sd fp16");
   TORCH_CHECK_VALUE(!(mt.has_value() && mt->defined()) && !(md.has_value() && md->defined()),
                     "quant_input_sparse (factored scales): no minimums");
   TORCH_CHECK_VALUE(qt.device().is_cpu() && st.device().is_cpu() && sd.device().is_cpu(), "quant_input_sparse: CPU tensors only");
   const int64_t d_in = qt.size(0), d_out = qt.size(1), ng = st.size(0), ns = sd.size(0);
   TORCH_CHECK_VALUE(st.size(1) == d_out && ng > 0 && d_in % ng == 0 && ns > 0 && ng % ns == 0 && sd.size(1) == d_out,
                     "quant_input_sparse (factored scales): st must be [d_in/G, d_out] and sd [d_in/G/R, d_out]");
-  return QWTK{qt.const_data_ptr<int8_t>(), st.const_data_ptr<int8_t>(), sd.const_data_ptr<at::Half>(), d_in, d_out, ng,
+  return QWTK{{qt.const_data_ptr<int8_t>(), d_in, d_out}, st.const_data_ptr<int8_t>(), sd.const_data_ptr<at::Half>(), ng,
               d_in / ng, ng / ns};
 }
 
@@ -491,7 +491,7 @@ inline QWTT<S> check_weight_t(const at::Tensor& qt, const at::Tensor& st, const 
                       "quant_input_sparse: mt must be fp32 and shaped like st");
     mp = mt->const_data_ptr<float>();
   }
-  return QWTT<S>{qt.const_data_ptr<int8_t>(), st.const_data_ptr<S>(), mp, d_in, d_out, ng, d_in / ng};
+  return QWTT<S>{{qt.const_data_ptr<int8_t>(), d_in, d_out}, st.const_data_ptr<S>(), mp, ng, d_in / ng};
 }
 
 // The packed layout (QWT4): qt uint8 [d_in, d_out / 2], st (and mt) uint8 [ng, d_out], sd (and md) fp16 [ng / R, d_out].
