@@ -105,6 +105,16 @@ DtypeOpt = typer.Option("auto", "--dtype", help="fp32, bf16, fp16, or gguf: the 
                         "(the embedded model's file, a .gguf path; gguf:Q8_0|Q4_0|Q4_K quantizes an fp32 "
                         "model); auto = gguf for a .gguf file, else fp32")
 DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda or auto")
+JournalOpt = typer.Option(
+    None, "--journal", metavar="PATH",
+    help="keep every scored passage in this file (JSON lines, appended and synced as each batch is scored); "
+         "rerunning the same command with the same journal continues where it stopped: passages already in it "
+         "are read back, not scored again. Its folder must exist. A passage is reused only when everything "
+         "that sets its numbers is the same (model, format, methods, densities, CETT, batch size; default: off)")
+ResumeOpt = typer.Option(
+    False, "--resume", help="journal as --journal does, to <out folder>.journal.jsonl beside the output folder: "
+                            "give --resume on the first run and again on the rerun, and the rerun continues where "
+                            "the first stopped (delete the journal to score afresh)")
 PromptFileOpt = typer.Option(
     None, "--prompt-file", metavar="PATH",
     help="read the prompt from this UTF-8 text file instead of --prompt (no size limit; default: use --prompt)")

@@ -185,6 +185,28 @@ def check_out_dir(path: Path | None) -> None:
         check_output_dir_writable(path)
 
 
+def journal_path(journal: Path | None, resume: bool, out_dir: Path) -> Path | None:
+    """The scoring journal of ``--journal``/``--resume`` (None: off), checked before the model loads:
+    ``--journal PATH`` must name a file in an existing, writable folder; ``--resume`` alone means
+    ``<out folder>.journal.jsonl`` beside the output folder (created with it)."""
+    from tda.evaluate.journal import check_journal_path, default_journal_path
+
+    if journal is not None:
+        return check_journal_path(journal)
+    if resume:
+        return check_journal_path(default_journal_path(out_dir), create_folder=True)
+    return None
+
+
+def open_journal(path: Path | None, out_dir: Path):
+    """A :class:`tda.evaluate.journal.Journal` on a path from :func:`journal_path` (None: None)."""
+    if path is None:
+        return None
+    from tda.evaluate.journal import Journal, default_journal_path
+
+    return Journal(path, create_folder=path == default_journal_path(out_dir))
+
+
 def check_eval_memory(lm, heldout: list[str], summaries: list[dict], max_new_tokens: int) -> None:
     """`tda eval` up front: the longest held-out text (scored teacher-forced: logits for every
     token) and the longest summarisation prompt must fit the memory budget."""

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import typer
 
-from tda.cli.app import DeviceOpt, DtypeOpt, ModelOpt, app, echo_err, load, progress_printer
+from tda.cli.app import (
+    DeviceOpt,
+    DtypeOpt,
+    JournalOpt,
+    ModelOpt,
+    ResumeOpt,
+    app,
+    echo_err,
+    load,
+    progress_printer,
+)
 
 
 def default_out(spec: str) -> Path:
@@ -61,12 +71,15 @@ def frontier_cmd(
                                           "sharing the text's dense prefill"),
     png: bool = typer.Option(True, "--png/--no-png", help="also export frontier.png (kaleido + Chromium)"),
     out: Path = typer.Option(None, "--out", "-o", help="output folder (default benchmarks/results/frontier-<model>)"),
+    journal: Path = JournalOpt,
+    resume: bool = ResumeOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
     """Quality × speed frontier: decode speedup (paired, vs our dense) against perplexity, agreement
     and multiple-choice accuracy (95% bootstrap intervals), with each method's bytes ceiling and the
-    roofline; writes frontier.{csv,json,md,html,png}."""
+    roofline; writes frontier.{csv,json,md,html,png}. A long run keeps its scored passages with
+    --journal PATH or --resume: rerunning the same command continues where it stopped."""
     from tda.cli.generate_cmds import _floats, _names
     from tda.common.atomic import atomic_path, write_text_atomic
     from tda.common.data import load_texts
@@ -113,6 +126,9 @@ def frontier_cmd(
             raise BadInput(f"--cloze-set: give one cloze set per text set ({len(tsets)}), 'auto' or 'none'")
     tset, cset = tsets[0], csets[0]
     out_dir = check_out_dir(out if out is not None else default_out(model))
+    from tda.cli.checks import journal_path, open_journal
+
+    jpath = journal_path(journal, resume, out_dir)  # refused before the model loads
     lm = load(model, dtype, device)
     if prompt_tokens + new_tokens > lm.n_ctx:
         raise BadInput(f"prompt + new tokens ({prompt_tokens + new_tokens}) exceed the context ({lm.n_ctx})")
@@ -124,12 +140,13 @@ def frontier_cmd(
         corpora = [{"name": t.name, "texts": t.load()[:limit], "cloze": c.load()[:n_cloze] if c is not None else []}
                    for t, c in zip(tsets, csets)]
     set_names = ",".join(t.name for t in tsets)
+    jnl = open_journal(jpath, out_dir)
     cloze_names = ",".join(c.name for c in csets if c is not None) or None
     res = run_frontier(lm, ms, ds, rounds=rounds, prompt_tokens=prompt_tokens, new_tokens=new_tokens, heldout=texts,
                        mc_limit=mc_limit, cloze=cloze, gen_prompts=gen_prompts, gen_tokens=gen_tokens, cett=cett,
                        bandwidth_mb=bandwidth_mb or None, boot_iters=boot_iters, seed=seed, target_ci=target_ci,
                        max_rounds=max_rounds, sets={"text": set_names, "cloze": cloze_names}, corpora=corpora,
-                       batch_tokens=batch_tokens,
+                       batch_tokens=batch_tokens, journal=jnl,
                        calibration_texts=load_texts(limit=4) if lm.is_random else None,
                        progress=progress_printer)
     res["meta"]["command"] = {"model": model, "methods": ms, "densities": ds, "rounds": rounds,
@@ -137,12 +154,13 @@ def frontier_cmd(
                               "limit": limit, "cloze_set": cloze_names, "cloze_limit": n_cloze,
                               "gen_prompts": gen_prompts, "gen_tokens": gen_tokens, "mc_limit": mc_limit,
                               "target_ci": target_ci, "max_rounds": max_rounds, "batch_tokens": batch_tokens, "dtype": dtype,
-                              "device": device}
+                              "device": device, "journal": None if jpath is None else jpath.name}
     if lm.format_name != "fp32":  # the format's cost next to the sparsity's: pair every row with fp32 dense
         from tda.evaluate import format_cost
 
         ref_texts = [t for c in (corpora or [{"texts": texts}]) for t in c["texts"] if t.strip()]  # pooled order
-        format_cost.pair_with_reference(res, load(model, "fp32", device), ref_texts, boot_iters=boot_iters, seed=seed)
+        format_cost.pair_with_reference(res, load(model, "fp32", device), ref_texts, boot_iters=boot_iters, seed=seed,
+                                        journal=jnl)
     # everything is rendered in memory first, then written (each file atomically)
     md = result_markdown(res)
     if res["meta"].get("reference"):
@@ -167,3 +185,5 @@ def frontier_cmd(
                 write_text_atomic(tmp_dir / name, data)
     print(md)
     echo_err(f"wrote {out_dir}: {', '.join(files)}")
+    if jpath is not None:
+        echo_err(f"journal {jpath} kept: the same command reuses it (delete it to score afresh)")

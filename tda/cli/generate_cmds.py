@@ -7,7 +7,17 @@ from pathlib import Path
 
 import typer
 
-from tda.cli.app import DeviceOpt, DtypeOpt, ModelOpt, app, echo_err, load, progress_printer
+from tda.cli.app import (
+    DeviceOpt,
+    DtypeOpt,
+    JournalOpt,
+    ModelOpt,
+    ResumeOpt,
+    app,
+    echo_err,
+    load,
+    progress_printer,
+)
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -186,11 +196,15 @@ def eval_cmd(
     mc_limit: int = typer.Option(0, "--mc-limit", help="multiple-choice items via lm-eval (0: skip, -1: all)"),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="summary length limit"),
     cett: float = typer.Option(0.2, "--cett", help="CETT target of the calibrated tda/tt thresholds"),
+    journal: Path = JournalOpt,
+    resume: bool = ResumeOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
     """Perplexity, agreement with dense, ROUGE, cloze accuracy, free-running generation quality (and
-    lm-eval multiple choice) per method and density, with paired differences from dense."""
+    lm-eval multiple choice) per method and density, with paired differences from dense. A long run
+    keeps its scored passages with --journal PATH or --resume: rerunning the same command continues
+    where it stopped (perplexity and cloze; summaries, generations and multiple choice run again)."""
     from tda.common.atomic import check_output_dir_writable, write_text_atomic
     from tda.common.data import SUMMARIZATION, load_records, load_texts
     from tda.common.errors import BadInput
@@ -211,6 +225,9 @@ def eval_cmd(
     check_count(mc_limit, "--mc-limit", minimum=0, allow=(-1,))
     es = get_set(eval_set)
     out_dir = check_output_dir_writable(out)  # created only when the results are written
+    from tda.cli.checks import journal_path, open_journal
+
+    jpath = journal_path(journal, resume, out_dir)  # refused before the model loads
     heldout, cloze = [], []
     if data is not None:
         heldout = load_texts(data, limit=limit)
@@ -232,13 +249,14 @@ def eval_cmd(
     check_eval_memory(lm, heldout + [c["context"] for c in cloze], recs, max_new_tokens)  # before any work
     res = run_eval(lm, ms, ds, heldout=heldout, summaries=recs, mc_limit=mc_limit or None,
                    max_new_tokens=max_new_tokens, cett=cett, progress=progress_printer, cloze=cloze,
-                   gen_texts=heldout[:gen_prompts], gen_tokens=gen_tokens)
+                   gen_texts=heldout[:gen_prompts], gen_tokens=gen_tokens, journal=open_journal(jpath, out_dir))
     from tda.common import distributed
 
     if not distributed.is_main():  # texts were shared out over processes; the main one writes
         return
     res["meta"]["limit"] = limit
     res["meta"]["set"] = None if data is not None else es.name
+    res["meta"]["journal"] = None if jpath is None else jpath.name
     from tda.common.atomic_dir import atomic_dir
 
     md = to_markdown(res["rows"])
@@ -252,3 +270,5 @@ def eval_cmd(
                 write_figure(quality_figure(res["rows"], metric), tmp_dir / f"quality-{metric}")
     print(md)
     echo_err(f"wrote {out_dir}/quality.{{json,csv,md}} and quality-*.html")
+    if jpath is not None:
+        echo_err(f"journal {jpath} kept: the same command reuses it (delete it to score afresh)")

@@ -23,10 +23,12 @@ def item_ids(lm, item: dict) -> tuple[list[int], int]:
 
 def cloze_eval(lm, items: list[dict], vs, *, cett: float = 0.2, fast: bool | None = True,
                thresholds: dict | None = None, calibration_texts=None, progress=None,
-               batch_tokens: int | None = None) -> dict[str, list[int]]:
+               batch_tokens: int | None = None, journal=None) -> dict[str, list[int]]:
     """``{label: [1 if correct else 0 per item]}`` for every variant, in item order. Items are scored
     in batches (:func:`tda.evaluate.scoring.score_units`: one shared prefill per batch, the lm_head on
-    the target positions only); ``batch_tokens=0``: one item at a time."""
+    the target positions only); ``batch_tokens=0``: one item at a time. ``journal``
+    (:class:`tda.evaluate.journal.Journal`): scored items are journalled (keyed with their target's
+    token count), journalled ones read back."""
     from tda.evaluate.scoring import CLOZE_BATCH_TOKENS, score_units
 
     if not items:
@@ -43,7 +45,7 @@ def cloze_eval(lm, items: list[dict], vs, *, cett: float = 0.2, fast: bool | Non
     bt = CLOZE_BATCH_TOKENS if batch_tokens is None else max(batch_tokens, 1)
     per_item = score_units(lm, seqs, splits, list(vs), keep_last=keep, cett=cett, fast=fast, thresholds=thresholds,
                            calibration_texts=calibration_texts, batch_tokens=bt, what="cloze", progress=progress,
-                           reduce=reduce)
+                           reduce=reduce, journal=journal, tags=[nt for _, nt in enc])
     res = {v.label: [r[v.label] for r in per_item] for v in vs}
     if progress:
         for v in vs:

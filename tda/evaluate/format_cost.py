@@ -15,14 +15,17 @@ from tda.evaluate.paired import compare
 REFERENCE = "dense@fp32"
 
 
-def pair_with_reference(result: dict, lm_ref, texts: list[str], *, boot_iters: int = 1000, seed: int = 0) -> dict:
+def pair_with_reference(result: dict, lm_ref, texts: list[str], *, boot_iters: int = 1000, seed: int = 0,
+                        journal=None) -> dict:
     """Add the fp32 dense reference to a :func:`tda.evaluate.frontier.run_frontier` result (in
     place, returned): ``quality["per_text"][REFERENCE]`` and, per row, ``ppl_vs_fp32_delta_pct``
-    with ``_lo``/``_hi``; ``meta["reference"]`` names the reference model and its perplexity."""
+    with ``_lo``/``_hi``; ``meta["reference"]`` names the reference model and its perplexity.
+    ``journal``: the reference's scoring resumes from it (:func:`tda.evaluate.quality.perplexity_eval`)."""
     from tda.evaluate.quality import perplexity_eval, variants
     from tda.evaluate.verdicts import row_label
 
-    ref = perplexity_eval(lm_ref, texts, variants(["dense"], [1.0]), boot_iters=boot_iters, seed=seed)
+    ref = perplexity_eval(lm_ref, texts, variants(["dense"], [1.0]), boot_iters=boot_iters, seed=seed,
+                          journal=journal)
     dense = next(iter(ref.values()))
     quality = result["quality"]
     per_text = quality.setdefault("per_text", {})

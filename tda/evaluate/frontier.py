@@ -110,7 +110,8 @@ def run_frontier(lm, methods: list[str], densities: list[float], *, rounds: int 
                  calibration_texts: list[str] | None = None, bandwidth_mb: float | None = 256,
                  boot_iters: int = 1000, seed: int = 0, target_ci: float | None = None,
                  max_rounds: int | None = None, sets: dict | None = None, corpora: list[dict] | None = None,
-                 batch_tokens: int | None = None, progress: Callable[[str], None] | None = None) -> dict:
+                 batch_tokens: int | None = None, journal=None,
+                 progress: Callable[[str], None] | None = None) -> dict:
     """Bench + quality for ``methods`` × ``densities``; ``{"rows", "verdicts", "meta", "bench", "quality"}``.
 
     ``corpora``: several corpora ``[{"name", "texts", "cloze"}]`` (``heldout``/``cloze`` ignored;
@@ -124,6 +125,8 @@ def run_frontier(lm, methods: list[str], densities: list[float], *, rounds: int 
     None: all, 0: skip); ``cloze``: last-word items (the first ``cloze_limit``); ``gen_prompts``:
     greedy continuations of ``gen_tokens`` tokens from the first that many texts (0: skip).
     ``target_ci``/``max_rounds``: the bench stops rounds early (:func:`tda.evaluate.bench.run_bench`).
+    ``journal`` (:class:`tda.evaluate.journal.Journal`): the perplexity and cloze scoring of every
+    corpus resume from it and append to it (the bench is timed again: timings are not journalled).
     """
     from tda.common.evalsets import DEFAULT_TEXT_SET, get_set
     from tda.evaluate.bench import machine_info, run_bench
@@ -162,7 +165,7 @@ def run_frontier(lm, methods: list[str], densities: list[float], *, rounds: int 
         q = run_eval(lm, ms, ds, heldout=c["texts"], summaries=[], mc_limit=mc, cett=cett, progress=progress,
                      boot_iters=boot_iters, seed=seed, cloze=c["cloze"],
                      gen_texts=c["texts"][:gen_prompts] if gen_prompts else [], gen_tokens=gen_tokens,
-                     batch_tokens=batch_tokens)
+                     batch_tokens=batch_tokens, journal=journal)
         qs.append(q)
         if len(corpora) > 1:
             crows = join_rows(bench, q, boot_iters=boot_iters, seed=seed)

@@ -62,13 +62,16 @@ def variants(methods: list[str], densities: list[float]) -> list[Variant]:
 
 def perplexity_eval(lm, texts: list[str], vs: list[Variant], *, prefix_frac: float = 0.5, cett: float = 0.2,
                     fast: bool | None = True, calibration_texts=None, progress=None, boot_iters: int = ITERS,
-                    seed: int = SEED, batch_tokens: int = BATCH_TOKENS) -> dict[str, dict]:
+                    seed: int = SEED, batch_tokens: int = BATCH_TOKENS, journal=None) -> dict[str, dict]:
     """``{label: {"ppl", "ppl_lo", "ppl_hi", "nll", "tokens", "agreement", "agreement_lo", "agreement_hi",
     "per_text"}}`` for every variant (dense included).
 
     ``per_text`` keeps each text's NLL sum, token count and agreeing-token count; the ``_lo``/``_hi``
     are the 95% percentile bootstrap over texts (:mod:`tda.evaluate.bootstrap`, seeded). Texts are
-    scored in batches (:func:`score_units`; ``batch_tokens=0``: one text at a time).
+    scored in batches (:func:`score_units`; ``batch_tokens=0``: one text at a time); ``journal``
+    (:class:`tda.evaluate.journal.Journal`): scored texts are journalled, and those already journalled
+    under the same key are read back instead of scored (the split point, set by ``prefix_frac``, is
+    part of each text's key).
     """
     from tda.evaluate.scoring import nll_and_top
 
@@ -85,7 +88,8 @@ def perplexity_eval(lm, texts: list[str], vs: list[Variant], *, prefix_frac: flo
         return nll_and_top(logits, enc[i][splits[i]:])
 
     scored = score_units(lm, enc, splits, vs, cett=cett, fast=fast, thresholds=thr, calibration_texts=calibration_texts,
-                         batch_tokens=max(batch_tokens, 1), what="perplexity", progress=progress, reduce=reduce)
+                         batch_tokens=max(batch_tokens, 1), what="perplexity", progress=progress, reduce=reduce,
+                         journal=journal)
     per_text = []
     for r in scored:
         dense_top = r["dense"][1] if "dense" in r else None
@@ -196,18 +200,20 @@ def run_eval(lm, methods: list[str], densities: list[float], *, heldout: list[st
              mc_limit: int | None = None, max_new_tokens: int = 32, cett: float = 0.2, fast: bool | None = True,
              progress: Callable[[str], None] | None = None, boot_iters: int = ITERS, seed: int = SEED,
              cloze: list[dict] | None = None, gen_texts: list[str] | None = None, gen_tokens: int = 64,
-             batch_tokens: int | None = None) -> dict:
+             batch_tokens: int | None = None, journal=None) -> dict:
     """All metrics for all variants (``batch_tokens``: padded tokens per scoring batch of perplexity
     and cloze, default :data:`BATCH_TOKENS` / :data:`CLOZE_BATCH_TOKENS`; 0: one text at a time): ``{"rows": [...], "outputs": {...}, "per_text": {...},
     "mc_per_item": {...}, "cloze_per_item": {...}, "gen_per_text": {...}, "meta": {...}}``.
     Perplexity, agreement, multiple-choice and cloze accuracy and the generation metrics
     (:mod:`tda.evaluate.freegen`) come with 95% bootstrap intervals (``_lo``/``_hi``: over texts,
     items or prompts; ``boot_iters`` resamples, ``seed``); every sparse row also has its paired
-    differences from dense (:func:`tda.evaluate.paired.deltas_vs`)."""
+    differences from dense (:func:`tda.evaluate.paired.deltas_vs`). ``journal``
+    (:class:`tda.evaluate.journal.Journal`): perplexity and cloze scoring resume from it and append to it."""
     vs = variants(methods, densities)
     t0 = time.perf_counter()
     ppl = perplexity_eval(lm, heldout, vs, cett=cett, fast=fast, progress=progress, boot_iters=boot_iters,
-                          seed=seed, batch_tokens=BATCH_TOKENS if batch_tokens is None else batch_tokens) if heldout else {}
+                          seed=seed, batch_tokens=BATCH_TOKENS if batch_tokens is None else batch_tokens,
+                          journal=journal) if heldout else {}
     summ = summarization_eval(lm, summaries, vs, max_new_tokens=max_new_tokens, cett=cett, fast=fast,
                               progress=progress) if summaries else {}
     mc, mc_items = {}, {}
@@ -230,7 +236,7 @@ def run_eval(lm, methods: list[str], densities: list[float], *, heldout: list[st
         from tda.evaluate.cloze import cloze_eval
 
         cloze_res = cloze_eval(lm, cloze, vs, cett=cett, fast=fast, thresholds=thr, progress=progress,
-                               batch_tokens=batch_tokens)
+                               batch_tokens=batch_tokens, journal=journal)
     gen = {}
     if gen_texts:
         from tda.evaluate.freegen import generation_eval

@@ -241,16 +241,26 @@ def prepare_layouts(lm, seqs: list[list[int]], sessions: dict[str, SparseSession
 def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_last=None,
                 cett: float = 0.2, fast: bool | None = True, thresholds: dict | None = None,
                 calibration_texts=None, batch_tokens: int = BATCH_TOKENS, what: str = "scoring",
-                progress=None, reduce=None) -> list[dict]:
+                progress=None, reduce=None, journal=None, tags: list | None = None) -> list[dict]:
     """``[{label: reduce(i, logits)} per sequence]``, in order: every variant's teacher-forced logits
     of ``seqs[i][splits[i]:]`` (the last ``keep_last`` of them, when given) from
     :func:`tda.evaluate.scoring.batch_logits` — sequences of similar length batched (at most
     ``batch_tokens`` padded tokens), one dense prefill per batch shared by every variant whose rule
     allows batching (:func:`tda.evaluate.scoring.batchable`), the others one sequence at a time.
-    Progress (with an ETA) goes to ``progress``; batches are shared out over processes."""
+    Progress (with an ETA) goes to ``progress``; batches are shared out over processes.
+
+    ``journal`` (a :class:`tda.evaluate.journal.Journal`): each scored batch is appended to it, and
+    a batch whose every sequence it already holds under the same key is not scored again (its
+    results are read back: the same values; a batch only partly there is scored whole). ``what`` is
+    the scoring kind in the key; ``tags[i]``: whatever else ``reduce(i, ...)`` depends on beyond the
+    sequence and its split (e.g. a cloze target's token count), part of sequence ``i``'s key."""
     from tda.common import distributed
     from tda.common.progress import task
 
+    if reduce is None:
+        raise BadInput("score_units needs a reduce function")
+    if len(seqs) != len(splits) or (tags is not None and len(tags) != len(seqs)):
+        raise BadInput("score_units needs one split point (and one tag, when given) per sequence")
     thresholds = thresholds or {}
     together = [v for v in vs if batchable(v.method)]
     alone = [v for v in vs if not batchable(v.method)]
@@ -261,11 +271,17 @@ def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_
                 for v in group}
 
     batches = batches_by_length([len(x) for x in seqs], batch_tokens)
-    total = sum(len(x) for x in seqs)
-    prepare_layouts(lm, seqs, sessions(vs))
+    keys, resumed = _journal_lookup(lm, seqs, splits, vs, batches, journal, what=what, cett=cett, fast=fast,
+                                    thresholds=thresholds, calibration_texts=calibration_texts,
+                                    batch_tokens=batch_tokens, keep_last=keep_last, tags=tags, progress=progress)
+    todo = [b for b in batches if not all(i in resumed for i in b)]
+    n_resumed = sum(len(b) for b in batches) - sum(len(b) for b in todo)
+    total = sum(len(seqs[i]) for b in todo for i in b)
+    prepare_layouts(lm, seqs, sessions(vs))  # even when everything is resumed: later work sees the same layouts
     done = [0]
-    t = task(f"{what}: {len(seqs)} sequences × {len(vs)} variants, {len(batches)} batches", total,
-             sink=progress, unit="tokens") if progress is not None else None
+    t = task(f"{what}: {len(seqs)} sequences × {len(vs)} variants, {len(todo)} batches"
+             + (f" ({n_resumed} sequences resumed from the journal)" if journal is not None else ""), total,
+             sink=progress, unit="tokens") if progress is not None and todo else None
 
     def one_batch(_, idx: list[int]) -> list[dict]:
         out: list[dict] = [{} for _ in idx]
@@ -280,6 +296,8 @@ def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_
                 got = batch_logits(lm, [seqs[i]], [splits[i]], sessions(alone), keep_last=keep_last)
                 for label, rows in got.items():
                     out[j][label] = reduce(i, rows[0])
+        if journal is not None:
+            journal.append([(keys[i], i, r) for i, r in zip(idx, out)])
         if t is not None:
             done[0] += sum(len(seqs[i]) for i in idx)
             t.update(done[0])
@@ -287,11 +305,38 @@ def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_
 
     if t is not None:
         t.start()
-    per_batch = distributed.map_sharded(one_batch, batches)
+    elif progress is not None and journal is not None:
+        progress(f"{what}: all {len(seqs)} sequences resumed from the journal")
+    per_batch = distributed.map_sharded(one_batch, todo) if todo else []
     if t is not None:
         t.done()
-    res: list[dict] = [{} for _ in seqs]
-    for idx, rows in zip(batches, per_batch):
+    res: list[dict] = [dict(resumed.get(i, {})) for i in range(len(seqs))]
+    for idx, rows in zip(todo, per_batch):
         for i, r in zip(idx, rows):
             res[i] = r
     return res
+
+
+def _journal_lookup(lm, seqs, splits, vs, batches, journal, *, what, cett, fast, thresholds, calibration_texts,
+                    batch_tokens, keep_last, tags, progress) -> tuple[list[str] | None, dict[int, dict]]:
+    """``(key per sequence, {i: results} of the sequences the journal holds)``; ``(None, {})``
+    without a journal. The main process reads the file and every process gets the same answer."""
+    if journal is None:
+        return None, {}
+    from tda.common import distributed
+    from tda.evaluate import journal as jn
+
+    labels = [v.label for v in vs]
+    run = jn.run_key(model=jn.model_identity(lm), kind=what, labels=labels, cett=cett, thresholds=thresholds,
+                     calibration_texts=calibration_texts, batch_tokens=batch_tokens, keep_last=keep_last, fast=fast)
+    keys: list[str] = [""] * len(seqs)
+    for b in batches:
+        rows = [(seqs[i], splits[i]) for i in b]
+        for j, i in enumerate(b):
+            keys[i] = jn.unit_key(run, rows, j, None if tags is None else tags[i])
+
+    def lookup() -> dict[int, dict]:
+        have = journal.read(warn=progress)
+        return {i: have[k] for i, k in enumerate(keys) if k in have and set(have[k]) == set(labels)}
+
+    return keys, distributed.on_main(lookup)
