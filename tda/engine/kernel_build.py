@@ -78,7 +78,7 @@ def _cpu_flags() -> set[str]:
 
 def _compile_flags(cpu: set[str] | None = None) -> list[str]:
     """-O3, plus AVX2/FMA/F16C when this x86 CPU has them, AVX-512 (F, BW, VL; 512-bit vectors
-    preferred) when it has those too, and AVX-512 BF16 on top. Part of the cache key, so a
+    preferred) when it has those too, AVX-512 BF16 on top, and AMX tiles (BF16) on top of that. Part of the cache key, so a
     library built on another CPU is never loaded. ``cpu``: the CPU's flags (default: this one's).
     ``TDA_KERNELS_ISA=avx2`` caps the level at AVX2 (to compare builds side by side)."""
     flags = ["-O3", "-fopenmp"]
@@ -91,6 +91,8 @@ def _compile_flags(cpu: set[str] | None = None) -> list[str]:
             flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mprefer-vector-width=512"]
             if "avx512_bf16" in have:
                 flags += ["-mavx512bf16"]
+                if {"amx_tile", "amx_bf16"} <= have:  # prefill of quantized weights on AMX tiles
+                    flags += ["-mamx-tile", "-mamx-bf16"]
     return flags
 
 

@@ -14,7 +14,8 @@
 // dequantised weights to fp32 rounding, with fp32 activations and accumulation.
 //
 //   quant_blocks_linear(x[..., d_in] fp32, blocks, qtype, bias?) -> y[..., d_out] fp32
-//       up to kQuantMaxRows rows of x: the GEMV above; more (prefill): tiles of rows unpacked,
+//       up to kQuantMaxRows rows of x: the GEMV above; more (prefill): the AMX group product of
+//       amx_gemm.h on the unpacked rows where the CPU has AMX, else tiles of rows unpacked,
 //       dequantised and multiplied by at::mm.
 //   quant_blocks_unpack(blocks, qtype, r0, r1) -> [q, scale, min?]: rows [r0, r1) in the group
 //       repack (QuantWeight's q, scale, min) -- what the sparse methods' layouts are made from.
@@ -413,7 +414,13 @@ at::Tensor quant_blocks_rows_impl(const at::Tensor& x, const QB& W, const c10::o
         f(B, xp, xsum.data(), 0, u, yp + j);
       }
     });
-  } else if (N > 0 && K > 0) {  // prefill: tiles of ~2 MB of fp32 rows through at::mm
+  } else if (N > 0 && K > 0 &&
+             !tda_amx::amx_prefill(xp, N, d, W.t.G, ng, W.t.mins, K,
+                                   [&](int64_t j0, int64_t nr, int8_t* q, float* s, float* m) {
+                                     for (int64_t r = 0; r < nr; ++r)
+                                       unpack_row(W, j0 + r, q + r * d, s + r * ng, m ? m + r * ng : nullptr);
+                                   },
+                                   yp, K)) {  // prefill without AMX: tiles of ~2 MB of fp32 rows through at::mm
     const int64_t tile = std::max<int64_t>(16, (int64_t{1} << 19) / d);
     const int64_t t0 = std::min(tile, K);
     at::Tensor buf = at::empty({t0, d}, x.options());

@@ -15,14 +15,16 @@
 //
 //   quant_linear(x[..., d_in] fp32, q, scale, min?, bias?) -> y[..., d_out] fp32
 //       up to kQuantMaxRows rows: one pass over the weight rows (every row of x per weight row,
-//       each weight rebuilt once); more rows (prefill): tiles of rows dequantised into an fp32
-//       buffer and multiplied by at::mm.
+//       each weight rebuilt once); more rows (prefill): the AMX group product of amx_gemm.h where
+//       the CPU has AMX, else tiles of rows dequantised into an fp32 buffer and multiplied by at::mm.
 //   quant_dequant(q, scale, min?, r0, r1) -> W[r1 - r0, d_in] fp32 (the rows' exact values).
 //   quant_rows(x, q, scale, min?, idx, bias?) -> y[..., k]: output-sparse, the rows idx only.
 //   quant_input_sparse(x, qt, st, mt?, idx, bias?, compact) -> y[..., d_out]: input-sparse over the
 //       input-major repack (QuantWeight.input_major), the active inputs idx only (compact: x holds
 //       just those inputs, in idx's order: a prompt-fixed slice's activations).
 //   quant_input_sparse_threshold(x, qt, st, mt?, bias?, t, tvec?, count?): TEAL's rule and product.
+//   amx_prefill_ready() -> bool: the prefill of quant_linear / quant_rows / quant_blocks_linear runs
+//       on AMX tiles (amx_gemm.h) rather than dequantised tiles through at::mm.
 //   Both input-sparse ops also take the scales as compact as the blocks hold them, the same results
 //   bit for bit: st fp16 (Q8_0/Q5_0/Q4_0: QWTH), st int8 factors of an fp16 sd (Q6_K: QWTK), or Q4_K
 //   packed (qt uint8 with 4-bit values two a byte, st/mt uint8, sd/md fp16: QWT4).
@@ -38,6 +40,7 @@
 #include <type_traits>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -46,6 +49,8 @@
 #else
 #define TDA_QUANT_AVX512 0
 #endif
+
+#include "amx_gemm.h"  // prefill on AMX tiles where the CPU has them
 
 namespace tda_quant {
 
@@ -300,7 +305,16 @@ at::Tensor quant_rows_impl(const at::Tensor& x, QW W, int64_t K, const c10::opti
         for (int64_t i = 0; i < W.d_in; ++i) xsum[n * W.ng + i / W.G] += xp[n * W.d_in + i];
       for_chunks_q(nc, [&](int64_t c) { f(W, xp, xsum.data(), K * c / nc, K * (c + 1) / nc, yp); });
     }
-  } else {  // prefill: dequantised tiles of ~2 MB through at::mm
+  } else if (!tda_amx::amx_prefill(xp, N, W.d_in, W.G, W.ng, W.min != nullptr, K,
+                                     [&](int64_t j0, int64_t nr, int8_t* q, float* s, float* m) {
+                                       for (int64_t r = 0; r < nr; ++r) {
+                                         const int64_t j = W.row(j0 + r);
+                                         std::memcpy(q + r * W.d_in, W.q + j * W.d_in, static_cast<size_t>(W.d_in));
+                                         std::memcpy(s + r * W.ng, W.scale + j * W.ng, sizeof(float) * W.ng);
+                                         if (m) std::memcpy(m + r * W.ng, W.min + j * W.ng, sizeof(float) * W.ng);
+                                       }
+                                     },
+                                     yp, K)) {  // prefill without AMX: dequantised tiles of ~2 MB through at::mm
     const int64_t tile = std::max<int64_t>(16, (int64_t{1} << 19) / W.d_in);
     at::Tensor buf = at::empty({std::max<int64_t>(1, std::min(tile, K)), W.d_in}, x.options());
     for (int64_t r0 = 0; r0 < K; r0 += tile) {
@@ -704,6 +718,7 @@ TORCH_LIBRARY_FRAGMENT(tda_kernels, m) {
         "bool compact=False, Tensor? sd=None, Tensor? md=None) -> Tensor");
   m.def("quant_input_sparse_threshold(Tensor x, Tensor qt, Tensor st, Tensor? mt, Tensor? bias, float t, "
         "Tensor? tvec, Tensor(a!)? count=None, Tensor? sd=None, Tensor? md=None) -> Tensor");
+  m.def("amx_prefill_ready() -> bool");
 }
 
 TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
@@ -712,4 +727,8 @@ TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
   m.impl("quant_rows", &tda_quant::quant_rows);
   m.impl("quant_input_sparse", &tda_quant::quant_input_sparse);
   m.impl("quant_input_sparse_threshold", &tda_quant::quant_input_sparse_threshold);
+}
+
+TORCH_LIBRARY_IMPL(tda_kernels, CatchAll, m) {
+  m.impl("amx_prefill_ready", [] { return tda_amx::amx_ready(); });
 }
