@@ -606,6 +606,19 @@ def quantized_page(root: Path) -> str:
         body.append(_table(["linear", *[f"{n}: ms · MB · GB/s" for n in names]],
                            [[k, *[f"{lay[n][k]['ms']:.2f} · {lay[n][k]['mb']:.0f} · {lay[n][k]['gbps']:.1f}"
                                   if k in lay[n] else "" for n in names]] for k in kinds]))
+    for p in sorted((root / RESULTS).glob("amx-prefill-*.json")):
+        d = json.loads(p.read_text())
+        body.append(f"## `{p.name}`\n\nPrefill (many rows of x at once) on the quantized format, {d['model']}, "
+                    f"{d['threads']} threads: the AMX group product (where the kernels choose it) against dequantised "
+                    f"tiles through `at::mm` (a process with `TDA_NO_AMX=1`) and fp32 oneDNN on the same de-quantised "
+                    f"weights; ms per call, median of {d['rounds']} alternating rounds ({d['timestamp']}; command: "
+                    f"`{d['command']}`). Rows where both processes run the same path show what sharing a process "
+                    f"with AMX costs the rest.\n")
+        body.append(_table(["linear @ rows", "AMX process ms", "dequant + mm ms", "fp32 oneDNN ms",
+                            "vs dequant + mm", "vs fp32"],
+                           [[f"`{r['what']}`", _f(r["amx_ms"], 2), _f(r["no_amx_ms"], 2), _f(r["fp32_ms"], 2),
+                             f"{r['vs_no_amx']:.2f}×", "" if r["vs_fp32"] is None else f"{r['vs_fp32']:.2f}×"]
+                            for r in d["table"]]))
     intro = ("The engine's quantized format keeps the GGUF's own blocks and computes "
              "with fp32 activations (the sparse methods read an exact int8 repack made from them); llama.cpp runs the "
              "same file with 8-bit activations in its dot products. "

@@ -1,7 +1,7 @@
 """The AMX prefill of quantized weights (``csrc/amx_gemm.h``): every block type and the int8 group
 repack against ``F.linear`` on the de-quantised weights in float64, for row counts around the
 16-row tiles and weight heights around the 32-row passes, with activations of a wide dynamic range
-(the three bf16 limbs must hold every fp32 bit); the switch that turns it off. Skipped where the
+(the three bf16 limbs must hold every fp32 bit); the switches that turn it off. Skipped where the
 CPU or the build has no AMX (the prefill then runs dequantised tiles through ``at::mm``, which
 tests/test_quant_blocks.py and tests/test_quant.py cover)."""
 
@@ -26,6 +26,13 @@ from test_quant_blocks import _blocks  # noqa: E402
 _ops = quant_kernels.quant_ops()
 needs_amx = pytest.mark.skipif(_ops is None or not hasattr(_ops, "amx_prefill_ready") or not _ops.amx_prefill_ready(),
                                reason="no AMX prefill on this CPU or build")
+
+
+@pytest.fixture(autouse=True)
+def _every_weight_on_amx(monkeypatch):
+    """The kernels leave small weights and 16-value groups on dequantised tiles; these tests want every
+    weight on AMX."""
+    monkeypatch.setenv("TDA_AMX_MIN_WEIGHTS", "0")
 
 
 def _wide(rows: int, d_in: int, seed: int) -> torch.Tensor:
@@ -78,6 +85,18 @@ def test_amx_rows_equal_each_other_whatever_the_batch():
     full = quant_kernels.blocks_linear(x, bw, backend="cpp")
     part = quant_kernels.blocks_linear(x[20:37].contiguous(), bw, backend="cpp")
     assert torch.equal(full[20:37], part)
+
+
+@needs_amx
+def test_small_weights_stay_on_dequantised_tiles(monkeypatch):
+    """Below TDA_AMX_MIN_WEIGHTS the other path runs: the same values, other summation order."""
+    bw, ref = _blocks("Q8_0", 70, 2, seed=9)
+    x = _wide(33, bw.shape[1], seed=4)
+    amx = quant_kernels.blocks_linear(x, bw, backend="cpp")
+    monkeypatch.setenv("TDA_AMX_MIN_WEIGHTS", str(70 * 64 + 1))
+    tiles = quant_kernels.blocks_linear(x, bw, backend="cpp")
+    _check(tiles, x, ref)
+    assert not torch.equal(amx, tiles)  # the two paths round differently: the switch took effect
 
 
 @pytest.mark.skipif(_ops is None or not hasattr(_ops, "amx_prefill_ready"), reason="C++ kernels unavailable")

@@ -25,10 +25,12 @@
 //
 // amx_prefill(x, T, K, G, ng, mins, N, fill, y, ldy) with fill(j0, nrows, q[16 * K], s[16 * ng], m)
 // writing weight rows [j0, j0 + nrows) as int8 values and fp32 scales (and minimums): returns
-// false (nothing written) where AMX is missing, not permitted by the OS, or G is not 16 or 32.
+// false (nothing written) where AMX is missing, not permitted by the OS, G is not 16 or 32, or
+// amx_worth() says the other path is faster for this weight.
 #pragma once
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -60,6 +62,16 @@ inline bool amx_ready() {
 #endif
 }
 
+// Whether a weight's prefill takes the AMX product (else dequantised tiles through at::mm), by the
+// measurements of benchmarks/amx_prefill.py on Gemma 3 270M: 32-value groups of at least 2^20 weights
+// (the FFN's gate/up, 1.1-3.2x; the lm_head, 1.1-2.9x); smaller weights lose to the per-call set-up
+// (packing x's limbs), and 16-value groups (Q6_K) to their half-size products (0.55-0.92x from 128
+// rows). TDA_AMX_MIN_WEIGHTS (read per call) sets the threshold for both group sizes instead.
+inline bool amx_worth(int64_t G, int64_t weights) {
+  if (const char* v = std::getenv("TDA_AMX_MIN_WEIGHTS")) return weights >= std::atoll(v);
+  return G == 32 && weights >= (int64_t{1} << 20);
+}
+
 #if TDA_AMX
 struct TileConfig {  // the 64-byte LDTILECFG operand, palette 1
   uint8_t palette = 1, start_row = 0;
@@ -80,13 +92,16 @@ inline TileConfig tile_config(int64_t G) {
 
 inline __m512 bf16_to_ps(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
 
-// x[T, K] fp32 -> xb[limb][g][tt][G/2][16][2] bf16 bits (rows t >= T zero) and xsum[g][T16].
+// x[T, K] fp32 -> xb[limb][g][tt][G/2][16][2] bf16 bits (rows t >= T zero) and xsum[g][T16]. A pair
+// of consecutive inputs is one 32-bit unit of B's row k2 = k / 2: each limb of 16 inputs is 8 units,
+// scattered to 8 rows of its tile.
 inline void pack_x(const float* x, int64_t T, int64_t K, int64_t G, int64_t ng, int64_t nT, bool mins, uint16_t* xb,
                    float* xsum) {
   const int64_t T16 = nT * 16, limb = ng * nT * G * 16;
   std::memset(xb, 0, sizeof(uint16_t) * 3 * limb);
+  if (mins) std::memset(xsum, 0, sizeof(float) * ng * T16);
+  const __m256i rows8 = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(16));
   at::parallel_for(0, T, 16, [&](int64_t t0, int64_t t1) {
-    alignas(64) uint16_t l[3][16];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t tt = t / 16, tr = t % 16;
       for (int64_t i = 0; i < K; i += 16) {  // G is 16 or 32: 16 inputs never straddle two groups
@@ -95,22 +110,15 @@ inline void pack_x(const float* x, int64_t T, int64_t K, int64_t G, int64_t ng, 
         const __m512 r1 = _mm512_sub_ps(v, bf16_to_ps(h1));
         const __m256i h2 = (__m256i)_mm512_cvtneps_pbh(r1);
         const __m256i h3 = (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(r1, bf16_to_ps(h2)));
-        _mm256_store_si256(reinterpret_cast<__m256i*>(l[0]), h1);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(l[1]), h2);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(l[2]), h3);
-        const int64_t g = i / G, k0 = i % G;  // this chunk's first k within the group
-        for (int L = 0; L < 3; ++L) {
-          uint16_t* dst = xb + L * limb + (g * nT + tt) * G * 16;
-          for (int k = 0; k < 16; ++k) dst[((k0 + k) / 2) * 32 + tr * 2 + ((k0 + k) & 1)] = l[L][k];
-        }
+        const int64_t g = i / G, k0 = i % G;  // this chunk's first input within the group (even)
+        auto* dst = reinterpret_cast<int*>(xb + (g * nT + tt) * G * 16) + (k0 / 2) * 16 + tr;
+        _mm256_i32scatter_epi32(dst, rows8, h1, 4);
+        _mm256_i32scatter_epi32(dst + limb / 2, rows8, h2, 4);
+        _mm256_i32scatter_epi32(dst + limb, rows8, h3, 4);
+        if (mins) xsum[g * T16 + t] += _mm512_reduce_add_ps(v);
       }
     }
   });
-  if (mins) {
-    std::memset(xsum, 0, sizeof(float) * ng * T16);
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t i = 0; i < K; ++i) xsum[(i / G) * T16 + t] += x[t * K + i];
-  }
 }
 
 // int8 q[n] -> bf16 bits a[n] (exact: small integers); n = 16 * K16, a multiple of 32.
@@ -138,7 +146,16 @@ template <typename Fill>
 bool amx_prefill(const float* x, int64_t T, int64_t K, int64_t G, int64_t ng, bool mins, int64_t N, const Fill& fill,
                  float* y, int64_t ldy) {
 #if TDA_AMX
-  if (!amx_ready() || (G != 16 && G != 32) || K != G * ng || K % 16 != 0 || T <= 0 || N <= 0) return false;
+  if (!amx_ready() || (G != 16 && G != 32) || K != G * ng || K % 16 != 0 || T <= 0 || N <= 0 || !amx_worth(G, N * K))
+    return false;
+  // Rows of x are taken in blocks whose limbs (6 bytes an input) stay in L2 while every pass of
+  // weight rows reads them; each block runs the passes over again.
+  const int64_t block = std::max<int64_t>(16, (int64_t{1} << 20) / (6 * K) / 16 * 16);
+  if (T > block) {
+    for (int64_t t0 = 0; t0 < T; t0 += block)
+      amx_prefill(x + t0 * K, std::min(block, T - t0), K, G, ng, mins, N, fill, y + t0 * ldy, ldy);
+    return true;
+  }
   const int64_t nT = (T + 15) / 16, T16 = nT * 16, nP = (N + 31) / 32;  // passes of 32 weight rows
   std::vector<uint16_t> xb(static_cast<size_t>(3 * ng * nT * G * 16));
   std::vector<float> xsum(mins ? static_cast<size_t>(ng * T16) : 0);
