@@ -96,6 +96,17 @@ def test_keys_change_with_what_sets_the_numbers():
         jn.run_key(**{**base, "labels": []})
 
 
+def test_the_kernels_that_round_are_part_of_the_model_identity(setup, monkeypatch):
+    """A journal written with AMX prefill (or another build) is not read back without it."""
+    lm = setup[0]
+    ident = jn.model_identity(lm)
+    assert set(ident["kernels"]) == {"backend", "flags", "amx"}
+    from tda.engine import kernels
+
+    monkeypatch.setattr(kernels, "backend_info", lambda: {"backend": "torch", "flags": []})
+    assert jn.model_identity(lm) != ident
+
+
 def test_parse_tolerates_a_truncated_tail_and_flags_damage():
     good = [jn.to_line(f"k{n}", n, {"dense": float(n)}) for n in range(3)]
     data = (good[0] + "{not json\n" + good[1] + good[2][:-9]).encode()

@@ -12,7 +12,8 @@ and read back as tuples). A rerun of the same command reads the file and skips t
 every sequence is there (:func:`unit_key`).
 
 The **key** of a sequence changes whenever its numbers could (:func:`run_key`, :func:`unit_key`):
-the model (spec, dtype, weight format, device type), the scoring kind (perplexity, cloze), the
+the model (spec, dtype, weight format, device type), the kernels (backend, compile flags, AMX
+prefill on or off), the scoring kind (perplexity, cloze), the
 sorted labels of *every* variant of the run (a token-wise method's numbers depend on which methods
 were built in the same process: :func:`tda.evaluate.scoring.prepare_layouts`), CETT, a hash of the
 thresholds and of the calibration texts, the batch size in tokens, the logits kept, the fast
@@ -69,7 +70,18 @@ def model_identity(lm) -> dict:
     info = lm.info()
     return {"spec": info.get("spec"), "model_id": info.get("model_id"), "kind": info.get("kind"),
             "dtype": info.get("dtype"), "format": info.get("format"), "n_ctx": info.get("n_ctx"),
-            "device": str(info.get("device", "")).split(":")[0]}
+            "device": str(info.get("device", "")).split(":")[0], "kernels": kernels_identity()}
+
+
+def kernels_identity() -> dict:
+    """What of the C++ kernels sets the rounding: their backend, compile flags (the instruction sets
+    they use) and whether the prefill of quantized weights runs on AMX tiles (``TDA_NO_AMX``)."""
+    from tda.engine import kernels, quant_kernels
+
+    info = kernels.backend_info()
+    ops = quant_kernels.quant_ops()
+    amx = bool(ops is not None and hasattr(ops, "amx_prefill_ready") and ops.amx_prefill_ready())
+    return {"backend": info["backend"], "flags": info["flags"], "amx": amx}
 
 
 def run_key(*, model: dict, kind: str, labels: list[str], cett: float, thresholds, calibration_texts,
