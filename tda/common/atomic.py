@@ -54,12 +54,18 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool = True) -> Pat
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise BadInput(f"cannot create output folder {parent}: {e.strerror}") from None
-    if not parent.is_dir():
-        raise BadInput(f"output folder {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise BadInput(f"output folder {parent} is not writable")
-    _probe(parent, p)
+    require_writable_folder(parent, p, "output folder ")
     return p
+
+
+def require_writable_folder(folder: Path, target: Path, what: str) -> None:
+    """The existing ``folder`` is a directory this process can create ``target`` in (probed); else
+    BadInput ``"{what}{folder} is not a directory"`` or ``"... is not writable"``."""
+    if not folder.is_dir():
+        raise BadInput(f"{what}{folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInput(f"{what}{folder} is not writable")
+    _probe(folder, target)
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:

@@ -165,7 +165,7 @@ def check_journal_path(path: str | os.PathLike, *, create_folder: bool = False) 
     """Validate a journal path before any work (creates nothing unless ``create_folder``): an existing
     regular file that can be read and appended to, or a new file in a writable folder (which must
     exist, unless ``create_folder``: then its nearest existing ancestor must be writable)."""
-    from tda.common.atomic import _probe, check_output_dir_writable
+    from tda.common.atomic import check_output_dir_writable, require_writable_folder
 
     if str(path).strip() == "":
         raise BadInput("the journal path is empty")
@@ -184,11 +184,7 @@ def check_journal_path(path: str | os.PathLike, *, create_folder: bool = False) 
         return p
     if not folder.exists():
         raise BadInput(f"cannot write journal {p}: folder {folder} does not exist")
-    if not folder.is_dir():
-        raise BadInput(f"cannot write journal {p}: {folder} is not a directory")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise BadInput(f"cannot write journal {p}: folder {folder} is not writable")
-    _probe(folder, p)
+    require_writable_folder(folder, p, f"cannot write journal {p}: folder ")
     return p
 
 
