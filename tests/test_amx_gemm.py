@@ -88,6 +88,19 @@ def test_amx_rows_equal_each_other_whatever_the_batch():
 
 
 @needs_amx
+def test_infinite_activations_give_the_ieee_result():
+    """inf - inf in the limbs would make NaN: an x with an infinity takes the other path."""
+    bw, ref = _blocks("Q8_0", 70, 2, seed=11)
+    x = torch.randn(20, bw.shape[1], generator=torch.Generator().manual_seed(3))
+    x[4, 7] = float("inf")
+    got = quant_kernels.blocks_linear(x, bw, backend="cpp")
+    want = F.linear(x.double(), ref.double())
+    assert torch.equal(torch.isinf(got), torch.isinf(want)) and torch.equal(torch.isnan(got), torch.isnan(want))
+    fin = torch.isfinite(want)
+    assert torch.allclose(got.double()[fin], want[fin], rtol=1e-5, atol=1e-5)
+
+
+@needs_amx
 def test_small_weights_stay_on_dequantised_tiles(monkeypatch):
     """Below TDA_AMX_MIN_WEIGHTS the other path runs: the same values, other summation order."""
     bw, ref = _blocks("Q8_0", 70, 2, seed=9)

@@ -23,10 +23,11 @@
 // tile operations, not the products, bound the speed here). The AVX-512 epilogue keeps
 // acc[weight row] as a vector over the 16 rows of x and writes y transposed.
 //
-// amx_prefill(x, T, K, G, ng, mins, N, fill, y, ldy) with fill(j0, nrows, q[16 * K], s[16 * ng], m)
-// writing weight rows [j0, j0 + nrows) as int8 values and fp32 scales (and minimums): returns
-// false (nothing written) where AMX is missing, not permitted by the OS, G is not 16 or 32, or
-// amx_worth() says the other path is faster for this weight.
+// amx_prefill(x, T, K, G, ng, mins, N, fill, y, ldy) with fill(j0, nrows, q[32 * K], s[32 * ng], m)
+// writing weight rows [j0, j0 + nrows) (at most 32) as int8 values and fp32 scales (and minimums):
+// returns false (nothing written) where AMX is missing, not permitted by the OS, G is not 16 or 32,
+// amx_worth() says the other path is faster for this weight, or x holds an infinity (its limbs
+// would be inf - inf = NaN; the other path gives the IEEE result).
 #pragma once
 #include <ATen/Parallel.h>
 
@@ -121,6 +122,16 @@ inline void pack_x(const float* x, int64_t T, int64_t K, int64_t G, int64_t ng, 
   });
 }
 
+// Some |x[i]| is infinite (i < n).
+inline bool has_inf(const float* x, int64_t n) {
+  const __m512 inf = _mm512_set1_ps(__builtin_inff());
+  __mmask16 hit = 0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) hit |= _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(x + i)), inf, _CMP_EQ_OQ);
+  for (; i < n; ++i) hit |= static_cast<__mmask16>(x[i] == __builtin_inff() || x[i] == -__builtin_inff());
+  return hit != 0;
+}
+
 // int8 q[n] -> bf16 bits a[n] (exact: small integers); n = 16 * K16, a multiple of 32.
 inline void q_to_bf16(const int8_t* q, int64_t K16, uint16_t* a) {
   for (int64_t i = 0; i < 16 * K16; i += 32) {
@@ -146,7 +157,8 @@ template <typename Fill>
 bool amx_prefill(const float* x, int64_t T, int64_t K, int64_t G, int64_t ng, bool mins, int64_t N, const Fill& fill,
                  float* y, int64_t ldy) {
 #if TDA_AMX
-  if (!amx_ready() || (G != 16 && G != 32) || K != G * ng || K % 16 != 0 || T <= 0 || N <= 0 || !amx_worth(G, N * K))
+  if (!amx_ready() || (G != 16 && G != 32) || K != G * ng || K % 16 != 0 || T <= 0 || N <= 0 || !amx_worth(G, N * K) ||
+      has_inf(x, T * K))
     return false;
   // Rows of x are taken in blocks whose limbs (6 bytes an input) stay in L2 while every pass of
   // weight rows reads them; each block runs the passes over again.
