@@ -93,6 +93,8 @@ def _compile_flags(cpu: set[str] | None = None) -> list[str]:
                 flags += ["-mavx512bf16"]
                 if {"amx_tile", "amx_bf16"} <= have:  # prefill of quantized weights on AMX tiles
                     flags += ["-mamx-tile", "-mamx-bf16"]
+                    if "amx_int8" in have:  # decode steps of Q8_0/Q5_0/Q4_0 weights on AMX-INT8
+                        flags += ["-mamx-int8"]
     return flags
 
 

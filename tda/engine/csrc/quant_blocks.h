@@ -448,12 +448,23 @@ at::Tensor quant_blocks_linear(const at::Tensor& x, const at::Tensor& blocks, co
 
 }  // namespace tda_quant
 
+#include "amx_gemv.h"  // decode steps of Q8_0 / Q5_0 / Q4_0 weights on AMX-INT8 tiles
+
 TORCH_LIBRARY_FRAGMENT(tda_kernels, m) {
   m.def("quant_blocks_linear(Tensor x, Tensor blocks, str qtype, Tensor? bias) -> Tensor");
   m.def("quant_blocks_unpack(Tensor blocks, str qtype, int r0, int r1) -> Tensor[]");
+  m.def("amx_gemv_pack(Tensor blocks, str qtype) -> Tensor[]");
+  m.def("amx_gemv(Tensor x, Tensor packed, Tensor st, Tensor blocks, str qtype, Tensor? bias) -> Tensor");
+  m.def("amx_gemv_ready() -> bool");
 }
 
 TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
   m.impl("quant_blocks_linear", &tda_quant::quant_blocks_linear);
   m.impl("quant_blocks_unpack", &tda_quant::quant_blocks_unpack);
+  m.impl("amx_gemv_pack", &tda_quant::amx_gemv_pack);
+  m.impl("amx_gemv", &tda_quant::amx_gemv);
+}
+
+TORCH_LIBRARY_IMPL(tda_kernels, CatchAll, m) {
+  m.impl("amx_gemv_ready", [] { return tda_quant::amx_gemv_ready(); });
 }
