@@ -1,8 +1,8 @@
-"""Decode steps of Q8_0 / Q5_0 / Q4_0 weights on AMX-INT8 tiles (``csrc/amx_gemv.h``): against
+"""Decode steps of quantized weights on AMX-INT8 tiles (``csrc/amx_gemv.h``), every block type: against
 ``F.linear`` on gguf's de-quantised weights in float64 (activations held as 23-bit integers per
-group of 32: the error stays within fp32 rounding of the group's largest value), activations of a
+group: the error stays within fp32 rounding of the group's largest value), activations of a
 wide dynamic range, non-finite activations (the blocks' own GEMV gives the IEEE result), bias and
-shapes; which weights get the layout. Skipped where the CPU or the build has no AMX-INT8."""
+shapes; which weights get the layout (opt-in: ``TDA_AMX_GEMV=1``). Skipped where the CPU or the build has no AMX-INT8."""
 
 from __future__ import annotations
 
@@ -25,15 +25,17 @@ needs_amx = pytest.mark.skipif(_ops is None or not hasattr(_ops, "amx_gemv_ready
 
 
 def _gemv(bw, x, bias=None):
-    packed, st = _ops.amx_gemv_pack(bw.blocks, bw.qtype)
-    return _ops.amx_gemv(x, packed, st, bw.blocks, bw.qtype, bias)
+    parts = _ops.amx_gemv_pack(bw.blocks, bw.qtype)
+    mt = parts[2] if len(parts) > 2 else None
+    return _ops.amx_gemv(x, parts[0], parts[1], mt, bw.blocks, bw.qtype, bias)
 
 
 @needs_amx
 @pytest.mark.parametrize("qtype", quant_kernels.AMX_GEMV_TYPES)
-@pytest.mark.parametrize("d_out,n_blocks", [(16, 2), (48, 4), (256, 20)])
-def test_amx_gemv_equals_linear_on_dequantised_weights(qtype, d_out, n_blocks):
-    bw, ref = _blocks(qtype, d_out, n_blocks, seed=d_out + n_blocks)
+@pytest.mark.parametrize("d_out,inputs", [(16, 256), (48, 512), (256, 1280)])
+def test_amx_gemv_equals_linear_on_dequantised_weights(qtype, d_out, inputs):
+    per = 256 if qtype in ("Q4_K", "Q6_K") else 32
+    bw, ref = _blocks(qtype, d_out, inputs // per, seed=d_out + inputs)
     g = torch.Generator().manual_seed(d_out)
     for x in (torch.randn(1, bw.shape[1], generator=g),
               torch.randn(1, bw.shape[1], generator=g) * torch.exp2(torch.randint(-30, 31, (1, bw.shape[1]), generator=g).float()),
@@ -58,14 +60,22 @@ def test_amx_gemv_bias_shapes_and_non_finite_inputs():
         xb[0, 0, 5] = bad
         assert torch.equal(_gemv(bw, xb, bias).isnan(), _ops.quant_blocks_linear(xb, bw.blocks, "Q5_0", bias).isnan())
     with pytest.raises(ValueError):
-        _ops.amx_gemv(torch.randn(2, 64), *_ops.amx_gemv_pack(bw.blocks, "Q5_0"), bw.blocks, "Q5_0", None)
+        _ops.amx_gemv(torch.randn(2, 64), *_ops.amx_gemv_pack(bw.blocks, "Q5_0"), None, bw.blocks, "Q5_0", None)
+    k4, _ = _blocks("Q4_K", 16, 1, seed=5)
+    with pytest.raises(ValueError, match="minimums"):  # Q4_K without its minimums
+        _ops.amx_gemv(torch.randn(1, 256), *_ops.amx_gemv_pack(k4.blocks, "Q4_K")[:2], None, k4.blocks, "Q4_K", None)
 
 
 @needs_amx
 def test_which_weights_get_the_layout(monkeypatch):
     big, _ = _blocks("Q5_0", 1024, 20, seed=1)  # 1024 x 640: a Gemma q_proj
-    assert quant_kernels.amx_layout(big) is not None
+    monkeypatch.delenv("TDA_AMX_GEMV", raising=False)
+    assert quant_kernels.amx_layout(big) is None  # opt-in
+    monkeypatch.setenv("TDA_AMX_GEMV", "1")
+    owner = torch.nn.Linear(1, 1)
+    first = quant_kernels.amx_layout(big, owner=owner)
+    assert first is not None and quant_kernels.amx_layout(big, owner=owner) is first  # made once per module
     assert quant_kernels.amx_layout(_blocks("Q5_0", 256, 20, seed=2)[0]) is None  # below the size threshold
-    assert quant_kernels.amx_layout(_blocks("Q4_K", 1024, 3, seed=3)[0]) is None  # not a 32-value symmetric type
-    monkeypatch.setenv("TDA_NO_AMX_GEMV", "1")
-    assert quant_kernels.amx_layout(_blocks("Q8_0", 1024, 20, seed=4)[0]) is None
+    assert quant_kernels.amx_layout(_blocks("Q4_K", 1024, 3, seed=3)[0]) is not None
+    assert quant_kernels.amx_layout(_blocks("Q6_K", 1000, 3, seed=3)[0]) is None  # rows not whole tiles of 16
+    assert quant_kernels.amx_layout(_blocks("Q8_0", 1024, 20, seed=4)[0]) is not None

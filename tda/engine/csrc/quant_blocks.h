@@ -448,13 +448,13 @@ at::Tensor quant_blocks_linear(const at::Tensor& x, const at::Tensor& blocks, co
 
 }  // namespace tda_quant
 
-#include "amx_gemv.h"  // decode steps of Q8_0 / Q5_0 / Q4_0 weights on AMX-INT8 tiles
+#include "amx_gemv.h"  // decode steps on AMX-INT8 tiles
 
 TORCH_LIBRARY_FRAGMENT(tda_kernels, m) {
   m.def("quant_blocks_linear(Tensor x, Tensor blocks, str qtype, Tensor? bias) -> Tensor");
   m.def("quant_blocks_unpack(Tensor blocks, str qtype, int r0, int r1) -> Tensor[]");
   m.def("amx_gemv_pack(Tensor blocks, str qtype) -> Tensor[]");
-  m.def("amx_gemv(Tensor x, Tensor packed, Tensor st, Tensor blocks, str qtype, Tensor? bias) -> Tensor");
+  m.def("amx_gemv(Tensor x, Tensor packed, Tensor st, Tensor? mt, Tensor blocks, str qtype, Tensor? bias) -> Tensor");
   m.def("amx_gemv_ready() -> bool");
 }
 
