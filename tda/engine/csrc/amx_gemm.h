@@ -73,13 +73,14 @@ inline bool amx_worth(int64_t G, int64_t weights) {
   return G == 32 && weights >= (int64_t{1} << 20);
 }
 
-#if TDA_AMX
-struct TileConfig {  // the 64-byte LDTILECFG operand, palette 1
+struct TileConfig {  // the 64-byte LDTILECFG operand, palette 1 (amx_gemv.h uses it too)
   uint8_t palette = 1, start_row = 0;
   uint8_t reserved[14] = {};
   uint16_t colsb[16] = {};
   uint8_t rows[16] = {};
 };
+
+#if TDA_AMX
 
 // Tiles: 0, 1 = C (weight rows 0..15, 16..31 of a pass), 2, 6 = A (those rows' weights),
 // 3..5 = B (x's three limbs).

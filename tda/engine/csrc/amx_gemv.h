@@ -163,12 +163,6 @@ inline bool limbs_x(const float* x, int64_t K, int64_t G, int8_t* A, float* sx, 
   return true;
 }
 
-struct AmxCfg {
-  uint8_t palette = 1, start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
 #endif
 
 at::Tensor amx_gemv(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& st, const c10::optional<at::Tensor>& mt,
@@ -206,7 +200,7 @@ at::Tensor amx_gemv(const at::Tensor& x, const at::Tensor& packed, const at::Ten
   const float* sp = st.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
   at::parallel_for(0, nN, 8, [&](int64_t a, int64_t b) {
-    AmxCfg cfg;
+    tda_amx::TileConfig cfg;
     cfg.colsb[0] = 64, cfg.rows[0] = static_cast<uint8_t>(arows);  // A: x's limbs, a row per (limb, group)
     cfg.colsb[1] = 64, cfg.rows[1] = 16;                           // B: 16 weight rows x 64 inputs
     cfg.colsb[2] = 64, cfg.rows[2] = static_cast<uint8_t>(arows);  // C: [(limb, group), 16 weight rows] int32
