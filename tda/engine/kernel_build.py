@@ -78,8 +78,8 @@ def _cpu_flags() -> set[str]:
 
 def _compile_flags(cpu: set[str] | None = None) -> list[str]:
     """-O3, plus AVX2/FMA/F16C when this x86 CPU has them, AVX-512 (F, BW, VL; 512-bit vectors
-    preferred) when it has those too, AVX-512 BF16 on top, and AMX tiles (BF16) on top of that. Part of the cache key, so a
-    library built on another CPU is never loaded. ``cpu``: the CPU's flags (default: this one's).
+    preferred) when it has those too, AVX-512 BF16 on top, and AMX tiles (BF16, INT8) on top of
+    that. Part of the cache key, so a library built on another CPU is never loaded. ``cpu``: the CPU's flags (default: this one's).
     ``TDA_KERNELS_ISA=avx2`` caps the level at AVX2 (to compare builds side by side)."""
     flags = ["-O3", "-fopenmp"]
     have = _cpu_flags() if cpu is None else set(cpu)
@@ -93,7 +93,7 @@ def _compile_flags(cpu: set[str] | None = None) -> list[str]:
                 flags += ["-mavx512bf16"]
                 if {"amx_tile", "amx_bf16"} <= have:  # prefill of quantized weights on AMX tiles
                     flags += ["-mamx-tile", "-mamx-bf16"]
-                    if "amx_int8" in have:  # decode steps of Q8_0/Q5_0/Q4_0 weights on AMX-INT8
+                    if "amx_int8" in have:  # decode steps on AMX-INT8 (opt-in: quant_kernels.amx_layout)
                         flags += ["-mamx-int8"]
     return flags
 

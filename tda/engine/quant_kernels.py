@@ -151,8 +151,10 @@ def amx_layout(bw: BlockWeight, ops=None, owner=None) -> tuple[torch.Tensor, tor
     whole decode step measured slower with it on the machine it was built on (see the kernel's header)."""
     ops = ops if ops is not None else quant_ops()
     n, d = bw.shape
-    if (os.environ.get("TDA_AMX_GEMV") != "1" or ops is None or not hasattr(ops, "amx_gemv_ready") or bw.qtype not in AMX_GEMV_TYPES or n % 16 or d % 64
-            or n * d < AMX_GEMV_MIN_WEIGHTS or bw.blocks.device.type != "cpu" or not ops.amx_gemv_ready()):
+    if os.environ.get("TDA_AMX_GEMV") != "1" or ops is None or not hasattr(ops, "amx_gemv_ready"):
+        return None
+    if (bw.qtype not in AMX_GEMV_TYPES or n % 16 or d % 64 or n * d < AMX_GEMV_MIN_WEIGHTS
+            or bw.blocks.device.type != "cpu" or not ops.amx_gemv_ready()):
         return None
     kept = _AMX_LAYOUTS.get(owner) if owner is not None else None
     if kept is not None and kept[0] is bw.blocks:
