@@ -85,7 +85,6 @@ def main() -> None:
     ops = quant_kernels.quant_ops()
     if ops is None or not hasattr(ops, "amx_prefill_ready") or not ops.amx_prefill_ready():
         sys.exit("amx_prefill: this CPU or build has no AMX prefill (nothing to compare)")
-    torch.set_num_threads(torch.get_num_threads())
     runs: dict = {"amx": [], "no_amx": []}
     cmd = [sys.executable, __file__, "--child", "--model", a.model, "--rows", a.rows,
            "--prompt-tokens", str(a.prompt_tokens)]

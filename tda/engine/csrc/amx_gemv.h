@@ -32,6 +32,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -134,10 +135,10 @@ inline bool limbs_x(const float* x, int64_t K, int64_t G, int8_t* A, float* sx, 
   std::memset(A, 0, static_cast<size_t>(K / 64 * rows * 64));
   for (int64_t g = 0; g < K / G; ++g) {
     float m = 0.0f;
-    for (int k = 0; k < G; ++k) m = std::fmax(m, std::fabs(x[g * G + k]));
-    if (!std::isfinite(m)) return false;
-    for (int k = 0; k < G; ++k)
-      if (std::isnan(x[g * G + k])) return false;
+    for (int k = 0; k < G; ++k) {
+      if (!std::isfinite(x[g * G + k])) return false;
+      m = std::max(m, std::fabs(x[g * G + k]));
+    }
     if (xsum) {
       float t = 0.0f;
       for (int k = 0; k < G; ++k) t += x[g * G + k];
