@@ -93,7 +93,7 @@ def _compile_flags(cpu: set[str] | None = None) -> list[str]:
                 flags += ["-mavx512bf16"]
                 if {"amx_tile", "amx_bf16"} <= have:  # prefill of quantized weights on AMX tiles
                     flags += ["-mamx-tile", "-mamx-bf16"]
-                    if "amx_int8" in have:  # decode steps on AMX-INT8 (opt-in: quant_kernels.amx_layout)
+                    if "amx_int8" in have:  # decode steps on AMX-INT8 (opt-in: quant_kernels.decode_kernel)
                         flags += ["-mamx-int8"]
     return flags
 

@@ -137,39 +137,55 @@ def blocks_linear(x: torch.Tensor, bw: BlockWeight, bias: torch.Tensor | None = 
     return torch.nn.functional.linear(x.to(torch.float32), bw.dequantize().to(x.device), bias).to(x.dtype)
 
 
-AMX_GEMV_TYPES = ("Q8_0", "Q5_0", "Q4_0", "Q4_K", "Q6_K")  # what csrc/amx_gemv.h lays out
+TILE_GEMV_TYPES = ("Q8_0", "Q5_0", "Q4_0", "Q4_K", "Q6_K")  # what csrc/int8_tiles.h lays out
 AMX_GEMV_MIN_WEIGHTS = 1 << 19  # smaller weights (Gemma 3 270M's k/v projections) ran slower on AMX
-_AMX_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (blocks, (packed, st, mt))
+_TILE_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (blocks, (packed, st, mt))
 
 
-def amx_layout(bw: BlockWeight, ops=None, owner=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
-    """The AMX-INT8 decode layout of a weight's blocks (``csrc/amx_gemv.h``: 16 rows x 64 inputs a
-    tile; 4-, 5- or 6-bit values, int8 for Q8_0; scales and Q4_K's minimums transposed):
-    ``(packed, st, mt or None)``, made once per ``owner`` module (while it holds the same blocks)
-    and kept beside them; None where the kernels, the CPU or the shape do not allow it, the weight
-    has fewer than :data:`AMX_GEMV_MIN_WEIGHTS` values, and unless ``TDA_AMX_GEMV=1``: opt-in, as a
-    whole decode step measured slower with it on the machine it was built on (see the kernel's header)."""
+def decode_kernel(ops=None) -> str | None:
+    """The integer-tile GEMV that decode steps of a quantized weight's blocks take (``csrc/int8_tiles.h``:
+    the weights as small integers in VNNI order, the activations as exact 23-bit integers in three
+    int8 limbs per group): ``"amx"`` (AMX-INT8 tiles) with ``TDA_AMX_GEMV=1`` — opt-in, as a whole
+    decode step measured slower with it on the machine it was built on (see ``csrc/amx_gemv.h``) —
+    else ``"vnni"`` (AVX512-VNNI, ``csrc/vnni_gemv.h``) where the CPU has it, unless
+    ``TDA_NO_VNNI_GEMV=1``; None: the blocks' own GEMV. Both give the same bits."""
     ops = ops if ops is not None else quant_ops()
+    if ops is None or not hasattr(ops, "vnni_gemv_ready"):
+        return None
+    if os.environ.get("TDA_AMX_GEMV") == "1" and ops.amx_gemv_ready():
+        return "amx"
+    if os.environ.get("TDA_NO_VNNI_GEMV") != "1" and ops.vnni_gemv_ready():
+        return "vnni"
+    return None
+
+
+def tile_layout(bw: BlockWeight, ops=None, owner=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+    """The integer-tile decode layout of a weight's blocks (16 rows x 64 inputs a tile; 4-, 5- or
+    6-bit values, int8 for Q8_0; scales and Q4_K's minimums transposed): ``(packed, st, mt or
+    None)``, made once per ``owner`` module (while it holds the same blocks) and kept beside them;
+    None where :func:`decode_kernel` gives none, for a weight not on the CPU, of another type or
+    whose shape is not whole tiles, and on AMX for weights under :data:`AMX_GEMV_MIN_WEIGHTS`."""
+    ops = ops if ops is not None else quant_ops()
+    kernel = decode_kernel(ops)
     n, d = bw.shape
-    if os.environ.get("TDA_AMX_GEMV") != "1" or ops is None or not hasattr(ops, "amx_gemv_ready"):
+    if kernel is None or bw.qtype not in TILE_GEMV_TYPES or n % 16 or d % 64 or bw.blocks.device.type != "cpu":
         return None
-    if (bw.qtype not in AMX_GEMV_TYPES or n % 16 or d % 64 or n * d < AMX_GEMV_MIN_WEIGHTS
-            or bw.blocks.device.type != "cpu" or not ops.amx_gemv_ready()):
+    if kernel == "amx" and n * d < AMX_GEMV_MIN_WEIGHTS:
         return None
-    kept = _AMX_LAYOUTS.get(owner) if owner is not None else None
+    kept = _TILE_LAYOUTS.get(owner) if owner is not None else None
     if kept is not None and kept[0] is bw.blocks:
         return kept[1]
-    parts = ops.amx_gemv_pack(bw.blocks, bw.qtype)
+    parts = ops.gemv_tiles_pack(bw.blocks, bw.qtype)
     got = (parts[0], parts[1], parts[2] if len(parts) > 2 else None)
     if owner is not None:
-        _AMX_LAYOUTS[owner] = (bw.blocks, got)
+        _TILE_LAYOUTS[owner] = (bw.blocks, got)
     return got
 
 
 def linear_fn(mod: QuantLinear) -> LinearFn:
     """The fast dense ``fn(x)`` of a :class:`~tda.models.quant.QuantLinear` (its own forward
     where the C++ kernels or a CPU weight are missing): on the file's blocks when the module holds
-    them (a decode step on the weight's AMX-INT8 layout where :func:`amx_layout` gives one), else
+    them (a decode step on the weight's integer tiles where :func:`tile_layout` gives them), else
     on the int8 repack."""
     ops = quant_ops()
     if ops is None or mod.storage.device.type != "cpu":
@@ -180,19 +196,19 @@ def linear_fn(mod: QuantLinear) -> LinearFn:
     bw = mod.block_weight
     if bw is not None:
         blocks, qtype, bkernel = bw.blocks, bw.qtype, ops.quant_blocks_linear
-        amx = amx_layout(bw, ops, owner=mod)
-        if amx is not None:  # one row (a decode step) on AMX-INT8 tiles, more rows on the blocks
-            packed, st, mt = amx
-            akernel, d_in = ops.amx_gemv, bw.shape[1]
+        tiles = tile_layout(bw, ops, owner=mod)
+        if tiles is not None:  # one row (a decode step) on the integer tiles, more rows on the blocks
+            packed, st, mt = tiles
+            tkernel, d_in = ops.amx_gemv if decode_kernel(ops) == "amx" else ops.vnni_gemv, bw.shape[1]
 
-            def fn_amx(x: torch.Tensor) -> torch.Tensor:
+            def fn_tiles(x: torch.Tensor) -> torch.Tensor:
                 if x.dtype is torch.float32 and x.is_contiguous():
                     if x.numel() == d_in:
-                        return akernel(x, packed, st, mt, blocks, qtype, bias)
+                        return tkernel(x, packed, st, mt, blocks, qtype, bias)
                     return bkernel(x, blocks, qtype, bias)
-                return fn_amx(x.to(torch.float32).contiguous()).to(x.dtype)
+                return fn_tiles(x.to(torch.float32).contiguous()).to(x.dtype)
 
-            return fn_amx
+            return fn_tiles
 
         def fn_blocks(x: torch.Tensor) -> torch.Tensor:
             if x.dtype is torch.float32 and x.is_contiguous():

@@ -70,18 +70,23 @@ def model_identity(lm) -> dict:
     info = lm.info()
     return {"spec": info.get("spec"), "model_id": info.get("model_id"), "kind": info.get("kind"),
             "dtype": info.get("dtype"), "format": info.get("format"), "n_ctx": info.get("n_ctx"),
-            "device": str(info.get("device", "")).split(":")[0], "kernels": kernels_identity()}
+            "device": str(info.get("device", "")).split(":")[0],
+            "kernels": kernels_identity(quantized=info.get("format") == "gguf")}
 
 
-def kernels_identity() -> dict:
+def kernels_identity(*, quantized: bool = False) -> dict:
     """What of the C++ kernels sets the rounding: their backend, compile flags (the instruction sets
-    they use) and whether the prefill of quantized weights runs on AMX tiles (``TDA_NO_AMX``)."""
+    they use), whether the prefill of quantized weights runs on AMX tiles (``TDA_NO_AMX``) and, for a
+    ``quantized`` model, which GEMV its decode steps take (:func:`~tda.engine.quant_kernels.decode_kernel`)."""
     from tda.engine import kernels, quant_kernels
 
     info = kernels.backend_info()
     ops = quant_kernels.quant_ops()
     amx = bool(ops is not None and hasattr(ops, "amx_prefill_ready") and ops.amx_prefill_ready())
-    return {"backend": info["backend"], "flags": info["flags"], "amx": amx}
+    got = {"backend": info["backend"], "flags": info["flags"], "amx": amx}
+    if quantized:
+        got["decode"] = quant_kernels.decode_kernel(ops) or "blocks"
+    return got
 
 
 def run_key(*, model: dict, kind: str, labels: list[str], cett: float, thresholds, calibration_texts,

@@ -448,23 +448,29 @@ at::Tensor quant_blocks_linear(const at::Tensor& x, const at::Tensor& blocks, co
 
 }  // namespace tda_quant
 
-#include "amx_gemv.h"  // decode steps on AMX-INT8 tiles
+#include "int8_tiles.h"  // decode steps: the weights' integer tiles and x's limbs
+#include "amx_gemv.h"   // ... on AMX-INT8
+#include "vnni_gemv.h"  // ... on AVX512-VNNI
 
 TORCH_LIBRARY_FRAGMENT(tda_kernels, m) {
   m.def("quant_blocks_linear(Tensor x, Tensor blocks, str qtype, Tensor? bias) -> Tensor");
   m.def("quant_blocks_unpack(Tensor blocks, str qtype, int r0, int r1) -> Tensor[]");
-  m.def("amx_gemv_pack(Tensor blocks, str qtype) -> Tensor[]");
+  m.def("gemv_tiles_pack(Tensor blocks, str qtype) -> Tensor[]");
   m.def("amx_gemv(Tensor x, Tensor packed, Tensor st, Tensor? mt, Tensor blocks, str qtype, Tensor? bias) -> Tensor");
   m.def("amx_gemv_ready() -> bool");
+  m.def("vnni_gemv(Tensor x, Tensor packed, Tensor st, Tensor? mt, Tensor blocks, str qtype, Tensor? bias) -> Tensor");
+  m.def("vnni_gemv_ready() -> bool");
 }
 
 TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
   m.impl("quant_blocks_linear", &tda_quant::quant_blocks_linear);
   m.impl("quant_blocks_unpack", &tda_quant::quant_blocks_unpack);
-  m.impl("amx_gemv_pack", &tda_quant::amx_gemv_pack);
+  m.impl("gemv_tiles_pack", &tda_quant::gemv_tiles_pack);
+  m.impl("vnni_gemv", &tda_quant::vnni_gemv);
   m.impl("amx_gemv", &tda_quant::amx_gemv);
 }
 
 TORCH_LIBRARY_IMPL(tda_kernels, CatchAll, m) {
   m.impl("amx_gemv_ready", [] { return tda_quant::amx_gemv_ready(); });
+  m.impl("vnni_gemv_ready", [] { return tda_quant::vnni_gemv_ready(); });
 }

@@ -1,0 +1,118 @@
+"""Decode steps of quantized weights on integer tiles (``csrc/int8_tiles.h``), every block type, on
+both kernels — AVX512-VNNI (``csrc/vnni_gemv.h``) and AMX-INT8 (``csrc/amx_gemv.h``): against
+``F.linear`` on gguf's de-quantised weights in float64 (activations held as 23-bit integers per
+group: the error stays within fp32 rounding of the group's largest value), activations of a wide
+dynamic range, the two kernels bit for bit equal, non-finite activations (the blocks' own GEMV gives
+the IEEE result), bias and shapes; which kernel and which weights get the layout. A kernel the CPU or
+the build lacks is skipped."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tda.engine import quant_kernels
+
+gguf = pytest.importorskip("gguf")
+sys.path.insert(0, str(Path(__file__).parent))
+from test_quant_blocks import _blocks  # noqa: E402
+
+_ops = quant_kernels.quant_ops()
+
+
+def _ready(kernel: str) -> bool:
+    return _ops is not None and hasattr(_ops, f"{kernel}_gemv_ready") and getattr(_ops, f"{kernel}_gemv_ready")()
+
+
+KERNELS = [pytest.param(k, marks=pytest.mark.skipif(not _ready(k), reason=f"no {k} decode on this CPU or build"))
+           for k in ("vnni", "amx")]
+
+
+def _gemv(kernel, bw, x, bias=None):
+    parts = _ops.gemv_tiles_pack(bw.blocks, bw.qtype)
+    mt = parts[2] if len(parts) > 2 else None
+    return getattr(_ops, f"{kernel}_gemv")(x, parts[0], parts[1], mt, bw.blocks, bw.qtype, bias)
+
+
+def _inputs(d_in: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(1, d_in, generator=g),
+            torch.randn(1, d_in, generator=g) * torch.exp2(torch.randint(-30, 31, (1, d_in), generator=g).float()),
+            torch.zeros(1, d_in))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("qtype", quant_kernels.TILE_GEMV_TYPES)
+@pytest.mark.parametrize("d_out,inputs", [(16, 256), (48, 512), (256, 1280)])
+def test_tile_gemv_equals_linear_on_dequantised_weights(kernel, qtype, d_out, inputs):
+    per = 256 if qtype in ("Q4_K", "Q6_K") else 32
+    bw, ref = _blocks(qtype, d_out, inputs // per, seed=d_out + inputs)
+    for x in _inputs(bw.shape[1], d_out):
+        got = _gemv(kernel, bw, x)
+        want = F.linear(x.double(), ref.double())
+        bound = x.double().abs() @ ref.double().abs().T
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        assert bool(((got.double() - want).abs() <= 1e-6 * bound + 1e-30).all())
+
+
+@pytest.mark.skipif(not (_ready("vnni") and _ready("amx")), reason="needs both AVX512-VNNI and AMX-INT8")
+@pytest.mark.parametrize("qtype", quant_kernels.TILE_GEMV_TYPES)
+def test_vnni_and_amx_give_the_same_bits(qtype):
+    bw, _ = _blocks(qtype, 64, 5 if qtype in ("Q4_K", "Q6_K") else 40, seed=7)
+    for x in _inputs(bw.shape[1], 11):
+        assert torch.equal(_gemv("vnni", bw, x), _gemv("amx", bw, x))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_tile_gemv_bias_shapes_and_non_finite_inputs(kernel):
+    bw, ref = _blocks("Q5_0", 32, 2, seed=3)
+    bias = torch.randn(32)
+    x = torch.randn(1, 1, 64)
+    got = _gemv(kernel, bw, x, bias)
+    assert got.shape == (1, 1, 32)
+    assert torch.allclose(got.double(), F.linear(x.double(), ref.double(), bias.double()), rtol=1e-5, atol=1e-5)
+    for bad in (float("inf"), float("nan")):
+        xb = x.clone()
+        xb[0, 0, 5] = bad
+        assert torch.equal(_gemv(kernel, bw, xb, bias).isnan(), _ops.quant_blocks_linear(xb, bw.blocks, "Q5_0", bias).isnan())
+    fn = getattr(_ops, f"{kernel}_gemv")
+    with pytest.raises(ValueError):
+        fn(torch.randn(2, 64), *_ops.gemv_tiles_pack(bw.blocks, "Q5_0"), None, bw.blocks, "Q5_0", None)
+    k4, _ = _blocks("Q4_K", 16, 1, seed=5)
+    with pytest.raises(ValueError, match="minimums"):  # Q4_K without its minimums
+        fn(torch.randn(1, 256), *_ops.gemv_tiles_pack(k4.blocks, "Q4_K")[:2], None, k4.blocks, "Q4_K", None)
+
+
+def test_which_kernel_decode_steps_take(monkeypatch):
+    monkeypatch.delenv("TDA_AMX_GEMV", raising=False)
+    monkeypatch.delenv("TDA_NO_VNNI_GEMV", raising=False)
+    assert quant_kernels.decode_kernel() == ("vnni" if _ready("vnni") else None)
+    monkeypatch.setenv("TDA_NO_VNNI_GEMV", "1")
+    assert quant_kernels.decode_kernel() is None
+    monkeypatch.setenv("TDA_AMX_GEMV", "1")  # opt-in
+    assert quant_kernels.decode_kernel() == ("amx" if _ready("amx") else None)
+
+
+@pytest.mark.skipif(not _ready("vnni"), reason="no AVX512-VNNI decode on this CPU or build")
+def test_which_weights_get_the_layout(monkeypatch):
+    monkeypatch.delenv("TDA_AMX_GEMV", raising=False)
+    monkeypatch.delenv("TDA_NO_VNNI_GEMV", raising=False)
+    big, _ = _blocks("Q5_0", 1024, 20, seed=1)  # 1024 x 640: a Gemma q_proj
+    owner = torch.nn.Linear(1, 1)
+    first = quant_kernels.tile_layout(big, owner=owner)
+    assert first is not None and quant_kernels.tile_layout(big, owner=owner) is first  # made once per module
+    small = _blocks("Q5_0", 256, 20, seed=2)[0]
+    assert quant_kernels.tile_layout(small) is not None  # VNNI: every size
+    assert quant_kernels.tile_layout(_blocks("Q4_K", 1024, 3, seed=3)[0]) is not None
+    assert quant_kernels.tile_layout(_blocks("Q6_K", 1000, 3, seed=3)[0]) is None  # rows not whole tiles of 16
+    assert quant_kernels.tile_layout(_blocks("Q8_0", 1024, 20, seed=4)[0]) is not None
+    monkeypatch.setenv("TDA_NO_VNNI_GEMV", "1")
+    assert quant_kernels.tile_layout(big) is None  # the blocks' own GEMV
+    if _ready("amx"):
+        monkeypatch.setenv("TDA_AMX_GEMV", "1")
+        assert quant_kernels.tile_layout(small) is None  # below AMX's size threshold
+        assert quant_kernels.tile_layout(big) is not None
