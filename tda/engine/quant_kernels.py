@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 
+from tda.common import hugepages
 from tda.models import quant
 from tda.models.quant import BlockWeight, QuantLinear, QuantWeight, QuantWeightT
 
@@ -175,7 +176,7 @@ def tile_layout(bw: BlockWeight, ops=None, owner=None) -> tuple[torch.Tensor, to
     kept = _TILE_LAYOUTS.get(owner) if owner is not None else None
     if kept is not None and kept[0] is bw.blocks:
         return kept[1]
-    parts = ops.gemv_tiles_pack(bw.blocks, bw.qtype)
+    parts = [hugepages.copy(p) for p in ops.gemv_tiles_pack(bw.blocks, bw.qtype)]  # streamed by every step
     got = (parts[0], parts[1], parts[2] if len(parts) > 2 else None)
     if owner is not None:
         _TILE_LAYOUTS[owner] = (bw.blocks, got)

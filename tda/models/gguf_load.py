@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tda.common import hugepages
 from tda.common.errors import ModelLoadError
 from tda.models import quant, quant_types
 
@@ -57,15 +58,17 @@ def _unpack_chunked(path: Path, t: dict, qtype: str, shape: tuple[int, int], chu
     d_out, d_in = shape
     row_bytes = t["nbytes"] // d_out
     step = max(1, chunk_bytes // row_bytes)
-    if step >= d_out:
-        return quant.unpack(gguf_index.tensor_bytes(path, t), qtype, shape)
+    if step >= d_out:  # a decode step streams it: kept in huge-page-advised memory (tda.common.hugepages)
+        qw = quant.unpack(gguf_index.tensor_bytes(path, t), qtype, shape)
+        return quant.QuantWeight(hugepages.copy(qw.q), hugepages.copy(qw.scale),
+                                 None if qw.min is None else hugepages.copy(qw.min), qtype)
     parts = None
     for r0 in range(0, d_out, step):
         r1 = min(d_out, r0 + step)
         sub = dict(t, offset=t["offset"] + r0 * row_bytes, nbytes=(r1 - r0) * row_bytes, shape=[d_in, r1 - r0])
         qw = quant.unpack(gguf_index.tensor_bytes(path, sub), qtype, (r1 - r0, d_in))
         if parts is None:
-            parts = [torch.empty((d_out, *x.shape[1:]), dtype=x.dtype) if x is not None else None
+            parts = [hugepages.empty((d_out, *x.shape[1:]), x.dtype) if x is not None else None
                      for x in (qw.q, qw.scale, qw.min)]
         for dst, src in zip(parts, (qw.q, qw.scale, qw.min)):
             if dst is not None:
