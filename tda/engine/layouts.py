@@ -15,6 +15,7 @@ parameter and follow together. GPT-2's ``Conv1D`` already stores ``[d_in, d_out]
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import torch
@@ -66,8 +67,9 @@ def quant_input_major(module):
     with _LOCK:
         qwt = getattr(module, "_tda_input_major", None)
         if qwt is None:
-            qwt = module.qweight.input_major()
-            hugepages.advise([qwt.qt])
+            qwt = module.qweight.input_major()  # read by every sparse step: from the huge-page arena
+            qwt = dataclasses.replace(qwt, **{f.name: hugepages.copy(v) for f in dataclasses.fields(qwt)
+                                              if isinstance(v := getattr(qwt, f.name), torch.Tensor)})
             module._tda_input_major = qwt
         return qwt
 

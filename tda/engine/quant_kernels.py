@@ -18,8 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from tda.common import hugepages
-from tda.models import quant
+from tda.models import hugepages, quant
 from tda.models.quant import BlockWeight, QuantLinear, QuantWeight, QuantWeightT
 
 LinearFn = Callable[[torch.Tensor], torch.Tensor]

@@ -25,9 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tda.common import hugepages
 from tda.common.errors import ModelLoadError
-from tda.models import quant, quant_types
+from tda.models import hugepages, quant, quant_types
 
 Progress = Callable[[str], None]
 
@@ -58,7 +57,7 @@ def _unpack_chunked(path: Path, t: dict, qtype: str, shape: tuple[int, int], chu
     d_out, d_in = shape
     row_bytes = t["nbytes"] // d_out
     step = max(1, chunk_bytes // row_bytes)
-    if step >= d_out:  # a decode step streams it: kept in huge-page-advised memory (tda.common.hugepages)
+    if step >= d_out:  # a decode step streams it: kept in huge-page-advised memory (tda.models.hugepages)
         qw = quant.unpack(gguf_index.tensor_bytes(path, t), qtype, shape)
         return quant.QuantWeight(hugepages.copy(qw.q), hugepages.copy(qw.scale),
                                  None if qw.min is None else hugepages.copy(qw.min), qtype)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tda.models import hugepages
 from tda.models.quant_types import BLOCKS, QUANTIZABLE, file_bytes  # noqa: F401 (re-exported)
 
 TILE_BYTES = 8 << 20  # the torch fallback dequantises this much fp32 at a time
@@ -492,7 +493,9 @@ class QuantLinear(nn.Module):
         if name in ("q", "scale", "qmin"):
             buffers = self.__dict__.get("_buffers", {})
             if "blocks" in buffers and "q" not in buffers:
-                self._set_repack(self.block_weight.unpack())
+                qw = self.block_weight.unpack()  # read by the output-sparse steps: from the huge-page arena
+                self._set_repack(QuantWeight(hugepages.copy(qw.q), hugepages.copy(qw.scale),
+                                             None if qw.min is None else hugepages.copy(qw.min), qw.qtype))
                 return buffers[name]
         return super().__getattr__(name)
 
