@@ -139,6 +139,10 @@ def blocks_linear(x: torch.Tensor, bw: BlockWeight, bias: torch.Tensor | None = 
 
 TILE_GEMV_TYPES = ("Q8_0", "Q5_0", "Q4_0", "Q4_K", "Q6_K")  # what csrc/int8_tiles.h lays out
 AMX_GEMV_MIN_WEIGHTS = 1 << 19  # smaller weights (Gemma 3 270M's k/v projections) ran slower on AMX
+# larger weights (lm_heads: Gemma 3 270M's is 262144 x 640 in Q8_0) stay on the blocks' GEMV, which
+# read that one faster than its tiles did (6.4-6.7 against 7.6-8.0 ms, alternating calls), and a
+# second layout would hold the largest weight of the model twice
+TILE_GEMV_MAX_WEIGHTS = 1 << 25
 _TILE_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (blocks, (packed, st, mt))
 
 
@@ -163,12 +167,14 @@ def tile_layout(bw: BlockWeight, ops=None, owner=None) -> tuple[torch.Tensor, to
     """The integer-tile decode layout of a weight's blocks (16 rows x 64 inputs a tile; 4-, 5- or
     6-bit values, int8 for Q8_0; scales and Q4_K's minimums transposed): ``(packed, st, mt or
     None)``, made once per ``owner`` module (while it holds the same blocks) and kept beside them;
-    None where :func:`decode_kernel` gives none, for a weight not on the CPU, of another type or
-    whose shape is not whole tiles, and on AMX for weights under :data:`AMX_GEMV_MIN_WEIGHTS`."""
+    None where :func:`decode_kernel` gives none, for a weight not on the CPU, of another type,
+    whose shape is not whole tiles or that has more than :data:`TILE_GEMV_MAX_WEIGHTS` values (an
+    lm_head), and on AMX for weights under :data:`AMX_GEMV_MIN_WEIGHTS`."""
     ops = ops if ops is not None else quant_ops()
     kernel = decode_kernel(ops)
     n, d = bw.shape
-    if kernel is None or bw.qtype not in TILE_GEMV_TYPES or n % 16 or d % 64 or bw.blocks.device.type != "cpu":
+    if (kernel is None or bw.qtype not in TILE_GEMV_TYPES or n % 16 or d % 64 or bw.blocks.device.type != "cpu"
+            or n * d > TILE_GEMV_MAX_WEIGHTS):
         return None
     if kernel == "amx" and n * d < AMX_GEMV_MIN_WEIGHTS:
         return None

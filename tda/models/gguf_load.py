@@ -84,7 +84,7 @@ def _file_blocks(raw: np.ndarray, qtype: str, shape: tuple[int, int]) -> quant.B
     flat = np.asarray(raw).view(np.uint8).reshape(-1)
     if flat.size != d_out * (d_in // per) * size:
         raise ModelLoadError(f"{qtype}: {flat.size} bytes for a [{d_out}, {d_in}] weight")
-    blocks = torch.empty((d_out, d_in // per * size), dtype=torch.uint8)
+    blocks = hugepages.empty((d_out, d_in // per * size), torch.uint8)  # streamed by prefill and decode
     blocks.view(-1).numpy()[:] = flat
     return quant.BlockWeight(blocks, qtype, d_in)
 

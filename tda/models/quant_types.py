@@ -14,11 +14,12 @@ BLOCKS = {
 QUANTIZABLE = ("Q8_0", "Q4_0", "Q4_K")  # what tda.models.quant.quantize makes from fp32 weights
 WITH_MINS = ("Q4_K",)  # types whose repack also stores per-group minimums
 
-# Block types a GGUF load keeps in the int8 group repack rather than in the file's blocks. Q8_0:
-# its 34-byte blocks leave the int8 values unaligned, and its GEMV (Gemma's lm_head) ran a few
-# percent faster on the repack (6% more bytes) in most alternating runs of benchmarks/quant_layers.py,
-# which times the layouts side by side. The other types decode faster from their blocks.
-REPACKED: tuple[str, ...] = ("Q8_0",)
+# Block types a GGUF load keeps in the int8 group repack rather than in the file's blocks: none.
+# Q8_0 was kept there while its GEMV (Gemma's lm_head) ran a few percent faster on the repack; with
+# every weight in huge-page-advised memory (tda.models.hugepages) the blocks' GEMV reads the lm_head
+# faster than the repack's (same process, alternating calls), and the smaller Q8_0 weights decode on
+# the integer tiles. benchmarks/quant_layers.py times the layouts side by side.
+REPACKED: tuple[str, ...] = ()
 
 
 def repack_bytes(qtype: str, n: int) -> int:
