@@ -38,7 +38,8 @@ def _calls(lm):
     for name, m in lm.model.named_modules():
         if isinstance(m, quant.QuantLinear):
             kind = "lm_head" if m is head else f"{name.rsplit('.', 1)[-1]}:{m.qtype}"
-            out.append((kind, quant_kernels.linear_fn(m), torch.randn(1, 1, m.in_features), m.decode_nbytes))
+            out.append((kind, quant_kernels.linear_fn(m), torch.randn(1, 1, m.in_features),
+                        quant_kernels.decode_nbytes(m)))
     return out
 
 

@@ -116,3 +116,23 @@ def test_which_weights_get_the_layout(monkeypatch):
         monkeypatch.setenv("TDA_AMX_GEMV", "1")
         assert quant_kernels.tile_layout(small) is None  # below AMX's size threshold
         assert quant_kernels.tile_layout(big) is not None
+
+
+@pytest.mark.parametrize("qtype", quant_kernels.TILE_GEMV_TYPES)
+def test_tile_nbytes_counts_what_the_layout_holds(qtype):
+    bw, _ = _blocks(qtype, 48, 2 if qtype in ("Q4_K", "Q6_K") else 10, seed=2)
+    parts = _ops.gemv_tiles_pack(bw.blocks, bw.qtype)
+    assert quant_kernels.tile_nbytes(qtype, *bw.shape) == sum(p.numel() * p.element_size() for p in parts)
+
+
+def test_decode_nbytes_follows_the_kernel(monkeypatch):
+    from tda.models import quant
+
+    monkeypatch.delenv("TDA_AMX_GEMV", raising=False)
+    bw, _ = _blocks("Q5_0", 64, 20, seed=4)
+    mod = quant.QuantLinear(bw)
+    tiles = quant_kernels.tile_nbytes("Q5_0", 64, 640)
+    monkeypatch.setenv("TDA_NO_VNNI_GEMV", "1")
+    assert quant_kernels.decode_nbytes(mod) == mod.decode_nbytes == bw.nbytes  # the blocks' own GEMV
+    monkeypatch.delenv("TDA_NO_VNNI_GEMV")
+    assert quant_kernels.decode_nbytes(mod) == (tiles if _ready("vnni") else bw.nbytes)

@@ -272,7 +272,10 @@ def test_bench_reports_the_formats_bytes_and_flags_rounds_above_the_roofline():
     wb = sum(weight_bytes(lm_q).values())
     head = lm_q.model.get_output_embeddings()
     assert all(m.blocks_only is not None for m in quant.quant_modules(lm_q.model) if m is not head)  # as a file holds them
-    assert wb == sum(m.decode_nbytes for m in quant.quant_modules(lm_q.model)) + sum(
+    from tda.engine.quant_kernels import decode_nbytes
+
+    # what a step reads: each linear's integer tiles where it decodes on them, else its blocks
+    assert wb == sum(decode_nbytes(m) for m in quant.quant_modules(lm_q.model)) + sum(
         m.weight.numel() * 4 for m in lm_q.model.modules() if type(m) is torch.nn.Linear)
     res = run_bench(lm_q, methods=("dense",), prompt_tokens=8, new_tokens=4, rounds=2, bandwidth_mb=8)
     row = res["results"]["dense"]

@@ -163,6 +163,33 @@ def decode_kernel(ops=None) -> str | None:
     return None
 
 
+def _takes_tiles(bw: BlockWeight, kernel: str | None) -> bool:
+    n, d = bw.shape
+    return (kernel is not None and bw.qtype in TILE_GEMV_TYPES and not n % 16 and not d % 64
+            and bw.blocks.device.type == "cpu" and n * d <= TILE_GEMV_MAX_WEIGHTS
+            and (kernel != "amx" or n * d >= AMX_GEMV_MIN_WEIGHTS))
+
+
+def tile_nbytes(qtype: str, d_out: int, d_in: int) -> int:
+    """Bytes of a weight's integer-tile layout (``csrc/int8_tiles.h``): the tiles (1024 bytes for
+    Q8_0, 512 + 128 per bit above four for the others, per 16 rows x 64 inputs) and the fp32 scales
+    (and Q4_K's minimums) of each group."""
+    bits = {"Q8_0": 8, "Q5_0": 5, "Q4_0": 5, "Q4_K": 4, "Q6_K": 6}[qtype]
+    group = 16 if qtype == "Q6_K" else 32
+    tile = 1024 if bits == 8 else 512 + 128 * (bits - 4)
+    return d_out // 16 * (d_in // 64) * tile + 4 * d_out * (d_in // group) * (2 if qtype == "Q4_K" else 1)
+
+
+def decode_nbytes(mod: QuantLinear) -> int:
+    """Bytes a decode step's dense product of ``mod`` reads: its integer tiles where
+    :func:`tile_layout` gives it them (they hold a little more than the file's blocks), else
+    :attr:`~tda.models.quant.QuantLinear.decode_nbytes` (the blocks or the repack)."""
+    bw = mod.block_weight
+    if bw is not None and mod.storage.device.type == "cpu" and _takes_tiles(bw, decode_kernel()):
+        return tile_nbytes(bw.qtype, *bw.shape)
+    return mod.decode_nbytes
+
+
 def tile_layout(bw: BlockWeight, ops=None, owner=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
     """The integer-tile decode layout of a weight's blocks (16 rows x 64 inputs a tile; 4-, 5- or
     6-bit values, int8 for Q8_0; scales and Q4_K's minimums transposed): ``(packed, st, mt or
@@ -171,12 +198,7 @@ def tile_layout(bw: BlockWeight, ops=None, owner=None) -> tuple[torch.Tensor, to
     whose shape is not whole tiles or that has more than :data:`TILE_GEMV_MAX_WEIGHTS` values (an
     lm_head), and on AMX for weights under :data:`AMX_GEMV_MIN_WEIGHTS`."""
     ops = ops if ops is not None else quant_ops()
-    kernel = decode_kernel(ops)
-    n, d = bw.shape
-    if (kernel is None or bw.qtype not in TILE_GEMV_TYPES or n % 16 or d % 64 or bw.blocks.device.type != "cpu"
-            or n * d > TILE_GEMV_MAX_WEIGHTS):
-        return None
-    if kernel == "amx" and n * d < AMX_GEMV_MIN_WEIGHTS:
+    if not _takes_tiles(bw, decode_kernel(ops)):
         return None
     kept = _TILE_LAYOUTS.get(owner) if owner is not None else None
     if kept is not None and kept[0] is bw.blocks:

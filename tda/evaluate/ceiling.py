@@ -16,6 +16,7 @@ in full.
 
 from __future__ import annotations
 
+from tda.engine import quant_kernels
 from tda.engine.fastpath import linear_modules, module_weight
 from tda.models.quant import QuantLinear
 
@@ -32,8 +33,8 @@ def weight_bytes(lm) -> dict[str, int]:
     out = {"ffn": 0, "lm_head": 0, "other": 0}
     seen: set[int] = set()
     for m in linear_modules(lm.model):
-        if isinstance(m, QuantLinear):  # the quantized format: its file blocks (or int8 repack)
-            key, n = (m.storage.data_ptr(), tuple(m.storage.shape)), m.decode_nbytes
+        if isinstance(m, QuantLinear):  # the quantized format: its integer tiles, file blocks or int8 repack
+            key, n = (m.storage.data_ptr(), tuple(m.storage.shape)), quant_kernels.decode_nbytes(m)
         else:
             w = module_weight(m)
             key, n = (w.data_ptr(), tuple(w.shape)), _nbytes(w)
