@@ -1,9 +1,12 @@
 """Where a quantized decode step's linear time goes: every linear of the model once, batch 1, in
-three layouts of the same GGUF, rounds alternating.
+the layouts of the same GGUF (and the blocks with and without their decode tiles), rounds alternating.
 
     python benchmarks/quant_layers.py [--model gemma-3-270m] [--rounds 12]
 
-- ``all blocks`` every quantized linear on the file's blocks (the format as `--dtype gguf` loads it);
+- ``all blocks`` every quantized linear on the file's blocks (the format as `--dtype gguf` loads it;
+  a decode step's row on the integer tiles where ``quant_kernels.tile_layout`` gives them);
+- ``blocks, fp32 GEMV`` the same model's linears on the blocks' own fp32 GEMVs (``TDA_NO_VNNI_GEMV=1``
+  while their functions are made): what the tiles replace;
 - ``all repack`` every quantized linear on the int8 group repack;
 - ``as loaded``  only when ``tda.models.quant_types.REPACKED`` keeps some block types in the repack.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -78,7 +82,13 @@ def main(argv=None) -> dict:
     if quant_types.REPACKED:  # the format mixes the two: time it as loaded too
         layouts["as loaded"] = _load(a.model, quant_types.REPACKED, False)
     calls = {k: _calls(lm) for k, lm in layouts.items()}
-    times = {k: defaultdict(list) for k in layouts}
+    saved = os.environ.get("TDA_NO_VNNI_GEMV")
+    os.environ["TDA_NO_VNNI_GEMV"] = "1"  # the same modules, their functions without the tiles
+    try:
+        calls = {"all blocks": calls.pop("all blocks"), "blocks, fp32 GEMV": _calls(layouts["all blocks"]), **calls}
+    finally:
+        os.environ.pop("TDA_NO_VNNI_GEMV") if saved is None else os.environ.__setitem__("TDA_NO_VNNI_GEMV", saved)
+    times = {k: defaultdict(list) for k in calls}
     for r in range(a.rounds + 2):
         for k, cs in calls.items():  # rounds alternate the layouts
             acc = defaultdict(float)
