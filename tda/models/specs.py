@@ -294,7 +294,9 @@ def step_bytes(spec: str) -> dict[str, int]:
     """Bytes of weights a dense decode step reads, per weight format, as far as is known without
     loading: ``fp32`` and ``bf16`` from the config's shapes (every linear and the lm_head), and
     ``gguf`` (the quantized format: the file's blocks, the repack for ``quant_types.REPACKED``) with ``gguf_file`` (the same tensors' bytes in the file)
-    once the GGUF has been indexed (a first ``--dtype gguf`` load)."""
+    once the GGUF has been indexed (a first ``--dtype gguf`` load). Where the CPU decodes on integer
+    tiles (``tda.engine.quant_kernels.decode_nbytes``) a step reads a little more than the blocks;
+    ``tda bench`` reports what it reads."""
     try:
         s = resolve(spec)
     except ModelLoadError:
