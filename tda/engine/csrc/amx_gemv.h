@@ -48,36 +48,17 @@ inline bool amx_gemv_ready() {
 
 at::Tensor amx_gemv(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& st, const c10::optional<at::Tensor>& mt,
                     const at::Tensor& blocks, const std::string& qtype, const c10::optional<at::Tensor>& bias) {
-  const TileType T = tile_type(qtype);
   TORCH_CHECK_VALUE(amx_gemv_ready(), "amx_gemv: AMX-INT8 is not available in this process");
-  TORCH_CHECK_VALUE(st.dim() == 3 && st.size(2) == 16 && st.scalar_type() == at::kFloat && st.is_contiguous(), "amx_gemv: bad st");
-  const int64_t ng = st.size(1), N = st.size(0) * 16, K = ng * T.G, nN = N / 16, nk = K / 64, tb = T.tile_bytes();
-  const int64_t per = T.groups_per_chunk(), arows = 3 * per;
-  TORCH_CHECK_VALUE(x.numel() == K && x.size(-1) == K && x.scalar_type() == at::kFloat && x.is_contiguous(),
-                    "amx_gemv: x must be one contiguous fp32 row of ", K);
-  TORCH_CHECK_VALUE(N % 16 == 0 && K % 64 == 0 && packed.scalar_type() == at::kByte && packed.numel() == nN * nk * tb &&
-                    packed.is_contiguous(), "amx_gemv: packed does not match st");
-  const float* mp = nullptr;
-  if (T.mins) {
-    TORCH_CHECK_VALUE(mt.has_value() && mt->defined() && mt->sizes() == st.sizes() && mt->is_contiguous() &&
-                      mt->scalar_type() == at::kFloat, "amx_gemv: ", qtype, " needs its minimums mt shaped like st");
-    mp = mt->const_data_ptr<float>();
-  }
-  const float* bp = nullptr;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N && bias->is_contiguous() && bias->scalar_type() == at::kFloat,
-                      "amx_gemv: bias must be fp32 [", N, "]");
-    bp = bias->const_data_ptr<float>();
-  }
-  std::vector<int64_t> sizes = x.sizes().vec();
-  sizes.back() = N;
-  at::Tensor y = at::empty(sizes, x.options());
+  TileCall C = check_tile_call("amx_gemv", x, packed, st, mt, qtype, bias);
+  if (!tile_call_limbs(C, x)) return quant_blocks_linear(x, blocks, qtype, bias);
+  const TileType T = C.T;
+  const int64_t ng = C.ng, K = C.K, nN = C.nN, nk = C.nk, tb = T.tile_bytes(), per = T.groups_per_chunk(), arows = 3 * per;
+  const float *mp = C.mp, *bp = C.bp;
+  at::Tensor y = C.y;
 #if TDA_AMX_INT8
-  std::vector<int8_t> xl(static_cast<size_t>(3 * K)), A(static_cast<size_t>(nk * arows * 64), 0);
-  std::vector<float> sx(static_cast<size_t>(ng)), xsum(T.mins ? static_cast<size_t>(ng) : 0);
-  std::vector<int32_t> ls(static_cast<size_t>(3 * ng));
-  if (!limbs_x(x.const_data_ptr<float>(), K, T.G, xl.data(), sx.data(), ls.data(), T.mins ? xsum.data() : nullptr))
-    return quant_blocks_linear(x, blocks, qtype, bias);
+  std::vector<int8_t> A(static_cast<size_t>(nk * arows * 64), 0);
+  const std::vector<int8_t>& xl = C.L.xl;
+  const std::vector<float>&sx = C.L.sx, &xsum = C.L.xsum;
   for (int64_t g = 0; g < ng; ++g)  // A of chunk g / per: row l * per + h holds limb l of group h, zeros elsewhere
     for (int l = 0; l < 3; ++l)
       std::memcpy(A.data() + (g / per) * arows * 64 + (l * per + g % per) * 64 + (g % per) * T.G, xl.data() + l * K + g * T.G,
@@ -142,7 +123,7 @@ at::Tensor amx_gemv(const at::Tensor& x, const at::Tensor& packed, const at::Ten
   });
   return y;
 #else
-  (void)mp;
+  (void)mp, (void)bp, (void)ng, (void)K, (void)nN, (void)nk, (void)tb, (void)arows, (void)y;
   return quant_blocks_linear(x, blocks, qtype, bias);
 #endif
 }

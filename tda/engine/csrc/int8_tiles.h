@@ -104,6 +104,52 @@ std::vector<at::Tensor> gemv_tiles_pack(const at::Tensor& blocks, const std::str
   return out;
 }
 
+// x's limbs (see limbs_x) for one call: xl [3, K], sx [ng], ls [3, ng] and xsum [ng].
+struct XLimbs {
+  std::vector<int8_t> xl;
+  std::vector<float> sx, xsum;
+  std::vector<int32_t> ls;
+  XLimbs(int64_t K, int64_t ng) : xl(static_cast<size_t>(3 * K)), sx(ng), xsum(ng), ls(static_cast<size_t>(3 * ng)) {}
+};
+
+// A decode call's checked arguments: the weight's type and sizes, its minimums and bias (or null),
+// and y [..., N] to fill; then x's limbs (tile_call_limbs: false where some x is not finite, and
+// the caller takes the blocks' own GEMV). ``what`` names the kernel in the messages.
+struct TileCall {
+  TileType T;
+  int64_t ng, N, K, nN, nk;
+  const float *mp, *bp;
+  at::Tensor y;
+  XLimbs L;
+};
+
+inline TileCall check_tile_call(const char* what, const at::Tensor& x, const at::Tensor& packed, const at::Tensor& st,
+                                const c10::optional<at::Tensor>& mt, const std::string& qtype,
+                                const c10::optional<at::Tensor>& bias) {
+  TileCall c{tile_type(qtype), 0, 0, 0, 0, 0, nullptr, nullptr, at::Tensor(), XLimbs(0, 0)};
+  TORCH_CHECK_VALUE(st.dim() == 3 && st.size(2) == 16 && st.scalar_type() == at::kFloat && st.is_contiguous(), what, ": bad st");
+  c.ng = st.size(1), c.N = st.size(0) * 16, c.K = c.ng * c.T.G, c.nN = c.N / 16, c.nk = c.K / 64;
+  TORCH_CHECK_VALUE(x.numel() == c.K && x.size(-1) == c.K && x.scalar_type() == at::kFloat && x.is_contiguous(),
+                    what, ": x must be one contiguous fp32 row of ", c.K);
+  TORCH_CHECK_VALUE(c.K % 64 == 0 && packed.scalar_type() == at::kByte && packed.numel() == c.nN * c.nk * c.T.tile_bytes() &&
+                    packed.is_contiguous(), what, ": packed does not match st");
+  if (c.T.mins) {
+    TORCH_CHECK_VALUE(mt.has_value() && mt->defined() && mt->sizes() == st.sizes() && mt->is_contiguous() &&
+                      mt->scalar_type() == at::kFloat, what, ": ", qtype, " needs its minimums mt shaped like st");
+    c.mp = mt->const_data_ptr<float>();
+  }
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == c.N && bias->is_contiguous() && bias->scalar_type() == at::kFloat,
+                      what, ": bias must be fp32 [", c.N, "]");
+    c.bp = bias->const_data_ptr<float>();
+  }
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes.back() = c.N;
+  c.y = at::empty(sizes, x.options());
+  c.L = XLimbs(c.K, c.ng);
+  return c;
+}
+
 #if defined(__AVX512BW__)
 // x[K] (G = 16 or 32) -> limbs xl[3 * K] int8 (limb l of input i at l * K + i; l = 0 the highest),
 // the groups' scales sx[g] = 2^e_g (x_i ~= 2^e_g * (a 65536 + b 256 + c), |x_i| / 2^e_g <= 2^22,
@@ -149,5 +195,14 @@ inline bool limbs_x(const float* x, int64_t K, int64_t G, int8_t* xl, float* sx,
   return true;
 }
 #endif
+
+inline bool tile_call_limbs(TileCall& c, const at::Tensor& x) {
+#if defined(__AVX512BW__)
+  return limbs_x(x.const_data_ptr<float>(), c.K, c.T.G, c.L.xl.data(), c.L.sx.data(), c.L.ls.data(), c.L.xsum.data());
+#else
+  (void)c, (void)x;
+  return false;
+#endif
+}
 
 }  // namespace tda_quant

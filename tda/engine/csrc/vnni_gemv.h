@@ -146,45 +146,21 @@ TDA_VNNI_TARGET void vnni_tiles(const VnniArgs& A, int64_t a, int64_t b) {
 
 at::Tensor vnni_gemv(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& st, const c10::optional<at::Tensor>& mt,
                      const at::Tensor& blocks, const std::string& qtype, const c10::optional<at::Tensor>& bias) {
-  const TileType T = tile_type(qtype);
   TORCH_CHECK_VALUE(vnni_gemv_ready(), "vnni_gemv: AVX512-VNNI is not available in this build or CPU");
-  TORCH_CHECK_VALUE(st.dim() == 3 && st.size(2) == 16 && st.scalar_type() == at::kFloat && st.is_contiguous(), "vnni_gemv: bad st");
-  const int64_t ng = st.size(1), N = st.size(0) * 16, K = ng * T.G, nN = N / 16, nk = K / 64, tb = T.tile_bytes();
-  TORCH_CHECK_VALUE(x.numel() == K && x.size(-1) == K && x.scalar_type() == at::kFloat && x.is_contiguous(),
-                    "vnni_gemv: x must be one contiguous fp32 row of ", K);
-  TORCH_CHECK_VALUE(N % 16 == 0 && K % 64 == 0 && packed.scalar_type() == at::kByte && packed.numel() == nN * nk * tb &&
-                    packed.is_contiguous(), "vnni_gemv: packed does not match st");
-  const float* mp = nullptr;
-  if (T.mins) {
-    TORCH_CHECK_VALUE(mt.has_value() && mt->defined() && mt->sizes() == st.sizes() && mt->is_contiguous() &&
-                      mt->scalar_type() == at::kFloat, "vnni_gemv: ", qtype, " needs its minimums mt shaped like st");
-    mp = mt->const_data_ptr<float>();
-  }
-  const float* bp = nullptr;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N && bias->is_contiguous() && bias->scalar_type() == at::kFloat,
-                      "vnni_gemv: bias must be fp32 [", N, "]");
-    bp = bias->const_data_ptr<float>();
-  }
-  std::vector<int64_t> sizes = x.sizes().vec();
-  sizes.back() = N;
-  at::Tensor y = at::empty(sizes, x.options());
+  TileCall C = check_tile_call("vnni_gemv", x, packed, st, mt, qtype, bias);
+  if (!tile_call_limbs(C, x)) return quant_blocks_linear(x, blocks, qtype, bias);
+  const TileType T = C.T;
 #if TDA_VNNI
-  std::vector<int8_t> xl(static_cast<size_t>(3 * K));
-  std::vector<float> sx(static_cast<size_t>(ng)), xsum(T.mins ? static_cast<size_t>(ng) : 0);
-  std::vector<int32_t> ls(static_cast<size_t>(3 * ng));
-  if (!limbs_x(x.const_data_ptr<float>(), K, T.G, xl.data(), sx.data(), ls.data(), T.mins ? xsum.data() : nullptr))
-    return quant_blocks_linear(x, blocks, qtype, bias);
-  const VnniArgs args{packed.const_data_ptr<uint8_t>(), st.const_data_ptr<float>(), mp, bp, xl.data(), sx.data(),
-                      T.mins ? xsum.data() : nullptr, ls.data(), K, N, y.mutable_data_ptr<float>()};
-  auto run = [&](auto fn) { at::parallel_for(0, nN, 8, [&](int64_t a, int64_t b) { fn(args, a, b); }); };
+  const VnniArgs args{packed.const_data_ptr<uint8_t>(), st.const_data_ptr<float>(), C.mp, C.bp, C.L.xl.data(), C.L.sx.data(),
+                      T.mins ? C.L.xsum.data() : nullptr, C.L.ls.data(), C.K, C.N, C.y.mutable_data_ptr<float>()};
+  auto run = [&](auto fn) { at::parallel_for(0, C.nN, 8, [&](int64_t a, int64_t b) { fn(args, a, b); }); };
   if (T.bits == 8) run(vnni_tiles<8, 32, 128>);
   else if (T.bits == 5) run(vnni_tiles<5, 32, 16>);
   else if (T.bits == 4) run(vnni_tiles<4, 32, 0>);
   else run(vnni_tiles<6, 16, 32>);
-  return y;
+  return C.y;
 #else
-  (void)mp, (void)bp;
+  (void)T;
   return quant_blocks_linear(x, blocks, qtype, bias);
 #endif
 }
