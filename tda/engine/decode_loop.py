@@ -127,8 +127,9 @@ def decode(model, input_ids: torch.Tensor, cache, cache_kw: str, *, max_new_toke
     step_in, cur = input_ids[:, past:], T
     while True:
         out = model(input_ids=step_in, attention_mask=mask[:, :cur], **kw)
-        scores = out.logits[:, -1].to(copy=True, dtype=torch.float32)
-        del out
+        last = out.logits[:, -1]  # processors may write into scores: a copy then; argmax alone reads them in place
+        scores = last.to(copy=True, dtype=torch.float32) if chain else last.to(torch.float32)
+        del out, last
         for p in chain:
             scores = p(ids[:, :cur], scores)
         if sample is not None:
