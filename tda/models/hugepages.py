@@ -10,9 +10,10 @@ synchronously; ~0.25 s for 335 MB). Contents never change. Measured on Gemma 3 2
 threads, same process, before/after): 15.05 -> 14.50 ms per decode step with the lm_head
 collapsed.
 
-Weights made after loading (the quantized format's decode tiles, many of them under 1 MB) come
-from :func:`empty` / :func:`copy`: packed one after another into advised chunks of 32 MiB, 64-byte
-aligned, so a small weight does not hold a huge page of its own.
+The quantized format's own weights (its blocks at load; its decode tiles and the methods' repacks
+when first used; many of them under 1 MB) come from :func:`empty` / :func:`copy`: advised before
+the first write and packed one after another into chunks of 32 MiB, 64-byte aligned, so a small
+weight does not hold a huge page of its own.
 
 Best effort: on other systems, older kernels, THP disabled (``never``) or a refusal (memory
 pressure) nothing happens. ``TDA_HUGEPAGES=0`` turns it off.
