@@ -595,6 +595,16 @@ def quantized_page(root: Path) -> str:
         body.append(_table(["format", "peak RSS (MB)", "vs fp32"],
                            [[f, _f(v, 0), f"{ratio[f]:.1%}" if f in ratio else ""]
                             for f, v in d["peak_rss_mb"].items()]))
+    for p in sorted((root / RESULTS).glob("decode-kernels-*.json")):
+        d = json.loads(p.read_text())
+        body.append(f"## `{p.name}`\n\nA whole dense decode step of {d['model']} in the quantized format under each "
+                    f"kernel choice, each in a fresh process of its own ({d['threads']} threads, {d['new_tokens']} "
+                    f"greedy tokens, medians of {d['rounds']} alternating rounds; {d['timestamp']}; command: "
+                    f"`{d['command']}`).\n")
+        body.append(_table(["choice", "environment", "decode kernel", "ms/token", "the default's speed vs it"],
+                           [[k, " ".join(f"`{e}={v}`" for e, v in c["env"].items()) or "(none)", c["kernel"],
+                             _f(c["ms_per_token"], 2), f"{c['default_speedup']:.3f}×"]
+                            for k, c in d["choices"].items()]))
     for p in sorted((root / RESULTS).glob("quant-layers-*.json")):
         d = json.loads(p.read_text())
         lay = d["layouts"]
