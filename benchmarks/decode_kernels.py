@@ -57,7 +57,10 @@ print(json.dumps({"ms": statistics.median(ms), "kernel": decode_kernel() or "blo
 def run_choice(model: str, env: dict, new_tokens: int, threads: int) -> dict:
     """``{"ms": ms per decode step, "kernel": the decode kernel}`` of one fresh process under ``env``."""
     out = subprocess.run([sys.executable, "-c", _CHILD, model, str(new_tokens), str(threads), PROMPT],
-                         env={**os.environ, **env}, check=True, capture_output=True, text=True)
+                         env={**os.environ, **env}, capture_output=True, text=True)
+    if out.returncode != 0:
+        tail = "\n".join(out.stderr.strip().splitlines()[-5:])
+        raise SystemExit(f"decode_kernels: the process with {env or 'the defaults'} failed (exit {out.returncode}):\n{tail}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

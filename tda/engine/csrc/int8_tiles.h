@@ -154,7 +154,7 @@ inline TileCall check_tile_call(const char* what, const at::Tensor& x, const at:
 // x[K] (G = 16 or 32) -> limbs xl[3 * K] int8 (limb l of input i at l * K + i; l = 0 the highest),
 // the groups' scales sx[g] = 2^e_g (x_i ~= 2^e_g * (a 65536 + b 256 + c), |x_i| / 2^e_g <= 2^22,
 // inside the balanced digits' range), each limb's integer sum over the group ls[l * ng + g] and,
-// when xsum is given, the groups' fp32 sums of x (in input order). False when some x is not finite
+// when xsum is given (Q4_K's minimums use them), the groups' fp32 sums of x (in input order). False when some x is not finite
 // (the caller takes the blocks' GEMV).
 inline bool limbs_x(const float* x, int64_t K, int64_t G, int8_t* xl, float* sx, int32_t* ls, float* xsum) {
   const int64_t ng = K / G, nv = G / 16;

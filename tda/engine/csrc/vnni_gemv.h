@@ -60,7 +60,7 @@ struct VnniArgs {
   const int8_t* xl;             // [3, K]
   const float *sx, *xsum;       // [ng]
   const int32_t* ls;            // [3, ng]
-  int64_t K, N;
+  int64_t K;
   float* y;
 };
 
@@ -75,7 +75,7 @@ TDA_VNNI_TARGET inline __m512i bcast4(const int8_t* p) {  // 4 int8 inputs in ev
 template <int BITS, int G, int OFF>
 TDA_VNNI_TARGET void vnni_tiles(const VnniArgs& A, int64_t a, int64_t b) {
   constexpr int64_t tb = BITS == 8 ? 1024 : 512 + 128 * (BITS - 4), per = 64 / G;
-  const int64_t K = A.K, N = A.N, nk = K / 64, ng = K / G;
+  const int64_t K = A.K, nk = K / 64, ng = K / G;
   const __m512i m4 = _mm512_set1_epi8(15), b16 = _mm512_set1_epi8(16), b32 = _mm512_set1_epi8(32);
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   const __m512 k65536 = _mm512_set1_ps(65536.0f), k256 = _mm512_set1_ps(256.0f);
@@ -152,7 +152,7 @@ at::Tensor vnni_gemv(const at::Tensor& x, const at::Tensor& packed, const at::Te
   const TileType T = C.T;
 #if TDA_VNNI
   const VnniArgs args{packed.const_data_ptr<uint8_t>(), st.const_data_ptr<float>(), C.mp, C.bp, C.L.xl.data(), C.L.sx.data(),
-                      T.mins ? C.L.xsum.data() : nullptr, C.L.ls.data(), C.K, C.N, C.y.mutable_data_ptr<float>()};
+                      T.mins ? C.L.xsum.data() : nullptr, C.L.ls.data(), C.K, C.y.mutable_data_ptr<float>()};
   auto run = [&](auto fn) { at::parallel_for(0, C.nN, 8, [&](int64_t a, int64_t b) { fn(args, a, b); }); };
   if (T.bits == 8) run(vnni_tiles<8, 32, 128>);
   else if (T.bits == 5) run(vnni_tiles<5, 32, 16>);
