@@ -26,6 +26,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from unittest.mock import patch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -82,12 +83,8 @@ def main(argv=None) -> dict:
     if quant_types.REPACKED:  # the format mixes the two: time it as loaded too
         layouts["as loaded"] = _load(a.model, quant_types.REPACKED, False)
     calls = {k: _calls(lm) for k, lm in layouts.items()}
-    saved = os.environ.get("TDA_NO_VNNI_GEMV")
-    os.environ["TDA_NO_VNNI_GEMV"] = "1"  # the same modules, their functions without the tiles
-    try:
+    with patch.dict(os.environ, {"TDA_NO_VNNI_GEMV": "1"}):  # the same modules, their functions without the tiles
         calls = {"all blocks": calls.pop("all blocks"), "blocks, fp32 GEMV": _calls(layouts["all blocks"]), **calls}
-    finally:
-        os.environ.pop("TDA_NO_VNNI_GEMV") if saved is None else os.environ.__setitem__("TDA_NO_VNNI_GEMV", saved)
     times = {k: defaultdict(list) for k in calls}
     for r in range(a.rounds + 2):
         for k, cs in calls.items():  # rounds alternate the layouts

@@ -15,7 +15,6 @@ parameter and follow together. GPT-2's ``Conv1D`` already stores ``[d_in, d_out]
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 import torch
@@ -67,9 +66,7 @@ def quant_input_major(module):
     with _LOCK:
         qwt = getattr(module, "_tda_input_major", None)
         if qwt is None:
-            qwt = module.qweight.input_major()  # read by every sparse step: from the huge-page arena
-            qwt = dataclasses.replace(qwt, **{f.name: hugepages.copy(v) for f in dataclasses.fields(qwt)
-                                              if isinstance(v := getattr(qwt, f.name), torch.Tensor)})
+            qwt = hugepages.copy_fields(module.qweight.input_major())  # read by every sparse step: huge pages
             module._tda_input_major = qwt
         return qwt
 

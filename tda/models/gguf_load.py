@@ -58,9 +58,7 @@ def _unpack_chunked(path: Path, t: dict, qtype: str, shape: tuple[int, int], chu
     row_bytes = t["nbytes"] // d_out
     step = max(1, chunk_bytes // row_bytes)
     if step >= d_out:  # a decode step streams it: kept in huge-page-advised memory (tda.models.hugepages)
-        qw = quant.unpack(gguf_index.tensor_bytes(path, t), qtype, shape)
-        return quant.QuantWeight(hugepages.copy(qw.q), hugepages.copy(qw.scale),
-                                 None if qw.min is None else hugepages.copy(qw.min), qtype)
+        return hugepages.copy_fields(quant.unpack(gguf_index.tensor_bytes(path, t), qtype, shape))
     parts = None
     for r0 in range(0, d_out, step):
         r1 = min(d_out, r0 + step)

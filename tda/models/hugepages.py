@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import errno
 import functools
 import os
@@ -245,7 +246,7 @@ def empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     shape = tuple(int(s) for s in shape)
     if any(s < 0 for s in shape):
         raise ValueError(f"a tensor cannot have a negative size: {shape}")
-    nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    nbytes = torch.Size(shape).numel() * dtype.itemsize
     fn = _madvise() if enabled() else None
     if fn is None or nbytes == 0:
         return torch.empty(shape, dtype=dtype)
@@ -259,3 +260,10 @@ def copy(t: torch.Tensor) -> torch.Tensor:
     out = empty(t.shape, t.dtype)
     out.copy_(t)
     return out
+
+
+def copy_fields(obj):
+    """The dataclass ``obj`` (a :class:`~tda.models.quant.QuantWeight`, an input-major repack, ...)
+    with every tensor field a :func:`copy` of its own."""
+    return dataclasses.replace(obj, **{f.name: copy(v) for f in dataclasses.fields(obj)
+                                       if isinstance(v := getattr(obj, f.name), torch.Tensor)})

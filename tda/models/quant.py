@@ -493,9 +493,7 @@ class QuantLinear(nn.Module):
         if name in ("q", "scale", "qmin"):
             buffers = self.__dict__.get("_buffers", {})
             if "blocks" in buffers and "q" not in buffers:
-                qw = self.block_weight.unpack()  # read by the output-sparse steps: from the huge-page arena
-                self._set_repack(QuantWeight(hugepages.copy(qw.q), hugepages.copy(qw.scale),
-                                             None if qw.min is None else hugepages.copy(qw.min), qw.qtype))
+                self._set_repack(hugepages.copy_fields(self.block_weight.unpack()))  # read by output-sparse steps
                 return buffers[name]
         return super().__getattr__(name)
 

@@ -74,9 +74,7 @@ at::Tensor amx_gemv(const at::Tensor& x, const at::Tensor& packed, const at::Ten
     _tile_loadconfig(&cfg);
     alignas(64) int8_t ub[1024];
     alignas(64) int32_t cb[12 * 16];
-    const __m512i m4 = _mm512_set1_epi8(15), off = _mm512_set1_epi8(static_cast<char>(T.off));
-    const __m512i b16 = _mm512_set1_epi8(16), b32 = _mm512_set1_epi8(32);
-    const __m512 k65536 = _mm512_set1_ps(65536.0f), k256 = _mm512_set1_ps(256.0f);
+    const __m512i off = _mm512_set1_epi8(static_cast<char>(T.off));
     for (int64_t nt = a; nt < b; ++nt) {
       __m512 acc = _mm512_setzero_ps();
       const uint8_t* tiles = pp + nt * nk * tb;
@@ -86,17 +84,9 @@ at::Tensor amx_gemv(const at::Tensor& x, const at::Tensor& packed, const at::Ten
         if (T.bits == 8) {
           _tile_loadd(1, t, 64);
         } else {
-          for (int j = 0; j < 8; ++j) {  // nibbles, then the fifth and sixth bits as masked adds
-            const __m512i v = _mm512_loadu_si512(t + 64 * j);
-            __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-            for (int p = 0; p < T.bits - 4; ++p) {
-              uint64_t bl, bh;
-              std::memcpy(&bl, t + 512 + 128 * p + 8 * j, 8);
-              std::memcpy(&bh, t + 512 + 128 * p + 64 + 8 * j, 8);
-              const __m512i add = p == 0 ? b16 : b32;
-              lo = _mm512_mask_add_epi8(lo, bl, lo, add);
-              hi = _mm512_mask_add_epi8(hi, bh, hi, add);
-            }
+          for (int j = 0; j < 8; ++j) {  // q (signed) into an L1 buffer
+            __m512i lo, hi;
+            tile_rows(t, T.bits, j, lo, hi);
             _mm512_store_si512(ub + 64 * j, _mm512_sub_epi8(lo, off));
             _mm512_store_si512(ub + 512 + 64 * j, _mm512_sub_epi8(hi, off));
           }
@@ -108,12 +98,9 @@ at::Tensor amx_gemv(const at::Tensor& x, const at::Tensor& packed, const at::Ten
         _tile_stored(2, cb, 64);
         for (int64_t h = 0; h < per; ++h) {  // group g's limb sums -> one fp32 sum, scaled once
           const int64_t g = c * per + h;
-          const __m512 va = _mm512_cvtepi32_ps(_mm512_load_si512(cb + h * 16));
-          const __m512 vb = _mm512_cvtepi32_ps(_mm512_load_si512(cb + (per + h) * 16));
-          const __m512 vc = _mm512_cvtepi32_ps(_mm512_load_si512(cb + (2 * per + h) * 16));
-          const __m512 sum = _mm512_fmadd_ps(va, k65536, _mm512_fmadd_ps(vb, k256, vc));
-          acc = _mm512_fmadd_ps(sum, _mm512_mul_ps(_mm512_loadu_ps(sp + (nt * ng + g) * 16), _mm512_set1_ps(sx[g])), acc);
-          if (mp) acc = _mm512_fnmadd_ps(_mm512_loadu_ps(mp + (nt * ng + g) * 16), _mm512_set1_ps(xsum[g]), acc);
+          acc = tile_group(acc, _mm512_load_si512(cb + h * 16), _mm512_load_si512(cb + (per + h) * 16),
+                           _mm512_load_si512(cb + (2 * per + h) * 16), sp + (nt * ng + g) * 16, sx[g],
+                           mp ? mp + (nt * ng + g) * 16 : nullptr, xsum[g]);
         }
       }
       if (bp) acc = _mm512_add_ps(acc, _mm512_loadu_ps(bp + nt * 16));

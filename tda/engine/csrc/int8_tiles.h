@@ -194,6 +194,32 @@ inline bool limbs_x(const float* x, int64_t K, int64_t G, int8_t* xl, float* sx,
   }
   return true;
 }
+
+// VNNI rows j and j + 8 of a packed tile (bits 4 to 6) as their stored values q + off: the nibbles,
+// then the fifth and sixth bits as masked adds.
+__attribute__((always_inline)) inline void tile_rows(const uint8_t* t, int bits, int j, __m512i& lo, __m512i& hi) {
+  const __m512i m4 = _mm512_set1_epi8(15);
+  const __m512i v = _mm512_loadu_si512(t + 64 * j);
+  lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+  for (int p = 0; p < bits - 4; ++p) {  // plane p: bit 4 + p, 64 bytes for each half
+    uint64_t bl, bh;
+    std::memcpy(&bl, t + 512 + 128 * p + 8 * j, 8);
+    std::memcpy(&bh, t + 512 + 128 * p + 64 + 8 * j, 8);
+    const __m512i add = _mm512_set1_epi8(static_cast<char>(16 << p));
+    lo = _mm512_mask_add_epi8(lo, bl, lo, add);
+    hi = _mm512_mask_add_epi8(hi, bh, hi, add);
+  }
+}
+
+// acc plus one group of 16 weight rows: its exact int32 limb sums a, b, c as one fp32 sum
+// a * 65536 + b * 256 + c, scaled once by s16[r] * sx, less m16[r] * xsum where m16 (Q4_K's minimums) is given.
+__attribute__((always_inline)) inline __m512 tile_group(__m512 acc, __m512i a, __m512i b, __m512i c, const float* s16, float sx,
+                                                       const float* m16, float xsum) {
+  const __m512 sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(65536.0f),
+                                     _mm512_fmadd_ps(_mm512_cvtepi32_ps(b), _mm512_set1_ps(256.0f), _mm512_cvtepi32_ps(c)));
+  acc = _mm512_fmadd_ps(sum, _mm512_mul_ps(_mm512_loadu_ps(s16), _mm512_set1_ps(sx)), acc);
+  return m16 ? _mm512_fnmadd_ps(_mm512_loadu_ps(m16), _mm512_set1_ps(xsum), acc) : acc;
+}
 #endif
 
 inline bool tile_call_limbs(TileCall& c, const at::Tensor& x) {

@@ -76,9 +76,7 @@ template <int BITS, int G, int OFF>
 TDA_VNNI_TARGET void vnni_tiles(const VnniArgs& A, int64_t a, int64_t b) {
   constexpr int64_t tb = BITS == 8 ? 1024 : 512 + 128 * (BITS - 4), per = 64 / G;
   const int64_t K = A.K, nk = K / 64, ng = K / G;
-  const __m512i m4 = _mm512_set1_epi8(15), b16 = _mm512_set1_epi8(16), b32 = _mm512_set1_epi8(32);
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  const __m512 k65536 = _mm512_set1_ps(65536.0f), k256 = _mm512_set1_ps(256.0f);
   const int8_t *x0 = A.xl, *x1 = A.xl + K, *x2 = A.xl + 2 * K;
   // this thread's tiles and scales are two forward streams: their first TDA_TILE_PF bytes are
   // requested at once, then each stays that far ahead of the reads (a call starts cold: the weights
@@ -108,17 +106,7 @@ TDA_VNNI_TARGET void vnni_tiles(const VnniArgs& A, int64_t a, int64_t b) {
           lo = _mm512_xor_si512(_mm512_loadu_si512(t + 64 * j), flip);
           hi = _mm512_xor_si512(_mm512_loadu_si512(t + 512 + 64 * j), flip);
         } else {
-          const __m512i v = _mm512_loadu_si512(t + 64 * j);
-          lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-#pragma GCC unroll 2
-          for (int p = 0; p < BITS - 4; ++p) {  // the fifth and sixth bits as masked adds
-            uint64_t bl, bh;
-            std::memcpy(&bl, t + 512 + 128 * p + 8 * j, 8);
-            std::memcpy(&bh, t + 512 + 128 * p + 64 + 8 * j, 8);
-            const __m512i add = p == 0 ? b16 : b32;
-            lo = _mm512_mask_add_epi8(lo, bl, lo, add);
-            hi = _mm512_mask_add_epi8(hi, bh, hi, add);
-          }
+          tile_rows(t, BITS, j, lo, hi);
         }
         const int hl = (4 * j) / G, hh = (32 + 4 * j) / G;  // the groups (within the chunk) of rows j and j + 8
         s[0][hl] = _mm512_dpbusd_epi32(s[0][hl], lo, bcast4(x0 + i0 + 4 * j));
@@ -130,12 +118,10 @@ TDA_VNNI_TARGET void vnni_tiles(const VnniArgs& A, int64_t a, int64_t b) {
       }
       for (int64_t h = 0; h < per; ++h) {  // group g's limb sums (offset removed) -> one fp32 sum, scaled once
         const int64_t g = c * per + h;
-        const __m512 va = _mm512_cvtepi32_ps(_mm512_sub_epi32(s[0][h], _mm512_set1_epi32(OFF * A.ls[g])));
-        const __m512 vb = _mm512_cvtepi32_ps(_mm512_sub_epi32(s[1][h], _mm512_set1_epi32(OFF * A.ls[ng + g])));
-        const __m512 vc = _mm512_cvtepi32_ps(_mm512_sub_epi32(s[2][h], _mm512_set1_epi32(OFF * A.ls[2 * ng + g])));
-        const __m512 sum = _mm512_fmadd_ps(va, k65536, _mm512_fmadd_ps(vb, k256, vc));
-        acc = _mm512_fmadd_ps(sum, _mm512_mul_ps(_mm512_loadu_ps(A.st + (nt * ng + g) * 16), _mm512_set1_ps(A.sx[g])), acc);
-        if (A.mt) acc = _mm512_fnmadd_ps(_mm512_loadu_ps(A.mt + (nt * ng + g) * 16), _mm512_set1_ps(A.xsum[g]), acc);
+        acc = tile_group(acc, _mm512_sub_epi32(s[0][h], _mm512_set1_epi32(OFF * A.ls[g])),
+                         _mm512_sub_epi32(s[1][h], _mm512_set1_epi32(OFF * A.ls[ng + g])),
+                         _mm512_sub_epi32(s[2][h], _mm512_set1_epi32(OFF * A.ls[2 * ng + g])), A.st + (nt * ng + g) * 16,
+                         A.sx[g], A.mt ? A.mt + (nt * ng + g) * 16 : nullptr, A.mt ? A.xsum[g] : 0.0f);
       }
     }
     if (A.bias) acc = _mm512_add_ps(acc, _mm512_loadu_ps(A.bias + nt * 16));
