@@ -243,9 +243,17 @@ def _torch_in_sparse(x2: torch.Tensor, idx: torch.Tensor, w_t: torch.Tensor,
                             per_sample_weights=xs)
         if nb > 1:
             y = y.view(n, nb, d_out).sum(1)
+    elif k == w_t.shape[0] and _is_arange(idx):  # every input active (a long batch): no gathered copy
+        y = x2.contiguous() @ w_t.contiguous()  # the same operands, bit for bit, as the gathered ones
     else:
         y = x2.index_select(1, idx) @ w_t.index_select(0, idx)
     return y if bias is None else y.add_(bias)
+
+
+def _is_arange(idx: torch.Tensor) -> bool:
+    """Is ``idx`` strictly ascending (so, with ``len(idx)`` indices in ``range(len(idx))``, the
+    identity)?"""
+    return idx.numel() < 2 or bool((idx[1:] > idx[:-1]).all())
 
 
 def _threshold_mask(x2: torch.Tensor, threshold) -> torch.Tensor:
@@ -488,6 +496,9 @@ def _output_sparse(x2, idx, w, bias, backend):
     _check_range(idx, w.shape[0], unique=False)
     if _triton.use(backend, w, x2):
         return _triton.kernels().output_sparse(x2, idx, w, bias)
+    if idx.numel() == w.shape[0] and _is_arange(idx):  # every row: no gathered copy (the same bits)
+        y = x2 @ w.contiguous().t()
+        return y if bias is None else y.add_(bias)
     y = x2 @ w.index_select(0, idx).t()
     return y if bias is None else y.add_(bias.index_select(0, idx))
 

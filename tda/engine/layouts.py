@@ -52,8 +52,7 @@ def input_major(module: nn.Module) -> torch.Tensor:
     with _LOCK:
         w = module.weight
         if not is_input_major(module):
-            wt = w.detach().t().contiguous()
-            hugepages.advise([wt])
+            wt = hugepages.contiguous(w.detach().t())  # read by every step: on huge pages
             w.data = wt.t()
             _forget_dense_paths(module)
         return module.weight.detach().t()
@@ -85,8 +84,7 @@ def row_major(module) -> torch.Tensor | None:
     with _LOCK:
         w = module.weight
         if not w.is_contiguous():
-            w.data = w.detach().contiguous()
-            hugepages.advise([w])
+            w.data = hugepages.contiguous(w.detach())
             _forget_dense_paths(module)
         return module.weight.detach()
 

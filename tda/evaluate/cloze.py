@@ -10,6 +10,8 @@ directly would make every method score like dense).
 
 from __future__ import annotations
 
+import torch
+
 from tda.evaluate.scoring import split_point
 
 
@@ -38,9 +40,9 @@ def cloze_eval(lm, items: list[dict], vs, *, cett: float = 0.2, fast: bool | Non
     splits = [split_point(len(ids) - nt, 0.5) for ids, nt in enc]
     keep = max(nt for _, nt in enc)
 
-    def reduce(i, logits):
+    def reduce(i, pieces):
         ids, nt = enc[i]
-        return int(logits[-nt:].argmax(-1).tolist() == ids[-nt:])
+        return int(torch.cat(pieces)[-nt:].argmax(-1).tolist() == ids[-nt:])
 
     bt = CLOZE_BATCH_TOKENS if batch_tokens is None else max(batch_tokens, 1)
     per_item = score_units(lm, seqs, splits, list(vs), keep_last=keep, cett=cett, fast=fast, thresholds=thresholds,

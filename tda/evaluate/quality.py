@@ -84,8 +84,8 @@ def perplexity_eval(lm, texts: list[str], vs: list[Variant], *, prefix_frac: flo
     thr = _thresholds(lm, vs, cett, calibration_texts)
     splits = [split_point(len(ids), prefix_frac) for ids in enc]
 
-    def reduce(i, logits):
-        return nll_and_top(logits, enc[i][splits[i]:])
+    def reduce(i, pieces):
+        return nll_and_top(pieces, enc[i][splits[i]:])
 
     scored = score_units(lm, enc, splits, vs, cett=cett, fast=fast, thresholds=thr, calibration_texts=calibration_texts,
                          batch_tokens=max(batch_tokens, 1), what="perplexity", progress=progress, reduce=reduce,

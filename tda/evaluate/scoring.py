@@ -145,6 +145,15 @@ def batch_logits(lm, seqs: list[list[int]], splits: list[int], sessions: dict[st
     those positions only) — for every session in ``sessions`` (fresh :class:`SparseSession`\\ s).
 
     One batch row per sequence; a single row runs exactly like :func:`continuation_logits`."""
+    parts = batch_logit_parts(lm, seqs, splits, sessions, keep_last=keep_last)
+    return {label: [torch.cat(p) for p in rows] for label, rows in parts.items()}
+
+
+def batch_logit_parts(lm, seqs: list[list[int]], splits: list[int], sessions: dict[str, SparseSession], *,
+                      keep_last: int | None = None) -> dict[str, list[list[torch.Tensor]]]:
+    """:func:`batch_logits` with each row's logits left in pieces ``[logits[n_j, vocab], ...]``
+    (their concatenation is the row's logits): a row's ``[n_i, vocab]`` fp32 copy is hundreds of
+    MB on a 262k-word vocabulary, and a per-row reduction (:func:`nll_and_top`) needs none."""
     from tda.models.dispatch import linear_overrides
 
     if not seqs or len(seqs) != len(splits) or not sessions:
@@ -158,8 +167,8 @@ def batch_logits(lm, seqs: list[list[int]], splits: list[int], sessions: dict[st
     cont, cam = _left_pad(conts, pad, dev)
     padded = B > 1 and not (bool(pam.all()) and bool(cam.all()))
     if padded and prefix.shape[1] + cont.shape[1] > window(lm):  # pads would shift a sliding window
-        parts = [batch_logits(lm, [ids], [k], {lab: s if i == 0 else _fresh(s) for lab, s in sessions.items()},
-                              keep_last=keep_last) for i, (ids, k) in enumerate(zip(seqs, splits))]
+        parts = [batch_logit_parts(lm, [ids], [k], {lab: s if i == 0 else _fresh(s) for lab, s in sessions.items()},
+                                   keep_last=keep_last) for i, (ids, k) in enumerate(zip(seqs, splits))]
         return {lab: [p[lab][0] for p in parts] for lab in sessions}
     kw: dict = {}
     ckw: dict = {}
@@ -182,10 +191,10 @@ def batch_logits(lm, seqs: list[list[int]], splits: list[int], sessions: dict[st
         del out
         for s in ss:
             s.finish_prefill()
-        res: dict[str, list[torch.Tensor]] = {}
+        res: dict[str, list[list[torch.Tensor]]] = {}
         C = cont.shape[1]
         for label, s in sessions.items():
-            rows = [first[i:i + 1] for i in range(B)]
+            rows = [[first[i:i + 1]] for i in range(B)]
             if C:
                 c = copy.deepcopy(cache) if len(ss) > 1 else cache
                 keep = C if keep_last is None else min(C, keep_last)
@@ -193,18 +202,26 @@ def batch_logits(lm, seqs: list[list[int]], splits: list[int], sessions: dict[st
                     out2 = lm.model(input_ids=cont, use_cache=True, **lm.cache_kw(c), logits_to_keep=keep, **ckw)
                 lg = out2.logits.float()  # [B, keep, vocab]
                 del out2, c
-                rows = [torch.cat([rows[i], lg[i, keep - min(keep, len(conts[i])):]]) for i in range(B)]
+                rows = [r + [lg[i, keep - min(keep, len(conts[i])):]] for i, r in enumerate(rows)]
             if keep_last is not None:
-                rows = [r[-keep_last:] for r in rows]
+                rows = [[torch.cat(r)[-keep_last:]] for r in rows]
             res[label] = rows
     return res
 
 
-def nll_and_top(logits: torch.Tensor, targets: list[int]) -> tuple[float, list[int]]:
-    """Summed negative log-likelihood of ``targets`` under ``logits[n, vocab]`` and the top-1 ids."""
-    t = torch.tensor(targets, device=logits.device)
-    lp = torch.log_softmax(logits, dim=-1).gather(1, t[:, None])[:, 0]
-    return float(-lp.sum()), logits.argmax(-1).tolist()
+def nll_and_top(logits: torch.Tensor | list[torch.Tensor], targets: list[int]) -> tuple[float, list[int]]:
+    """Summed negative log-likelihood of ``targets`` under ``logits[n, vocab]`` (or its row pieces,
+    :func:`batch_logit_parts`) and the top-1 ids (the first maximum, as ``argmax``)."""
+    parts = [logits] if isinstance(logits, torch.Tensor) else list(logits)
+    if sum(p.shape[0] for p in parts) != len(targets):
+        raise BadInput(f"{sum(p.shape[0] for p in parts)} rows of logits for {len(targets)} targets")
+    t = torch.tensor(targets, device=parts[0].device)
+    lps, tops, at = [], [], 0
+    for p in parts:  # log_softmax and max work per row: the pieces give the bits of the whole
+        lps.append(torch.log_softmax(p, dim=-1).gather(1, t[at:at + p.shape[0], None])[:, 0])
+        tops += p.max(-1).indices.tolist()  # max's indices: argmax's, at half its time on CPU
+        at += p.shape[0]
+    return float(-torch.cat(lps).sum()), tops
 
 
 def batches_by_length(lengths: list[int], max_tokens: int, max_rows: int = 16) -> list[list[int]]:
@@ -242,9 +259,9 @@ def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_
                 cett: float = 0.2, fast: bool | None = True, thresholds: dict | None = None,
                 calibration_texts=None, batch_tokens: int = BATCH_TOKENS, what: str = "scoring",
                 progress=None, reduce=None, journal=None, tags: list | None = None) -> list[dict]:
-    """``[{label: reduce(i, logits)} per sequence]``, in order: every variant's teacher-forced logits
-    of ``seqs[i][splits[i]:]`` (the last ``keep_last`` of them, when given) from
-    :func:`tda.evaluate.scoring.batch_logits` — sequences of similar length batched (at most
+    """``[{label: reduce(i, pieces)} per sequence]``, in order: every variant's teacher-forced logits
+    of ``seqs[i][splits[i]:]`` (the last ``keep_last`` of them, when given), in row pieces whose
+    concatenation they are (:func:`tda.evaluate.scoring.batch_logit_parts`) — sequences of similar length batched (at most
     ``batch_tokens`` padded tokens), one dense prefill per batch shared by every variant whose rule
     allows batching (:func:`tda.evaluate.scoring.batchable`), the others one sequence at a time.
     Progress (with an ETA) goes to ``progress``; batches are shared out over processes.
@@ -286,14 +303,14 @@ def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_
     def one_batch(_, idx: list[int]) -> list[dict]:
         out: list[dict] = [{} for _ in idx]
         if together:
-            got = batch_logits(lm, [seqs[i] for i in idx], [splits[i] for i in idx], sessions(together),
-                               keep_last=keep_last)
+            got = batch_logit_parts(lm, [seqs[i] for i in idx], [splits[i] for i in idx], sessions(together),
+                                    keep_last=keep_last)
             for label, rows in got.items():
                 for j, i in enumerate(idx):
                     out[j][label] = reduce(i, rows[j])
         for j, i in enumerate(idx):
             if alone:
-                got = batch_logits(lm, [seqs[i]], [splits[i]], sessions(alone), keep_last=keep_last)
+                got = batch_logit_parts(lm, [seqs[i]], [splits[i]], sessions(alone), keep_last=keep_last)
                 for label, rows in got.items():
                     out[j][label] = reduce(i, rows[0])
         if journal is not None:

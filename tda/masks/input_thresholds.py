@@ -39,7 +39,8 @@ GRID = 400  # quantile levels 0, 1/GRID, ..., 1
 MAX_TOKENS_PER_TEXT = 128
 MAX_TEXTS = 32
 _LOCK = threading.Lock()
-_MEMO: dict[str, InputThresholds] = {}  # cache file -> loaded thresholds (this process)
+# cache file -> (loaded thresholds, the file they came from: the cache file or the shipped one), this process
+_MEMO: dict[str, tuple[InputThresholds, Path]] = {}
 
 
 @dataclass
@@ -192,26 +193,27 @@ def load_or_calibrate_inputs(lm, texts: list[str] | None = None, *, progress=Non
         raise BadInput("the calibration data is empty")
     path = cache_path(lm.model_id, data_hash(texts))
     with _LOCK:
-        if str(path) in _MEMO and path.exists():
-            return _MEMO[str(path)]
+        hit = _MEMO.get(str(path))
+        if hit is not None and hit[1].exists():  # a deleted cache file is calibrated anew
+            return hit[0]
         from tda.masks import validate
 
         if path.exists() and validate.cached_ok(path, "input thresholds", sink=progress):
             try:
                 cal = InputThresholds.load(path)
                 if cal.model_id == lm.model_id:
-                    _MEMO[str(path)] = cal
+                    _MEMO[str(path)] = (cal, path)
                     return cal
             except BadInput as e:
                 validate.drop(path, "input thresholds", str(e), sink=progress)
             path.unlink(missing_ok=True)
         cal = load_shipped_inputs(path.name, lm, progress)
         if cal is not None:
-            _MEMO[str(path)] = cal
+            _MEMO[str(path)] = (cal, shipped_path(path.name))
             return cal
         cal = calibrate_inputs(lm, texts, progress=progress)
         validate.refuse(validate.input_thresholds_problem(cal, GRID), path, "input-threshold file")
         write_text_atomic(path, cal.to_json())
         validate.record(path)
-        _MEMO[str(path)] = cal
+        _MEMO[str(path)] = (cal, path)
         return cal

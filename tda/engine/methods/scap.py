@@ -33,6 +33,7 @@ import torch
 
 from tda.engine.methods.token import TokenWise
 from tda.engine.tokenwise import Counter, LinearFn, masked_linear, threshold_linear
+from tda.models.derived import derived
 from tda.models.quant import QuantLinear
 
 
@@ -73,12 +74,15 @@ class SCAP(TokenWise):
             from tda.engine.tokenwise import quant_threshold_linear
 
             qwt = quant_input_major(module)
-            folded = module.qweight.dequantize().t().sum(dim=0, dtype=torch.float64) * float(c)
+            sums = derived(module, "scap.col_sums", lambda: module.qweight.dequantize().t().sum(dim=0, dtype=torch.float64))
+            folded = sums * float(c)
             if module.bias is not None:
                 folded = folded + module.bias.detach().double()
             inner = quant_threshold_linear(qwt, folded.to(torch.float32), cut, dense, counter)
             return lambda x: inner(x - c)
-        return centred_linear(input_major(module), getattr(module, "bias", None), c, cut, dense, counter)
+        wt = input_major(module)
+        sums = derived(module, ("scap.col_sums", wt.data_ptr(), wt.stride()), lambda: col_sums(wt))
+        return centred_linear(wt, getattr(module, "bias", None), c, cut, dense, counter, sums=sums)
 
 
 def strictly_above(tau: float) -> float:
@@ -95,9 +99,16 @@ def scap_calibration(lm, cfg):
     return load_or_calibrate_scap(lm, cfg.density, texts)
 
 
-def centred_linear(wt: torch.Tensor, bias, c: float, cut, dense: LinearFn, counter: Counter | None = None) -> LinearFn:
-    """``y = W·[(x - c) kept where |x - c| ≥ cut] + (b + W·c)`` over ``W_t[d_in, d_out]``."""
-    folded = wt.sum(dim=0, dtype=torch.float64) * float(c)  # W·(c·1) [d_out]
+def col_sums(wt: torch.Tensor) -> torch.Tensor:
+    """``Σ_i W_t[i, :]`` in float64 ``[d_out]`` (``W·1``) of ``W_t[d_in, d_out]``."""
+    return wt.sum(dim=0, dtype=torch.float64)
+
+
+def centred_linear(wt: torch.Tensor, bias, c: float, cut, dense: LinearFn, counter: Counter | None = None, *,
+                   sums: torch.Tensor | None = None) -> LinearFn:
+    """``y = W·[(x - c) kept where |x - c| ≥ cut] + (b + W·c)`` over ``W_t[d_in, d_out]``
+    (``sums``: :func:`col_sums` of ``wt``, when already known)."""
+    folded = (col_sums(wt) if sums is None else sums) * float(c)  # W·(c·1) [d_out]
     if bias is not None:
         folded = folded + bias.detach().double()
     inner = threshold_linear(wt, folded.to(wt.dtype), cut, dense, counter)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from tda.common.quantile import quantile
 from tda.engine.methods.thresholds import cett_thresholds
 from tda.engine.methods.token import TokenWise
 
@@ -56,7 +57,7 @@ class TT(TokenWise):
             return [None] * ffn.n_layers
         if d is not None and self.samples:
             rel = torch.cat([self.samples[L] for L in sorted(self.samples)])
-            self.scale = float(torch.quantile(rel, 1.0 - d)) if rel.numel() else 1.0
+            self.scale = float(quantile(rel, 1.0 - d)) if rel.numel() else 1.0
         self.samples = {}
         return [self.scale * self.thresholds[L] / ffn.down_norms(L).float().clamp_min(1e-12)
                 for L in range(ffn.n_layers)]
