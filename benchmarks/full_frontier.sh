@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The full-set frontier of issue #27 at density 0.5: both text sets whole, 500 cloze items a set,
-# every training-free method and the lm_head option, quality only (no free generation, no lm-eval).
+# The full-set frontier of issue #27: both text sets whole, 500 cloze items a set, every
+# training-free method and the lm_head option at densities 0.3, 0.5 and 0.7 (DENSITIES=0.5 for the
+# one-density run), quality only (no free generation, no lm-eval).
 # Resumable: every scored batch goes to benchmarks/results/frontier-gemma-3-270m-full.journal.jsonl
-# (git-ignored); rerun this same script to continue where a stopped run left off. Hours of CPU.
+# (git-ignored); rerun this same script to continue where a stopped run left off. Hours of CPU
+# (0.5 alone: about two hours on 2 cores; three densities: about three times that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec tda frontier --model gemma-3-270m --dtype fp32 --set pydoc-text,bierce-text \
-  --methods tt,griffin,tda,static,random,cats,teal,wina,chess,scap,rsparse,tt+head0.7 --densities 0.5 \
+  --methods tt,griffin,tda,static,random,cats,teal,wina,chess,scap,rsparse,tt+head0.7 \
+  --densities "${DENSITIES:-0.3,0.5,0.7}" \
   --cloze-limit 500 --gen-prompts 0 --mc-limit 0 --rounds 3 --resume \
   --out benchmarks/results/frontier-gemma-3-270m-full "$@"

@@ -921,7 +921,7 @@ def readme_full_run(root: Path) -> str:
                       for c in names)
     mm = m["model"]
     return (f"{mm['model_id']} ({mm['dtype']}, {mm.get('device', '?')}), density 0.5, every method paired with dense "
-            f"in one run on every passage of both text sets ({sizes}): `bash benchmarks/full_frontier.sh` "
+            f"in one run on every passage of both text sets ({sizes}): `{_cmd(m.get('command'))}` "
             f"({m.get('timestamp', '')[:16].replace('T', ' ')}; {_g(m.get('seconds', 0) / 60, 3)} min in the process "
             f"that finished it, which read what earlier ones had scored from the run's journal; "
             f"[full frontier](docs/results/frontier.md)):\n\n" + _table(head, rows))
