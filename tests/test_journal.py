@@ -1,6 +1,7 @@
 """The resumable scoring journal: a run stopped after some batches and rerun with the same journal
 gives the very numbers (==) of a run that never stopped, without scoring a journalled passage again;
-another variant set or CETT reuses nothing; a truncated last line is tolerated; a bad path is refused."""
+more densities of the same methods score only the new variants; another method set or CETT reuses
+nothing; a truncated last line is tolerated; a bad path is refused."""
 
 from __future__ import annotations
 
@@ -80,11 +81,11 @@ def test_values_round_trip_exactly():
 
 
 def test_keys_change_with_what_sets_the_numbers():
-    base = dict(model={"spec": "m", "format": "fp32"}, kind="perplexity", labels=["dense", "teal@0.5"], cett=0.2,
+    base = dict(model={"spec": "m", "format": "fp32"}, kind="perplexity", methods=["dense", "teal"], cett=0.2,
                 thresholds={"tt": [0.1, 0.2]}, calibration_texts=None, batch_tokens=1024, keep_last=None, fast=True)
     k = jn.run_key(**base)
-    assert jn.run_key(**{**base, "labels": ["teal@0.5", "dense"]}) == k  # the set, not the order
-    for change in ({"labels": ["dense", "teal@0.5", "cats@0.5"]}, {"cett": 0.3}, {"thresholds": {"tt": [0.1, 0.3]}},
+    assert jn.run_key(**{**base, "methods": ["teal", "dense", "teal"]}) == k  # the set: order and repeats aside
+    for change in ({"methods": ["dense", "teal", "cats"]}, {"cett": 0.3}, {"thresholds": {"tt": [0.1, 0.3]}},
                    {"batch_tokens": 512}, {"kind": "cloze"}, {"model": {"spec": "m", "format": "bf16"}},
                    {"keep_last": 4}, {"calibration_texts": ["a"]}, {"fast": False}):
         assert jn.run_key(**{**base, **change}) != k, change
@@ -93,7 +94,7 @@ def test_keys_change_with_what_sets_the_numbers():
     assert jn.unit_key(k, batch, 1) != u and jn.unit_key(k, batch[:1], 0) != u  # another batch shape
     assert jn.unit_key(k, [([1, 2, 3, 4], 3), batch[1]], 0) != u and jn.unit_key(k, batch, 0, tag=1) != u
     with pytest.raises(BadInput):
-        jn.run_key(**{**base, "labels": []})
+        jn.run_key(**{**base, "methods": []})
 
 
 def test_the_kernels_that_round_are_part_of_the_model_identity(setup, monkeypatch):
@@ -105,6 +106,13 @@ def test_the_kernels_that_round_are_part_of_the_model_identity(setup, monkeypatc
 
     monkeypatch.setattr(kernels, "backend_info", lambda: {"backend": "torch", "flags": []})
     assert jn.model_identity(lm) != ident
+
+
+def test_lines_of_one_key_merge_label_by_label():
+    data = (jn.to_line("k", 0, {"dense": 1.0, "teal@0.5": 2.0}) + jn.to_line("j", 1, {"dense": 5.0})
+            + jn.to_line("k", 0, {"teal@0.3": 3.0, "dense": 4.0})).encode()
+    entries, damaged, _ = jn.parse(data)
+    assert entries == {"k": {"dense": 4.0, "teal@0.5": 2.0, "teal@0.3": 3.0}, "j": {"dense": 5.0}} and not damaged
 
 
 def test_parse_tolerates_a_truncated_tail_and_flags_damage():
@@ -166,6 +174,37 @@ def test_other_variants_or_cett_reuse_nothing(setup, reference, tmp_path):
     assert len(_lines(path)) == 3 * n  # and journalled under its own keys
     calls = []
     assert _score(setup, journal=Journal(path), calls=calls) == reference and calls == []  # the first still holds
+
+
+def test_more_densities_score_only_the_new_variants(setup, reference, tmp_path):
+    """A run at 0.5 journalled, then the same methods at 0.5 and 0.3: the 0.5 variants and dense are
+    read back, only the 0.3 ones scored — and every number equals a fresh run at both densities
+    without a journal (so a variant's numbers do not depend on the other densities in its run)."""
+    lm, seqs, splits, vs = setup
+    both = variants(["dense", "griffin", "teal"], [0.5, 0.3])
+    fresh = _score(setup, vs=both)
+    assert [{k: r[k] for k in (v.label for v in vs)} for r in fresh] == reference
+    path = tmp_path / "j.jsonl"
+    _score(setup, journal=Journal(path))
+    scored: list[str] = []
+    real = scoring.batch_logit_parts
+
+    def spy(lm_, rows, splits_, sess, **kw):
+        if kw.get("keep_last") is None:  # not the layouts' build on a few tokens (keep_last=1)
+            scored.extend(sess)
+        return real(lm_, rows, splits_, sess, **kw)
+
+    msgs: list[str] = []
+    try:
+        scoring.batch_logit_parts = spy
+        extended = _score(setup, vs=both, journal=Journal(path), progress=msgs.append)
+    finally:
+        scoring.batch_logit_parts = real
+    assert extended == fresh and [list(r) for r in extended] == [[v.label for v in both]] * len(seqs)
+    assert set(scored) == {"griffin@0.3", "teal@0.3"}  # nothing journalled was scored again
+    assert any("0 sequences resumed from the journal, and 3 of the 5 variants of the rest" in m for m in msgs), msgs
+    again: list[int] = []
+    assert _score(setup, vs=both, journal=Journal(path), calls=again) == fresh and again == []
 
 
 def test_truncated_last_line_and_damaged_lines(setup, reference, tmp_path):

@@ -110,7 +110,8 @@ JournalOpt = typer.Option(
     help="keep every scored passage in this file (JSON lines, appended and synced as each batch is scored); "
          "rerunning the same command with the same journal continues where it stopped: passages already in it "
          "are read back, not scored again. Its folder must exist. A passage is reused only when everything "
-         "that sets its numbers is the same (model, format, methods, densities, CETT, batch size; default: off)")
+         "that sets its numbers is the same (model, format, methods, CETT, batch size); more densities of the "
+         "same methods score only the new variants (default: off)")
 ResumeOpt = typer.Option(
     False, "--resume", help="journal as --journal does, to <out folder>.journal.jsonl beside the output folder: "
                             "give --resume on the first run and again on the rerun, and the rerun continues where "

@@ -8,14 +8,17 @@ A full-set quality run scores for hours; a process that is stopped loses nothing
 
 ``results`` holds what the caller's ``reduce`` returned for each variant label: floats (JSON keeps
 Python floats exactly: ``repr`` round-trips), ints, lists, and tuples (written ``{"tuple": [...]}``
-and read back as tuples). A rerun of the same command reads the file and skips the batches whose
-every sequence is there (:func:`unit_key`).
+and read back as tuples). Lines with the same key merge, label by label (a later value wins), so a
+rerun reads every label of a sequence that any earlier run journalled under that key: the same
+command skips the batches whose every sequence is there, and the command with more densities of the
+same methods scores only the new labels (:func:`unit_key`).
 
 The **key** of a sequence changes whenever its numbers could (:func:`run_key`, :func:`unit_key`):
 the model (spec, dtype, weight format, device type), the kernels (backend, compile flags, AMX
 prefill on or off), the scoring kind (perplexity, cloze), the
-sorted labels of *every* variant of the run (a token-wise method's numbers depend on which methods
-were built in the same process: :func:`tda.evaluate.scoring.prepare_layouts`), CETT, a hash of the
+sorted methods of *every* variant of the run (a token-wise method's numbers depend on which methods
+were built in the same process, as they set the weights' layouts:
+:func:`tda.evaluate.scoring.prepare_layouts`; the densities do not), CETT, a hash of the
 thresholds and of the calibration texts, the batch size in tokens, the logits kept, the fast
 path, and the token ids and split point (what the prefix fraction sets) of the sequence *and of
 every sequence in its batch* (the batch's shape sets the rounding of the batched variants). A line
@@ -38,7 +41,7 @@ from pathlib import Path
 
 from tda.common.errors import BadInput
 
-VERSION = 1  # part of every key: a change of the line format or of the key's parts bumps it
+VERSION = 2  # part of every key: a change of the line format or of the key's parts bumps it
 
 
 # ----- keys (pure) --------------------------------------------------------------------------------
@@ -89,12 +92,13 @@ def kernels_identity(*, quantized: bool = False) -> dict:
     return got
 
 
-def run_key(*, model: dict, kind: str, labels: list[str], cett: float, thresholds, calibration_texts,
+def run_key(*, model: dict, kind: str, methods: list[str], cett: float, thresholds, calibration_texts,
             batch_tokens: int, keep_last: int | None, fast) -> str:
-    """The part of every sequence's key that one :func:`tda.evaluate.scoring.score_units` call shares."""
-    if not kind or not labels:
-        raise BadInput("a journal key needs the scoring kind and the variant labels")
-    return digest({"v": VERSION, "model": model, "kind": kind, "labels": sorted(labels), "cett": float(cett),
+    """The part of every sequence's key that one :func:`tda.evaluate.scoring.score_units` call shares;
+    ``methods``: the method of every variant of the run (a set: order and repeats do not count)."""
+    if not kind or not methods:
+        raise BadInput("a journal key needs the scoring kind and the variants' methods")
+    return digest({"v": VERSION, "model": model, "kind": kind, "methods": sorted(set(methods)), "cett": float(cett),
                    "thresholds": digest(thresholds or {}), "calibration": digest(calibration_texts),
                    "batch_tokens": int(batch_tokens), "keep_last": keep_last, "fast": fast})
 
@@ -149,7 +153,8 @@ def parse_line(line: str) -> tuple[str, dict]:
 def parse(data: bytes) -> tuple[dict[str, dict], list[int], int]:
     """``(entries {key: results}, damaged line numbers (1-based), complete_bytes)`` of a journal's
     bytes. The part after the last newline is a truncated line: not parsed, not damage;
-    ``complete_bytes`` is where it starts. A later line with the same key wins."""
+    ``complete_bytes`` is where it starts. Lines with the same key merge label by label: a later
+    line's value of a label wins."""
     end = data.rfind(b"\n") + 1
     entries: dict[str, dict] = {}
     damaged = []
@@ -161,7 +166,7 @@ def parse(data: bytes) -> tuple[dict[str, dict], list[int], int]:
         except (ValueError, UnicodeDecodeError):
             damaged.append(n)
             continue
-        entries[key] = res
+        entries.setdefault(key, {}).update(res)
     return entries, damaged, end
 
 

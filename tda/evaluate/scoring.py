@@ -269,8 +269,10 @@ def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_
     Progress (with an ETA) goes to ``progress``; batches are shared out over processes.
 
     ``journal`` (a :class:`tda.evaluate.journal.Journal`): each scored batch is appended to it, and
-    a batch whose every sequence it already holds under the same key is not scored again (its
-    results are read back: the same values; a batch only partly there is scored whole). ``what`` is
+    the variants whose results it already holds for every sequence of a batch under the same key
+    are not scored again for that batch (their results are read back: the same values; a batch only
+    partly there is scored whole for the variants it lacks). The key names the run's methods, not
+    its densities, so a run with more densities of the same methods scores only the new ones. ``what`` is
     the scoring kind in the key; ``tags[i]``: whatever else ``reduce(i, ...)`` depends on beyond the
     sequence and its split (e.g. a cloze target's token count), part of sequence ``i``'s key."""
     from tda.common import distributed
@@ -281,8 +283,6 @@ def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_
     if len(seqs) != len(splits) or (tags is not None and len(tags) != len(seqs)):
         raise BadInput("score_units needs one split point (and one tag, when given) per sequence")
     thresholds = thresholds or {}
-    together = [v for v in vs if batchable(v.method)]
-    alone = [v for v in vs if not batchable(v.method)]
 
     def sessions(group):
         return {v.label: SparseSession(lm, v.method, density=v.density, cett=cett, fast=fast,
@@ -293,26 +293,31 @@ def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_
     keys, resumed = _journal_lookup(lm, seqs, splits, vs, batches, journal, what=what, cett=cett, fast=fast,
                                     thresholds=thresholds, calibration_texts=calibration_texts,
                                     batch_tokens=batch_tokens, keep_last=keep_last, tags=tags, progress=progress)
-    todo = [b for b in batches if not all(i in resumed for i in b)]
-    n_resumed = sum(len(b) for b in batches) - sum(len(b) for b in todo)
-    total = sum(len(seqs[i]) for b in todo for i in b)
+    todo = [(b, [v for v in vs if not all(v.label in resumed.get(i, ()) for i in b)]) for b in batches]
+    todo = [(b, missing) for b, missing in todo if missing]
+    n_resumed = sum(len(b) for b in batches) - sum(len(b) for b, _ in todo)
+    total = sum(len(seqs[i]) for b, _ in todo for i in b)
     prepare_layouts(lm, seqs, sessions(vs))  # even when everything is resumed: later work sees the same layouts
     done = [0]
+    n_new = max((len(missing) for _, missing in todo), default=0)
     t = task(f"{what}: {len(seqs)} sequences × {len(vs)} variants, {len(todo)} batches"
-             + (f" ({n_resumed} sequences resumed from the journal)" if journal is not None else ""), total,
-             sink=progress, unit="tokens") if progress is not None and todo else None
+             + (f" ({n_resumed} sequences resumed from the journal"
+                + (f", and {len(vs) - n_new} of the {len(vs)} variants of the rest" if n_new < len(vs) else "") + ")"
+                if journal is not None else ""), total, sink=progress, unit="tokens") \
+        if progress is not None and todo else None
 
-    def one_batch(_, idx: list[int]) -> list[dict]:
+    def one_batch(_, work: tuple[list[int], list]) -> list[dict]:
+        idx, missing = work
         out: list[dict] = [{} for _ in idx]
-        if together:
-            got = batch_logit_parts(lm, [seqs[i] for i in idx], [splits[i] for i in idx], sessions(together),
+        if together_now := [v for v in missing if batchable(v.method)]:
+            got = batch_logit_parts(lm, [seqs[i] for i in idx], [splits[i] for i in idx], sessions(together_now),
                                     keep_last=keep_last)
             for label, rows in got.items():
                 for j, i in enumerate(idx):
                     out[j][label] = reduce(i, rows[j])
-        for j, i in enumerate(idx):
-            if alone:
-                got = batch_logit_parts(lm, [seqs[i]], [splits[i]], sessions(alone), keep_last=keep_last)
+        if alone_now := [v for v in missing if not batchable(v.method)]:
+            for j, i in enumerate(idx):
+                got = batch_logit_parts(lm, [seqs[i]], [splits[i]], sessions(alone_now), keep_last=keep_last)
                 for label, rows in got.items():
                     out[j][label] = reduce(i, rows[0])
         if journal is not None:
@@ -336,24 +341,27 @@ def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_
     if t is not None:
         t.done()
     res: list[dict] = [dict(resumed.get(i, {})) for i in range(len(seqs))]
-    for idx, rows in zip(todo, per_batch):
+    for (idx, _), rows in zip(todo, per_batch):
         for i, r in zip(idx, rows):
-            res[i] = r
-    return res
+            res[i].update(r)
+    order = [v.label for v in vs]
+    return [{label: r[label] for label in order} for r in res]
 
 
 def _journal_lookup(lm, seqs, splits, vs, batches, journal, *, what, cett, fast, thresholds, calibration_texts,
                     batch_tokens, keep_last, tags, progress) -> tuple[list[str] | None, dict[int, dict]]:
-    """``(key per sequence, {i: results} of the sequences the journal holds)``; ``(None, {})``
-    without a journal. The main process reads the file and every process gets the same answer."""
+    """``(key per sequence, {i: {label: result}} of the variants the journal holds for each
+    sequence)``; ``(None, {})`` without a journal. The main process reads the file and every process
+    gets the same answer."""
     if journal is None:
         return None, {}
     from tda.common import distributed
     from tda.evaluate import journal as jn
 
-    labels = [v.label for v in vs]
-    run = jn.run_key(model=jn.model_identity(lm), kind=what, labels=labels, cett=cett, thresholds=thresholds,
-                     calibration_texts=calibration_texts, batch_tokens=batch_tokens, keep_last=keep_last, fast=fast)
+    labels = {v.label for v in vs}
+    run = jn.run_key(model=jn.model_identity(lm), kind=what, methods=[v.method for v in vs], cett=cett,
+                     thresholds=thresholds, calibration_texts=calibration_texts, batch_tokens=batch_tokens,
+                     keep_last=keep_last, fast=fast)
     keys: list[str] = [""] * len(seqs)
     for b in batches:
         rows = [(seqs[i], splits[i]) for i in b]
@@ -362,6 +370,7 @@ def _journal_lookup(lm, seqs, splits, vs, batches, journal, *, what, cett, fast,
 
     def lookup() -> dict[int, dict]:
         have = journal.read(warn=progress)
-        return {i: have[k] for i, k in enumerate(keys) if k in have and set(have[k]) == set(labels)}
+        got = {i: {label: v for label, v in have[k].items() if label in labels} for i, k in enumerate(keys) if k in have}
+        return {i: r for i, r in got.items() if r}
 
     return keys, distributed.on_main(lookup)
