@@ -899,12 +899,13 @@ def readme_full_run(root: Path) -> str:
     per corpus (perplexity and cloze), its decode speedup, and the run's command and time."""
     d = _load(root, f"{FULL_RUN}/frontier.json")
     names = list(d.get("corpora") or {})
-    per = {c: {r["method"]: r for r in d["corpora"][c]["rows"]} for c in names}
+    at = 0.5  # the headline density; a run at several densities is shown whole on the frontier page
+    per = {c: {r["method"]: r for r in d["corpora"][c]["rows"] if r.get("density_target") == at} for c in names}
     head = ["method @0.5"] + [f"Δppl {c} [paired 95%]" for c in names] + [f"Δcloze {c}" for c in names] + [
         "decode speedup [95%]"]
     rows = []
     for r in d["rows"]:
-        if r["method"] == "dense":
+        if r["method"] == "dense" or r.get("density_target") != at:
             continue
         cells = [r["method"]]
         cells += [_pct_delta(*(per[c].get(r["method"], {}).get(k) for k in

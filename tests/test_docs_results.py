@@ -123,3 +123,31 @@ def test_ceiling_gaps_take_each_methods_newest_run_per_format(tmp_path):
     assert [r["method"] for r in gaps["fp32"]] == ["teal"] and gaps["fp32"][0]["file"] == "latency-llama-1b-b.json"
     assert abs(gaps["fp32"][0]["share"] - 0.75) < 1e-9 and abs(gaps["gguf"][0]["share"] - 0.5) < 1e-9
     assert "teal 75% (1.60× of 1.80×)" in report.readme_ceiling_gaps(tmp_path)
+
+
+def test_readme_full_run_shows_density_half_of_a_multi_density_run(tmp_path):
+    """The README headline of the full-set run: the 0.5 rows only, each corpus's paired Δ of the same
+    method at the same density (a run at 0.3/0.5/0.7 must not mix densities), the stored command."""
+    import json
+
+    report = _report()
+    folder = tmp_path / report.RESULTS / report.FULL_RUN
+    folder.mkdir(parents=True)
+
+    def row(method, dens, ppl, speed):
+        return {"method": method, "density_target": dens, "ppl_delta_pct": ppl, "ppl_delta_pct_lo": ppl - 1,
+                "ppl_delta_pct_hi": ppl + 1, "cloze_acc_delta": -0.01, "cloze_acc_delta_lo": -0.02,
+                "cloze_acc_delta_hi": 0.0, "decode_speedup": speed, "speedup_lo": speed - 0.01,
+                "speedup_hi": speed + 0.01}
+
+    rows = [{"method": "dense", "density_target": None, "decode_speedup": 1.0}] + [row("teal", d, p, s) for d, p, s in
+                                             ((0.3, 90.0, 1.3), (0.5, 40.0, 1.1), (0.7, 10.0, 1.05))]
+    corpora = {c: {"rows": [dict(r, ppl_delta_pct=r["ppl_delta_pct"] + k) if "ppl_delta_pct" in r else r for r in rows],
+                   "texts": 5, "cloze_items": 7} for k, c in ((0, "pydoc-text"), (3, "bierce-text"))}
+    meta = {"model": {"model_id": "m", "dtype": "float32", "device": "cpu"}, "timestamp": "2026-12-06T15:00:00",
+            "seconds": 600, "command": {"model": "m", "densities": [0.3, 0.5, 0.7]}}
+    (folder / "frontier.json").write_text(json.dumps({"rows": rows, "meta": meta, "corpora": corpora}))
+    text = report.readme_full_run(tmp_path)
+    lines = [x for x in text.splitlines() if x.startswith("| teal")]
+    assert len(lines) == 1 and "+40.0%" in lines[0] and "+43.0%" in lines[0] and "1.100×" in lines[0], text
+    assert "+90" not in text and "+10.0%" not in text and "--densities 0.3,0.5,0.7" in text
