@@ -3,8 +3,10 @@
 # training-free method and the lm_head option at densities 0.3, 0.5 and 0.7 (DENSITIES=0.5 for the
 # one-density run), quality only (no free generation, no lm-eval).
 # Resumable: every scored batch goes to benchmarks/results/frontier-gemma-3-270m-full.journal.jsonl
-# (git-ignored); rerun this same script to continue where a stopped run left off. Hours of CPU
-# (0.5 alone: about two hours on 2 cores; three densities: about three times that).
+# (git-ignored); rerun this same script to continue where a stopped run left off. The journal keys on
+# the methods, not the densities, so the three-density run reads what the run at 0.5 (DENSITIES=0.5)
+# scored and adds only the 0.3 and 0.7 variants. Hours of CPU on 2 cores (the methods at one density:
+# several hours; the two further densities: about twice that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec tda frontier --model gemma-3-270m --dtype fp32 --set pydoc-text,bierce-text \
