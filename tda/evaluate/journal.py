@@ -32,6 +32,7 @@ processes of one distributed job share it: each appends whole lines with one ``O
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -264,12 +265,10 @@ class Journal:
             raise BadInput(f"cannot write journal {self.path}: {e.strerror or e}") from None
 
     def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:  # closed already: nothing is lost, every append was synced
-                pass
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
 
     def __del__(self):
         try:

@@ -299,6 +299,7 @@ def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_
     total = sum(len(seqs[i]) for b, _ in todo for i in b)
     prepare_layouts(lm, seqs, sessions(vs))  # even when everything is resumed: later work sees the same layouts
     done = [0]
+    together = {v.label for v in vs if batchable(v.method)}  # the rest is scored one sequence at a time
     n_new = max((len(missing) for _, missing in todo), default=0)
     t = task(f"{what}: {len(seqs)} sequences × {len(vs)} variants, {len(todo)} batches"
              + (f" ({n_resumed} sequences resumed from the journal"
@@ -309,13 +310,13 @@ def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_
     def one_batch(_, work: tuple[list[int], list]) -> list[dict]:
         idx, missing = work
         out: list[dict] = [{} for _ in idx]
-        if together_now := [v for v in missing if batchable(v.method)]:
+        if together_now := [v for v in missing if v.label in together]:
             got = batch_logit_parts(lm, [seqs[i] for i in idx], [splits[i] for i in idx], sessions(together_now),
                                     keep_last=keep_last)
             for label, rows in got.items():
                 for j, i in enumerate(idx):
                     out[j][label] = reduce(i, rows[j])
-        if alone_now := [v for v in missing if not batchable(v.method)]:
+        if alone_now := [v for v in missing if v.label not in together]:
             for j, i in enumerate(idx):
                 got = batch_logit_parts(lm, [seqs[i]], [splits[i]], sessions(alone_now), keep_last=keep_last)
                 for label, rows in got.items():
