@@ -3,7 +3,8 @@
 # training-free method and the lm_head option at densities 0.3, 0.5 and 0.7 (DENSITIES=0.5 for the
 # one-density run), quality only (no free generation, no lm-eval).
 # Resumable: every scored batch goes to benchmarks/results/frontier-gemma-3-270m-full.journal.jsonl
-# (git-ignored); rerun this same script to continue where a stopped run left off. The journal keys on
+# (committed, unlike other journals: commit it as the run goes, and a fresh clone resumes there); rerun
+# this same script to continue where a stopped run left off. The journal keys on
 # the methods, not the densities, so the three-density run reads what the run at 0.5 (DENSITIES=0.5)
 # scored and adds only the 0.3 and 0.7 variants. Hours of CPU on 2 cores (the methods at one density:
 # several hours; the two further densities: about twice that).
