@@ -151,3 +151,13 @@ def test_readme_full_run_shows_density_half_of_a_multi_density_run(tmp_path):
     lines = [x for x in text.splitlines() if x.startswith("| teal")]
     assert len(lines) == 1 and "+40.0%" in lines[0] and "+43.0%" in lines[0] and "1.100×" in lines[0], text
     assert "+90" not in text and "+10.0%" not in text and "--densities 0.3,0.5,0.7" in text
+    assert "10 min in the process that finished it" in text and "by its journal" not in text
+
+
+def test_run_time_adds_the_journal_s_scoring_time_of_a_resumed_run():
+    report = _report()
+    meta = {"seconds": 600, "journal_scoring": {"seconds": 7200.0, "lines": 10, "timed_lines": 10}}
+    assert report._run_time(meta) == ("10 min in the process that finished it; scoring in all processes "
+                                      "together: 120 min by its journal")
+    meta["journal_scoring"] = {"seconds": 7200.0, "lines": 10, "timed_lines": 4}
+    assert "4 of its 10 lines timed" in report._run_time(meta)

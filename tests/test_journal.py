@@ -115,6 +115,20 @@ def test_lines_of_one_key_merge_label_by_label():
     assert entries == {"k": {"dense": 4.0, "teal@0.5": 2.0, "teal@0.3": 3.0}, "j": {"dense": 5.0}} and not damaged
 
 
+def test_scoring_time_sums_the_timed_lines_and_counts_the_rest(tmp_path):
+    data = (jn.to_line("k", 0, {"dense": 1.0}, 2.5) + jn.to_line("k", 1, {"dense": 2.0})  # an older, untimed line
+            + jn.to_line("j", 0, {"teal@0.3": 3.0}, 0.25) + "not json\n" + '{"key": "k", "i": 2, "res').encode()
+    assert jn.scoring_time(data) == {"seconds": 2.8, "lines": 3, "timed_lines": 2}
+    assert jn.parse(data)[0] == {"k": {"dense": 2.0}, "j": {"teal@0.3": 3.0}}  # the time is not a result
+    with pytest.raises(BadInput, match="scoring time"):
+        jn.to_line("k", 0, {}, -1.0)
+    assert Journal(tmp_path / "none.jsonl").scoring_time() == {"seconds": 0.0, "lines": 0, "timed_lines": 0}
+    j = Journal(tmp_path / "a.jsonl")
+    j.append([("k", 0, {"d": 1.0}), ("k", 1, {"d": 2.0})], seconds=3.0)
+    j.close()
+    assert [x["s"] for x in _lines(tmp_path / "a.jsonl")] == [1.5, 1.5]
+
+
 def test_parse_tolerates_a_truncated_tail_and_flags_damage():
     good = [jn.to_line(f"k{n}", n, {"dense": float(n)}) for n in range(3)]
     data = (good[0] + "{not json\n" + good[1] + good[2][:-9]).encode()
@@ -159,6 +173,13 @@ def test_interrupted_then_resumed_equals_uninterrupted(setup, reference, tmp_pat
         scoring.batch_logits = real
     assert again == reference and calls == [] and len(seen) == 1
     assert any(f"all {len(seqs)} sequences resumed" in m for m in msgs)
+    # every line carries its share of its batch's scoring time; the total spans both processes
+    lines = _lines(path)
+    assert len(lines) == len(seqs) and all(x["s"] > 0 for x in lines)
+    first = [x["s"] for x in lines if x["i"] in batches[0]]
+    assert len(set(first)) == 1  # one batch's time, shared out evenly
+    got = Journal(path).scoring_time()
+    assert got == {"seconds": round(sum(x["s"] for x in lines), 1), "lines": len(seqs), "timed_lines": len(seqs)}
 
 
 def test_other_variants_or_cett_reuse_nothing(setup, reference, tmp_path):
@@ -331,3 +352,21 @@ def test_two_processes_share_a_journal(run_cli, tmp_path):
     assert code == 0 and "all 8 sequences resumed from the journal" in err, err
     two, one = (json.loads((tmp_path / d / "quality.json").read_text()) for d in ("two", "one"))
     assert one["per_text"] == two["per_text"] and len(_lines(path)) == 8
+
+
+def test_frontier_resume_records_the_journal_s_scoring_time(run_cli, tmp_out):
+    """`tda frontier --resume`: the stored meta gives the scoring time every process journalled
+    (the total of a run resumed over several processes), the rerun adding none of its own."""
+    args = ("frontier", "--model", "tiny-llama", "--methods", "griffin", "--densities", "0.5", "--rounds", "1",
+            "--prompt-tokens", "8", "--new-tokens", "3", "--limit", "2", "--mc-limit", "0", "--cloze-limit", "2",
+            "--gen-prompts", "0", "--bandwidth-mb", "8", "--boot-iters", "50", "--out", tmp_out / "f", "--resume")
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    first = json.loads((tmp_out / "f" / "frontier.json").read_text())["meta"]["journal_scoring"]
+    lines = _lines(tmp_out / "f.journal.jsonl")
+    assert first["lines"] == first["timed_lines"] == len(lines) >= 4  # 2 texts + 2 cloze items
+    assert first["seconds"] == round(sum(x["s"] for x in lines), 1) > 0
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    again = json.loads((tmp_out / "f" / "frontier.json").read_text())["meta"]["journal_scoring"]
+    assert again == first

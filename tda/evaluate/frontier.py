@@ -196,6 +196,8 @@ def run_frontier(lm, methods: list[str], densities: list[float], *, rounds: int 
         "roofline": "bytes read per step ÷ streaming-read bandwidth of this run; roofline_pct = roofline ÷ measured",
         "batch_tokens": batch_tokens, "seconds": round(time.perf_counter() - t0, 1), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if journal is not None:  # a run resumed over several processes: what its scoring cost in all
+        meta["journal_scoring"] = journal.scoring_time()
     out = {"rows": rows, "verdicts": vrows, "meta": meta, "bench": bench,
            "quality": {k: quality[k] for k in _KEEP if k in quality}}
     if len(corpora) > 1:

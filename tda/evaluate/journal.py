@@ -4,7 +4,11 @@ A full-set quality run scores for hours; a process that is stopped loses nothing
 :func:`tda.evaluate.scoring.score_units` appends one line per sequence once its batch is scored
 (one write, flushed and fsynced)::
 
-    {"key": "<hex>", "i": 12, "results": {"dense": [12.5, [464, 3290]], "griffin@0.5": ...}}
+    {"key": "<hex>", "i": 12, "results": {"dense": [12.5, [464, 3290]], "griffin@0.5": ...}, "s": 1.84}
+
+``s`` (optional: lines of older runs lack it) is the line's share of its batch's scoring seconds, so
+that a run resumed over several processes still knows what its scoring cost in all
+(:func:`scoring_time`).
 
 ``results`` holds what the caller's ``reduce`` returned for each variant label: floats (JSON keeps
 Python floats exactly: ``repr`` round-trips), ints, lists, and tuples (written ``{"tuple": [...]}``
@@ -135,10 +139,15 @@ def decode_value(x):
     return x
 
 
-def to_line(key: str, i: int, results: dict) -> str:
-    """One journal line (``\\n``-terminated) for sequence ``i``'s ``{label: value}``."""
-    return json.dumps({"key": key, "i": int(i), "results": {str(k): encode_value(v) for k, v in results.items()}},
-                      separators=(",", ":")) + "\n"
+def to_line(key: str, i: int, results: dict, seconds: float | None = None) -> str:
+    """One journal line (``\\n``-terminated) for sequence ``i``'s ``{label: value}`` (``seconds``: its
+    share of the batch's scoring time)."""
+    d = {"key": key, "i": int(i), "results": {str(k): encode_value(v) for k, v in results.items()}}
+    if seconds is not None:
+        if not seconds >= 0:
+            raise BadInput(f"a scoring time must be >= 0 seconds, got {seconds}")
+        d["s"] = round(float(seconds), 3)
+    return json.dumps(d, separators=(",", ":")) + "\n"
 
 
 def parse_line(line: str) -> tuple[str, dict]:
@@ -168,6 +177,25 @@ def parse(data: bytes) -> tuple[dict[str, dict], list[int], int]:
             continue
         entries.setdefault(key, {}).update(res)
     return entries, damaged, end
+
+
+def scoring_time(data: bytes) -> dict:
+    """``{"seconds", "lines", "timed_lines"}`` of a journal's bytes: the scoring seconds its complete
+    lines record (summed over every process that appended to it) and how many lines carry one."""
+    total, lines, timed = 0.0, 0, 0
+    for raw in data[:data.rfind(b"\n") + 1].split(b"\n")[:-1]:
+        try:
+            d = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if not isinstance(d, dict) or "key" not in d:
+            continue
+        lines += 1
+        s = d.get("s")
+        if isinstance(s, (int, float)) and not isinstance(s, bool) and s >= 0:
+            total += float(s)
+            timed += 1
+    return {"seconds": round(total, 1), "lines": lines, "timed_lines": timed}
 
 
 # ----- the file ------------------------------------------------------------------------------------
@@ -246,11 +274,13 @@ class Journal:
                 raise BadInput(f"cannot write journal {self.path}: {e.strerror or e}") from None
         return entries
 
-    def append(self, rows: list[tuple[str, int, dict]]) -> None:
-        """Append ``[(key, i, {label: value})]`` as one write, flushed and fsynced."""
+    def append(self, rows: list[tuple[str, int, dict]], seconds: float | None = None) -> None:
+        """Append ``[(key, i, {label: value})]`` as one write, flushed and fsynced; ``seconds``: the
+        batch's scoring time, shared out evenly over its lines."""
         if not rows:
             return
-        data = "".join(to_line(k, i, r) for k, i, r in rows).encode()
+        share = None if seconds is None else seconds / len(rows)
+        data = "".join(to_line(k, i, r, share) for k, i, r in rows).encode()
         try:
             if self._fd is None:
                 if self.create_folder:
@@ -263,6 +293,15 @@ class Journal:
             os.fsync(self._fd)
         except OSError as e:
             raise BadInput(f"cannot write journal {self.path}: {e.strerror or e}") from None
+
+    def scoring_time(self) -> dict:
+        """:func:`scoring_time` of the file (zeros when it does not exist yet)."""
+        try:
+            return scoring_time(self.path.read_bytes())
+        except FileNotFoundError:
+            return {"seconds": 0.0, "lines": 0, "timed_lines": 0}
+        except OSError as e:
+            raise BadInput(f"cannot read journal {self.path}: {e.strerror or e}") from None
 
     def close(self) -> None:
         if self._fd is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import time
 from collections import defaultdict
 
 import torch
@@ -309,6 +310,7 @@ def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_
 
     def one_batch(_, work: tuple[list[int], list]) -> list[dict]:
         idx, missing = work
+        t0 = time.perf_counter()
         out: list[dict] = [{} for _ in idx]
         if together_now := [v for v in missing if v.label in together]:
             got = batch_logit_parts(lm, [seqs[i] for i in idx], [splits[i] for i in idx], sessions(together_now),
@@ -322,7 +324,7 @@ def score_units(lm, seqs: list[list[int]], splits: list[int], vs: list, *, keep_
                 for label, rows in got.items():
                     out[j][label] = reduce(i, rows[0])
         if journal is not None:
-            journal.append([(keys[i], i, r) for i, r in zip(idx, out)])
+            journal.append([(keys[i], i, r) for i, r in zip(idx, out)], seconds=time.perf_counter() - t0)
         # a batch's sessions hold their slices, KV copies and logits in reference cycles (closures
         # over the session), freed only by the cyclic collector, which counts objects, not bytes; and
         # the hundreds of MB of tensors a batch frees stay in glibc's fragmenting heap unless trimmed.
