@@ -8,11 +8,14 @@ process of its own, rounds alternating:
 - ``default``       a decode step's row on the AVX512-VNNI integer tiles, weights in huge pages;
 - ``blocks GEMV``   ``TDA_NO_VNNI_GEMV=1``: the blocks' own fp32 GEMVs (what the tiles replace);
 - ``AMX-INT8``      ``TDA_AMX_GEMV=1``: the same tiles through AMX-INT8 (opt-in);
-- ``no huge pages`` ``TDA_HUGEPAGES=0``: the default kernels, weights in base pages.
+- ``no huge pages`` ``TDA_HUGEPAGES=0``: the default kernels, weights in base pages;
+- ``lm_head on tiles`` ``TDA_HEAD_TILES=1``: the lm_head's decode rows on integer tiles too (a second
+  copy of the largest weight; :func:`tda.engine.quant_kernels.head_tiles`).
 
 Each process times greedy ``generate`` with 4 and with 4 + ``--new-tokens`` new tokens (dense, the
 same prompt) three times and takes the median of the differences per token: ms per decode step,
-prefill and start-up left out. Writes ``benchmarks/results/decode-kernels-<model>.json``;
+prefill and start-up left out. Writes ``benchmarks/results/decode-kernels-<model>.json`` (with the CPU's
+name: which choice wins depends on it);
 ``benchmarks/report.py`` renders it on the quantized-format results page. Run on a quiet machine.
 """
 
@@ -34,6 +37,7 @@ CHOICES = {
     "blocks GEMV": {"TDA_NO_VNNI_GEMV": "1"},
     "AMX-INT8": {"TDA_AMX_GEMV": "1"},
     "no huge pages": {"TDA_HUGEPAGES": "0"},
+    "lm_head on tiles": {"TDA_HEAD_TILES": "1"},
 }
 _CHILD = """
 import json, statistics, sys, time
@@ -72,6 +76,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
+    from tda.evaluate.bench import machine_info
+
     if a.rounds < 1 or a.new_tokens < 1 or a.threads < 1:
         ap.error("--rounds, --new-tokens and --threads must be at least 1")
     rounds: dict[str, list[float]] = {k: [] for k in CHOICES}
@@ -85,7 +91,7 @@ def main(argv=None) -> dict:
     med = {k: statistics.median(v) for k, v in rounds.items()}
     out = {
         "model": a.model, "prompt": PROMPT, "new_tokens": a.new_tokens, "rounds": a.rounds, "threads": a.threads,
-        "timestamp": time.strftime("%Y-%m-%d %H:%M"),
+        "timestamp": time.strftime("%Y-%m-%d %H:%M"), "cpu": machine_info()["cpu"],
         "command": "python benchmarks/decode_kernels.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "choices": {k: {"env": CHOICES[k], "kernel": kernels[k], "ms_per_token": med[k], "rounds_ms": rounds[k],
                         "default_speedup": med[k] / med["default"]} for k in CHOICES},

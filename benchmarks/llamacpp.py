@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -226,6 +227,7 @@ def main(argv=None) -> dict:
         "model": str(path.name), "file_bytes": file_bytes, "prompt": args.prompt, "prompt_tokens": len(prompt_ids),
         "new_tokens": args.new_tokens, "threads": args.threads, "rounds": pr["rounds_run"],
         "llama_cpp_python": __import__("llama_cpp").__version__, "llama_extra_bufts": extra, "machine": machine_info(),
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("TDA_")},  # our kernel choices
         "bandwidth_rounds_gbps": bw_rounds, "results": rows,
         "llamacpp_effective_gbps": [file_bytes / (ms / 1000) / 1e9 for ms in llama_ms],
         "note": ("paired rounds, llama.cpp measured first and after every 2 variants (order rotating); ratio = mean of "

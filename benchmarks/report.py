@@ -558,7 +558,8 @@ LLAMACPP_HEAD = ["runtime / format", "decode ms/token (median)", "tokens/s", "to
 
 def llamacpp_command(d: dict) -> str:
     variants = ",".join(k for k in d["results"] if k != "llamacpp")
-    return (f"python benchmarks/llamacpp.py --threads {d['threads']} --rounds {d['rounds']} "
+    env = "".join(f"{k}={v} " for k, v in (d.get("env") or {}).items())
+    return (f"{env}python benchmarks/llamacpp.py --threads {d['threads']} --rounds {d['rounds']} "
             f"--new-tokens {d['new_tokens']} --variants {variants}")
 
 
@@ -572,7 +573,8 @@ def quantized_page(root: Path) -> str:
         eff = d.get("llamacpp_effective_gbps") or []
         body.append(
             f"## `{p.name}`\n\n{d['model']}: prompt {d['prompt_tokens']} tokens, {d['new_tokens']} new tokens greedy, "
-            f"{d['threads']} threads, {d['rounds']} paired rounds (llama-cpp-python {d['llama_cpp_python']}), "
+            f"{d['threads']} threads{', ' + d['machine']['cpu'] if d.get('machine', {}).get('cpu') else ''}, "
+            f"{d['rounds']} paired rounds (llama-cpp-python {d['llama_cpp_python']}), "
             f"{d['timestamp']}. Command: `{llamacpp_command(d)}`.\n\n" + _table(LLAMACPP_HEAD, rows)
             + (f"\nllama.cpp streamed its file at {min(eff):.1f}–{max(eff):.1f} GB/s over the rounds; the per-round "
                f"bandwidth probe read {min(d['bandwidth_rounds_gbps']):.1f}–{max(d['bandwidth_rounds_gbps']):.1f} GB/s.\n"
@@ -599,7 +601,8 @@ def quantized_page(root: Path) -> str:
     for p in sorted((root / RESULTS).glob("decode-kernels-*.json")):
         d = json.loads(p.read_text())
         body.append(f"## `{p.name}`\n\nA whole dense decode step of {d['model']} in the quantized format under each "
-                    f"kernel choice, each in a fresh process of its own ({d['threads']} threads, {d['new_tokens']} "
+                    f"kernel choice, each in a fresh process of its own ({d.get('cpu') or 'CPU not recorded'}, "
+                    f"{d['threads']} threads, {d['new_tokens']} "
                     f"greedy tokens, medians of {d['rounds']} alternating rounds; {d['timestamp']}; command: "
                     f"`{d['command']}`).\n")
         body.append(_table(["choice", "environment", "decode kernel", "ms/token", "the default's speed vs it"],

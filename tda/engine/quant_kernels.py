@@ -140,8 +140,9 @@ def blocks_linear(x: torch.Tensor, bw: BlockWeight, bias: torch.Tensor | None = 
 TILE_GEMV_TYPES = ("Q8_0", "Q5_0", "Q4_0", "Q4_K", "Q6_K")  # what csrc/int8_tiles.h lays out
 AMX_GEMV_MIN_WEIGHTS = 1 << 19  # smaller weights (Gemma 3 270M's k/v projections) ran slower on AMX
 # larger weights (lm_heads: Gemma 3 270M's is 262144 x 640 in Q8_0) stay on the blocks' GEMV, which
-# read that one faster than its tiles did (6.4-6.7 against 7.6-8.0 ms, alternating calls), and a
-# second layout would hold the largest weight of the model twice
+# read that one faster than its tiles did on a Sapphire Rapids Xeon (6.4-6.7 against 7.6-8.0 ms,
+# alternating calls), and a second layout would hold the largest weight of the model twice -- unless
+# TDA_HEAD_TILES=1 (head_tiles): on an AMD EPYC the tiles read it faster (8.8 against 11.1 ms)
 TILE_GEMV_MAX_WEIGHTS = 1 << 25
 _TILE_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (blocks, (packed, st, mt))
 
@@ -163,10 +164,19 @@ def decode_kernel(ops=None) -> str | None:
     return None
 
 
+def head_tiles() -> bool:
+    """Whether weights above :data:`TILE_GEMV_MAX_WEIGHTS` (an lm_head) take the integer tiles too:
+    opt-in with ``TDA_HEAD_TILES=1``. Their tiles are a second copy of the largest weight (the
+    blocks stay: the embedding gathers and the prefill read them; Gemma 3 270M: +189 MB), which a
+    decode step reads instead of the blocks; on an AMD EPYC (AVX-512 on 256-bit units) that made a
+    Gemma 3 270M gguf step 16.2 → 13.1 ms, on a Sapphire Rapids Xeon the blocks read faster."""
+    return os.environ.get("TDA_HEAD_TILES") == "1"
+
+
 def _takes_tiles(bw: BlockWeight, kernel: str | None) -> bool:
     n, d = bw.shape
     return (kernel is not None and bw.qtype in TILE_GEMV_TYPES and not n % 16 and not d % 64
-            and bw.blocks.device.type == "cpu" and n * d <= TILE_GEMV_MAX_WEIGHTS
+            and bw.blocks.device.type == "cpu" and (n * d <= TILE_GEMV_MAX_WEIGHTS or head_tiles())
             and (kernel != "amx" or n * d >= AMX_GEMV_MIN_WEIGHTS))
 
 
@@ -196,7 +206,7 @@ def tile_layout(bw: BlockWeight, ops=None, owner=None) -> tuple[torch.Tensor, to
     None)``, made once per ``owner`` module (while it holds the same blocks) and kept beside them;
     None where :func:`decode_kernel` gives none, for a weight not on the CPU, of another type,
     whose shape is not whole tiles or that has more than :data:`TILE_GEMV_MAX_WEIGHTS` values (an
-    lm_head), and on AMX for weights under :data:`AMX_GEMV_MIN_WEIGHTS`."""
+    lm_head; unless :func:`head_tiles`), and on AMX for weights under :data:`AMX_GEMV_MIN_WEIGHTS`."""
     ops = ops if ops is not None else quant_ops()
     if not _takes_tiles(bw, decode_kernel(ops)):
         return None

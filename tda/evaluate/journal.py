@@ -84,7 +84,8 @@ def model_identity(lm) -> dict:
 def kernels_identity(*, quantized: bool = False) -> dict:
     """What of the C++ kernels sets the rounding: their backend, compile flags (the instruction sets
     they use), whether the prefill of quantized weights runs on AMX tiles (``TDA_NO_AMX``) and, for a
-    ``quantized`` model, which GEMV its decode steps take (:func:`~tda.engine.quant_kernels.decode_kernel`)."""
+    ``quantized`` model, which GEMV its decode steps take (:func:`~tda.engine.quant_kernels.decode_kernel`,
+    and whether the lm_head takes it too: :func:`~tda.engine.quant_kernels.head_tiles`)."""
     from tda.engine import kernels, quant_kernels
 
     info = kernels.backend_info()
@@ -93,6 +94,8 @@ def kernels_identity(*, quantized: bool = False) -> dict:
     got = {"backend": info["backend"], "flags": info["flags"], "amx": amx}
     if quantized:
         got["decode"] = quant_kernels.decode_kernel(ops) or "blocks"
+        if got["decode"] != "blocks" and quant_kernels.head_tiles():
+            got["head"] = "tiles"  # the lm_head's GEMV too (other bits than the blocks')
     return got
 
 
