@@ -33,12 +33,20 @@ PALETTE = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D
            "#999999", "#882255", "#44AA99", "#117733"]
 FULL_RUN = "frontier-gemma-3-270m-full"  # benchmarks/full_frontier.sh: every passage of both text sets
 FRONTIERS = (
-    ("frontier-gemma-3-270m", "Gemma 3 270M, fp32: every method at three densities"),
+    ("frontier-gemma-3-270m", "Gemma 3 270M, fp32: every method at three densities, 10 pydoc-text passages"),
     ("frontier-gemma-3-270m-bf16", "Gemma 3 270M, bf16"),
     ("frontier-gemma-3-270m-gguf", "Gemma 3 270M, gguf (the file's own blocks): every method at 0.5 on two corpora, "
      "paired with fp32 dense"),
     ("frontier-gemma-3-270m-head", "Gemma 3 270M, the lm_head option (`+headD`), an earlier run"),
 )
+FULL_RUN_TITLE = "Gemma 3 270M, fp32, the full sets: every passage of both corpora, 500 cloze items each"
+
+
+def frontiers(root: Path) -> tuple[tuple[str, str], ...]:
+    """The stored frontier runs the pages show: the full-set run first once it is stored (it takes
+    hours and resumes over several stops: ``benchmarks/full_frontier.sh``), then :data:`FRONTIERS`."""
+    full = (root / RESULTS / FULL_RUN / "frontier.json").exists()
+    return (((FULL_RUN, FULL_RUN_TITLE),) if full else ()) + FRONTIERS
 
 
 # ----- small formatting helpers ----------------------------------------------------------------------
@@ -258,7 +266,7 @@ def frontier_page(root: Path) -> tuple[str, dict[str, str]]:
     from tda.evaluate.frontier import to_markdown  # pure rendering; imports no torch
 
     parts, files = [], {}
-    for folder, title in FRONTIERS:
+    for folder, title in frontiers(root):
         d = _load(root, f"{folder}/frontier.json")
         meta, rows = d["meta"], d["rows"]
         img = f"img/{folder}.svg"
@@ -881,7 +889,7 @@ def readme_corpora(root: Path) -> str:
     set: how many pairwise verdicts hold on every corpus, and the ones that do not (per-corpus numbers:
     the run's section of the frontier page)."""
     runs = []
-    for folder, title in FRONTIERS:
+    for folder, title in frontiers(root):
         d = _load(root, f"{folder}/frontier.json")
         if len(d.get("corpora") or {}) > 1:
             runs.append((d["meta"].get("timestamp", ""), title, d))

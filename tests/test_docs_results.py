@@ -161,3 +161,12 @@ def test_run_time_adds_the_journal_s_scoring_time_of_a_resumed_run():
                                       "together: 120 min by its journal")
     meta["journal_scoring"] = {"seconds": 7200.0, "lines": 10, "timed_lines": 4}
     assert "4 of its 10 lines timed" in report._run_time(meta)
+
+
+def test_the_full_run_joins_the_frontier_pages_once_stored(tmp_path):
+    report = _report()
+    assert report.frontiers(tmp_path) == report.FRONTIERS
+    (tmp_path / report.RESULTS / report.FULL_RUN).mkdir(parents=True)
+    (tmp_path / report.RESULTS / report.FULL_RUN / "frontier.json").write_text("{}")
+    assert report.frontiers(tmp_path)[0] == (report.FULL_RUN, report.FULL_RUN_TITLE)
+    assert report.frontiers(tmp_path)[1:] == report.FRONTIERS
