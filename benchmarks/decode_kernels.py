@@ -9,8 +9,9 @@ process of its own, rounds alternating:
 - ``blocks GEMV``   ``TDA_NO_VNNI_GEMV=1``: the blocks' own fp32 GEMVs (what the tiles replace);
 - ``AMX-INT8``      ``TDA_AMX_GEMV=1``: the same tiles through AMX-INT8 (opt-in);
 - ``no huge pages`` ``TDA_HUGEPAGES=0``: the default kernels, weights in base pages;
-- ``lm_head on tiles`` ``TDA_HEAD_TILES=1``: the lm_head's decode rows on integer tiles too (a second
-  copy of the largest weight; :func:`tda.engine.quant_kernels.head_tiles`).
+- ``lm_head on tiles`` / ``lm_head on blocks`` ``TDA_HEAD_TILES=1`` / ``0``: the lm_head's decode rows
+  on its integer tiles, or on its blocks (:func:`tda.engine.quant_kernels.head_tiles`: unset, the
+  tiles on AMD CPUs).
 
 Each process times greedy ``generate`` with 4 and with 4 + ``--new-tokens`` new tokens (dense, the
 same prompt) three times and takes the median of the differences per token: ms per decode step,
@@ -38,6 +39,7 @@ CHOICES = {
     "AMX-INT8": {"TDA_AMX_GEMV": "1"},
     "no huge pages": {"TDA_HUGEPAGES": "0"},
     "lm_head on tiles": {"TDA_HEAD_TILES": "1"},
+    "lm_head on blocks": {"TDA_HEAD_TILES": "0"},
 }
 _CHILD = """
 import json, statistics, sys, time

@@ -875,8 +875,10 @@ def readme_llamacpp(root: Path) -> str:
     d = _stored(root, "llamacpp-gemma-3-270m-q4_k_m.json")
     if d is None:
         return "No run of `python benchmarks/llamacpp.py` is stored yet."
-    return (f"`{llamacpp_command(d)}` ({d['timestamp'][:16].replace('T', ' ')}, {d['threads']} threads, "
-            f"{d['new_tokens']} greedy tokens after a {d['prompt_tokens']}-token prompt):\n\n"
+    cpu = (d.get("machine") or {}).get("cpu")
+    return (f"`{llamacpp_command(d)}` ({d['timestamp'][:16].replace('T', ' ')}, {d['threads']} threads"
+            f"{' of an ' + cpu if cpu else ''}, {d['new_tokens']} greedy tokens after a {d['prompt_tokens']}-token "
+            f"prompt; runs on other CPUs: [results page](docs/results/quantized.md)):\n\n"
             + _table(LLAMACPP_HEAD[:5] + LLAMACPP_HEAD[6:], [r[:5] + r[6:] for r in llamacpp_rows(d)]))
 
 

@@ -19,7 +19,7 @@ from tda.engine import quant_kernels
 
 gguf = pytest.importorskip("gguf")
 sys.path.insert(0, str(Path(__file__).parent))
-from test_quant_blocks import _blocks  # noqa: E402
+from test_quant_blocks import _blocks, _close  # noqa: E402
 
 _ops = quant_kernels.quant_ops()
 
@@ -120,25 +120,24 @@ def test_which_weights_get_the_layout(monkeypatch):
 
 @pytest.mark.skipif(not _ready("vnni"), reason="no AVX512-VNNI decode on this CPU or build")
 def test_an_lm_head_takes_the_tiles_only_when_asked(monkeypatch):
-    """Weights above TILE_GEMV_MAX_WEIGHTS (an lm_head) stay on the blocks unless TDA_HEAD_TILES=1;
+    """Weights above TILE_GEMV_MAX_WEIGHTS (an lm_head) stay on the blocks under TDA_HEAD_TILES=0;
     either way a decode row equals F.linear on the de-quantised weights to fp32 rounding, and the
     journal's kernel identity names the choice (other bits)."""
     from tda.evaluate.journal import kernels_identity
 
     monkeypatch.delenv("TDA_AMX_GEMV", raising=False)
     monkeypatch.delenv("TDA_NO_VNNI_GEMV", raising=False)
-    monkeypatch.delenv("TDA_HEAD_TILES", raising=False)
+    monkeypatch.setenv("TDA_HEAD_TILES", "0")
     monkeypatch.setattr(quant_kernels, "TILE_GEMV_MAX_WEIGHTS", 256 * 640 - 1)  # this one counts as a head
-    head, _ = _blocks("Q8_0", 256, 20, seed=6)
-    x = torch.randn(1, 640)
-    ref = torch.nn.functional.linear(x.double(), head.dequantize().double())
+    head, ref = _blocks("Q8_0", 256, 20, seed=6)
+    x = torch.randn(1, 640, generator=torch.Generator().manual_seed(6))
     assert quant_kernels.tile_layout(head) is None and not quant_kernels.head_tiles()
     assert "head" not in kernels_identity(quantized=True)
     monkeypatch.setenv("TDA_HEAD_TILES", "1")
     assert quant_kernels.head_tiles()
     packed, st, mt = quant_kernels.tile_layout(head)
     y = _ops.vnni_gemv(x, packed, st, mt, head.blocks, "Q8_0", None)
-    assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-5)
+    _close(y, x, ref, None)
     assert kernels_identity(quantized=True)["head"] == "tiles"
     assert "head" not in kernels_identity(quantized=False)
 

@@ -95,6 +95,7 @@ def load(spec: str, dtype: str = "fp32", device: str = "cpu"):
     from tda.activations.budget import check_before_load
 
     check_before_load(spec, dtype)  # weights over the budget: refused before they are read
+    import tda.engine.quant_kernels  # noqa: F401 (registers the kernels' choices with the GGUF loader: TDA_HEAD_TILES)
     from tda.models.load import load_model
 
     return load_model(spec, dtype=dtype, device=device, progress=progress_printer, **PLACEMENT)

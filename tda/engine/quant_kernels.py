@@ -12,6 +12,7 @@ cast back.
 
 from __future__ import annotations
 
+import functools
 import os
 import weakref
 from collections.abc import Callable
@@ -46,6 +47,22 @@ def _blocks_linear(x2: torch.Tensor, blocks: torch.Tensor, qtype: str, bias):
 # QuantLinear's own forward (a prefill through Hugging Face's forward) and the repack's unpacking use
 # the C++ kernels from the moment the engine is imported (the models stage cannot import it)
 quant.register_unpacker(_blocks_unpack, _blocks_linear)
+
+
+def _head_tiler(blocks: torch.Tensor, qtype: str):
+    """:func:`tda.models.quant.head_tiles_of`: the tiles of an lm_head's blocks under
+    :func:`head_tiles` (made from ``blocks`` as they are: a loader passes the file's map), else None."""
+    ops = quant_ops()
+    if ops is None or qtype not in quant.BLOCKS or blocks.dim() != 2 or blocks.device.type != "cpu":
+        return None
+    per, size, _ = quant.BLOCKS[qtype]
+    bw = BlockWeight(blocks, qtype, blocks.shape[1] // size * per)
+    if not _tiles_only(bw, decode_kernel(ops)):
+        return None
+    return quant.TileWeight.from_blocks(blocks, ops.gemv_tiles_pack)
+
+
+quant.register_head_tiler(_head_tiler)
 
 
 def linear(x: torch.Tensor, qw: QuantWeight, bias: torch.Tensor | None = None, *, backend: str = "auto") -> torch.Tensor:
@@ -141,8 +158,9 @@ TILE_GEMV_TYPES = ("Q8_0", "Q5_0", "Q4_0", "Q4_K", "Q6_K")  # what csrc/int8_til
 AMX_GEMV_MIN_WEIGHTS = 1 << 19  # smaller weights (Gemma 3 270M's k/v projections) ran slower on AMX
 # larger weights (lm_heads: Gemma 3 270M's is 262144 x 640 in Q8_0) stay on the blocks' GEMV, which
 # read that one faster than its tiles did on a Sapphire Rapids Xeon (6.4-6.7 against 7.6-8.0 ms,
-# alternating calls), and a second layout would hold the largest weight of the model twice -- unless
-# TDA_HEAD_TILES=1 (head_tiles): on an AMD EPYC the tiles read it faster (8.8 against 11.1 ms)
+# alternating calls), and a second layout would hold the largest weight of the model twice -- except
+# where head_tiles() (AMD CPUs, or TDA_HEAD_TILES=1): on an AMD EPYC the tiles read it faster (8.8
+# against 11.1 ms), and a Q8_0 head then keeps its tiles only
 TILE_GEMV_MAX_WEIGHTS = 1 << 25
 _TILE_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (blocks, (packed, st, mt))
 
@@ -164,19 +182,49 @@ def decode_kernel(ops=None) -> str | None:
     return None
 
 
-def head_tiles() -> bool:
-    """Whether weights above :data:`TILE_GEMV_MAX_WEIGHTS` (an lm_head) take the integer tiles too:
-    opt-in with ``TDA_HEAD_TILES=1``. Their tiles are a second copy of the largest weight (the
-    blocks stay: the embedding gathers and the prefill read them; Gemma 3 270M: +189 MB), which a
-    decode step reads instead of the blocks; on an AMD EPYC (AVX-512 on 256-bit units) that made a
-    Gemma 3 270M gguf step 16.2 → 13.1 ms, on a Sapphire Rapids Xeon the blocks read faster."""
-    return os.environ.get("TDA_HEAD_TILES") == "1"
+def head_tiles(qtype: str = "Q8_0") -> bool:
+    """Whether weights above :data:`TILE_GEMV_MAX_WEIGHTS` (an lm_head) of block type ``qtype`` take
+    the integer tiles too. ``TDA_HEAD_TILES=1`` / ``0`` decides; unset, a Q8_0 one does on AMD CPUs
+    (:func:`cpu_vendor`), other types do not (their tiles would be a second copy).
+
+    A Q8_0 one (Gemma's tied embedding) then keeps its tiles only
+    (:class:`~tda.models.quant.TileWeight`: made from the GGUF file's map at load, or from its
+    blocks when the engine first builds its product, which are then let go); other types keep a
+    second copy beside their blocks. Measured on Gemma 3 270M (``benchmarks/decode_kernels.py``):
+    on an AMD EPYC (AVX-512 on 256-bit units, where the blocks' fp32 GEMV is bound by its work per
+    weight) a gguf step went 20.2 → 13.0 ms; on a Sapphire Rapids Xeon the blocks read the lm_head
+    faster than its tiles (6.4–6.7 against 7.6–8.0 ms)."""
+    env = os.environ.get("TDA_HEAD_TILES")
+    if env in ("0", "1"):
+        return env == "1"
+    return qtype == "Q8_0" and cpu_vendor() == "AuthenticAMD"
+
+
+@functools.cache
+def cpu_vendor() -> str:
+    """The CPU's ``vendor_id`` (``/proc/cpuinfo``; "" where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _tiles_only(bw: BlockWeight, kernel: str | None) -> bool:
+    """Whether a weight's blocks give way to its decode tiles (:class:`~tda.models.quant.TileWeight`):
+    a Q8_0 weight above :data:`TILE_GEMV_MAX_WEIGHTS` (an lm_head) under :func:`head_tiles`; other
+    types keep their blocks beside the tiles."""
+    n, d = bw.shape
+    return bw.qtype == "Q8_0" and n * d > TILE_GEMV_MAX_WEIGHTS and _takes_tiles(bw, kernel)
 
 
 def _takes_tiles(bw: BlockWeight, kernel: str | None) -> bool:
     n, d = bw.shape
     return (kernel is not None and bw.qtype in TILE_GEMV_TYPES and not n % 16 and not d % 64
-            and bw.blocks.device.type == "cpu" and (n * d <= TILE_GEMV_MAX_WEIGHTS or head_tiles())
+            and bw.blocks.device.type == "cpu" and (n * d <= TILE_GEMV_MAX_WEIGHTS or head_tiles(bw.qtype))
             and (kernel != "amx" or n * d >= AMX_GEMV_MIN_WEIGHTS))
 
 
@@ -220,6 +268,22 @@ def tile_layout(bw: BlockWeight, ops=None, owner=None) -> tuple[torch.Tensor, to
     return got
 
 
+def _tiles_only_fn(mod: QuantLinear, tw, ops, bias) -> LinearFn:
+    """A tiles-only weight (:class:`~tda.models.quant.TileWeight`): a decode row with finite values
+    on the integer-tile GEMV; more rows (prefill) and rows with inf/nan through the module's own
+    forward (its rows de-quantised a tile at a time, then ``mm``: the IEEE result)."""
+    tkernel = ops.amx_gemv if decode_kernel(ops) == "amx" else ops.vnni_gemv
+    none_blocks = torch.empty(0, tw.shape[1] // 32 * 34, dtype=torch.uint8)  # the GEMV's fallback is not taken
+    d_in = tw.shape[1]
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype is torch.float32 and x.is_contiguous() and x.numel() == d_in and bool(torch.isfinite(x).all()):
+            return tkernel(x, tw.packed, tw.st, None, none_blocks, tw.qtype, bias)
+        return QuantLinear.forward(mod, x)  # the class's own: the instance's forward may be this fn
+
+    return fn
+
+
 def linear_fn(mod: QuantLinear) -> LinearFn:
     """The fast dense ``fn(x)`` of a :class:`~tda.models.quant.QuantLinear` (its own forward
     where the C++ kernels or a CPU weight are missing): on the file's blocks when the module holds
@@ -232,6 +296,12 @@ def linear_fn(mod: QuantLinear) -> LinearFn:
         return original_forward(mod)
     bias = None if mod.bias is None else mod.bias.detach()
     bw = mod.block_weight
+    if bw is not None and _tiles_only(bw, decode_kernel(ops)):  # the blocks go, the tiles stay
+        mod.keep_tiles_only(quant.TileWeight.from_blocks(bw.blocks, ops.gemv_tiles_pack))
+        bw = None
+    tw = mod.tile_weight
+    if tw is not None and decode_kernel(ops) is not None:
+        return _tiles_only_fn(mod, tw, ops, bias)
     if bw is not None:
         blocks, qtype, bkernel = bw.blocks, bw.qtype, ops.quant_blocks_linear
         tiles = tile_layout(bw, ops, owner=mod)

@@ -95,7 +95,7 @@ def kernels_identity(*, quantized: bool = False) -> dict:
     if quantized:
         got["decode"] = quant_kernels.decode_kernel(ops) or "blocks"
         if got["decode"] != "blocks" and quant_kernels.head_tiles():
-            got["head"] = "tiles"  # the lm_head's GEMV too (other bits than the blocks')
+            got["head"] = "tiles"  # a Q8_0 lm_head's GEMV too (other bits than the blocks')
     return got
 
 

@@ -73,8 +73,8 @@ def _unpack_chunked(path: Path, t: dict, qtype: str, shape: tuple[int, int], chu
     return quant.QuantWeight(parts[0], parts[1], parts[2], qtype)
 
 
-def _file_blocks(raw: np.ndarray, qtype: str, shape: tuple[int, int]) -> quant.BlockWeight:
-    """A tensor's blocks as the file stores them, copied out of the file's map: ``[d_out, row_bytes]``."""
+def _map_blocks(raw: np.ndarray, qtype: str, shape: tuple[int, int]) -> np.ndarray:
+    """A tensor's blocks in the file's map (no copy): uint8 ``[d_out, row_bytes]``."""
     d_out, d_in = shape
     per, size, _ = quant.BLOCKS[qtype]
     if d_in % per:
@@ -82,9 +82,26 @@ def _file_blocks(raw: np.ndarray, qtype: str, shape: tuple[int, int]) -> quant.B
     flat = np.asarray(raw).view(np.uint8).reshape(-1)
     if flat.size != d_out * (d_in // per) * size:
         raise ModelLoadError(f"{qtype}: {flat.size} bytes for a [{d_out}, {d_in}] weight")
-    blocks = hugepages.empty((d_out, d_in // per * size), torch.uint8)  # streamed by prefill and decode
-    blocks.view(-1).numpy()[:] = flat
-    return quant.BlockWeight(blocks, qtype, d_in)
+    return flat.reshape(d_out, d_in // per * size)
+
+
+def _file_blocks(raw: np.ndarray, qtype: str, shape: tuple[int, int]) -> quant.BlockWeight:
+    """A tensor's blocks as the file stores them, copied out of the file's map: ``[d_out, row_bytes]``."""
+    mapped = _map_blocks(raw, qtype, shape)
+    blocks = hugepages.empty(mapped.shape, torch.uint8)  # streamed by prefill and decode
+    blocks.numpy()[:] = mapped
+    return quant.BlockWeight(blocks, qtype, shape[1])
+
+
+def _head_tiles(raw: np.ndarray, qtype: str, shape: tuple[int, int]) -> quant.TileWeight | None:
+    """The decode tiles a tied lm_head keeps instead of its blocks, made straight from the file's map
+    (:func:`tda.models.quant.head_tiles_of`: the engine's choice), else None."""
+    import warnings
+
+    mapped = _map_blocks(raw, qtype, shape)
+    with warnings.catch_warnings():  # the map is read-only; the tiles are written elsewhere
+        warnings.simplefilter("ignore", UserWarning)
+        return quant.head_tiles_of(torch.from_numpy(mapped), qtype)
 
 
 def _name_map(model: nn.Module, arch: str, proc) -> dict[str, str] | None:
@@ -149,10 +166,10 @@ def load_gguf(path: str | Path, *, keep_blocks: bool = True, progress: Progress 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     key_map = _name_map(model, info["arch"], proc) or get_gguf_hf_weights_map(model, proc)
-    emb = model.get_input_embeddings()
+    emb, out_emb = model.get_input_embeddings(), model.get_output_embeddings()
     tied = bool(getattr(config, "tie_word_embeddings", False))
     notes: list[str] = []
-    quant_weights: dict[str, quant.BlockWeight] = {}
+    quant_weights: dict[str, quant.BlockWeight | quant.QuantWeight | quant.TileWeight] = {}
     for t in info["tensors"]:
         hf = key_map.get(t["name"])
         if hf is None:
@@ -171,8 +188,10 @@ def load_gguf(path: str | Path, *, keep_blocks: bool = True, progress: Progress 
             if order is not False:
                 if qtype in quant_types.REPACKED:  # kept in the int8 repack (see quant_types.REPACKED)
                     w = _unpack_chunked(path, t, qtype, shape)
-                else:
-                    w = _file_blocks(raw, qtype, shape)
+                else:  # a tied lm_head may keep its decode tiles only (TDA_HEAD_TILES)
+                    is_head = (mod is emb and tied) or (mod is out_emb and not tied)
+                    w = _head_tiles(raw, qtype, shape) if is_head and order is None else None
+                    w = w if w is not None else _file_blocks(raw, qtype, shape)
                 quant_weights[hf] = w if order is None else w.permute_rows(torch.from_numpy(order))
                 continue
         if keep_blocks and linear_like and qtype not in ("F32", "F16", "BF16"):

@@ -238,6 +238,22 @@ _UNPACKER: list = [None]  # fn(blocks, qtype) -> [q, scale, min?] or None: set b
 _BLOCKS_LINEAR: list = [None]  # fn(x2[n, d_in] fp32, blocks, qtype, bias) -> y[n, d_out] or None: likewise
 
 
+_HEAD_TILER: list = [None]  # fn(blocks[d_out, row_bytes] uint8, qtype) -> TileWeight or None: set by the engine
+
+
+def register_head_tiler(fn) -> None:
+    """Let a loader hand an lm_head's blocks to the engine, which may keep its decode tiles only."""
+    _HEAD_TILER[0] = fn
+
+
+def head_tiles_of(blocks: torch.Tensor, qtype: str) -> TileWeight | None:
+    """The decode tiles an lm_head keeps instead of its ``blocks`` (e.g. a view of a GGUF file's
+    map: then no copy of the blocks is made at all) where the engine chooses them
+    (:func:`tda.engine.quant_kernels.head_tiles`), else None."""
+    fn = _HEAD_TILER[0]
+    return None if fn is None else fn(blocks, qtype)
+
+
 def register_unpacker(fn, blocks_linear=None) -> None:
     """Let :meth:`BlockWeight.unpack` use a faster exact unpacker (the engine's C++ one) than numpy's,
     and :meth:`QuantLinear.forward` the engine's product on blocks (``blocks_linear``); either may
@@ -305,6 +321,99 @@ class BlockWeight:
 
     def permute_rows(self, order: torch.Tensor) -> BlockWeight:
         return BlockWeight(self.blocks[order].contiguous(), self.qtype, self.d_in)
+
+
+TILE_ROWS, TILE_INPUTS = 16, 64  # csrc/int8_tiles.h: a tile holds 16 weight rows x 64 inputs
+
+
+@dataclass
+class TileWeight:
+    """A Q8_0 weight held **only** in the integer-tile decode layout of ``csrc/int8_tiles.h``, with
+    no file blocks beside it: an lm_head where :func:`tda.engine.quant_kernels.head_tiles` (AMD
+    CPUs, or ``TDA_HEAD_TILES=1``), whose decode rows read the tiles.
+
+    ``packed`` uint8 ``[d_out / 16 * d_in / 64 * 1024]``: tile (row tile t, input chunk c) at
+    ``(t * d_in / 64 + c) * 1024``, byte ``k % 4`` of dword ``n`` of its row ``k / 4`` holding weight
+    row ``16 t + n``, input ``64 c + k`` (the blocks' int8 values); ``st`` fp32 ``[d_out / 16,
+    d_in / 32, 16]``: the blocks' fp16 scales (exact). The repack, rows and dequantised values read
+    them through strided views: the same bits as :class:`BlockWeight`'s."""
+
+    packed: torch.Tensor
+    st: torch.Tensor
+    qtype: str = "Q8_0"
+
+    def __post_init__(self):
+        if self.qtype != "Q8_0":
+            raise ValueError(f"a tiles-only weight is Q8_0, got {self.qtype}")
+        if self.st.dtype != torch.float32 or self.st.dim() != 3 or self.st.shape[2] != TILE_ROWS or self.st.shape[1] % 2:
+            raise ValueError(f"st must be fp32 [d_out / 16, d_in / 32, 16], got {self.st.dtype} {tuple(self.st.shape)}")
+        n_t, n_c = self.st.shape[0], self.st.shape[1] // 2
+        if self.packed.dtype != torch.uint8 or self.packed.shape != (n_t * n_c * TILE_ROWS * TILE_INPUTS,):
+            raise ValueError(f"packed must be uint8 [{n_t * n_c * TILE_ROWS * TILE_INPUTS}], got {tuple(self.packed.shape)}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.st.shape[0] * TILE_ROWS, self.st.shape[1] * 32
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes a decode step reads: the tiles and their fp32 scales."""
+        return self.packed.numel() + self.st.numel() * 4
+
+    @property
+    def file_bytes(self) -> int:
+        return file_bytes(self.qtype, self.shape[0] * self.shape[1])
+
+    def _q(self) -> torch.Tensor:
+        """The int8 values as ``[row tile, input chunk, k / 4, n, k % 4]`` (a view)."""
+        n_t, n_c = self.st.shape[0], self.st.shape[1] // 2
+        return self.packed.view(torch.int8).view(n_t, n_c, TILE_INPUTS // 4, TILE_ROWS, 4)
+
+    def unpack(self, r0: int = 0, r1: int | None = None) -> QuantWeight:
+        """Rows ``[r0, r1)`` as the exact int8 repack."""
+        n, d = self.shape
+        r1 = n if r1 is None else r1
+        if not 0 <= r0 <= r1 <= n:
+            raise ValueError(f"rows [{r0}, {r1}) of a weight of {n}")
+        if r0 % TILE_ROWS or r1 % TILE_ROWS:
+            return self._take(torch.arange(r0, r1))
+        t0, t1 = r0 // TILE_ROWS, r1 // TILE_ROWS
+        q = self._q()[t0:t1].permute(0, 3, 1, 2, 4).reshape(r1 - r0, d)
+        return QuantWeight(q, self.st[t0:t1].permute(0, 2, 1).reshape(r1 - r0, -1), None, self.qtype)
+
+    def _take(self, idx: torch.Tensor) -> QuantWeight:
+        t, n = idx // TILE_ROWS, idx % TILE_ROWS  # advanced indices around slices: their dim goes first
+        q = self._q()[t, :, :, n, :].reshape(idx.numel(), self.shape[1])
+        return QuantWeight(q, self.st[t, :, n].contiguous(), None, self.qtype)
+
+    def dequantize(self, r0: int = 0, r1: int | None = None, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The exact fp32 values of rows ``[r0, r1)`` (see :meth:`QuantWeight.dequantize`)."""
+        return self.unpack(r0, r1).dequantize(out=out)
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """The exact fp32 values of rows ``idx[n]`` (an embedding gather): only those rows read."""
+        return self._take(idx.to(self.packed.device).reshape(-1)).dequantize()
+
+    @classmethod
+    def from_blocks(cls, blocks: torch.Tensor, pack, rows_per_chunk: int = 2048) -> TileWeight:
+        """The tiles of Q8_0 ``blocks[d_out, row_bytes]`` (e.g. a view of a GGUF file's map), made
+        ``rows_per_chunk`` rows at a time by ``pack(blocks, qtype) -> [packed, st]`` (the C++
+        ``gemv_tiles_pack``) straight into huge-page-advised memory: no copy of the whole weight is
+        made beside them."""
+        d_out, row_bytes = blocks.shape
+        d_in = row_bytes // 34 * 32
+        if d_out % TILE_ROWS or d_in % TILE_INPUTS or row_bytes % 34:
+            raise ValueError(f"Q8_0 blocks [{d_out}, {row_bytes}] are not whole tiles of 16 x 64")
+        step = max(TILE_ROWS, rows_per_chunk // TILE_ROWS * TILE_ROWS)
+        tile_bytes = (d_in // TILE_INPUTS) * TILE_ROWS * TILE_INPUTS  # one row tile's values
+        packed = hugepages.empty((d_out // TILE_ROWS * tile_bytes,), torch.uint8)
+        st = hugepages.empty((d_out // TILE_ROWS, d_in // 32, TILE_ROWS), torch.float32)
+        for r0 in range(0, d_out, step):
+            r1 = min(d_out, r0 + step)
+            p, s = pack(blocks[r0:r1].contiguous(), "Q8_0")[:2]
+            packed[r0 // TILE_ROWS * tile_bytes:r1 // TILE_ROWS * tile_bytes] = p
+            st[r0 // TILE_ROWS:r1 // TILE_ROWS] = s
+        return cls(packed, st)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,12 +583,15 @@ class QuantLinear(nn.Module):
     dequantises the whole matrix on every access (a full-precision copy only while the caller holds it).
     """
 
-    def __init__(self, qw: QuantWeight | BlockWeight, bias: torch.Tensor | None = None):
+    def __init__(self, qw: QuantWeight | BlockWeight | TileWeight, bias: torch.Tensor | None = None):
         super().__init__()
         self.out_features, self.in_features = qw.shape
         self.qtype = qw.qtype
         if isinstance(qw, BlockWeight):  # the file's blocks; the int8 repack made when first asked for
             self.register_buffer("blocks", qw.blocks)
+        elif isinstance(qw, TileWeight):  # the decode tiles only (an lm_head: TDA_HEAD_TILES=1)
+            self.register_buffer("tiles", qw.packed)
+            self.register_buffer("tiles_st", qw.st)
         else:
             self._set_repack(qw)
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(torch.float32), requires_grad=False)
@@ -492,8 +604,9 @@ class QuantLinear(nn.Module):
         # sparse method's layout, the torch fallback); the dense kernels read the blocks only
         if name in ("q", "scale", "qmin"):
             buffers = self.__dict__.get("_buffers", {})
-            if "blocks" in buffers and "q" not in buffers:
-                self._set_repack(hugepages.copy_fields(self.block_weight.unpack()))  # read by output-sparse steps
+            if ("blocks" in buffers or "tiles" in buffers) and "q" not in buffers:
+                own = self.block_weight or self.tile_weight
+                self._set_repack(hugepages.copy_fields(own.unpack()))  # read by output-sparse steps
                 return buffers[name]
         return super().__getattr__(name)
 
@@ -503,10 +616,27 @@ class QuantLinear(nn.Module):
         b = self._buffers.get("blocks")
         return None if b is None else BlockWeight(b, self.qtype, self.in_features)
 
+    def keep_tiles_only(self, tw: TileWeight) -> None:
+        """Hold ``tw`` (the decode tiles of this module's own blocks) instead of the blocks, which
+        are let go: the embedding gathers, prefill and repack read the tiles from then on."""
+        if "blocks" not in self._buffers or tuple(tw.shape) != (self.out_features, self.in_features) \
+                or tw.qtype != self.qtype:
+            raise ValueError("keep_tiles_only: the tiles of this module's own blocks are needed")
+        del self._buffers["blocks"]
+        self.register_buffer("tiles", tw.packed)
+        self.register_buffer("tiles_st", tw.st)
+
     @property
-    def blocks_only(self) -> BlockWeight | None:
-        """The blocks while no repack has been unpacked from them (then a product reads them), else None."""
-        return None if "q" in self._buffers else self.block_weight
+    def tile_weight(self) -> TileWeight | None:
+        """The decode tiles of a weight held in them only (:class:`TileWeight`), else None."""
+        t = self._buffers.get("tiles")
+        return None if t is None else TileWeight(t, self._buffers["tiles_st"], self.qtype)
+
+    @property
+    def blocks_only(self) -> BlockWeight | TileWeight | None:
+        """The blocks (or the tiles of a tiles-only weight) while no repack has been unpacked from
+        them (then a product reads them), else None."""
+        return None if "q" in self._buffers else (self.block_weight or self.tile_weight)
 
     @property
     def qweight(self) -> QuantWeight:
@@ -516,14 +646,18 @@ class QuantLinear(nn.Module):
     @property
     def storage(self) -> torch.Tensor:
         """The tensor a dense product streams: the blocks when held, else the int8 values."""
-        b = self._buffers.get("blocks")
-        return b if b is not None else self.q
+        for name in ("blocks", "tiles"):
+            b = self._buffers.get(name)
+            if b is not None:
+                return b
+        return self.q
 
     @property
     def decode_nbytes(self) -> int:
-        """Bytes a dense product reads per call: the file's blocks, or the repack's values and scales."""
-        bw = self.block_weight
-        return bw.nbytes if bw is not None else self.qweight.nbytes
+        """Bytes a dense product reads per call: the file's blocks, the tiles of a tiles-only weight,
+        or the repack's values and scales."""
+        own = self.block_weight or self.tile_weight
+        return own.nbytes if own is not None else self.qweight.nbytes
 
     @property
     def weight(self) -> torch.Tensor:
@@ -533,16 +667,20 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bw = self.blocks_only
         x2 = x.reshape(-1, self.in_features).to(torch.float32)
-        if bw is not None and bw.blocks.device.type == "cpu":
+        if isinstance(bw, BlockWeight) and bw.blocks.device.type == "cpu":
             y = None
             if _BLOCKS_LINEAR[0] is not None:  # the engine's kernels on the blocks (prefill included)
                 y = _BLOCKS_LINEAR[0](x2.contiguous(), bw.blocks, self.qtype, None if self.bias is None else self.bias.detach())
             if y is not None:
                 return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
             qw = bw  # tiles unpacked and de-quantised per call: no repack kept
+        elif isinstance(bw, TileWeight):
+            qw = bw  # a tiles-only weight: its rows de-quantised per tile of the loop below
         else:
             qw = self.qweight  # on a GPU: the repack, unpacked once and kept
         tile = min(self.out_features, max(1, TILE_BYTES // (4 * self.in_features)))
+        if isinstance(qw, TileWeight):  # whole row tiles: their rows are strided views, no gather
+            tile = max(TILE_ROWS, tile // TILE_ROWS * TILE_ROWS)
         buf = torch.empty(tile, self.in_features, dtype=torch.float32, device=x2.device)  # one tile buffer
         y = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32, device=x2.device)
         for r0 in range(0, self.out_features, tile):
