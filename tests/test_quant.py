@@ -135,6 +135,7 @@ def _dequantised_twin(lm_q, spec):
             q = qmods.get(name)
             if isinstance(q, quant.QuantLinear):
                 mod.weight.copy_(q.weight)
+    lm.model_id = lm_q.model_id  # the same weights: the same calibrations (not the fp32 model's cache)
     return lm
 
 

@@ -437,6 +437,9 @@ def _load_quantized(s, qtype: str, device, progress) -> LoadedModel:
         dispatch.instrument(lm.model)
         lm.ffn = FFNAdapter(lm.model)
         lm.description += f" — linears quantized to {qtype}"
+        # other weights than the model's own: calibrations (cached by model id) must not be shared
+        # with it, as a +randinit control's are not (the embedded file and .gguf files hold theirs)
+        lm.model_id = f"{lm.model_id}+{qtype}"
     lm.weight_format = "gguf"
     for m in quant.quant_modules(lm.model):
         hugepages.advise([m.storage] if m.storage.device.type == "cpu" else [])
