@@ -94,7 +94,7 @@ def _file_blocks(raw: np.ndarray, qtype: str, shape: tuple[int, int]) -> quant.B
 
 
 def _head_tiles(raw: np.ndarray, qtype: str, shape: tuple[int, int]) -> quant.TileWeight | None:
-    """The decode tiles a tied lm_head keeps instead of its blocks, made straight from the file's map
+    """The decode tiles an lm_head keeps instead of its blocks, made straight from the file's map
     (:func:`tda.models.quant.head_tiles_of`: the engine's choice), else None."""
     import warnings
 
@@ -188,7 +188,7 @@ def load_gguf(path: str | Path, *, keep_blocks: bool = True, progress: Progress 
             if order is not False:
                 if qtype in quant_types.REPACKED:  # kept in the int8 repack (see quant_types.REPACKED)
                     w = _unpack_chunked(path, t, qtype, shape)
-                else:  # a tied lm_head may keep its decode tiles only (TDA_HEAD_TILES)
+                else:  # an lm_head (tied: the input embedding) may keep its decode tiles only (TDA_HEAD_TILES)
                     is_head = (mod is emb and tied) or (mod is out_emb and not tied)
                     w = _head_tiles(raw, qtype, shape) if is_head and order is None else None
                     w = w if w is not None else _file_blocks(raw, qtype, shape)
