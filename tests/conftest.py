@@ -29,6 +29,19 @@ def _loaded_models() -> list:
     return list(_LOADED)
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Give every test torch's thread count as it found it: the app sets it process-wide
+    (``app.state.apply_threads``: 1 by default), and an in-process AppTest left every later test
+    on one thread — where, on an AMD EPYC, ``test_scoring``'s WINA comparison flipped a top-k."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _release_memory_after_module():
     """After each test module: drop the random-weights controls it built (1.1 GB each for Gemma), collect,
