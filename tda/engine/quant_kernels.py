@@ -268,11 +268,11 @@ def tile_layout(bw: BlockWeight, ops=None, owner=None) -> tuple[torch.Tensor, to
     return got
 
 
-def _tiles_only_fn(mod: QuantLinear, tw, ops, bias) -> LinearFn:
+def _tiles_only_fn(mod: QuantLinear, tw, ops, kernel: str, bias) -> LinearFn:
     """A tiles-only weight (:class:`~tda.models.quant.TileWeight`): a decode row with finite values
     on the integer-tile GEMV; more rows (prefill) and rows with inf/nan through the module's own
     forward (its rows de-quantised a tile at a time, then ``mm``: the IEEE result)."""
-    tkernel = ops.amx_gemv if decode_kernel(ops) == "amx" else ops.vnni_gemv
+    tkernel = ops.amx_gemv if kernel == "amx" else ops.vnni_gemv
     none_blocks = torch.empty(0, tw.shape[1] // 32 * 34, dtype=torch.uint8)  # the GEMV's fallback is not taken
     d_in = tw.shape[1]
 
@@ -295,19 +295,19 @@ def linear_fn(mod: QuantLinear) -> LinearFn:
 
         return original_forward(mod)
     bias = None if mod.bias is None else mod.bias.detach()
-    bw = mod.block_weight
-    if bw is not None and _tiles_only(bw, decode_kernel(ops)):  # the blocks go, the tiles stay
+    bw, kernel = mod.block_weight, decode_kernel(ops)
+    if bw is not None and _tiles_only(bw, kernel):  # the blocks go, the tiles stay
         mod.keep_tiles_only(quant.TileWeight.from_blocks(bw.blocks, ops.gemv_tiles_pack))
         bw = None
     tw = mod.tile_weight
-    if tw is not None and decode_kernel(ops) is not None:
-        return _tiles_only_fn(mod, tw, ops, bias)
+    if tw is not None and kernel is not None:
+        return _tiles_only_fn(mod, tw, ops, kernel, bias)
     if bw is not None:
         blocks, qtype, bkernel = bw.blocks, bw.qtype, ops.quant_blocks_linear
         tiles = tile_layout(bw, ops, owner=mod)
         if tiles is not None:  # one row (a decode step) on the integer tiles, more rows on the blocks
             packed, st, mt = tiles
-            tkernel, d_in = ops.amx_gemv if decode_kernel(ops) == "amx" else ops.vnni_gemv, bw.shape[1]
+            tkernel, d_in = ops.amx_gemv if kernel == "amx" else ops.vnni_gemv, bw.shape[1]
 
             def fn_tiles(x: torch.Tensor) -> torch.Tensor:
                 if x.dtype is torch.float32 and x.is_contiguous():

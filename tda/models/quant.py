@@ -401,8 +401,9 @@ class TileWeight:
         ``gemv_tiles_pack``) straight into huge-page-advised memory: no copy of the whole weight is
         made beside them."""
         d_out, row_bytes = blocks.shape
-        d_in = row_bytes // 34 * 32
-        if d_out % TILE_ROWS or d_in % TILE_INPUTS or row_bytes % 34:
+        per, size, _ = BLOCKS["Q8_0"]
+        d_in = row_bytes // size * per
+        if d_out % TILE_ROWS or d_in % TILE_INPUTS or row_bytes % size:
             raise ValueError(f"Q8_0 blocks [{d_out}, {row_bytes}] are not whole tiles of 16 x 64")
         step = max(TILE_ROWS, rows_per_chunk // TILE_ROWS * TILE_ROWS)
         tile_bytes = (d_in // TILE_INPUTS) * TILE_ROWS * TILE_INPUTS  # one row tile's values
