@@ -15,12 +15,13 @@ parameter and follow together. GPT-2's ``Conv1D`` already stores ``[d_in, d_out]
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import torch
 from torch import nn
 
-from tda.models import hugepages
+from tda.models import hugepages, quant
 
 _LOCK = threading.Lock()
 
@@ -65,7 +66,13 @@ def quant_input_major(module):
     with _LOCK:
         qwt = getattr(module, "_tda_input_major", None)
         if qwt is None:
-            qwt = hugepages.copy_fields(module.qweight.input_major())  # read by every sparse step: huge pages
+            from tda.engine import quant_kernels
+
+            qw = module.qweight
+            qwt = qw.input_major()
+            if quant_kernels.vnni_columns_wanted(qwt):  # a decode row's input-sparse kernel reads these
+                qwt = dataclasses.replace(qwt, vq=quant.vnni_columns(qw))
+            qwt = hugepages.copy_fields(qwt)  # read by every sparse step: huge pages
             module._tda_input_major = qwt
         return qwt
 

@@ -133,11 +133,42 @@ def input_sparse(x: torch.Tensor, qwt: QuantWeightT, idx: torch.Tensor, bias: to
     ops = _cpp(backend, x, qwt.qt)
     x32 = x.to(torch.float32).contiguous()
     if ops is not None:
+        if (y := vnni_input_sparse(ops, x32, qwt, bias, idx=idx)) is not None:
+            return y.to(x.dtype)
         return ops.quant_input_sparse(x32, qwt.qt, qwt.st, qwt.mt, idx, bias, compact, qwt.sd, qwt.md).to(x.dtype)
     mask = torch.zeros(d_in, dtype=torch.float32, device=x.device)
     mask[idx] = 1.0
     w = qwt.row_major().dequantize()
     return torch.nn.functional.linear(x32 * mask, w, bias).to(x.dtype)
+
+
+def vnni_columns_wanted(qwt: QuantWeightT) -> bool:
+    """Whether an input-major repack also keeps its values as VNNI columns
+    (:func:`tda.models.quant.vnni_columns`) for :func:`vnni_input_sparse`: where the C++ kernels
+    and AVX512-VNNI are there, for a CPU weight whose outputs are whole blocks, unless
+    ``TDA_VNNI_SPARSE=0``. A second copy of the values (counted in its ``nbytes``)."""
+    ops = quant_ops()
+    if os.environ.get("TDA_VNNI_SPARSE") == "0" or ops is None or not hasattr(ops, "vnni_input_sparse"):
+        return False
+    d_out, _ = qwt.shape
+    ob = 128 if quant.vnni_column_bits(qwt.qtype) == 4 else 64
+    return (qwt.qt.device.type == "cpu" and qwt.qtype in quant.VNNI_OFFSET and not d_out % ob
+            and ops.vnni_gemv_ready())
+
+
+def vnni_input_sparse(ops, x: torch.Tensor, qwt: QuantWeightT, bias: torch.Tensor | None, *,
+                      idx: torch.Tensor | None = None, t: float = 0.0, tvec: torch.Tensor | None = None,
+                      count: torch.Tensor | None = None) -> torch.Tensor | None:
+    """One decode row's input-sparse product on the repack's VNNI columns (``csrc/vnni_sparse.h``):
+    the inputs ``idx`` (ascending, unique) or, without it, ``x_i != 0`` and ``|x_i| >= tvec[i]``
+    (or ``t``); ``count`` grows by their number. None where the repack has no columns, ``x`` is not
+    one fp32 contiguous row, or some ``x`` is not finite: the caller takes the input-major kernel."""
+    d_in = qwt.qt.shape[0]
+    if qwt.vq is None or x.dtype is not torch.float32 or not x.is_contiguous() or x.numel() != d_in or x.shape[-1] != d_in:
+        return None
+    y = ops.vnni_input_sparse(x, qwt.vq, quant.vnni_column_bits(qwt.qtype), quant.VNNI_OFFSET[qwt.qtype], qwt.group,
+                              qwt.st, qwt.mt, qwt.sd, qwt.md, idx, bias, t, tvec, count)
+    return y if y.numel() else None
 
 
 def blocks_linear(x: torch.Tensor, bw: BlockWeight, bias: torch.Tensor | None = None, *,

@@ -153,6 +153,8 @@ def quant_threshold_linear(qwt, bias, cut, dense: LinearFn, counter: Counter | N
             if counter is not None:
                 counter.total += d_in
             x32 = x if x.dtype is torch.float32 and x.is_contiguous() else x.to(torch.float32).contiguous()
+            if (y := quant_kernels.vnni_input_sparse(ops, x32, qwt, b, t=t_scalar, tvec=t_vec, count=count)) is not None:
+                return y.to(x.dtype)
             return ops.quant_input_sparse_threshold(x32, qwt.qt, qwt.st, qwt.mt, b, t_scalar, t_vec, count, qwt.sd, qwt.md).to(x.dtype)
         x2 = x.reshape(-1, d_in).to(torch.float32)
         keep = (x2.abs() >= (cut_t.to(x2.device) if isinstance(cut_t, torch.Tensor) else cut_t)) & (x2 != 0)

@@ -138,6 +138,11 @@ class QuantWeightT:
     qtype: str
     sd: torch.Tensor | None = None  # factored scales: fp16 [d_in / G / R, d_out]
     md: torch.Tensor | None = None
+    vq: torch.Tensor | None = None  # the same values as VNNI columns (:func:`vnni_columns`), where kept
+
+    @property
+    def group(self) -> int:
+        return self.qt.shape[0] // self.st.shape[0]
 
     @property
     def packed(self) -> bool:
@@ -151,7 +156,8 @@ class QuantWeightT:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.qt, self.st, self.mt, self.sd, self.md) if t is not None)
+        return sum(t.numel() * t.element_size() for t in (self.qt, self.st, self.mt, self.sd, self.md, self.vq)
+                   if t is not None)
 
     def row_major(self) -> QuantWeight:
         if self.packed:
@@ -167,6 +173,41 @@ class QuantWeightT:
             return QuantWeightT(q, two(self.sd, self.st), mins, self.qtype).row_major()
         return QuantWeight(self.qt.t().contiguous(), self.st.t().to(torch.float32).contiguous(),
                            None if self.mt is None else self.mt.t().contiguous(), self.qtype)
+
+
+#: The offset that makes a type's integers unsigned in :func:`vnni_columns` (u = q + off).
+VNNI_OFFSET = {"Q8_0": 128, "Q5_0": 16, "Q4_0": 16, "Q6_K": 32, "Q4_K": 0}
+
+
+def vnni_column_bits(qtype: str) -> int:
+    """Bits a value takes in :func:`vnni_columns`: 4 for Q4_K (q in 0..15), else 8."""
+    return 4 if qtype == "Q4_K" else 8
+
+
+def vnni_columns(qw: QuantWeight) -> torch.Tensor | None:
+    """The values of ``qw`` as "VNNI columns" for input-sparse decode steps
+    (``csrc/vnni_sparse.h``): ``vq[d_in, d_out / OB, 64]`` uint8 — per input and block of ``OB``
+    outputs (64; 128 for Q4_K, two 4-bit values a byte: the low nibble output ``o`` of the block,
+    the high nibble ``o + 64``) one 64-byte line holding ``u = q + VNNI_OFFSET[qtype]``; byte
+    ``p = 16 L + 4 k + d`` of a line holds output ``16 k + 4 L + d`` (the order in which the
+    kernel's byte and word interleaves of four lines leave each output's four values in one dword).
+    An input's lines are contiguous, so a step reads whole runs of the kept inputs only.
+    None for a type without an offset or a ``d_out`` that is not whole blocks."""
+    off = VNNI_OFFSET.get(qw.qtype)
+    bits = vnni_column_bits(qw.qtype)
+    ob = 128 if bits == 4 else 64
+    n, d = qw.q.shape
+    if off is None or n % ob:
+        return None
+    u = (qw.q.to(torch.int16) + off).to(torch.uint8)
+    p = torch.arange(64)
+    perm = 16 * ((p % 16) // 4) + 4 * (p // 16) + p % 4  # the output held at byte p
+    if bits == 8:
+        lines = u.view(n // 64, 64, d)[:, perm, :]  # [block, byte, input]
+    else:
+        v = u.view(n // 128, 2, 64, d)[:, :, perm, :]
+        lines = v[:, 0] | (v[:, 1] << 4)
+    return lines.permute(2, 0, 1).contiguous()  # [input, block, byte]
 
 
 def _factor(vals: torch.Tensor, per: int, kmax: int, *, signed: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -451,6 +451,7 @@ at::Tensor quant_blocks_linear(const at::Tensor& x, const at::Tensor& blocks, co
 #include "int8_tiles.h"  // decode steps: the weights' integer tiles and x's limbs
 #include "amx_gemv.h"   // ... on AMX-INT8
 #include "vnni_gemv.h"  // ... on AVX512-VNNI
+#include "vnni_sparse.h"  // input-sparse decode steps on AVX512-VNNI
 
 TORCH_LIBRARY_FRAGMENT(tda_kernels, m) {
   m.def("quant_blocks_linear(Tensor x, Tensor blocks, str qtype, Tensor? bias) -> Tensor");
