@@ -140,6 +140,9 @@ def test_engine_threshold_linear_takes_the_columns(monkeypatch):
     from tda.models.quant import QuantLinear
 
     bw, ref = _blocks("Q4_K", 256, 2, seed=11)
+    monkeypatch.delenv("TDA_VNNI_SPARSE", raising=False)
+    assert quant_input_major(QuantLinear(bw)).vq is None  # opt-in
+    monkeypatch.setenv("TDA_VNNI_SPARSE", "1")
     mod = QuantLinear(bw)
     qwt = quant_input_major(mod)
     assert qwt.vq is not None and qwt.nbytes > dataclasses.replace(qwt, vq=None).nbytes  # counted
@@ -151,5 +154,3 @@ def test_engine_threshold_linear_takes_the_columns(monkeypatch):
     fn = quant_threshold_linear(qwt, None, cut, lambda v: F.linear(v, ref))
     _check(fn(x), x, (x.abs() >= cut) & (x != 0), ref)
     assert calls
-    monkeypatch.setenv("TDA_VNNI_SPARSE", "0")
-    assert quant_input_major(QuantLinear(bw)).vq is None

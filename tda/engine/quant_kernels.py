@@ -144,11 +144,19 @@ def input_sparse(x: torch.Tensor, qwt: QuantWeightT, idx: torch.Tensor, bias: to
 
 def vnni_columns_wanted(qwt: QuantWeightT) -> bool:
     """Whether an input-major repack also keeps its values as VNNI columns
-    (:func:`tda.models.quant.vnni_columns`) for :func:`vnni_input_sparse`: where the C++ kernels
-    and AVX512-VNNI are there, for a CPU weight whose outputs are whole blocks, unless
-    ``TDA_VNNI_SPARSE=0``. A second copy of the values (counted in its ``nbytes``)."""
+    (:func:`tda.models.quant.vnni_columns`) for :func:`vnni_input_sparse`: with ``TDA_VNNI_SPARSE=1``
+    (opt-in), where the C++ kernels and AVX512-VNNI are there, for a CPU weight whose outputs are
+    whole blocks. A second copy of the values (counted in its ``nbytes``).
+
+    Opt-in because it did not pay on the machine it was built on (an AMD EPYC, AVX-512 on 256-bit
+    units): its integer products need three VPDPBUSD per four inputs and 64 outputs plus the byte
+    interleaves of four lines, which cost about what the fp32 input-major kernel's multiply-adds
+    do. Per call it beat that kernel where the weights sat in cache (Q4_K 8192 x 2048 at density
+    1.0: 0.27 against 0.65 ms), but on a random:llama-1b Q4_K step's linears with cold weights, at
+    density 0.5, the two were within the machine's noise (``tda bench``: teal 0.85x [0.67, 0.95]
+    of dense with it, 0.95x [0.74, 1.18] without)."""
     ops = quant_ops()
-    if os.environ.get("TDA_VNNI_SPARSE") == "0" or ops is None or not hasattr(ops, "vnni_input_sparse"):
+    if os.environ.get("TDA_VNNI_SPARSE") != "1" or ops is None or not hasattr(ops, "vnni_input_sparse"):
         return False
     d_out, _ = qwt.shape
     ob = 128 if quant.vnni_column_bits(qwt.qtype) == 4 else 64

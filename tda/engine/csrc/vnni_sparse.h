@@ -1,41 +1,47 @@
 // Input-sparse decode (one row of x) over quantized weights with AVX512-VNNI: TEAL's threshold rule
 // or a given set of active inputs, reading only the active inputs' weights; included by
-// quant_blocks.h after vnni_gemv.h; a fragment of torch.ops.tda_kernels.
+// quant_blocks.h after vnni_gemv.h; a fragment of torch.ops.tda_kernels. Opt-in (TDA_VNNI_SPARSE=1,
+// tda.engine.quant_kernels.vnni_columns_wanted, which says what it measured).
 //
-// The weights, "VNNI columns" (tda.models.quant.vnni_columns): for each block of OB outputs (64 for
-// 8-bit storage, 128 for 4-bit), each input's stored values u = q + off (unsigned: Q8_0 q + 128,
-// Q5_0/Q4_0 q + 16, Q6_K q + 32, Q4_K q) in one 64-byte line, vq[N / OB, K, 64]: byte p of input i's
+// The weights, "VNNI columns" (tda.models.quant.vnni_columns): vq[K, N / OB, 64], for each input
+// and block of OB outputs (64 for 8-bit storage, 128 for 4-bit) one 64-byte line of its stored
+// values u = q + off (unsigned: Q8_0 q + 128, Q5_0/Q4_0 q + 16, Q6_K q + 32, Q4_K q); byte p of a
 // line holds output 16 k + 4 L + d of the block for p = 16 L + 4 k + d (4-bit: the low nibble that
-// output, the high nibble the output 64 further on). One line a kept input and block, so a step reads
-// the kept inputs' lines only, in ascending order (a forward stream with gaps).
+// output, the high nibble the output 64 further on). An input's lines are contiguous, so a step
+// reads the kept inputs' runs and nothing else.
 //
 // x is split into exact integer limbs per group of G inputs (limbs_x of int8_tiles.h, over x with its
 // inactive inputs zeroed). The kept inputs of a group, in fours ("quads"; the last one padded with
 // zero limbs), are interleaved on the fly -- unpacklo/hi_epi8 then _epi16 of four lines give four
 // registers whose dword n holds the four inputs' values for output 16 k + n, the byte order above
 // making it so -- and VPDPBUSD multiplies them with a broadcast of the quad's limbs: each (limb,
-// group) sum lands exactly in int32, is corrected for the offset (off * the group's limb sum) and
-// combined and scaled once per group exactly as the dense tile GEMV does (tile_group). The result
-// equals F.linear on the de-quantised weights of the masked x to fp32 rounding of the activations
-// (tests/test_vnni_sparse.py). The group scales are read as the input-major repack holds them
-// (QuantWeightT: fp32 or fp16 st, or integer factors st of an fp16 sd, and Q4_K's minimums alike).
+// group) sum lands exactly in int32 (started at -off * the group's limb sum, which removes the
+// offset), and is combined and scaled once per group as the dense tile GEMV does (tile_group). The
+// groups are split over threads, each summing into its own copy of y, added up at the end. The
+// result equals F.linear on the de-quantised weights of the masked x to fp32 rounding of the
+// activations (tests/test_vnni_sparse.py). The group scales are read as the input-major repack holds
+// them (QuantWeightT: fp32 or fp16 st, or integer factors st of an fp16 sd, and Q4_K's minimums alike).
 //
 //   vnni_input_sparse(x[K] fp32, vq, bits, off, group, st, mt?, sd?, md?, idx?, bias?, t, tvec?, count?)
 //       -> y[..., N]: the active inputs are idx (ascending, unique) where given, else x_i != 0 and
 //       |x_i| >= (tvec[i] or t); count (int64, one value) grows by their number. Returns an empty
-//       tensor where some x is not finite (the caller then takes the input-major kernel).
+//       tensor where an active x is not finite (the caller then takes the input-major kernel).
 #pragma once
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 #ifndef TDA_VSPARSE_PF
-#define TDA_VSPARSE_PF 2  // blocks of a group whose lines are requested ahead of the reads
+#define TDA_VSPARSE_PF 2  // groups whose lines are requested ahead of the reads
+#endif
+#ifndef TDA_VSPARSE_CHUNK
+#define TDA_VSPARSE_CHUNK 4  // blocks of outputs a pass over the groups covers
 #endif
 
 namespace tda_quant {
@@ -69,7 +75,7 @@ struct VSparseArgs {
   int64_t K, ng, G, nB;
   VScales S;
   const int64_t* qi;     // [4 * nq] the quads' lines: 64 * nB * input
-  const int32_t* ql;     // [3 * nq] the quads' limbs, four bytes a dword (limb l of quad q at l * nq + q)
+  const int32_t* ql;     // [nq, 3] the quads' limbs, four bytes a dword
   const int64_t* gq;     // [ng + 1] quad offsets of the groups
   const int64_t* gs;     // the groups that have quads, ascending
   int64_t ngs;
@@ -100,7 +106,7 @@ TDA_VNNI_TARGET __attribute__((always_inline)) inline void vsparse_quads(const V
     const __m512i cd0 = _mm512_unpacklo_epi8(c[2], c[3]), cd1 = _mm512_unpackhi_epi8(c[2], c[3]);
     const __m512i r0 = _mm512_unpacklo_epi16(ab0, cd0), r1 = _mm512_unpackhi_epi16(ab0, cd0);
     const __m512i r2 = _mm512_unpacklo_epi16(ab1, cd1), r3 = _mm512_unpackhi_epi16(ab1, cd1);
-    const __m512i x0 = _mm512_set1_epi32(A.ql[q]), x1 = _mm512_set1_epi32(A.ql[A.nq + q]), x2 = _mm512_set1_epi32(A.ql[2 * A.nq + q]);
+    const __m512i x0 = _mm512_set1_epi32(A.ql[3 * q]), x1 = _mm512_set1_epi32(A.ql[3 * q + 1]), x2 = _mm512_set1_epi32(A.ql[3 * q + 2]);
     a0 = _mm512_dpbusd_epi32(a0, r0, x0), a1 = _mm512_dpbusd_epi32(a1, r1, x0);
     a2 = _mm512_dpbusd_epi32(a2, r2, x0), a3 = _mm512_dpbusd_epi32(a3, r3, x0);
     b0 = _mm512_dpbusd_epi32(b0, r0, x1), b1 = _mm512_dpbusd_epi32(b1, r1, x1);
@@ -117,43 +123,34 @@ TDA_VNNI_TARGET __attribute__((always_inline)) inline void vsparse_quads(const V
 template <int BITS, int OFF, int HALF>
 TDA_VNNI_TARGET __attribute__((always_inline)) inline void vsparse_half(const VSparseArgs& A, const uint8_t* base, int64_t g,
                                                                        int64_t j0) {
-  __m512i s[3][4];
+  __m512i s[3][4];  // start at -off * the group's limb sums: the offsets' share, removed in int32
   for (int l = 0; l < 3; ++l)
-    for (int k = 0; k < 4; ++k) s[l][k] = _mm512_setzero_si512();
+    for (int k = 0; k < 4; ++k) s[l][k] = _mm512_set1_epi32(-OFF * A.ls[l * A.ng + g]);
   vsparse_quads<BITS, HALF>(A, base, A.gq[g], A.gq[g + 1], s[0], s[1], s[2]);
   const __m512 sx = _mm512_set1_ps(A.sx[g]);
-  const __m512i o0 = _mm512_set1_epi32(OFF * A.ls[g]), o1 = _mm512_set1_epi32(OFF * A.ls[A.ng + g]),
-                o2 = _mm512_set1_epi32(OFF * A.ls[2 * A.ng + g]);
   for (int k = 0; k < 4; ++k) {
     const int64_t j = j0 + 16 * k;
     const __m512 sum = _mm512_fmadd_ps(
-        _mm512_cvtepi32_ps(_mm512_sub_epi32(s[0][k], o0)), _mm512_set1_ps(65536.0f),
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(s[1][k], o1)), _mm512_set1_ps(256.0f),
-                        _mm512_cvtepi32_ps(_mm512_sub_epi32(s[2][k], o2))));
+        _mm512_cvtepi32_ps(s[0][k]), _mm512_set1_ps(65536.0f),
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[1][k]), _mm512_set1_ps(256.0f), _mm512_cvtepi32_ps(s[2][k])));
     __m512 acc = _mm512_fmadd_ps(sum, _mm512_mul_ps(vs_load(A.S, A.S.st, A.S.sd, g, j), sx), _mm512_loadu_ps(A.y + j));
     if (A.S.mt) acc = _mm512_fnmadd_ps(vs_load(A.S, A.S.mt, A.S.md, g, j), _mm512_set1_ps(A.xsum[g]), acc);
     _mm512_storeu_ps(A.y + j, acc);
   }
 }
 
-// Output blocks [a, b) (BITS 8: 64 outputs a block; 4: 128, the low nibbles the first 64 outputs,
-// the high nibbles the next 64): group by group, block by block, so that a thread reads its lines
-// in the order they are stored, and requests the lines of the block two on before its reads.
+// The groups gs[t0 .. t1) over every output block (BITS 8: 64 outputs a block; 4: 128, the low
+// nibbles the first 64 outputs, the high nibbles the next 64), added to y (this thread's partial
+// sums): group by group, block by block, so each kept input's lines are one forward stream; the
+// lines of the group TDA_VSPARSE_PF on are requested block by block ahead of the reads.
 template <int BITS, int OFF>
-TDA_VNNI_TARGET void vnni_sparse_blocks(const VSparseArgs& A, int64_t a, int64_t b) {
-  constexpr int64_t OB = BITS == 8 ? 64 : 128;
-  for (int64_t j = a * OB; j < b * OB; j += 16)
-    _mm512_storeu_ps(A.y + j, A.bias ? _mm512_loadu_ps(A.bias + j) : _mm512_setzero_ps());
-  const int64_t n = b - a;
-  for (int64_t t = 0; t < A.ngs; ++t) {
-    const int64_t g = A.gs[t];
-    for (int64_t ob = a; ob < b; ++ob) {
-      // prefetch: the same group's lines two blocks on, or the next group's in its first blocks
-      const int64_t ahead = ob - a + TDA_VSPARSE_PF;
-      const int64_t gp = ahead < n ? g : (t + 1 < A.ngs ? A.gs[t + 1] : -1);
-      if (gp >= 0) {
-        const char* pb = reinterpret_cast<const char*>(A.vq + (a + ahead % n) * 64);
-        for (int64_t q = A.gq[gp]; q < A.gq[gp + 1]; ++q)
+TDA_VNNI_TARGET void vnni_sparse_groups(const VSparseArgs& A, int64_t t0, int64_t t1) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t g = A.gs[t], tp = t + TDA_VSPARSE_PF < t1 ? A.gs[t + TDA_VSPARSE_PF] : -1;
+    for (int64_t ob = 0; ob < A.nB; ++ob) {
+      if (tp >= 0) {
+        const char* pb = reinterpret_cast<const char*>(A.vq + ob * 64);
+        for (int64_t q = A.gq[tp]; q < A.gq[tp + 1]; ++q)
           for (int u = 0; u < 4; ++u) _mm_prefetch(pb + A.qi[4 * q + u], _MM_HINT_T0);
       }
       const uint8_t* base = A.vq + ob * 64;
@@ -224,16 +221,30 @@ at::Tensor vnni_input_sparse(const at::Tensor& x, const at::Tensor& vq, int64_t 
     bp = bias->const_data_ptr<float>();
   }
   const float* xp = x.const_data_ptr<float>();
-  // the active inputs, and x with the others zeroed
-  std::vector<float> xm(static_cast<size_t>(K), 0.0f);
-  std::vector<uint8_t> keep(static_cast<size_t>(K), 0);
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes.back() = N;
+#if TDA_VNNI
+  // per call, in buffers this thread keeps: x with its inactive inputs zeroed, the active inputs as
+  // one bit mask per 16, x's limbs and the quads
+  thread_local std::vector<float> xm;
+  thread_local std::vector<uint16_t> km;
+  thread_local XLimbs L(0, 0);
+  thread_local std::vector<int64_t> gq, gs, qi;
+  thread_local std::vector<int32_t> ql;
+  xm.resize(static_cast<size_t>(K));
+  km.assign(static_cast<size_t>(K / 16), 0);
   int64_t kept = 0;
   if (idx.has_value() && idx->defined()) {
     TORCH_CHECK_VALUE(idx->dim() == 1 && idx->scalar_type() == at::kLong && idx->is_contiguous(), what, ": idx must be int64 [k]");
     const int64_t* ip = idx->const_data_ptr<int64_t>();
     for (int64_t n = 0; n < idx->numel(); ++n) {
       TORCH_CHECK_VALUE(ip[n] >= 0 && ip[n] < K && (n == 0 || ip[n] > ip[n - 1]), what, ": idx must be ascending, unique and in [0, ", K, ")");
-      keep[ip[n]] = 1;
+      km[ip[n] / 16] |= static_cast<uint16_t>(1u << (ip[n] % 16));
+    }
+    for (int64_t c = 0; c < K / 16; ++c) {
+      const __mmask16 m = km[c];
+      _mm512_storeu_ps(xm.data() + 16 * c, _mm512_maskz_mov_ps(m, _mm512_loadu_ps(xp + 16 * c)));
+      kept += __builtin_popcount(m);
     }
   } else {
     const float* tv = nullptr;
@@ -242,72 +253,83 @@ at::Tensor vnni_input_sparse(const at::Tensor& x, const at::Tensor& vq, int64_t 
                         what, ": tvec must be fp32 [", K, "]");
       tv = tvec->const_data_ptr<float>();
     }
-    const float tf = static_cast<float>(t);
-    for (int64_t i = 0; i < K; ++i) keep[i] = xp[i] != 0.0f && std::fabs(xp[i]) >= (tv ? tv[i] : tf);
+    const __m512 tf = _mm512_set1_ps(static_cast<float>(t)), zero = _mm512_setzero_ps();
+    for (int64_t c = 0; c < K / 16; ++c) {  // x_i != 0 and |x_i| >= t_i (NaN never)
+      const __m512 v = _mm512_loadu_ps(xp + 16 * c);
+      const __mmask16 m = _mm512_cmp_ps_mask(v, zero, _CMP_NEQ_UQ) &
+                          _mm512_cmp_ps_mask(_mm512_abs_ps(v), tv ? _mm512_loadu_ps(tv + 16 * c) : tf, _CMP_GE_OQ);
+      km[c] = m;
+      _mm512_storeu_ps(xm.data() + 16 * c, _mm512_maskz_mov_ps(m, v));
+      kept += __builtin_popcount(m);
+    }
   }
-  for (int64_t i = 0; i < K; ++i)
-    if (keep[i]) xm[i] = xp[i], ++kept;
-  std::vector<int64_t> sizes = x.sizes().vec();
-  sizes.back() = N;
-#if TDA_VNNI
-  XLimbs L(K, ng);
+  if (L.xl.size() != static_cast<size_t>(3 * K) || L.sx.size() != static_cast<size_t>(ng)) L = XLimbs(K, ng);
   if (!limbs_x(xm.data(), K, group, L.xl.data(), L.sx.data(), L.ls.data(), L.xsum.data())) return at::empty({0}, x.options());
   if (count.has_value() && count->defined()) {
     TORCH_CHECK_VALUE(count->numel() == 1 && count->scalar_type() == at::kLong, what, ": bad count");
     count->mutable_data_ptr<int64_t>()[0] += kept;
   }
   // the quads: each group's kept inputs in fours, the last padded with zero limbs (on a kept input's line)
-  std::vector<int64_t> gq(static_cast<size_t>(ng + 1), 0);
-  std::vector<int64_t> qi;
-  std::vector<int32_t> ql0, ql1, ql2;
-  qi.reserve(static_cast<size_t>(kept + 4 * ng));
+  gq.assign(static_cast<size_t>(ng + 1), 0);
+  gs.clear(), qi.clear(), ql.clear();
+  const int64_t row = 64 * nB;  // bytes of an input's lines
   for (int64_t g = 0; g < ng; ++g) {
     int n = 0;
     uint8_t b[3][4];
-    int64_t first = -1;
-    for (int64_t i = g * group; i < (g + 1) * group; ++i) {
-      if (!keep[i]) continue;
-      if (first < 0) first = 64 * nB * i;
-      qi.push_back(64 * nB * i);
-      for (int l = 0; l < 3; ++l) b[l][n] = static_cast<uint8_t>(L.xl[l * K + i]);
-      if (++n == 4) {
-        int32_t v[3];
-        for (int l = 0; l < 3; ++l) std::memcpy(&v[l], b[l], 4);
-        ql0.push_back(v[0]), ql1.push_back(v[1]), ql2.push_back(v[2]);
-        n = 0;
+    for (int64_t c = g * group / 16; c < (g + 1) * group / 16; ++c)
+      for (uint32_t bits = km[c]; bits; bits &= bits - 1) {
+        const int64_t i = 16 * c + __builtin_ctz(bits);
+        qi.push_back(row * i);
+        for (int l = 0; l < 3; ++l) b[l][n] = static_cast<uint8_t>(L.xl[l * K + i]);
+        if (++n == 4) {
+          for (int l = 0; l < 3; ++l) ql.push_back(0), std::memcpy(&ql.back(), b[l], 4);
+          n = 0;
+        }
       }
-    }
     if (n > 0) {
+      const int64_t first = qi[qi.size() - n];
       for (; n < 4; ++n) {
         qi.push_back(first);
         for (int l = 0; l < 3; ++l) b[l][n] = 0;
       }
-      int32_t v[3];
-      for (int l = 0; l < 3; ++l) std::memcpy(&v[l], b[l], 4);
-      ql0.push_back(v[0]), ql1.push_back(v[1]), ql2.push_back(v[2]);
+      for (int l = 0; l < 3; ++l) ql.push_back(0), std::memcpy(&ql.back(), b[l], 4);
     }
-    gq[g + 1] = static_cast<int64_t>(ql0.size());
-  }
-  const int64_t nq = static_cast<int64_t>(ql0.size());
-  std::vector<int64_t> gs;
-  for (int64_t g = 0; g < ng; ++g)
+    gq[g + 1] = static_cast<int64_t>(ql.size() / 3);
     if (gq[g + 1] > gq[g]) gs.push_back(g);
-  std::vector<int32_t> ql(static_cast<size_t>(3 * nq));
-  std::copy(ql0.begin(), ql0.end(), ql.begin());
-  std::copy(ql1.begin(), ql1.end(), ql.begin() + nq);
-  std::copy(ql2.begin(), ql2.end(), ql.begin() + 2 * nq);
+  }
+  const int64_t nq = gq[ng];
+  // the groups split over threads, each summing into its own outputs, then added up (with the bias)
+  const int nt = std::max<int>(1, std::min<int64_t>(at::get_num_threads(), (static_cast<int64_t>(gs.size()) + 7) / 8));
+  thread_local std::vector<float> part;
+  part.assign(static_cast<size_t>(nt * N), 0.0f);
+  float* const pp = part.data();  // (a thread_local named inside the workers would be theirs)
+  const VSparseArgs A0{vq.const_data_ptr<uint8_t>(), K, ng, group, nB, S, qi.data(), ql.data(), gq.data(), gs.data(),
+                       static_cast<int64_t>(gs.size()), L.ls.data(), L.sx.data(), L.xsum.data(), bp, nq, nullptr};
+  auto run = [&](auto fn) {
+    at::parallel_for(0, nt, 1, [&](int64_t a, int64_t b) {
+      for (int64_t w = a; w < b; ++w) {
+        VSparseArgs A = A0;
+        A.y = pp + w * N;
+        const int64_t per = (A.ngs + nt - 1) / nt;
+        fn(A, std::min(A.ngs, w * per), std::min(A.ngs, (w + 1) * per));
+      }
+    });
+  };
+  if (bits == 4) run(vnni_sparse_groups<4, 0>);
+  else if (off == 128) run(vnni_sparse_groups<8, 128>);
+  else if (off == 32) run(vnni_sparse_groups<8, 32>);
+  else if (off == 16) run(vnni_sparse_groups<8, 16>);
+  else run(vnni_sparse_groups<8, 0>);
   at::Tensor y = at::empty(sizes, x.options());
-  const VSparseArgs A{vq.const_data_ptr<uint8_t>(), K, ng, group, nB, S, qi.data(), ql.data(), gq.data(), gs.data(),
-                      static_cast<int64_t>(gs.size()), L.ls.data(), L.sx.data(), L.xsum.data(), bp, nq, y.mutable_data_ptr<float>()};
-  auto run = [&](auto fn) { at::parallel_for(0, nB, 4, [&](int64_t a, int64_t b) { fn(A, a, b); }); };
-  if (bits == 4) run(vnni_sparse_blocks<4, 0>);
-  else if (off == 128) run(vnni_sparse_blocks<8, 128>);
-  else if (off == 32) run(vnni_sparse_blocks<8, 32>);
-  else if (off == 16) run(vnni_sparse_blocks<8, 16>);
-  else run(vnni_sparse_blocks<8, 0>);
+  float* yp = y.mutable_data_ptr<float>();
+  for (int64_t j = 0; j < N; j += 16) {
+    __m512 v = bp ? _mm512_loadu_ps(bp + j) : _mm512_setzero_ps();
+    for (int w = 0; w < nt; ++w) v = _mm512_add_ps(v, _mm512_loadu_ps(pp + w * N + j));
+    _mm512_storeu_ps(yp + j, v);
+  }
   return y;
 #else
-  (void)S, (void)bp, (void)kept, (void)count;
+  (void)S, (void)bp, (void)count, (void)idx, (void)tvec, (void)t, (void)xp;
   return at::empty({0}, x.options());
 #endif
 }
