@@ -151,10 +151,9 @@ def vnni_columns_wanted(qwt: QuantWeightT) -> bool:
     Opt-in because it did not pay on the machine it was built on (an AMD EPYC, AVX-512 on 256-bit
     units): its integer products need three VPDPBUSD per four inputs and 64 outputs plus the byte
     interleaves of four lines, which cost about what the fp32 input-major kernel's multiply-adds
-    do. Per call it beat that kernel where the weights sat in cache (Q4_K 8192 x 2048 at density
-    1.0: 0.27 against 0.65 ms), but on a random:llama-1b Q4_K step's linears with cold weights, at
-    density 0.5, the two were within the machine's noise (``tda bench``: teal 0.85x [0.67, 0.95]
-    of dense with it, 0.95x [0.74, 1.18] without)."""
+    do. ``python benchmarks/vnni_sparse.py --qtype Q4_K --layers 22 --density 0.5`` (a llama-1b
+    step's linears, cold weights, rounds alternating): dense 23.8 ms, the input-major kernel 0.93x
+    of dense, these columns 0.94x; with one layer (in cache) at density 1.0: 0.61x and 0.59x."""
     ops = quant_ops()
     if os.environ.get("TDA_VNNI_SPARSE") != "1" or ops is None or not hasattr(ops, "vnni_input_sparse"):
         return False
