@@ -50,7 +50,7 @@ def _check(got: torch.Tensor, x: torch.Tensor, keep: torch.Tensor, ref: torch.Te
 
 def test_vnni_columns_byte_order():
     g = torch.Generator().manual_seed(0)
-    for qtype, n, d in (("Q8_0", 128, 64), ("Q4_K", 256, 256), ("Q6_K", 64, 256)):
+    for qtype, n, d in (("Q8_0", 128, 64), ("Q8_0", 1024, 64), ("Q4_K", 256, 256), ("Q6_K", 64, 256)):
         q = torch.randint(0, 16, (n, d), generator=g, dtype=torch.int8) if qtype == "Q4_K" else \
             torch.randint(-32, 32, (n, d), generator=g, dtype=torch.int8)
         group = 16 if qtype == "Q6_K" else 32
@@ -58,10 +58,11 @@ def test_vnni_columns_byte_order():
         vq = quant.vnni_columns(qw)
         u = q.to(torch.int16) + quant.VNNI_OFFSET[qtype]
         ob = 128 if qtype == "Q4_K" else 64
-        assert vq.shape == (d, n // ob, 64) and vq.dtype == torch.uint8
+        block_major = n // ob > d // group
+        assert vq.shape == ((n // ob, d, 64) if block_major else (d, n // ob, 64)) and vq.dtype == torch.uint8
         for i, b, p in ((0, 0, 0), (d - 1, n // ob - 1, 63), (5, 0, 21), (3, n // ob - 1, 46)):
             out = b * ob + 16 * ((p % 16) // 4) + 4 * (p // 16) + p % 4
-            byte = int(vq[i, b, p])
+            byte = int(vq[b, i, p] if block_major else vq[i, b, p])
             if ob == 64:
                 assert byte == int(u[out, i])
             else:
@@ -73,7 +74,7 @@ def test_vnni_columns_byte_order():
 @needs_vnni
 @pytest.mark.parametrize("qtype", TYPES)
 @pytest.mark.parametrize("compact", [True, False])
-@pytest.mark.parametrize("d_out,n_blocks", [(128, 1), (256, 3)])
+@pytest.mark.parametrize("d_out,n_blocks", [(128, 1), (256, 3), (1280, 1)])  # the last: block-major
 def test_threshold_rule_equals_masked_linear(qtype, compact, d_out, n_blocks):
     per = 256 if qtype in ("Q4_K", "Q6_K") else 32
     n_blocks = n_blocks if per == 256 else n_blocks * 5
@@ -129,7 +130,7 @@ def test_non_finite_rows_and_other_shapes_fall_back():
     with pytest.raises(ValueError, match="bits"):
         _ops.vnni_input_sparse(torch.randn(128), qwt.vq, 6, 0, 32, qwt.st, None, None, None, None, None, 0.0, None, None)
     with pytest.raises(ValueError, match="vq must be"):
-        _ops.vnni_input_sparse(torch.randn(128), qwt.vq[:, :, :32].contiguous(), 8, 128, 32, qwt.st, None, None, None,
+        _ops.vnni_input_sparse(torch.randn(128), qwt.vq[:, :1].contiguous(), 8, 128, 32, qwt.st, None, None, None,
                                None, None, 0.0, None, None)
 
 

@@ -191,7 +191,9 @@ def vnni_columns(qw: QuantWeight) -> torch.Tensor | None:
     the high nibble ``o + 64``) one 64-byte line holding ``u = q + VNNI_OFFSET[qtype]``; byte
     ``p = 16 L + 4 k + d`` of a line holds output ``16 k + 4 L + d`` (the order in which the
     kernel's byte and word interleaves of four lines leave each output's four values in one dword).
-    An input's lines are contiguous, so a step reads whole runs of the kept inputs only.
+    An input's lines are contiguous, so a step reads whole runs of the kept inputs only — except
+    where there are more output blocks than groups of inputs (an lm_head): then a block's lines are
+    (``vq[d_out / OB, d_in, 64]``), which the kernel reads block by block, its sums in registers.
     None for a type without an offset or a ``d_out`` that is not whole blocks."""
     off = VNNI_OFFSET.get(qw.qtype)
     bits = vnni_column_bits(qw.qtype)
@@ -207,6 +209,8 @@ def vnni_columns(qw: QuantWeight) -> torch.Tensor | None:
     else:
         v = u.view(n // 128, 2, 64, d)[:, :, perm, :]
         lines = v[:, 0] | (v[:, 1] << 4)
+    if n // ob > d // qw.group:  # more output blocks than input groups (an lm_head): block-major
+        return lines.transpose(1, 2).contiguous()  # [block, input, byte]
     return lines.permute(2, 0, 1).contiguous()  # [input, block, byte]
 
 

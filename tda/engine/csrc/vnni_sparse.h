@@ -72,7 +72,7 @@ TDA_VNNI_TARGET inline __m512 vs_load(const VScales& S, const void* p, const at:
 
 struct VSparseArgs {
   const uint8_t* vq;     // [K, nB, 64]
-  int64_t K, ng, G, nB;
+  int64_t K, ng, G, nB, bstride;  // bstride: bytes from one output block's lines to the next's
   VScales S;
   const int64_t* qi;     // [4 * nq] the quads' lines: 64 * nB * input
   const int32_t* ql;     // [nq, 3] the quads' limbs, four bytes a dword
@@ -119,10 +119,10 @@ TDA_VNNI_TARGET __attribute__((always_inline)) inline void vsparse_quads(const V
 }
 
 // Group g's quads over one half (64 outputs from j0) of a block, its limb sums (offset removed)
-// combined and scaled once, as tile_group does, and added to y.
+// combined and scaled once, as tile_group does, and added to acc (outputs j0 + 16 k ..).
 template <int BITS, int OFF, int HALF>
 TDA_VNNI_TARGET __attribute__((always_inline)) inline void vsparse_half(const VSparseArgs& A, const uint8_t* base, int64_t g,
-                                                                       int64_t j0) {
+                                                                       int64_t j0, __m512* acc) {
   __m512i s[3][4];  // start at -off * the group's limb sums: the offsets' share, removed in int32
   for (int l = 0; l < 3; ++l)
     for (int k = 0; k < 4; ++k) s[l][k] = _mm512_set1_epi32(-OFF * A.ls[l * A.ng + g]);
@@ -133,9 +133,40 @@ TDA_VNNI_TARGET __attribute__((always_inline)) inline void vsparse_half(const VS
     const __m512 sum = _mm512_fmadd_ps(
         _mm512_cvtepi32_ps(s[0][k]), _mm512_set1_ps(65536.0f),
         _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[1][k]), _mm512_set1_ps(256.0f), _mm512_cvtepi32_ps(s[2][k])));
-    __m512 acc = _mm512_fmadd_ps(sum, _mm512_mul_ps(vs_load(A.S, A.S.st, A.S.sd, g, j), sx), _mm512_loadu_ps(A.y + j));
-    if (A.S.mt) acc = _mm512_fnmadd_ps(vs_load(A.S, A.S.mt, A.S.md, g, j), _mm512_set1_ps(A.xsum[g]), acc);
-    _mm512_storeu_ps(A.y + j, acc);
+    acc[k] = _mm512_fmadd_ps(sum, _mm512_mul_ps(vs_load(A.S, A.S.st, A.S.sd, g, j), sx), acc[k]);
+    if (A.S.mt) acc[k] = _mm512_fnmadd_ps(vs_load(A.S, A.S.mt, A.S.md, g, j), _mm512_set1_ps(A.xsum[g]), acc[k]);
+  }
+}
+
+// y[j0 .. j0 + 64) plus one group's sums over that half (the groups order: y is a thread's partial sums).
+template <int BITS, int OFF, int HALF>
+TDA_VNNI_TARGET __attribute__((always_inline)) inline void vsparse_half_y(const VSparseArgs& A, const uint8_t* base, int64_t g,
+                                                                         int64_t j0) {
+  __m512 acc[4];
+  for (int k = 0; k < 4; ++k) acc[k] = _mm512_loadu_ps(A.y + j0 + 16 * k);
+  vsparse_half<BITS, OFF, HALF>(A, base, g, j0, acc);
+  for (int k = 0; k < 4; ++k) _mm512_storeu_ps(A.y + j0 + 16 * k, acc[k]);
+}
+
+// The blocks order, for weights with more output blocks than input groups (an lm_head; their
+// columns are block-major): output blocks [a, b), each half's sums over every group kept in
+// registers and stored once (with the bias).
+template <int BITS, int OFF>
+TDA_VNNI_TARGET void vnni_sparse_blocks(const VSparseArgs& A, int64_t a, int64_t b) {
+  constexpr int H = BITS == 8 ? 1 : 2;
+  for (int64_t ob = a; ob < b; ++ob) {
+    const uint8_t* base = A.vq + ob * A.bstride;  // the block's lines: one forward stream with gaps
+    for (int h = 0; h < H; ++h) {
+      const int64_t j0 = (ob * H + h) * 64;
+      __m512 acc[4];
+      for (int k = 0; k < 4; ++k) acc[k] = A.bias ? _mm512_loadu_ps(A.bias + j0 + 16 * k) : _mm512_setzero_ps();
+      for (int64_t t = 0; t < A.ngs; ++t) {
+        if constexpr (BITS == 8) vsparse_half<8, OFF, 0>(A, base, A.gs[t], j0, acc);
+        else if (h == 0) vsparse_half<4, OFF, 0>(A, base, A.gs[t], j0, acc);
+        else vsparse_half<4, OFF, 1>(A, base, A.gs[t], j0, acc);
+      }
+      for (int k = 0; k < 4; ++k) _mm512_storeu_ps(A.y + j0 + 16 * k, acc[k]);
+    }
   }
 }
 
@@ -149,16 +180,16 @@ TDA_VNNI_TARGET void vnni_sparse_groups(const VSparseArgs& A, int64_t t0, int64_
     const int64_t g = A.gs[t], tp = t + TDA_VSPARSE_PF < t1 ? A.gs[t + TDA_VSPARSE_PF] : -1;
     for (int64_t ob = 0; ob < A.nB; ++ob) {
       if (tp >= 0) {
-        const char* pb = reinterpret_cast<const char*>(A.vq + ob * 64);
+        const char* pb = reinterpret_cast<const char*>(A.vq + ob * A.bstride);
         for (int64_t q = A.gq[tp]; q < A.gq[tp + 1]; ++q)
           for (int u = 0; u < 4; ++u) _mm_prefetch(pb + A.qi[4 * q + u], _MM_HINT_T0);
       }
-      const uint8_t* base = A.vq + ob * 64;
+      const uint8_t* base = A.vq + ob * A.bstride;
       if constexpr (BITS == 8) {
-        vsparse_half<8, OFF, 0>(A, base, g, ob * 64);
+        vsparse_half_y<8, OFF, 0>(A, base, g, ob * 64);
       } else {
-        vsparse_half<4, OFF, 0>(A, base, g, ob * 128);
-        vsparse_half<4, OFF, 1>(A, base, g, ob * 128 + 64);
+        vsparse_half_y<4, OFF, 0>(A, base, g, ob * 128);
+        vsparse_half_y<4, OFF, 1>(A, base, g, ob * 128 + 64);
       }
     }
   }
@@ -208,9 +239,12 @@ at::Tensor vnni_input_sparse(const at::Tensor& x, const at::Tensor& vq, int64_t 
   TORCH_CHECK_VALUE((bits == 4 && off == 0) || (bits == 8 && (off == 0 || off == 16 || off == 32 || off == 128)), what,
                     ": no kernel for bits ", bits, " and offset ", off);
   TORCH_CHECK_VALUE(group == 16 || group == 32, what, ": group must be 16 or 32");
-  TORCH_CHECK_VALUE(vq.dim() == 3 && vq.size(2) == 64 && vq.size(0) % group == 0 && vq.scalar_type() == at::kByte &&
-                    vq.is_contiguous() && vq.device().is_cpu(), what, ": vq must be uint8 [K, N / OB, 64], K whole groups");
-  const int64_t K = vq.size(0), ng = K / group, OB = bits == 8 ? 64 : 128, nB = vq.size(1), N = nB * OB;
+  const int64_t K = x.numel(), ng = K / group, OB = bits == 8 ? 64 : 128, N = st.dim() == 2 ? st.size(1) : -1, nB = N / OB;
+  TORCH_CHECK_VALUE(K > 0 && K % group == 0 && N > 0 && N % OB == 0, what, ": x must be whole groups and st [K / group, N]");
+  const bool block_major = nB > ng;  // tda.models.quant.vnni_columns: [N / OB, K, 64], else [K, N / OB, 64]
+  TORCH_CHECK_VALUE(vq.dim() == 3 && vq.size(0) == (block_major ? nB : K) && vq.size(1) == (block_major ? K : nB) &&
+                    vq.size(2) == 64 && vq.scalar_type() == at::kByte && vq.is_contiguous() && vq.device().is_cpu(),
+                    what, ": vq must be uint8 ", block_major ? "[N / OB, K, 64]" : "[K, N / OB, 64]", " for these sizes");
   TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat && x.is_contiguous() && x.numel() == K && x.size(-1) == K && x.device().is_cpu(),
                     what, ": x must be one contiguous fp32 row of ", K);
   VScales S = check_vscales(st, mt, sd, md, ng, N);
@@ -272,7 +306,7 @@ at::Tensor vnni_input_sparse(const at::Tensor& x, const at::Tensor& vq, int64_t 
   // the quads: each group's kept inputs in fours, the last padded with zero limbs (on a kept input's line)
   gq.assign(static_cast<size_t>(ng + 1), 0);
   gs.clear(), qi.clear(), ql.clear();
-  const int64_t row = 64 * nB;  // bytes of an input's lines
+  const int64_t row = block_major ? 64 : 64 * nB;  // bytes from one input's line to the next's
   for (int64_t g = 0; g < ng; ++g) {
     int n = 0;
     uint8_t b[3][4];
@@ -298,13 +332,24 @@ at::Tensor vnni_input_sparse(const at::Tensor& x, const at::Tensor& vq, int64_t 
     if (gq[g + 1] > gq[g]) gs.push_back(g);
   }
   const int64_t nq = gq[ng];
-  // the groups split over threads, each summing into its own outputs, then added up (with the bias)
+  at::Tensor y = at::empty(sizes, x.options());
+  float* yp = y.mutable_data_ptr<float>();
+  VSparseArgs A0{vq.const_data_ptr<uint8_t>(), K, ng, group, nB, block_major ? 64 * K : 64, S, qi.data(), ql.data(), gq.data(), gs.data(),
+                 static_cast<int64_t>(gs.size()), L.ls.data(), L.sx.data(), L.xsum.data(), bp, nq, yp};
+  if (block_major) {  // the blocks order: output blocks split over threads, sums in registers
+    auto run = [&](auto fn) { at::parallel_for(0, nB, 1, [&](int64_t a, int64_t b) { fn(A0, a, b); }); };
+    if (bits == 4) run(vnni_sparse_blocks<4, 0>);
+    else if (off == 128) run(vnni_sparse_blocks<8, 128>);
+    else if (off == 32) run(vnni_sparse_blocks<8, 32>);
+    else if (off == 16) run(vnni_sparse_blocks<8, 16>);
+    else run(vnni_sparse_blocks<8, 0>);
+    return y;
+  }
+  // the groups order: the groups split over threads, each summing into its own outputs, then added up
   const int nt = std::max<int>(1, std::min<int64_t>(at::get_num_threads(), (static_cast<int64_t>(gs.size()) + 7) / 8));
   thread_local std::vector<float> part;
   part.assign(static_cast<size_t>(nt * N), 0.0f);
   float* const pp = part.data();  // (a thread_local named inside the workers would be theirs)
-  const VSparseArgs A0{vq.const_data_ptr<uint8_t>(), K, ng, group, nB, S, qi.data(), ql.data(), gq.data(), gs.data(),
-                       static_cast<int64_t>(gs.size()), L.ls.data(), L.sx.data(), L.xsum.data(), bp, nq, nullptr};
   auto run = [&](auto fn) {
     at::parallel_for(0, nt, 1, [&](int64_t a, int64_t b) {
       for (int64_t w = a; w < b; ++w) {
@@ -320,8 +365,6 @@ at::Tensor vnni_input_sparse(const at::Tensor& x, const at::Tensor& vq, int64_t 
   else if (off == 32) run(vnni_sparse_groups<8, 32>);
   else if (off == 16) run(vnni_sparse_groups<8, 16>);
   else run(vnni_sparse_groups<8, 0>);
-  at::Tensor y = at::empty(sizes, x.options());
-  float* yp = y.mutable_data_ptr<float>();
   for (int64_t j = 0; j < N; j += 16) {
     __m512 v = bp ? _mm512_loadu_ps(bp + j) : _mm512_setzero_ps();
     for (int w = 0; w < nt; ++w) v = _mm512_add_ps(v, _mm512_loadu_ps(pp + w * N + j));
