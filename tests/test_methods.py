@@ -266,6 +266,22 @@ def test_input_major_layout_is_one_copy(load_tiny):
     assert input_major(m).data_ptr() == wt.data_ptr()  # idempotent
 
 
+@pytest.mark.skipif(not __import__("tda.engine.fastpath", fromlist=["x"]).mkldnn_available(), reason="no oneDNN")
+def test_fast_fp32_head_rows_give_the_same_bits_on_either_layout():
+    from tda.engine import fastpath, kernels
+    from tda.engine.layouts import input_major
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(64, 32768, bias=False)  # vocabulary-shaped
+    assert kernels.vocab_shaped(head.weight) and not kernels.vocab_shaped(torch.empty(2048, 640))
+    rows = torch.randn(kernels.CPP_DENSE_MAX_ROWS + 23, 64)  # more rows than the decode GEMVs take
+    before = fastpath.linear_fn(head.weight, None, fast=True)(rows)  # oneDNN on the row-major weight
+    input_major(head)
+    after = fastpath.linear_fn(head.weight, None, fast=True)(rows)  # oneDNN on the transposed view
+    assert torch.equal(before, after)
+    torch.testing.assert_close(after, rows @ head.weight.detach().T, rtol=1e-5, atol=1e-5)
+
+
 def test_input_thresholds_hit_their_density(tiny_llama):
     from tda.masks.input_thresholds import calibrate_inputs
 

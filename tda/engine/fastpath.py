@@ -102,6 +102,8 @@ def linear_fn(weight: torch.Tensor, bias: torch.Tensor | None = None, *, fast: b
             x2 = x.reshape(-1, x.shape[-1])
             if ops is not None and x2.shape[0] <= max_rows and x2.dtype == wt.dtype:
                 y = ops.input_dense(x2 if x2.is_contiguous() else x2.contiguous(), wt, b)
+            elif use_fast:  # an lm_head through oneDNN (kernels.vocab_shaped), else mm
+                y = kernels.rows_times_input_major(x2, wt, b)
             else:
                 y = torch.mm(x2, wt) if b is None else torch.addmm(b, x2, wt)
             return y.view(*x.shape[:-1], d_out)

@@ -244,10 +244,44 @@ def _torch_in_sparse(x2: torch.Tensor, idx: torch.Tensor, w_t: torch.Tensor,
         if nb > 1:
             y = y.view(n, nb, d_out).sum(1)
     elif k == w_t.shape[0] and _is_arange(idx):  # every input active (a long batch): no gathered copy
-        y = x2.contiguous() @ w_t.contiguous()  # the same operands, bit for bit, as the gathered ones
+        y = rows_times_input_major(x2.contiguous(), w_t.contiguous())  # the same operands, bit for bit, as the gathered ones
     else:
-        y = x2.index_select(1, idx) @ w_t.index_select(0, idx)
+        y = rows_times_input_major(x2.index_select(1, idx), w_t.index_select(0, idx))
     return y if bias is None else y.add_(bias)
+
+
+def vocab_shaped(weight: torch.Tensor) -> bool:
+    """An lm_head's shape: ``W[d_out, d_in]`` with at least 32000 outputs and four per input (a
+    vocabulary; no model's FFN is that wide for its width).
+
+    Many rows of x times such a weight (prefill, scoring) go through oneDNN in fp32 on the CPU
+    (:func:`rows_times_input_major`), also where a method made it input-major (the lm_head
+    option): oneDNN reads the transposed view as it is, with the same bits as on the row-major
+    weight, where MKL's ``mm`` on the input-major one ran at 92 against oneDNN's 169 GFLOP/s on an
+    AMD EPYC (Gemma 3 270M's 262144 x 640 head, 256 rows, 2026-12-06). The layers keep ``mm``:
+    their outputs feed the methods' token-wise selections, whose near-ties then fall as before
+    (tests/test_scoring.py compares batched and per-token scoring of every method)."""
+    d_out, d_in = weight.shape
+    return d_out >= 32000 and d_out >= 4 * d_in
+
+
+def rows_times_input_major(x2: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x2[n, d_in] @ w_t[d_in, d_out] (+ bias)``: oneDNN on the transposed view for an fp32 CPU
+    vocabulary-shaped weight (:func:`vocab_shaped`), else ``mm`` / ``addmm``."""
+    if (x2.dtype is torch.float32 and w_t.dtype is torch.float32 and x2.is_cpu and w_t.is_cpu
+            and vocab_shaped(w_t.t()) and _onednn_linear() is not None):
+        b = None if bias is None else bias.to(torch.float32).contiguous()
+        return _onednn_linear()(x2 if x2.is_contiguous() else x2.contiguous(), w_t.t(), b, "none", [], "")
+    return torch.mm(x2, w_t) if bias is None else torch.addmm(bias, x2, w_t)
+
+
+def _onednn_linear():
+    try:
+        if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+            return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):  # pragma: no cover - exotic builds
+        pass
+    return None
 
 
 def _is_arange(idx: torch.Tensor) -> bool:
