@@ -8,7 +8,8 @@
 // values u = q + off (unsigned: Q8_0 q + 128, Q5_0/Q4_0 q + 16, Q6_K q + 32, Q4_K q); byte p of a
 // line holds output 16 k + 4 L + d of the block for p = 16 L + 4 k + d (4-bit: the low nibble that
 // output, the high nibble the output 64 further on). An input's lines are contiguous, so a step
-// reads the kept inputs' runs and nothing else.
+// reads the kept inputs' runs and nothing else -- except for weights with more output blocks than
+// input groups (an lm_head), whose columns are block-major, vq[N / OB, K, 64], read block by block.
 //
 // x is split into exact integer limbs per group of G inputs (limbs_x of int8_tiles.h, over x with its
 // inactive inputs zeroed). The kept inputs of a group, in fours ("quads"; the last one padded with
@@ -16,8 +17,9 @@
 // registers whose dword n holds the four inputs' values for output 16 k + n, the byte order above
 // making it so -- and VPDPBUSD multiplies them with a broadcast of the quad's limbs: each (limb,
 // group) sum lands exactly in int32 (started at -off * the group's limb sum, which removes the
-// offset), and is combined and scaled once per group as the dense tile GEMV does (tile_group). The
-// groups are split over threads, each summing into its own copy of y, added up at the end. The
+// offset), and is combined and scaled once per group as the dense tile GEMV does (tile_group).
+// Input-major columns: the groups are split over threads, each summing into its own copy of y,
+// added up at the end; block-major: the output blocks are, each block's sums kept in registers. The
 // result equals F.linear on the de-quantised weights of the masked x to fp32 rounding of the
 // activations (tests/test_vnni_sparse.py). The group scales are read as the input-major repack holds
 // them (QuantWeightT: fp32 or fp16 st, or integer factors st of an fp16 sd, and Q4_K's minimums alike).
