@@ -192,8 +192,9 @@ def vnni_columns(qw: QuantWeight) -> torch.Tensor | None:
     ``p = 16 L + 4 k + d`` of a line holds output ``16 k + 4 L + d`` (the order in which the
     kernel's byte and word interleaves of four lines leave each output's four values in one dword).
     An input's lines are contiguous, so a step reads whole runs of the kept inputs only — except
-    where there are more output blocks than groups of inputs (an lm_head): then a block's lines are
-    (``vq[d_out / OB, d_in, 64]``), which the kernel reads block by block, its sums in registers.
+    where there are more output blocks than groups of inputs (an lm_head): then each block's lines
+    are contiguous (``vq[d_out / OB, d_in, 64]``), and the kernel reads block by block, its sums in
+    registers.
     None for a type without an offset or a ``d_out`` that is not whole blocks."""
     off = VNNI_OFFSET.get(qw.qtype)
     bits = vnni_column_bits(qw.qtype)
