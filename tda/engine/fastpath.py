@@ -47,10 +47,9 @@ _LOCK = threading.Lock()
 
 def mkldnn_available() -> bool:
     """True when this torch build has oneDNN and its pointwise linear op."""
-    try:
-        return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except (AttributeError, RuntimeError):  # pragma: no cover - exotic builds
-        return False
+    from tda.engine import kernels
+
+    return kernels.onednn_linear() is not None
 
 
 FAST_DTYPES = (torch.float32, torch.bfloat16)  # what the fast dense path takes

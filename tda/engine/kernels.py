@@ -268,14 +268,15 @@ def vocab_shaped(weight: torch.Tensor) -> bool:
 def rows_times_input_major(x2: torch.Tensor, w_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x2[n, d_in] @ w_t[d_in, d_out] (+ bias)``: oneDNN on the transposed view for an fp32 CPU
     vocabulary-shaped weight (:func:`vocab_shaped`), else ``mm`` / ``addmm``."""
-    if (x2.dtype is torch.float32 and w_t.dtype is torch.float32 and x2.is_cpu and w_t.is_cpu
-            and vocab_shaped(w_t.t()) and _onednn_linear() is not None):
+    lin = onednn_linear() if x2.dtype is torch.float32 and w_t.dtype is torch.float32 else None
+    if lin is not None and x2.is_cpu and w_t.is_cpu and vocab_shaped(w_t.t()):
         b = None if bias is None else bias.to(torch.float32).contiguous()
-        return _onednn_linear()(x2 if x2.is_contiguous() else x2.contiguous(), w_t.t(), b, "none", [], "")
+        return lin(x2 if x2.is_contiguous() else x2.contiguous(), w_t.t(), b, "none", [], "")
     return torch.mm(x2, w_t) if bias is None else torch.addmm(bias, x2, w_t)
 
 
-def _onednn_linear():
+def onednn_linear():
+    """oneDNN's fp32 linear (``torch.ops.mkldnn._linear_pointwise``) where this torch build has it, else None."""
     try:
         if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
             return torch.ops.mkldnn._linear_pointwise
