@@ -189,7 +189,8 @@ def test_batch1_gemvs_at_ragged_sizes(dtype, d_out, d_in):
     """The batch-1 GEMVs (AVX-512 / AVX512-BF16 intrinsics where the build has them: four
     accumulators per row, masked tails of 16/32 lanes, bf16 input rows in interleaved pairs with a
     pair-order accumulator) against the fp64 masked product at sizes that leave every tail and an
-    odd row count; an output-sparse subset equals the dense rows bit for bit."""
+    odd row count; an output-sparse subset (gathered rows, four at a time and then one) equals the
+    dense rows (in order, one at a time) bit for bit."""
     w, x, _, xm, idx, b = _problem(d_out, d_in, (1,), 0.5, dtype, seed=d_out * 1000 + d_in, bias=True)
     w_t = w.t().contiguous()
     assert _close(K.dense(x, w, b, backend="cpp"), _ref(x, w, b), dtype)

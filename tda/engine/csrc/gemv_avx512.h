@@ -37,13 +37,58 @@ namespace tda_gemv {
 inline __mmask16 tail16(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
 inline __mmask32 tail32(int64_t n) { return static_cast<__mmask32>((1ull << n) - 1ull); }
 
+// Gathered rows (idx), four at a time: y[j..j+3], each row with its own four accumulators in the
+// order of the one-row loop below (the same sums, bit for bit), the next four rows' first lines
+// prefetched. Four DRAM streams at once: one gathered row at a time runs 1.3-1.5x the time per byte
+// of rows in order (the streamer restarts at every jump), four at a time 1.05-1.2x (AMD EPYC, fp32,
+// 2048- and 640-wide rows, a random half of the rows, measured side by side).
+inline void gathered_rows4_f32(const float* x, int64_t d_in, const int64_t* idx, int64_t j, int64_t j1,
+                               const float* w, const float* bias, float* y) {
+  const int64_t quad = d_in / 64 * 64, full = d_in / 16 * 16;
+  const __mmask16 tm = tail16(d_in - full);
+  const float* r[4];
+  for (int q = 0; q < 4; ++q) r[q] = w + idx[j + q] * d_in;
+  if (j + 8 <= j1)
+    for (int q = 4; q < 8; ++q) _mm_prefetch(reinterpret_cast<const char*>(w + idx[j + q] * d_in), _MM_HINT_T0);
+  __m512 a[4][4];
+  for (int q = 0; q < 4; ++q)
+    for (int u = 0; u < 4; ++u) a[q][u] = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c < quad; c += 64) {
+    const __m512 x0 = _mm512_loadu_ps(x + c), x1 = _mm512_loadu_ps(x + c + 16);
+    const __m512 x2 = _mm512_loadu_ps(x + c + 32), x3 = _mm512_loadu_ps(x + c + 48);
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) {
+      a[q][0] = _mm512_fmadd_ps(_mm512_loadu_ps(r[q] + c), x0, a[q][0]);
+      a[q][1] = _mm512_fmadd_ps(_mm512_loadu_ps(r[q] + c + 16), x1, a[q][1]);
+      a[q][2] = _mm512_fmadd_ps(_mm512_loadu_ps(r[q] + c + 32), x2, a[q][2]);
+      a[q][3] = _mm512_fmadd_ps(_mm512_loadu_ps(r[q] + c + 48), x3, a[q][3]);
+    }
+  }
+  for (; c < full; c += 16) {
+    const __m512 xv = _mm512_loadu_ps(x + c);
+    for (int q = 0; q < 4; ++q) a[q][0] = _mm512_fmadd_ps(_mm512_loadu_ps(r[q] + c), xv, a[q][0]);
+  }
+  if (tm) {
+    const __m512 xv = _mm512_maskz_loadu_ps(tm, x + c);
+    for (int q = 0; q < 4; ++q) a[q][1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tm, r[q] + c), xv, a[q][1]);
+  }
+  for (int q = 0; q < 4; ++q) {
+    const float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[q][0], a[q][1]), _mm512_add_ps(a[q][2], a[q][3])));
+    y[j + q] = bias ? s + bias[idx[j + q]] : s;
+  }
+}
+
 // y[j] = w[row(j), :] . x (+ bias[row(j)]) for j in [j0, j1), row(j) = idx ? idx[j] : j; fp32.
-// One row at a time, read in order (the hardware prefetcher streams it; interleaving four rows
-// measured slower on Gemma's 640-wide rows), with four independent accumulators.
+// Rows in order: one at a time (the hardware prefetcher streams them; interleaving four rows
+// measured slower on Gemma's 640-wide rows), with four independent accumulators. Gathered rows:
+// four at a time (gathered_rows4_f32), then one at a time.
 inline void row_gemv_f32(const float* x, int64_t d_in, const int64_t* idx, int64_t j0, int64_t j1,
                          const float* w, const float* bias, float* y) {
   const int64_t quad = d_in / 64 * 64, full = d_in / 16 * 16;
   const __mmask16 tm = tail16(d_in - full);
+  if (idx)
+    for (; j0 + 4 <= j1; j0 += 4) gathered_rows4_f32(x, d_in, idx, j0, j1, w, bias, y);
   for (int64_t j = j0; j < j1; ++j) {
     const int64_t rj = idx ? idx[j] : j;
     const float* r = w + rj * d_in;
