@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tda.engine import decode_loop, kernels
+from tda.engine import decode_loop, kernels, kvcache
 from tda.engine.generate import generate
+from tda.models.load import cache_kwarg
 from tests.conftest import TINY
 
 PROMPTS = ["the quick brown fox jumps over the lazy dog and", "the quick brown fox jumps over the lazy cat and"]
@@ -68,6 +69,39 @@ def test_chunked_prefill_then_the_loop(tiny_llama, loops, monkeypatch):
     got = generate(tiny_llama, long, max_new_tokens=8, min_new_tokens=8, chunk=7)
     ref = generate(tiny_llama, long, max_new_tokens=8, min_new_tokens=8, stock=True)
     assert got.token_ids == ref.token_ids and loops[0] == 1
+
+
+class _Seen:
+    """A logits processor that records the storage of the scores it gets (and writes nothing)."""
+
+    def __init__(self, writes: bool):
+        self.writes_scores, self.ptrs = writes, []
+
+    def __call__(self, input_ids, scores):
+        self.ptrs.append(scores.untyped_storage().data_ptr())
+        return scores
+
+
+@pytest.mark.parametrize("writes", [False, True])
+def test_the_logits_are_copied_only_for_a_processor_that_may_write(tiny_llama, writes):
+    """A chain of processors that all say ``writes_scores = False`` reads the model's logits in
+    place; one that may write (the default) gets a copy; the tokens are the same either way."""
+    lm = tiny_llama
+    ids = lm.tokenizer(PROMPTS[0], return_tensors="pt").input_ids
+    logits = []
+    hook = lm.model.register_forward_hook(lambda m, a, out: logits.append(out.logits.untyped_storage().data_ptr()))
+    seen = _Seen(writes)
+    try:
+        cache = kvcache.new_cache(lm, ids.shape[1] + 4)
+        with torch.inference_mode():
+            out = decode_loop.decode(lm.model, ids, cache, cache_kwarg(lm.model), max_new_tokens=4, processors=[seen])
+    finally:
+        hook.remove()
+    assert len(seen.ptrs) == len(logits) == 4
+    same = [a == b for a, b in zip(seen.ptrs, logits)]
+    assert all(same) if not writes else not any(same)
+    ref = generate(lm, PROMPTS[0], max_new_tokens=4, min_new_tokens=4)
+    assert out[0, ids.shape[1]:].tolist() == ref.token_ids[0]
 
 
 def test_padding_and_a_non_neutral_config_go_to_generate(tiny_llama, loops, monkeypatch):

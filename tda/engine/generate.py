@@ -84,7 +84,10 @@ class GenerationResult:
 
 
 class _StepClock:
-    """A pass-through LogitsProcessor: first call = prefill done -> build masks; timestamps."""
+    """A pass-through LogitsProcessor: first call = prefill done -> build masks; timestamps. It never
+    writes into the scores (:func:`tda.engine.decode_loop.decode` then reads the logits in place)."""
+
+    writes_scores = False
 
     def __init__(self, session: SparseSession | None, device: torch.device):
         self.session, self.device = session, device
