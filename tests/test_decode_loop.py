@@ -146,7 +146,7 @@ def test_bad_arguments_fail_loud(tiny_llama):
         decode_loop.decode(tiny_llama.model, torch.tensor([1, 2]), cache, "cache", max_new_tokens=2)
 
 
-@pytest.mark.parametrize("B,V", [(1, 262144), (3, 1000), (2, 17), (1, 1)])
+@pytest.mark.parametrize("B,V", [(1, 262144), (3, 32769), (3, 1000), (2, 33), (2, 17), (1, 1)])
 def test_argmax_equals_torch(B, V):
     g = torch.Generator().manual_seed(V)
     x = torch.randn(B, V, generator=g)
