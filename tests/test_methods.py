@@ -266,6 +266,46 @@ def test_input_major_layout_is_one_copy(load_tiny):
     assert input_major(m).data_ptr() == wt.data_ptr()  # idempotent
 
 
+def test_a_module_flipping_back_and_forth_keeps_its_other_layout(monkeypatch):
+    """One flip keeps one copy; a module that flips back keeps the layout it leaves (within the
+    budget), so later flips rebind instead of copying; an in-place change of the weight drops the
+    kept copy; TDA_LAYOUT_KEEP_MB=0 keeps nothing."""
+    import gc
+
+    from tda.engine import layouts
+
+    torch.manual_seed(0)
+    m = torch.nn.Linear(48, 80, bias=False)
+    w0 = m.weight.detach().clone()
+    x = torch.randn(3, 48)
+    base = layouts.kept_bytes()
+    wt = layouts.input_major(m)  # the first flip: one copy, nothing kept
+    assert layouts.is_input_major(m) and layouts.kept_bytes() == base
+    w = layouts.row_major(m)  # flips back: the input-major copy is kept
+    assert w.is_contiguous() and torch.equal(w, w0) and layouts.kept_bytes() == base + wt.numel() * 4
+    assert layouts.input_major(m).data_ptr() == wt.data_ptr()  # a rebinding, not a copy
+    assert layouts.row_major(m).data_ptr() == w.data_ptr()
+    torch.testing.assert_close(m(x), x @ w0.T)
+    with torch.no_grad():
+        m.weight.mul_(2.0)  # changed in place: the kept input-major copy is stale
+    wt2 = layouts.input_major(m)
+    assert wt2.data_ptr() != wt.data_ptr() and torch.equal(wt2, 2.0 * w0.T)
+    torch.testing.assert_close(m(x), x @ (2.0 * w0).T)
+    assert torch.equal(layouts.row_major(m), 2.0 * w0)
+    del m, wt, w, wt2
+    gc.collect()
+    assert layouts.kept_bytes() == base  # freed with the module
+    monkeypatch.setenv("TDA_LAYOUT_KEEP_MB", "0")
+    m = torch.nn.Linear(48, 80, bias=False)
+    for _ in range(2):
+        layouts.input_major(m)
+        layouts.row_major(m)
+    assert layouts.kept_bytes() == base and "_tda_kept_layout" not in m.__dict__
+    monkeypatch.setenv("TDA_LAYOUT_KEEP_MB", "lots")
+    with pytest.raises(Exception, match="TDA_LAYOUT_KEEP_MB"):
+        layouts.keep_limit()
+
+
 @pytest.mark.skipif(not __import__("tda.engine.fastpath", fromlist=["x"]).mkldnn_available(), reason="no oneDNN")
 def test_fast_fp32_head_rows_give_the_same_bits_on_either_layout():
     from tda.engine import fastpath, kernels
