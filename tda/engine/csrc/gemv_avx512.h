@@ -114,13 +114,53 @@ inline void row_gemv_f32(const float* x, int64_t d_in, const int64_t* idx, int64
 
 inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh>(v); }
 
+// Gathered bf16 rows four at a time, as gathered_rows4_f32 (the one-row loop's sums, bit for bit).
+// A random half of 2048-wide rows: 1.5x -> 1.04-1.10x the time per byte of rows in order; 640-wide
+// rows (1.25 KB) gain nothing measurable (AMD EPYC, side by side).
+inline void gathered_rows4_bf16(const uint16_t* x, int64_t d_in, const int64_t* idx, int64_t j, int64_t j1,
+                                const uint16_t* w, float* y) {
+  const int64_t quad = d_in / 128 * 128, full = d_in / 32 * 32;
+  const __mmask32 tm = tail32(d_in - full);
+  auto ld = [](const uint16_t* p) { return as_bh(_mm512_loadu_si512(p)); };
+  const uint16_t* r[4];
+  for (int q = 0; q < 4; ++q) r[q] = w + idx[j + q] * d_in;
+  if (j + 8 <= j1)
+    for (int q = 4; q < 8; ++q) _mm_prefetch(reinterpret_cast<const char*>(w + idx[j + q] * d_in), _MM_HINT_T0);
+  __m512 a[4][4];
+  for (int q = 0; q < 4; ++q)
+    for (int u = 0; u < 4; ++u) a[q][u] = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c < quad; c += 128) {
+    const __m512bh x0 = ld(x + c), x1 = ld(x + c + 32), x2 = ld(x + c + 64), x3 = ld(x + c + 96);
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) {
+      a[q][0] = _mm512_dpbf16_ps(a[q][0], ld(r[q] + c), x0);
+      a[q][1] = _mm512_dpbf16_ps(a[q][1], ld(r[q] + c + 32), x1);
+      a[q][2] = _mm512_dpbf16_ps(a[q][2], ld(r[q] + c + 64), x2);
+      a[q][3] = _mm512_dpbf16_ps(a[q][3], ld(r[q] + c + 96), x3);
+    }
+  }
+  for (; c < full; c += 32) {
+    const __m512bh xv = ld(x + c);
+    for (int q = 0; q < 4; ++q) a[q][0] = _mm512_dpbf16_ps(a[q][0], ld(r[q] + c), xv);
+  }
+  if (tm) {
+    const __m512bh xv = as_bh(_mm512_maskz_loadu_epi16(tm, x + c));
+    for (int q = 0; q < 4; ++q) a[q][1] = _mm512_dpbf16_ps(a[q][1], as_bh(_mm512_maskz_loadu_epi16(tm, r[q] + c)), xv);
+  }
+  for (int q = 0; q < 4; ++q)
+    y[j + q] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[q][0], a[q][1]), _mm512_add_ps(a[q][2], a[q][3])));
+}
+
 // bf16 weights and x (raw uint16 bits); y[j] is the fp32 sum (the caller rounds it to bf16).
-// One row at a time, as row_gemv_f32, 32 weights per VDPBF16PS.
+// One row at a time, as row_gemv_f32, 32 weights per VDPBF16PS; gathered rows four at a time first.
 inline void row_gemv_bf16(const uint16_t* x, int64_t d_in, const int64_t* idx, int64_t j0, int64_t j1,
                           const uint16_t* w, float* y) {
   const int64_t quad = d_in / 128 * 128, full = d_in / 32 * 32;
   const __mmask32 tm = tail32(d_in - full);
   auto ld = [](const uint16_t* p) { return as_bh(_mm512_loadu_si512(p)); };
+  if (idx)
+    for (; j0 + 4 <= j1; j0 += 4) gathered_rows4_bf16(x, d_in, idx, j0, j1, w, y);
   for (int64_t j = j0; j < j1; ++j) {
     const uint16_t* r = w + (idx ? idx[j] : j) * d_in;
     if (j + 2 < j1) _mm_prefetch(reinterpret_cast<const char*>(w + (idx ? idx[j + 2] : j + 2) * d_in), _MM_HINT_T0);
