@@ -37,6 +37,8 @@ fp32 for bf16/fp16 inputs (the threshold is never rounded to the input dtype).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -275,8 +277,10 @@ def rows_times_input_major(x2: torch.Tensor, w_t: torch.Tensor, bias: torch.Tens
     return torch.mm(x2, w_t) if bias is None else torch.addmm(bias, x2, w_t)
 
 
+@functools.lru_cache(maxsize=1)
 def onednn_linear():
-    """oneDNN's fp32 linear (``torch.ops.mkldnn._linear_pointwise``) where this torch build has it, else None."""
+    """oneDNN's fp32 linear (``torch.ops.mkldnn._linear_pointwise``) where this torch build has it, else
+    None; looked up once per process (every GEMM of a vocabulary-shaped head asks)."""
     try:
         if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
             return torch.ops.mkldnn._linear_pointwise

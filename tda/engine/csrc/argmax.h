@@ -84,7 +84,7 @@ inline Best chunk_best(const float* __restrict x, int64_t lo, int64_t hi) {
   if (lo >= hi) return {0.f, -1, false};
 #if defined(__AVX512F__)
   return chunk_best_avx512(x, lo, hi);
-#endif
+#else
   // 16 lanes, each keeping its first maximum (strict ">": NaN never wins) and counting NaNs;
   // written lane-wise so the compiler vectorizes it without reassociating anything
   constexpr int L = 16;
@@ -124,6 +124,7 @@ inline Best chunk_best(const float* __restrict x, int64_t lo, int64_t hi) {
       if (p[k] == m) return {m, lo + k, false};
   }
   return {m, lo + at, false};
+#endif
 }
 
 // a is the earlier chunk: it wins ties and an earlier NaN
