@@ -51,6 +51,7 @@ def _f(t):
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 flags")
 def test_avx512_flags_follow_the_cpu_and_the_cache_key(monkeypatch):
     monkeypatch.delenv("TDA_KERNELS_ISA", raising=False)
+    monkeypatch.delenv("TDA_KERNELS_CFLAGS", raising=False)
     base = {"avx2", "fma", "f16c"}
     plain = kernels._compile_flags(base)
     wide = kernels._compile_flags(base | {"avx512f", "avx512bw", "avx512vl"})
@@ -62,6 +63,10 @@ def test_avx512_flags_follow_the_cpu_and_the_cache_key(monkeypatch):
     monkeypatch.setenv("TDA_KERNELS_ISA", "avx2")  # capped for side-by-side comparisons
     assert kernels._compile_flags(base | {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}) == plain
     monkeypatch.delenv("TDA_KERNELS_ISA")
+    monkeypatch.setenv("TDA_KERNELS_CFLAGS", "-DTDA_TILE_PF=4096  -DX=1")  # a kernel's tuning macros: another library
+    tuned = kernels._compile_flags(base)
+    assert tuned == [*plain, "-DTDA_TILE_PF=4096", "-DX=1"] and kernels._cache_key(tuned) != kernels._cache_key(plain)
+    monkeypatch.delenv("TDA_KERNELS_CFLAGS")
     here = kernels._cpu_flags()
     if {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl"} <= here:
         assert "-mavx512f" in kernels._compile_flags()

@@ -80,7 +80,8 @@ def _compile_flags(cpu: set[str] | None = None) -> list[str]:
     """-O3, plus AVX2/FMA/F16C when this x86 CPU has them, AVX-512 (F, BW, VL; 512-bit vectors
     preferred) when it has those too, AVX-512 BF16 on top, and AMX tiles (BF16, INT8) on top of
     that. Part of the cache key, so a library built on another CPU is never loaded. ``cpu``: the CPU's flags (default: this one's).
-    ``TDA_KERNELS_ISA=avx2`` caps the level at AVX2 (to compare builds side by side)."""
+    ``TDA_KERNELS_ISA=avx2`` caps the level at AVX2 (to compare builds side by side);
+    ``TDA_KERNELS_CFLAGS`` adds flags (a kernel's tuning macros, e.g. ``-DTDA_TILE_PF=16384``)."""
     flags = ["-O3", "-fopenmp"]
     have = _cpu_flags() if cpu is None else set(cpu)
     x86 = platform.machine().lower() in ("x86_64", "amd64")
@@ -95,7 +96,8 @@ def _compile_flags(cpu: set[str] | None = None) -> list[str]:
                     flags += ["-mamx-tile", "-mamx-bf16"]
                     if "amx_int8" in have:  # decode steps on AMX-INT8 (opt-in: quant_kernels.decode_kernel)
                         flags += ["-mamx-int8"]
-    return flags
+    extra = os.environ.get("TDA_KERNELS_CFLAGS", "").split()  # e.g. -DTDA_TILE_PF=16384 (tuning a kernel's macros)
+    return flags + extra
 
 
 def _cache_key(flags: list[str]) -> str:
