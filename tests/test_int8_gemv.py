@@ -160,3 +160,46 @@ def test_decode_nbytes_follows_the_kernel(monkeypatch):
     assert quant_kernels.decode_nbytes(mod) == mod.decode_nbytes == bw.nbytes  # the blocks' own GEMV
     monkeypatch.delenv("TDA_NO_VNNI_GEMV")
     assert quant_kernels.decode_nbytes(mod) == (tiles if _ready("vnni") else bw.nbytes)
+
+
+@pytest.mark.skipif(not _ready("vnni"), reason="no AVX512-VNNI decode on this CPU or build")
+@pytest.mark.parametrize("qtype", quant_kernels.TILE_GEMV_TYPES)
+def test_threshold_rule_on_the_dense_tiles(qtype):
+    """A threshold rule's decode row on the dense tiles: the tile GEMV of x with its inactive inputs
+    zeroed, bit for bit; the kept inputs counted in count, the others in extra; fewer kept than
+    dense_from, or a kept x not finite: an empty tensor and nothing counted."""
+    bw, ref = _blocks(qtype, 48, 2 if qtype in ("Q4_K", "Q6_K") else 16, seed=9)
+    packed, st, *rest = _ops.gemv_tiles_pack(bw.blocks, bw.qtype)
+    mt = rest[0] if rest else None
+    d_in = bw.shape[1]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, d_in, generator=g)
+    x[0, :7] = 0.0
+    bias = torch.randn(48, generator=g)
+    tvec = torch.rand(d_in, generator=g)
+    for t, tv in ((0.6, None), (0.0, tvec)):
+        keep = (x != 0) & (x.abs() >= (tv if tv is not None else t))
+        xm = torch.where(keep, x, torch.zeros(()))
+        count, extra = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+        y = _ops.vnni_gemv_threshold(x, packed, st, mt, qtype, bias, t, tv, count, extra, 0.25)
+        assert torch.equal(y, _ops.vnni_gemv(xm, packed, st, mt, bw.blocks, qtype, bias))
+        _close(y, xm, ref, bias)
+        assert int(count) == int(keep.sum()) and int(extra) == d_in - int(keep.sum())
+        none = _ops.vnni_gemv_threshold(x, packed, st, mt, qtype, bias, t, tv, count, extra, 0.99)
+        assert none.numel() == 0 and int(count) + int(extra) == d_in  # nothing counted
+    xb = x.clone()
+    xb[0, 9] = float("inf")
+    assert _ops.vnni_gemv_threshold(xb, packed, st, mt, qtype, None, 0.1, None, None, None, 0.0).numel() == 0
+
+
+def test_dense_from_reads_its_setting(monkeypatch):
+    from tda.common.errors import BadInput
+
+    monkeypatch.delenv("TDA_QUANT_DENSE_FROM", raising=False)
+    assert quant_kernels.dense_from() == quant_kernels.DENSE_FROM
+    monkeypatch.setenv("TDA_QUANT_DENSE_FROM", "2")
+    assert quant_kernels.dense_from() == 2.0
+    for bad in ("-1", "half", "nan"):
+        monkeypatch.setenv("TDA_QUANT_DENSE_FROM", bad)
+        with pytest.raises(BadInput, match="TDA_QUANT_DENSE_FROM"):
+            quant_kernels.dense_from()

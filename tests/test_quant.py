@@ -170,9 +170,11 @@ def test_every_method_is_accepted_on_the_gguf_format():
 @pytest.mark.parametrize("method", ["tt", "cats", "chess", "scap", "rsparse", "predictor", "teal", "wina", "griffin",
                                     "tda", "static", "random", "tt+head0.5", "griffin+tt", "tda+tt"])
 @pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3"])
-def test_methods_on_quantized_blocks_equal_the_dequantised_model(spec, method):
+def test_methods_on_quantized_blocks_equal_the_dequantised_model(spec, method, monkeypatch):
     """Token-wise rules over the input-sparse quantized kernels and prompt-fixed slices of the blocks:
-    the same tokens, densities and read fractions as on the fp32 model holding the de-quantised weights."""
+    the same tokens, densities and read fractions as on the fp32 model holding the de-quantised weights.
+    With threshold rules' decode rows on the dense tiles (``TDA_QUANT_DENSE_FROM=0``): the same tokens
+    and densities, and every weight row counted as read."""
     from tda.common.data import load_texts
     from tda.engine import layouts
     from tda.engine.generate import generate
@@ -181,12 +183,23 @@ def test_methods_on_quantized_blocks_equal_the_dequantised_model(spec, method):
     lm_q = load_model(spec, dtype="gguf:Q8_0")
     lm_f = _dequantised_twin(lm_q, spec)
     cal = load_texts(limit=4)
+    monkeypatch.setenv("TDA_QUANT_DENSE_FROM", "2")  # never: the input-sparse kernels
     a = generate(lm_q, "the quick brown fox jumps", method, density=0.5, max_new_tokens=10, calibration_texts=cal)
     b = generate(lm_f, "the quick brown fox jumps", method, density=0.5, max_new_tokens=10, calibration_texts=cal)
     assert a.token_ids == b.token_ids
     assert a.density == pytest.approx(b.density) and a.density < 0.9
     assert a.params["read_fraction"] == pytest.approx(b.params["read_fraction"])
     assert layouts.quant_layout_bytes(lm_q.model) > 0  # the input-major copies are counted
+    monkeypatch.setenv("TDA_QUANT_DENSE_FROM", "0")  # always, where the dense function reads tiles
+    c = generate(lm_q, "the quick brown fox jumps", method, density=0.5, max_new_tokens=10, calibration_texts=cal)
+    assert c.token_ids == b.token_ids and c.density == pytest.approx(b.density)
+    tiles = quant_kernels.decode_kernel() == "vnni"
+    for g, f in c.params["read_fraction"].items():
+        assert f >= a.params["read_fraction"][g] - 1e-9
+        if not tiles:
+            assert f == pytest.approx(a.params["read_fraction"][g])
+    if tiles and method in ("tt", "teal"):  # their threshold rows went to the tiles: more rows read
+        assert c.params["read_fraction"]["ffn"] > a.params["read_fraction"]["ffn"] + 0.05
 
 
 def test_bad_format_names_fail_in_one_line():
@@ -264,7 +277,7 @@ def test_frontier_in_the_gguf_format_pairs_with_fp32_dense():
         format_cost.pair_with_reference(res, load_model("tiny-llama", dtype="fp32"), texts[:1], boot_iters=50)
 
 
-def test_bench_reports_the_formats_bytes_and_flags_rounds_above_the_roofline():
+def test_bench_reports_the_formats_bytes_and_flags_rounds_above_the_roofline(monkeypatch):
     from tda.evaluate.bench import format_table, run_bench
     from tda.evaluate.ceiling import weight_bytes
     from tda.models.load import load_model
@@ -285,6 +298,7 @@ def test_bench_reports_the_formats_bytes_and_flags_rounds_above_the_roofline():
     # the lm_head option runs on the blocks too (its input-major head repack): bench takes it
     from tda.common.data import load_texts
 
+    monkeypatch.setenv("TDA_QUANT_DENSE_FROM", "2")  # never on the dense tiles: the head's kept inputs only
     res = run_bench(lm_q, methods=("dense", "tt+head0.5"), prompt_tokens=8, new_tokens=4, rounds=1,
                     bandwidth_mb=None, calibration_texts=load_texts(limit=4))
     (label,) = [k for k in res["results"] if k.startswith("tt+head0.5")]

@@ -16,6 +16,7 @@ import functools
 import os
 import weakref
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -306,6 +307,17 @@ def tile_layout(bw: BlockWeight, ops=None, owner=None) -> tuple[torch.Tensor, to
     return got
 
 
+class TileSpec(NamedTuple):
+    """The integer tiles a dense decode function reads (its ``tda_tiles`` attribute, set by
+    :func:`linear_fn` on AVX512-VNNI): what a threshold rule's decode row may be multiplied on
+    (:func:`tda.engine.tokenwise.quant_threshold_linear`)."""
+
+    packed: torch.Tensor
+    st: torch.Tensor
+    mt: torch.Tensor | None
+    qtype: str
+
+
 def _tiles_only_fn(mod: QuantLinear, tw, ops, kernel: str, bias) -> LinearFn:
     """A tiles-only weight (:class:`~tda.models.quant.TileWeight`): a decode row with finite values
     on the integer-tile GEMV; more rows (prefill) and rows with inf/nan through the module's own
@@ -319,7 +331,41 @@ def _tiles_only_fn(mod: QuantLinear, tw, ops, kernel: str, bias) -> LinearFn:
             return tkernel(x, tw.packed, tw.st, None, none_blocks, tw.qtype, bias)
         return QuantLinear.forward(mod, x)  # the class's own: the instance's forward may be this fn
 
+    if kernel == "vnni":  # the lm_head option's decode rows may read them too (tokenwise.quant_threshold_linear)
+        fn.tda_tiles = TileSpec(tw.packed, tw.st, None, tw.qtype)
     return fn
+
+
+DENSE_FROM = 0.25  # kept fraction of a decode row's inputs from which a threshold rule reads the dense tiles
+
+
+def dense_from() -> float:
+    """The kept fraction of a decode row's inputs from which a threshold rule's product over quantized
+    weights runs on the dense integer tiles with the inactive inputs zeroed (``vnni_gemv_threshold``)
+    instead of reading the kept inputs' rows (``TDA_QUANT_DENSE_FROM``, default :data:`DENSE_FROM`;
+    above 1: never).
+
+    Measured on an AMD EPYC (2 threads, Gemma 3 270M's block linears on the GGUF's blocks, every
+    layer's in turn, cold; ``python benchmarks/vnni_sparse.py --model gemma-3-270m``, rounds
+    alternating): TEAL's threshold rule keeping half the inputs took 0.53x dense's speed on the fp32
+    input-major kernel, 0.47x on the VNNI columns and 0.88x on the dense tiles (the mask pass and a
+    call's overhead); keeping 15%, 0.84x, 0.66x and 0.88x. Each kept weight is converted and
+    multiplied on its own in the input-sparse kernels, 2-3x the work per weight of the tiles' integer
+    dot products, and the GEMVs of this format are bound by that work on this CPU. So no input-sparse
+    product over quantized weights beat dense decode there at any density measured: a sparse method
+    on this format saves no time on that CPU, and this choice keeps it from losing time."""
+    env = os.environ.get("TDA_QUANT_DENSE_FROM", "").strip()
+    if not env:
+        return DENSE_FROM
+    try:
+        v = float(env)
+    except ValueError:
+        v = -1.0
+    if not v >= 0:
+        from tda.common.errors import BadInput
+
+        raise BadInput(f"TDA_QUANT_DENSE_FROM must be a number >= 0 (a kept fraction; above 1: never), got {env!r}")
+    return v
 
 
 def linear_fn(mod: QuantLinear) -> LinearFn:
@@ -354,6 +400,8 @@ def linear_fn(mod: QuantLinear) -> LinearFn:
                     return bkernel(x, blocks, qtype, bias)
                 return fn_tiles(x.to(torch.float32).contiguous()).to(x.dtype)
 
+            if kernel == "vnni":  # a threshold rule's product may read them too (tokenwise.quant_threshold_linear)
+                fn_tiles.tda_tiles = TileSpec(packed, st, mt, qtype)
             return fn_tiles
 
         def fn_blocks(x: torch.Tensor) -> torch.Tensor:

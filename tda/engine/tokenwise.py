@@ -29,13 +29,16 @@ LinearFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Counter:
-    """Kept and total input entries (weight rows) read by one module over the decode."""
+    """Kept and total input entries (weight rows) of one module over the decode, and ``also_read``:
+    the entries not kept whose weights a kernel read all the same (a decode row multiplied on the
+    dense tiles, :func:`quant_threshold_linear`)."""
 
-    __slots__ = ("kept", "total")
+    __slots__ = ("kept", "total", "also_read")
 
     def __init__(self):
         self.kept = 0
         self.total = 0
+        self.also_read = 0
 
     def add(self, kept, total: int) -> None:
         """``kept``: an int, or a 0-d tensor (summed lazily: no device sync per step)."""
@@ -48,9 +51,20 @@ class Counter:
         self.kept = torch.zeros(1, dtype=torch.long, device=device)
         return self.kept
 
+    def also_read_accumulator(self, device) -> torch.Tensor:
+        """As :meth:`accumulator`, for :attr:`also_read`."""
+        self.also_read = torch.zeros(1, dtype=torch.long, device=device)
+        return self.also_read
+
     @property
     def fraction(self) -> float:
+        """The kept fraction of the inputs (the method's density)."""
         return float(self.kept) / self.total if self.total else float("nan")
+
+    @property
+    def read(self) -> float:
+        """The fraction of the weight rows read: :attr:`fraction`, plus :attr:`also_read`."""
+        return self.fraction + float(self.also_read) / self.total if self.total else float("nan")
 
 
 def sparse_product(x: torch.Tensor, x2: torch.Tensor, keep: torch.Tensor | None, wt, bias, dense: LinearFn,
@@ -134,7 +148,10 @@ def quant_threshold_linear(qwt, bias, cut, dense: LinearFn, counter: Counter | N
     """:func:`threshold_linear` over the quantized format: keep ``|x_i| ≥ cut`` (exact zeros never),
     the union of the rows' sets, each row's own inactive inputs zeroed, then the input-sparse kernel
     over the input-major repack ``qwt`` (:func:`tda.engine.quant_kernels.input_sparse`) — only the kept
-    inputs' int8 rows are read. All inputs kept: the dense function."""
+    inputs' int8 rows are read. All inputs kept: the dense function. A decode row that keeps at least
+    :func:`~tda.engine.quant_kernels.dense_from` of its inputs, where ``dense`` reads integer tiles,
+    is multiplied on those tiles with its inactive inputs zeroed instead (``vnni_gemv_threshold``:
+    the same product to fp32 rounding, faster there on the CPUs measured)."""
     from tda.engine import quant_kernels
 
     d_out, d_in = qwt.shape
@@ -147,12 +164,20 @@ def quant_threshold_linear(qwt, bias, cut, dense: LinearFn, counter: Counter | N
     ops = quant_kernels.quant_ops() if qwt.qt.device.type == "cpu" else None
     t_scalar, t_vec = (0.0, cut_t) if isinstance(cut_t, torch.Tensor) else (cut_t, None)
     count = counter.accumulator(qwt.qt.device) if counter is not None and ops is not None else None
+    tiles = getattr(dense, "tda_tiles", None) if ops is not None and hasattr(ops, "vnni_gemv_threshold") else None
+    also = counter.also_read_accumulator(qwt.qt.device) if counter is not None and tiles is not None else None
+    dense_from = quant_kernels.dense_from()
 
     def fn(x):
         if ops is not None:  # selection and product in one C++ call
             if counter is not None:
                 counter.total += d_in
             x32 = x if x.dtype is torch.float32 and x.is_contiguous() else x.to(torch.float32).contiguous()
+            if tiles is not None and x32.numel() == d_in:  # a decode row keeping many inputs: the dense tiles
+                y = ops.vnni_gemv_threshold(x32, tiles.packed, tiles.st, tiles.mt, tiles.qtype, b, t_scalar, t_vec,
+                                            count, also, dense_from)
+                if y.numel():
+                    return y.to(x.dtype)
             if (y := quant_kernels.vnni_input_sparse(ops, x32, qwt, b, t=t_scalar, tvec=t_vec, count=count)) is not None:
                 return y.to(x.dtype)
             return ops.quant_input_sparse_threshold(x32, qwt.qt, qwt.st, qwt.mt, b, t_scalar, t_vec, count, qwt.sd, qwt.md).to(x.dtype)

@@ -85,7 +85,8 @@ def kernels_identity(*, quantized: bool = False) -> dict:
     """What of the C++ kernels sets the rounding: their backend, compile flags (the instruction sets
     they use), whether the prefill of quantized weights runs on AMX tiles (``TDA_NO_AMX``) and, for a
     ``quantized`` model, which GEMV its decode steps take (:func:`~tda.engine.quant_kernels.decode_kernel`,
-    and whether the lm_head takes it too: :func:`~tda.engine.quant_kernels.head_tiles`)."""
+    and whether the lm_head takes it too: :func:`~tda.engine.quant_kernels.head_tiles`; on VNNI the
+    kept fraction from which threshold rules' decode rows take it: :func:`~tda.engine.quant_kernels.dense_from`)."""
     from tda.engine import kernels, quant_kernels
 
     info = kernels.backend_info()
@@ -96,6 +97,8 @@ def kernels_identity(*, quantized: bool = False) -> dict:
         got["decode"] = quant_kernels.decode_kernel(ops) or "blocks"
         if got["decode"] != "blocks" and quant_kernels.head_tiles():
             got["head"] = "tiles"  # a Q8_0 lm_head's GEMV too (other bits than the blocks')
+        if got["decode"] == "vnni":  # threshold rules' decode rows on the dense tiles from this kept fraction
+            got["dense_from"] = quant_kernels.dense_from()
     return got
 
 

@@ -460,6 +460,8 @@ TORCH_LIBRARY_FRAGMENT(tda_kernels, m) {
   m.def("amx_gemv(Tensor x, Tensor packed, Tensor st, Tensor? mt, Tensor blocks, str qtype, Tensor? bias) -> Tensor");
   m.def("amx_gemv_ready() -> bool");
   m.def("vnni_gemv(Tensor x, Tensor packed, Tensor st, Tensor? mt, Tensor blocks, str qtype, Tensor? bias) -> Tensor");
+  m.def("vnni_gemv_threshold(Tensor x, Tensor packed, Tensor st, Tensor? mt, str qtype, Tensor? bias, float t, "
+        "Tensor? tvec, Tensor? count, Tensor? extra, float dense_from) -> Tensor");
   m.def("vnni_gemv_ready() -> bool");
 }
 
@@ -468,6 +470,7 @@ TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
   m.impl("quant_blocks_unpack", &tda_quant::quant_blocks_unpack);
   m.impl("gemv_tiles_pack", &tda_quant::gemv_tiles_pack);
   m.impl("vnni_gemv", &tda_quant::vnni_gemv);
+  m.impl("vnni_gemv_threshold", &tda_quant::vnni_gemv_threshold);
   m.impl("amx_gemv", &tda_quant::amx_gemv);
 }
 

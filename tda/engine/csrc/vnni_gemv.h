@@ -20,12 +20,14 @@
 //
 //   vnni_gemv(x[..., K] fp32 (one row), packed, st, mt?, blocks, qtype, bias?) -> y[..., N]; an x
 //       that is not finite goes to the blocks' own GEMV (quant_blocks_linear), the IEEE result
+//   vnni_gemv_threshold(...) -> y: a threshold rule's product on these tiles (below)
 //   vnni_gemv_ready() -> bool (built with AVX-512 BW and the CPU has AVX512-VNNI)
 #pragma once
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -148,6 +150,63 @@ at::Tensor vnni_gemv(const at::Tensor& x, const at::Tensor& packed, const at::Te
 #else
   (void)T;
   return quant_blocks_linear(x, blocks, qtype, bias);
+#endif
+}
+
+// A threshold rule's input-sparse product (TEAL's |x_i| >= t; x_i != 0) on the dense tiles, for kept
+// fractions where reading every weight beats reading the kept inputs' rows (the input-sparse kernels
+// of quant_gemv.h and vnni_sparse.h convert and multiply each kept weight on its own, 2-3x the work
+// per weight of the tiles' integer dot products): x's inactive inputs are zeroed, its limbs made
+// from what is kept, and the tiles multiplied as vnni_gemv does -- F.linear on the de-quantised
+// weights of the masked x to fp32 rounding, as the input-sparse kernels give it.
+//   vnni_gemv_threshold(x[K] fp32 (one row), packed, st, mt?, qtype, bias?, t, tvec?, count?, extra?, dense_from)
+//       -> y[..., N], count (int64, one value) grown by the kept inputs and extra by the others (whose
+//       weights were read all the same); an empty tensor (nothing counted) where fewer than
+//       dense_from * K inputs are kept or a kept x is not finite: the caller then takes an
+//       input-sparse kernel.
+at::Tensor vnni_gemv_threshold(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& st,
+                               const c10::optional<at::Tensor>& mt, const std::string& qtype,
+                               const c10::optional<at::Tensor>& bias, double t, const c10::optional<at::Tensor>& tvec,
+                               const c10::optional<at::Tensor>& count, const c10::optional<at::Tensor>& extra,
+                               double dense_from) {
+  TORCH_CHECK_VALUE(vnni_gemv_ready(), "vnni_gemv_threshold: AVX512-VNNI is not available in this build or CPU");
+  TileCall C = check_tile_call("vnni_gemv_threshold", x, packed, st, mt, qtype, bias);
+  const float* tv = nullptr;
+  if (tvec.has_value() && tvec->defined()) {
+    TORCH_CHECK_VALUE(tvec->dim() == 1 && tvec->size(0) == C.K && tvec->scalar_type() == at::kFloat && tvec->is_contiguous(),
+                      "vnni_gemv_threshold: tvec must be fp32 [", C.K, "]");
+    tv = tvec->const_data_ptr<float>();
+  }
+  for (const auto* acc : {&count, &extra})
+    if (acc->has_value() && (*acc)->defined())
+      TORCH_CHECK_VALUE((*acc)->numel() == 1 && (*acc)->scalar_type() == at::kLong, "vnni_gemv_threshold: count and extra must be int64 [1]");
+  const float* xp = x.const_data_ptr<float>();
+  const float tf = static_cast<float>(t);
+  std::vector<float> xm(static_cast<size_t>(C.K));
+  int64_t kept = 0;
+  for (int64_t i = 0; i < C.K; ++i) {
+    const float v = xp[i];
+    const bool k = v != 0.0f && std::fabs(v) >= (tv ? tv[i] : tf);
+    xm[i] = k ? v : 0.0f;
+    kept += k;
+  }
+  if (static_cast<double>(kept) < dense_from * static_cast<double>(C.K)) return at::empty({0}, x.options());
+#if TDA_VNNI
+  if (!limbs_x(xm.data(), C.K, C.T.G, C.L.xl.data(), C.L.sx.data(), C.L.ls.data(), C.L.xsum.data()))
+    return at::empty({0}, x.options());
+  if (count.has_value() && count->defined()) count->mutable_data_ptr<int64_t>()[0] += kept;
+  if (extra.has_value() && extra->defined()) extra->mutable_data_ptr<int64_t>()[0] += C.K - kept;
+  const TileType T = C.T;
+  const VnniArgs args{packed.const_data_ptr<uint8_t>(), st.const_data_ptr<float>(), C.mp, C.bp, C.L.xl.data(), C.L.sx.data(),
+                      T.mins ? C.L.xsum.data() : nullptr, C.L.ls.data(), C.K, C.y.mutable_data_ptr<float>()};
+  auto run = [&](auto fn) { at::parallel_for(0, C.nN, 8, [&](int64_t a, int64_t b) { fn(args, a, b); }); };
+  if (T.bits == 8) run(vnni_tiles<8, 32, 128>);
+  else if (T.bits == 5) run(vnni_tiles<5, 32, 16>);
+  else if (T.bits == 4) run(vnni_tiles<4, 32, 0>);
+  else run(vnni_tiles<6, 16, 32>);
+  return C.y;
+#else
+  return at::empty({0}, x.options());
 #endif
 }
 

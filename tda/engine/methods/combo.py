@@ -99,7 +99,7 @@ def combo_class(prompt_cls: type, token_cls: type) -> type:
         def read_fraction(self):
             ffn = self.lm.ffn
             k = [sl.k / ffn.d_ff for sl in self.slices]
-            f = [c.fraction if c.total else 1.0 for c in self.counters] or [1.0] * len(k)
+            f = [c.read if c.total else 1.0 for c in self.counters] or [1.0] * len(k)
             n_in = len(ffn.in_modules(0))
             per_layer = [(n_in * kk + kk * ff) / (n_in + 1) for kk, ff in zip(k, f)]
             return {"ffn": sum(per_layer) / len(per_layer) if per_layer else 1.0, "other": 1.0, "lm_head": 1.0}

@@ -47,7 +47,8 @@ class TokenWise(Method):
         return {id(m): L for L, layer in enumerate(self.lm.ffn.layers) for m in layer.modules()}
 
     def densities(self):
-        """Per layer: fraction of the touched weight bytes read, over the decode steps so far."""
+        """Per layer: the kept fraction of the touched modules' inputs (weighted by their size), over
+        the decode steps so far (the bytes read: :meth:`read_fraction`)."""
         n = self.lm.ffn.n_layers
         where = self.layer_of()
         kept, total = [0.0] * n, [0.0] * n
@@ -68,7 +69,8 @@ class TokenWise(Method):
 
 def read_fraction(lm, counters: dict) -> dict[str, float]:
     """Per weight group, the fraction of bytes read per step: touched modules at their measured
-    kept fraction, every other module in full."""
+    read fraction (:attr:`~tda.engine.tokenwise.Counter.read`: the kept inputs' rows — with R-Sparse's
+    low-rank factors —, plus those a dense-tile product read anyway), every other module in full."""
     ffn = lm.ffn
     ffn_ids = {id(m) for L in range(ffn.n_layers) for m in (*ffn.in_modules(L), ffn.out_module(L))}
     head = lm.model.get_output_embeddings()
@@ -78,7 +80,7 @@ def read_fraction(lm, counters: dict) -> dict[str, float]:
         n = float(weight_numel(m))
         g = "ffn" if id(m) in ffn_ids else "lm_head" if m is head else "other"
         entry = counters.get(id(m))
-        f = entry[1].fraction if entry is not None and entry[1].total else 1.0
+        f = entry[1].read if entry is not None and entry[1].total else 1.0
         read[g] += n * f
         size[g] += n
     return {g: (read[g] / size[g] if size[g] else 1.0) for g in read}
