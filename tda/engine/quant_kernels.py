@@ -340,9 +340,10 @@ DENSE_FROM = 0.25  # kept fraction of a decode row's inputs from which a thresho
 
 
 def dense_from() -> float:
-    """The kept fraction of a decode row's inputs from which a threshold rule's product over quantized
-    weights runs on the dense integer tiles with the inactive inputs zeroed (``vnni_gemv_threshold``)
-    instead of reading the kept inputs' rows (``TDA_QUANT_DENSE_FROM``, default :data:`DENSE_FROM`;
+    """The kept fraction of a decode row's inputs from which an input-sparse product over quantized
+    weights (a threshold rule's, or an index list's: :func:`tda.engine.tokenwise.sparse_product`) runs
+    on the dense integer tiles with the inactive inputs zeroed (``vnni_gemv_threshold``) instead of
+    reading the kept inputs' rows (``TDA_QUANT_DENSE_FROM``, default :data:`DENSE_FROM`;
     above 1: never).
 
     Measured on an AMD EPYC (2 threads, Gemma 3 270M's block linears on the GGUF's blocks, every

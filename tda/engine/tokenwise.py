@@ -31,7 +31,7 @@ LinearFn = Callable[[torch.Tensor], torch.Tensor]
 class Counter:
     """Kept and total input entries (weight rows) of one module over the decode, and ``also_read``:
     the entries not kept whose weights a kernel read all the same (a decode row multiplied on the
-    dense tiles, :func:`quant_threshold_linear`)."""
+    dense tiles: :func:`quant_threshold_linear`, :func:`sparse_product`)."""
 
     __slots__ = ("kept", "total", "also_read")
 
@@ -71,8 +71,10 @@ def sparse_product(x: torch.Tensor, x2: torch.Tensor, keep: torch.Tensor | None,
                    counter: Counter | None, *, idx: torch.Tensor | None = None) -> torch.Tensor:
     """``keep[N, d_in]`` (bool) -> the sparse product of the kept entries, shaped like ``x``. ``wt``:
     ``W_t[d_in, d_out]``, or a quantized weight's input-major repack
-    (:class:`~tda.models.quant.QuantWeightT`: :func:`tda.engine.quant_kernels.input_sparse`). One row
-    may come as its kept indices ``idx`` (ascending) instead of ``keep``."""
+    (:class:`~tda.models.quant.QuantWeightT`: :func:`tda.engine.quant_kernels.input_sparse`; one row
+    keeping at least :func:`~tda.engine.quant_kernels.dense_from` of its inputs, where ``dense`` reads
+    integer tiles: those tiles with the other inputs zeroed). One row may come as its kept indices
+    ``idx`` (ascending) instead of ``keep``."""
     d_in = x2.shape[1]
     if idx is None:
         idx = torch.nonzero(keep[0] if x2.shape[0] == 1 else keep.any(dim=0)).flatten()
@@ -87,6 +89,17 @@ def sparse_product(x: torch.Tensor, x2: torch.Tensor, keep: torch.Tensor | None,
     if isinstance(wt, QuantWeightT):
         from tda.engine import quant_kernels
 
+        tiles = getattr(dense, "tda_tiles", None)
+        if (tiles is not None and x2.shape[0] == 1 and k >= quant_kernels.dense_from() * d_in
+                and (bias is None or (bias.dtype is torch.float32 and bias.is_contiguous()))):
+            # a decode row keeping many inputs: the dense tiles, its other inputs zeroed (as quant_threshold_linear)
+            xm = torch.zeros_like(xs).index_copy_(1, idx, xs.index_select(1, idx))
+            y = quant_kernels.quant_ops().vnni_gemv_threshold(xm, tiles.packed, tiles.st, tiles.mt, tiles.qtype, bias,
+                                                              0.0, None, None, None, 0.0)
+            if y.numel():
+                if counter is not None:
+                    counter.also_read += d_in - k  # in place where a kernel adds to it too
+                return y.to(x.dtype).view(*x.shape[:-1], wt.shape[0])
         return quant_kernels.input_sparse(xs, wt, idx, bias).to(x.dtype).view(*x.shape[:-1], wt.shape[0])
     return kernels.input_sparse(xs, idx, wt, bias).view(*x.shape[:-1], wt.shape[1])
 

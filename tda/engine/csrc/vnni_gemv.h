@@ -130,15 +130,10 @@ TDA_VNNI_TARGET void vnni_tiles(const VnniArgs& A, int64_t a, int64_t b) {
     _mm512_storeu_ps(A.y + nt * 16, acc);
   }
 }
-#endif
 
-at::Tensor vnni_gemv(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& st, const c10::optional<at::Tensor>& mt,
-                     const at::Tensor& blocks, const std::string& qtype, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK_VALUE(vnni_gemv_ready(), "vnni_gemv: AVX512-VNNI is not available in this build or CPU");
-  TileCall C = check_tile_call("vnni_gemv", x, packed, st, mt, qtype, bias);
-  if (!tile_call_limbs(C, x)) return quant_blocks_linear(x, blocks, qtype, bias);
+// C.y = the tiles times x's limbs in C.L (made by limbs_x), the tile rows split over the threads.
+inline void vnni_run(TileCall& C, const at::Tensor& packed, const at::Tensor& st) {
   const TileType T = C.T;
-#if TDA_VNNI
   const VnniArgs args{packed.const_data_ptr<uint8_t>(), st.const_data_ptr<float>(), C.mp, C.bp, C.L.xl.data(), C.L.sx.data(),
                       T.mins ? C.L.xsum.data() : nullptr, C.L.ls.data(), C.K, C.y.mutable_data_ptr<float>()};
   auto run = [&](auto fn) { at::parallel_for(0, C.nN, 8, [&](int64_t a, int64_t b) { fn(args, a, b); }); };
@@ -146,9 +141,18 @@ at::Tensor vnni_gemv(const at::Tensor& x, const at::Tensor& packed, const at::Te
   else if (T.bits == 5) run(vnni_tiles<5, 32, 16>);
   else if (T.bits == 4) run(vnni_tiles<4, 32, 0>);
   else run(vnni_tiles<6, 16, 32>);
+}
+#endif
+
+at::Tensor vnni_gemv(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& st, const c10::optional<at::Tensor>& mt,
+                     const at::Tensor& blocks, const std::string& qtype, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK_VALUE(vnni_gemv_ready(), "vnni_gemv: AVX512-VNNI is not available in this build or CPU");
+  TileCall C = check_tile_call("vnni_gemv", x, packed, st, mt, qtype, bias);
+  if (!tile_call_limbs(C, x)) return quant_blocks_linear(x, blocks, qtype, bias);
+#if TDA_VNNI
+  vnni_run(C, packed, st);
   return C.y;
 #else
-  (void)T;
   return quant_blocks_linear(x, blocks, qtype, bias);
 #endif
 }
@@ -196,14 +200,7 @@ at::Tensor vnni_gemv_threshold(const at::Tensor& x, const at::Tensor& packed, co
     return at::empty({0}, x.options());
   if (count.has_value() && count->defined()) count->mutable_data_ptr<int64_t>()[0] += kept;
   if (extra.has_value() && extra->defined()) extra->mutable_data_ptr<int64_t>()[0] += C.K - kept;
-  const TileType T = C.T;
-  const VnniArgs args{packed.const_data_ptr<uint8_t>(), st.const_data_ptr<float>(), C.mp, C.bp, C.L.xl.data(), C.L.sx.data(),
-                      T.mins ? C.L.xsum.data() : nullptr, C.L.ls.data(), C.K, C.y.mutable_data_ptr<float>()};
-  auto run = [&](auto fn) { at::parallel_for(0, C.nN, 8, [&](int64_t a, int64_t b) { fn(args, a, b); }); };
-  if (T.bits == 8) run(vnni_tiles<8, 32, 128>);
-  else if (T.bits == 5) run(vnni_tiles<5, 32, 16>);
-  else if (T.bits == 4) run(vnni_tiles<4, 32, 0>);
-  else run(vnni_tiles<6, 16, 32>);
+  vnni_run(C, packed, st);
   return C.y;
 #else
   return at::empty({0}, x.options());
