@@ -587,6 +587,23 @@ def quantized_page(root: Path) -> str:
             + (f"\nllama.cpp streamed its file at {min(eff):.1f}–{max(eff):.1f} GB/s over the rounds; the per-round "
                f"bandwidth probe read {min(d['bandwidth_rounds_gbps']):.1f}–{max(d['bandwidth_rounds_gbps']):.1f} GB/s.\n"
                if eff and d.get("bandwidth_rounds_gbps") else ""))
+    for p in sorted((root / RESULTS).glob("vnni-sparse-*.json")):
+        d = json.loads(p.read_text())
+        ways = list(d["ms_per_step"])
+        what = (f"{d['model']}'s block linears on the GGUF's blocks" if d["model"] == "gemma-3-270m"
+                else f"{d['layers']} layer(s) of llama-1b-shaped linears in {d['qtype']}")
+        body.append(f"## `{p.name}`\n\nInput-sparse decode rows (TEAL's threshold rule keeping a {d['density']:g} fraction of the "
+                    f"inputs, the largest |x|) over the quantized format, four ways side by side in one process: {what}, "
+                    f"every linear once per step, cold; {d.get('cpu') or 'CPU not recorded'}, {d['threads']} threads, "
+                    f"medians of {d['rounds']} alternating rounds ({d.get('timestamp', '')}; command: "
+                    f"`{d.get('command', 'python benchmarks/vnni_sparse.py')}`). The `tiles` way is what a decode row "
+                    f"keeping at least `quant_kernels.dense_from()` of its inputs takes.\n")
+        per = d.get("us_per_call") or {}
+        roles = list(next(iter(per.values()), {}))
+        body.append(_table(["way", "ms per step", "speed vs dense", *[f"{r} µs" for r in roles]],
+                           [[w, _f(d["ms_per_step"][w], 2),
+                             "1.000×" if w == "dense" else f"{d['speedup_vs_dense'][w]:.3f}×",
+                             *[_f(per[w][r], 0) for r in roles]] for w in ways]))
     for p in sorted((root / RESULTS).glob("gguf-tokens-*.json")):
         d = json.loads(p.read_text())
         splits = [r for r in d["rows"] if not r["identical"]]

@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tda.engine import quant_kernels  # noqa: E402
 from tda.engine.layouts import quant_input_major  # noqa: E402
 from tda.engine.tokenwise import quant_threshold_linear  # noqa: E402
+from tda.evaluate.bench import machine_info  # noqa: E402
 from tda.models import quant  # noqa: E402
 from tda.models.quant import QuantLinear  # noqa: E402
 
@@ -123,8 +123,10 @@ def main(argv: list[str] | None = None) -> dict:
                 per_role[k][role].append(v / a.steps / roles.count(role) * 1e6)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratios = {k: [d / t for d, t in zip(times["dense"], times[k])] for k in ways if k != "dense"}
-    out = {"model": a.model, "qtype": a.qtype if a.model == "llama-1b" else "the GGUF's", "layers": a.layers,
-           "density": a.density, "rounds": a.rounds, "cpu": platform.processor() or platform.machine(),
+    out = {"command": "python benchmarks/vnni_sparse.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "timestamp": time.strftime("%Y-%m-%d %H:%M"),
+           "model": a.model, "qtype": a.qtype if a.model == "llama-1b" else "the GGUF's", "layers": a.layers,
+           "density": a.density, "rounds": a.rounds, "cpu": machine_info()["cpu"],
            "threads": torch.get_num_threads(), "env": {k: v for k, v in os.environ.items() if k.startswith("TDA_")},
            "ms_per_step": med, "speedup_vs_dense": {k: statistics.median(v) for k, v in ratios.items()},
            "ms_per_step_rounds": times,
