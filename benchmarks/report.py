@@ -284,6 +284,19 @@ def frontier_page(root: Path) -> tuple[str, dict[str, str]]:
             f"{_g(meta.get('seconds'), 4)} s; streaming read {_g(meta.get('bandwidth_gbps'))} GB/s at best.\n\n"
             f"![quality vs speed]({img})\n\n{_frontier_reading(rows)}\n{_frontier_summary(rows)}\n"
             f"### Full table and verdicts\n\n{full}")
+    for p in sorted((root / RESULTS).glob("scoring-floor-*.json")):
+        d = json.loads(p.read_text())
+        parts.append(
+            f"## The arithmetic floor of a full-set run (`{p.name}`)\n\n"
+            f"Teacher-forced scoring puts every scored position through all {d['parameters'] / 1e6:.1f}M weights "
+            f"of {d['model']} (a token-wise rule masks the dense product), so one density of "
+            f"`{d['frontier']}` — {d['variants_per_density']} variants × {d['scored_positions']} scored positions, "
+            f"plus {d['prefill_positions']} positions of shared dense prefills — is "
+            f"{d['work_with_prefills_tflop']:.0f} TFLOP whatever the methods. At this machine's rates "
+            f"({d['cpu']}, {d['threads']} threads, {d['timestamp']}; command: `{d['command']}`):\n\n"
+            + _table(["rate", "GFLOPS", "minutes, continuations only", "minutes, with the prefills"],
+                     [[k.replace("_", " "), _f(v, 1), _f(d["floor_minutes"][k], 1),
+                       _f(d["floor_minutes_with_prefills"][k], 1)] for k, v in d["gflops"].items()]))
     intro = ("Each run times and scores every method at every density in one process: speed as paired "
              "rounds beside dense (median, 95% t-interval on the log ratios), quality on held-out text "
              "with 95% bootstrap intervals and paired differences from dense. How to read and rerun it: "
