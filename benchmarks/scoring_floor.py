@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     positions = int(meta["heldout_tokens"])
     lm = load_model(a.model, dtype="fp32")
     params = sum(p.numel() for p in lm.model.parameters())
-    ids = torch.randint(100, 20000, (1, a.tokens), generator=torch.Generator().manual_seed(0))
+    vocab = lm.model.get_input_embeddings().num_embeddings
+    ids = torch.randint(0, vocab, (1, a.tokens), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         lm.model(input_ids=ids)
         fwd = min(_timed(lambda: lm.model(input_ids=ids)) for _ in range(3))
