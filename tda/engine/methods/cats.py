@@ -100,15 +100,24 @@ class CATS(TokenWise):
         return fn
 
     def _quant_up_fn(self, up, state: dict):
+        """The active rows of the blocks — or, for a decode row keeping at least
+        :func:`~tda.engine.quant_kernels.dense_from` of them where the dense function reads integer
+        tiles, every row on those tiles with the inactive ones zeroed (each row's value does not
+        depend on the others; the tiles are faster there, as for the down projection)."""
         from tda.engine import quant_kernels
 
         qw, b, d_out = up.qweight, up.bias, up.out_features
+        dense = self.dense_fn(up)
+        tiles = getattr(dense, "tda_tiles", None) is not None
 
         def fn(x):
             keep, idx = state.pop("keep"), state.pop("idx")
             x2 = x.reshape(-1, x.shape[-1])
             if idx is None:
                 idx = torch.nonzero(keep.any(dim=0) if keep.shape[0] > 1 else keep[0]).flatten()
+            if tiles and x2.shape[0] == 1 and idx.numel() >= quant_kernels.dense_from() * d_out:
+                y = dense(x2)
+                return torch.zeros_like(y).index_copy_(1, idx, y.index_select(1, idx)).view(*x.shape[:-1], d_out)
             out = torch.zeros(x2.shape[0], d_out, dtype=x.dtype, device=x.device)
             vals = quant_kernels.rows(x2, qw, idx, b)
             out[:, idx] = vals * keep[:, idx] if keep is not None and keep.shape[0] > 1 else vals
