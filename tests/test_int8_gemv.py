@@ -203,3 +203,35 @@ def test_dense_from_reads_its_setting(monkeypatch):
         monkeypatch.setenv("TDA_QUANT_DENSE_FROM", bad)
         with pytest.raises(BadInput, match="TDA_QUANT_DENSE_FROM"):
             quant_kernels.dense_from()
+
+
+@pytest.mark.skipif(not _ready("vnni"), reason="no AVX512-VNNI decode on this CPU or build")
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K", "Q6_K"])
+def test_topk_rule_on_the_dense_tiles(qtype):
+    """WINA's rule on the dense tiles: the k largest |x|·scale kept as kernels.topk_sorted keeps them
+    (ties at the k-th score to the lower index), bit for bit the tile GEMV of that masked row; a
+    non-finite x: an empty tensor."""
+    from tda.engine import kernels
+
+    bw, ref = _blocks(qtype, 32, 2 if qtype in ("Q4_K", "Q6_K") else 16, seed=4)
+    packed, st, *rest = _ops.gemv_tiles_pack(bw.blocks, bw.qtype)
+    mt = rest[0] if rest else None
+    d_in = bw.shape[1]
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, d_in, generator=g)
+    x[0, 10:40] = 0.75  # ties at the k-th score
+    scale = torch.rand(d_in, generator=g) + 0.5
+    scale[10:40] = 1.0
+    bias = torch.randn(32, generator=g)
+    for k in (1, d_in // 3, d_in // 2, d_in - 1):
+        idx = kernels.topk_sorted(x.abs() * scale, k)[0]
+        xm = torch.zeros_like(x)
+        xm[0, idx] = x[0, idx]
+        y = _ops.vnni_gemv_topk(x, scale, k, packed, st, mt, qtype, bias)
+        assert torch.equal(y, _ops.vnni_gemv(xm, packed, st, mt, bw.blocks, qtype, bias))
+        _close(y, xm, ref, bias)
+    xb = x.clone()
+    xb[0, 3] = float("nan")
+    assert _ops.vnni_gemv_topk(xb, scale, 5, packed, st, mt, qtype, None).numel() == 0
+    with pytest.raises(ValueError, match="k must be"):
+        _ops.vnni_gemv_topk(x, scale, 0, packed, st, mt, qtype, None)

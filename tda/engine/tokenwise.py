@@ -206,16 +206,32 @@ def quant_topk_linear(qwt, bias, col_scale: torch.Tensor, k: int, dense: LinearF
     """:func:`topk_linear` over the quantized format: per row the ``k`` inputs with the largest
     ``|x_i|·col_scale[i]`` (:func:`tda.engine.kernels.topk_sorted`; ties at the k-th score go to the lower index), the union
     of the rows' sets with each row's own others zeroed, then the input-sparse quantized kernel
-    (:func:`sparse_product`)."""
-    d_in = qwt.shape[1]
+    (:func:`sparse_product`). A decode row keeping at least :func:`~tda.engine.quant_kernels.dense_from`
+    of its inputs, where ``dense`` reads integer tiles: the same selection and the tiles with the
+    other inputs zeroed, in one C++ call (``vnni_gemv_topk``)."""
+    from tda.engine import quant_kernels
+
+    d_out, d_in = qwt.shape
     b = None if bias is None else bias.detach()
     k = max(1, min(int(k), d_in))
     if k >= d_in:
         return _keep_all(d_in, dense, counter)
     scale = col_scale.to(torch.float32).contiguous()
+    ops = quant_kernels.quant_ops() if qwt.qt.device.type == "cpu" else None
+    tiles = getattr(dense, "tda_tiles", None) if ops is not None and hasattr(ops, "vnni_gemv_topk") else None
+    if tiles is not None and (k < quant_kernels.dense_from() * d_in or scale.device.type != "cpu"
+                              or (b is not None and (b.dtype is not torch.float32 or not b.is_contiguous()))):
+        tiles = None
 
     def fn(x):
         x2 = x.reshape(-1, d_in).to(torch.float32)
+        if tiles is not None and x2.shape[0] == 1:  # a decode row keeping many inputs: selection and tiles in one call
+            y = ops.vnni_gemv_topk(x2.contiguous(), scale, k, tiles.packed, tiles.st, tiles.mt, tiles.qtype, b)
+            if y.numel():
+                if counter is not None:
+                    counter.add(k, d_in)
+                    counter.also_read += d_in - k
+                return y.to(x.dtype).view(*x.shape[:-1], d_out)
         top = kernels.topk_sorted(x2.abs() * scale, k)  # [N, k], ascending
         if x2.shape[0] == 1:
             return sparse_product(x, x2, None, qwt, b, dense, counter, idx=top[0])

@@ -462,6 +462,7 @@ TORCH_LIBRARY_FRAGMENT(tda_kernels, m) {
   m.def("vnni_gemv(Tensor x, Tensor packed, Tensor st, Tensor? mt, Tensor blocks, str qtype, Tensor? bias) -> Tensor");
   m.def("vnni_gemv_threshold(Tensor x, Tensor packed, Tensor st, Tensor? mt, str qtype, Tensor? bias, float t, "
         "Tensor? tvec, Tensor? count, Tensor? extra, float dense_from) -> Tensor");
+  m.def("vnni_gemv_topk(Tensor x, Tensor scale, int k, Tensor packed, Tensor st, Tensor? mt, str qtype, Tensor? bias) -> Tensor");
   m.def("vnni_gemv_ready() -> bool");
 }
 
@@ -471,6 +472,7 @@ TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
   m.impl("gemv_tiles_pack", &tda_quant::gemv_tiles_pack);
   m.impl("vnni_gemv", &tda_quant::vnni_gemv);
   m.impl("vnni_gemv_threshold", &tda_quant::vnni_gemv_threshold);
+  m.impl("vnni_gemv_topk", &tda_quant::vnni_gemv_topk);
   m.impl("amx_gemv", &tda_quant::amx_gemv);
 }
 

@@ -21,17 +21,22 @@
 //   vnni_gemv(x[..., K] fp32 (one row), packed, st, mt?, blocks, qtype, bias?) -> y[..., N]; an x
 //       that is not finite goes to the blocks' own GEMV (quant_blocks_linear), the IEEE result
 //   vnni_gemv_threshold(...) -> y: a threshold rule's product on these tiles (below)
+//   vnni_gemv_topk(...) -> y: WINA's top-k rule's product on these tiles (below)
 //   vnni_gemv_ready() -> bool (built with AVX-512 BW and the CPU has AVX512-VNNI)
 #pragma once
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
+
+#include "argmax.h"  // tda_argmax::topk_row: WINA's selection, as kernels.topk_sorted makes it
 
 #if defined(__AVX512BW__) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define TDA_VNNI 1
@@ -200,6 +205,41 @@ at::Tensor vnni_gemv_threshold(const at::Tensor& x, const at::Tensor& packed, co
     return at::empty({0}, x.options());
   if (count.has_value() && count->defined()) count->mutable_data_ptr<int64_t>()[0] += kept;
   if (extra.has_value() && extra->defined()) extra->mutable_data_ptr<int64_t>()[0] += C.K - kept;
+  vnni_run(C, packed, st);
+  return C.y;
+#else
+  return at::empty({0}, x.options());
+#endif
+}
+
+// WINA's rule on the dense tiles: the k inputs with the largest |x_i| * scale_i kept (ties at the k-th
+// score to the lower index, as tda_argmax::topk_row and kernels.topk_sorted choose), the others
+// zeroed, then the tiles as vnni_gemv_threshold multiplies them.
+//   vnni_gemv_topk(x[K] fp32 (one row), scale[K] fp32, k, packed, st, mt?, qtype, bias?) -> y[..., N];
+//       an empty tensor where some x is not finite (the caller then takes the input-sparse kernel).
+at::Tensor vnni_gemv_topk(const at::Tensor& x, const at::Tensor& scale, int64_t k, const at::Tensor& packed,
+                          const at::Tensor& st, const c10::optional<at::Tensor>& mt, const std::string& qtype,
+                          const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK_VALUE(vnni_gemv_ready(), "vnni_gemv_topk: AVX512-VNNI is not available in this build or CPU");
+  TileCall C = check_tile_call("vnni_gemv_topk", x, packed, st, mt, qtype, bias);
+  TORCH_CHECK_VALUE(scale.dim() == 1 && scale.size(0) == C.K && scale.scalar_type() == at::kFloat && scale.is_contiguous(),
+                    "vnni_gemv_topk: scale must be fp32 [", C.K, "]");
+  TORCH_CHECK_VALUE(k >= 1 && k <= C.K, "vnni_gemv_topk: k must be in [1, ", C.K, "], got ", k);
+  const float *xp = x.const_data_ptr<float>(), *sp = scale.const_data_ptr<float>();
+  std::vector<float> score(static_cast<size_t>(C.K)), work(static_cast<size_t>(C.K)), xm(static_cast<size_t>(C.K), 0.0f);
+  for (int64_t i = 0; i < C.K; ++i) {
+    if (!std::isfinite(xp[i])) return at::empty({0}, x.options());
+    score[i] = std::fabs(xp[i]) * sp[i];
+  }
+  std::vector<int64_t> idx(static_cast<size_t>(k));
+  if (std::any_of(score.begin(), score.end(), [](float a) { return std::isnan(a); }))
+    tda_argmax::topk_row(score.data(), C.K, k, work, idx.data(), tda_argmax::ranks_above);
+  else
+    tda_argmax::topk_row(score.data(), C.K, k, work, idx.data(), std::greater<float>());
+  for (const int64_t i : idx) xm[i] = xp[i];
+#if TDA_VNNI
+  if (!limbs_x(xm.data(), C.K, C.T.G, C.L.xl.data(), C.L.sx.data(), C.L.ls.data(), C.L.xsum.data()))
+    return at::empty({0}, x.options());
   vnni_run(C, packed, st);
   return C.y;
 #else
