@@ -162,15 +162,21 @@ def test_decode_nbytes_follows_the_kernel(monkeypatch):
     assert quant_kernels.decode_nbytes(mod) == (tiles if _ready("vnni") else bw.nbytes)
 
 
+def _tiled(qtype: str, d_out: int, seed: int):
+    """Random blocks of ``qtype`` (512 inputs) with their reference values and decode tiles:
+    ``(bw, ref, packed, st, mt or None)``."""
+    bw, ref = _blocks(qtype, d_out, 2 if qtype in ("Q4_K", "Q6_K") else 16, seed=seed)
+    packed, st, *rest = _ops.gemv_tiles_pack(bw.blocks, bw.qtype)
+    return bw, ref, packed, st, rest[0] if rest else None
+
+
 @pytest.mark.skipif(not _ready("vnni"), reason="no AVX512-VNNI decode on this CPU or build")
 @pytest.mark.parametrize("qtype", quant_kernels.TILE_GEMV_TYPES)
 def test_threshold_rule_on_the_dense_tiles(qtype):
     """A threshold rule's decode row on the dense tiles: the tile GEMV of x with its inactive inputs
     zeroed, bit for bit; the kept inputs counted in count, the others in extra; fewer kept than
     dense_from, or a kept x not finite: an empty tensor and nothing counted."""
-    bw, ref = _blocks(qtype, 48, 2 if qtype in ("Q4_K", "Q6_K") else 16, seed=9)
-    packed, st, *rest = _ops.gemv_tiles_pack(bw.blocks, bw.qtype)
-    mt = rest[0] if rest else None
+    bw, ref, packed, st, mt = _tiled(qtype, 48, seed=9)
     d_in = bw.shape[1]
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, d_in, generator=g)
@@ -213,9 +219,7 @@ def test_topk_rule_on_the_dense_tiles(qtype):
     non-finite x: an empty tensor."""
     from tda.engine import kernels
 
-    bw, ref = _blocks(qtype, 32, 2 if qtype in ("Q4_K", "Q6_K") else 16, seed=4)
-    packed, st, *rest = _ops.gemv_tiles_pack(bw.blocks, bw.qtype)
-    mt = rest[0] if rest else None
+    bw, ref, packed, st, mt = _tiled(qtype, 32, seed=4)
     d_in = bw.shape[1]
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1, d_in, generator=g)
