@@ -27,6 +27,7 @@ from tda.engine import kernels, quant_kernels
 from tda.engine.layouts import input_major, quant_input_major, row_major
 from tda.engine.methods.rsparse import stderr_progress
 from tda.engine.methods.token import TokenWise, read_fraction
+from tda.engine.tokenwise import sparse_product
 from tda.models.dispatch import module_weight, weight_numel
 from tda.models.quant import QuantLinear
 
@@ -86,6 +87,8 @@ class Predictor(TokenWise):
         bias = getattr(module, "bias", None)
         bias = None if bias is None else bias.detach()
         dense = self.dense_fn(module) if w is None and not quantized else None
+        tiles = self.dense_fn(module) if quantized else None  # a decode row keeping many rows: every row on its tiles
+        tiles = tiles if getattr(tiles, "tda_tiles", None) is not None else None
         counter = self.counter(module)
         d_ff = self.lm.ffn.d_ff
 
@@ -102,7 +105,11 @@ class Predictor(TokenWise):
                     state["idx"], state["keep"] = keep.any(dim=0).nonzero().flatten(), keep
             idx = state["idx"]
             out = x2.new_zeros(x2.shape[0], d_ff)
-            if quantized:
+            if quantized and tiles is not None and x2.shape[0] == 1 and idx.numel() >= quant_kernels.dense_from() * d_ff:
+                counter.add(idx.numel(), d_ff)
+                counter.also_read += d_ff - idx.numel()
+                out.index_copy_(1, idx, tiles(x2).index_select(1, idx))  # each row's value: its own, on the tiles
+            elif quantized:
                 counter.add(idx.numel(), d_ff)
                 out.index_copy_(1, idx, quant_kernels.rows(x2, module.qweight, idx, bias))
             elif dense is None:
@@ -122,15 +129,17 @@ class Predictor(TokenWise):
         bias = getattr(down, "bias", None)
         bias = None if bias is None else bias.detach()
         counter = self.counter(down)
+        dense = self.dense_fn(down) if quantized else None
 
         def fn(act):
             a2 = act.reshape(-1, act.shape[-1])
             idx, keep = state["idx"], state["keep"]
+            if quantized:  # the kept inputs' rows of the repack, or a decode row on the dense tiles (sparse_product)
+                a32 = a2.to(torch.float32)
+                return sparse_product(act, a32, keep, wt, bias, dense, counter, idx=idx if keep is None else None)
             counter.add(idx.numel(), a2.shape[1])
             if keep is not None:
                 a2 = a2 * keep
-            if quantized:
-                return quant_kernels.input_sparse(a2, wt, idx, bias).view(*act.shape[:-1], d_model)
             return kernels.input_sparse(a2, idx, wt, bias).view(*act.shape[:-1], d_model)
 
         return fn
