@@ -86,9 +86,9 @@ class Predictor(TokenWise):
         w = None if quantized else row_major(module)
         bias = getattr(module, "bias", None)
         bias = None if bias is None else bias.detach()
-        dense = self.dense_fn(module) if w is None and not quantized else None
-        tiles = self.dense_fn(module) if quantized else None  # a decode row keeping many rows: every row on its tiles
-        tiles = tiles if getattr(tiles, "tda_tiles", None) is not None else None
+        dense = self.dense_fn(module) if w is None else None
+        tiles = dense if quantized and getattr(dense, "tda_tiles", None) is not None else None  # every row on its tiles
+        dense = None if quantized else dense
         counter = self.counter(module)
         d_ff = self.lm.ffn.d_ff
 
