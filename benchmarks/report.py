@@ -329,7 +329,8 @@ def method_costs(root: Path) -> dict[str, str]:
                     fg = r.get("fraction_of_ceiling_gain")
                     lrows.append([f"`{name}`", key, _g(r.get("density")), _f(r.get("decode_ms_per_token"), 1),
                                   _x(r.get("decode_speedup_vs_dense"), r.get("speedup_lo"), r.get("speedup_hi")),
-                                  _x(r.get("ceiling_speedup")), "" if fg is None else f"{100 * fg:.0f}%"])
+                                  _x(r.get("ceiling_speedup")),
+                                  "" if fg is None else "n/a (reads every byte)" if fg != fg else f"{100 * fg:.0f}%"])
         if lrows:
             text.append("\nOn the `random:llama-1b` shape (random weights, timing only; "
                         "[latency](../results/latency.md)):\n")
@@ -988,8 +989,9 @@ GAPS_END = "<!-- ceiling-gaps:end -->"
 
 def ceiling_gaps(root: Path, model: str = "llama-1b") -> dict[str, list[dict]]:
     """``{format: [row]}``: for each method and format, its newest stored ``latency-<model>*`` bench
-    result with a bytes ceiling above 1, and the share of the ceiling's gain it reached,
-    ``(speedup - 1) / (ceiling - 1)``."""
+    result and the share of the bytes ceiling's gain it reached, ``(speedup - 1) / (ceiling - 1)``;
+    the share is None where that run read every byte (a ceiling of 1: e.g. a sparse rule on dense
+    tiles with the inactive inputs zeroed), which the README says instead of a share."""
     newest: dict[tuple[str, str], dict] = {}
     for f in sorted((root / RESULTS).glob(f"latency-{model}*.json")):
         d = json.loads(f.read_text())
@@ -997,9 +999,10 @@ def ceiling_gaps(root: Path, model: str = "llama-1b") -> dict[str, list[dict]]:
         fmt = "gguf" if m.get("format") == "gguf" else {"float32": "fp32", "bfloat16": "bf16"}.get(m.get("dtype"), str(m.get("dtype")))
         for label, r in (d.get("results") or {}).items():
             c, s = r.get("ceiling_speedup"), r.get("decode_speedup_vs_dense")
-            if r.get("method") in (None, "dense", "stock") or not c or c <= 1.0 or s is None:
+            if r.get("method") in (None, "dense", "stock") or not c or s is None:
                 continue
-            row = {"method": label, "format": fmt, "speedup": s, "ceiling": c, "share": (s - 1) / (c - 1),
+            row = {"method": label, "format": fmt, "speedup": s, "ceiling": c,
+                   "share": (s - 1) / (c - 1) if c > 1.0 else None, "cpu": (d.get("machine") or {}).get("cpu", ""),
                    "file": f.name, "timestamp": d.get("timestamp", "")}
             key = (label, fmt)
             if key not in newest or row["timestamp"] > newest[key]["timestamp"]:
@@ -1017,8 +1020,10 @@ def readme_ceiling_gaps(root: Path) -> str:
         return "No random:llama-1b bench with a bytes ceiling is stored yet."
     lines = []
     for fmt, rows in gaps.items():
-        parts = [f"{r['method']} {100 * r['share']:.0f}% ({r['speedup']:.2f}× of {r['ceiling']:.2f}×)" for r in rows]
-        lines.append(f"- {fmt}: " + ", ".join(parts) + ".")
+        parts = [f"{r['method']} {100 * r['share']:.0f}% ({r['speedup']:.2f}× of {r['ceiling']:.2f}×)"
+                 if r["share"] is not None else f"{r['method']} reads every byte ({r['speedup']:.2f}×)" for r in rows]
+        cpus = sorted({r["cpu"] for r in rows if r["cpu"]})
+        lines.append(f"- {fmt}" + (f" ({', '.join(cpus)})" if cpus else "") + ": " + ", ".join(parts) + ".")
     return "\n".join(lines)
 
 

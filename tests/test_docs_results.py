@@ -104,7 +104,7 @@ def test_hand_written_pages_type_no_result_numbers():
 
 def test_ceiling_gaps_take_each_methods_newest_run_per_format(tmp_path):
     """The README's ceiling-gap lines: per method and format the newest stored bench, its share of
-    the bytes ceiling's gain; dense and ceilings of 1 are left out."""
+    the bytes ceiling's gain; dense is left out, and a run that read every byte (ceiling 1) says so."""
     import json
 
     report = _report()
@@ -120,9 +120,11 @@ def test_ceiling_gaps_take_each_methods_newest_run_per_format(tmp_path):
     run("latency-llama-1b-b.json", "2026-02-01", "fp32", [("teal", 1.6, 1.8)])
     run("latency-llama-1b-c.json", "2026-03-01", "gguf", [("teal", 1.45, 1.9)])
     gaps = report.ceiling_gaps(tmp_path)
-    assert [r["method"] for r in gaps["fp32"]] == ["teal"] and gaps["fp32"][0]["file"] == "latency-llama-1b-b.json"
+    assert [r["method"] for r in gaps["fp32"]] == ["teal", "tt"] and gaps["fp32"][0]["file"] == "latency-llama-1b-b.json"
     assert abs(gaps["fp32"][0]["share"] - 0.75) < 1e-9 and abs(gaps["gguf"][0]["share"] - 0.5) < 1e-9
-    assert "teal 75% (1.60× of 1.80×)" in report.readme_ceiling_gaps(tmp_path)
+    assert gaps["fp32"][1]["share"] is None
+    line = report.readme_ceiling_gaps(tmp_path)
+    assert "teal 75% (1.60× of 1.80×)" in line and "tt reads every byte (1.00×)" in line and "nan" not in line
 
 
 def test_readme_full_run_shows_density_half_of_a_multi_density_run(tmp_path):
