@@ -54,6 +54,17 @@ def _load(root: Path, name: str):
     return json.loads((root / RESULTS / name).read_text())
 
 
+def _sibling(name: str):
+    """A module of this folder (``benchmarks/<name>.py``), imported by path: its pure rules are the
+    ones the stored runs were judged by."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"tda_bench_{name}", Path(__file__).resolve().parent / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _stored(root: Path, name: str) -> dict | None:
     """A stored result, or None when that benchmark has not been run and stored yet."""
     p = root / RESULTS / name
@@ -491,18 +502,23 @@ def latency_page(root: Path) -> tuple[str, dict[str, str]]:
         files["docs/results/img/latency-llama-1b-teal.svg"] = svg_intervals(
             trows, xlabel="teal@0.5 decode speedup vs dense [95%]", title="random:llama-1b fp32: teal runs")
         sections.append("![teal runs](img/latency-llama-1b-teal.svg)\n")
+    fairness = _sibling("layout_fairness")
     for p in sorted((root / RESULTS).glob("layout-fairness-*.json")):
         d = json.loads(p.read_text())
+        verdicts = [fairness.verdict(r["alone"], r["together"], d["tolerance"]) for r in d["rows"]]
+        label = {"within": "", "differs": "flagged", "noise": "within noise"}
         sections.append(
             f"## One process or alone: `{p.name}`\n\nEach method's decode speedup vs dense, timed alone "
             f"(`tda bench --methods dense,M`, a fresh process each) and together in one process (the way a "
             f"frontier times them): {d['model']}, {d['dtype']}, density {_g(d['density'])}, {d['rounds']} paired "
             f"rounds, {d['new_tokens']} tokens ({d['timestamp']}; command: `{d['command']}`). A ratio outside "
-            f"{1 - d['tolerance']:.2f}–{1 + d['tolerance']:.2f} is flagged: {d['flagged']} of {len(d['rows'])}.\n\n"
+            f"{1 - d['tolerance']:.2f}–{1 + d['tolerance']:.2f} whose two intervals do not overlap is flagged: "
+            f"{verdicts.count('differs')} of {len(d['rows'])}; outside it but within the noise of "
+            f"{d['rounds']} rounds (the intervals overlap): {verdicts.count('noise')}.\n\n"
             + _table(["method", "alone [95%]", "together [95%]", "together ÷ alone", ""],
                      [[r["method"], *[f"{r[k]['decode_speedup_vs_dense']:.3f}× [{r[k]['speedup_lo']:.2f}, "
                                       f"{r[k]['speedup_hi']:.2f}]" for k in ("alone", "together")],
-                       f"{r['together_over_alone']:.3f}", "flagged" if r["flagged"] else ""] for r in d["rows"]]))
+                       f"{r['together_over_alone']:.3f}", label[v]] for r, v in zip(d["rows"], verdicts)]))
     sections.append("## Every run in full\n")
     def order(n):  # a series together, its runs in order (the first run has no number)
         m = re.search(r"-run(\d+)", n)
