@@ -142,3 +142,22 @@ def test_arena_off_switch_and_bad_input(monkeypatch):
         H.empty((2, -1), torch.float32)
     meta = torch.empty(3, device="meta")
     assert H.copy(meta) is meta
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_index_select_equals_torch_and_lands_on_a_huge_page_boundary(dim, dtype, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(2048, 2560, generator=g).to(dtype)  # 20 MiB fp32, 10 MiB bf16: half of it over 4 MiB
+    idx = torch.randperm(t.shape[dim], generator=g)[: t.shape[dim] // 2 + 3].sort().values
+    got = H.index_select(t, dim, idx)
+    assert torch.equal(got, t.index_select(dim, idx)) and got.is_contiguous() and got.dtype == dtype
+    if sys.platform.startswith("linux"):
+        assert got.data_ptr() % H.HUGE == 0  # its own advised block
+    small = H.index_select(t[:8], dim, idx[idx < 8] if dim == 0 else idx)  # under 4 MiB: plain
+    assert torch.equal(small, t[:8].index_select(dim, idx[idx < 8] if dim == 0 else idx))
+    monkeypatch.setenv("TDA_HUGEPAGES", "0")
+    off = H.index_select(t, dim, idx)
+    assert torch.equal(off, got)
+    empty = H.index_select(t, dim, idx[:0])
+    assert empty.shape[dim] == 0

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from tda.engine.fastpath import linear_fn
+from tda.models import hugepages
 
 LinearFn = Callable[[torch.Tensor], torch.Tensor]
 BATCH_MODES = ("union", "rows")
@@ -84,7 +85,7 @@ def slice_layer_quant(ffn, layer: int, idx: torch.Tensor) -> QuantLayerSlice:
     ins = []
     for m in ffn.in_modules(layer):
         qw = m.qweight
-        ins.append(QuantWeight(qw.q.index_select(0, idx).contiguous(), qw.scale.index_select(0, idx).contiguous(),
+        ins.append(QuantWeight(hugepages.index_select(qw.q, 0, idx), qw.scale.index_select(0, idx).contiguous(),
                                None if qw.min is None else qw.min.index_select(0, idx).contiguous(), qw.qtype))
     in_b = [None if m.bias is None else m.bias.detach().index_select(0, idx) for m in ffn.in_modules(layer)]
     down = ffn.out_module(layer)
@@ -95,9 +96,9 @@ def slice_layer(ffn, layer: int, idx: torch.Tensor) -> LayerSlice:
     """Copy the kept neurons ``idx[k]`` of ``layer`` into contiguous tensors (one mask)."""
     dev = ffn.down_weight(layer).device
     idx = idx.to(dev)
-    in_w = [w.detach().index_select(0, idx).contiguous() for w in ffn.in_weights(layer)]
+    in_w = [hugepages.index_select(w.detach(), 0, idx) for w in ffn.in_weights(layer)]  # streamed: huge pages
     in_b = [None if b is None else b.detach().index_select(0, idx).contiguous() for b in ffn.in_biases(layer)]
-    down_w = ffn.down_weight(layer).detach().index_select(1, idx).contiguous()
+    down_w = hugepages.index_select(ffn.down_weight(layer).detach(), 1, idx)
     down_b = ffn.down_bias(layer)
     return LayerSlice(in_w, in_b, down_w, None if down_b is None else down_b.detach(), idx)
 

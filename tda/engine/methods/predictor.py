@@ -28,6 +28,7 @@ from tda.engine.layouts import input_major, quant_input_major, row_major
 from tda.engine.methods.rsparse import stderr_progress
 from tda.engine.methods.token import TokenWise, read_fraction
 from tda.engine.tokenwise import sparse_product
+from tda.models import hugepages
 from tda.models.dispatch import module_weight, weight_numel
 from tda.models.quant import QuantLinear
 
@@ -59,8 +60,8 @@ class Predictor(TokenWise):
             ins, down = ffn.in_modules(L), ffn.out_module(L)
             dev, dt = (ins[0].storage.device, torch.float32) if isinstance(ins[0], QuantLinear) else \
                 (module_weight(ins[0]).device, module_weight(ins[0]).dtype)
-            a = pred.A[L].to(device=dev, dtype=dt).contiguous()
-            b = pred.B[L].to(device=dev, dtype=dt).contiguous()
+            a = hugepages.contiguous(pred.A[L].to(device=dev, dtype=dt))  # read by every step: huge pages
+            b = hugepages.contiguous(pred.B[L].to(device=dev, dtype=dt))
             self.pred_params += a.numel() + b.numel()
             state: dict = {}
             table[ins[0]] = self._in_fn(ins[0], state, select=(a, b, k))

@@ -28,6 +28,7 @@ from tda.engine.layouts import input_major
 from tda.engine.methods.teal import block_linears
 from tda.engine.methods.token import TokenWise
 from tda.engine.tokenwise import Counter, threshold_linear
+from tda.models import hugepages
 from tda.models.quant import QuantLinear
 
 
@@ -106,7 +107,8 @@ class RSparse(TokenWise):
 
         if rank == 0:
             return sparse_linear()
-        vs, u = (f.to(device=wt.device, dtype=wt.dtype).contiguous() for f in module_factors(module, wt.T, rank))
+        vs, u = (hugepages.contiguous(f.to(device=wt.device, dtype=wt.dtype))  # read by every step
+                 for f in module_factors(module, wt.T, rank))
         extra = rank * (d_in + d_out) / d_out
         tiny = torch.finfo(torch.float32).tiny
         cut_t = cut.clamp_min(tiny) if isinstance(cut, torch.Tensor) else max(cut, tiny)
