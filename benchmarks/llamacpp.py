@@ -13,6 +13,10 @@ read with the decode's thread count and access pattern (:func:`tda.evaluate.band
 the roofline share (the bytes each variant reads: its weight groups times its read fractions) is per
 round, rounds above 100% flagged.
 
+A method ``dense+specK`` (e.g. ``gguf:dense+spec4``) is exact greedy decoding with a speculative
+lm_head (:mod:`tda.engine.speculate`: K steps over a draft vocabulary, then the full head once for
+the K positions): the dense tokens, fewer head reads; it stops at a stop token (no minimum length).
+
 Both runtimes get the same prompt token ids (ours, BOS included) and pick the argmax at every
 step. Where llama.cpp's greedy tokens first differ from ours, our fp32 logits (teacher-forced on our
 own tokens) say how far apart the two tokens were: llama.cpp quantises activations to 8 bits in its
@@ -155,6 +159,7 @@ def main(argv=None) -> dict:
 
     from tda.common.atomic import write_text_atomic
     from tda.engine.generate import generate
+    from tda.engine.speculate import generate_speculative
     from tda.evaluate.bandwidth import measure_bandwidth, roofline_ms, roofline_pct
     from tda.evaluate.bench import machine_info
     from tda.evaluate.ceiling import mean_read_fraction, read_fraction_of, weight_bytes
@@ -184,8 +189,12 @@ def main(argv=None) -> dict:
         else:
             fmt, m, d = labels[label]
             kw = {} if d is None else {"density": d}
-            r = generate(models[fmt], args.prompt, m, max_new_tokens=args.new_tokens,
-                         min_new_tokens=args.new_tokens, threads=args.threads, **kw)
+            if m.startswith("dense+spec"):  # exact greedy with a speculative lm_head (tda.engine.speculate)
+                r = generate_speculative(models[fmt], args.prompt, max_new_tokens=args.new_tokens,
+                                         k=int(m[len("dense+spec"):] or 4), threads=args.threads)
+            else:
+                r = generate(models[fmt], args.prompt, m, max_new_tokens=args.new_tokens,
+                             min_new_tokens=args.new_tokens, threads=args.threads, **kw)
             t = dict(r.timings, token_ids=r.token_ids[0], read_fraction=r.params.get("read_fraction"))
         tokens.setdefault(label, t["token_ids"])
         return t

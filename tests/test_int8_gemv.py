@@ -239,3 +239,35 @@ def test_topk_rule_on_the_dense_tiles(qtype):
     assert _ops.vnni_gemv_topk(xb, scale, 5, packed, st, mt, qtype, None).numel() == 0
     with pytest.raises(ValueError, match="k must be"):
         _ops.vnni_gemv_topk(x, scale, 0, packed, st, mt, qtype, None)
+
+
+@pytest.mark.skipif(not _ready("vnni"), reason="no AVX512-VNNI decode on this CPU or build")
+@pytest.mark.parametrize("qtype", quant_kernels.TILE_GEMV_TYPES)
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+def test_rows_at_once_equal_each_row_alone_bit_for_bit(qtype, rows):
+    """vnni_gemv_rows (a speculative step's verification: a few rows over one pass of the tiles):
+    row r is vnni_gemv of row r alone, bit for bit, with and without a bias; within fp32 rounding of
+    F.linear on the de-quantised weights; a non-finite row gives an empty tensor; more than 4 rows,
+    or a row of the wrong length, a clear error."""
+    bw, ref, packed, st, mt = _tiled(qtype, 48, seed=rows)
+    d_in = bw.shape[1]
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, d_in, generator=g) * torch.exp2(torch.randint(-8, 9, (rows, d_in), generator=g).float())
+    x[0, :5] = 0.0
+    bias = torch.randn(bw.shape[0], generator=g)
+    for b in (None, bias):
+        got = _ops.vnni_gemv_rows(x, packed, st, mt, bw.qtype, b)
+        assert got.shape == (rows, bw.shape[0]) and got.dtype == torch.float32
+        for r in range(rows):
+            alone = _ops.vnni_gemv(x[r].contiguous(), packed, st, mt, bw.blocks, bw.qtype, b)
+            assert torch.equal(got[r], alone), f"row {r} differs from its own GEMV"
+        want = F.linear(x.double(), ref.double(), None if b is None else b.double())
+        bound = x.double().abs() @ ref.double().abs().T + (0 if b is None else b.double().abs())
+        assert bool(((got.double() - want).abs() <= 1e-6 * bound + 1e-30).all())
+    bad = x.clone()
+    bad[-1, 3] = float("nan")
+    assert _ops.vnni_gemv_rows(bad, packed, st, mt, bw.qtype, None).numel() == 0
+    with pytest.raises(ValueError, match="R in 1..4"):
+        _ops.vnni_gemv_rows(torch.zeros(5, d_in), packed, st, mt, bw.qtype, None)
+    with pytest.raises(ValueError, match="x must be"):
+        _ops.vnni_gemv_rows(torch.zeros(rows, d_in + 64), packed, st, mt, bw.qtype, None)

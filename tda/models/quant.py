@@ -440,6 +440,25 @@ class TileWeight:
         """The exact fp32 values of rows ``idx[n]`` (an embedding gather): only those rows read."""
         return self._take(idx.to(self.packed.device).reshape(-1)).dequantize()
 
+    def take(self, idx: torch.Tensor) -> TileWeight:
+        """A tiles-only weight of rows ``idx[n]`` (``n`` a multiple of 16), in this layout: its row
+        ``i`` holds the same int8 values and scales as row ``idx[i]`` here, so a GEMV over it gives
+        that row's output bit for bit (e.g. a speculative step's draft lm_head over a vocabulary)."""
+        idx = idx.to(self.packed.device).reshape(-1)
+        if idx.numel() == 0 or idx.numel() % TILE_ROWS:
+            raise ValueError(f"take needs a positive multiple of {TILE_ROWS} rows, got {idx.numel()}")
+        if int(idx.min()) < 0 or int(idx.max()) >= self.shape[0]:
+            raise ValueError(f"row indices must lie in [0, {self.shape[0]})")
+        qw = self._take(idx)
+        n, d = qw.q.shape
+        n_t, n_c = n // TILE_ROWS, d // TILE_INPUTS
+        packed = hugepages.empty((n_t * n_c * TILE_ROWS * TILE_INPUTS,), torch.uint8)
+        packed.view(torch.int8).view(n_t, n_c, TILE_INPUTS // 4, TILE_ROWS, 4).copy_(
+            qw.q.view(n_t, TILE_ROWS, n_c, TILE_INPUTS // 4, 4).permute(0, 2, 3, 1, 4))
+        st = hugepages.empty((n_t, self.st.shape[1], TILE_ROWS), torch.float32)
+        st.copy_(qw.scale.view(n_t, TILE_ROWS, -1).permute(0, 2, 1))
+        return TileWeight(packed, st, self.qtype)
+
     @classmethod
     def from_blocks(cls, blocks: torch.Tensor, pack, rows_per_chunk: int = 2048) -> TileWeight:
         """The tiles of Q8_0 ``blocks[d_out, row_bytes]`` (e.g. a view of a GGUF file's map), made

@@ -452,6 +452,7 @@ at::Tensor quant_blocks_linear(const at::Tensor& x, const at::Tensor& blocks, co
 #include "amx_gemv.h"   // ... on AMX-INT8
 #include "vnni_gemv.h"  // ... on AVX512-VNNI
 #include "vnni_sparse.h"  // input-sparse decode steps on AVX512-VNNI
+#include "vnni_rows.h"  // a few decode rows at once (a speculative step's verification)
 
 TORCH_LIBRARY_FRAGMENT(tda_kernels, m) {
   m.def("quant_blocks_linear(Tensor x, Tensor blocks, str qtype, Tensor? bias) -> Tensor");
@@ -463,6 +464,7 @@ TORCH_LIBRARY_FRAGMENT(tda_kernels, m) {
   m.def("vnni_gemv_threshold(Tensor x, Tensor packed, Tensor st, Tensor? mt, str qtype, Tensor? bias, float t, "
         "Tensor? tvec, Tensor? count, Tensor? extra, float dense_from) -> Tensor");
   m.def("vnni_gemv_topk(Tensor x, Tensor scale, int k, Tensor packed, Tensor st, Tensor? mt, str qtype, Tensor? bias) -> Tensor");
+  m.def("vnni_gemv_rows(Tensor x, Tensor packed, Tensor st, Tensor? mt, str qtype, Tensor? bias) -> Tensor");
   m.def("vnni_gemv_ready() -> bool");
 }
 
@@ -473,6 +475,7 @@ TORCH_LIBRARY_IMPL(tda_kernels, CPU, m) {
   m.impl("vnni_gemv", &tda_quant::vnni_gemv);
   m.impl("vnni_gemv_threshold", &tda_quant::vnni_gemv_threshold);
   m.impl("vnni_gemv_topk", &tda_quant::vnni_gemv_topk);
+  m.impl("vnni_gemv_rows", &tda_quant::vnni_gemv_rows);
   m.impl("amx_gemv", &tda_quant::amx_gemv);
 }
 

@@ -1,0 +1,93 @@
+"""Speculative greedy decoding with a draft-vocabulary lm_head (tda.engine.speculate): the tokens
+are the dense greedy tokens whatever the draft vocabulary holds (a vocabulary that misses most
+tokens, one that holds them all, every k), the draft head's rows are the full head's bit for bit,
+cache positions of wrong drafts are dropped, and bad arguments get one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tda.common.errors import BadInput
+from tda.engine import quant_kernels
+from tda.engine.speculate import draft_vocabulary, generate_speculative
+
+gguf = pytest.importorskip("gguf")
+_ops = quant_kernels.quant_ops()
+needs_vnni = pytest.mark.skipif(_ops is None or not hasattr(_ops, "vnni_gemv_rows") or not _ops.vnni_gemv_ready(),
+                                reason="no AVX512-VNNI decode on this CPU or build")
+PROMPTS = ["the quick brown fox", "Almost one million people visited the city", "a b c"]
+
+
+def test_draft_vocabulary_is_sorted_unique_and_whole_tiles():
+    v = draft_vocabulary(100, texts_ids=[[5, 90, 90, 200]], extra=[77, -1], first=10)
+    assert v.tolist() == sorted(set(v.tolist())) and v.numel() % 16 == 0
+    assert {0, 9, 5, 90, 77} <= set(v.tolist()) and 200 not in v.tolist() and -1 not in v.tolist()
+    assert draft_vocabulary(32, first=100).tolist() == list(range(32))
+    with pytest.raises(BadInput):
+        draft_vocabulary(8)
+
+
+@pytest.fixture(scope="module")
+def tiny_tiles(tmp_path_factory):
+    from tda.models.load import load_model
+    from tests.gguf_writer import write_tiny_llama_gguf
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(quant_kernels, "TILE_GEMV_MAX_WEIGHTS", 512 * 64 - 1)
+    mp.setenv("TDA_HEAD_TILES", "1")
+    path = write_tiny_llama_gguf(load_model("tiny-llama", dtype="fp32"), tmp_path_factory.mktemp("spec") / "t.gguf",
+                                 "Q8_0")
+    lm = load_model(str(path))
+    yield lm
+    mp.undo()
+
+
+@needs_vnni
+def test_take_gives_the_full_heads_rows_bit_for_bit(tiny_tiles):
+    tw = tiny_tiles.model.get_output_embeddings().tile_weight
+    idx = torch.tensor([3, 0, 17, 511, 256, 255, 8, 9, 100, 101, 102, 103, 104, 105, 106, 5])
+    sub = tw.take(idx)
+    x = torch.randn(tw.shape[1])
+    blocks = torch.empty(0, tw.shape[1] // 32 * 34, dtype=torch.uint8)
+    full = _ops.vnni_gemv(x, tw.packed, tw.st, None, blocks, "Q8_0", None)
+    part = _ops.vnni_gemv(x, sub.packed, sub.st, None, blocks, "Q8_0", None)
+    assert torch.equal(part, full[idx])
+    with pytest.raises(ValueError, match="multiple of 16"):
+        tw.take(idx[:5])
+
+
+@needs_vnni
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_speculative_tokens_are_the_dense_greedy_tokens(tiny_tiles, k):
+    from tda.engine.generate import generate
+
+    lm = tiny_tiles
+    n = lm.model.get_output_embeddings().out_features
+    few = torch.arange(16)  # misses nearly every token: every cycle corrects and drops positions
+    for prompt in PROMPTS:
+        dense = generate(lm, prompt, max_new_tokens=12).token_ids[0]
+        for vocab in (few, torch.arange(n), None):
+            out = generate_speculative(lm, prompt, max_new_tokens=12, k=k, vocab=vocab)
+            assert out.token_ids[0] == dense, (prompt, k, None if vocab is None else vocab.numel())
+            st = out.params["speculative"]
+            assert st["accepted"] <= st["drafted"] and st["cycles"] >= 1
+        assert generate_speculative(lm, prompt, max_new_tokens=12, k=k, vocab=torch.arange(n)).params[
+            "speculative"]["acceptance"] == 1.0
+
+
+@needs_vnni
+def test_bad_arguments(tiny_tiles):
+    with pytest.raises(BadInput, match="k"):
+        generate_speculative(tiny_tiles, "a", k=5)
+    with pytest.raises(BadInput, match="max-new-tokens"):
+        generate_speculative(tiny_tiles, "a", max_new_tokens=0)
+    with pytest.raises(BadInput, match="prompt"):
+        generate_speculative(tiny_tiles, "")
+
+
+def test_a_model_without_a_tiled_head_is_refused():
+    from tda.models.load import load_model
+
+    with pytest.raises(BadInput, match="gguf"):
+        generate_speculative(load_model("tiny-llama", dtype="fp32"), "a")
