@@ -13,9 +13,10 @@ read with the decode's thread count and access pattern (:func:`tda.evaluate.band
 the roofline share (the bytes each variant reads: its weight groups times its read fractions) is per
 round, rounds above 100% flagged.
 
-A method ``dense+specK`` (e.g. ``gguf:dense+spec4``) is exact greedy decoding with a speculative
-lm_head (:mod:`tda.engine.speculate`: K steps over a draft vocabulary, then the full head once for
-the K positions): the dense tokens, fewer head reads; it stops at a stop token (no minimum length).
+A method ``M+specK`` (e.g. ``gguf:dense+spec4``, ``gguf:tt+spec4@0.5``) is M's exact greedy decoding
+with a speculative lm_head (:mod:`tda.engine.speculate`: K steps over a draft vocabulary, then the
+full head once for the K positions): M's tokens, fewer head reads; it stops at a stop token (no
+minimum length).
 
 Both runtimes get the same prompt token ids (ours, BOS included) and pick the argmax at every
 step. Where llama.cpp's greedy tokens first differ from ours, our fp32 logits (teacher-forced on our
@@ -189,9 +190,10 @@ def main(argv=None) -> dict:
         else:
             fmt, m, d = labels[label]
             kw = {} if d is None else {"density": d}
-            if m.startswith("dense+spec"):  # exact greedy with a speculative lm_head (tda.engine.speculate)
-                r = generate_speculative(models[fmt], args.prompt, max_new_tokens=args.new_tokens,
-                                         k=int(m[len("dense+spec"):] or 4), threads=args.threads)
+            if "+spec" in m:  # exact greedy with a speculative lm_head (tda.engine.speculate)
+                base, _, k = m.partition("+spec")
+                r = generate_speculative(models[fmt], args.prompt, base, max_new_tokens=args.new_tokens,
+                                         k=int(k or 4), threads=args.threads, **kw)
             else:
                 r = generate(models[fmt], args.prompt, m, max_new_tokens=args.new_tokens,
                              min_new_tokens=args.new_tokens, threads=args.threads, **kw)

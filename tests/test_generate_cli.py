@@ -38,6 +38,9 @@ def test_generate_cli_matches_api(run_cli, tmp_out, tiny_llama):
     (["--max-new-tokens", "0"], "max-new-tokens"),
     (["--max-new-tokens", "100000"], "exceeds the context"),
     (["--method", "griffin"], "needs a density"),
+    (["--speculate", "5"], "--speculate takes K in 1..4"),
+    (["--speculate", "2", "--sample"], "--speculate takes K in 1..4"),
+    (["--speculate", "2"], "needs the gguf format"),
 ])
 def test_generate_cli_bad_input(run_cli, args, msg):
     code, out, err = run_cli("generate", "-m", "tiny-llama", "-p", "hello there", *args)

@@ -39,6 +39,7 @@ def tiny_tiles(tmp_path_factory):
     path = write_tiny_llama_gguf(load_model("tiny-llama", dtype="fp32"), tmp_path_factory.mktemp("spec") / "t.gguf",
                                  "Q8_0")
     lm = load_model(str(path))
+    lm.test_gguf_path = str(path)  # for the CLI test
     yield lm
     mp.undo()
 
@@ -91,3 +92,73 @@ def test_a_model_without_a_tiled_head_is_refused():
 
     with pytest.raises(BadInput, match="gguf"):
         generate_speculative(load_model("tiny-llama", dtype="fp32"), "a")
+
+
+@needs_vnni
+@pytest.mark.parametrize("method", ["tt", "griffin", "teal", "cats"])
+def test_a_sparse_method_under_speculation_gives_its_own_greedy_tokens(tiny_tiles, method):
+    from tda.engine.generate import generate
+
+    lm = tiny_tiles
+    for prompt in PROMPTS[:2]:
+        want = generate(lm, prompt, method, density=0.5, max_new_tokens=10).token_ids[0]
+        for vocab in (torch.arange(16), None):
+            got = generate_speculative(lm, prompt, method, density=0.5, max_new_tokens=10, k=3, vocab=vocab)
+            assert got.token_ids[0] == want, (method, prompt)
+            assert got.method == method and got.params["read_fraction"]["ffn"] > 0
+
+
+@needs_vnni
+def test_the_lm_head_option_is_refused(tiny_tiles):
+    with pytest.raises(BadInput, match="lm_head option"):
+        generate_speculative(tiny_tiles, "a", "tt+head0.7", density=0.5)
+
+
+@needs_vnni
+def test_generate_cli_speculate_prints_the_same_tokens(run_cli, tmp_out, tiny_tiles, monkeypatch):
+    """``tda generate --speculate K`` on a GGUF file: the tokens of plain ``tda generate``."""
+    import json
+
+    path = tiny_tiles.test_gguf_path
+    monkeypatch.setattr(quant_kernels, "TILE_GEMV_MAX_WEIGHTS", 512 * 64 - 1)
+    monkeypatch.setenv("TDA_HEAD_TILES", "1")
+    outs = []
+    for extra in ([], ["--speculate", "3"]):
+        j = tmp_out / f"g{len(outs)}.json"
+        code, _, err = run_cli("generate", "-m", path, "-p", "the quick brown fox", "-n", "8", "--json", j, *extra)
+        assert code == 0, err
+        outs.append(json.loads(j.read_text())["token_ids"])
+        if extra:
+            assert "full-head passes" in err
+    assert outs[0] == outs[1]
+
+
+@needs_vnni
+@pytest.mark.slow
+def test_gemma_gguf_speculative_tokens_are_its_dense_tokens():
+    """The embedded model in the gguf format (its head on integer tiles where the CPU takes them):
+    the draft vocabulary misses some tokens of these prompts, and every token is the dense one."""
+    from tda.engine.generate import generate
+    from tda.models.load import load_model
+
+    lm = load_model("gemma-3-270m", dtype="gguf")
+    if lm.model.get_output_embeddings().tile_weight is None:
+        pytest.skip("the lm_head is on its blocks on this CPU (TDA_HEAD_TILES=1 puts it on tiles)")
+    drafted = accepted = 0
+    for prompt in ["Almost one million people visited the city last year, and the",
+                   "The history of the city begins in the early middle ages, when"]:
+        dense = generate(lm, prompt, max_new_tokens=24).token_ids[0]
+        out = generate_speculative(lm, prompt, max_new_tokens=24, k=4)
+        assert out.token_ids[0] == dense
+        drafted += out.params["speculative"]["drafted"]
+        accepted += out.params["speculative"]["accepted"]
+    assert 0 < accepted < drafted  # both paths taken: confirmed drafts and corrected ones
+    # past the sliding window (512 positions): the cache records the window's past to drop positions
+    from tda.common.data import load_texts
+
+    long = " ".join(load_texts(limit=12))
+    n = len(lm.tokenizer(long)["input_ids"])
+    assert n + 16 > lm.model.config.sliding_window
+    dense = generate(lm, long, max_new_tokens=16).token_ids[0]
+    out = generate_speculative(lm, long, max_new_tokens=16, k=4, vocab=torch.arange(4096))  # many corrections
+    assert out.token_ids[0] == dense and out.params["speculative"]["accepted"] < out.params["speculative"]["drafted"]

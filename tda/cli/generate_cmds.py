@@ -68,6 +68,11 @@ def generate_cmd(
     no_fast: bool = typer.Option(False, "--no-fast", help="disable the oneDNN fp32 linear path"),
     batch_mode: str = typer.Option("union", "--batch-mode", help="union or rows (per-row masks in a batch)"),
     json_out: Path = typer.Option(None, "--json", help="also write the result as JSON (default: not written)"),
+    speculate: int = typer.Option(0, "--speculate", metavar="K",
+                                  help="exact greedy decoding with a speculative lm_head: K steps (1-4) over a "
+                                       "draft vocabulary, then the full head once for the K positions; the same "
+                                       "tokens, fewer head reads (--dtype gguf with the head on integer tiles, one "
+                                       "prompt, greedy; default: 0, off)"),
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -95,10 +100,21 @@ def generate_cmd(
         check_output_path(json_out)
     from tda.activations.budget import check_before_load
 
+    if speculate and (sample or len(prompts) != 1 or min_new_tokens or not 1 <= speculate <= 4):
+        raise BadInput("--speculate takes K in 1..4, one prompt, greedy decoding and no --min-new-tokens")
     check_before_load(model, dtype, new_tokens=max_new_tokens, batch=len(prompts))  # before the model loads
     lm = load(model, dtype, device)
-    res = generate(lm, prompts, cfg, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
-                   do_sample=sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    if speculate:
+        from tda.engine.speculate import generate_speculative
+
+        res = generate_speculative(lm, prompts[0], cfg, max_new_tokens=max_new_tokens, k=speculate)
+        st = res.params["speculative"]
+        echo_err(f"speculative lm_head: {st['accepted']} of {st['drafted']} drafts confirmed in {st['cycles']} "
+                 f"full-head passes (draft vocabulary: {st['vocab']} rows)")
+        res.params["fast"] = True
+    else:
+        res = generate(lm, prompts, cfg, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
+                       do_sample=sample, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     for i, text in enumerate(res.texts):
         print(generation_block(prompts[i], text, index=i if len(res.texts) > 1 else None,
                                n_tokens=len(res.token_ids[i])))

@@ -14,8 +14,11 @@ rows). The first wrong draft is replaced by the full argmax and the cache positi
 dropped (``Cache.crop``); everything before it is kept. So the tokens are the dense greedy tokens,
 whatever ``V'`` holds; ``V'`` only decides the speed (a missed token costs the steps drafted after it).
 
-Scope: batch 1, greedy, a Q8_0 lm_head held as integer tiles (``--dtype gguf`` on AVX512-VNNI
-CPUs, where the head is on its tiles: :func:`tda.engine.quant_kernels.head_tiles`), dense layers.
+Any sparse method of the layers runs under it (``method``, as :func:`~tda.engine.generate.generate`
+takes it): a draft step runs the method's decode step, so the tokens are that method's greedy
+tokens. The lm_head option (``+headD``) is a different head and is refused. Scope: batch 1,
+greedy, a Q8_0 lm_head held as integer tiles (``--dtype gguf`` on AVX512-VNNI CPUs, where the head
+is on its tiles: :func:`tda.engine.quant_kernels.head_tiles`).
 """
 
 from __future__ import annotations
@@ -81,16 +84,17 @@ def _head_tiles(lm):
     return head, tw, ops
 
 
-def generate_speculative(lm, prompt: str, *, max_new_tokens: int = 32, k: int = 4,
+def generate_speculative(lm, prompt: str, method="dense", *, max_new_tokens: int = 32, k: int = 4,
                          vocab: torch.Tensor | None = None, stop_token_ids: list[int] | None = None,
-                         threads: str | int | None = None):
-    """Greedy tokens of ``prompt`` (the dense ones; see the module doc), ``k`` drafts per full-head
-    pass (1 to 4). Returns a :class:`~tda.engine.generate.GenerationResult` whose ``params`` carry the
+                         threads: str | int | None = None, **sparsity):
+    """Greedy tokens of ``prompt`` under ``method`` (a name with its fields as keywords, or a
+    :class:`~tda.engine.config.SparsityConfig`; see the module doc), ``k`` drafts per full-head pass
+    (1 to 4). Returns a :class:`~tda.engine.generate.GenerationResult` whose ``params`` carry the
     :class:`SpeculativeStats` and ``timings`` those of :func:`~tda.engine.generate.generate`."""
     from tda.common.data import load_texts
     from tda.engine import kvcache
     from tda.engine import threads as thread_policy
-    from tda.engine.config import SparsityConfig
+    from tda.engine.config import as_config, split_head
     from tda.engine.generate import GenerationResult, encode_batch
     from tda.engine.generate import stop_ids as model_stop_ids
     from tda.engine.kernels import argmax_last
@@ -104,6 +108,9 @@ def generate_speculative(lm, prompt: str, *, max_new_tokens: int = 32, k: int = 
         raise BadInput(f"max-new-tokens must be an integer >= 1, got {max_new_tokens}")
     if not isinstance(prompt, str) or not prompt:
         raise BadInput("speculative decoding takes one non-empty prompt")
+    cfg = as_config(method, **sparsity)
+    if split_head(cfg.method)[1] is not None or getattr(cfg, "lm_head_density", None) is not None:
+        raise BadInput("speculative decoding brings its own lm_head: leave out the lm_head option (+headD)")
     head, tw, ops = _head_tiles(lm)
     input_ids, attn, prompt_ids = encode_batch(lm, [prompt], max_new_tokens)
     stops = model_stop_ids(lm, stop_token_ids)
@@ -140,7 +147,7 @@ def generate_speculative(lm, prompt: str, *, max_new_tokens: int = 32, k: int = 
             y = torch.cat([gemv(draft_w, row), gemv(draft["miss_w"], row)])
         return y.view(*x.shape[:-1], n)
 
-    session = SparseSession(lm, SparsityConfig("dense"))
+    session = SparseSession(lm, cfg)
     model, T = lm.model, int(input_ids.shape[1])
     cache_kw = cache_kwarg(model)
     sliding = int(getattr(model.config, "sliding_window", 0) or 0)
@@ -158,6 +165,8 @@ def generate_speculative(lm, prompt: str, *, max_new_tokens: int = 32, k: int = 
                     **{cache_kw: cache})
         tok = int(argmax_last(out.logits[:, -1].to(torch.float32))[0])
         del out
+        if cfg.method != "dense":  # the method's decode functions, from the prefill (as generate's clock does)
+            session.finish_prefill()
         t1 = time.perf_counter()
         out_ids.append(tok)
         cur = T  # positions in the cache
@@ -210,6 +219,9 @@ def generate_speculative(lm, prompt: str, *, max_new_tokens: int = 32, k: int = 
     layers = stats.drafted / steps
     read = {"ffn": layers, "other": layers,
             "lm_head": (stats.vocab * stats.drafted + tw.shape[0] * stats.cycles) / (tw.shape[0] * steps)}
-    params = {"method": "dense", "speculative_k": k, "speculative": stats.to_dict(), "model_id": lm.model_id,
+    rf = session.read_fraction()
+    read = {g: v * (layers if g != "lm_head" else 1.0) for g, v in rf.items()} | {"lm_head": read["lm_head"]}
+    dens, per = session.densities()
+    params = {**cfg.to_dict(), "speculative_k": k, "speculative": stats.to_dict(), "model_id": lm.model_id,
               "dtype": "gguf", "device": str(lm.device), "read_fraction": read}
-    return GenerationResult([text], [ids], prompt_ids, "dense", 1.0, [[1.0] * lm.ffn.n_layers], timings, params)
+    return GenerationResult([text], [ids], prompt_ids, cfg.method, dens, per, timings, params)
