@@ -77,31 +77,58 @@ TDA_VNNI_TARGET inline __m512i bcast4(const int8_t* p) {  // 4 int8 inputs in ev
   return _mm512_set1_epi32(v);
 }
 
+// VNNI rows j (inputs 4j ..) and j + 8 (inputs 32 + 4j ..) of a tile as their stored values: the
+// int8 tile's with the sign bit flipped (u = q + 128), a packed one's unpacked (tile_rows).
+template <int BITS>
+TDA_VNNI_TARGET __attribute__((always_inline)) inline void vnni_tile_rows(const uint8_t* t, int j, __m512i& lo, __m512i& hi) {
+  if constexpr (BITS == 8) {
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    lo = _mm512_xor_si512(_mm512_loadu_si512(t + 64 * j), flip);
+    hi = _mm512_xor_si512(_mm512_loadu_si512(t + 512 + 64 * j), flip);
+  } else {
+    tile_rows(t, BITS, j, lo, hi);
+  }
+}
+
+// A thread's tiles and scales of tile rows [a, b) are two forward streams: their first TDA_TILE_PF
+// bytes are requested at once (start), then each stays that far ahead of the reads (ahead, at every
+// tile): a call starts cold, the weights come from memory, and the hardware prefetchers stop at
+// every 4 KiB page.
+struct TileStreams {
+  const uint8_t* packed;
+  const float* st;
+  int64_t tb, nk, ng, per;
+  const char *w1, *s1;
+  TDA_VNNI_TARGET __attribute__((always_inline)) inline TileStreams(const uint8_t* p, const float* s, int64_t tb_, int64_t K,
+                                                                    int64_t G, int64_t a, int64_t b)
+      : packed(p), st(s), tb(tb_), nk(K / 64), ng(K / G), per(64 / G),
+        w1(reinterpret_cast<const char*>(p + b * (K / 64) * tb_)), s1(reinterpret_cast<const char*>(s + b * (K / G) * 16)) {
+    const char *w0 = reinterpret_cast<const char*>(p + a * nk * tb), *s0 = reinterpret_cast<const char*>(s + a * ng * 16);
+    for (int64_t o = 0; o < TDA_TILE_PF && w0 + o < w1; o += 64) _mm_prefetch(w0 + o, _MM_HINT_T0);
+    for (int64_t o = 0; o < TDA_TILE_PF / 4 && s0 + o < s1; o += 64) _mm_prefetch(s0 + o, _MM_HINT_T0);
+  }
+  TDA_VNNI_TARGET __attribute__((always_inline)) inline void ahead(int64_t nt, int64_t c) const {
+    const char* wp = reinterpret_cast<const char*>(packed + (nt * nk + c) * tb) + TDA_TILE_PF;
+    for (int64_t o = 0; o < tb && wp + o < w1; o += 64) _mm_prefetch(wp + o, _MM_HINT_T0);
+    const char* sp = reinterpret_cast<const char*>(st + (nt * ng + c * per) * 16) + TDA_TILE_PF / 4;
+    for (int64_t o = 0; o < ng * 64 / nk && sp + o < s1; o += 64) _mm_prefetch(sp + o, _MM_HINT_T0);  // a chunk's scales
+  }
+};
+
 // Weight rows [16 a, 16 b): BITS 4, 5, 6 (packed) or 8 (int8), G 32 or 16 inputs a group, OFF the
 // stored offset (128 for int8).
 template <int BITS, int G, int OFF>
 TDA_VNNI_TARGET void vnni_tiles(const VnniArgs& A, int64_t a, int64_t b) {
   constexpr int64_t tb = BITS == 8 ? 1024 : 512 + 128 * (BITS - 4), per = 64 / G;
   const int64_t K = A.K, nk = K / 64, ng = K / G;
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   const int8_t *x0 = A.xl, *x1 = A.xl + K, *x2 = A.xl + 2 * K;
-  // this thread's tiles and scales are two forward streams: their first TDA_TILE_PF bytes are
-  // requested at once, then each stays that far ahead of the reads (a call starts cold: the weights
-  // come from memory, and the hardware prefetchers stop at every 4 KiB page)
-  const char *w0 = reinterpret_cast<const char*>(A.packed + a * nk * tb), *w1 = reinterpret_cast<const char*>(A.packed + b * nk * tb);
-  const char *s0 = reinterpret_cast<const char*>(A.st + a * ng * 16), *s1 = reinterpret_cast<const char*>(A.st + b * ng * 16);
-  const int64_t sstep = ng * 64 / nk;  // bytes of scales per chunk of tiles
-  for (int64_t o = 0; o < TDA_TILE_PF && w0 + o < w1; o += 64) _mm_prefetch(w0 + o, _MM_HINT_T0);
-  for (int64_t o = 0; o < TDA_TILE_PF / 4 && s0 + o < s1; o += 64) _mm_prefetch(s0 + o, _MM_HINT_T0);
+  const TileStreams streams(A.packed, A.st, tb, K, G, a, b);
   for (int64_t nt = a; nt < b; ++nt) {
     __m512 acc = _mm512_setzero_ps();
     const uint8_t* tiles = A.packed + nt * nk * tb;
     for (int64_t c = 0; c < nk; ++c) {
       const uint8_t* t = tiles + c * tb;
-      const char* wp = reinterpret_cast<const char*>(t) + TDA_TILE_PF;
-      for (int64_t o = 0; o < tb && wp + o < w1; o += 64) _mm_prefetch(wp + o, _MM_HINT_T0);
-      const char* sp = reinterpret_cast<const char*>(A.st + (nt * ng + c * per) * 16) + TDA_TILE_PF / 4;
-      for (int64_t o = 0; o < sstep && sp + o < s1; o += 64) _mm_prefetch(sp + o, _MM_HINT_T0);
+      streams.ahead(nt, c);
       __m512i s[3][per];
       for (int l = 0; l < 3; ++l)
         for (int h = 0; h < per; ++h) s[l][h] = _mm512_setzero_si512();
@@ -109,12 +136,7 @@ TDA_VNNI_TARGET void vnni_tiles(const VnniArgs& A, int64_t a, int64_t b) {
 #pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {  // VNNI rows j (inputs 4j ..) and j + 8 (inputs 32 + 4j ..)
         __m512i lo, hi;
-        if constexpr (BITS == 8) {
-          lo = _mm512_xor_si512(_mm512_loadu_si512(t + 64 * j), flip);
-          hi = _mm512_xor_si512(_mm512_loadu_si512(t + 512 + 64 * j), flip);
-        } else {
-          tile_rows(t, BITS, j, lo, hi);
-        }
+        vnni_tile_rows<BITS>(t, j, lo, hi);
         const int hl = (4 * j) / G, hh = (32 + 4 * j) / G;  // the groups (within the chunk) of rows j and j + 8
         s[0][hl] = _mm512_dpbusd_epi32(s[0][hl], lo, bcast4(x0 + i0 + 4 * j));
         s[1][hl] = _mm512_dpbusd_epi32(s[1][hl], lo, bcast4(x1 + i0 + 4 * j));

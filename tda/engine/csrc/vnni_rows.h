@@ -39,16 +39,14 @@ template <int BITS, int G, int OFF, int R>
 TDA_VNNI_TARGET void vnni_tiles_rows(const VnniRowsArgs& A, int64_t a, int64_t b) {
   constexpr int64_t tb = BITS == 8 ? 1024 : 512 + 128 * (BITS - 4), per = 64 / G;
   const int64_t K = A.K, nk = K / 64, ng = K / G;
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  const char* w1 = reinterpret_cast<const char*>(A.packed + b * nk * tb);
+  const TileStreams streams(A.packed, A.st, tb, K, G, a, b);
   for (int64_t nt = a; nt < b; ++nt) {
     __m512 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
     const uint8_t* tiles = A.packed + nt * nk * tb;
     for (int64_t c = 0; c < nk; ++c) {
       const uint8_t* t = tiles + c * tb;
-      const char* wp = reinterpret_cast<const char*>(t) + TDA_TILE_PF;
-      for (int64_t o = 0; o < tb && wp + o < w1; o += 64) _mm_prefetch(wp + o, _MM_HINT_T0);
+      streams.ahead(nt, c);
       __m512i s[R][3][per];
       for (int r = 0; r < R; ++r)
         for (int l = 0; l < 3; ++l)
@@ -57,12 +55,7 @@ TDA_VNNI_TARGET void vnni_tiles_rows(const VnniRowsArgs& A, int64_t a, int64_t b
 #pragma GCC unroll 8
       for (int j = 0; j < 8; ++j) {  // VNNI rows j (inputs 4j ..) and j + 8 (inputs 32 + 4j ..), as vnni_tiles
         __m512i lo, hi;
-        if constexpr (BITS == 8) {
-          lo = _mm512_xor_si512(_mm512_loadu_si512(t + 64 * j), flip);
-          hi = _mm512_xor_si512(_mm512_loadu_si512(t + 512 + 64 * j), flip);
-        } else {
-          tile_rows(t, BITS, j, lo, hi);
-        }
+        vnni_tile_rows<BITS>(t, j, lo, hi);
         const int hl = (4 * j) / G, hh = (32 + 4 * j) / G;
         for (int r = 0; r < R; ++r) {
           const int8_t* x0 = A.xl + r * 3 * K;
