@@ -162,3 +162,34 @@ def test_gemma_gguf_speculative_tokens_are_its_dense_tokens():
     dense = generate(lm, long, max_new_tokens=16).token_ids[0]
     out = generate_speculative(lm, long, max_new_tokens=16, k=4, vocab=torch.arange(4096))  # many corrections
     assert out.token_ids[0] == dense and out.params["speculative"]["accepted"] < out.params["speculative"]["drafted"]
+
+
+def test_split_speculate():
+    from tda.engine.speculate import split_speculate
+
+    assert split_speculate("tt+spec4") == ("tt", 4) and split_speculate("dense+spec") == ("dense", 4)
+    assert split_speculate("griffin") == ("griffin", None)
+    for bad in ("+spec4", "tt+specx"):
+        with pytest.raises(BadInput, match="METHOD\\+specK"):
+            split_speculate(bad)
+
+
+@needs_vnni
+def test_bench_times_speculative_variants_beside_dense(tiny_tiles):
+    """``tda bench --methods dense,dense+spec2,tt+spec2``: paired with dense like every variant, the
+    engine's read fractions (fewer lm_head rows) give its ceiling; a model without a tiled head is
+    refused before any timing."""
+    from tda.evaluate.bench import run_bench
+    from tda.models.load import load_model
+
+    res = run_bench(tiny_tiles, methods=["dense", "dense+spec2", "tt+spec2"], density=0.5, prompt_tokens=8,
+                    new_tokens=6, rounds=1, bandwidth_mb=0)
+    row = res["results"]["dense+spec2"]
+    # tiny-llama's 512 ids all lie in the draft vocabulary: every step reads the whole head as its draft,
+    # and each verification reads it once more (the engine's account, not a saving)
+    assert row["decode_speedup_vs_dense"] > 0 and row["read_fraction"]["lm_head"] > 1.0
+    assert row["ceiling_speedup"] < 1.0
+    assert 0 < res["results"]["tt+spec2"]["density"] < 1
+    with pytest.raises(BadInput, match="gguf"):
+        run_bench(load_model("tiny-llama", dtype="fp32"), methods=["dense", "dense+spec2"], prompt_tokens=8,
+                  new_tokens=4, rounds=1, bandwidth_mb=0)

@@ -52,6 +52,16 @@ def draft_vocabulary(n_vocab: int, *, texts_ids: list[list[int]] = (), extra: li
     return torch.nonzero(keep).flatten()
 
 
+def split_speculate(method: str) -> tuple[str, int | None]:
+    """``"tt+spec4"`` -> ``("tt", 4)`` (``+spec`` alone: k = 4); a method without it -> ``(method, None)``."""
+    base, sep, k = method.partition("+spec")
+    if not sep:
+        return method, None
+    if not base or (k and not k.isdigit()):
+        raise BadInput(f"'{method}': write the speculative head as METHOD+specK (K in 1..4), e.g. dense+spec4")
+    return base, int(k) if k else 4
+
+
 @dataclass
 class SpeculativeStats:
     """``cycles`` verifications; ``drafted`` draft steps; ``accepted`` drafts that the full head
@@ -65,6 +75,11 @@ class SpeculativeStats:
     def to_dict(self) -> dict:
         return {"cycles": self.cycles, "drafted": self.drafted, "accepted": self.accepted, "vocab": self.vocab,
                 "acceptance": self.accepted / self.drafted if self.drafted else float("nan")}
+
+
+def check_speculative(lm) -> None:
+    """BadInput (one line) unless ``lm`` can decode with a speculative lm_head."""
+    _head_tiles(lm)
 
 
 def _head_tiles(lm):

@@ -26,6 +26,7 @@ import torch
 
 from tda.common.errors import BadInput
 from tda.engine.generate import check_method, generate
+from tda.engine.speculate import generate_speculative, split_speculate
 from tda.evaluate.bandwidth import measure_bandwidth, roofline_ms, roofline_pct
 from tda.evaluate.ceiling import (
     ceiling,
@@ -114,13 +115,13 @@ def bench_variants(methods, densities) -> list[BenchVariant]:
         raise BadInput("no bench methods given")
     for m in methods:
         if m != "stock":
-            check_method(m.removesuffix("@cett"))
+            check_method(split_speculate(m.removesuffix("@cett"))[0])
     ds = [check_density(d) for d in densities]
     if not ds and any(m not in ("stock", "dense") for m in methods):
         raise BadInput("no densities given")
     out: list[BenchVariant] = []
     for m in dict.fromkeys(methods):  # keep order, drop repeats
-        if m in ("stock", "dense"):
+        if m in ("stock", "dense") or split_speculate(m)[0] == "dense":  # dense+specK: no density either
             out.append(BenchVariant(m, m, None))
         elif m.endswith("@cett"):
             out.append(BenchVariant(m, m.removesuffix("@cett"), None))
@@ -151,10 +152,14 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
     if getattr(lm, "weight_format", None) == "gguf":  # before any timing: what runs on quantized blocks
         from tda.engine.session import QUANT_METHODS, runs_on_quant
 
-        bad = sorted({v.method for v in vs if v.method != "stock" and not runs_on_quant(v.method)})
+        bad = sorted({v.method for v in vs if v.method != "stock" and not runs_on_quant(split_speculate(v.method)[0])})
         if bad:
             raise BadInput(f"{', '.join(bad)} do not run on the gguf format yet (these do: "
                            f"{', '.join(QUANT_METHODS)}); leave them out or use --dtype fp32/bf16")
+    if measure is None and any(split_speculate(v.method)[1] for v in vs):
+        from tda.engine.speculate import check_speculative
+
+        check_speculative(lm)  # before any timing: a speculative head needs the head's integer tiles
     if rounds < 1 or new_tokens < 2:
         raise BadInput("need rounds >= 1 and new tokens >= 2")
     if target_ci is not None and not 0 < target_ci < 1:
@@ -173,6 +178,10 @@ def run_bench(lm, *, methods=BENCH_METHODS, density: float = 0.5, densities=None
         kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, calibration_texts=calibration_texts)
         if v.stock:
             return generate(lm, prompt, "dense", stock=True, **kw)
+        base, k = split_speculate(v.method)
+        if k is not None:  # exact greedy with a speculative lm_head: it ends at a stop token (no minimum)
+            kw.pop("min_new_tokens")
+            return generate_speculative(lm, prompt, base, k=k, density=v.density, **kw)
         return generate(lm, prompt, v.method, density=v.density, **kw)
 
     run_one = measure or once
