@@ -31,6 +31,7 @@ def test_ceiling_math(tiny_llama):
     assert kv_bytes(tiny_llama, 20) == 2 * kv_bytes(tiny_llama, 10)
     assert fraction_of_gain(1.1, 1.2) == pytest.approx(0.5)
     assert fraction_of_gain(1.0, 1.0) != fraction_of_gain(1.0, 1.0)  # nan
+    assert fraction_of_gain(1.063, 1.003) != fraction_of_gain(1.063, 1.003)  # within 1% of dense: nan, not 2100%
 
 
 def test_kv_sliding_window(load_tiny):
