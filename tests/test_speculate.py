@@ -193,3 +193,25 @@ def test_bench_times_speculative_variants_beside_dense(tiny_tiles):
     with pytest.raises(BadInput, match="gguf"):
         run_bench(load_model("tiny-llama", dtype="fp32"), methods=["dense", "dense+spec2"], prompt_tokens=8,
                   new_tokens=4, rounds=1, bandwidth_mb=0)
+
+
+def test_adaptive_depth():
+    from tda.engine.speculate import adaptive_depth
+
+    assert adaptive_depth(2, 2, 2, 4) == 3 and adaptive_depth(4, 4, 4, 4) == 4  # all confirmed: one more, up to k
+    assert adaptive_depth(4, 0, 4, 4) == 1 and adaptive_depth(4, 2, 4, 4) == 3  # a miss: one more than confirmed
+    assert adaptive_depth(3, 1, 1, 4) == 4  # a cycle cut short by the end or a stop token counts as confirmed
+
+
+@needs_vnni
+def test_a_vocabulary_that_misses_the_greedy_tokens_drafts_few_steps(tiny_tiles):
+    from tda.engine.generate import generate
+
+    lm = tiny_tiles
+    dense = generate(lm, PROMPTS[0], max_new_tokens=12).token_ids[0]
+    vocab = torch.tensor([t for t in range(512) if t not in dense][:16])  # none of the greedy tokens
+    out = generate_speculative(lm, PROMPTS[0], max_new_tokens=12, k=4, vocab=vocab)
+    st = out.params["speculative"]
+    # without adapting, every miss would cost 4 drafted steps (about 44 here); a token it has missed
+    # before is drafted right from its tile of misses
+    assert out.token_ids[0] == dense and st["accepted"] < st["drafted"] <= len(dense) + 6

@@ -62,6 +62,14 @@ def split_speculate(method: str) -> tuple[str, int | None]:
     return base, int(k) if k else 4
 
 
+def adaptive_depth(depth: int, accepted: int, drafted: int, k: int) -> int:
+    """The next cycle's number of drafts: one more after a cycle whose drafts were all confirmed (up
+    to ``k``), else one more than were confirmed. Text the draft vocabulary covers badly thus runs at
+    one draft a cycle -- a dense step plus the draft head's rows -- instead of paying for ``k`` steps
+    per token; covered text climbs back to ``k``."""
+    return min(k, depth + 1) if accepted >= drafted else max(1, min(k, accepted + 1))
+
+
 @dataclass
 class SpeculativeStats:
     """``cycles`` verifications; ``drafted`` draft steps; ``accepted`` drafts that the full head
@@ -104,7 +112,7 @@ def generate_speculative(lm, prompt: str, method="dense", *, max_new_tokens: int
                          threads: str | int | None = None, **sparsity):
     """Greedy tokens of ``prompt`` under ``method`` (a name with its fields as keywords, or a
     :class:`~tda.engine.config.SparsityConfig`; see the module doc), ``k`` drafts per full-head pass
-    (1 to 4). Returns a :class:`~tda.engine.generate.GenerationResult` whose ``params`` carry the
+    (1 to 4, at most: :func:`adaptive_depth`). Returns a :class:`~tda.engine.generate.GenerationResult` whose ``params`` carry the
     :class:`SpeculativeStats` and ``timings`` those of :func:`~tda.engine.generate.generate`."""
     from tda.common.data import load_texts
     from tda.engine import kvcache
@@ -185,8 +193,9 @@ def generate_speculative(lm, prompt: str, method="dense", *, max_new_tokens: int
         t1 = time.perf_counter()
         out_ids.append(tok)
         cur = T  # positions in the cache
+        depth = k  # drafts of the next cycle (adaptive_depth)
         while len(out_ids) < max_new_tokens and tok not in stops:
-            kk = min(k, max_new_tokens - len(out_ids))
+            kk = min(depth, max_new_tokens - len(out_ids))
             hidden.clear()
             drafts, feed = [], tok
             with linear_overrides({head: draft_head}):
@@ -208,6 +217,7 @@ def generate_speculative(lm, prompt: str, method="dense", *, max_new_tokens: int
             stats.cycles += 1
             stats.drafted += len(drafts)
             stats.accepted += ok
+            depth = adaptive_depth(depth, ok, len(drafts), k)
             new = drafts[:ok] + ([best[ok]] if ok < len(drafts) else [])
             if ok < len(drafts) and best[ok] not in misses:
                 learn(int(best[ok]))
