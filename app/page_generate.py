@@ -39,8 +39,12 @@ with tab_gen:
     density = None if use_cett else c3.slider("FFN density (fraction of neurons kept)", 0.1, 0.9, 0.5, 0.05,
                                               key="gen_density")
     repeats = c4.slider("timed repeats (paired)", 1, 5, views.REPEATS, key="gen_repeats")
+    speculate = 4 if views.speculative_available(lm) and c4.checkbox(
+        "speculative lm_head", value=False, key="gen_spec",
+        help="Draft up to 4 tokens over a small vocabulary, then check them with one pass of the full "
+             "lm_head: the method's own greedy tokens, fewer head reads (gguf, head on integer tiles).") else 0
 
-    params = (state.model_key(lm), text, method, density, s.cett_target, new_tokens, repeats)
+    params = (state.model_key(lm), text, method, density, s.cett_target, new_tokens, repeats, speculate)
     if st.button("Generate", type="primary", key="gen_run"):
         ids = widgets.try_or_error(state.check_prompt, lm, text, prefix="Prompt: ")
         if ids is None:
@@ -49,7 +53,8 @@ with tab_gen:
             with st.status("Generating: dense and sparse, alternating…", expanded=True) as status, \
                     progress.use_sink(widgets.status_sink(status)):
                 pair = views.generate_pair(lm, text, method, density=density, cett=s.cett_target,
-                                           max_new_tokens=new_tokens, repeats=repeats, progress=status.write)
+                                           max_new_tokens=new_tokens, repeats=repeats, progress=status.write,
+                                           speculate=speculate)
                 status.update(label="Done", state="complete", expanded=False)
             st.session_state["gen_result"] = (params, pair)
         except TDAError as e:
@@ -72,6 +77,10 @@ with tab_gen:
     m2.metric("end-to-end speedup", f"{view['total_speedup']:.2f}×")
     m2.caption(f"range {tlo:.2f}–{thi:.2f}×")
     m3.metric(f"{sp_method} FFN density", f"{pair['sparse']['density']:.3f}")
+    if pair["sparse"].get("speculative"):
+        sv = pair["sparse"]["speculative"]
+        m3.caption(f"speculative lm_head: {sv['accepted']} of {sv['drafted']} drafts confirmed in {sv['cycles']} "
+                   f"full-head passes ({sv['vocab']} draft rows)")
     m4.metric("aligned token agreement", f"{dv['aligned']:.0%}",
               help="Tokens of a longest common subsequence of the dense and sparse generations ÷ tokens "
                    "generated: the two sequences aligned, so a continuation that only shifted by a token "

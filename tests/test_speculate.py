@@ -215,3 +215,21 @@ def test_a_vocabulary_that_misses_the_greedy_tokens_drafts_few_steps(tiny_tiles)
     # without adapting, every miss would cost 4 drafted steps (about 44 here); a token it has missed
     # before is drafted right from its tile of misses
     assert out.token_ids[0] == dense and st["accepted"] < st["drafted"] <= len(dense) + 6
+
+
+@needs_vnni
+def test_the_generate_page_pairs_dense_with_a_speculative_method(tiny_tiles):
+    """The app's Generate view (app/views/generate.py): with ``speculate`` the sparse side is the
+    method's own greedy tokens under the speculative head, its counts kept for the page; a model
+    without a tiled head does not offer it."""
+    from app.views import generate as views
+    from tda.engine.generate import generate
+    from tda.models.load import load_model
+
+    assert views.speculative_available(tiny_tiles)
+    assert not views.speculative_available(load_model("tiny-llama", dtype="fp32"))
+    pair = views.generate_pair(tiny_tiles, PROMPTS[0], "tt", density=0.5, cett=0.2, max_new_tokens=8, repeats=1,
+                               warmup=False, speculate=2)
+    want = generate(tiny_tiles, PROMPTS[0], "tt", density=0.5, max_new_tokens=8).token_ids[0]
+    assert pair["sparse"]["token_ids"] == want and pair["sparse"]["speculative"]["cycles"] >= 1
+    assert "speculative" not in pair["dense"]

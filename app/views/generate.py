@@ -7,23 +7,44 @@ import statistics
 REPEATS = 3  # paired timed repeats (dense and sparse alternate) per Generate press
 
 
+def speculative_available(lm) -> bool:
+    """Whether ``lm`` can decode with a speculative lm_head (:mod:`tda.engine.speculate`)."""
+    from tda.common.errors import BadInput
+    from tda.engine.speculate import check_speculative
+
+    try:
+        check_speculative(lm)
+    except BadInput:
+        return False
+    return True
+
+
 def generate_pair(lm, prompt: str, method: str, *, density, cett: float, max_new_tokens: int,
-                  warmup: bool = True, repeats: int = REPEATS, progress=None) -> dict:
+                  warmup: bool = True, repeats: int = REPEATS, progress=None, speculate: int = 0) -> dict:
     """Dense and ``method`` greedy generations of the same prompt (:func:`tda.engine.generate.generate`),
     each timed ``repeats`` times in alternating order (dense first, then sparse first, ...).
 
     Both produce exactly ``max_new_tokens`` tokens (``min_new_tokens``) so that timings compare.
     ``timings`` of each side are the medians over the repeats; ``runs`` keeps every repeat's.
+    ``speculate=K``: the sparse side decodes with a speculative lm_head of up to K drafts
+    (:func:`tda.engine.speculate.generate_speculative`: its own greedy tokens; it ends at a stop token)
+    and ``pair["sparse"]["speculative"]`` holds its counts.
     """
     from app.views.captures import token_label
     from tda.engine.generate import generate
+    from tda.engine.speculate import generate_speculative
+
+    def run(name, tokens, **kw):
+        if speculate and name != "dense":
+            return generate_speculative(lm, prompt, name, max_new_tokens=tokens, k=speculate, **kw)
+        return generate(lm, prompt, name, max_new_tokens=tokens, min_new_tokens=tokens, **kw)
 
     sides = {"dense": ("dense", {}), "sparse": (method, {"density": density, "cett": cett})}
     if warmup:  # first calls pay one-time costs (probes, allocation): keep them out of the timings
         if progress:
             progress("warm-up (2 tokens each, not timed)…")
         for name, kw in sides.values():
-            generate(lm, prompt, name, max_new_tokens=2, **kw)
+            run(name, 2, **kw)
     out: dict = {}
     runs: dict[str, list[dict]] = {"dense": [], "sparse": []}
     for r in range(max(1, int(repeats))):
@@ -31,7 +52,7 @@ def generate_pair(lm, prompt: str, method: str, *, density, cett: float, max_new
             name, kw = sides[side]
             if progress:
                 progress(f"repeat {r + 1}/{repeats}: {name}, {max_new_tokens} tokens…")
-            res = generate(lm, prompt, name, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, **kw)
+            res = run(name, max_new_tokens, **kw)
             runs[side].append(res.timings)
             if side not in out:
                 out[side] = {
@@ -39,6 +60,8 @@ def generate_pair(lm, prompt: str, method: str, *, density, cett: float, max_new
                     "tokens": [token_label(lm.tokenizer, i) for i in res.token_ids[0]],
                     "density": res.density, "density_per_layer": res.density_per_layer[0],
                 }
+                if "speculative" in res.params:
+                    out[side]["speculative"] = res.params["speculative"]
     for side in ("dense", "sparse"):
         out[side]["timings"] = {k: statistics.median(t[k] for t in runs[side])
                                 for k in ("prefill_s", "decode_ms_per_token", "total_s", "new_tokens")}
