@@ -118,7 +118,7 @@ def generate_speculative(lm, prompt: str, method="dense", *, max_new_tokens: int
     from tda.engine import kvcache
     from tda.engine import threads as thread_policy
     from tda.engine.config import as_config, split_head
-    from tda.engine.generate import GenerationResult, encode_batch
+    from tda.engine.generate import GenerationResult, chunked_prefill, encode_batch, prefill_chunk
     from tda.engine.generate import stop_ids as model_stop_ids
     from tda.engine.kernels import argmax_last
     from tda.engine.session import SparseSession
@@ -184,7 +184,10 @@ def generate_speculative(lm, prompt: str, method="dense", *, max_new_tokens: int
         if recording:  # dropping positions of a sliding-window layer beyond its window needs its past kept
             cache.activate_past_recording()
         mask = torch.ones((1, T + max_new_tokens + k), dtype=torch.long)
-        out = model(input_ids=input_ids, attention_mask=mask[:, :T], use_cache=True, logits_to_keep=1,
+        # a long prompt's positions but the last in chunks within the memory budget, as generate does
+        chunked_prefill(lm, input_ids, attn, prefill_chunk(lm, input_ids, attn, max_new_tokens), session, cache)
+        past = cache.get_seq_length()
+        out = model(input_ids=input_ids[:, past:], attention_mask=mask[:, :T], use_cache=True, logits_to_keep=1,
                     **{cache_kw: cache})
         tok = int(argmax_last(out.logits[:, -1].to(torch.float32))[0])
         del out
@@ -238,14 +241,11 @@ def generate_speculative(lm, prompt: str, method="dense", *, max_new_tokens: int
     timings = {"prefill_s": t1 - t0, "mask_s": 0.0, "decode_s": t2 - t1, "decode_steps": max(n - 1, 0),
                "decode_ms_per_token": 1000 * (t2 - t1) / (n - 1) if n > 1 else float("nan"), "total_s": t2 - t0,
                "new_tokens": n, "prompt_tokens": T, "batch": 1, "prefill_chunk": T, "threads": n_threads}
-    # weights read per new decode token: the layers once per draft step (wrong drafts' steps included),
-    # the draft head's rows at every step and the full head once per verification
+    # weights read per new decode token: the method's layers once per draft step (wrong drafts' steps
+    # included), the draft head's rows at every step and the full head once per verification
     steps = max(n - 1, 1)
-    layers = stats.drafted / steps
-    read = {"ffn": layers, "other": layers,
-            "lm_head": (stats.vocab * stats.drafted + tw.shape[0] * stats.cycles) / (tw.shape[0] * steps)}
-    rf = session.read_fraction()
-    read = {g: v * (layers if g != "lm_head" else 1.0) for g, v in rf.items()} | {"lm_head": read["lm_head"]}
+    read = {g: v * stats.drafted / steps for g, v in session.read_fraction().items() if g != "lm_head"}
+    read["lm_head"] = (stats.vocab * stats.drafted + tw.shape[0] * stats.cycles) / (tw.shape[0] * steps)
     dens, per = session.densities()
     params = {**cfg.to_dict(), "speculative_k": k, "speculative": stats.to_dict(), "model_id": lm.model_id,
               "dtype": "gguf", "device": str(lm.device), "read_fraction": read}
