@@ -648,7 +648,11 @@ def quantized_page(root: Path) -> str:
         splits = [r for r in d["rows"] if not r["identical"]]
         body.append(f"## `{p.name}`\n\nGreedy tokens of `--dtype gguf` against the de-quantised fp32 model "
                     f"(`python benchmarks/gguf_tokens.py --prompts {d['prompts']} --new-tokens {d['new_tokens']}`): "
-                    f"**{d['identical']} of {d['prompts']}** prompts identical over {d['new_tokens']} tokens.\n")
+                    f"**{d['identical']} of {d['prompts']}** prompts identical over {d['new_tokens']} tokens."
+                    + (f" With the speculative lm_head (up to 4 drafts): {d['speculative']['identical']} of "
+                       f"{d['speculative']['prompts']} prompts give the gguf model's own tokens; "
+                       f"{100 * d['speculative']['acceptance']:.1f}% of its drafts were confirmed by the full head."
+                       if d.get("speculative") else "") + "\n")
         if splits:
             body.append(_table(["prompt", "split at token", "fp32 logit gap (relative)"],
                                [[_esc(r["prompt"][:50]), str(r["split_at"]),
