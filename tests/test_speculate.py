@@ -233,3 +233,19 @@ def test_the_generate_page_pairs_dense_with_a_speculative_method(tiny_tiles):
     want = generate(tiny_tiles, PROMPTS[0], "tt", density=0.5, max_new_tokens=8).token_ids[0]
     assert pair["sparse"]["token_ids"] == want and pair["sparse"]["speculative"]["cycles"] >= 1
     assert "speculative" not in pair["dense"]
+
+
+@needs_vnni
+def test_the_frontier_times_a_speculative_variant_with_its_base_methods_quality(tiny_tiles):
+    """``tda frontier --methods dense,tt,tt+spec2``: the speculative row's quality is tt's (scored once,
+    the same tokens and logits), its paired difference from dense is tt's, and its speed its own."""
+    from tda.evaluate.frontier import run_frontier
+
+    texts = ["the quick brown fox jumps over the lazy dog " * 3, "one two three four five six seven eight nine"]
+    res = run_frontier(tiny_tiles, ["dense", "tt", "tt+spec2"], [0.5], rounds=1, prompt_tokens=8, new_tokens=6,
+                       heldout=texts, mc_limit=0, bandwidth_mb=0, boot_iters=50)
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == {"dense", "tt", "tt+spec2"}
+    assert rows["tt+spec2"]["ppl"] == rows["tt"]["ppl"] and rows["tt+spec2"]["decode_speedup"] > 0
+    assert rows["tt+spec2"]["ppl_delta_pct"] == rows["tt"]["ppl_delta_pct"]
+    assert {r["method"] for r in res["quality"]["rows"]} == {"dense", "tt"}  # scored once

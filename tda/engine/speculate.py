@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from tda.common.errors import BadInput
+from tda.engine.variant_names import split_speculate  # noqa: F401  (re-exported: one definition)
 
 TILE_ROWS = 16
 DRAFT_FIRST_IDS = 16384  # the lowest ids are in the draft vocabulary (frequent pieces)
@@ -50,16 +51,6 @@ def draft_vocabulary(n_vocab: int, *, texts_ids: list[list[int]] = (), extra: li
     if short:
         keep[torch.nonzero(~keep).flatten()[:short]] = True
     return torch.nonzero(keep).flatten()
-
-
-def split_speculate(method: str) -> tuple[str, int | None]:
-    """``"tt+spec4"`` -> ``("tt", 4)`` (``+spec`` alone: k = 4); a method without it -> ``(method, None)``."""
-    base, sep, k = method.partition("+spec")
-    if not sep:
-        return method, None
-    if not base or (k and not k.isdigit()):
-        raise BadInput(f"'{method}': write the speculative head as METHOD+specK (K in 1..4), e.g. dense+spec4")
-    return base, int(k) if k else 4
 
 
 def adaptive_depth(depth: int, accepted: int, drafted: int, k: int) -> int:

@@ -26,7 +26,8 @@ import torch
 
 from tda.common.errors import BadInput
 from tda.engine.generate import check_method, generate
-from tda.engine.speculate import generate_speculative, split_speculate
+from tda.engine.speculate import generate_speculative
+from tda.engine.variant_names import split_speculate
 from tda.evaluate.bandwidth import measure_bandwidth, roofline_ms, roofline_pct
 from tda.evaluate.ceiling import (
     ceiling,

@@ -60,8 +60,16 @@ def check_frontier_args(methods: list[str], densities: list[float], *,
         raise BadInput("give at least one sparse method besides dense")
     if "stock" in ms:
         raise BadInput("'stock' is a bench baseline only; the frontier compares against our dense")
-    vs = variants(ms, list(densities))  # checks every method name and density
+    vs = variants(quality_methods(ms), list(densities))  # checks every method name and density
     return ms, sorted({v.density for v in vs if v.density is not None})
+
+
+def quality_methods(methods: list[str]) -> list[str]:
+    """The methods whose quality a frontier scores: each speculative variant (``tt+spec4``) is scored
+    as its base method (the same tokens and logits; :func:`tda.evaluate.verdicts.row_label`)."""
+    from tda.engine.variant_names import split_speculate
+
+    return list(dict.fromkeys(split_speculate(m)[0] for m in methods))
 
 
 def _key(method: str, density) -> tuple:
@@ -92,7 +100,7 @@ def join_rows(bench: dict, quality: dict, *, boot_iters: int = 1000, seed: int =
             row["remeasured"] = r["remeasured"]
         if r.get("above_ceiling"):
             row["above_ceiling"] = True
-        qr = q.get(_key(r["method"], r.get("density_target")), {})
+        qr = q.get(_key(quality_methods([r["method"]])[0], r.get("density_target")), {})
         row.update({k: qr[k] for k in QUALITY_KEYS if k in qr})
         if row["method"] != "dense":
             row.update(deltas_vs(quality, "dense", row_label(row), iters=boot_iters, seed=seed))
@@ -162,7 +170,7 @@ def run_frontier(lm, methods: list[str], densities: list[float], *, rounds: int 
             progress(f"quality{' on ' + c['name'] if len(corpora) > 1 else ''}: {len(c['texts'])} held-out texts, "
                      f"{len(c['cloze'])} cloze items, {min(gen_prompts, len(c['texts']))} generations"
                      + ("" if mc == 0 else f", multiple choice ({'all' if mc < 0 else mc} items)"))
-        q = run_eval(lm, ms, ds, heldout=c["texts"], summaries=[], mc_limit=mc, cett=cett, progress=progress,
+        q = run_eval(lm, quality_methods(ms), ds, heldout=c["texts"], summaries=[], mc_limit=mc, cett=cett, progress=progress,
                      boot_iters=boot_iters, seed=seed, cloze=c["cloze"],
                      gen_texts=c["texts"][:gen_prompts] if gen_prompts else [], gen_tokens=gen_tokens,
                      batch_tokens=batch_tokens, journal=journal)
@@ -174,7 +182,7 @@ def run_frontier(lm, methods: list[str], densities: list[float], *, rounds: int 
             per_corpus[c["name"]] = {"rows": crows, "verdicts": verdicts(crows, q, iters=boot_iters, seed=seed),
                                      "texts": len(c["texts"]), "cloze_items": len(c["cloze"]),
                                      "quality": {k: q[k] for k in _KEEP if k in q}}
-    quality = qs[0] if len(qs) == 1 else pool_quality(qs, ms, ds, boot_iters=boot_iters, seed=seed)
+    quality = qs[0] if len(qs) == 1 else pool_quality(qs, quality_methods(ms), ds, boot_iters=boot_iters, seed=seed)
     rows = join_rows(bench, quality, boot_iters=boot_iters, seed=seed)
     vrows = verdicts(rows, quality, iters=boot_iters, seed=seed)
     meta = {

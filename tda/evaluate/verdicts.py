@@ -18,15 +18,18 @@ from __future__ import annotations
 
 from itertools import combinations
 
+from tda.engine.variant_names import split_speculate
 from tda.evaluate.paired import METRICS, better_sign, compare, units
 
 PRIMARY_ORDER = ("ppl", "cloze_acc", "mc_acc", "gen_rougeL")
 
 
 def row_label(r: dict) -> str:
-    """The quality result's label of a frontier row (``dense``, ``method@density``)."""
-    d = r.get("density_target")
-    return r["method"] if r["method"] == "dense" or d is None else f"{r['method']}@{float(d):g}"
+    """The quality result's label of a frontier row (``dense``, ``method@density``). A speculative
+    variant (``tt+spec4``) is its base method's: the speculative lm_head leaves the method's tokens and
+    logits as they are (:mod:`tda.engine.speculate`), so only its speed is its own."""
+    m, d = split_speculate(r["method"])[0], r.get("density_target")
+    return m if m == "dense" or d is None else f"{m}@{float(d):g}"
 
 
 def primary_metric(quality: dict) -> str | None:
