@@ -38,6 +38,8 @@ FRONTIERS = (
     ("frontier-gemma-3-270m-gguf", "Gemma 3 270M, gguf (the file's own blocks): every method at 0.5 on two corpora, "
      "paired with fp32 dense"),
     ("frontier-gemma-3-270m-head", "Gemma 3 270M, the lm_head option (`+headD`), an earlier run"),
+    ("frontier-gemma-3-270m-gguf-spec", "Gemma 3 270M, gguf, with the speculative lm_head (`+spec4`): its rows "
+     "carry their base method's quality, scored once"),
 )
 FULL_RUN_TITLE = "Gemma 3 270M, fp32, the full sets: every passage of both corpora, 500 cloze items each"
 
@@ -950,17 +952,17 @@ CORPORA_END = "<!-- corpora:end -->"
 
 
 def readme_corpora(root: Path) -> str:
-    """The README's verdicts across corpora, from the newest stored frontier run on more than one text
-    set: how many pairwise verdicts hold on every corpus, and the ones that do not (per-corpus numbers:
-    the run's section of the frontier page)."""
+    """The README's verdicts across corpora, from the full-set run once it is stored, else the newest
+    stored frontier run on more than one text set: how many pairwise verdicts hold on every corpus,
+    and the ones that do not (per-corpus numbers: the run's section of the frontier page)."""
     runs = []
     for folder, title in frontiers(root):
         d = _load(root, f"{folder}/frontier.json")
         if len(d.get("corpora") or {}) > 1:
-            runs.append((d["meta"].get("timestamp", ""), title, d))
+            runs.append(((folder == FULL_RUN, d["meta"].get("timestamp", "")), title, d))
     if not runs:
         return "No frontier run on more than one corpus is stored yet."
-    _, title, d = max(runs)
+    _, title, d = max(runs, key=lambda r: r[0])
     cv = d.get("cross_verdicts") or []
     held = sum(v["status"] == "holds" for v in cv)
     dep = [f"{v['a']} vs {v['b']} @{v['density']:g}" for v in cv if v["status"] != "holds"]

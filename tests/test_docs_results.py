@@ -172,3 +172,25 @@ def test_the_full_run_joins_the_frontier_pages_once_stored(tmp_path):
     (tmp_path / report.RESULTS / report.FULL_RUN / "frontier.json").write_text("{}")
     assert report.frontiers(tmp_path)[0] == (report.FULL_RUN, report.FULL_RUN_TITLE)
     assert report.frontiers(tmp_path)[1:] == report.FRONTIERS
+
+
+def test_readme_corpora_prefers_the_full_set_run(tmp_path):
+    """The README's cross-corpus verdict line: the full-set run once stored, even when a smaller
+    multi-corpus run is newer; without it, the newest multi-corpus run."""
+    import json
+
+    report = _report()
+
+    def write(folder, ts, n_cv, corpora=("a", "b")):
+        p = tmp_path / report.RESULTS / folder
+        p.mkdir(parents=True, exist_ok=True)
+        cv = [{"status": "holds", "a": "x", "b": "y", "density": 0.5}] * n_cv
+        (p / "frontier.json").write_text(json.dumps({"meta": {"timestamp": ts}, "corpora": {c: {} for c in corpora},
+                                                     "cross_verdicts": cv}))
+
+    for folder, _ in report.FRONTIERS:
+        write(folder, "2026-01-01", 1, corpora=("a",))
+    write(report.FRONTIERS[-1][0], "2026-03-01", 3)
+    assert report.readme_corpora(tmp_path).startswith("3 of 3")
+    write(report.FULL_RUN, "2026-02-01", 7)
+    assert report.readme_corpora(tmp_path).startswith("7 of 7")

@@ -59,8 +59,10 @@ def to_markdown(result: dict) -> str:
         if "ppl_vs_fp32_delta_pct" not in r:
             continue
         own = r.get("ppl_delta_pct")
-        own_s = "—" if own is None or r["method"] == "dense" else \
+        own_s = "—" if own is None or row_label(r) == "dense" else \
             f"{own:+.2f}% [{r.get('ppl_delta_pct_lo', float('nan')):+.2f}, {r.get('ppl_delta_pct_hi', float('nan')):+.2f}]"
-        lines.append(f"| {row_label(r)} | {own_s} | {r['ppl_vs_fp32_delta_pct']:+.2f}% "
+        d = r.get("density_target")
+        label = r["method"] if d is None or row_label(r) == "dense" else f"{r['method']}@{float(d):g}"
+        lines.append(f"| {label} | {own_s} | {r['ppl_vs_fp32_delta_pct']:+.2f}% "
                      f"[{r['ppl_vs_fp32_delta_pct_lo']:+.2f}, {r['ppl_vs_fp32_delta_pct_hi']:+.2f}] |")
     return "\n".join(lines)
