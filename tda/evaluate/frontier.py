@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 
 from tda.common.errors import BadInput
+from tda.engine.variant_names import split_speculate
 from tda.evaluate.paired import METRICS, delta_columns, deltas_vs
 from tda.evaluate.verdicts import (
     cross_verdicts,
@@ -67,8 +68,6 @@ def check_frontier_args(methods: list[str], densities: list[float], *,
 def quality_methods(methods: list[str]) -> list[str]:
     """The methods whose quality a frontier scores: each speculative variant (``tt+spec4``) is scored
     as its base method (the same tokens and logits; :func:`tda.evaluate.verdicts.row_label`)."""
-    from tda.engine.variant_names import split_speculate
-
     return list(dict.fromkeys(split_speculate(m)[0] for m in methods))
 
 
