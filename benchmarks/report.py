@@ -314,16 +314,36 @@ def frontier_page(root: Path) -> tuple[str, dict[str, str]]:
             f"of {d['model']} (a token-wise rule masks the dense product), so one density of "
             f"`{d['frontier']}` — {d['variants_per_density']} variants × {d['scored_positions']} scored positions, "
             f"plus {d['prefill_positions']} positions of shared dense prefills — is "
-            f"{d['work_with_prefills_tflop']:.0f} TFLOP whatever the methods. At this machine's rates "
+            f"{d['work_with_prefills_tflop']:.0f} TFLOP whatever the methods"
+            + (f", and {d['work_run_tflop']:.0f} TFLOP with the cloze items ({d['cloze_positions']} positions "
+               f"a variant, the lm_head on {d['cloze_target_tokens']} target tokens)" if "work_run_tflop" in d else "")
+            + f". At this machine's rates "
             f"({d['cpu']}, {d['threads']} threads, {d['timestamp']}; command: `{d['command']}`):\n\n"
-            + _table(["rate", "GFLOPS", "minutes, continuations only", "minutes, with the prefills"],
+            + _table(["rate", "GFLOPS", "minutes, continuations only", "minutes, with the prefills",
+                      "minutes, the whole run (cloze too)"],
                      [[k.replace("_", " "), _f(v, 1), _f(d["floor_minutes"][k], 1),
-                       _f(d["floor_minutes_with_prefills"][k], 1)] for k, v in d["gflops"].items()]))
+                       _f(d["floor_minutes_with_prefills"][k], 1), _f((d.get("floor_minutes_run") or {}).get(k), 1)]
+                      for k, v in d["gflops"].items()])
+            + _scoring_sample(d))
     intro = ("Each run times and scores every method at every density in one process: speed as paired "
              "rounds beside dense (median, 95% t-interval on the log ratios), quality on held-out text "
              "with 95% bootstrap intervals and paired differences from dense. How to read and rerun it: "
              "[Benchmarking and the frontier](../guides/benchmarking.md).")
     return _page("Quality × speed frontier", intro, "\n".join(parts)), files
+
+
+def _scoring_sample(d: dict) -> str:
+    """The floor page's measured part: the frontier's own scoring timed on a sample of the run's sets."""
+    s = d.get("sample")
+    if not s:
+        return ""
+    rows = [[dt, f"{m['perplexity_seconds']:.0f} + {m['cloze_seconds']:.0f}", _f(m["gflops"], 1),
+             _f(m["projected_run_minutes"], 0)] for dt, m in s["by_dtype"].items()]
+    return (f"\n\nMeasured: the frontier's own scoring (batched as a run batches it) of dense and the run's "
+            f"{d['variants_per_density'] - 1} methods at density {_g(s['density'])} on a sample — the first "
+            f"{s['texts']} passages and {s['cloze_items']} cloze items, taken evenly from the run's sets, "
+            f"{s['work_tflop']:.1f} TFLOP by the count above — and the whole run at that rate:\n\n"
+            + _table(["model dtype", "seconds (perplexity + cloze)", "GFLOPS", "whole run, minutes"], rows))
 
 
 def method_costs(root: Path) -> dict[str, str]:
