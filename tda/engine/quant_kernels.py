@@ -323,7 +323,7 @@ def _tiles_only_fn(mod: QuantLinear, tw, ops, kernel: str, bias) -> LinearFn:
     on the integer-tile GEMV; more rows (prefill) and rows with inf/nan through the module's own
     forward (its rows de-quantised a tile at a time, then ``mm``: the IEEE result)."""
     tkernel = ops.amx_gemv if kernel == "amx" else ops.vnni_gemv
-    none_blocks = torch.empty(0, tw.shape[1] // 32 * 34, dtype=torch.uint8)  # the GEMV's fallback is not taken
+    none_blocks = tw.no_blocks()
     d_in = tw.shape[1]
 
     def fn(x: torch.Tensor) -> torch.Tensor:

@@ -133,7 +133,7 @@ def generate_speculative(lm, prompt: str, method="dense", *, max_new_tokens: int
         vocab = draft_vocabulary(tw.shape[0], texts_ids=texts, extra=[*prompt_ids[0], *stops])
     vocab = vocab.to(torch.long)
     draft_w = tw.take(vocab)
-    none_blocks = torch.empty(0, tw.shape[1] // 32 * 34, dtype=torch.uint8)
+    none_blocks = tw.no_blocks()
     stats = SpeculativeStats(vocab=int(vocab.numel()))
     hidden: list[torch.Tensor] = []
     # the last tokens the draft missed (up to 16, one tile of their own): a word that recurs is drafted

@@ -406,6 +406,11 @@ class TileWeight:
         """Bytes a decode step reads: the tiles and their fp32 scales."""
         return self.packed.numel() + self.st.numel() * 4
 
+    def no_blocks(self) -> torch.Tensor:
+        """The file-blocks argument of the tile GEMVs (``vnni_gemv``/``amx_gemv``) for this weight: empty
+        uint8 ``[0, d_in / 32 * 34]``, as there are no blocks (the GEMV's fallback to them is not taken)."""
+        return torch.empty(0, self.shape[1] // 32 * 34, dtype=torch.uint8)
+
     @property
     def file_bytes(self) -> int:
         return file_bytes(self.qtype, self.shape[0] * self.shape[1])
