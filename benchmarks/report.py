@@ -987,7 +987,11 @@ def readme_corpora(root: Path) -> str:
     held = sum(v["status"] == "holds" for v in cv)
     dep = [f"{v['a']} vs {v['b']} @{v['density']:g}" for v in cv if v["status"] != "holds"]
     anchor = re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
-    return (f"{held} of {len(cv)} pairwise verdicts hold on every corpus of "
+    dens = sorted({v["density"] for v in cv})
+    per = ("" if len(dens) < 2 else " (" + ", ".join(
+        f"{sum(v['status'] == 'holds' for v in cv if v['density'] == x)} of "
+        f"{sum(v['density'] == x for v in cv)} at density {x:g}" for x in dens) + ")")
+    return (f"{held} of {len(cv)} pairwise verdicts{per} hold on every corpus of "
             f"[{title}](docs/results/frontier.md#{anchor}) ({', '.join(d['corpora'])})"
             + (f"; corpus-dependent: {'; '.join(dep)}." if dep else "."))
 

@@ -194,3 +194,25 @@ def test_readme_corpora_prefers_the_full_set_run(tmp_path):
     assert report.readme_corpora(tmp_path).startswith("3 of 3")
     write(report.FULL_RUN, "2026-02-01", 7)
     assert report.readme_corpora(tmp_path).startswith("7 of 7")
+
+
+def test_readme_corpora_counts_each_density_of_a_run_at_several(tmp_path):
+    """A run at several densities: the line says how many verdicts hold at each, and names the
+    corpus-dependent ones with their density."""
+    import json
+
+    report = _report()
+    cv = [{"status": "holds", "a": "x", "b": "y", "density": 0.3},
+          {"status": "corpus-dependent", "a": "x", "b": "z", "density": 0.3},
+          {"status": "holds", "a": "x", "b": "y", "density": 0.5},
+          {"status": "holds", "a": "x", "b": "z", "density": 0.5}]
+    for folder, _ in report.FRONTIERS:  # single-corpus runs beside it
+        (tmp_path / report.RESULTS / folder).mkdir(parents=True)
+        (tmp_path / report.RESULTS / folder / "frontier.json").write_text(json.dumps({"meta": {}, "corpora": {"a": {}}}))
+    p = tmp_path / report.RESULTS / report.FULL_RUN
+    p.mkdir(parents=True)
+    (p / "frontier.json").write_text(json.dumps({"meta": {"timestamp": "2026-02-01"}, "corpora": {"a": {}, "b": {}},
+                                                 "cross_verdicts": cv}))
+    line = report.readme_corpora(tmp_path)
+    assert line.startswith("3 of 4 pairwise verdicts (1 of 2 at density 0.3, 2 of 2 at density 0.5) hold")
+    assert line.endswith("corpus-dependent: x vs z @0.3.")
