@@ -17,6 +17,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -109,16 +110,13 @@ def run_work(pos: dict[str, int], variants: int, params: int, head: int) -> dict
     return {"continuations": work, "with_prefills": work_all, "run": work_run}
 
 
-def measured_scoring(model: str, dtype: str, methods: list[str], density: float, texts: list[str],
-                     items: list[dict]) -> dict:
+def measured_scoring(lm, methods: list[str], density: float, texts: list[str], items: list[dict]) -> dict:
     """Seconds the frontier's own quality scoring (:func:`tda.evaluate.quality.perplexity_eval` and
     :func:`tda.evaluate.cloze.cloze_eval`, batched as a run batches them) takes on ``texts`` and
-    ``items`` for dense and ``methods`` at ``density``, with the model in ``dtype``."""
+    ``items`` for dense and ``methods`` at ``density``, on the loaded model ``lm`` (in its own dtype)."""
     from tda.evaluate.cloze import cloze_eval
     from tda.evaluate.quality import perplexity_eval, variants
-    from tda.models.load import load_model
 
-    lm = load_model(model, dtype=dtype)
     vs = variants([m for m in methods if m != "dense"], [density])
     t0 = time.perf_counter()
     perplexity_eval(lm, texts, vs, boot_iters=10)
@@ -160,9 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
     rates = {"gemm_fp32": gemm_gflops(a.gemm, torch.float32, a.repeats),
              "gemm_bf16": gemm_gflops(a.gemm, torch.bfloat16, a.repeats),
              "forward_fp32": forward_gflops(lm.model, params, a.tokens)}
-    lm.model.to(torch.bfloat16)
-    rates["forward_bf16"] = forward_gflops(lm.model, params, a.tokens)
-    lm.model.to(torch.float32)
+    # a bf16 copy: casting the model there and back would leave bf16-rounded weights in the fp32 one
+    rates["forward_bf16"] = forward_gflops(copy.deepcopy(lm.model).to(torch.bfloat16), params, a.tokens)
     pos = run_positions(lm, *run_inputs(meta))
     prefill = pos["prefill"]
     pos["scored"] = positions  # as the run counted them
@@ -184,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
         out["sample"] = {"texts": len(texts), "cloze_items": len(items), "density": density,
                          "work_tflop": sample_work / 1e12, "by_dtype": {}}
         for dt in filter(None, a.sample_dtypes.split(",")):
-            m = measured_scoring(a.model, dt, methods, density, texts, items)
+            m = measured_scoring(lm if dt == "fp32" else load_model(a.model, dtype=dt), methods, density, texts, items)
             m["gflops"] = sample_work / m["seconds"] / 1e9
             m["projected_run_minutes"] = work_run / (m["gflops"] * 1e9) / 60
             out["sample"]["by_dtype"][dt] = m
